@@ -1,0 +1,355 @@
+//! Provides one client connection: a DEALER to one endpoint, the table of its open calls,
+//! and the tasks that read replies, send heartbeats and control events, and notice when the
+//! peer is gone (the `zeromq` DEALER neither reconnects nor fails a pending `recv`, so the
+//! socket monitor and per-channel heartbeats are what detect a dead peer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use zeromq::{
+    DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
+};
+
+use super::{CallError, ClientConfig};
+use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, MessageId, names};
+
+/// What the reader hands to a waiting call.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Event(Event),
+    Failed(CallError),
+}
+
+/// One open call on this connection.
+struct Pending {
+    tx: mpsc::Sender<Inbound>,
+    opened: Instant,
+    last_heard: Instant,
+    heard_any: bool,
+    last_hb_sent: Instant,
+}
+
+/// State shared by the connection's tasks and its calls.
+pub(crate) struct ConnShared {
+    pub(crate) endpoint: String,
+    pub(crate) config: ClientConfig,
+    sender: tokio::sync::Mutex<DealerSendHalf>,
+    pending: Mutex<HashMap<MessageId, Pending>>,
+    alive: AtomicBool,
+    zmesh_peer: AtomicBool,
+    control: mpsc::UnboundedSender<Bytes>,
+}
+
+impl ConnShared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Pending>> {
+        // Poisoning only means a panic elsewhere; the map itself is still consistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// True once any event from the peer carried the zmesh marker.
+    pub(crate) fn is_zmesh_peer(&self) -> bool {
+        self.zmesh_peer.load(Ordering::Acquire)
+    }
+
+    /// Registers a call before its request is sent, so no reply can outrun it.
+    pub(crate) fn register(&self, id: MessageId, tx: mpsc::Sender<Inbound>) {
+        let now = Instant::now();
+        self.pending().insert(
+            id,
+            Pending {
+                tx,
+                opened: now,
+                last_heard: now,
+                heard_any: false,
+                last_hb_sent: now,
+            },
+        );
+    }
+
+    /// Forgets a call; true if it was still open.
+    pub(crate) fn unregister(&self, id: &MessageId) -> bool {
+        self.pending().remove(id).is_some()
+    }
+
+    /// Sends one event as `["", event]`.
+    pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
+        let message = wire::join_frames(&[], event);
+        let mut sender = self.sender.lock().await;
+        sender.send(message).await.map_err(|e| {
+            self.mark_dead(&format!("send to {} failed: {e}", self.endpoint));
+            CallError::PeerLost(format!("send to {} failed: {e}", self.endpoint))
+        })
+    }
+
+    /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
+    pub(crate) fn send_control(&self, channel: &MessageId, name: &str, args: &[u8]) {
+        let header = Header::zmesh(Some(channel.clone()));
+        let _ = self.control.send(wire::encode_event(&header, name, args));
+    }
+
+    /// Tells a zmesh server to abort a call the caller gave up on.
+    pub(crate) fn cancel(&self, channel: &MessageId) {
+        if self.is_zmesh_peer() && self.is_alive() {
+            self.send_control(channel, names::CANCEL, EMPTY_ARRAY_ARGS);
+        }
+    }
+
+    /// Marks the connection unusable and fails every open call with `PeerLost`.
+    pub(crate) fn mark_dead(&self, reason: &str) {
+        let was_alive = self.alive.swap(false, Ordering::AcqRel);
+        let failed: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
+        if was_alive {
+            tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason, "connection lost");
+        }
+        for p in failed {
+            let _ =
+                p.tx.try_send(Inbound::Failed(CallError::PeerLost(reason.to_owned())));
+        }
+    }
+
+    fn deliver(&self, event: Event) {
+        let Some(channel) = event.header.response_to.clone() else {
+            tracing::debug!(name = %event.name, "dropping unsolicited event");
+            return;
+        };
+        let mut pending = self.pending();
+        let Some(entry) = pending.get_mut(&channel) else {
+            // A late heartbeat or a reply to a call that timed out: zerorpc drops these too.
+            tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
+            return;
+        };
+        entry.last_heard = Instant::now();
+        entry.heard_any = true;
+        match event.name.as_str() {
+            names::HEARTBEAT | names::MORE => {}
+            names::OK | names::ERR | names::STREAM_DONE => {
+                if let Some(entry) = pending.remove(&channel) {
+                    drop(pending);
+                    let _ = entry.tx.try_send(Inbound::Event(event));
+                }
+            }
+            _ => {
+                // The queue holds the credit window plus one spare slot; using the spare
+                // means the server sent beyond its credit.
+                if entry.tx.capacity() <= 1 {
+                    if let Some(entry) = pending.remove(&channel) {
+                        drop(pending);
+                        let why = "server sent more stream items than the credit it was granted";
+                        let _ = entry
+                            .tx
+                            .try_send(Inbound::Failed(CallError::Protocol(why.into())));
+                    }
+                } else {
+                    let _ = entry.tx.try_send(Inbound::Event(event));
+                }
+            }
+        }
+    }
+
+    fn fail_call(&self, channel: &MessageId, error: CallError) {
+        if let Some(entry) = self.pending().remove(channel) {
+            let _ = entry.tx.try_send(Inbound::Failed(error));
+        }
+    }
+}
+
+/// A live connection; dropping it stops its tasks and closes the socket.
+pub(crate) struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.mark_dead("connection closed");
+    }
+}
+
+impl Connection {
+    /// Connects (waiting for the ZMTP handshake) and starts the connection's tasks.
+    pub(crate) async fn open(
+        endpoint: &str,
+        config: &ClientConfig,
+        deadline: Instant,
+    ) -> Result<Self, CallError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut options = SocketOptions::default();
+        options.connect_timeout(
+            remaining
+                .min(config.connect_timeout)
+                .max(Duration::from_millis(1)),
+        );
+        let mut socket = DealerSocket::with_options(options);
+        let monitor = socket.monitor();
+        let connect_error = |reason: String| CallError::Connect {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(connect_error(e.to_string())),
+            Err(_) => return Err(connect_error("deadline passed while connecting".into())),
+        }
+        let (send, recv) = socket.split();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(ConnShared {
+            endpoint: endpoint.to_owned(),
+            config: config.clone(),
+            sender: tokio::sync::Mutex::new(send),
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            zmesh_peer: AtomicBool::new(false),
+            control: control_tx,
+        });
+        let tasks = vec![
+            tokio::spawn(read_loop(shared.clone(), recv)).abort_handle(),
+            tokio::spawn(watch_disconnect(shared.clone(), monitor)).abort_handle(),
+            tokio::spawn(write_control(shared.clone(), control_rx)).abort_handle(),
+            tokio::spawn(sweep_loop(shared.clone())).abort_handle(),
+            tokio::spawn(learn_peer_kind(shared.clone())).abort_handle(),
+        ];
+        tracing::debug!(endpoint, "connected");
+        Ok(Self { shared, tasks })
+    }
+}
+
+async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
+    loop {
+        let message = match recv.recv().await {
+            Ok(message) => message,
+            Err(e) => {
+                shared.mark_dead(&format!("connection to {} failed: {e}", shared.endpoint));
+                return;
+            }
+        };
+        let Some(envelope) = wire::split_frames(message.into_vec()) else {
+            continue;
+        };
+        let limit = shared.config.max_message_size;
+        if envelope.event.len() > limit {
+            let size = envelope.event.len();
+            tracing::warn!(endpoint = %shared.endpoint, size, limit, "reply over the size limit");
+            if let Some(channel) = wire::decode_header(&envelope.event)
+                .ok()
+                .and_then(|h| h.response_to)
+            {
+                shared.fail_call(&channel, CallError::MessageTooLarge { size, limit });
+            }
+            continue;
+        }
+        match wire::decode_event(&envelope.event) {
+            Ok(event) => {
+                if event.header.is_zmesh() && !shared.zmesh_peer.load(Ordering::Relaxed) {
+                    shared.zmesh_peer.store(true, Ordering::Release);
+                }
+                shared.deliver(event);
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %shared.endpoint, error = %e.error, "undecodable reply");
+                if let Some(channel) = e.header.and_then(|h| h.response_to) {
+                    let why = format!("undecodable reply: {}", e.error);
+                    shared.fail_call(&channel, CallError::Protocol(why));
+                }
+            }
+        }
+    }
+}
+
+async fn watch_disconnect(
+    shared: Arc<ConnShared>,
+    mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+) {
+    while let Some(event) = monitor.next().await {
+        if let SocketEvent::Disconnected(_) = event {
+            shared.mark_dead(&format!("{} disconnected", shared.endpoint));
+            return;
+        }
+    }
+}
+
+async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(event) = rx.recv().await {
+        if !shared.is_alive() {
+            continue;
+        }
+        let message = wire::join_frames(&[], event);
+        let mut sender = shared.sender.lock().await;
+        if let Err(e) = sender.send(message).await {
+            tracing::debug!(endpoint = %shared.endpoint, error = %e, "control event not sent");
+        }
+    }
+}
+
+/// Heartbeats every open call and fails calls whose server went silent (zerorpc timing:
+/// first heartbeat one period after the request, lost after two silent periods, with one
+/// period of grace before the first heartbeat is expected).
+async fn sweep_loop(shared: Arc<ConnShared>) {
+    let period = shared.config.heartbeat;
+    let mut ticker = tokio::time::interval(period / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let mut lost = Vec::new();
+        shared.pending().retain(|id, p| {
+            let last = if p.heard_any {
+                p.last_heard
+            } else {
+                p.opened + period
+            };
+            if now.saturating_duration_since(last) > 2 * period {
+                lost.push(p.tx.clone());
+                return false;
+            }
+            if now.saturating_duration_since(p.last_hb_sent) >= period {
+                p.last_hb_sent = now;
+                due.push(id.clone());
+            }
+            true
+        });
+        for tx in lost {
+            let reason = format!(
+                "no heartbeat from {} for more than {:?}",
+                shared.endpoint,
+                2 * period
+            );
+            tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
+            let _ = tx.try_send(Inbound::Failed(CallError::PeerLost(reason)));
+        }
+        for id in due {
+            shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);
+        }
+    }
+}
+
+/// Pings the new peer once so the connection learns whether it speaks zmesh's extensions
+/// (its reply carries the marker) before any call needs to be cancelled.
+async fn learn_peer_kind(shared: Arc<ConnShared>) {
+    let id = MessageId::generate();
+    let mut header = Header::zmesh(None);
+    header.message_id = id.clone();
+    let (tx, mut rx) = mpsc::channel(2);
+    shared.register(id.clone(), tx);
+    let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
+    if shared.send(event).await.is_ok() {
+        let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx.recv()).await;
+    }
+    shared.unregister(&id);
+}

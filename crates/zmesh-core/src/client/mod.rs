@@ -1,0 +1,537 @@
+//! Provides the client: any number of concurrent calls to one endpoint, multiplexed over one
+//! DEALER connection and correlated by message id, with per-call deadlines, cancel on drop,
+//! credit-based streams, heartbeat-based peer-loss detection and automatic reconnection.
+
+mod connection;
+mod stream;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::{Instrument, field};
+
+pub use stream::CallStream;
+
+use crate::wire::{self, Header, MessageId, msgpack::Cursor, names, parse_err_args};
+use connection::{Connection, Inbound};
+use stream::CallGuard;
+
+/// An error reported by the remote handler (`ERR [name, message, traceback]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct RemoteError {
+    /// The error's name, such as `NameError`, `TypeError`, `Overloaded` or `EchoError`.
+    pub name: String,
+    /// The error's message.
+    pub message: String,
+    /// The remote traceback, when the server sent one.
+    pub traceback: Option<String>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The server answered with `ERR`.
+    #[error("remote error {0}")]
+    Remote(RemoteError),
+    /// The connection died or the server stopped heartbeating while the call was open.
+    #[error("peer lost: {0}")]
+    PeerLost(String),
+    /// The call's deadline passed before the (first) reply.
+    #[error("deadline of {0:?} exceeded")]
+    DeadlineExceeded(Duration),
+    /// The endpoint could not be reached.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A message is over the configured size limit.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The arguments could not be encoded.
+    #[error("cannot encode arguments: {0}")]
+    Encode(String),
+    /// The result could not be decoded into the requested type.
+    #[error("cannot decode result: {0}")]
+    Decode(String),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl CallError {
+    /// The remote error, if the server answered `ERR`.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            Self::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True for [`CallError::PeerLost`].
+    pub fn is_peer_lost(&self) -> bool {
+        matches!(self, Self::PeerLost(_))
+    }
+}
+
+/// Client settings. Build with `ClientConfig::default()` and the chained setters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Heartbeat period on every open call (default 5 s, as zerorpc); a server silent for
+    /// more than two periods is lost. Use the server's period.
+    pub heartbeat: Duration,
+    /// Deadline of a call that sets none (default 30 s, as zerorpc).
+    pub default_timeout: Duration,
+    /// Longest wait for a connection (default 5 s; never beyond the call's deadline).
+    pub connect_timeout: Duration,
+    /// Stream credit window: items the server may send ahead of the consumer (default 100).
+    pub stream_window: u64,
+    /// Calls open at once through this client; further calls wait for a slot within their
+    /// deadline (default 10,000).
+    pub max_in_flight: usize,
+    /// Largest accepted reply frame and request args in bytes (default 16 MiB).
+    pub max_message_size: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            default_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            stream_window: 100,
+            max_in_flight: 10_000,
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Sets the heartbeat period.
+    #[must_use]
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = period.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets the default call deadline.
+    #[must_use]
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the stream credit window (at least 2).
+    #[must_use]
+    pub fn stream_window(mut self, window: u64) -> Self {
+        self.stream_window = window.max(2);
+        self
+    }
+
+    /// Sets the bound on calls in flight.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Sets the message size limit.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// This call's deadline, from now; `None` uses the client's default.
+    pub timeout: Option<Duration>,
+    /// A W3C `traceparent` to propagate.
+    pub traceparent: Option<String>,
+}
+
+impl CallOptions {
+    /// Options with a deadline.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a `traceparent`.
+    #[must_use]
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+}
+
+/// The first reply decides what a call is: a single value or a stream.
+#[derive(Debug)]
+pub enum Response {
+    /// `OK`: the result, still msgpack-encoded.
+    Value(Bytes),
+    /// `STREAM`/`STREAM_DONE`: the items.
+    Stream(CallStream<rmpv::Value>),
+}
+
+/// A client of one endpoint. Cheap to clone; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: String,
+    config: ClientConfig,
+    current: Mutex<Option<Arc<Connection>>>,
+    connecting: tokio::sync::Mutex<()>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of `endpoint` with default settings. Connects on first use.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self::with_config(endpoint, ClientConfig::default())
+    }
+
+    /// A client with explicit settings. Connects on first use.
+    pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                endpoint: endpoint.into(),
+                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                config,
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// A client that is already connected.
+    ///
+    /// # Errors
+    /// [`CallError::Connect`] when the endpoint cannot be reached within the connect timeout.
+    pub async fn connect(
+        endpoint: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Self, CallError> {
+        let client = Self::with_config(endpoint, config);
+        let deadline = Instant::now() + client.inner.config.connect_timeout;
+        client.connection(deadline).await?;
+        Ok(client)
+    }
+
+    /// The endpoint this client calls.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Whether the current connection's peer speaks zmesh's extensions (`None` when not
+    /// connected).
+    pub fn is_zmesh_peer(&self) -> Option<bool> {
+        self.current().map(|c| c.shared.is_zmesh_peer())
+    }
+
+    /// Calls `method` with positional `args` (a tuple, such as `("hi",)` or `()`) and decodes
+    /// the result as `T`.
+    ///
+    /// # Errors
+    /// [`CallError`]: remote errors, deadline, peer loss, connection and codec failures.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<T, CallError> {
+        self.call_with(method, args, CallOptions::default()).await
+    }
+
+    /// [`Client::call`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        options: CallOptions,
+    ) -> Result<T, CallError> {
+        match self.request(method, encode_args(&args)?, options).await? {
+            Response::Value(value) => decode_result(&value),
+            Response::Stream(_) => Err(CallError::Protocol(format!(
+                "{method} answered with a stream; use call_stream"
+            ))),
+        }
+    }
+
+    /// Calls a streaming method; items are decoded as `T`.
+    ///
+    /// # Errors
+    /// As [`Client::call`], for the first reply; later failures arrive as stream items.
+    pub async fn call_stream<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<CallStream<T>, CallError> {
+        self.call_stream_with(method, args, CallOptions::default())
+            .await
+    }
+
+    /// [`Client::call_stream`] with per-call options (the deadline covers the first reply).
+    ///
+    /// # Errors
+    /// As [`Client::call_stream`].
+    pub async fn call_stream_with<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        options: CallOptions,
+    ) -> Result<CallStream<T>, CallError> {
+        match self.request(method, encode_args(&args)?, options).await? {
+            Response::Stream(stream) => Ok(stream.typed()),
+            Response::Value(_) => Err(CallError::Protocol(format!(
+                "{method} answered with a single value; use call"
+            ))),
+        }
+    }
+
+    /// Sends a request whose args are already msgpack (an array) and returns the first
+    /// reply's interpretation, for callers that do not know the method's shape.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn request(
+        &self,
+        method: &str,
+        args: Bytes,
+        options: CallOptions,
+    ) -> Result<Response, CallError> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
+        let span = tracing::debug_span!(
+            "zmesh.client_call",
+            method,
+            endpoint = %self.inner.endpoint,
+            outcome = field::Empty,
+            duration_us = field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .request_inner(method, args, options, timeout)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            let outcome = match &result {
+                Ok(Response::Value(_)) => "ok".to_owned(),
+                Ok(Response::Stream(_)) => "stream".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            span.record("outcome", outcome);
+            span.record("duration_us", started.elapsed().as_micros() as u64);
+        }
+        result
+    }
+
+    async fn request_inner(
+        &self,
+        method: &str,
+        args: Bytes,
+        options: CallOptions,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + timeout;
+        if args.len() > config.max_message_size {
+            return Err(CallError::MessageTooLarge {
+                size: args.len(),
+                limit: config.max_message_size,
+            });
+        }
+        let permit = tokio::time::timeout_at(
+            deadline.into(),
+            self.inner.in_flight.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| CallError::DeadlineExceeded(timeout))?
+        .map_err(|_| CallError::Protocol("client closed".into()))?;
+
+        // A request that could not even be handed to a dead connection never reached the
+        // server, so one retry on a fresh connection is safe for any method.
+        for attempt in 0..2 {
+            let conn = self.connection(deadline).await?;
+            let id = MessageId::generate();
+            let mut header = Header::zmesh(None);
+            header.message_id = id.clone();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            header.deadline_ms = Some((remaining.as_millis() as u64).max(1));
+            header.traceparent = options.traceparent.clone();
+            let event = wire::encode_event(&header, method, &args);
+            let (tx, rx) = mpsc::channel(config.stream_window as usize + 2);
+            conn.shared.register(id.clone(), tx);
+            let guard = CallGuard {
+                conn: conn.shared.clone(),
+                id,
+                open: true,
+            };
+            match tokio::time::timeout_at(deadline.into(), conn.shared.send(event)).await {
+                Ok(Ok(())) => return self.first_reply(rx, guard, deadline, timeout, permit).await,
+                Ok(Err(_)) if attempt == 0 => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(CallError::DeadlineExceeded(timeout)),
+            }
+        }
+        Err(CallError::PeerLost(format!(
+            "{} is unreachable",
+            self.inner.endpoint
+        )))
+    }
+
+    async fn first_reply(
+        &self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut guard: CallGuard,
+        deadline: Instant,
+        timeout: Duration,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Response, CallError> {
+        let inbound = match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Err(_) => return Err(CallError::DeadlineExceeded(timeout)),
+            Ok(None) => return Err(CallError::PeerLost("connection closed".into())),
+            Ok(Some(inbound)) => inbound,
+        };
+        let event = match inbound {
+            Inbound::Failed(e) => return Err(e),
+            Inbound::Event(event) => event,
+        };
+        match event.name.as_str() {
+            names::OK => {
+                guard.complete();
+                Ok(Response::Value(first_element(&event.args)?))
+            }
+            names::ERR => {
+                guard.complete();
+                let (name, message, traceback) = parse_err_args(&event.args);
+                Err(CallError::Remote(RemoteError {
+                    name,
+                    message,
+                    traceback,
+                }))
+            }
+            names::STREAM => Ok(Response::Stream(CallStream::new(
+                rx,
+                guard,
+                Some(event.args),
+                self.inner.config.stream_window,
+                permit,
+            ))),
+            names::STREAM_DONE => Ok(Response::Stream(CallStream::new(
+                rx,
+                guard,
+                None,
+                self.inner.config.stream_window,
+                permit,
+            ))),
+            other => Err(CallError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        let current = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.as_ref().filter(|c| c.shared.is_alive()).cloned()
+    }
+
+    /// The live connection, reconnecting if the last one died.
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, CallError> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let connect_error = |reason: &str| CallError::Connect {
+            endpoint: self.inner.endpoint.clone(),
+            reason: reason.to_owned(),
+        };
+        let _gate = tokio::time::timeout_at(deadline.into(), self.inner.connecting.lock())
+            .await
+            .map_err(|_| connect_error("deadline passed while waiting for another connect"))?;
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let conn =
+            Arc::new(Connection::open(&self.inner.endpoint, &self.inner.config, deadline).await?);
+        *self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Encodes positional args; they must form a msgpack array.
+fn encode_args(args: &impl Serialize) -> Result<Bytes, CallError> {
+    let bytes = rmp_serde::to_vec_named(args).map_err(|e| CallError::Encode(e.to_string()))?;
+    // `()` encodes as nil; it means "no arguments".
+    if bytes == [0xc0] {
+        return Ok(Bytes::from_static(&[0x90]));
+    }
+    match Cursor::new(&bytes).array_len() {
+        Ok(Some(_)) => Ok(Bytes::from(bytes)),
+        _ => Err(CallError::Encode(
+            "arguments must serialize as an array: pass a tuple such as (x,) or ()".into(),
+        )),
+    }
+}
+
+/// The result inside `OK [result]` (extra elements are ignored, as in Python).
+fn first_element(args: &Bytes) -> Result<Bytes, CallError> {
+    let mut cursor = Cursor::new(args);
+    match cursor.array_len() {
+        Ok(Some(n)) if n >= 1 => {
+            let start = cursor.position();
+            cursor
+                .value()
+                .map_err(|e| CallError::Protocol(format!("bad OK reply: {e}")))?;
+            Ok(args.slice(start..cursor.position()))
+        }
+        _ => Err(CallError::Protocol("OK reply args are not [result]".into())),
+    }
+}
+
+pub(crate) fn decode_result<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
+    rmp_serde::from_slice(bytes).map_err(|e| CallError::Decode(e.to_string()))
+}

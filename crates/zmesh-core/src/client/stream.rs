@@ -1,0 +1,175 @@
+//! Provides the client side of a server stream: items as they arrive, with `_zpc_more`
+//! credit granted only as the consumer reads, so a slow consumer slows the server instead
+//! of growing a buffer.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::connection::{ConnShared, Inbound};
+use super::{CallError, RemoteError, decode_result};
+use crate::wire::{MessageId, more_args, names, parse_err_args};
+
+/// Keeps a call registered while it is open; when dropped early it unregisters the call and
+/// asks a zmesh server to abort the handler.
+pub(crate) struct CallGuard {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) id: MessageId,
+    pub(crate) open: bool,
+}
+
+impl CallGuard {
+    /// The call ended normally; nothing to cancel.
+    pub(crate) fn complete(&mut self) {
+        if self.open {
+            self.open = false;
+            self.conn.unregister(&self.id);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.open && self.conn.unregister(&self.id) {
+            self.conn.cancel(&self.id);
+        }
+    }
+}
+
+/// A stream of items from a streaming method. Dropping it cancels the call.
+///
+/// Items are decoded as `T`; the stream ends after `STREAM_DONE`, or yields one error (a
+/// remote `ERR`, or `PeerLost`) and then ends.
+#[must_use = "streams do nothing unless polled"]
+pub struct CallStream<T = rmpv::Value> {
+    rx: Option<mpsc::Receiver<Inbound>>,
+    guard: Option<CallGuard>,
+    first: Option<Bytes>,
+    /// Items the server may still send without new credit (zerorpc's "reserved").
+    reserved: u64,
+    window: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for CallStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallStream")
+            .field("open", &self.rx.is_some())
+            .field("reserved", &self.reserved)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+impl<T> CallStream<T> {
+    pub(crate) fn new(
+        rx: mpsc::Receiver<Inbound>,
+        guard: CallGuard,
+        first: Option<Bytes>,
+        window: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let done = first.is_none();
+        let mut stream = Self {
+            rx: Some(rx),
+            guard: Some(guard),
+            first,
+            // The server starts with one unit of credit, spent on the first item.
+            reserved: 0,
+            window,
+            _permit: Some(permit),
+            _item: PhantomData,
+        };
+        if done {
+            stream.finish();
+        }
+        stream
+    }
+
+    /// Reinterprets the items as another type.
+    pub fn typed<U>(mut self) -> CallStream<U> {
+        CallStream {
+            rx: self.rx.take(),
+            guard: self.guard.take(),
+            first: self.first.take(),
+            reserved: self.reserved,
+            window: self.window,
+            _permit: self._permit.take(),
+            _item: PhantomData,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.complete();
+        }
+        self.rx = None;
+        self._permit = None;
+    }
+
+    fn fail(&mut self, error: CallError) -> Poll<Option<Result<T, CallError>>> {
+        self.finish();
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl<T: DeserializeOwned> Stream for CallStream<T> {
+    type Item = Result<T, CallError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(decode_result(&first)));
+        }
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The consumer wants another item: top the server's credit up once it falls below
+        // half the window, as the Python client does.
+        if this.reserved < this.window / 2 {
+            if let Some(guard) = &this.guard {
+                let grant = this.window - this.reserved;
+                guard
+                    .conn
+                    .send_control(&guard.id, names::MORE, &more_args(grant));
+                this.reserved = this.window;
+            }
+        }
+        match rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => this.fail(CallError::PeerLost(
+                "connection closed during the stream".into(),
+            )),
+            Poll::Ready(Some(Inbound::Failed(error))) => this.fail(error),
+            Poll::Ready(Some(Inbound::Event(event))) => match event.name.as_str() {
+                names::STREAM => {
+                    this.reserved = this.reserved.saturating_sub(1);
+                    Poll::Ready(Some(decode_result(&event.args)))
+                }
+                names::STREAM_DONE => {
+                    this.finish();
+                    Poll::Ready(None)
+                }
+                names::ERR => {
+                    let (name, message, traceback) = parse_err_args(&event.args);
+                    this.fail(CallError::Remote(RemoteError {
+                        name,
+                        message,
+                        traceback,
+                    }))
+                }
+                other => {
+                    let why = format!("unexpected {other} event in a stream");
+                    this.fail(CallError::Protocol(why))
+                }
+            },
+        }
+    }
+}

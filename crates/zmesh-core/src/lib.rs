@@ -1,0 +1,23 @@
+//! zmesh core: the zerorpc v3 wire protocol, the node (server) and the client, over the
+//! native-Rust `zeromq` crate.
+//!
+//! - [`wire`]: the pure codec (events, ids, headers, framing); no sockets, no clocks.
+//! - [`Service`]: typed async handlers registered by name.
+//! - [`Node`]: binds a ROUTER on tcp/ipc endpoints and serves services to zmesh and stock
+//!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.
+//! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
+//!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
+//!
+//! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
+//! ignore; see `docs/PROTOCOL.md` in the repository.
+
+pub mod client;
+pub mod node;
+mod service;
+pub mod wire;
+
+pub use client::{CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Response};
+pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
+pub use service::{Handler, HandlerError, Service, StreamHandler};
+#[doc(hidden)]
+pub use service::{HandlerFuture, Reply};

@@ -1,0 +1,94 @@
+//! Provides the node's configuration with its documented defaults.
+
+use std::time::Duration;
+
+use super::NodeError;
+
+/// Node settings. Build with `NodeConfig::default()` and the chained setters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Heartbeat period on every open channel (default 5 s, as zerorpc). A client that sends
+    /// no heartbeat for more than two periods is lost and its calls are aborted.
+    pub heartbeat: Duration,
+    /// Calls running at once on the node; beyond it requests get `ERR Overloaded`
+    /// (default 10,000).
+    pub max_concurrent_calls: usize,
+    /// Calls running at once for one client connection; beyond it that client gets
+    /// `ERR Overloaded` (default 1,000).
+    pub max_calls_per_peer: usize,
+    /// Largest accepted event frame in bytes; larger requests get `ERR MessageTooLarge`
+    /// (default 16 MiB).
+    pub max_message_size: usize,
+    /// Grace period used by [`Node::run_until`](super::Node::run_until) (default 10 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            max_concurrent_calls: 10_000,
+            max_calls_per_peer: 1_000,
+            max_message_size: 16 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Sets the heartbeat period.
+    #[must_use]
+    pub fn heartbeat(mut self, period: Duration) -> Self {
+        self.heartbeat = period;
+        self
+    }
+
+    /// Sets the per-node bound on concurrent calls.
+    #[must_use]
+    pub fn max_concurrent_calls(mut self, n: usize) -> Self {
+        self.max_concurrent_calls = n;
+        self
+    }
+
+    /// Sets the per-connection bound on concurrent calls.
+    #[must_use]
+    pub fn max_calls_per_peer(mut self, n: usize) -> Self {
+        self.max_calls_per_peer = n;
+        self
+    }
+
+    /// Sets the largest accepted message in bytes.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), NodeError> {
+        if self.heartbeat < Duration::from_millis(10) {
+            return Err(NodeError::Config("heartbeat must be at least 10 ms"));
+        }
+        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > u32::MAX as usize {
+            return Err(NodeError::Config(
+                "max_concurrent_calls must be in 1..=u32::MAX",
+            ));
+        }
+        if self.max_calls_per_peer == 0 {
+            return Err(NodeError::Config("max_calls_per_peer must be at least 1"));
+        }
+        if self.max_message_size < 64 {
+            return Err(NodeError::Config(
+                "max_message_size must be at least 64 bytes",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! Provides the node: a ROUTER socket bound to one or more endpoints, serving the methods
+//! of its services to zmesh and stock zerorpc clients, with limits, heartbeats and graceful
+//! shutdown.
+//!
+//! Layout: `config` holds the knobs, `registry` the open channels, `dispatch` the one task
+//! that reads the socket and the per-call tasks it spawns, `builtins` the `_zerorpc_*`
+//! methods.
+
+mod builtins;
+mod config;
+mod dispatch;
+mod registry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use zeromq::RouterSendHalf;
+use zeromq::{RouterSocket, Socket};
+
+pub use config::NodeConfig;
+
+use crate::service::{Method, Service};
+use registry::Registry;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node was given no endpoint to bind.
+    #[error("a node needs at least one endpoint to bind")]
+    NoEndpoint,
+    /// An endpoint could not be bound.
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The socket error.
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
+    #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
+    UnsupportedEndpoint(String),
+    /// Two services expose the same method name.
+    #[error("method {0} is registered twice")]
+    DuplicateMethod(String),
+    /// `export_unprefixed` names a service the node does not host.
+    #[error("export_unprefixed names unknown service {0}")]
+    UnknownService(String),
+    /// The configuration is out of range.
+    #[error("invalid node configuration: {0}")]
+    Config(&'static str),
+}
+
+/// Counters a node keeps about what it refused or lost; read with [`Node::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) malformed: AtomicU64,
+    pub(crate) oversized: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) unknown_channel: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) peers_lost: AtomicU64,
+    pub(crate) calls: AtomicU64,
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Requests accepted and dispatched to a handler.
+    pub calls: u64,
+    /// Messages that were not valid zerorpc events.
+    pub malformed: u64,
+    /// Messages over the size limit.
+    pub oversized: u64,
+    /// Requests refused with `ERR Overloaded`.
+    pub overloaded: u64,
+    /// Requests dropped because their deadline had passed on arrival, or aborted at it.
+    pub expired: u64,
+    /// Control events for channels that are not open.
+    pub unknown_channel: u64,
+    /// Calls aborted by a zmesh cancel.
+    pub cancelled: u64,
+    /// Channels closed because the client stopped heartbeating or disconnected.
+    pub peers_lost: u64,
+    /// Calls running now.
+    pub in_flight: usize,
+}
+
+/// State shared by the node's tasks.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) methods: HashMap<String, Arc<Method>>,
+    pub(crate) config: NodeConfig,
+    pub(crate) registry: Registry,
+    pub(crate) concurrency: Arc<Semaphore>,
+    pub(crate) accepting: AtomicBool,
+    pub(crate) counters: Counters,
+    pub(crate) sender: RouterSendHalf,
+}
+
+/// Builds and starts a [`Node`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct NodeBuilder {
+    name: Option<String>,
+    endpoints: Vec<String>,
+    services: Vec<Service>,
+    unprefixed: Option<String>,
+    config: NodeConfig,
+}
+
+impl NodeBuilder {
+    /// The node's name, answered by `_zerorpc_name` (default: the first service's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds an endpoint to bind: `tcp://127.0.0.1:0` (port 0 picks a free port) or
+    /// `ipc:///path/to/socket`.
+    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// Hosts a service; its methods are called as `service.method`.
+    pub fn service(mut self, service: Service) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// Also exports one hosted service's methods without the prefix, so a stock zerorpc
+    /// client can call `client.upper("hi")`.
+    pub fn export_unprefixed(mut self, service: impl Into<String>) -> Self {
+        self.unprefixed = Some(service.into());
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds every endpoint and starts serving.
+    ///
+    /// # Errors
+    /// [`NodeError`] when an endpoint cannot be bound or the method table is inconsistent.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        self.config.validate()?;
+        if self.endpoints.is_empty() {
+            return Err(NodeError::NoEndpoint);
+        }
+        let name = self
+            .name
+            .or_else(|| self.services.first().map(|s| s.name().to_owned()))
+            .unwrap_or_else(|| "zmesh".to_owned());
+
+        let mut methods = HashMap::new();
+        for service in &self.services {
+            for (method, entry) in &service.methods {
+                let full = format!("{}.{method}", service.name());
+                if methods
+                    .insert(full.clone(), Arc::new(entry.clone()))
+                    .is_some()
+                {
+                    return Err(NodeError::DuplicateMethod(full));
+                }
+            }
+        }
+        if let Some(exported) = &self.unprefixed {
+            let service = self
+                .services
+                .iter()
+                .find(|s| s.name() == exported)
+                .ok_or_else(|| NodeError::UnknownService(exported.clone()))?;
+            for method in service.methods.keys() {
+                let entry = methods[&format!("{exported}.{method}")].clone();
+                if methods.insert(method.clone(), entry).is_some() {
+                    return Err(NodeError::DuplicateMethod(method.clone()));
+                }
+            }
+        }
+        builtins::register(&name, &mut methods);
+
+        let mut socket = RouterSocket::new();
+        let mut bound = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            check_endpoint(endpoint)?;
+            let resolved = socket
+                .bind(endpoint)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            bound.push(resolved.to_string());
+        }
+        let monitor = socket.monitor();
+        let (send, recv) = socket.split();
+
+        let shared = Arc::new(Shared {
+            name,
+            methods,
+            concurrency: Arc::new(Semaphore::new(self.config.max_concurrent_calls)),
+            config: self.config,
+            registry: Registry::default(),
+            accepting: AtomicBool::new(true),
+            counters: Counters::default(),
+            sender: send,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = dispatch::spawn_tasks(shared.clone(), recv, monitor, stop_rx);
+        tracing::info!(node = %shared.name, endpoints = ?bound, "node started");
+        Ok(Node {
+            shared,
+            endpoints: bound,
+            stop_tx,
+            tasks,
+        })
+    }
+}
+
+/// Rejects endpoints the `zeromq` crate cannot serve (and one it would panic on).
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), NodeError> {
+    let supported = match endpoint.split_once("://") {
+        Some(("tcp", rest)) => !rest.is_empty(),
+        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
+        _ => false,
+    };
+    if supported {
+        Ok(())
+    } else {
+        Err(NodeError::UnsupportedEndpoint(endpoint.to_owned()))
+    }
+}
+
+/// A running node. Dropping it stops serving at once; [`Node::shutdown`] drains first.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    endpoints: Vec<String>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts building a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// The bound endpoints, resolved (a `tcp://…:0` endpoint shows its real port).
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The first bound endpoint.
+    pub fn endpoint(&self) -> &str {
+        // A node always binds at least one endpoint (checked in `start`).
+        self.endpoints
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A snapshot of the node's counters.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.shared.counters;
+        NodeStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            oversized: c.oversized.load(Ordering::Relaxed),
+            overloaded: c.overloaded.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            unknown_channel: c.unknown_channel.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            peers_lost: c.peers_lost.load(Ordering::Relaxed),
+            in_flight: self.shared.registry.open_channels(),
+        }
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully with the configured
+    /// grace period. Returns the number of calls that had to be aborted.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> usize {
+        signal.await;
+        let grace = self.shared.config.shutdown_grace;
+        self.shutdown(grace).await
+    }
+
+    /// Graceful shutdown: refuse new calls (they get `ERR Unavailable`), let in-flight calls
+    /// finish for up to `grace`, answer the rest with `ERR Unavailable`, then close the
+    /// socket. Returns the number of calls that had to be aborted.
+    pub async fn shutdown(mut self, grace: Duration) -> usize {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        let all = u32::try_from(self.shared.config.max_concurrent_calls).unwrap_or(u32::MAX);
+        // Every call holds one permit; owning all of them means nothing is in flight.
+        let drained = tokio::time::timeout(
+            grace,
+            self.shared.concurrency.clone().acquire_many_owned(all),
+        )
+        .await;
+        let aborted = match drained {
+            Ok(_) => 0,
+            Err(_) => {
+                dispatch::abort_all(&self.shared, "node shut down before the call finished").await
+            }
+        };
+        let _ = self.stop_tx.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            // Joining makes sure the socket halves are released before we return.
+            let _ = task.await;
+        }
+        tracing::info!(node = %self.shared.name, aborted, "node shut down");
+        aborted
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

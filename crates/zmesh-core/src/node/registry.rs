@@ -1,0 +1,304 @@
+//! Provides the node's table of open channels, per client connection: what the dispatcher
+//! consults to route heartbeats, credit and cancels, what enforces the per-connection limit,
+//! and what the heartbeat sweeper walks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::wire::MessageId;
+
+/// Send credit of one streaming channel (`_zpc_more`), starting at 1 as zerorpc does.
+#[derive(Debug)]
+pub(crate) struct Credit {
+    available: AtomicU64,
+    notify: Notify,
+}
+
+impl Credit {
+    pub(crate) fn new() -> Self {
+        Self {
+            available: AtomicU64::new(1),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Waits for one unit of credit and takes it.
+    pub(crate) async fn take(&self) {
+        loop {
+            let current = self.available.load(Ordering::Acquire);
+            if current > 0 {
+                if self
+                    .available
+                    .compare_exchange(current, current - 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            // notify_one stores a permit when nobody waits, so a grant that lands between
+            // the check above and this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+
+    pub(crate) fn grant(&self, n: u64) {
+        let _ = self
+            .available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                Some(c.saturating_add(n))
+            });
+        self.notify.notify_one();
+    }
+}
+
+/// One open channel (a running call).
+#[derive(Debug)]
+pub(crate) struct Channel {
+    pub(crate) route: Vec<Bytes>,
+    pub(crate) abort: Option<AbortHandle>,
+    pub(crate) credit: Option<Arc<Credit>>,
+    pub(crate) opened: Instant,
+    pub(crate) last_heard: Instant,
+    pub(crate) last_hb_sent: Instant,
+    pub(crate) heard_any: bool,
+}
+
+#[derive(Debug, Default)]
+struct PeerCalls {
+    channels: HashMap<MessageId, Channel>,
+}
+
+/// What the sweeper decided for one channel.
+#[derive(Debug)]
+pub(crate) struct Due {
+    pub(crate) route: Vec<Bytes>,
+    pub(crate) channel: MessageId,
+}
+
+/// Open channels keyed by client connection identity, then channel id.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    peers: Mutex<HashMap<Bytes, PeerCalls>>,
+}
+
+/// Why a channel could not be opened.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    PeerLimit,
+    Duplicate,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, PeerCalls>> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain data; the map is
+        // still structurally sound, so keep serving.
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens a channel, then runs `spawn` while the lock is held so the spawned task cannot
+    /// finish (and try to close the channel) before it is registered.
+    pub(crate) fn open(
+        &self,
+        peer: &Bytes,
+        id: MessageId,
+        mut channel: Channel,
+        per_peer_limit: usize,
+        spawn: impl FnOnce() -> AbortHandle,
+    ) -> Result<(), OpenError> {
+        let mut peers = self.lock();
+        let calls = peers.entry(peer.clone()).or_default();
+        if calls.channels.len() >= per_peer_limit {
+            return Err(OpenError::PeerLimit);
+        }
+        if calls.channels.contains_key(&id) {
+            return Err(OpenError::Duplicate);
+        }
+        channel.abort = Some(spawn());
+        calls.channels.insert(id, channel);
+        Ok(())
+    }
+
+    /// Closes a channel; a no-op if it is already gone.
+    pub(crate) fn close(&self, peer: &Bytes, id: &MessageId) -> Option<Channel> {
+        let mut peers = self.lock();
+        let calls = peers.get_mut(peer)?;
+        let channel = calls.channels.remove(id);
+        if calls.channels.is_empty() {
+            peers.remove(peer);
+        }
+        channel
+    }
+
+    /// Records a heartbeat (or any event) from the client on a channel; false if unknown.
+    pub(crate) fn heard(&self, peer: &Bytes, id: &MessageId, now: Instant) -> bool {
+        let mut peers = self.lock();
+        match peers.get_mut(peer).and_then(|c| c.channels.get_mut(id)) {
+            Some(channel) => {
+                channel.last_heard = now;
+                channel.heard_any = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The credit of a streaming channel; `None` if unknown or not a stream.
+    pub(crate) fn credit(&self, peer: &Bytes, id: &MessageId) -> Option<Arc<Credit>> {
+        let peers = self.lock();
+        peers.get(peer)?.channels.get(id)?.credit.clone()
+    }
+
+    /// Removes every channel of a client connection (it disconnected).
+    pub(crate) fn close_peer(&self, peer: &Bytes) -> Vec<Channel> {
+        let mut peers = self.lock();
+        peers
+            .remove(peer)
+            .map(|c| c.channels.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes every channel (shutdown).
+    pub(crate) fn close_all(&self) -> Vec<(MessageId, Channel)> {
+        let mut peers = self.lock();
+        peers.drain().flat_map(|(_, c)| c.channels).collect()
+    }
+
+    pub(crate) fn open_channels(&self) -> usize {
+        self.lock().values().map(|c| c.channels.len()).sum()
+    }
+
+    /// One heartbeat pass: returns the channels that are due a heartbeat and removes (and
+    /// returns) those whose client has been silent too long. zerorpc semantics: the first
+    /// heartbeat goes out one period after the channel opened, and a client that never
+    /// heartbeats gets one period of grace before the 2-period silence limit starts.
+    pub(crate) fn sweep(&self, now: Instant, period: Duration) -> (Vec<Due>, Vec<Channel>) {
+        let mut due = Vec::new();
+        let mut lost = Vec::new();
+        let mut peers = self.lock();
+        peers.retain(|_, calls| {
+            calls.channels.retain(|id, ch| {
+                let last = if ch.heard_any {
+                    ch.last_heard
+                } else {
+                    ch.opened + period
+                };
+                if now.saturating_duration_since(last) > 2 * period {
+                    let dead = Channel {
+                        route: std::mem::take(&mut ch.route),
+                        abort: ch.abort.take(),
+                        credit: None,
+                        ..*ch
+                    };
+                    lost.push(dead);
+                    return false;
+                }
+                if now.saturating_duration_since(ch.last_hb_sent) >= period {
+                    ch.last_hb_sent = now;
+                    due.push(Due {
+                        route: ch.route.clone(),
+                        channel: id.clone(),
+                    });
+                }
+                true
+            });
+            !calls.channels.is_empty()
+        });
+        (due, lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(now: Instant) -> Channel {
+        Channel {
+            route: vec![Bytes::from_static(b"peer")],
+            abort: None,
+            credit: None,
+            opened: now,
+            last_heard: now,
+            last_hb_sent: now,
+            heard_any: false,
+        }
+    }
+
+    fn dummy_abort() -> AbortHandle {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async { tokio::spawn(async {}).abort_handle() })
+    }
+
+    #[test]
+    fn per_peer_limit_and_close() {
+        let reg = Registry::default();
+        let peer = Bytes::from_static(b"p");
+        let now = Instant::now();
+        let a = MessageId::from_bin(b"a");
+        assert_eq!(
+            reg.open(&peer, a.clone(), channel(now), 1, dummy_abort),
+            Ok(())
+        );
+        let b = MessageId::from_bin(b"b");
+        assert_eq!(
+            reg.open(&peer, b, channel(now), 1, dummy_abort),
+            Err(OpenError::PeerLimit)
+        );
+        assert!(reg.close(&peer, &a).is_some());
+        assert_eq!(reg.open_channels(), 0);
+    }
+
+    #[test]
+    fn sweep_follows_zerorpc_timing() {
+        let reg = Registry::default();
+        let peer = Bytes::from_static(b"p");
+        let t0 = Instant::now();
+        let period = Duration::from_secs(5);
+        reg.open(
+            &peer,
+            MessageId::from_bin(b"a"),
+            channel(t0),
+            10,
+            dummy_abort,
+        )
+        .expect("opens");
+        let (due, lost) = reg.sweep(t0 + Duration::from_secs(4), period);
+        assert!(due.is_empty() && lost.is_empty());
+        let (due, lost) = reg.sweep(t0 + Duration::from_secs(5), period);
+        assert_eq!((due.len(), lost.len()), (1, 0));
+        // Never heard: lost only after opened + period + 2 * period.
+        let (_, lost) = reg.sweep(t0 + Duration::from_secs(15), period);
+        assert!(lost.is_empty());
+        let (_, lost) = reg.sweep(t0 + Duration::from_millis(15_001), period);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(reg.open_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn credit_waits_for_grants() {
+        let credit = Arc::new(Credit::new());
+        credit.take().await;
+        let waiter = tokio::spawn({
+            let credit = credit.clone();
+            async move { credit.take().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        credit.grant(2);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("granted credit wakes the sender")
+            .expect("task ok");
+    }
+}

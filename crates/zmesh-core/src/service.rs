@@ -1,0 +1,447 @@
+//! Provides typed service registration: async closures whose parameters are decoded from the
+//! request's positional args array and whose result is encoded back, erased into one
+//! handler type the node can dispatch to.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::wire::msgpack::Cursor;
+
+/// A failure a handler reports to its caller; travels as `ERR [name, message, traceback]`.
+///
+/// Any `std::error::Error` converts into it with `?`, named after its type (`EchoError`);
+/// use [`HandlerError::new`] to choose the name (for example `ValueError` for Python peers).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    name: Cow<'static, str>,
+    message: String,
+    traceback: Option<String>,
+}
+
+impl HandlerError {
+    /// An error with an explicit name and message.
+    pub fn new(name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            message: message.into(),
+            traceback: None,
+        }
+    }
+
+    /// Adds a traceback text (sent as the third `ERR` element).
+    #[must_use]
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.traceback = Some(traceback.into());
+        self
+    }
+
+    /// The error's name (the first `ERR` element).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The error's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The traceback, if any.
+    pub fn traceback(&self) -> Option<&str> {
+        self.traceback.as_deref()
+    }
+
+    pub(crate) fn type_error(message: impl Into<String>) -> Self {
+        Self::new("TypeError", message)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for HandlerError {
+    fn from(err: E) -> Self {
+        let full = std::any::type_name::<E>();
+        // `my_crate::module::EchoError<T>` -> `EchoError`
+        let base = full.split('<').next().unwrap_or(full);
+        let short = base.rsplit("::").next().unwrap_or(base);
+        Self::new(short.to_owned(), err.to_string())
+    }
+}
+
+/// What a handler produced: one encoded value, or a stream of encoded items. An
+/// implementation detail of [`StreamHandler`], public only because the trait names it.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub enum Reply {
+    /// One msgpack-encoded value.
+    Value(Vec<u8>),
+    /// Msgpack-encoded items.
+    Stream(BoxStream<'static, Result<Vec<u8>, HandlerError>>),
+}
+
+/// The future a handler returns once erased.
+#[doc(hidden)]
+pub type HandlerFuture = BoxFuture<'static, Result<Reply, HandlerError>>;
+
+/// The erased form every registered method has.
+pub(crate) type ErasedHandler = Arc<dyn Fn(Bytes) -> HandlerFuture + Send + Sync>;
+
+/// Encodes a result the way Python peers expect it: structs as maps with field names.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, HandlerError> {
+    rmp_serde::to_vec_named(value)
+        .map_err(|e| HandlerError::new("EncodeError", format!("cannot encode result: {e}")))
+}
+
+/// Walks the positional args array, decoding one parameter at a time so a type error names
+/// the argument it is about.
+pub(crate) struct ArgReader<'a> {
+    de: rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>,
+}
+
+impl<'a> ArgReader<'a> {
+    pub(crate) fn new(args: &'a [u8], arity: u64) -> Result<Self, HandlerError> {
+        let mut cursor = Cursor::new(args);
+        let given = match cursor.array_len() {
+            Ok(Some(n)) => n,
+            _ => {
+                return Err(HandlerError::type_error(
+                    "arguments must be a msgpack array",
+                ));
+            }
+        };
+        if given != arity {
+            return Err(HandlerError::type_error(format!(
+                "takes {arity} positional argument{} but {given} {} given",
+                if arity == 1 { "" } else { "s" },
+                if given == 1 { "was" } else { "were" }
+            )));
+        }
+        let rest = &args[cursor.position()..];
+        Ok(Self {
+            de: rmp_serde::Deserializer::from_read_ref(rest),
+        })
+    }
+
+    pub(crate) fn next<T: DeserializeOwned>(&mut self, index: usize) -> Result<T, HandlerError> {
+        T::deserialize(&mut self.de)
+            .map_err(|e| HandlerError::type_error(format!("argument {index}: {e}")))
+    }
+}
+
+/// An async function usable as a request-reply method. Implemented for closures of up to
+/// eight parameters, each `DeserializeOwned`, returning `Result<impl Serialize, impl
+/// Into<HandlerError>>`.
+pub trait Handler<Args>: Clone + Send + Sync + 'static {
+    /// Decodes `args` and starts the call.
+    #[doc(hidden)]
+    fn call(&self, args: Bytes) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>>;
+}
+
+/// An async function usable as a streaming method: like [`Handler`], but it resolves to a
+/// `Stream` of `Result<impl Serialize, impl Into<HandlerError>>` items.
+pub trait StreamHandler<Args>: Clone + Send + Sync + 'static {
+    /// Decodes `args` and starts the call.
+    #[doc(hidden)]
+    fn call_stream(&self, args: Bytes) -> HandlerFuture;
+}
+
+macro_rules! count {
+    () => { 0u64 };
+    ($head:ident $($tail:ident)*) => { 1u64 + count!($($tail)*) };
+}
+
+macro_rules! impl_handlers {
+    ($($ty:ident $var:ident),*) => {
+        impl<F, Fut, R, E, $($ty,)*> Handler<($($ty,)*)> for F
+        where
+            F: Fn($($ty),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Result<R, E>> + Send + 'static,
+            R: Serialize + Send + 'static,
+            E: Into<HandlerError> + Send + 'static,
+            $($ty: DeserializeOwned + Send + 'static,)*
+        {
+            #[allow(unused_mut, unused_variables, unused_assignments)]
+            fn call(&self, args: Bytes) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>> {
+                let mut reader = match ArgReader::new(&args, count!($($ty)*)) {
+                    Ok(reader) => reader,
+                    Err(e) => return futures::future::ready(Err(e)).boxed(),
+                };
+                let mut index = 0usize;
+                $(
+                    index += 1;
+                    let $var: $ty = match reader.next(index) {
+                        Ok(v) => v,
+                        Err(e) => return futures::future::ready(Err(e)).boxed(),
+                    };
+                )*
+                let fut = (self)($($var),*);
+                async move {
+                    match fut.await {
+                        Ok(value) => encode_value(&value),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                .boxed()
+            }
+        }
+
+        impl<F, Fut, S, I, E, E2, $($ty,)*> StreamHandler<($($ty,)*)> for F
+        where
+            F: Fn($($ty),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = Result<S, E>> + Send + 'static,
+            S: Stream<Item = Result<I, E2>> + Send + 'static,
+            I: Serialize + Send + 'static,
+            E: Into<HandlerError> + Send + 'static,
+            E2: Into<HandlerError> + Send + 'static,
+            $($ty: DeserializeOwned + Send + 'static,)*
+        {
+            #[allow(unused_mut, unused_variables, unused_assignments)]
+            fn call_stream(&self, args: Bytes) -> HandlerFuture {
+                let mut reader = match ArgReader::new(&args, count!($($ty)*)) {
+                    Ok(reader) => reader,
+                    Err(e) => return futures::future::ready(Err(e)).boxed(),
+                };
+                let mut index = 0usize;
+                $(
+                    index += 1;
+                    let $var: $ty = match reader.next(index) {
+                        Ok(v) => v,
+                        Err(e) => return futures::future::ready(Err(e)).boxed(),
+                    };
+                )*
+                let fut = (self)($($var),*);
+                async move {
+                    match fut.await {
+                        Ok(stream) => Ok(Reply::Stream(
+                            stream
+                                .map(|item| match item {
+                                    Ok(v) => encode_value(&v),
+                                    Err(e) => Err(e.into()),
+                                })
+                                .boxed(),
+                        )),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                .boxed()
+            }
+        }
+    };
+}
+
+impl_handlers!();
+impl_handlers!(A1 a1);
+impl_handlers!(A1 a1, A2 a2);
+impl_handlers!(A1 a1, A2 a2, A3 a3);
+impl_handlers!(A1 a1, A2 a2, A3 a3, A4 a4);
+impl_handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5);
+impl_handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6);
+impl_handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7);
+impl_handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8);
+
+/// One registered method.
+#[derive(Clone)]
+pub(crate) struct Method {
+    pub(crate) handler: ErasedHandler,
+    pub(crate) doc: Option<String>,
+    pub(crate) arg_names: Option<Vec<String>>,
+    pub(crate) streaming: bool,
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Method")
+            .field("doc", &self.doc)
+            .field("arg_names", &self.arg_names)
+            .field("streaming", &self.streaming)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A named set of methods. Its methods are called as `service.method`.
+///
+/// ```
+/// use zmesh_core::{HandlerError, Service};
+///
+/// let svc = Service::new("greeter")
+///     .method("hello", |name: String| async move { Ok::<_, HandlerError>(format!("Hello, {name}")) })
+///     .doc("hello", "Return a greeting.")
+///     .arg_names("hello", ["name"]);
+/// assert_eq!(svc.name(), "greeter");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Service {
+    name: String,
+    pub(crate) methods: BTreeMap<String, Method>,
+}
+
+impl Service {
+    /// An empty service.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            methods: BTreeMap::new(),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Names of the registered methods, without the service prefix.
+    pub fn method_names(&self) -> impl Iterator<Item = &str> {
+        self.methods.keys().map(String::as_str)
+    }
+
+    /// Registers a request-reply method. Registering a name again replaces it.
+    #[must_use]
+    pub fn method<Args, H: Handler<Args>>(mut self, name: impl Into<String>, handler: H) -> Self {
+        let erased: ErasedHandler = Arc::new(move |args| {
+            let fut = handler.call(args);
+            async move { fut.await.map(Reply::Value) }.boxed()
+        });
+        self.insert(name.into(), erased, false);
+        self
+    }
+
+    /// Registers a streaming method: its items go out as `STREAM` events under credit.
+    #[must_use]
+    pub fn stream<Args, H: StreamHandler<Args>>(
+        mut self,
+        name: impl Into<String>,
+        handler: H,
+    ) -> Self {
+        let erased: ErasedHandler = Arc::new(move |args| handler.call_stream(args));
+        self.insert(name.into(), erased, true);
+        self
+    }
+
+    fn insert(&mut self, name: String, handler: ErasedHandler, streaming: bool) {
+        let previous = self.methods.remove(&name);
+        self.methods.insert(
+            name,
+            Method {
+                handler,
+                doc: previous.as_ref().and_then(|m| m.doc.clone()),
+                arg_names: previous.and_then(|m| m.arg_names),
+                streaming,
+            },
+        );
+    }
+
+    /// Sets a method's documentation (answered by `_zerorpc_help` and `_zerorpc_inspect`).
+    /// Ignored for a method not registered yet.
+    #[must_use]
+    pub fn doc(mut self, method: &str, doc: impl Into<String>) -> Self {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.doc = Some(doc.into());
+        }
+        self
+    }
+
+    /// Sets a method's parameter names (answered by `_zerorpc_inspect`).
+    #[must_use]
+    pub fn arg_names<I, S>(mut self, method: &str, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.arg_names = Some(names.into_iter().map(Into::into).collect());
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args<T: Serialize>(v: &T) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(v).expect("encodes"))
+    }
+
+    async fn call(svc: &Service, method: &str, a: Bytes) -> Result<rmpv::Value, HandlerError> {
+        let m = svc.methods.get(method).expect("registered");
+        match (m.handler)(a).await? {
+            Reply::Value(bytes) => Ok(rmpv::decode::read_value(&mut &bytes[..]).expect("valid")),
+            Reply::Stream(_) => panic!("unexpected stream"),
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("nope: {0}")]
+    struct NopeError(String);
+
+    fn svc() -> Service {
+        Service::new("t")
+            .method("add", |a: i64, b: i64| async move {
+                Ok::<_, HandlerError>(a + b)
+            })
+            .method("none", || async { Ok::<_, HandlerError>(()) })
+            .method(
+                "fail",
+                |m: String| async move { Err::<(), _>(NopeError(m)) },
+            )
+    }
+
+    #[tokio::test]
+    async fn typed_args_and_results() {
+        assert_eq!(
+            call(&svc(), "add", args(&(2, 3))).await,
+            Ok(rmpv::Value::from(5))
+        );
+        // `()` encodes as nil; an empty args array is msgpack 0x90.
+        let no_args = Bytes::from_static(&[0x90]);
+        assert_eq!(call(&svc(), "none", no_args).await, Ok(rmpv::Value::Nil));
+    }
+
+    #[tokio::test]
+    async fn arity_and_type_errors_are_precise() {
+        let err = call(&svc(), "add", args(&(1,))).await.expect_err("arity");
+        assert_eq!(err.name(), "TypeError");
+        assert_eq!(
+            err.message(),
+            "takes 2 positional arguments but 1 was given"
+        );
+        let err = call(&svc(), "add", args(&(1, "x")))
+            .await
+            .expect_err("type");
+        assert!(
+            err.message().starts_with("argument 2: "),
+            "{}",
+            err.message()
+        );
+        let err = call(&svc(), "add", args(&"not an array"))
+            .await
+            .expect_err("shape");
+        assert_eq!(err.message(), "arguments must be a msgpack array");
+    }
+
+    #[tokio::test]
+    async fn std_errors_are_named_after_their_type() {
+        let err = call(&svc(), "fail", args(&("x",)))
+            .await
+            .expect_err("fails");
+        assert_eq!((err.name(), err.message()), ("NopeError", "nope: x"));
+    }
+}

@@ -1,0 +1,678 @@
+//! Provides the zerorpc v3 event, `[header, name, args]`, with its exact encoding and a
+//! decoder that never panics on peer bytes.
+//!
+//! Message ids are kept as the raw msgpack bytes they arrived in, so a reply's `response_to`
+//! echoes the opening id with the same bytes and the same msgpack type (Python compares
+//! `bytes` ids and silently drops a reply whose id comes back as `str`). Arguments stay as
+//! raw msgpack too: the node and client decode them straight into the handler's or caller's
+//! types, with no intermediate dynamic value.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::DecodeError;
+use super::msgpack::{self, Cursor};
+
+/// Reserved event names of the zerorpc protocol, plus zmesh's own.
+pub mod names {
+    /// Successful reply; args `[result]`.
+    pub const OK: &str = "OK";
+    /// Error reply; args `[name, message, traceback-or-nil]`.
+    pub const ERR: &str = "ERR";
+    /// One stream item; args are the bare item.
+    pub const STREAM: &str = "STREAM";
+    /// End of a stream; args nil.
+    pub const STREAM_DONE: &str = "STREAM_DONE";
+    /// Channel heartbeat; args `[0]`.
+    pub const HEARTBEAT: &str = "_zpc_hb";
+    /// Flow-control credit grant; args `[n]`.
+    pub const MORE: &str = "_zpc_more";
+    /// zmesh only: the caller gave up on this channel; args `[]`. Sent only to peers whose
+    /// events carry the zmesh marker.
+    pub const CANCEL: &str = "_zmesh_cancel";
+}
+
+/// Header keys zmesh reads and writes. Stock zerorpc peers ignore unknown keys.
+pub mod keys {
+    /// Unique id of this event (msgpack bin from zmesh and Python).
+    pub const MESSAGE_ID: &str = "message_id";
+    /// Protocol version, always 3.
+    pub const VERSION: &str = "v";
+    /// The channel this event belongs to: the opening event's `message_id`.
+    pub const RESPONSE_TO: &str = "response_to";
+    /// zmesh marker: the version of zmesh's extensions the sender speaks (1).
+    pub const ZMESH: &str = "zmesh";
+    /// zmesh: the caller's remaining deadline in milliseconds when the request was sent.
+    pub const DEADLINE_MS: &str = "zmesh_deadline_ms";
+    /// W3C trace context of the call.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// The zmesh extension version written in the [`keys::ZMESH`] marker.
+pub const ZMESH_EXTENSION_VERSION: u64 = 1;
+
+/// The zerorpc protocol version zmesh speaks.
+pub const PROTOCOL_VERSION: u64 = 3;
+
+/// An event or channel id: the raw msgpack encoding of the id value (bin, str or int).
+///
+/// Equality is byte equality of the encoding, which is what makes echoing exact.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(Bytes);
+
+impl MessageId {
+    /// Makes a fresh id the way Python zerorpc does: 32 lowercase hex digits sent as msgpack
+    /// bin8. The first 16 digits are a per-process counter, the rest a per-process random
+    /// base, so ids are unique within and (with overwhelming probability) across processes.
+    pub fn generate() -> Self {
+        static BASE: OnceLock<[u8; 16]> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = BASE.get_or_init(|| {
+            // std's RandomState is seeded from the OS per process; good enough for uniqueness
+            // (ids are not secrets).
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            h.write_u128(t);
+            hex16(h.finish())
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(34);
+        out.extend_from_slice(&[0xc4, 32]);
+        out.extend_from_slice(&hex16(n));
+        out.extend_from_slice(base);
+        Self(Bytes::from(out))
+    }
+
+    /// Wraps an already encoded msgpack value (bin, str or int).
+    ///
+    /// # Errors
+    /// `DecodeError::BadMessageId` when the bytes are not exactly one such value.
+    pub fn from_encoded(raw: Bytes) -> Result<Self, DecodeError> {
+        if !msgpack::is_id_kind(&raw) || msgpack::skip_value(&raw, 0)? != raw.len() {
+            return Err(DecodeError::BadMessageId);
+        }
+        Ok(Self(raw))
+    }
+
+    /// Builds an id sent as msgpack bin from the given bytes.
+    pub fn from_bin(bytes: &[u8]) -> Self {
+        let mut out = Vec::with_capacity(bytes.len() + 5);
+        msgpack::write_bin(&mut out, bytes);
+        Self(Bytes::from(out))
+    }
+
+    /// The raw msgpack encoding.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+fn hex16(n: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl fmt::Display for MessageId {
+    /// Shows the id's payload: text as text, anything else as hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut c = Cursor::new(&self.0);
+        if let Ok(Some(s)) = c.str() {
+            return f.write_str(s);
+        }
+        let payload = match self.0.first() {
+            Some(0xc4) => self.0.get(2..),
+            Some(0xc5) => self.0.get(3..),
+            Some(0xc6) => self.0.get(5..),
+            _ => None,
+        };
+        match payload.map(std::str::from_utf8) {
+            Some(Ok(s)) => f.write_str(s),
+            _ => self.0.iter().try_for_each(|b| write!(f, "{b:02x}")),
+        }
+    }
+}
+
+/// The event header: the keys zerorpc and zmesh define, plus any other keys preserved as
+/// raw msgpack so middleware keys survive a decode/encode round trip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Unique id of this event.
+    pub message_id: MessageId,
+    /// The `v` key; `None` when absent (a legacy peer).
+    pub version: Option<u64>,
+    /// The channel id for every event after the opening one.
+    pub response_to: Option<MessageId>,
+    /// The zmesh marker: `Some(version)` when the sender is a zmesh peer.
+    pub zmesh: Option<u64>,
+    /// zmesh: the remaining deadline of the call in milliseconds, on the opening request.
+    pub deadline_ms: Option<u64>,
+    /// W3C `traceparent` of the call.
+    pub traceparent: Option<String>,
+    /// Every other key, in arrival order, with its raw msgpack value.
+    pub extra: Vec<(String, Bytes)>,
+}
+
+impl Header {
+    /// A header for an event sent by zmesh: fresh id, `v` = 3 and the zmesh marker.
+    pub fn zmesh(response_to: Option<MessageId>) -> Self {
+        Self {
+            message_id: MessageId::generate(),
+            version: Some(PROTOCOL_VERSION),
+            response_to,
+            zmesh: Some(ZMESH_EXTENSION_VERSION),
+            deadline_ms: None,
+            traceparent: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// True when the sender marked itself as a zmesh peer.
+    pub fn is_zmesh(&self) -> bool {
+        self.zmesh.is_some()
+    }
+}
+
+/// One decoded event. `args` is the raw msgpack of the third element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The header map.
+    pub header: Header,
+    /// The method name or one of the reserved [`names`].
+    pub name: String,
+    /// The third element, still encoded.
+    pub args: Bytes,
+}
+
+/// A decode failure, with the header when it was readable (so a server can still address an
+/// `ERR` reply to the request).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct EventDecodeError {
+    /// What was wrong.
+    pub error: DecodeError,
+    /// The header, when decoding got that far.
+    pub header: Option<Box<Header>>,
+}
+
+impl From<DecodeError> for EventDecodeError {
+    fn from(error: DecodeError) -> Self {
+        Self {
+            error,
+            header: None,
+        }
+    }
+}
+
+/// Decodes only the header of an event (used to address an `ERR` for a message that is
+/// rejected before full decoding, such as an oversized one).
+///
+/// # Errors
+/// Any [`DecodeError`] met before the header is complete.
+pub fn decode_header(frame: &[u8]) -> Result<Header, DecodeError> {
+    let mut c = Cursor::new(frame);
+    match c.array_len()? {
+        Some(3) => {}
+        Some(n) => return Err(DecodeError::WrongEventArity(n)),
+        None => return Err(DecodeError::NotAnArray),
+    }
+    read_header(&mut c)
+}
+
+/// Decodes a whole event frame. Trailing bytes after the event are ignored, as in Python.
+///
+/// # Errors
+/// An [`EventDecodeError`] carrying the header when it was readable.
+pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
+    let mut c = Cursor::new(frame);
+    match c.array_len()? {
+        Some(3) => {}
+        Some(n) => return Err(DecodeError::WrongEventArity(n).into()),
+        None => return Err(DecodeError::NotAnArray.into()),
+    }
+    let header = read_header(&mut c)?;
+    let with_header = |error| EventDecodeError {
+        error,
+        header: Some(Box::new(header.clone())),
+    };
+    let name = match c.str() {
+        Ok(Some(name)) => name.to_owned(),
+        Ok(None) => return Err(with_header(DecodeError::NameNotStr)),
+        Err(e) => return Err(with_header(e)),
+    };
+    let start = c.position();
+    if let Err(e) = c.value() {
+        return Err(with_header(e));
+    }
+    let args = frame.slice(start..c.position());
+    Ok(Event { header, name, args })
+}
+
+fn read_header(c: &mut Cursor<'_>) -> Result<Header, DecodeError> {
+    let Some(entries) = c.map_len()? else {
+        return Err(DecodeError::HeaderNotMap);
+    };
+    let mut message_id = None;
+    let mut header = Header {
+        message_id: MessageId(Bytes::new()),
+        version: None,
+        response_to: None,
+        zmesh: None,
+        deadline_ms: None,
+        traceparent: None,
+        extra: Vec::new(),
+    };
+    for _ in 0..entries {
+        let Some(key) = c.str()? else {
+            return Err(DecodeError::HeaderKeyNotStr);
+        };
+        let bad = || DecodeError::BadHeaderValue(key.to_owned());
+        match key {
+            keys::MESSAGE_ID | keys::RESPONSE_TO => {
+                let raw = c.value()?;
+                if !msgpack::is_id_kind(raw) {
+                    return Err(DecodeError::BadMessageId);
+                }
+                let id = MessageId(Bytes::copy_from_slice(raw));
+                if key == keys::MESSAGE_ID {
+                    message_id = Some(id);
+                } else {
+                    header.response_to = Some(id);
+                }
+            }
+            keys::VERSION => header.version = Some(c.uint()?.ok_or_else(bad)?),
+            keys::ZMESH => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
+            keys::DEADLINE_MS => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
+            keys::TRACEPARENT => header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned()),
+            _ => {
+                let raw = c.value()?;
+                header
+                    .extra
+                    .push((key.to_owned(), Bytes::copy_from_slice(raw)));
+            }
+        }
+    }
+    header.message_id = message_id.ok_or(DecodeError::MissingMessageId)?;
+    Ok(header)
+}
+
+/// Encodes an event whose args are already msgpack (`args` must hold exactly one value).
+///
+/// Key order follows Python (`message_id`, `v`, other keys, `response_to`), so a decoded
+/// Python event re-encodes to identical bytes.
+pub fn encode_event(header: &Header, name: &str, args: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(64 + header.message_id.0.len() + name.len() + args.len());
+    encode_event_into(&mut out, header, name, |out| out.extend_from_slice(args));
+    Bytes::from(out)
+}
+
+/// Encodes an event, letting `write_args` append the args value in place (saves a copy for
+/// large payloads).
+pub fn encode_event_into(
+    out: &mut Vec<u8>,
+    header: &Header,
+    name: &str,
+    write_args: impl FnOnce(&mut Vec<u8>),
+) {
+    out.push(0x93);
+    let entries = 1
+        + usize::from(header.version.is_some())
+        + usize::from(header.zmesh.is_some())
+        + usize::from(header.deadline_ms.is_some())
+        + usize::from(header.traceparent.is_some())
+        + header.extra.len()
+        + usize::from(header.response_to.is_some());
+    msgpack::write_map_len(out, entries);
+    msgpack::write_str(out, keys::MESSAGE_ID);
+    out.extend_from_slice(&header.message_id.0);
+    if let Some(v) = header.version {
+        msgpack::write_str(out, keys::VERSION);
+        msgpack::write_uint(out, v);
+    }
+    if let Some(z) = header.zmesh {
+        msgpack::write_str(out, keys::ZMESH);
+        msgpack::write_uint(out, z);
+    }
+    if let Some(ms) = header.deadline_ms {
+        msgpack::write_str(out, keys::DEADLINE_MS);
+        msgpack::write_uint(out, ms);
+    }
+    if let Some(tp) = &header.traceparent {
+        msgpack::write_str(out, keys::TRACEPARENT);
+        msgpack::write_str(out, tp);
+    }
+    for (key, value) in &header.extra {
+        msgpack::write_str(out, key);
+        out.extend_from_slice(value);
+    }
+    if let Some(rt) = &header.response_to {
+        msgpack::write_str(out, keys::RESPONSE_TO);
+        out.extend_from_slice(&rt.0);
+    }
+    msgpack::write_str(out, name);
+    write_args(out);
+}
+
+/// Args of an `ERR` event: `[name, message, traceback-or-nil]`.
+pub fn err_args(name: &str, message: &str, traceback: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + name.len() + message.len());
+    out.push(0x93);
+    msgpack::write_str(&mut out, name);
+    msgpack::write_str(&mut out, message);
+    match traceback {
+        Some(tb) => msgpack::write_str(&mut out, tb),
+        None => out.push(0xc0),
+    }
+    out
+}
+
+/// Args of a `_zpc_more` event: `[n]`.
+pub fn more_args(n: u64) -> Vec<u8> {
+    let mut out = vec![0x91];
+    msgpack::write_uint(&mut out, n);
+    out
+}
+
+/// Args of a `_zpc_hb` event: `[0]`.
+pub const HEARTBEAT_ARGS: &[u8] = &[0x91, 0x00];
+/// Args of `STREAM_DONE`: nil.
+pub const NIL_ARGS: &[u8] = &[0xc0];
+/// Args of `_zmesh_cancel`: `[]`.
+pub const EMPTY_ARRAY_ARGS: &[u8] = &[0x90];
+
+/// Reads the three elements of `ERR` args. Tolerates a legacy one-element `[repr]` and
+/// non-str elements (rendered as text) so a remote error is never lost to its shape.
+pub fn parse_err_args(args: &[u8]) -> (String, String, Option<String>) {
+    let value = rmpv::decode::read_value(&mut &args[..]).ok();
+    let text = |v: &rmpv::Value| match v {
+        rmpv::Value::String(s) => s
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    };
+    match value {
+        Some(rmpv::Value::Array(items)) => match items.as_slice() {
+            [name, message, tb, ..] => (
+                text(name),
+                text(message),
+                match tb {
+                    rmpv::Value::Nil => None,
+                    tb => Some(text(tb)),
+                },
+            ),
+            [name, message] => (text(name), text(message), None),
+            [repr] => ("RemoteError".to_owned(), text(repr), None),
+            [] => ("RemoteError".to_owned(), String::new(), None),
+        },
+        Some(other) => ("RemoteError".to_owned(), text(&other), None),
+        None => (
+            "RemoteError".to_owned(),
+            "undecodable ERR arguments".to_owned(),
+            None,
+        ),
+    }
+}
+
+/// Reads `[n]` from a `_zpc_more` event.
+pub fn parse_more_args(args: &[u8]) -> Option<u64> {
+    let mut c = Cursor::new(args);
+    match c.array_len() {
+        Ok(Some(n)) if n >= 1 => c.uint().ok().flatten(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).expect("test vectors are hex"))
+            .collect()
+    }
+
+    /// Appendix A.1 of the protocol notes: `hello("hi")` from a stock DEALER client.
+    const REQUEST_HELLO: &str = "93 82 aa 6d 65 73 73 61 67 65 5f 69 64 c4 20 32
+        31 63 64 64 34 34 39 38 35 31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63
+        61 30 a1 76 03 a5 68 65 6c 6c 6f 91 a2 68 69";
+
+    /// Appendix A.3: the OK reply as received by the client.
+    const REPLY_OK: &str = "93 83 aa 6d 65 73 73 61 67 65 5f 69 64 c4 20 30
+        38 63 61 63 39 33 39 32 64 64 65 34 38 34 65 39 63 63 66 61 39 39 35 33 36 61 33 62 33
+        35 35 a1 76 03 ab 72 65 73 70 6f 6e 73 65 5f 74 6f c4 20 32 31 63 64 64 34 34 39 38 35
+        31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63 61 30 a2 4f 4b 91 a9 48 65
+        6c 6c 6f 2c 20 68 69";
+
+    /// Appendix D.2: the first STREAM item, the bare integer 0.
+    const STREAM_ZERO: &str = "93 83 aa 6d 65 73 73 61 67 65 5f 69 64 c4 20 30
+        38 63 61 63 39 33 64 32 64 64 65 34 38 34 65 39 63 63 66 61 39 39 35 33 36 61 33 62 33
+        35 35 a1 76 03 ab 72 65 73 70 6f 6e 73 65 5f 74 6f c4 20 32 31 63 64 64 34 34 64 38 35
+        31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63 61 30 a6 53 54 52 45 41 4d
+        00";
+
+    /// Appendix E.1: a client heartbeat.
+    const HEARTBEAT: &str = "93 83 aa 6d 65 73 73 61 67 65 5f 69 64 c4 20 32
+        31 63 64 64 34 35 39 38 35 31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63
+        61 30 a1 76 03 ab 72 65 73 70 6f 6e 73 65 5f 74 6f c4 20 32 31 63 64 64 34 35 38 38 35
+        31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63 61 30 a7 5f 7a 70 63 5f 68
+        62 91 00";
+
+    /// Appendix D.3: the client's credit grant `_zpc_more [100]`.
+    const MORE_100: &str = "93 83 aa 6d 65 73 73 61 67 65 5f 69 64 c4 20 32
+        31 63 64 64 34 34 65 38 35 31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63
+        61 30 a1 76 03 ab 72 65 73 70 6f 6e 73 65 5f 74 6f c4 20 32 31 63 64 64 34 34 64 38 35
+        31 63 34 31 65 35 62 37 37 31 63 32 33 65 61 35 31 38 35 63 61 30 a9 5f 7a 70 63 5f 6d
+        6f 72 65 91 64";
+
+    #[test]
+    fn golden_request_decodes_and_reencodes_identically() {
+        let bytes = Bytes::from(hex(REQUEST_HELLO));
+        let ev = decode_event(&bytes).expect("capture decodes");
+        assert_eq!(ev.name, "hello");
+        assert_eq!(ev.header.version, Some(3));
+        assert_eq!(ev.header.response_to, None);
+        assert_eq!(
+            ev.header.message_id,
+            MessageId::from_bin(b"21cdd449851c41e5b771c23ea5185ca0")
+        );
+        assert_eq!(&ev.args[..], &[0x91, 0xa2, b'h', b'i']);
+        assert_eq!(encode_event(&ev.header, &ev.name, &ev.args), bytes);
+    }
+
+    #[test]
+    fn golden_replies_reencode_identically() {
+        for capture in [REPLY_OK, STREAM_ZERO, HEARTBEAT, MORE_100] {
+            let bytes = Bytes::from(hex(capture));
+            let ev = decode_event(&bytes).expect("capture decodes");
+            assert_eq!(encode_event(&ev.header, &ev.name, &ev.args), bytes);
+        }
+    }
+
+    #[test]
+    fn golden_ok_reply_is_what_we_build_from_the_request() {
+        let request = decode_event(&Bytes::from(hex(REQUEST_HELLO))).expect("decodes");
+        // Build the reply the way the node does, with the captured reply's own message id.
+        let header = Header {
+            message_id: MessageId::from_bin(b"08cac9392dde484e9ccfa99536a3b355"),
+            version: Some(3),
+            response_to: Some(request.header.message_id.clone()),
+            zmesh: None,
+            deadline_ms: None,
+            traceparent: None,
+            extra: vec![],
+        };
+        let mut ok_args = vec![0x91];
+        ok_args.extend_from_slice(&hex("a9 48 65 6c 6c 6f 2c 20 68 69"));
+        assert_eq!(
+            &encode_event(&header, names::OK, &ok_args)[..],
+            &hex(REPLY_OK)[..]
+        );
+    }
+
+    #[test]
+    fn golden_control_args() {
+        let hb = decode_event(&Bytes::from(hex(HEARTBEAT))).expect("decodes");
+        assert_eq!(&hb.args[..], HEARTBEAT_ARGS);
+        let more = decode_event(&Bytes::from(hex(MORE_100))).expect("decodes");
+        assert_eq!(parse_more_args(&more.args), Some(100));
+        assert_eq!(more_args(100), vec![0x91, 0x64]);
+        assert_eq!(
+            more.header.response_to,
+            Some(MessageId::from_bin(b"21cdd44d851c41e5b771c23ea5185ca0"))
+        );
+    }
+
+    #[test]
+    fn generated_ids_are_bin32_hex_and_unique() {
+        let a = MessageId::generate();
+        let b = MessageId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.encoded().len(), 34);
+        assert_eq!(&a.encoded()[..2], &[0xc4, 32]);
+        assert!(a.encoded()[2..].iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn str_ids_are_echoed_as_str() {
+        let mut out = vec![0x93, 0x82];
+        msgpack::write_str(&mut out, "message_id");
+        msgpack::write_str(&mut out, "abc");
+        msgpack::write_str(&mut out, "v");
+        out.push(3);
+        msgpack::write_str(&mut out, "ping");
+        out.push(0x90);
+        let ev = decode_event(&Bytes::from(out)).expect("decodes");
+        let reply = encode_event(
+            &Header::zmesh(Some(ev.header.message_id.clone())),
+            "OK",
+            &[0x91, 0xc0],
+        );
+        let back = decode_event(&reply).expect("decodes");
+        assert_eq!(
+            back.header.response_to.expect("set").encoded()[..],
+            [0xa3, b'a', b'b', b'c']
+        );
+    }
+
+    #[test]
+    fn zmesh_keys_round_trip_and_unknown_keys_are_kept() {
+        let mut header = Header::zmesh(None);
+        header.deadline_ms = Some(1500);
+        header.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        header
+            .extra
+            .push(("tenant".into(), Bytes::from_static(&[0xa2, b'o', b'k'])));
+        let bytes = encode_event(&header, "echo.echo", &[0x91, 0x01]);
+        let ev = decode_event(&bytes).expect("decodes");
+        assert_eq!(ev.header, header);
+        assert!(ev.header.is_zmesh());
+    }
+
+    #[test]
+    fn malformed_events_name_their_problem() {
+        let cases: Vec<(Vec<u8>, DecodeError)> = vec![
+            (vec![], DecodeError::Truncated),
+            (vec![0xc0], DecodeError::NotAnArray),
+            (vec![0x92, 0x80, 0xa0], DecodeError::WrongEventArity(2)),
+            (vec![0x93, 0x01, 0xa0, 0x90], DecodeError::HeaderNotMap),
+            (
+                vec![0x93, 0x81, 0x01, 0x01, 0xa0, 0x90],
+                DecodeError::HeaderKeyNotStr,
+            ),
+            (vec![0x93, 0x80, 0xa0, 0x90], DecodeError::MissingMessageId),
+        ];
+        for (bytes, want) in cases {
+            let got = decode_event(&Bytes::from(bytes.clone())).expect_err("must fail");
+            assert_eq!(got.error, want, "input {bytes:02x?}");
+        }
+        // A readable header is reported with the error so the server can answer ERR.
+        let mut out = vec![0x93, 0x81];
+        msgpack::write_str(&mut out, "message_id");
+        msgpack::write_bin(&mut out, b"id");
+        out.push(0x07); // name is an int
+        out.push(0x90);
+        let err = decode_event(&Bytes::from(out)).expect_err("must fail");
+        assert_eq!(err.error, DecodeError::NameNotStr);
+        assert_eq!(
+            err.header.expect("header kept").message_id,
+            MessageId::from_bin(b"id")
+        );
+    }
+
+    #[test]
+    fn err_args_shapes() {
+        let args = err_args("EchoError", "boom", None);
+        assert_eq!(
+            parse_err_args(&args),
+            ("EchoError".into(), "boom".into(), None)
+        );
+        let args = err_args("E", "m", Some("tb"));
+        assert_eq!(
+            parse_err_args(&args),
+            ("E".into(), "m".into(), Some("tb".into()))
+        );
+        let legacy = rmp_serde::to_vec(&("ValueError('x')",)).expect("encodes");
+        assert_eq!(parse_err_args(&legacy).1, "ValueError('x')");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let bytes = Bytes::from(bytes);
+            let _ = decode_event(&bytes);
+            let _ = decode_header(&bytes);
+            let _ = parse_err_args(&bytes);
+            let _ = parse_more_args(&bytes);
+        }
+
+        #[test]
+        fn mutated_valid_events_never_panic(pos in 0usize..120, byte in proptest::num::u8::ANY) {
+            let mut bytes = hex(REPLY_OK);
+            let at = pos % bytes.len();
+            bytes[at] = byte;
+            let _ = decode_event(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn encode_decode_round_trip(
+            id in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            name in "[a-zA-Z_.]{1,40}",
+            deadline in proptest::option::of(proptest::num::u64::ANY),
+            reply in proptest::bool::ANY,
+            arg in proptest::collection::vec(proptest::num::i64::ANY, 0..20),
+            extra in proptest::option::of("[a-z]{1,10}"),
+        ) {
+            let mut header = Header::zmesh(reply.then(|| MessageId::from_bin(&id)));
+            header.message_id = MessageId::from_bin(&id);
+            header.deadline_ms = deadline;
+            if let Some(k) = extra {
+                header.extra.push((format!("x_{k}"), Bytes::from_static(&[0xc3])));
+            }
+            let args = rmp_serde::to_vec(&arg).expect("encodes");
+            let bytes = encode_event(&header, &name, &args);
+            let ev = decode_event(&bytes).expect("round trip decodes");
+            proptest::prop_assert_eq!(&ev.header, &header);
+            proptest::prop_assert_eq!(&ev.name, &name);
+            proptest::prop_assert_eq!(&ev.args[..], &args[..]);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Provides the zerorpc v3 wire format, pure: events, headers, ids and multipart framing.
+//! No sockets, no clocks, no tasks; everything here is unit-tested against real captures.
+
+mod event;
+mod frames;
+pub(crate) mod msgpack;
+
+pub use event::{
+    EMPTY_ARRAY_ARGS, Event, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS,
+    PROTOCOL_VERSION, ZMESH_EXTENSION_VERSION, decode_event, decode_header, encode_event,
+    encode_event_into, err_args, keys, more_args, names, parse_err_args, parse_more_args,
+};
+pub use frames::{Envelope, join_frames, split_frames};
+
+/// Why bytes from a peer are not a valid zerorpc event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes end in the middle of a value.
+    #[error("message is truncated")]
+    Truncated,
+    /// The event is not a msgpack array.
+    #[error("event is not a msgpack array")]
+    NotAnArray,
+    /// The event array does not have exactly three elements.
+    #[error("event has {0} elements, expected 3 ([header, name, args])")]
+    WrongEventArity(u64),
+    /// The header is not a map.
+    #[error("event header is not a map")]
+    HeaderNotMap,
+    /// A header key is not a msgpack str.
+    #[error("event header has a key that is not a string")]
+    HeaderKeyNotStr,
+    /// The header has no `message_id`.
+    #[error("event header has no message_id")]
+    MissingMessageId,
+    /// An id is not a bin, str or integer.
+    #[error("message_id/response_to must be bin, str or int")]
+    BadMessageId,
+    /// A known header key has a value of the wrong type.
+    #[error("header key {0:?} has a value of the wrong type")]
+    BadHeaderValue(String),
+    /// The event name is not a msgpack str.
+    #[error("event name is not a string")]
+    NameNotStr,
+    /// A string is not valid UTF-8.
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    /// The reserved marker 0xc1 appeared.
+    #[error("reserved msgpack marker 0xc1")]
+    ReservedMarker,
+}
