@@ -301,7 +301,7 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::UnboundedReceiver<
 /// period of grace before the first heartbeat is expected).
 async fn sweep_loop(shared: Arc<ConnShared>) {
     let period = shared.config.heartbeat;
-    let mut ticker = tokio::time::interval(period / 2);
+    let mut ticker = tokio::time::interval(period / 4);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -443,6 +443,11 @@ impl Client {
             names::ERR => {
                 guard.complete();
                 let (name, message, traceback) = parse_err_args(&event.args);
+                // The server enforces the same deadline we sent; its verdict and our timer
+                // race, and both mean the same thing to the caller.
+                if name == "DeadlineExceeded" {
+                    return Err(CallError::DeadlineExceeded(timeout));
+                }
                 Err(CallError::Remote(RemoteError {
                     name,
                     message,

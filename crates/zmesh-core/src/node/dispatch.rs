@@ -501,8 +501,8 @@ impl Call {
 /// Sends heartbeats on open channels and closes channels whose client went silent.
 async fn sweep_loop(shared: Arc<Shared>, control: Control, mut stop: watch::Receiver<bool>) {
     let period = shared.config.heartbeat;
-    // Half-period ticks keep each channel's first heartbeat within 1.5 periods of opening.
-    let mut ticker = tokio::time::interval(period / 2);
+    // Quarter-period ticks keep heartbeats and loss detection within a quarter period of due.
+    let mut ticker = tokio::time::interval(period / 4);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -1,0 +1,493 @@
+//! Request-reply over real sockets, tcp and ipc: concurrency, typed args and results, remote
+//! errors, panics, limits, deadlines, cancellation, built-ins and graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{NET_TIMEOUT, TRANSPORTS, Transport, eventually, net, start_node};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::Notify;
+use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_calls_from_one_client_are_all_correct() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        let calls: FuturesUnordered<_> = (0..1000u64)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    let text = format!("call-{i}");
+                    let upper: String = client.call("echo.upper", (&text,)).await.expect("upper");
+                    let echoed: u64 = client.call("echo.echo", (i,)).await.expect("echo");
+                    (i, text, upper, echoed)
+                }
+            })
+            .collect();
+        let results: Vec<_> = net("1000 concurrent calls", calls.collect()).await;
+        assert_eq!(results.len(), 1000, "{transport:?}");
+        for (i, text, upper, echoed) in results {
+            assert_eq!(upper, text.to_uppercase(), "{transport:?}");
+            assert_eq!(echoed, i, "{transport:?}");
+        }
+        assert!(node.stats().calls >= 2000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_round_trip_and_unprefixed_names_work() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        let value = rmpv::Value::Map(vec![
+            (
+                "list".into(),
+                rmpv::Value::Array(vec![1.into(), "two".into(), rmpv::Value::Nil]),
+            ),
+            ("bin".into(), rmpv::Value::Binary(vec![0, 1, 2, 255])),
+            ("float".into(), rmpv::Value::F64(1.5)),
+        ]);
+        let back: rmpv::Value = net("echo", client.call("echo.echo", (value.clone(),)))
+            .await
+            .expect("echo");
+        assert_eq!(back, value);
+        let upper: String = net("unprefixed", client.call("upper", ("hi",)))
+            .await
+            .expect("upper");
+        assert_eq!(upper, "HI");
+        let size: usize = net(
+            "size",
+            client.call("echo.size", (rmpv::Value::Binary(vec![7; 4096]),)),
+        )
+        .await
+        .expect("size");
+        assert_eq!(size, 4096);
+        let slept: u64 = net("sleep", client.call("echo.sleep", (5,)))
+            .await
+            .expect("sleep");
+        assert_eq!(slept, 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_errors_arrive_typed() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+
+        let err = net("fail", client.call::<()>("echo.fail", ("boom",)))
+            .await
+            .expect_err("fails");
+        let remote = err.remote().expect("remote error");
+        assert_eq!(
+            (remote.name.as_str(), remote.message.as_str()),
+            ("EchoError", "boom")
+        );
+
+        let err = net("unknown", client.call::<()>("echo.nope", ()))
+            .await
+            .expect_err("fails");
+        let remote = err.remote().expect("remote error");
+        assert_eq!(
+            (remote.name.as_str(), remote.message.as_str()),
+            ("NameError", "echo.nope")
+        );
+
+        let err = net("wrong type", client.call::<String>("echo.upper", (5,)))
+            .await
+            .expect_err("fails");
+        let remote = err.remote().expect("remote error");
+        assert_eq!(remote.name, "TypeError");
+        assert!(
+            remote.message.starts_with("argument 1: "),
+            "{}",
+            remote.message
+        );
+
+        let err = net("arity", client.call::<String>("echo.upper", ("a", "b")))
+            .await
+            .expect_err("fails");
+        assert_eq!(
+            err.remote().expect("remote").message,
+            "takes 1 positional argument but 2 were given"
+        );
+
+        let err = net("size of int", client.call::<usize>("echo.size", (1,)))
+            .await
+            .expect_err("fails");
+        assert_eq!(
+            err.remote().expect("remote").message,
+            "size expects bin or str, got int"
+        );
+
+        // Decoding into the wrong local type is a local error, not a remote one.
+        let err = net("decode", client.call::<u64>("echo.upper", ("x",)))
+            .await
+            .expect_err("fails");
+        assert!(matches!(err, CallError::Decode(_)), "{err:?}");
+
+        // The node keeps serving after all of that.
+        let ok: String = net("after errors", client.call("echo.upper", ("ok",)))
+            .await
+            .expect("ok");
+        assert_eq!(ok, "OK");
+    }
+}
+
+fn panicky() -> Service {
+    Service::new("panicky").method("boom", |msg: String| async move {
+        if msg == "panic" {
+            panic!("handler exploded");
+        }
+        Ok::<_, HandlerError>(msg)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_becomes_err_and_node_keeps_serving() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![panicky()]).await;
+        let client = Client::new(node.endpoint());
+        let err = net("panic", client.call::<String>("panicky.boom", ("panic",)))
+            .await
+            .expect_err("panics");
+        let remote = err.remote().expect("remote error");
+        assert_eq!(remote.name, "HandlerPanic");
+        assert!(
+            remote.message.contains("handler exploded"),
+            "{}",
+            remote.message
+        );
+        let fine: String = net("after panic", client.call("panicky.boom", ("fine",)))
+            .await
+            .expect("ok");
+        assert_eq!(fine, "fine");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_call_never_delays_others() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("echo.sleep", (3_000,)).await }
+        });
+        eventually(NET_TIMEOUT, "slow call running", || {
+            node.stats().in_flight == 1
+        })
+        .await;
+        for i in 0..100u64 {
+            let v: u64 = net("quick call", client.call("echo.echo", (i,)))
+                .await
+                .expect("quick");
+            assert_eq!(v, i);
+        }
+        // All hundred quick calls finished while the slow one is still running.
+        assert!(
+            !slow.is_finished(),
+            "{transport:?}: slow call finished before the quick ones"
+        );
+        assert_eq!(
+            net("slow call", slow)
+                .await
+                .expect("join")
+                .expect("slow ok"),
+            3_000
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_concurrency_bound_answers_overloaded() {
+    for transport in TRANSPORTS {
+        let config = NodeConfig::default().max_concurrent_calls(2);
+        let (node, _dir) = start_node(transport, config, vec![]).await;
+        let client = Client::new(node.endpoint());
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call::<u64>("echo.sleep", (1_000,)).await })
+            })
+            .collect();
+        eventually(NET_TIMEOUT, "two calls running", || {
+            node.stats().in_flight == 2
+        })
+        .await;
+        let err = net("third call", client.call::<String>("echo.upper", ("x",)))
+            .await
+            .expect_err("overloaded");
+        assert_eq!(err.remote().expect("remote").name, "Overloaded");
+        assert!(node.stats().overloaded >= 1);
+        for call in busy {
+            assert_eq!(
+                net("busy call", call).await.expect("join").expect("ok"),
+                1_000
+            );
+        }
+        let ok: String = net("after overload", client.call("echo.upper", ("x",)))
+            .await
+            .expect("ok");
+        assert_eq!(ok, "X");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_bound_answers_overloaded_only_to_that_client() {
+    let config = NodeConfig::default().max_calls_per_peer(2);
+    let (node, _dir) = start_node(Transport::Tcp, config, vec![]).await;
+    let greedy = Client::new(node.endpoint());
+    let polite = Client::new(node.endpoint());
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let greedy = greedy.clone();
+            tokio::spawn(async move { greedy.call::<u64>("echo.sleep", (1_000,)).await })
+        })
+        .collect();
+    eventually(NET_TIMEOUT, "two calls running", || {
+        node.stats().in_flight == 2
+    })
+    .await;
+    let err = net("greedy third", greedy.call::<String>("echo.upper", ("x",)))
+        .await
+        .expect_err("over");
+    let remote = err.remote().expect("remote");
+    assert_eq!(remote.name, "Overloaded");
+    assert!(remote.message.contains("connection"), "{}", remote.message);
+    let ok: String = net("polite call", polite.call("echo.upper", ("y",)))
+        .await
+        .expect("served");
+    assert_eq!(ok, "Y");
+    for call in busy {
+        net("busy call", call).await.expect("join").expect("ok");
+    }
+}
+
+/// A service whose handler reports when it starts and when it is dropped unfinished.
+fn observed(started: Arc<Notify>, dropped: Arc<Notify>, finished: Arc<AtomicU64>) -> Service {
+    struct OnDrop(Arc<Notify>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+    Service::new("observed").method("wait", move |ms: u64| {
+        let (started, dropped, finished) = (started.clone(), dropped.clone(), finished.clone());
+        async move {
+            let guard = OnDrop(dropped);
+            started.notify_one();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            std::mem::forget(guard);
+            finished.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, HandlerError>(ms)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_call_aborts_the_server_handler() {
+    for transport in TRANSPORTS {
+        let (started, dropped, finished) = (
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let service = observed(started.clone(), dropped.clone(), finished.clone());
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
+        let client = Client::new(node.endpoint());
+        // Warm the connection so it has learned the peer speaks zmesh.
+        let _: String = net("warm up", client.call("echo.upper", ("x",)))
+            .await
+            .expect("ok");
+
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("observed.wait", (60_000,)).await }
+        });
+        net("handler start", started.notified()).await;
+        call.abort(); // drops the call's future
+        net("handler aborted by cancel", dropped.notified()).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
+        eventually(NET_TIMEOUT, "cancel counted", || {
+            node.stats().cancelled == 1
+        })
+        .await;
+        assert_eq!(node.stats().in_flight, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_expiry_fails_the_call_and_aborts_the_handler() {
+    for transport in TRANSPORTS {
+        let (started, dropped, finished) = (
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let service = observed(started.clone(), dropped.clone(), finished.clone());
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
+        let client = Client::new(node.endpoint());
+        let options = CallOptions::timeout(Duration::from_millis(300));
+        let err = net(
+            "deadline",
+            client.call_with::<u64>("observed.wait", (60_000,), options),
+        )
+        .await
+        .expect_err("deadline passes");
+        assert!(matches!(err, CallError::DeadlineExceeded(_)), "{err:?}");
+        net("handler aborted at its deadline", dropped.notified()).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
+        // A call within its deadline still succeeds.
+        let options = CallOptions::timeout(Duration::from_secs(5));
+        let ok: u64 = net("in time", client.call_with("observed.wait", (10,), options))
+            .await
+            .expect("ok");
+        assert_eq!(ok, 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_answer_in_zerorpc_shapes() {
+    let (node, _dir) = start_node(Transport::Tcp, NodeConfig::default(), vec![]).await;
+    let client = Client::new(node.endpoint());
+    let ping: (String, String) = net("ping", client.call("_zerorpc_ping", ()))
+        .await
+        .expect("ping");
+    assert_eq!(ping, ("pong".to_owned(), "echo".to_owned()));
+    let name: String = net("name", client.call("_zerorpc_name", ()))
+        .await
+        .expect("name");
+    assert_eq!(name, "echo");
+    let list: Vec<String> = net("list", client.call("_zerorpc_list", ()))
+        .await
+        .expect("list");
+    for expected in ["echo.upper", "echo.count", "upper", "count"] {
+        assert!(list.contains(&expected.to_owned()), "{list:?}");
+    }
+    let mut sorted = list.clone();
+    sorted.sort();
+    assert_eq!(list, sorted);
+    assert!(list.iter().all(|m| !m.starts_with('_')));
+    let help: Option<String> = net("help", client.call("_zerorpc_help", ("echo.upper",)))
+        .await
+        .expect("help");
+    assert_eq!(help.as_deref(), Some("Return the string upper-cased."));
+    let err = net(
+        "help unknown",
+        client.call::<Option<String>>("_zerorpc_help", ("nope",)),
+    )
+    .await
+    .expect_err("unknown");
+    assert_eq!(err.remote().expect("remote").name, "KeyError");
+    assert_eq!(err.remote().expect("remote").message, "'nope'");
+    let inspect: rmpv::Value = net("inspect", client.call("_zerorpc_inspect", ()))
+        .await
+        .expect("inspect");
+    let get = |v: &rmpv::Value, k: &str| -> rmpv::Value {
+        v.as_map()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(key, _)| key.as_str() == Some(k))
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| panic!("key {k} missing in {v}"))
+    };
+    assert_eq!(get(&inspect, "name").as_str(), Some("echo"));
+    let upper = get(&get(&inspect, "methods"), "echo.upper");
+    assert_eq!(
+        get(&upper, "doc").as_str(),
+        Some("Return the string upper-cased.")
+    );
+    assert_eq!(
+        get(&get(&upper, "args").as_array().expect("args")[0], "name").as_str(),
+        Some("s")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        let short = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("echo.sleep", (300,)).await }
+        });
+        let long = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("echo.sleep", (60_000,)).await }
+        });
+        eventually(NET_TIMEOUT, "both calls running", || {
+            node.stats().in_flight == 2
+        })
+        .await;
+        let aborted = net("shutdown", node.shutdown(Duration::from_secs(1))).await;
+        assert_eq!(aborted, 1, "{transport:?}");
+        // The short call finished within the grace period.
+        assert_eq!(
+            net("short call", short)
+                .await
+                .expect("join")
+                .expect("finished"),
+            300
+        );
+        // The long one was told, not left hanging.
+        let err = net("long call", long)
+            .await
+            .expect("join")
+            .expect_err("aborted");
+        let remote = err.remote().expect("remote error");
+        assert_eq!(remote.name, "Unavailable");
+        // The node is gone: a new call fails instead of hanging.
+        let options = CallOptions::timeout(Duration::from_secs(2));
+        let err = net(
+            "after shutdown",
+            client.call_with::<String>("echo.upper", ("x",), options),
+        )
+        .await
+        .expect_err("node is gone");
+        assert!(
+            matches!(
+                err,
+                CallError::PeerLost(_) | CallError::Connect { .. } | CallError::DeadlineExceeded(_)
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_binds_several_endpoints_and_serves_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = net(
+        "start",
+        zmesh::Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .bind(format!("ipc://{}/multi.sock", dir.path().display()))
+            .service(zmesh_echo::service())
+            .start(),
+    )
+    .await
+    .expect("starts");
+    assert_eq!(node.endpoints().len(), 2);
+    for endpoint in node.endpoints() {
+        let client = Client::new(endpoint.clone());
+        let v: String = net("call", client.call("echo.upper", ("a",)))
+            .await
+            .expect("ok");
+        assert_eq!(v, "A");
+    }
+    let err = net(
+        "bad endpoint",
+        zmesh::Node::builder().bind("inproc://x").start(),
+    )
+    .await
+    .expect_err("inproc is unsupported");
+    assert!(err.to_string().contains("unsupported endpoint"), "{err}");
+}
