@@ -11,7 +11,7 @@ use common::{NET_TIMEOUT, TRANSPORTS, Transport, eventually, net, start_node};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
-use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service};
+use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service, wire};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_from_one_client_are_all_correct() {
@@ -177,7 +177,7 @@ async fn slow_call_never_delays_others() {
         let client = Client::new(node.endpoint());
         let slow = tokio::spawn({
             let client = client.clone();
-            async move { client.call::<u64>("echo.sleep", (3_000,)).await }
+            async move { client.call::<u64>("echo.sleep", (5_000,)).await }
         });
         eventually(NET_TIMEOUT, "slow call running", || {
             node.stats().in_flight == 1
@@ -199,7 +199,7 @@ async fn slow_call_never_delays_others() {
                 .await
                 .expect("join")
                 .expect("slow ok"),
-            3_000
+            5_000
         );
     }
 }
@@ -213,7 +213,7 @@ async fn node_concurrency_bound_answers_overloaded() {
         let busy: Vec<_> = (0..2)
             .map(|_| {
                 let client = client.clone();
-                tokio::spawn(async move { client.call::<u64>("echo.sleep", (1_000,)).await })
+                tokio::spawn(async move { client.call::<u64>("echo.sleep", (4_000,)).await })
             })
             .collect();
         eventually(NET_TIMEOUT, "two calls running", || {
@@ -228,7 +228,7 @@ async fn node_concurrency_bound_answers_overloaded() {
         for call in busy {
             assert_eq!(
                 net("busy call", call).await.expect("join").expect("ok"),
-                1_000
+                4_000
             );
         }
         let ok: String = net("after overload", client.call("echo.upper", ("x",)))
@@ -247,7 +247,7 @@ async fn per_connection_bound_answers_overloaded_only_to_that_client() {
     let busy: Vec<_> = (0..2)
         .map(|_| {
             let greedy = greedy.clone();
-            tokio::spawn(async move { greedy.call::<u64>("echo.sleep", (1_000,)).await })
+            tokio::spawn(async move { greedy.call::<u64>("echo.sleep", (4_000,)).await })
         })
         .collect();
     eventually(NET_TIMEOUT, "two calls running", || {
@@ -290,17 +290,46 @@ fn observed(started: Arc<Notify>, dropped: Arc<Notify>, finished: Arc<AtomicU64>
     })
 }
 
+/// A node hosting [`observed`], with a client and the observation handles.
+struct Observed {
+    node: zmesh::Node,
+    _dir: tempfile::TempDir,
+    client: Client,
+    started: Arc<Notify>,
+    dropped: Arc<Notify>,
+    finished: Arc<AtomicU64>,
+}
+
+async fn observed_node(transport: Transport) -> Observed {
+    let (started, dropped, finished) = (
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let service = observed(started.clone(), dropped.clone(), finished.clone());
+    let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
+    let client = Client::new(node.endpoint());
+    Observed {
+        node,
+        _dir,
+        client,
+        started,
+        dropped,
+        finished,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_call_aborts_the_server_handler() {
     for transport in TRANSPORTS {
-        let (started, dropped, finished) = (
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let service = observed(started.clone(), dropped.clone(), finished.clone());
-        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
-        let client = Client::new(node.endpoint());
+        let Observed {
+            node,
+            _dir,
+            client,
+            started,
+            dropped,
+            finished,
+        } = observed_node(transport).await;
         // Warm the connection so it has learned the peer speaks zmesh.
         let _: String = net("warm up", client.call("echo.upper", ("x",)))
             .await
@@ -325,15 +354,19 @@ async fn dropping_a_call_aborts_the_server_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_expiry_fails_the_call_and_aborts_the_handler() {
     for transport in TRANSPORTS {
-        let (started, dropped, finished) = (
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let service = observed(started.clone(), dropped.clone(), finished.clone());
-        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
-        let client = Client::new(node.endpoint());
-        let options = CallOptions::timeout(Duration::from_millis(300));
+        let Observed {
+            node: _node,
+            _dir,
+            client,
+            started,
+            dropped,
+            finished,
+        } = observed_node(transport).await;
+        // Connect first: this test is about the call's deadline, not the connect's.
+        let _: String = net("warm up", client.call("echo.upper", ("x",)))
+            .await
+            .expect("ok");
+        let options = CallOptions::timeout(Duration::from_millis(500));
         let err = net(
             "deadline",
             client.call_with::<u64>("observed.wait", (60_000,), options),
@@ -341,7 +374,8 @@ async fn deadline_expiry_fails_the_call_and_aborts_the_handler() {
         .await
         .expect_err("deadline passes");
         assert!(matches!(err, CallError::DeadlineExceeded(_)), "{err:?}");
-        net("handler aborted at its deadline", dropped.notified()).await;
+        net("handler started", started.notified()).await;
+        net("handler aborted", dropped.notified()).await;
         assert_eq!(finished.load(Ordering::SeqCst), 0);
         // A call within its deadline still succeeds.
         let options = CallOptions::timeout(Duration::from_secs(5));
@@ -349,6 +383,130 @@ async fn deadline_expiry_fails_the_call_and_aborts_the_handler() {
             .await
             .expect("ok");
         assert_eq!(ok, 10);
+    }
+}
+
+/// A raw DEALER that speaks the wire protocol by hand (no cancel, no heartbeats), to see what
+/// the node does on its own.
+async fn raw_peer(endpoint: &str) -> zeromq::DealerSocket {
+    use zeromq::Socket as _;
+    let mut socket = zeromq::DealerSocket::new();
+    net("raw connect", socket.connect(endpoint))
+        .await
+        .expect("connects");
+    socket
+}
+
+async fn raw_request(
+    socket: &mut zeromq::DealerSocket,
+    header: &wire::Header,
+    method: &str,
+    args: &[u8],
+) {
+    use zeromq::SocketSend as _;
+    let event = wire::encode_event(header, method, args);
+    net("raw send", socket.send(wire::join_frames(&[], event)))
+        .await
+        .expect("sent");
+}
+
+async fn raw_reply(socket: &mut zeromq::DealerSocket) -> wire::Event {
+    use zeromq::SocketRecv as _;
+    loop {
+        let message = net("raw reply", socket.recv()).await.expect("received");
+        let envelope = wire::split_frames(message.into_vec()).expect("frames");
+        let event = wire::decode_event(&envelope.event).expect("valid event");
+        if event.name != wire::names::HEARTBEAT {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_enforces_the_deadline_it_was_sent() {
+    let Observed {
+        node,
+        _dir,
+        started,
+        dropped,
+        finished,
+        ..
+    } = observed_node(Transport::Tcp).await;
+    let mut raw = raw_peer(node.endpoint()).await;
+    // Still running when its deadline passes: aborted, and answered with DeadlineExceeded.
+    let mut header = wire::Header::zmesh(None);
+    header.deadline_ms = Some(300);
+    raw_request(
+        &mut raw,
+        &header,
+        "observed.wait",
+        &rmp_serde::to_vec(&(60_000,)).expect("args"),
+    )
+    .await;
+    net("handler started", started.notified()).await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(reply.header.response_to.as_ref(), Some(&header.message_id));
+    assert_eq!(reply.name, "ERR");
+    assert_eq!(wire::parse_err_args(&reply.args).0, "DeadlineExceeded");
+    net("handler aborted", dropped.notified()).await;
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+    // Already expired on arrival: dropped without running.
+    let before = node.stats().expired;
+    let mut header = wire::Header::zmesh(None);
+    header.deadline_ms = Some(0);
+    raw_request(
+        &mut raw,
+        &header,
+        "observed.wait",
+        &rmp_serde::to_vec(&(1,)).expect("args"),
+    )
+    .await;
+    eventually(NET_TIMEOUT, "expired request counted", || {
+        node.stats().expired > before
+    })
+    .await;
+    assert_eq!(node.stats().in_flight, 0);
+    // The connection still works.
+    let header = wire::Header::zmesh(None);
+    raw_request(
+        &mut raw,
+        &header,
+        "echo.upper",
+        &rmp_serde::to_vec(&("ok",)).expect("args"),
+    )
+    .await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(reply.name, "OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_raw_client_calls_are_aborted_on_disconnect() {
+    // No cancel event: only the node's disconnect watch can notice this client is gone.
+    for transport in TRANSPORTS {
+        let Observed {
+            node,
+            _dir,
+            started,
+            dropped,
+            ..
+        } = observed_node(transport).await;
+        let mut raw = raw_peer(node.endpoint()).await;
+        let header = wire::Header::zmesh(None);
+        raw_request(
+            &mut raw,
+            &header,
+            "observed.wait",
+            &rmp_serde::to_vec(&(60_000,)).expect("args"),
+        )
+        .await;
+        net("handler started", started.notified()).await;
+        drop(raw);
+        net("handler aborted after disconnect", dropped.notified()).await;
+        eventually(NET_TIMEOUT, "channel closed", || {
+            node.stats().in_flight == 0
+        })
+        .await;
+        assert!(node.stats().peers_lost >= 1, "{transport:?}");
     }
 }
 
@@ -427,7 +585,7 @@ async fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
             node.stats().in_flight == 2
         })
         .await;
-        let aborted = net("shutdown", node.shutdown(Duration::from_secs(1))).await;
+        let aborted = net("shutdown", node.shutdown(Duration::from_secs(3))).await;
         assert_eq!(aborted, 1, "{transport:?}");
         // The short call finished within the grace period.
         assert_eq!(

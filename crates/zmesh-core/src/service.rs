@@ -135,9 +135,9 @@ impl<'a> ArgReader<'a> {
             )));
         }
         let rest = &args[cursor.position()..];
-        Ok(Self {
-            de: rmp_serde::Deserializer::from_read_ref(rest),
-        })
+        let mut de = rmp_serde::Deserializer::from_read_ref(rest);
+        de.set_max_depth(crate::wire::MAX_VALUE_DEPTH);
+        Ok(Self { de })
     }
 
     pub(crate) fn next<T: DeserializeOwned>(&mut self, index: usize) -> Result<T, HandlerError> {
@@ -168,6 +168,42 @@ macro_rules! count {
     ($head:ident $($tail:ident)*) => { 1u64 + count!($($tail)*) };
 }
 
+/// A tuple of handler parameters, decoded from the positional args array one element at a
+/// time so a type error names its argument.
+pub(crate) trait DecodeArgs: Sized {
+    fn decode(args: &[u8]) -> Result<Self, HandlerError>;
+}
+
+fn decode_args<T: DecodeArgs>(args: &[u8]) -> Result<T, HandlerError> {
+    T::decode(args)
+}
+
+macro_rules! impl_decode_args {
+    ($($ty:ident),*) => {
+        impl<$($ty: DeserializeOwned,)*> DecodeArgs for ($($ty,)*) {
+            #[allow(unused_mut, unused_variables)]
+            fn decode(args: &[u8]) -> Result<Self, HandlerError> {
+                let mut reader = ArgReader::new(args, count!($($ty)*))?;
+                let mut index = 0usize;
+                Ok(($({
+                    index += 1;
+                    reader.next::<$ty>(index)?
+                },)*))
+            }
+        }
+    };
+}
+
+impl_decode_args!();
+impl_decode_args!(A1);
+impl_decode_args!(A1, A2);
+impl_decode_args!(A1, A2, A3);
+impl_decode_args!(A1, A2, A3, A4);
+impl_decode_args!(A1, A2, A3, A4, A5);
+impl_decode_args!(A1, A2, A3, A4, A5, A6);
+impl_decode_args!(A1, A2, A3, A4, A5, A6, A7);
+impl_decode_args!(A1, A2, A3, A4, A5, A6, A7, A8);
+
 macro_rules! impl_handlers {
     ($($ty:ident $var:ident),*) => {
         impl<F, Fut, R, E, $($ty,)*> Handler<($($ty,)*)> for F
@@ -178,20 +214,11 @@ macro_rules! impl_handlers {
             E: Into<HandlerError> + Send + 'static,
             $($ty: DeserializeOwned + Send + 'static,)*
         {
-            #[allow(unused_mut, unused_variables, unused_assignments)]
             fn call(&self, args: Bytes) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>> {
-                let mut reader = match ArgReader::new(&args, count!($($ty)*)) {
-                    Ok(reader) => reader,
+                let ($($var,)*) = match decode_args::<($($ty,)*)>(&args) {
+                    Ok(decoded) => decoded,
                     Err(e) => return futures::future::ready(Err(e)).boxed(),
                 };
-                let mut index = 0usize;
-                $(
-                    index += 1;
-                    let $var: $ty = match reader.next(index) {
-                        Ok(v) => v,
-                        Err(e) => return futures::future::ready(Err(e)).boxed(),
-                    };
-                )*
                 let fut = (self)($($var),*);
                 async move {
                     match fut.await {
@@ -213,20 +240,11 @@ macro_rules! impl_handlers {
             E2: Into<HandlerError> + Send + 'static,
             $($ty: DeserializeOwned + Send + 'static,)*
         {
-            #[allow(unused_mut, unused_variables, unused_assignments)]
             fn call_stream(&self, args: Bytes) -> HandlerFuture {
-                let mut reader = match ArgReader::new(&args, count!($($ty)*)) {
-                    Ok(reader) => reader,
+                let ($($var,)*) = match decode_args::<($($ty,)*)>(&args) {
+                    Ok(decoded) => decoded,
                     Err(e) => return futures::future::ready(Err(e)).boxed(),
                 };
-                let mut index = 0usize;
-                $(
-                    index += 1;
-                    let $var: $ty = match reader.next(index) {
-                        Ok(v) => v,
-                        Err(e) => return futures::future::ready(Err(e)).boxed(),
-                    };
-                )*
                 let fut = (self)($($var),*);
                 async move {
                     match fut.await {

@@ -183,29 +183,30 @@ impl Drop for Connection {
 
 impl Connection {
     /// Connects (waiting for the ZMTP handshake) and starts the connection's tasks.
+    ///
+    /// The `zeromq` crate retries a refused connection by itself, but a handshake cut short
+    /// (a peer restarting, a reset under load) fails at once; those are retried here with
+    /// backoff until the deadline.
     pub(crate) async fn open(
         endpoint: &str,
         config: &ClientConfig,
         deadline: Instant,
     ) -> Result<Self, CallError> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let mut options = SocketOptions::default();
-        options.connect_timeout(
-            remaining
-                .min(config.connect_timeout)
-                .max(Duration::from_millis(1)),
-        );
-        let mut socket = DealerSocket::with_options(options);
-        let monitor = socket.monitor();
-        let connect_error = |reason: String| CallError::Connect {
-            endpoint: endpoint.to_owned(),
-            reason,
+        let mut backoff = Duration::from_millis(5);
+        let (socket, monitor) = loop {
+            match Self::connect_once(endpoint, config, deadline).await {
+                Ok(connected) => break connected,
+                Err(e) => {
+                    let retry_at = Instant::now() + backoff;
+                    if retry_at >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(endpoint, error = %e, "connect failed; retrying");
+                    tokio::time::sleep_until(retry_at.into()).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
         };
-        match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error("deadline passed while connecting".into())),
-        }
         let (send, recv) = socket.split();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(ConnShared {
@@ -226,6 +227,33 @@ impl Connection {
         ];
         tracing::debug!(endpoint, "connected");
         Ok(Self { shared, tasks })
+    }
+}
+
+impl Connection {
+    async fn connect_once(
+        endpoint: &str,
+        config: &ClientConfig,
+        deadline: Instant,
+    ) -> Result<(DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>), CallError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut options = SocketOptions::default();
+        options.connect_timeout(
+            remaining
+                .min(config.connect_timeout)
+                .max(Duration::from_millis(1)),
+        );
+        let mut socket = DealerSocket::with_options(options);
+        let monitor = socket.monitor();
+        let connect_error = |reason: String| CallError::Connect {
+            endpoint: endpoint.to_owned(),
+            reason,
+        };
+        match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
+            Ok(Ok(())) => Ok((socket, monitor)),
+            Ok(Err(e)) => Err(connect_error(e.to_string())),
+            Err(_) => Err(connect_error("deadline passed while connecting".into())),
+        }
     }
 }
 

@@ -537,6 +537,10 @@ fn first_element(args: &Bytes) -> Result<Bytes, CallError> {
     }
 }
 
+/// Decodes a result or stream item, with the same depth bound the node applies to args so
+/// a hostile server cannot overflow the caller's stack.
 pub(crate) fn decode_result<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
-    rmp_serde::from_slice(bytes).map_err(|e| CallError::Decode(e.to_string()))
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(wire::MAX_VALUE_DEPTH);
+    T::deserialize(&mut de).map_err(|e| CallError::Decode(e.to_string()))
 }

@@ -272,6 +272,25 @@ fn open_call(
         Some(ms) => Some(now + Duration::from_millis(ms)),
         None => None,
     };
+    if event.name.starts_with("_zerorpc_") {
+        // Built-ins answer at once from static data. They bypass the call limits so a
+        // health check or a client's connection ping is never refused (or counted) as load.
+        let call = Call {
+            shared: shared.clone(),
+            peer,
+            route,
+            request_id: header.message_id,
+            method_name: event.name,
+            method: method.clone(),
+            args: event.args,
+            deadline: None,
+            credit: None,
+            _permit: None,
+        };
+        shared.counters.calls.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(call.run());
+        return;
+    }
     let Ok(permit) = shared.concurrency.clone().try_acquire_owned() else {
         shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
         let message = format!(
@@ -301,7 +320,7 @@ fn open_call(
         args: event.args,
         deadline,
         credit,
-        _permit: permit,
+        _permit: Some(permit),
     };
     let opened = shared.registry.open(
         &peer,
@@ -314,17 +333,17 @@ fn open_call(
         Ok(()) => {
             shared.counters.calls.fetch_add(1, Ordering::Relaxed);
         }
-        Err(OpenError::PeerLimit) => {
+        Err((OpenError::PeerLimit, refused)) => {
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             let message = format!(
                 "this connection is at its limit of {} concurrent calls",
                 shared.config.max_calls_per_peer
             );
-            control.send_err(&[peer], &header, "Overloaded", &message);
+            control.send_err(&refused.route, &header, "Overloaded", &message);
         }
-        Err(OpenError::Duplicate) => {
+        Err((OpenError::Duplicate, refused)) => {
             let message = "a call with this message_id is already running";
-            control.send_err(&[peer], &header, "ProtocolError", message);
+            control.send_err(&refused.route, &header, "ProtocolError", message);
         }
     }
 }
@@ -340,8 +359,8 @@ struct Call {
     args: Bytes,
     deadline: Option<Instant>,
     credit: Option<Arc<Credit>>,
-    /// Held for the life of the call: the node-wide concurrency slot.
-    _permit: OwnedSemaphorePermit,
+    /// Held for the life of the call: the node-wide concurrency slot (built-ins take none).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Closes the call's channel however the task ends (reply sent, panic, or abort).

@@ -105,7 +105,7 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a channel, then runs `spawn` while the lock is held so the spawned task cannot
+    /// Opens a channel (or hands it back with the reason it was refused), then runs `spawn` while the lock is held so the spawned task cannot
     /// finish (and try to close the channel) before it is registered.
     pub(crate) fn open(
         &self,
@@ -114,14 +114,14 @@ impl Registry {
         mut channel: Channel,
         per_peer_limit: usize,
         spawn: impl FnOnce() -> AbortHandle,
-    ) -> Result<(), OpenError> {
+    ) -> Result<(), (OpenError, Channel)> {
         let mut peers = self.lock();
         let calls = peers.entry(peer.clone()).or_default();
         if calls.channels.len() >= per_peer_limit {
-            return Err(OpenError::PeerLimit);
+            return Err((OpenError::PeerLimit, channel));
         }
         if calls.channels.contains_key(&id) {
-            return Err(OpenError::Duplicate);
+            return Err((OpenError::Duplicate, channel));
         }
         channel.abort = Some(spawn());
         calls.channels.insert(id, channel);
@@ -246,15 +246,15 @@ mod tests {
         let peer = Bytes::from_static(b"p");
         let now = Instant::now();
         let a = MessageId::from_bin(b"a");
-        assert_eq!(
-            reg.open(&peer, a.clone(), channel(now), 1, dummy_abort),
-            Ok(())
+        assert!(
+            reg.open(&peer, a.clone(), channel(now), 1, dummy_abort)
+                .is_ok()
         );
         let b = MessageId::from_bin(b"b");
-        assert_eq!(
+        assert!(matches!(
             reg.open(&peer, b, channel(now), 1, dummy_abort),
-            Err(OpenError::PeerLimit)
-        );
+            Err((OpenError::PeerLimit, _))
+        ));
         assert!(reg.close(&peer, &a).is_some());
         assert_eq!(reg.open_channels(), 0);
     }

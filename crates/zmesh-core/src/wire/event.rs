@@ -400,7 +400,8 @@ pub const EMPTY_ARRAY_ARGS: &[u8] = &[0x90];
 /// Reads the three elements of `ERR` args. Tolerates a legacy one-element `[repr]` and
 /// non-str elements (rendered as text) so a remote error is never lost to its shape.
 pub fn parse_err_args(args: &[u8]) -> (String, String, Option<String>) {
-    let value = rmpv::decode::read_value(&mut &args[..]).ok();
+    let value =
+        rmpv::decode::read_value_with_max_depth(&mut &args[..], super::MAX_VALUE_DEPTH).ok();
     let text = |v: &rmpv::Value| match v {
         rmpv::Value::String(s) => s
             .as_str()

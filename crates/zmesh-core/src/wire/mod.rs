@@ -12,6 +12,12 @@ pub use event::{
 };
 pub use frames::{Envelope, join_frames, split_frames};
 
+/// Deepest nesting of arrays and maps zmesh decodes into values. serde decoding recurses
+/// once per level, and a few KiB of stack per level (debug builds) times rmp-serde's own
+/// limit of 1024 overflows a 2 MiB tokio worker stack: a stack overflow aborts the process
+/// and cannot be caught. 128 levels is far beyond real payloads and far within the stack.
+pub const MAX_VALUE_DEPTH: usize = 128;
+
 /// Why bytes from a peer are not a valid zerorpc event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -47,42 +47,33 @@ impl<'a> Cursor<'a> {
 
     /// Reads an array header; `None` (position unchanged) when the next value is not an array.
     pub(crate) fn array_len(&mut self) -> Result<Option<u64>, DecodeError> {
-        let m = self.peek()?;
-        let len = match m {
-            0x90..=0x9f => {
-                self.pos += 1;
-                u64::from(m & 0x0f)
-            }
-            0xdc => {
-                self.pos += 1;
-                self.be(2)?
-            }
-            0xdd => {
-                self.pos += 1;
-                self.be(4)?
-            }
-            _ => return Ok(None),
-        };
-        Ok(Some(len))
+        self.container_len(0x90, 0xdc, 0xdd)
     }
 
     /// Reads a map header; `None` (position unchanged) when the next value is not a map.
     pub(crate) fn map_len(&mut self) -> Result<Option<u64>, DecodeError> {
+        self.container_len(0x80, 0xde, 0xdf)
+    }
+
+    /// Reads a container header in its fix (`fix..=fix + 15`), 16-bit or 32-bit form.
+    fn container_len(
+        &mut self,
+        fix: u8,
+        wide16: u8,
+        wide32: u8,
+    ) -> Result<Option<u64>, DecodeError> {
         let m = self.peek()?;
-        let len = match m {
-            0x80..=0x8f => {
-                self.pos += 1;
-                u64::from(m & 0x0f)
-            }
-            0xde => {
-                self.pos += 1;
-                self.be(2)?
-            }
-            0xdf => {
-                self.pos += 1;
-                self.be(4)?
-            }
-            _ => return Ok(None),
+        let len = if (fix..=fix + 0x0f).contains(&m) {
+            self.pos += 1;
+            u64::from(m & 0x0f)
+        } else if m == wide16 {
+            self.pos += 1;
+            self.be(2)?
+        } else if m == wide32 {
+            self.pos += 1;
+            self.be(4)?
+        } else {
+            return Ok(None);
         };
         Ok(Some(len))
     }
