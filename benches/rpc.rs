@@ -1,2 +1,833 @@
-//! Placeholder until the bench lands in this change.
-fn main() {}
+//! zmesh against the raw `zeromq` crate, measured in one run so the ratios mean something.
+//!
+//! - `latency_<transport>_<payload>` groups (`tcp`/`ipc` x 64 B/4 KiB), each with two benches:
+//!   `zmesh` (a sequential `echo.echo` call) and `raw` (a DEALER -> ROUTER echo of the same
+//!   payload bytes, sent as `["", payload]`).
+//! - `pipelined_tcp_64B`: batches of [`PIPELINE_BATCH`] calls with [`PIPELINE_WINDOW`] in flight,
+//!   `zmesh` (concurrent `client.call`s over one connection) against `raw` (a DEALER keeping
+//!   the same window of requests ahead of its replies).
+//!
+//! Runtimes: the client side runs on one tokio `current_thread` runtime (criterion's
+//! `to_async`); every server runs on its own OS thread with its own `current_thread` runtime,
+//! so client and server never share a thread. Raw and zmesh use the same arrangement. In
+//! benchmark mode the client thread is pinned to CPU 0 and the server threads to CPU 1
+//! (`ZMESH_BENCH_PIN=split`, the default; `same` puts all on CPU 0, `off` disables it):
+//! unpinned, thread placement on a small VM swings results by up to 4x (see [`Placement`]).
+//!
+//! After each group, if criterion measured it in this run, an interleaved check runs on the
+//! same connections: [`PAIRED_ROUNDS`] rounds alternating a block of zmesh calls and a block
+//! of raw round trips (pipelined: one batch each), timing every call, so both sides share
+//! the machine state; it reports true per-call p50/p99 and is robust to the large
+//! run-to-run swings of a small VM (scheduler placement of the two threads).
+//!
+//! After criterion finishes, a ratio table is printed from criterion's own output files
+//! (`<criterion dir>/<group>/<bench>/new/estimates.json`, median point estimate). It is skipped
+//! when those files are missing or older than this run (for example under
+//! `cargo test --benches`, where every bench runs once and nothing is written).
+//!
+//! ```text
+//! cargo bench --bench rpc
+//! cargo bench --bench rpc -- latency_tcp      # a subset (the table shows what ran)
+//! ```
+
+use std::future::Future;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use futures::StreamExt;
+use rmpv::Value;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zmesh::{Client, Node};
+
+/// Payload sizes of the latency groups: (label, bytes).
+const PAYLOADS: [(&str, usize); 2] = [("64B", 64), ("4KiB", 4096)];
+/// Calls in flight in the pipelined group.
+const PIPELINE_WINDOW: usize = 128;
+/// Calls per iteration of the pipelined group.
+const PIPELINE_BATCH: usize = 1024;
+/// Payload of the pipelined group.
+const PIPELINE_PAYLOAD: usize = 64;
+/// Upper bound on one timed batch (criterion's batches last well under a second); a peer
+/// that stops answering fails the bench instead of hanging it.
+const BATCH_DEADLINE: Duration = Duration::from_secs(60);
+/// Upper bound on starting a server or connecting to it.
+const SETUP_DEADLINE: Duration = Duration::from_secs(10);
+/// The zmesh method under test.
+const ECHO: &str = "echo.echo";
+
+/// Rounds of the interleaved check; each round runs one block of zmesh and one of raw, in
+/// alternating order, so both sides see the same machine state.
+const PAIRED_ROUNDS: usize = 30;
+/// Sequential calls per side and round in the interleaved latency check.
+const PAIRED_BLOCK: usize = 300;
+
+/// The median latency a zmesh call may cost, relative to a raw round trip.
+const LATENCY_TARGET: f64 = 1.25;
+/// The pipelined throughput zmesh must reach, relative to raw.
+const THROUGHPUT_TARGET: f64 = 0.7;
+
+fn main() {
+    let placement = Placement::from_env();
+    let started = SystemTime::now();
+    let wall = Instant::now();
+    let mut criterion = Criterion::default()
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(50)
+        .configure_from_args();
+
+    placement.pin_client();
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build the client runtime");
+    let ipc_dir = tempfile::Builder::new()
+        .prefix("zmesh-bench")
+        .tempdir()
+        .expect("cannot create a temporary directory for ipc sockets");
+
+    let mut cases = Vec::new();
+    let mut paired = Vec::new();
+    for transport in ["tcp", "ipc"] {
+        for (label, size) in PAYLOADS {
+            let (zmesh_bind, raw_bind) = bind_endpoints(transport, ipc_dir.path(), label);
+            let group = format!("latency_{transport}_{label}");
+            let label = format!("{transport}/{label}");
+            let endpoints = (zmesh_bind.as_str(), raw_bind.as_str());
+            paired.extend(bench_latency(
+                &mut criterion,
+                &client_rt,
+                (&group, &label),
+                size,
+                endpoints,
+                started,
+            ));
+            cases.push(Case::Latency { label, group });
+        }
+    }
+    let group = format!("pipelined_tcp_{PIPELINE_PAYLOAD}B");
+    let label = format!("tcp/{PIPELINE_PAYLOAD}B x{PIPELINE_WINDOW} in flight");
+    paired.extend(bench_pipelined(
+        &mut criterion,
+        &client_rt,
+        (&group, &label),
+        started,
+    ));
+    cases.push(Case::Pipelined { label, group });
+
+    criterion.final_summary();
+    drop(client_rt);
+    drop(ipc_dir);
+    print_ratios(&cases, started);
+    print_paired(&paired);
+    println!(
+        "bench rpc: {} (ZMESH_BENCH_PIN=split|same|off); total wall time {:.1} s",
+        placement.describe(),
+        wall.elapsed().as_secs_f64()
+    );
+}
+
+/// Endpoints for the zmesh node and the raw ROUTER of one latency group.
+fn bind_endpoints(transport: &str, ipc_dir: &Path, label: &str) -> (String, String) {
+    match transport {
+        "ipc" => {
+            let path = |who: &str| format!("ipc://{}/{who}-{label}.sock", ipc_dir.display());
+            (path("zmesh"), path("raw"))
+        }
+        _ => (
+            "tcp://127.0.0.1:0".to_owned(),
+            "tcp://127.0.0.1:0".to_owned(),
+        ),
+    }
+}
+
+/// One latency group: a sequential zmesh call against a raw DEALER/ROUTER round trip; then,
+/// if criterion measured both benches in this run, the interleaved check.
+fn bench_latency(
+    criterion: &mut Criterion,
+    rt: &Runtime,
+    (group_name, label): (&str, &str),
+    size: usize,
+    (zmesh_bind, raw_bind): (&str, &str),
+    since: SystemTime,
+) -> Option<Paired> {
+    let zmesh_server = ServerThread::zmesh(zmesh_bind);
+    let raw_server = ServerThread::raw(raw_bind);
+    let value = Value::Binary(vec![0u8; size]);
+    let bytes = Bytes::from(vec![0u8; size]);
+    let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
+    let dealer = Arc::new(tokio::sync::Mutex::new(
+        rt.block_on(connect_raw(raw_server.endpoint(), &bytes)),
+    ));
+
+    let mut group = criterion.benchmark_group(group_name);
+    group.throughput(Throughput::Bytes(size as u64));
+    group.bench_function("zmesh", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let client = client.clone();
+            let value = value.clone();
+            bounded(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(zmesh_echo(&client, &value).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.bench_function("raw", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let dealer = dealer.clone();
+            let bytes = bytes.clone();
+            bounded(async move {
+                // Locked once per batch, outside the timed region.
+                let mut dealer = dealer.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(raw_echo(&mut dealer, &bytes).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+
+    let paired = measured_in_this_run(group_name, since)
+        .then(|| rt.block_on(paired_latency(label, &client, &dealer, &value, &bytes)));
+    close_clients(rt, client, dealer);
+    drop(zmesh_server);
+    drop(raw_server);
+    paired
+}
+
+/// The pipelined group: [`PIPELINE_WINDOW`] calls in flight over tcp; then, if criterion
+/// measured both benches in this run, the interleaved check.
+fn bench_pipelined(
+    criterion: &mut Criterion,
+    rt: &Runtime,
+    (group_name, label): (&str, &str),
+    since: SystemTime,
+) -> Option<Paired> {
+    let zmesh_server = ServerThread::zmesh("tcp://127.0.0.1:0");
+    let raw_server = ServerThread::raw("tcp://127.0.0.1:0");
+    let value = Value::Binary(vec![0u8; PIPELINE_PAYLOAD]);
+    let bytes = Bytes::from(vec![0u8; PIPELINE_PAYLOAD]);
+    let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
+    let dealer = Arc::new(tokio::sync::Mutex::new(
+        rt.block_on(connect_raw(raw_server.endpoint(), &bytes)),
+    ));
+
+    let mut group: BenchmarkGroup<'_, WallTime> = criterion.benchmark_group(group_name);
+    // One iteration is a whole batch (milliseconds); flat sampling keeps the run bounded.
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(PIPELINE_BATCH as u64));
+    group.bench_function("zmesh", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let client = client.clone();
+            let value = value.clone();
+            bounded(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    zmesh_pipelined_batch(&client, &value).await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.bench_function("raw", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let dealer = dealer.clone();
+            let bytes = bytes.clone();
+            bounded(async move {
+                let mut dealer = dealer.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    raw_pipelined_batch(&mut dealer, &bytes).await;
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+
+    let paired = measured_in_this_run(group_name, since)
+        .then(|| rt.block_on(paired_pipelined(label, &client, &dealer, &value, &bytes)));
+    close_clients(rt, client, dealer);
+    drop(zmesh_server);
+    drop(raw_server);
+    paired
+}
+
+/// The interleaved check of one case: per-call (latency) or per-batch (pipelined) times of
+/// both sides, measured in alternating blocks.
+struct Paired {
+    label: String,
+    pipelined: bool,
+    zmesh: Vec<Duration>,
+    raw: Vec<Duration>,
+}
+
+/// True when criterion wrote both estimates of `group` during this run (benchmark mode and
+/// not filtered out), which is when the interleaved check is worth its time.
+fn measured_in_this_run(group: &str, since: SystemTime) -> bool {
+    criterion_dir().is_some_and(|dir| {
+        median_ns(&dir, group, "zmesh", since).is_some()
+            && median_ns(&dir, group, "raw", since).is_some()
+    })
+}
+
+/// Times every call of [`PAIRED_ROUNDS`] alternating blocks of [`PAIRED_BLOCK`] sequential
+/// zmesh calls and raw round trips.
+async fn paired_latency(
+    label: &str,
+    client: &Client,
+    dealer: &tokio::sync::Mutex<DealerSocket>,
+    value: &Value,
+    bytes: &Bytes,
+) -> Paired {
+    let mut dealer = dealer.lock().await;
+    let mut zmesh = Vec::with_capacity(PAIRED_ROUNDS * PAIRED_BLOCK);
+    let mut raw = Vec::with_capacity(PAIRED_ROUNDS * PAIRED_BLOCK);
+    for round in 0..PAIRED_ROUNDS {
+        for zmesh_turn in [round % 2 == 0, round % 2 != 0] {
+            bounded(async {
+                for _ in 0..PAIRED_BLOCK {
+                    let start = Instant::now();
+                    if zmesh_turn {
+                        black_box(zmesh_echo(client, value).await);
+                        zmesh.push(start.elapsed());
+                    } else {
+                        black_box(raw_echo(&mut dealer, bytes).await);
+                        raw.push(start.elapsed());
+                    }
+                }
+                Duration::ZERO
+            })
+            .await;
+        }
+    }
+    Paired {
+        label: label.to_owned(),
+        pipelined: false,
+        zmesh,
+        raw,
+    }
+}
+
+/// Times [`PAIRED_ROUNDS`] alternating pipelined batches of each side.
+async fn paired_pipelined(
+    label: &str,
+    client: &Client,
+    dealer: &tokio::sync::Mutex<DealerSocket>,
+    value: &Value,
+    bytes: &Bytes,
+) -> Paired {
+    let mut dealer = dealer.lock().await;
+    let mut zmesh = Vec::with_capacity(PAIRED_ROUNDS);
+    let mut raw = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 0..PAIRED_ROUNDS {
+        for zmesh_turn in [round % 2 == 0, round % 2 != 0] {
+            if zmesh_turn {
+                zmesh.push(
+                    bounded(async {
+                        let start = Instant::now();
+                        zmesh_pipelined_batch(client, value).await;
+                        start.elapsed()
+                    })
+                    .await,
+                );
+            } else {
+                raw.push(
+                    bounded(async {
+                        let start = Instant::now();
+                        raw_pipelined_batch(&mut dealer, bytes).await;
+                        start.elapsed()
+                    })
+                    .await,
+                );
+            }
+        }
+    }
+    Paired {
+        label: label.to_owned(),
+        pipelined: true,
+        zmesh,
+        raw,
+    }
+}
+
+/// One zmesh `echo.echo` call; the payload is serialized by reference, as a caller would.
+async fn zmesh_echo(client: &Client, value: &Value) -> Value {
+    client
+        .call::<Value>(ECHO, (value,))
+        .await
+        .expect("zmesh echo.echo call failed")
+}
+
+/// One raw round trip: send `["", payload]`, await the echo.
+async fn raw_echo(dealer: &mut DealerSocket, payload: &Bytes) -> ZmqMessage {
+    dealer
+        .send(raw_request(payload))
+        .await
+        .expect("raw DEALER send failed");
+    dealer.recv().await.expect("raw DEALER recv failed")
+}
+
+/// [`PIPELINE_BATCH`] zmesh calls, [`PIPELINE_WINDOW`] of them in flight at any time.
+async fn zmesh_pipelined_batch(client: &Client, value: &Value) {
+    let done = futures::stream::iter(0..PIPELINE_BATCH)
+        .map(|_| zmesh_echo(client, value))
+        .buffer_unordered(PIPELINE_WINDOW)
+        .fold(0usize, |n, reply| {
+            black_box(reply);
+            async move { n + 1 }
+        })
+        .await;
+    assert_eq!(done, PIPELINE_BATCH, "every call of the batch answers");
+}
+
+/// [`PIPELINE_BATCH`] raw requests, keeping [`PIPELINE_WINDOW`] of them ahead of the replies.
+async fn raw_pipelined_batch(dealer: &mut DealerSocket, payload: &Bytes) {
+    let mut sent = 0;
+    while sent < PIPELINE_WINDOW.min(PIPELINE_BATCH) {
+        dealer
+            .send(raw_request(payload))
+            .await
+            .expect("raw DEALER send failed");
+        sent += 1;
+    }
+    for _ in 0..PIPELINE_BATCH {
+        black_box(dealer.recv().await.expect("raw DEALER recv failed"));
+        if sent < PIPELINE_BATCH {
+            dealer
+                .send(raw_request(payload))
+                .await
+                .expect("raw DEALER send failed");
+            sent += 1;
+        }
+    }
+}
+
+fn raw_request(payload: &Bytes) -> ZmqMessage {
+    let mut message = ZmqMessage::from(Bytes::new());
+    message.push_back(payload.clone());
+    message
+}
+
+/// Runs one timed batch under [`BATCH_DEADLINE`].
+async fn bounded(batch: impl Future<Output = Duration>) -> Duration {
+    tokio::time::timeout(BATCH_DEADLINE, batch)
+        .await
+        .expect("a timed batch did not finish within BATCH_DEADLINE: the server stopped answering")
+}
+
+/// A connected zmesh client, checked with one call.
+async fn connect_zmesh(endpoint: &str, value: &Value) -> Client {
+    let client = Client::new(endpoint);
+    let reply = tokio::time::timeout(SETUP_DEADLINE, zmesh_echo(&client, value))
+        .await
+        .expect("the first zmesh call did not finish within SETUP_DEADLINE");
+    assert_eq!(&reply, value, "echo.echo returns its argument");
+    client
+}
+
+/// A connected raw DEALER, checked with one round trip.
+async fn connect_raw(endpoint: &str, payload: &Bytes) -> DealerSocket {
+    let mut dealer = DealerSocket::new();
+    tokio::time::timeout(SETUP_DEADLINE, dealer.connect(endpoint))
+        .await
+        .expect("raw DEALER connect did not finish within SETUP_DEADLINE")
+        .expect("raw DEALER connect failed");
+    let reply = tokio::time::timeout(SETUP_DEADLINE, raw_echo(&mut dealer, payload))
+        .await
+        .expect("the first raw round trip did not finish within SETUP_DEADLINE");
+    let frames = reply.into_vec();
+    assert_eq!(frames.len(), 2, "the echo is [\"\", payload]");
+    assert_eq!(&frames[1], payload, "the echo returns the payload");
+    dealer
+}
+
+/// Drops the clients on their runtime and lets it reap their aborted tasks.
+fn close_clients(rt: &Runtime, client: Client, dealer: Arc<tokio::sync::Mutex<DealerSocket>>) {
+    rt.block_on(async move {
+        drop(client);
+        drop(dealer);
+        tokio::task::yield_now().await;
+    });
+}
+
+/// A server on its own OS thread with its own `current_thread` runtime; dropping it stops
+/// the server and joins the thread.
+struct ServerThread {
+    endpoint: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// A zmesh node hosting the echo service.
+    fn zmesh(bind: &str) -> Self {
+        let bind = bind.to_owned();
+        Self::spawn("zmesh-node", move |ready, stop| async move {
+            let node = Node::builder()
+                .bind(bind)
+                .service(zmesh_echo::service())
+                .start()
+                .await
+                .expect("cannot start the zmesh node");
+            let _ = ready.send(node.endpoint().to_owned());
+            let _ = stop.await;
+            node.shutdown(Duration::from_secs(1)).await;
+        })
+    }
+
+    /// A raw ROUTER that sends every message back unchanged (`[identity, "", payload]`).
+    fn raw(bind: &str) -> Self {
+        let bind = bind.to_owned();
+        Self::spawn("raw-router", move |ready, mut stop| async move {
+            let mut router = RouterSocket::new();
+            let endpoint = router
+                .bind(&bind)
+                .await
+                .expect("cannot bind the raw ROUTER");
+            let _ = ready.send(endpoint.to_string());
+            // Ends when the bench drops the server (or the socket fails).
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    message = router.recv() => message,
+                };
+                match message {
+                    Ok(message) => {
+                        if let Err(e) = router.send(message).await {
+                            eprintln!("raw ROUTER: echo not sent: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("raw ROUTER: recv failed, stopping: {e}");
+                        break;
+                    }
+                }
+            }
+        })
+    }
+
+    fn spawn<F, Fut>(name: &str, serve: F) -> Self
+    where
+        F: FnOnce(std::sync::mpsc::Sender<String>, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let placement = Placement::from_env();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                placement.pin_server();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cannot build a server runtime");
+                rt.block_on(serve(ready_tx, stop_rx));
+            })
+            .expect("cannot spawn a server thread");
+        // A server that fails to start panics on its thread, which drops `ready_tx`.
+        let endpoint = ready_rx
+            .recv_timeout(SETUP_DEADLINE)
+            .expect("the server did not report its endpoint (see its panic above)");
+        Self {
+            endpoint,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                eprintln!("a server thread panicked");
+            }
+        }
+    }
+}
+
+/// What the ratio table reports.
+enum Case {
+    /// zmesh/raw median latency of one `latency_*` group.
+    Latency { label: String, group: String },
+    /// zmesh/raw throughput of the pipelined group.
+    Pipelined { label: String, group: String },
+}
+
+/// Prints zmesh/raw ratios from criterion's estimates of this run, if there are any.
+fn print_ratios(cases: &[Case], since: SystemTime) {
+    let Some(dir) = criterion_dir() else {
+        println!("ratio table skipped: criterion output directory not found");
+        return;
+    };
+    let medians = |group: &str| {
+        Some((
+            median_ns(&dir, group, "zmesh", since)?,
+            median_ns(&dir, group, "raw", since)?,
+        ))
+    };
+    let mut lines = Vec::new();
+    let mut misses = Vec::new();
+    for case in cases {
+        match case {
+            Case::Latency { label, group } => {
+                let Some((zmesh, raw)) = medians(group) else {
+                    continue;
+                };
+                let ratio = zmesh / raw;
+                let verdict = verdict(ratio <= LATENCY_TARGET);
+                if ratio > LATENCY_TARGET {
+                    misses.push(label.clone());
+                }
+                lines.push(format!(
+                    "ratio {label} zmesh/raw p50: {ratio:.2}x (target <= {LATENCY_TARGET:.2}x) {verdict}   \
+                     [zmesh {:.1} us, raw {:.1} us]",
+                    zmesh / 1e3,
+                    raw / 1e3,
+                ));
+            }
+            Case::Pipelined { label, group } => {
+                let Some((zmesh, raw)) = medians(group) else {
+                    continue;
+                };
+                // Both sides move the same batch per iteration, so throughput is inverse time.
+                let ratio = raw / zmesh;
+                let per_sec = |ns: f64| PIPELINE_BATCH as f64 / (ns / 1e9);
+                let verdict = verdict(ratio >= THROUGHPUT_TARGET);
+                if ratio < THROUGHPUT_TARGET {
+                    misses.push(format!("pipelined {label}"));
+                }
+                lines.push(format!(
+                    "ratio pipelined {label} zmesh/raw throughput: {ratio:.2}x (target >= {THROUGHPUT_TARGET:.2}x) {verdict}   \
+                     [zmesh {:.0} calls/s, raw {:.0} calls/s]",
+                    per_sec(zmesh),
+                    per_sec(raw),
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        println!(
+            "ratio table skipped: no estimates from this run under {} (test mode or filtered out)",
+            dir.display()
+        );
+        return;
+    }
+    println!();
+    println!("== zmesh vs raw zeromq, criterion medians of this run ==");
+    for line in &lines {
+        println!("{line}");
+    }
+    if misses.is_empty() {
+        println!("all measured cases meet their targets");
+    } else {
+        println!("cases missing their target: {}", misses.join(", "));
+    }
+}
+
+/// Prints the interleaved check: per-call percentiles, or per-batch throughput.
+fn print_paired(paired: &[Paired]) {
+    if paired.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "== interleaved check: {PAIRED_ROUNDS} rounds alternating zmesh and raw blocks (same machine state) =="
+    );
+    for p in paired {
+        let (mut zmesh, mut raw) = (p.zmesh.clone(), p.raw.clone());
+        zmesh.sort_unstable();
+        raw.sort_unstable();
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        if p.pipelined {
+            let per_sec = |d: Duration| PIPELINE_BATCH as f64 / d.as_secs_f64();
+            let (z, r) = (percentile(&zmesh, 0.5), percentile(&raw, 0.5));
+            let ratio = per_sec(z) / per_sec(r);
+            println!(
+                "paired pipelined {} zmesh/raw throughput: {ratio:.2}x (target >= {THROUGHPUT_TARGET:.2}x) {}   \
+                 [median batch: zmesh {:.0} calls/s, raw {:.0} calls/s]",
+                p.label,
+                verdict(ratio >= THROUGHPUT_TARGET),
+                per_sec(z),
+                per_sec(r),
+            );
+        } else {
+            let (z50, r50) = (percentile(&zmesh, 0.5), percentile(&raw, 0.5));
+            let (z99, r99) = (percentile(&zmesh, 0.99), percentile(&raw, 0.99));
+            let ratio = us(z50) / us(r50);
+            println!(
+                "paired {} zmesh/raw p50: {ratio:.2}x (target <= {LATENCY_TARGET:.2}x) {}, p99: {:.2}x   \
+                 [zmesh p50 {:.1} us p99 {:.1} us, raw p50 {:.1} us p99 {:.1} us, {} calls each]",
+                p.label,
+                verdict(ratio <= LATENCY_TARGET),
+                us(z99) / us(r99),
+                us(z50),
+                us(z99),
+                us(r50),
+                us(r99),
+                zmesh.len(),
+            );
+        }
+    }
+}
+
+/// The `q` quantile of sorted durations (nearest rank); zero when empty.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "OK" } else { "MISS" }
+}
+
+/// Where criterion writes its estimates: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion`,
+/// else the `criterion` directory next to the build directories holding this executable.
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(PathBuf::from(home));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(target).join("criterion"));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .map(|dir| dir.join("criterion"))
+        .find(|dir| dir.is_dir())
+        .or_else(|| Some(PathBuf::from("target/criterion")))
+}
+
+/// The median point estimate (ns per iteration) of one bench, if written during this run.
+fn median_ns(dir: &Path, group: &str, bench: &str, since: SystemTime) -> Option<f64> {
+    let path = dir
+        .join(group)
+        .join(bench)
+        .join("new")
+        .join("estimates.json");
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    if modified < since {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    parse_median(&text)
+}
+
+/// Reads `median.point_estimate` from criterion's `estimates.json`
+/// (`{"mean":{..},"median":{"confidence_interval":{..},"point_estimate":N,..},..}`) without
+/// pulling in a JSON parser.
+fn parse_median(json: &str) -> Option<f64> {
+    let median = &json[json.find("\"median\"")?..];
+    let key = "\"point_estimate\"";
+    let after_key = &median[median.find(key)? + key.len()..];
+    let value = after_key.trim_start().strip_prefix(':')?.trim_start();
+    let end = value
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
+        .unwrap_or(value.len());
+    value[..end].parse().ok().filter(|v: &f64| *v > 0.0)
+}
+
+/// Where the client and server threads run. Unpinned on a 2-vCPU VM, a connection's round
+/// trip settled in either a fast mode (~20 us) or a ~4x slower one depending on where the
+/// scheduler put the threads, and kept that mode for its whole life, so zmesh/raw ratios
+/// swung from 0.3x to 4.6x between runs; pinned, they repeat within a few percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Client on CPU 0, every server on CPU 1 (two processes on two cores).
+    Split,
+    /// Client and servers all on CPU 0.
+    Same,
+    /// No pinning.
+    Off,
+}
+
+impl Placement {
+    /// `ZMESH_BENCH_PIN=split|same|off` (default `split`); always `off` outside benchmark
+    /// mode (`cargo test --benches` runs each bench once; pinning would only cost time) and
+    /// on a single CPU.
+    fn from_env() -> Self {
+        let mut args = std::env::args().skip(1);
+        let benchmarking = args.any(|a| a == "--bench")
+            && !std::env::args().any(|a| a == "--test" || a == "--list");
+        match std::env::var("ZMESH_BENCH_PIN").as_deref() {
+            _ if !benchmarking => Self::Off,
+            Ok("same") => Self::Same,
+            Ok("off") => Self::Off,
+            _ if std::thread::available_parallelism().map_or(1, usize::from) < 2 => Self::Off,
+            _ => Self::Split,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Split => "client thread on CPU 0, server threads on CPU 1",
+            Self::Same => "client and server threads all on CPU 0",
+            Self::Off => "threads not pinned",
+        }
+    }
+
+    fn pin_client(self) {
+        if self != Self::Off {
+            pin_current_thread(0);
+        }
+    }
+
+    fn pin_server(self) {
+        match self {
+            Self::Split => pin_current_thread(1),
+            Self::Same => pin_current_thread(0),
+            Self::Off => {}
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` with `taskset -p` on its thread id (read from
+/// `/proc/thread-self`), which needs neither `unsafe` nor another dependency. Failure only
+/// costs repeatability, so it is reported and ignored.
+fn pin_current_thread(cpu: usize) {
+    let pinned = std::fs::read_link("/proc/thread-self")
+        .map_err(|e| e.to_string())
+        .and_then(|link| {
+            let tid = link
+                .file_name()
+                .and_then(|name| name.to_str())
+                .ok_or("no thread id in /proc/thread-self")?
+                .to_owned();
+            let status = std::process::Command::new("taskset")
+                .args(["-p", "-c", &cpu.to_string(), &tid])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("taskset: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("taskset exited with {status}"))
+            }
+        });
+    if let Err(e) = pinned {
+        eprintln!("bench rpc: cannot pin a thread to CPU {cpu} ({e}); results may swing");
+    }
+}

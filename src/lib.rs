@@ -17,3 +17,8 @@
 //! ```
 
 pub use zmesh_core::*;
+
+/// Compiles the README's Rust examples as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

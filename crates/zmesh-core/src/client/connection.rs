@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
@@ -23,17 +23,32 @@ use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, Message
 /// What the reader hands to a waiting call.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    Event(Event),
+    Event(Box<Event>),
+    /// The first reply was a `STREAM` item: here is the queue for the rest.
+    Stream(Box<Event>, mpsc::Receiver<Inbound>),
     Failed(CallError),
 }
 
-/// One open call on this connection.
+/// One open call on this connection. Plain calls only ever need the one-shot slot; the
+/// bounded queue is made when the first reply turns out to be a stream item.
 struct Pending {
-    tx: mpsc::Sender<Inbound>,
+    first: Option<oneshot::Sender<Inbound>>,
+    stream: Option<mpsc::Sender<Inbound>>,
     opened: Instant,
     last_heard: Instant,
     heard_any: bool,
     last_hb_sent: Instant,
+}
+
+impl Pending {
+    /// Ends the call with an error, through whichever slot the caller is waiting on.
+    fn fail(mut self, error: CallError) {
+        if let Some(first) = self.first.take() {
+            let _ = first.send(Inbound::Failed(error));
+        } else if let Some(stream) = self.stream.take() {
+            let _ = stream.try_send(Inbound::Failed(error));
+        }
+    }
 }
 
 /// State shared by the connection's tasks and its calls.
@@ -65,12 +80,13 @@ impl ConnShared {
     }
 
     /// Registers a call before its request is sent, so no reply can outrun it.
-    pub(crate) fn register(&self, id: MessageId, tx: mpsc::Sender<Inbound>) {
+    pub(crate) fn register(&self, id: MessageId, first: oneshot::Sender<Inbound>) {
         let now = Instant::now();
         self.pending().insert(
             id,
             Pending {
-                tx,
+                first: Some(first),
+                stream: None,
                 opened: now,
                 last_heard: now,
                 heard_any: false,
@@ -115,8 +131,7 @@ impl ConnShared {
             tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason, "connection lost");
         }
         for p in failed {
-            let _ =
-                p.tx.try_send(Inbound::Failed(CallError::PeerLost(reason.to_owned())));
+            p.fail(CallError::PeerLost(reason.to_owned()));
         }
     }
 
@@ -133,35 +148,53 @@ impl ConnShared {
         };
         entry.last_heard = Instant::now();
         entry.heard_any = true;
-        match event.name.as_str() {
-            names::HEARTBEAT | names::MORE => {}
-            names::OK | names::ERR | names::STREAM_DONE => {
-                if let Some(entry) = pending.remove(&channel) {
-                    drop(pending);
-                    let _ = entry.tx.try_send(Inbound::Event(event));
+        let name = event.name.as_str();
+        if name == names::HEARTBEAT || name == names::MORE {
+            return;
+        }
+        let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
+        if let Some(first) = entry.first.take() {
+            let inbound = if name == names::STREAM {
+                // The queue holds the credit window plus one spare slot; a server that
+                // fills the spare slot has sent beyond its credit.
+                let (tx, rx) = mpsc::channel(self.config.stream_window as usize + 1);
+                entry.stream = Some(tx);
+                Inbound::Stream(Box::new(event), rx)
+            } else {
+                pending.remove(&channel);
+                Inbound::Event(Box::new(event))
+            };
+            drop(pending);
+            let _ = first.send(inbound);
+            return;
+        }
+        if terminal {
+            if let Some(entry) = pending.remove(&channel) {
+                drop(pending);
+                if let Some(stream) = entry.stream {
+                    let _ = stream.try_send(Inbound::Event(Box::new(event)));
                 }
             }
-            _ => {
-                // The queue holds the credit window plus one spare slot; using the spare
-                // means the server sent beyond its credit.
-                if entry.tx.capacity() <= 1 {
-                    if let Some(entry) = pending.remove(&channel) {
-                        drop(pending);
-                        let why = "server sent more stream items than the credit it was granted";
-                        let _ = entry
-                            .tx
-                            .try_send(Inbound::Failed(CallError::Protocol(why.into())));
-                    }
-                } else {
-                    let _ = entry.tx.try_send(Inbound::Event(event));
-                }
+            return;
+        }
+        let Some(stream) = entry.stream.as_ref() else {
+            return;
+        };
+        if stream.capacity() <= 1 {
+            if let Some(entry) = pending.remove(&channel) {
+                drop(pending);
+                let why = "server sent more stream items than the credit it was granted";
+                entry.fail(CallError::Protocol(why.into()));
             }
+        } else {
+            let _ = stream.try_send(Inbound::Event(Box::new(event)));
         }
     }
 
     fn fail_call(&self, channel: &MessageId, error: CallError) {
-        if let Some(entry) = self.pending().remove(channel) {
-            let _ = entry.tx.try_send(Inbound::Failed(error));
+        let entry = self.pending().remove(channel);
+        if let Some(entry) = entry {
+            entry.fail(error);
         }
     }
 }
@@ -343,7 +376,11 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
                 p.opened + period
             };
             if now.saturating_duration_since(last) > 2 * period {
-                lost.push(p.tx.clone());
+                lost.push(Pending {
+                    first: p.first.take(),
+                    stream: p.stream.take(),
+                    ..*p
+                });
                 return false;
             }
             if now.saturating_duration_since(p.last_hb_sent) >= period {
@@ -352,14 +389,14 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
             }
             true
         });
-        for tx in lost {
+        for p in lost {
             let reason = format!(
                 "no heartbeat from {} for more than {:?}",
                 shared.endpoint,
                 2 * period
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            let _ = tx.try_send(Inbound::Failed(CallError::PeerLost(reason)));
+            p.fail(CallError::PeerLost(reason));
         }
         for id in due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);
@@ -373,11 +410,11 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let id = MessageId::generate();
     let mut header = Header::zmesh(None);
     header.message_id = id.clone();
-    let (tx, mut rx) = mpsc::channel(2);
+    let (tx, rx) = oneshot::channel();
     shared.register(id.clone(), tx);
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
-        let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx.recv()).await;
+        let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;
     }
     shared.unregister(&id);
 }

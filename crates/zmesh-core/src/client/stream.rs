@@ -70,7 +70,7 @@ impl<T> std::fmt::Debug for CallStream<T> {
 
 impl<T> CallStream<T> {
     pub(crate) fn new(
-        rx: mpsc::Receiver<Inbound>,
+        rx: Option<mpsc::Receiver<Inbound>>,
         guard: CallGuard,
         first: Option<Bytes>,
         window: u64,
@@ -78,7 +78,7 @@ impl<T> CallStream<T> {
     ) -> Self {
         let done = first.is_none();
         let mut stream = Self {
-            rx: Some(rx),
+            rx,
             guard: Some(guard),
             first,
             // The server starts with one unit of credit, spent on the first item.
@@ -148,6 +148,9 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                 "connection closed during the stream".into(),
             )),
             Poll::Ready(Some(Inbound::Failed(error))) => this.fail(error),
+            Poll::Ready(Some(Inbound::Stream(..))) => {
+                this.fail(CallError::Protocol("stream restarted".into()))
+            }
             Poll::Ready(Some(Inbound::Event(event))) => match event.name.as_str() {
                 names::STREAM => {
                     this.reserved = this.reserved.saturating_sub(1);

@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::task::{Context, Poll};
+
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
-use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{RouterRecvHalf, RouterSendHalf, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
-use crate::service::{HandlerError, Method, Reply};
+use crate::service::{HandlerError, Reply};
 use crate::wire::{
     self, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names,
 };
@@ -72,8 +75,8 @@ impl Control {
         }
     }
 
-    fn send_err(&self, route: &[Bytes], request: &Header, name: &str, message: &str) {
-        let header = Header::zmesh(Some(request.message_id.clone()));
+    fn send_err(&self, route: &[Bytes], request: &MessageId, name: &str, message: &str) {
+        let header = Header::zmesh(Some(request.clone()));
         let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
         self.send(wire::join_frames(route, event));
     }
@@ -97,11 +100,13 @@ async fn read_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let warn = RateLimitedWarn::default();
+    // Made once, not per message: the read loop is the node's hot path.
+    let mut stopped = std::pin::pin!(stop.changed());
     loop {
         let message = tokio::select! {
             biased;
-            _ = stop.changed() => break,
             m = recv.recv() => m,
+            _ = &mut stopped => break,
         };
         match message {
             Ok(message) => handle_message(&shared, &control, &warn, message.into_vec()),
@@ -180,7 +185,12 @@ fn handle_message(
         warn.bad_input(&peer, &problem);
         if let Ok(header) = wire::decode_header(&envelope.event) {
             if header.response_to.is_none() {
-                control.send_err(&envelope.route, &header, "MessageTooLarge", &problem);
+                control.send_err(
+                    &envelope.route,
+                    &header.message_id,
+                    "MessageTooLarge",
+                    &problem,
+                );
             }
         }
         return;
@@ -192,7 +202,12 @@ fn handle_message(
             warn.bad_input(&peer, &error);
             if let Some(header) = header.filter(|h| h.response_to.is_none()) {
                 let message = format!("malformed request: {error}");
-                control.send_err(&envelope.route, &header, "ProtocolError", &message);
+                control.send_err(
+                    &envelope.route,
+                    &header.message_id,
+                    "ProtocolError",
+                    &message,
+                );
             }
             return;
         }
@@ -253,12 +268,17 @@ fn open_call(
 ) {
     let header = event.header;
     if !shared.accepting.load(Ordering::Relaxed) {
-        control.send_err(&route, &header, "Unavailable", "node is shutting down");
+        control.send_err(
+            &route,
+            &header.message_id,
+            "Unavailable",
+            "node is shutting down",
+        );
         return;
     }
     let Some(method) = shared.methods.get(&event.name) else {
         warn.bad_input(&peer, &format_args!("unknown method {:?}", event.name));
-        control.send_err(&route, &header, "NameError", &event.name);
+        control.send_err(&route, &header.message_id, "NameError", &event.name);
         return;
     };
     let now = Instant::now();
@@ -272,37 +292,88 @@ fn open_call(
         Some(ms) => Some(now + Duration::from_millis(ms)),
         None => None,
     };
-    if event.name.starts_with("_zerorpc_") {
-        // Built-ins answer at once from static data. They bypass the call limits so a
-        // health check or a client's connection ping is never refused (or counted) as load.
-        let call = Call {
-            shared: shared.clone(),
-            peer,
-            route,
-            request_id: header.message_id,
-            method_name: event.name,
-            method: method.clone(),
-            args: event.args,
-            deadline: None,
-            credit: None,
-            _permit: None,
+    // Built-ins answer from static data and bypass the limits, so a health check or a
+    // client's connection ping is never refused (or counted) as load.
+    let builtin = event.name.starts_with("_zerorpc_");
+    let permit = if builtin {
+        None
+    } else {
+        let Ok(permit) = shared.concurrency.clone().try_acquire_owned() else {
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "node {} is at its limit of {} concurrent calls",
+                shared.name, shared.config.max_concurrent_calls
+            );
+            control.send_err(&route, &header.message_id, "Overloaded", &message);
+            return;
         };
-        shared.counters.calls.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(call.run());
-        return;
-    }
-    let Ok(permit) = shared.concurrency.clone().try_acquire_owned() else {
-        shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-        let message = format!(
-            "node {} is at its limit of {} concurrent calls",
-            shared.name, shared.config.max_concurrent_calls
-        );
-        control.send_err(&route, &header, "Overloaded", &message);
-        return;
+        let admitted =
+            shared
+                .registry
+                .admit(&peer, &header.message_id, shared.config.max_calls_per_peer);
+        if let Err(refusal) = admitted {
+            refuse(shared, control, &route, &header.message_id, refusal);
+            return;
+        }
+        Some(permit)
     };
+    shared.counters.calls.fetch_add(1, Ordering::Relaxed);
+
+    let reply_to = ReplyTo {
+        route,
+        request_id: header.message_id,
+    };
+    let span = tracing::info_span!(
+        "zmesh.call",
+        method = %event.name,
+        id = %reply_to.request_id,
+        peer = %PeerId(&peer),
+        outcome = field::Empty,
+        duration_us = field::Empty,
+    );
+    let started = Instant::now();
+
+    // Fast path: most handlers finish on their first poll, so poll once right here and
+    // answer at once, with no task, no channel entry and no timer. The no-op waker is fine:
+    // a handler that is not ready is moved into its own task, whose first poll registers
+    // the real waker.
+    let first_poll = span.in_scope(|| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut future = (method.handler)(event.args);
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => Err(future),
+            }
+        }))
+    });
+    let future = match first_poll {
+        Ok(Ok(Ok(Reply::Value(value)))) => {
+            send_now(shared, reply_to.ok(&value));
+            record(&span, Outcome::Ok, started);
+            return;
+        }
+        Ok(Ok(Err(e))) => {
+            send_now(shared, reply_to.handler_err(&e));
+            record(&span, Outcome::Error, started);
+            return;
+        }
+        Err(panic) => {
+            send_now(shared, reply_to.panic(&event.name, panic));
+            record(&span, Outcome::Panic, started);
+            return;
+        }
+        Ok(Ok(Ok(Reply::Stream(stream)))) => {
+            futures::future::ready(Ok(Reply::Stream(stream))).boxed()
+        }
+        Ok(Err(pending)) => pending,
+    };
+
+    // Slow path: the call gets a task, a channel entry (heartbeats, credit, cancel) and a
+    // deadline timer.
     let credit = method.streaming.then(|| Arc::new(Credit::new()));
     let channel = Channel {
-        route: route.clone(),
+        route: reply_to.route.clone(),
         abort: None,
         credit: credit.clone(),
         opened: now,
@@ -310,69 +381,150 @@ fn open_call(
         last_hb_sent: now,
         heard_any: false,
     };
-    let call = Call {
+    let request_id = reply_to.request_id.clone();
+    let mut call = Call {
+        registered: false,
         shared: shared.clone(),
         peer: peer.clone(),
-        route,
-        request_id: header.message_id.clone(),
+        reply_to,
         method_name: event.name,
-        method: method.clone(),
-        args: event.args,
         deadline,
         credit,
-        _permit: Some(permit),
+        started,
+        _permit: permit,
     };
     let opened = shared.registry.open(
         &peer,
-        header.message_id.clone(),
+        request_id.clone(),
         channel,
         shared.config.max_calls_per_peer,
-        || tokio::spawn(call.run()).abort_handle(),
+        || {
+            call.registered = true;
+            tokio::spawn(call.run(future).instrument(span)).abort_handle()
+        },
     );
-    match opened {
-        Ok(()) => {
-            shared.counters.calls.fetch_add(1, Ordering::Relaxed);
-        }
-        Err((OpenError::PeerLimit, refused)) => {
+    if let Err((refusal, refused)) = opened {
+        // Another call raced in between `admit` and here.
+        refuse(shared, control, &refused.route, &request_id, refusal);
+    }
+}
+
+/// Answers a request the registry would not open.
+fn refuse(
+    shared: &Shared,
+    control: &Control,
+    route: &[Bytes],
+    request: &MessageId,
+    why: OpenError,
+) {
+    match why {
+        OpenError::PeerLimit => {
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             let message = format!(
                 "this connection is at its limit of {} concurrent calls",
                 shared.config.max_calls_per_peer
             );
-            control.send_err(&refused.route, &header, "Overloaded", &message);
+            control.send_err(route, request, "Overloaded", &message);
         }
-        Err((OpenError::Duplicate, refused)) => {
+        OpenError::Duplicate => {
             let message = "a call with this message_id is already running";
-            control.send_err(&refused.route, &header, "ProtocolError", message);
+            control.send_err(route, request, "ProtocolError", message);
         }
     }
 }
 
-/// One accepted call, owned by its task.
-struct Call {
-    shared: Arc<Shared>,
-    peer: Bytes,
+/// Where and to which request a reply goes, and how each kind of reply is built.
+struct ReplyTo {
     route: Vec<Bytes>,
     request_id: MessageId,
+}
+
+impl ReplyTo {
+    fn message(&self, name: &str, write_args: impl FnOnce(&mut Vec<u8>)) -> ZmqMessage {
+        let header = Header::zmesh(Some(self.request_id.clone()));
+        let mut out = Vec::with_capacity(128);
+        wire::encode_event_into(&mut out, &header, name, write_args);
+        wire::join_frames(&self.route, Bytes::from(out))
+    }
+
+    fn ok(&self, value: &[u8]) -> ZmqMessage {
+        self.message(names::OK, |out| {
+            out.push(0x91);
+            out.extend_from_slice(value);
+        })
+    }
+
+    fn err(&self, name: &str, message: &str) -> ZmqMessage {
+        let args = err_args(name, message, None);
+        self.message(names::ERR, |out| out.extend_from_slice(&args))
+    }
+
+    fn handler_err(&self, e: &HandlerError) -> ZmqMessage {
+        let args = err_args(e.name(), e.message(), e.traceback());
+        self.message(names::ERR, |out| out.extend_from_slice(&args))
+    }
+
+    fn panic(&self, method: &str, panic: Box<dyn std::any::Any + Send>) -> ZmqMessage {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "handler panicked".to_owned());
+        tracing::error!(method, panic = %detail, "handler panicked");
+        self.err("HandlerPanic", &format!("{method} panicked: {detail}"))
+    }
+}
+
+/// Sends a reply from the reader without ever waiting on it: one poll normally hands the
+/// message to the client's send queue; if that queue is full, a task finishes the send so
+/// the reply is not lost and the reader moves on.
+fn send_now(shared: &Shared, message: ZmqMessage) {
+    let mut send = send_owned(shared.sender.clone(), message).boxed();
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    if send.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(send);
+    }
+}
+
+async fn send_owned(mut sender: RouterSendHalf, message: ZmqMessage) {
+    if let Err(e) = sender.send(message).await {
+        // The client went away; there is nobody left to tell.
+        tracing::debug!(error = %e, "reply not delivered");
+    }
+}
+
+fn record(span: &tracing::Span, outcome: Outcome, started: Instant) {
+    if !span.is_disabled() {
+        span.record("outcome", field::debug(outcome));
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+    }
+}
+
+/// A call that did not finish on its first poll, owned by its task.
+struct Call {
+    /// Whether this call's channel entry was opened (a refused call must not close the
+    /// entry of the running call it collided with).
+    registered: bool,
+    shared: Arc<Shared>,
+    peer: Bytes,
+    reply_to: ReplyTo,
     method_name: String,
-    method: Arc<Method>,
-    args: Bytes,
     deadline: Option<Instant>,
     credit: Option<Arc<Credit>>,
-    /// Held for the life of the call: the node-wide concurrency slot (built-ins take none).
+    started: Instant,
+    /// Held for the life of the call: the node-wide concurrency slot.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Closes the call's channel however the task ends (reply sent, panic, or abort).
-struct CloseOnDrop {
-    shared: Arc<Shared>,
-    peer: Bytes,
-    id: MessageId,
-}
-
-impl Drop for CloseOnDrop {
+/// Closes the call's channel however its task ends (reply sent, panic, or abort).
+impl Drop for Call {
     fn drop(&mut self) {
-        self.shared.registry.close(&self.peer, &self.id);
+        if !self.registered {
+            return;
+        }
+        self.shared
+            .registry
+            .close(&self.peer, &self.reply_to.request_id);
     }
 }
 
@@ -387,61 +539,45 @@ enum Outcome {
 }
 
 impl Call {
-    async fn run(self) {
-        let _close = CloseOnDrop {
-            shared: self.shared.clone(),
-            peer: self.peer.clone(),
-            id: self.request_id.clone(),
-        };
-        let span = tracing::info_span!(
-            "zmesh.call",
-            method = %self.method_name,
-            id = %self.request_id,
-            peer = %PeerId(&self.peer),
-            outcome = field::Empty,
-            duration_us = field::Empty,
-        );
-        let started = Instant::now();
-        let record = span.clone();
-        let outcome = self.serve().instrument(span).await;
-        record.record("outcome", field::debug(outcome));
-        record.record("duration_us", started.elapsed().as_micros() as u64);
+    async fn run(self, future: crate::service::HandlerFuture) {
+        let outcome = self.serve(future).await;
+        record(&tracing::Span::current(), outcome, self.started);
     }
 
-    async fn serve(&self) -> Outcome {
-        let handler = self.method.handler.clone();
-        let args = self.args.clone();
-        // Build the future inside the catch so a panic while decoding args is caught too.
-        let call = AssertUnwindSafe(async move { handler(args).await }).catch_unwind();
+    async fn serve(&self, future: crate::service::HandlerFuture) -> Outcome {
+        let call = AssertUnwindSafe(future).catch_unwind();
         let result = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline.into(), call).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
-                    let message =
-                        format!("{} did not finish within its deadline", self.method_name);
-                    self.send_err("DeadlineExceeded", &message).await;
-                    return Outcome::DeadlineExceeded;
+            Some(deadline) => {
+                let expiry = Box::pin(tokio::time::sleep_until(deadline.into()));
+                match futures::future::select(call, expiry).await {
+                    Either::Left((result, _)) => result,
+                    Either::Right(_) => {
+                        self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                        let message =
+                            format!("{} did not finish within its deadline", self.method_name);
+                        self.send(self.reply_to.err("DeadlineExceeded", &message))
+                            .await;
+                        return Outcome::DeadlineExceeded;
+                    }
                 }
-            },
+            }
             None => call.await,
         };
         match result {
             Ok(Ok(Reply::Value(value))) => {
-                self.send(names::OK, |out| {
-                    out.push(0x91);
-                    out.extend_from_slice(&value);
-                })
-                .await;
+                self.send(self.reply_to.ok(&value)).await;
                 Outcome::Ok
             }
-            Ok(Ok(Reply::Stream(stream))) => self.stream(stream).await,
+            // Boxed: streams are the rare case, and inline they would make every slow call's
+            // task several hundred bytes larger.
+            Ok(Ok(Reply::Stream(stream))) => Box::pin(self.stream(stream)).await,
             Ok(Err(e)) => {
-                self.send_handler_err(&e).await;
+                self.send(self.reply_to.handler_err(&e)).await;
                 Outcome::Error
             }
             Err(panic) => {
-                self.send_panic(panic).await;
+                self.send(self.reply_to.panic(&self.method_name, panic))
+                    .await;
                 Outcome::Panic
             }
         }
@@ -461,59 +597,34 @@ impl Call {
             credit.take().await;
             match AssertUnwindSafe(stream.next()).catch_unwind().await {
                 Ok(Some(Ok(item))) => {
-                    self.send(names::STREAM, |out| out.extend_from_slice(&item))
-                        .await
+                    let message = self
+                        .reply_to
+                        .message(names::STREAM, |out| out.extend_from_slice(&item));
+                    self.send(message).await;
                 }
                 Ok(Some(Err(e))) => {
-                    self.send_handler_err(&e).await;
+                    self.send(self.reply_to.handler_err(&e)).await;
                     return Outcome::Error;
                 }
                 Ok(None) => {
-                    self.send(names::STREAM_DONE, |out| out.extend_from_slice(NIL_ARGS))
-                        .await;
+                    let message = self
+                        .reply_to
+                        .message(names::STREAM_DONE, |out| out.extend_from_slice(NIL_ARGS));
+                    self.send(message).await;
                     return Outcome::StreamDone;
                 }
                 Err(panic) => {
-                    self.send_panic(panic).await;
+                    self.send(self.reply_to.panic(&self.method_name, panic))
+                        .await;
                     return Outcome::Panic;
                 }
             }
         }
     }
 
-    async fn send_handler_err(&self, e: &HandlerError) {
-        let args = err_args(e.name(), e.message(), e.traceback());
-        self.send(names::ERR, |out| out.extend_from_slice(&args))
-            .await;
-    }
-
-    async fn send_panic(&self, panic: Box<dyn std::any::Any + Send>) {
-        let detail = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "handler panicked".to_owned());
-        tracing::error!(method = %self.method_name, panic = %detail, "handler panicked");
-        let message = format!("{} panicked: {detail}", self.method_name);
-        self.send_err("HandlerPanic", &message).await;
-    }
-
-    async fn send_err(&self, name: &str, message: &str) {
-        let args = err_args(name, message, None);
-        self.send(names::ERR, |out| out.extend_from_slice(&args))
-            .await;
-    }
-
-    async fn send(&self, name: &str, write_args: impl FnOnce(&mut Vec<u8>)) {
-        let header = Header::zmesh(Some(self.request_id.clone()));
-        let mut out = Vec::with_capacity(128);
-        wire::encode_event_into(&mut out, &header, name, write_args);
-        let message = wire::join_frames(&self.route, Bytes::from(out));
-        let mut sender = self.shared.sender.clone();
-        if let Err(e) = sender.send(message).await {
-            // The client went away; there is nobody left to tell.
-            tracing::debug!(peer = %PeerId(&self.peer), error = %e, "reply not delivered");
-        }
+    /// Sends from the call's own task: a client whose queue is full delays only its calls.
+    async fn send(&self, message: ZmqMessage) {
+        send_owned(self.shared.sender.clone(), message).await;
     }
 }
 

@@ -128,6 +128,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Checks that a request may open a channel: its connection is under its limit and the
+    /// id is not already running. One lock, no allocation: this runs for every request.
+    pub(crate) fn admit(
+        &self,
+        peer: &Bytes,
+        id: &MessageId,
+        per_peer_limit: usize,
+    ) -> Result<(), OpenError> {
+        let peers = self.lock();
+        match peers.get(peer) {
+            Some(calls) if calls.channels.len() >= per_peer_limit => Err(OpenError::PeerLimit),
+            Some(calls) if calls.channels.contains_key(id) => Err(OpenError::Duplicate),
+            _ => Ok(()),
+        }
+    }
+
     /// Closes a channel; a no-op if it is already gone.
     pub(crate) fn close(&self, peer: &Bytes, id: &MessageId) -> Option<Channel> {
         let mut peers = self.lock();
