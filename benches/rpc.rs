@@ -6,6 +6,8 @@
 //! - `pipelined_tcp_64B`: batches of [`PIPELINE_BATCH`] calls with [`PIPELINE_WINDOW`] in flight,
 //!   `zmesh` (concurrent `client.call`s over one connection) against `raw` (a DEALER keeping
 //!   the same window of requests ahead of its replies).
+//! - `latency_tcp_64B_mt`: the `latency_tcp_64B` benches with client and servers each on a
+//!   tokio multi-thread runtime of [`MT_WORKERS`] workers (the runtime flavour comparison).
 //!
 //! Runtimes: the client side runs on one tokio `current_thread` runtime (criterion's
 //! `to_async`); every server runs on its own OS thread with its own `current_thread` runtime,
@@ -13,6 +15,14 @@
 //! benchmark mode the client thread is pinned to CPU 0 and the server threads to CPU 1
 //! (`ZMESH_BENCH_PIN=split`, the default; `same` puts all on CPU 0, `off` disables it):
 //! unpinned, thread placement on a small VM swings results by up to 4x (see [`Placement`]).
+//!
+//! The multi-thread group is the exception: the client and each server get their own
+//! multi-thread runtime, the timed loops run in a task spawned on a worker (not in the
+//! `block_on` future), and every thread of those runtimes is unpinned (reset to the CPUs the
+//! process started with), as an application on `#[tokio::main]` would run. Its
+//! multi_thread/current_thread ratio therefore compares the default deployment of each
+//! flavour (pinned current_thread vs unpinned multi_thread); `ZMESH_BENCH_PIN=off` compares
+//! the flavours with nothing pinned.
 //!
 //! After each group, if criterion measured it in this run, an interleaved check runs on the
 //! same connections: [`PAIRED_ROUNDS`] rounds alternating a block of zmesh calls and a block
@@ -67,13 +77,20 @@ const PAIRED_ROUNDS: usize = 30;
 /// Sequential calls per side and round in the interleaved latency check.
 const PAIRED_BLOCK: usize = 300;
 
+/// Worker threads of each multi-thread runtime (client and server) of the flavour group.
+const MT_WORKERS: usize = 2;
+/// Transport and payload of the flavour group: the `latency_tcp_64B` case.
+const MT_CASE: (&str, &str, usize) = ("tcp", "64B", 64);
+
 /// The median latency a zmesh call may cost, relative to a raw round trip.
 const LATENCY_TARGET: f64 = 1.25;
 /// The pipelined throughput zmesh must reach, relative to raw.
 const THROUGHPUT_TARGET: f64 = 0.7;
 
 fn main() {
-    let placement = Placement::from_env();
+    // Read before anything is pinned: the CPUs the multi-thread group's threads return to.
+    process_cpus();
+    let placement = Placement::get();
     let started = SystemTime::now();
     let wall = Instant::now();
     let mut criterion = Criterion::default()
@@ -103,6 +120,7 @@ fn main() {
             paired.extend(bench_latency(
                 &mut criterion,
                 &client_rt,
+                Flavour::CurrentThread,
                 (&group, &label),
                 size,
                 endpoints,
@@ -121,14 +139,47 @@ fn main() {
     ));
     cases.push(Case::Pipelined { label, group });
 
+    // Runtime flavour: the tcp/64B latency case again, everything on multi-thread runtimes.
+    let (transport, payload, size) = MT_CASE;
+    let mt_rt = multi_thread_runtime("zmesh-bench-client");
+    let (zmesh_bind, raw_bind) = bind_endpoints(transport, ipc_dir.path(), payload);
+    let current = format!("latency_{transport}_{payload}");
+    let group = format!("{current}_mt");
+    let base = format!("{transport}/{payload}");
+    let label = format!("{base} multi_thread({MT_WORKERS})");
+    paired.extend(bench_latency(
+        &mut criterion,
+        &mt_rt,
+        Flavour::MultiThread,
+        (&group, &label),
+        size,
+        (&zmesh_bind, &raw_bind),
+        started,
+    ));
+    cases.push(Case::Latency {
+        label,
+        group: group.clone(),
+    });
+    cases.push(Case::Flavour {
+        label: base,
+        multi: group,
+        current,
+    });
+
     criterion.final_summary();
+    drop(mt_rt);
     drop(client_rt);
     drop(ipc_dir);
     print_ratios(&cases, started);
     print_paired(&paired);
     println!(
-        "bench rpc: {} (ZMESH_BENCH_PIN=split|same|off); total wall time {:.1} s",
+        "bench rpc: {}{} (ZMESH_BENCH_PIN=split|same|off); total wall time {:.1} s",
         placement.describe(),
+        if placement == Placement::Off {
+            ""
+        } else {
+            " (multi_thread group unpinned)"
+        },
         wall.elapsed().as_secs_f64()
     );
 }
@@ -149,16 +200,19 @@ fn bind_endpoints(transport: &str, ipc_dir: &Path, label: &str) -> (String, Stri
 
 /// One latency group: a sequential zmesh call against a raw DEALER/ROUTER round trip; then,
 /// if criterion measured both benches in this run, the interleaved check.
+///
+/// `flavour` is that of `rt` and of the two servers it starts.
 fn bench_latency(
     criterion: &mut Criterion,
     rt: &Runtime,
+    flavour: Flavour,
     (group_name, label): (&str, &str),
     size: usize,
     (zmesh_bind, raw_bind): (&str, &str),
     since: SystemTime,
 ) -> Option<Paired> {
-    let zmesh_server = ServerThread::zmesh(zmesh_bind);
-    let raw_server = ServerThread::raw(raw_bind);
+    let zmesh_server = ServerThread::zmesh(zmesh_bind, flavour);
+    let raw_server = ServerThread::raw(raw_bind, flavour);
     let value = Value::Binary(vec![0u8; size]);
     let bytes = Bytes::from(vec![0u8; size]);
     let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
@@ -172,20 +226,20 @@ fn bench_latency(
         b.to_async(rt).iter_custom(|iters| {
             let client = client.clone();
             let value = value.clone();
-            bounded(async move {
+            flavour.run(bounded(async move {
                 let start = Instant::now();
                 for _ in 0..iters {
                     black_box(zmesh_echo(&client, &value).await);
                 }
                 start.elapsed()
-            })
+            }))
         });
     });
     group.bench_function("raw", |b| {
         b.to_async(rt).iter_custom(|iters| {
             let dealer = dealer.clone();
             let bytes = bytes.clone();
-            bounded(async move {
+            flavour.run(bounded(async move {
                 // Locked once per batch, outside the timed region.
                 let mut dealer = dealer.lock().await;
                 let start = Instant::now();
@@ -193,13 +247,24 @@ fn bench_latency(
                     black_box(raw_echo(&mut dealer, &bytes).await);
                 }
                 start.elapsed()
-            })
+            }))
         });
     });
     group.finish();
 
-    let paired = measured_in_this_run(group_name, since)
-        .then(|| rt.block_on(paired_latency(label, &client, &dealer, &value, &bytes)));
+    let paired =
+        measured_in_this_run(group_name, since).then(|| match flavour {
+            Flavour::CurrentThread => {
+                rt.block_on(paired_latency(label, &client, &dealer, &value, &bytes))
+            }
+            Flavour::MultiThread => {
+                let (label, client, dealer) = (label.to_owned(), client.clone(), dealer.clone());
+                let (value, bytes) = (value.clone(), bytes.clone());
+                rt.block_on(flavour.run(async move {
+                    paired_latency(&label, &client, &dealer, &value, &bytes).await
+                }))
+            }
+        });
     close_clients(rt, client, dealer);
     drop(zmesh_server);
     drop(raw_server);
@@ -214,8 +279,8 @@ fn bench_pipelined(
     (group_name, label): (&str, &str),
     since: SystemTime,
 ) -> Option<Paired> {
-    let zmesh_server = ServerThread::zmesh("tcp://127.0.0.1:0");
-    let raw_server = ServerThread::raw("tcp://127.0.0.1:0");
+    let zmesh_server = ServerThread::zmesh("tcp://127.0.0.1:0", Flavour::CurrentThread);
+    let raw_server = ServerThread::raw("tcp://127.0.0.1:0", Flavour::CurrentThread);
     let value = Value::Binary(vec![0u8; PIPELINE_PAYLOAD]);
     let bytes = Bytes::from(vec![0u8; PIPELINE_PAYLOAD]);
     let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
@@ -427,6 +492,41 @@ async fn bounded(batch: impl Future<Output = Duration>) -> Duration {
         .expect("a timed batch did not finish within BATCH_DEADLINE: the server stopped answering")
 }
 
+/// The tokio runtime flavour of a latency group's client and servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// One `current_thread` runtime per side; the client's timed loop is the `block_on`
+    /// future.
+    CurrentThread,
+    /// One multi-thread runtime of [`MT_WORKERS`] workers per side; timed loops and servers
+    /// run in spawned tasks, on the workers.
+    MultiThread,
+}
+
+impl Flavour {
+    /// Runs `work` where this flavour's client work runs: inline in the `block_on` future
+    /// (`current_thread`) or in a task spawned on a worker (multi-thread, where the
+    /// `block_on` future runs on the calling thread, outside the worker pool).
+    async fn run<T: Send + 'static>(self, work: impl Future<Output = T> + Send + 'static) -> T {
+        match self {
+            Self::CurrentThread => work.await,
+            Self::MultiThread => tokio::spawn(work).await.expect("a bench task panicked"),
+        }
+    }
+}
+
+/// A multi-thread runtime of [`MT_WORKERS`] workers whose threads are all unpinned (threads
+/// inherit the affinity of the thread that spawns them, here a pinned one).
+fn multi_thread_runtime(name: &str) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(MT_WORKERS)
+        .thread_name(name)
+        .on_thread_start(unpin_current_thread)
+        .enable_all()
+        .build()
+        .expect("cannot build a multi-thread runtime")
+}
+
 /// A connected zmesh client, checked with one call.
 async fn connect_zmesh(endpoint: &str, value: &Value) -> Client {
     let client = Client::new(endpoint);
@@ -462,8 +562,8 @@ fn close_clients(rt: &Runtime, client: Client, dealer: Arc<tokio::sync::Mutex<De
     });
 }
 
-/// A server on its own OS thread with its own `current_thread` runtime; dropping it stops
-/// the server and joins the thread.
+/// A server on its own OS thread with its own runtime (`current_thread`, or multi-thread
+/// with the server in a spawned task); dropping it stops the server and joins the thread.
 struct ServerThread {
     endpoint: String,
     stop: Option<oneshot::Sender<()>>,
@@ -472,9 +572,9 @@ struct ServerThread {
 
 impl ServerThread {
     /// A zmesh node hosting the echo service.
-    fn zmesh(bind: &str) -> Self {
+    fn zmesh(bind: &str, flavour: Flavour) -> Self {
         let bind = bind.to_owned();
-        Self::spawn("zmesh-node", move |ready, stop| async move {
+        Self::spawn("zmesh-node", flavour, move |ready, stop| async move {
             let node = Node::builder()
                 .bind(bind)
                 .service(zmesh_echo::service())
@@ -488,9 +588,9 @@ impl ServerThread {
     }
 
     /// A raw ROUTER that sends every message back unchanged (`[identity, "", payload]`).
-    fn raw(bind: &str) -> Self {
+    fn raw(bind: &str, flavour: Flavour) -> Self {
         let bind = bind.to_owned();
-        Self::spawn("raw-router", move |ready, mut stop| async move {
+        Self::spawn("raw-router", flavour, move |ready, mut stop| async move {
             let mut router = RouterSocket::new();
             let endpoint = router
                 .bind(&bind)
@@ -519,23 +619,31 @@ impl ServerThread {
         })
     }
 
-    fn spawn<F, Fut>(name: &str, serve: F) -> Self
+    fn spawn<F, Fut>(name: &str, flavour: Flavour, serve: F) -> Self
     where
         F: FnOnce(std::sync::mpsc::Sender<String>, oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let placement = Placement::from_env();
+        let placement = Placement::get();
+        let thread_name = name.to_owned();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || {
-                placement.pin_server();
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("cannot build a server runtime");
-                rt.block_on(serve(ready_tx, stop_rx));
+            .spawn(move || match flavour {
+                Flavour::CurrentThread => {
+                    placement.pin_server();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("cannot build a server runtime");
+                    rt.block_on(serve(ready_tx, stop_rx));
+                }
+                Flavour::MultiThread => {
+                    unpin_current_thread();
+                    let rt = multi_thread_runtime(&thread_name);
+                    rt.block_on(Flavour::MultiThread.run(serve(ready_tx, stop_rx)));
+                }
             })
             .expect("cannot spawn a server thread");
         // A server that fails to start panics on its thread, which drops `ready_tx`.
@@ -573,6 +681,13 @@ enum Case {
     Latency { label: String, group: String },
     /// zmesh/raw throughput of the pipelined group.
     Pipelined { label: String, group: String },
+    /// multi_thread/current_thread median latency of each side: `multi` is the multi-thread
+    /// group, `current` the `current_thread` group of the same case.
+    Flavour {
+        label: String,
+        multi: String,
+        current: String,
+    },
 }
 
 /// Prints zmesh/raw ratios from criterion's estimates of this run, if there are any.
@@ -623,6 +738,28 @@ fn print_ratios(cases: &[Case], since: SystemTime) {
                      [zmesh {:.0} calls/s, raw {:.0} calls/s]",
                     per_sec(zmesh),
                     per_sec(raw),
+                ));
+            }
+            Case::Flavour {
+                label,
+                multi,
+                current,
+            } => {
+                let (Some((zmesh_mt, raw_mt)), Some((zmesh_ct, raw_ct))) =
+                    (medians(multi), medians(current))
+                else {
+                    continue;
+                };
+                lines.push(format!(
+                    "runtime flavour {label}: multi_thread({MT_WORKERS}) vs current_thread p50: \
+                     zmesh {:.2}x, raw {:.2}x   \
+                     [zmesh {:.1} vs {:.1} us, raw {:.1} vs {:.1} us]",
+                    zmesh_mt / zmesh_ct,
+                    raw_mt / raw_ct,
+                    zmesh_mt / 1e3,
+                    zmesh_ct / 1e3,
+                    raw_mt / 1e3,
+                    raw_ct / 1e3,
                 ));
             }
         }
@@ -765,6 +902,14 @@ enum Placement {
 }
 
 impl Placement {
+    /// The placement of this run, decided once (in `main`, before any thread is pinned):
+    /// asked later from a pinned thread, the CPU count would follow that thread's affinity
+    /// and wrongly report a single CPU.
+    fn get() -> Self {
+        static PLACEMENT: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
+        *PLACEMENT.get_or_init(Self::from_env)
+    }
+
     /// `ZMESH_BENCH_PIN=split|same|off` (default `split`); always `off` outside benchmark
     /// mode (`cargo test --benches` runs each bench once; pinning would only cost time) and
     /// on a single CPU.
@@ -804,10 +949,46 @@ impl Placement {
     }
 }
 
-/// Pins the calling thread to `cpu` with `taskset -p` on its thread id (read from
-/// `/proc/thread-self`), which needs neither `unsafe` nor another dependency. Failure only
-/// costs repeatability, so it is reported and ignored.
+/// Pins the calling thread to `cpu` (see [`set_thread_affinity`]).
 fn pin_current_thread(cpu: usize) {
+    set_thread_affinity(&cpu.to_string());
+}
+
+/// Undoes a pin the calling thread inherited from the thread that spawned it (the
+/// multi-thread group): gives it back the CPUs the process started with. Decided from the
+/// thread's own affinity rather than [`Placement::from_env`], whose CPU count follows the
+/// affinity of the (pinned) thread that asks; a thread that is not pinned is left alone.
+fn unpin_current_thread() {
+    let Some(cpus) = process_cpus() else {
+        eprintln!("bench rpc: cannot unpin a thread (CPU list of the process unknown)");
+        return;
+    };
+    if allowed_cpus("/proc/thread-self/status").as_deref() != Some(cpus) {
+        set_thread_affinity(cpus);
+    }
+}
+
+/// The CPUs the process may run on as it started; `main` reads it before pinning anything.
+fn process_cpus() -> Option<&'static str> {
+    static CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| allowed_cpus("/proc/self/status"))
+        .as_deref()
+}
+
+/// `Cpus_allowed_list` (a `taskset -c` list) of a `/proc` status file.
+fn allowed_cpus(status: &str) -> Option<String> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| list.trim().to_owned())
+        .filter(|list| !list.is_empty())
+}
+
+/// Sets the calling thread's CPUs (a `taskset -c` list) with `taskset -p` on its thread id
+/// (read from `/proc/thread-self`), which needs neither `unsafe` nor another dependency.
+/// Failure only costs repeatability, so it is reported and ignored.
+fn set_thread_affinity(cpus: &str) {
     let pinned = std::fs::read_link("/proc/thread-self")
         .map_err(|e| e.to_string())
         .and_then(|link| {
@@ -817,7 +998,7 @@ fn pin_current_thread(cpu: usize) {
                 .ok_or("no thread id in /proc/thread-self")?
                 .to_owned();
             let status = std::process::Command::new("taskset")
-                .args(["-p", "-c", &cpu.to_string(), &tid])
+                .args(["-p", "-c", cpus, &tid])
                 .stdout(std::process::Stdio::null())
                 .status()
                 .map_err(|e| format!("taskset: {e}"))?;
@@ -828,6 +1009,6 @@ fn pin_current_thread(cpu: usize) {
             }
         });
     if let Err(e) = pinned {
-        eprintln!("bench rpc: cannot pin a thread to CPU {cpu} ({e}); results may swing");
+        eprintln!("bench rpc: cannot pin a thread to CPU {cpus} ({e}); results may swing");
     }
 }

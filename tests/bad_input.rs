@@ -853,11 +853,11 @@ async fn broken_control_events_on_a_live_channel_are_ignored() {
     .await;
     for n in 1..5u8 {
         let item = peer.reply_to(&id).await;
-        assert_eq!((item.name.as_str(), &item.args[..]), ("STREAM", &[n][..]));
+        assert_eq!((item.name.as_ref(), &item.args[..]), ("STREAM", &[n][..]));
     }
     let done = peer.reply_to(&id).await;
     assert_eq!(
-        (done.name.as_str(), &done.args[..]),
+        (done.name.as_ref(), &done.args[..]),
         ("STREAM_DONE", &[0xc0][..])
     );
     peer.ping_then_silence().await;
@@ -1303,7 +1303,7 @@ async fn error_replies_keep_the_routing_envelope() {
     for (ev, id, expected) in cases {
         peer.send_frames(via_hop(ev)).await;
         let reply = replies_keep_envelope(&mut peer, &id).await;
-        let got = match reply.name.as_str() {
+        let got = match reply.name.as_ref() {
             "ERR" => wire::parse_err_args(&reply.args).0,
             other => other.to_owned(),
         };
@@ -1437,7 +1437,7 @@ async fn deep_nesting_child() {
         peer.send(with_deep(request(&id, "echo.echo", vec![s(DEEP)]), depth))
             .await;
         let reply = peer.reply_to(&id).await;
-        match reply.name.as_str() {
+        match reply.name.as_ref() {
             // Echoed intact: `[` + the value.
             "OK" => {
                 let mut expected = vec![0x91u8; depth + 1];

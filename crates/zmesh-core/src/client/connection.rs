@@ -148,7 +148,7 @@ impl ConnShared {
         };
         entry.last_heard = Instant::now();
         entry.heard_any = true;
-        let name = event.name.as_str();
+        let name = event.name.as_ref();
         if name == names::HEARTBEAT || name == names::MORE {
             return;
         }
@@ -408,8 +408,7 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
 /// (its reply carries the marker) before any call needs to be cancelled.
 async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let id = MessageId::generate();
-    let mut header = Header::zmesh(None);
-    header.message_id = id.clone();
+    let header = Header::zmesh_with_id(id.clone(), None);
     let (tx, rx) = oneshot::channel();
     shared.register(id.clone(), tx);
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);

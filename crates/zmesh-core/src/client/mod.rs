@@ -456,7 +456,7 @@ impl Client {
             }
             Inbound::Event(event) => event,
         };
-        match event.name.as_str() {
+        match event.name.as_ref() {
             names::OK => {
                 guard.complete();
                 Ok(Response::Value(first_element(&event.args)?))
@@ -531,8 +531,7 @@ fn build_request(
     deadline: Instant,
 ) -> (MessageId, Bytes) {
     let id = MessageId::generate();
-    let mut header = Header::zmesh(None);
-    header.message_id = id.clone();
+    let mut header = Header::zmesh_with_id(id.clone(), None);
     let remaining = deadline.saturating_duration_since(Instant::now());
     header.deadline_ms = Some((remaining.as_millis() as u64).max(1));
     header.traceparent = options.traceparent.clone();

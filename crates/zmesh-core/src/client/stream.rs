@@ -151,7 +151,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
             Poll::Ready(Some(Inbound::Stream(..))) => {
                 this.fail(CallError::Protocol("stream restarted".into()))
             }
-            Poll::Ready(Some(Inbound::Event(event))) => match event.name.as_str() {
+            Poll::Ready(Some(Inbound::Event(event))) => match event.name.as_ref() {
                 names::STREAM => {
                     this.reserved = this.reserved.saturating_sub(1);
                     Poll::Ready(Some(decode_result(&event.args)))

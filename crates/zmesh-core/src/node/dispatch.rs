@@ -276,7 +276,7 @@ fn open_call(
         );
         return;
     }
-    let Some(method) = shared.methods.get(&event.name) else {
+    let Some(method) = shared.methods.get(event.name.as_ref()) else {
         warn.bad_input(&peer, &format_args!("unknown method {:?}", event.name));
         control.send_err(&route, &header.message_id, "NameError", &event.name);
         return;
@@ -387,7 +387,7 @@ fn open_call(
         shared: shared.clone(),
         peer: peer.clone(),
         reply_to,
-        method_name: event.name,
+        method_name: event.name.into_owned(),
         deadline,
         credit,
         started,

@@ -7,6 +7,7 @@
 //! raw msgpack too: the node and client decode them straight into the handler's or caller's
 //! types, with no intermediate dynamic value.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -173,8 +174,13 @@ pub struct Header {
 impl Header {
     /// A header for an event sent by zmesh: fresh id, `v` = 3 and the zmesh marker.
     pub fn zmesh(response_to: Option<MessageId>) -> Self {
+        Self::zmesh_with_id(MessageId::generate(), response_to)
+    }
+
+    /// A zmesh header with a given id (a request whose id the caller keeps).
+    pub fn zmesh_with_id(message_id: MessageId, response_to: Option<MessageId>) -> Self {
         Self {
-            message_id: MessageId::generate(),
+            message_id,
             version: Some(PROTOCOL_VERSION),
             response_to,
             zmesh: Some(ZMESH_EXTENSION_VERSION),
@@ -195,8 +201,9 @@ impl Header {
 pub struct Event {
     /// The header map.
     pub header: Header,
-    /// The method name or one of the reserved [`names`].
-    pub name: String,
+    /// The method name or one of the reserved [`names`] (borrowed, so replies, heartbeats
+    /// and credit grants decode without allocating a name).
+    pub name: Cow<'static, str>,
     /// The third element, still encoded.
     pub args: Bytes,
 }
@@ -233,7 +240,7 @@ pub fn decode_header(frame: &[u8]) -> Result<Header, DecodeError> {
         Some(n) => return Err(DecodeError::WrongEventArity(n)),
         None => return Err(DecodeError::NotAnArray),
     }
-    read_header(&mut c)
+    read_header(&mut c, &|range| Bytes::copy_from_slice(&frame[range]))
 }
 
 /// Decodes a whole event frame. Trailing bytes after the event are ignored, as in Python.
@@ -247,13 +254,13 @@ pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
         Some(n) => return Err(DecodeError::WrongEventArity(n).into()),
         None => return Err(DecodeError::NotAnArray.into()),
     }
-    let header = read_header(&mut c)?;
+    let header = read_header(&mut c, &|range| frame.slice(range))?;
     let with_header = |error| EventDecodeError {
         error,
         header: Some(Box::new(header.clone())),
     };
     let name = match c.str() {
-        Ok(Some(name)) => name.to_owned(),
+        Ok(Some(name)) => intern_name(name),
         Ok(None) => return Err(with_header(DecodeError::NameNotStr)),
         Err(e) => return Err(with_header(e)),
     };
@@ -265,7 +272,29 @@ pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
     Ok(Event { header, name, args })
 }
 
-fn read_header(c: &mut Cursor<'_>) -> Result<Header, DecodeError> {
+/// Reads the header map; `bytes_of` turns a range of the frame into owned bytes (a
+/// zero-copy slice when the frame is already `Bytes`).
+/// The reserved event names, borrowed; anything else (a method name) is copied.
+fn intern_name(name: &str) -> Cow<'static, str> {
+    const RESERVED: [&str; 7] = [
+        names::OK,
+        names::ERR,
+        names::STREAM,
+        names::STREAM_DONE,
+        names::HEARTBEAT,
+        names::MORE,
+        names::CANCEL,
+    ];
+    match RESERVED.iter().find(|reserved| **reserved == name) {
+        Some(reserved) => Cow::Borrowed(reserved),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
+fn read_header(
+    c: &mut Cursor<'_>,
+    bytes_of: &dyn Fn(std::ops::Range<usize>) -> Bytes,
+) -> Result<Header, DecodeError> {
     let Some(entries) = c.map_len()? else {
         return Err(DecodeError::HeaderNotMap);
     };
@@ -286,11 +315,12 @@ fn read_header(c: &mut Cursor<'_>) -> Result<Header, DecodeError> {
         let bad = || DecodeError::BadHeaderValue(key.to_owned());
         match key {
             keys::MESSAGE_ID | keys::RESPONSE_TO => {
+                let start = c.position();
                 let raw = c.value()?;
                 if !msgpack::is_id_kind(raw) {
                     return Err(DecodeError::BadMessageId);
                 }
-                let id = MessageId(Bytes::copy_from_slice(raw));
+                let id = MessageId(bytes_of(start..c.position()));
                 if key == keys::MESSAGE_ID {
                     message_id = Some(id);
                 } else {
@@ -302,10 +332,10 @@ fn read_header(c: &mut Cursor<'_>) -> Result<Header, DecodeError> {
             keys::DEADLINE_MS => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
             keys::TRACEPARENT => header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned()),
             _ => {
-                let raw = c.value()?;
-                header
-                    .extra
-                    .push((key.to_owned(), Bytes::copy_from_slice(raw)));
+                let start = c.position();
+                c.value()?;
+                let raw = bytes_of(start..c.position());
+                header.extra.push((key.to_owned(), raw));
             }
         }
     }
