@@ -296,6 +296,10 @@ impl fmt::Debug for Method {
 
 /// A named set of methods. Its methods are called as `service.method`.
 ///
+/// Handlers are async and must not block the thread: a node polls a new call's handler once
+/// on its reader task (most handlers finish right there, which is what makes calls cheap),
+/// so CPU-heavy or blocking work belongs in `tokio::task::spawn_blocking`.
+///
 /// ```
 /// use zmesh_core::{HandlerError, Service};
 ///

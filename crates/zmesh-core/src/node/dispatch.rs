@@ -1,19 +1,21 @@
 //! Provides the node's one adapter between the ROUTER socket and the handlers: a reader task
 //! that decodes every message and either routes it to an open channel or opens a call, the
-//! per-call tasks that run handlers and send replies, a heartbeat sweeper, a writer for
-//! replies the reader itself produces, and a watcher for client disconnects.
+//! tasks of calls that do not finish at once, a heartbeat sweeper, a writer for replies the
+//! reader itself produces, and a watcher for client disconnects.
 //!
-//! The reader never awaits a send: replies go out from the call's own task (so a slow
-//! client only delays its own calls) or through the bounded control writer.
+//! A new call's handler is polled once by the reader. If it is done, its reply is handed to
+//! the client's send queue right there (no task, no channel entry, no timer: the common fast
+//! path); otherwise the call moves to its own task with a channel entry for heartbeats,
+//! credit and cancel, and a deadline timer. The reader never waits on a send: a send that
+//! cannot complete at once finishes in a task, so a slow client only delays its own calls.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use std::task::{Context, Poll};
-
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
