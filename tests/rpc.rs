@@ -649,3 +649,39 @@ async fn node_binds_several_endpoints_and_serves_all() {
     .expect_err("inproc is unsupported");
     assert!(err.to_string().contains("unsupported endpoint"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_does_not_stall_the_node() {
+    use zeromq::SocketSend as _;
+    let (node, _dir) = start_node(Transport::Tcp, NodeConfig::default(), vec![]).await;
+    let mut greedy = raw_peer(node.endpoint()).await;
+    let args = rmp_serde::to_vec(&("x",)).expect("args");
+    // Requests as fast as the socket takes them, replies never read. Bounded: 200,000
+    // sends, each given up after a second once backpressure reaches the sender.
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u32;
+        for _ in 0..200_000 {
+            let event = wire::encode_event(&wire::Header::zmesh(None), "echo.upper", &args);
+            let send = greedy.send(wire::join_frames(&[], event));
+            match tokio::time::timeout(Duration::from_secs(1), send).await {
+                Ok(Ok(())) => sent += 1,
+                _ => break,
+            }
+        }
+        (greedy, sent)
+    });
+    let (_greedy, sent) = common::within(Duration::from_secs(120), "flood", flood)
+        .await
+        .expect("flood task");
+    assert!(sent > 0);
+    // The node answered what reached it without holding calls open for the greedy client,
+    // and a polite client is served while the greedy one still is not reading.
+    let polite = Client::new(node.endpoint());
+    let ok: String = net("polite call", polite.call("echo.upper", ("still here",)))
+        .await
+        .expect("served");
+    assert_eq!(ok, "STILL HERE");
+    let stats = node.stats();
+    assert_eq!(stats.in_flight, 0, "{stats:?}");
+    assert!(stats.calls > 0, "{stats:?}");
+}

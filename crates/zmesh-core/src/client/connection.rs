@@ -20,6 +20,10 @@ use zeromq::{
 use super::{CallError, ClientConfig};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, MessageId, names};
 
+/// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
+/// lets this many pile up has stopped reading and is treated as lost.
+const CONTROL_QUEUE: usize = 16_384;
+
 /// What the reader hands to a waiting call.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -59,7 +63,7 @@ pub(crate) struct ConnShared {
     pending: Mutex<HashMap<MessageId, Pending>>,
     alive: AtomicBool,
     zmesh_peer: AtomicBool,
-    control: mpsc::UnboundedSender<Bytes>,
+    control: mpsc::Sender<Bytes>,
 }
 
 impl ConnShared {
@@ -113,7 +117,15 @@ impl ConnShared {
     /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
     pub(crate) fn send_control(&self, channel: &MessageId, name: &str, args: &[u8]) {
         let header = Header::zmesh(Some(channel.clone()));
-        let _ = self.control.send(wire::encode_event(&header, name, args));
+        let event = wire::encode_event(&header, name, args);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.control.try_send(event) {
+            // Heartbeats, credit and cancels queue up only while the socket cannot take
+            // them: the peer has stopped reading. Give up on it rather than grow without bound.
+            self.mark_dead(&format!(
+                "{} stopped reading (control queue full)",
+                self.endpoint
+            ));
+        }
     }
 
     /// Tells a zmesh server to abort a call the caller gave up on.
@@ -241,7 +253,7 @@ impl Connection {
             }
         };
         let (send, recv) = socket.split();
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let shared = Arc::new(ConnShared {
             endpoint: endpoint.to_owned(),
             config: config.clone(),
@@ -344,7 +356,7 @@ async fn watch_disconnect(
     }
 }
 
-async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(event) = rx.recv().await {
         if !shared.is_alive() {
             continue;

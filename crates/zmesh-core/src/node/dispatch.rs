@@ -33,6 +33,8 @@ use crate::wire::{
 /// Replies queued by the reader and heartbeats queued by the sweeper; beyond this they are
 /// dropped (and counted) rather than buffered without bound during a flood.
 const CONTROL_QUEUE: usize = 8192;
+/// Replies that may wait at once for a client's full send queue (see [`send_now`]).
+const MAX_STALLED_SENDS: usize = 10_000;
 /// How long the control writer waits on one client's full send queue before dropping.
 const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -480,12 +482,33 @@ impl ReplyTo {
 /// Sends a reply from the reader without ever waiting on it: one poll normally hands the
 /// message to the client's send queue; if that queue is full, a task finishes the send so
 /// the reply is not lost and the reader moves on.
-fn send_now(shared: &Shared, message: ZmqMessage) {
+///
+/// A send only stalls when that client has left about 100,000 replies unread (the `zeromq`
+/// per-peer queue); at most [`MAX_STALLED_SENDS`] such sends wait at once, beyond that the
+/// reply is dropped and counted, so a client that never reads cannot grow the node's memory.
+fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
     let mut send = send_owned(shared.sender.clone(), message).boxed();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-    if send.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(send);
+    if send.as_mut().poll(&mut cx).is_ready() {
+        return;
     }
+    let counters = &shared.counters;
+    if counters.stalled_sends.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS {
+        counters.stalled_sends.fetch_sub(1, Ordering::AcqRel);
+        let dropped = counters.replies_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped,
+                "clients are not reading their replies; dropping replies"
+            );
+        }
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        send.await;
+        shared.counters.stalled_sends.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 async fn send_owned(mut sender: RouterSendHalf, message: ZmqMessage) {

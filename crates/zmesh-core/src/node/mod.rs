@@ -68,6 +68,8 @@ pub(crate) struct Counters {
     pub(crate) cancelled: AtomicU64,
     pub(crate) peers_lost: AtomicU64,
     pub(crate) calls: AtomicU64,
+    pub(crate) replies_dropped: AtomicU64,
+    pub(crate) stalled_sends: std::sync::atomic::AtomicUsize,
 }
 
 /// A snapshot of a node's counters.
@@ -90,6 +92,8 @@ pub struct NodeStats {
     pub cancelled: u64,
     /// Channels closed because the client stopped heartbeating or disconnected.
     pub peers_lost: u64,
+    /// Replies dropped because their clients had stopped reading (see `send_now`).
+    pub replies_dropped: u64,
     /// Calls running now.
     pub in_flight: usize,
 }
@@ -316,6 +320,7 @@ impl Node {
             unknown_channel: c.unknown_channel.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             peers_lost: c.peers_lost.load(Ordering::Relaxed),
+            replies_dropped: c.replies_dropped.load(Ordering::Relaxed),
             in_flight: self.shared.registry.open_channels(),
         }
     }
