@@ -204,22 +204,29 @@ async fn slow_call_never_delays_others() {
     }
 }
 
+/// Starts `n` 4-second calls from `client` and waits until the node runs all of them.
+async fn occupy(
+    node: &zmesh::Node,
+    client: &Client,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<u64, CallError>>> {
+    let busy = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call::<u64>("echo.sleep", (4_000,)).await })
+        })
+        .collect();
+    eventually(NET_TIMEOUT, "calls running", || node.stats().in_flight == n).await;
+    busy
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_concurrency_bound_answers_overloaded() {
     for transport in TRANSPORTS {
         let config = NodeConfig::default().max_concurrent_calls(2);
         let (node, _dir) = start_node(transport, config, vec![]).await;
         let client = Client::new(node.endpoint());
-        let busy: Vec<_> = (0..2)
-            .map(|_| {
-                let client = client.clone();
-                tokio::spawn(async move { client.call::<u64>("echo.sleep", (4_000,)).await })
-            })
-            .collect();
-        eventually(NET_TIMEOUT, "two calls running", || {
-            node.stats().in_flight == 2
-        })
-        .await;
+        let busy = occupy(&node, &client, 2).await;
         let err = net("third call", client.call::<String>("echo.upper", ("x",)))
             .await
             .expect_err("overloaded");
@@ -244,16 +251,7 @@ async fn per_connection_bound_answers_overloaded_only_to_that_client() {
     let (node, _dir) = start_node(Transport::Tcp, config, vec![]).await;
     let greedy = Client::new(node.endpoint());
     let polite = Client::new(node.endpoint());
-    let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let greedy = greedy.clone();
-            tokio::spawn(async move { greedy.call::<u64>("echo.sleep", (4_000,)).await })
-        })
-        .collect();
-    eventually(NET_TIMEOUT, "two calls running", || {
-        node.stats().in_flight == 2
-    })
-    .await;
+    let busy = occupy(&node, &greedy, 2).await;
     let err = net("greedy third", greedy.call::<String>("echo.upper", ("x",)))
         .await
         .expect_err("over");
