@@ -307,6 +307,11 @@ async fn observed_node(transport: Transport) -> Observed {
     let service = observed(started.clone(), dropped.clone(), finished.clone());
     let (node, _dir) = start_node(transport, NodeConfig::default(), vec![service]).await;
     let client = Client::new(node.endpoint());
+    // Connected and warm: the connection has learned the peer speaks zmesh (so drops send a
+    // cancel), and deadlines measured by the tests cover calls, not connects.
+    let _: String = net("warm up", client.call("echo.upper", ("x",)))
+        .await
+        .expect("ok");
     Observed {
         node,
         _dir,
@@ -328,10 +333,6 @@ async fn dropping_a_call_aborts_the_server_handler() {
             dropped,
             finished,
         } = observed_node(transport).await;
-        // Warm the connection so it has learned the peer speaks zmesh.
-        let _: String = net("warm up", client.call("echo.upper", ("x",)))
-            .await
-            .expect("ok");
 
         let call = tokio::spawn({
             let client = client.clone();
@@ -360,10 +361,6 @@ async fn deadline_expiry_fails_the_call_and_aborts_the_handler() {
             dropped,
             finished,
         } = observed_node(transport).await;
-        // Connect first: this test is about the call's deadline, not the connect's.
-        let _: String = net("warm up", client.call("echo.upper", ("x",)))
-            .await
-            .expect("ok");
         let options = CallOptions::timeout(Duration::from_millis(500));
         let err = net(
             "deadline",
