@@ -25,12 +25,11 @@ pub(crate) struct CallGuard {
 }
 
 impl CallGuard {
-    /// The call ended normally; nothing to cancel.
+    /// The call ended normally; nothing to cancel. No unregistering either: the reader
+    /// removes a call's entry before it hands over the terminal event (OK, ERR, STREAM_DONE)
+    /// or a failure, so taking the lock again here would only repeat that work.
     pub(crate) fn complete(&mut self) {
-        if self.open {
-            self.open = false;
-            self.conn.unregister(&self.id);
-        }
+        self.open = false;
     }
 }
 
