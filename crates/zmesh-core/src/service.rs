@@ -106,8 +106,10 @@ pub(crate) type ErasedHandler = Arc<dyn Fn(Bytes) -> HandlerFuture + Send + Sync
 
 /// Encodes a result the way Python peers expect it: structs as maps with field names.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, HandlerError> {
-    rmp_serde::to_vec_named(value)
-        .map_err(|e| HandlerError::new("EncodeError", format!("cannot encode result: {e}")))
+    let mut out = Vec::with_capacity(crate::wire::ENCODE_START_CAPACITY);
+    rmp_serde::encode::write_named(&mut out, value)
+        .map_err(|e| HandlerError::new("EncodeError", format!("cannot encode result: {e}")))?;
+    Ok(out)
 }
 
 /// Walks the positional args array, decoding one parameter at a time so a type error names

@@ -555,7 +555,9 @@ async fn within<F: std::future::Future>(deadline: Instant, future: F) -> Option<
 
 /// Encodes positional args; they must form a msgpack array.
 fn encode_args(args: &impl Serialize) -> Result<Bytes, CallError> {
-    let bytes = rmp_serde::to_vec_named(args).map_err(|e| CallError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(wire::ENCODE_START_CAPACITY);
+    rmp_serde::encode::write_named(&mut bytes, args)
+        .map_err(|e| CallError::Encode(e.to_string()))?;
     // `()` encodes as nil; it means "no arguments".
     if bytes == [0xc0] {
         return Ok(Bytes::from_static(&[0x90]));

@@ -18,6 +18,11 @@ pub use frames::{Envelope, join_frames, split_frames};
 /// and cannot be caught. 128 levels is far beyond real payloads and far within the stack.
 pub const MAX_VALUE_DEPTH: usize = 128;
 
+/// Starting capacity of buffers that args and results are serialized into. rmp-serde grows
+/// an empty `Vec` by doubling from a few bytes, and those reallocations cost more than the
+/// encoding itself for typical small payloads.
+pub(crate) const ENCODE_START_CAPACITY: usize = 128;
+
 /// Why bytes from a peer are not a valid zerorpc event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
