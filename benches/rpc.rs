@@ -5,7 +5,12 @@
 //!   payload bytes, sent as `["", payload]`).
 //! - `pipelined_tcp_64B`: batches of [`PIPELINE_BATCH`] calls with [`PIPELINE_WINDOW`] in flight,
 //!   `zmesh` (concurrent `client.call`s over one connection) against `raw` (a DEALER keeping
-//!   the same window of requests ahead of its replies).
+//!   the same window of requests ahead of its replies), plus `codec_floor`: the same raw
+//!   DEALER/ROUTER pair doing only the per-call work the zerorpc wire format itself requires
+//!   (encode the request event with a fresh id and serialized args, decode it and its args,
+//!   encode the `OK` reply with `response_to`, decode it and the result) and nothing a
+//!   framework adds (no correlation map, deadline, tasks or heartbeats). It measures how much
+//!   of zmesh's cost is the protocol's encoding rather than zmesh.
 //! - `latency_tcp_64B_mt`: the `latency_tcp_64B` benches with client and servers each on a
 //!   tokio multi-thread runtime of [`MT_WORKERS`] workers (the runtime flavour comparison).
 //!
@@ -53,7 +58,7 @@ use rmpv::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
-use zmesh::{Client, Node};
+use zmesh::{Client, Node, wire};
 
 /// Payload sizes of the latency groups: (label, bytes).
 const PAYLOADS: [(&str, usize); 2] = [("64B", 64), ("4KiB", 4096)];
@@ -281,11 +286,15 @@ fn bench_pipelined(
 ) -> Option<Paired> {
     let zmesh_server = ServerThread::zmesh("tcp://127.0.0.1:0", Flavour::CurrentThread);
     let raw_server = ServerThread::raw("tcp://127.0.0.1:0", Flavour::CurrentThread);
+    let floor_server = ServerThread::codec_floor("tcp://127.0.0.1:0");
     let value = Value::Binary(vec![0u8; PIPELINE_PAYLOAD]);
     let bytes = Bytes::from(vec![0u8; PIPELINE_PAYLOAD]);
     let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
     let dealer = Arc::new(tokio::sync::Mutex::new(
         rt.block_on(connect_raw(raw_server.endpoint(), &bytes)),
+    ));
+    let floor_dealer = Arc::new(tokio::sync::Mutex::new(
+        rt.block_on(connect_codec_floor(floor_server.endpoint(), &value)),
     ));
 
     let mut group: BenchmarkGroup<'_, WallTime> = criterion.benchmark_group(group_name);
@@ -305,27 +314,19 @@ fn bench_pipelined(
             })
         });
     });
-    group.bench_function("raw", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let dealer = dealer.clone();
-            let bytes = bytes.clone();
-            bounded(async move {
-                let mut dealer = dealer.lock().await;
-                let start = Instant::now();
-                for _ in 0..iters {
-                    raw_pipelined_batch(&mut dealer, &bytes).await;
-                }
-                start.elapsed()
-            })
-        });
-    });
+    let raw_load = DealerLoad::Raw(bytes);
+    bench_dealer_batches(&mut group, rt, "raw", &dealer, &raw_load);
+    let floor_load = DealerLoad::CodecFloor(value.clone());
+    bench_dealer_batches(&mut group, rt, "codec_floor", &floor_dealer, &floor_load);
     group.finish();
 
     let paired = measured_in_this_run(group_name, since)
-        .then(|| rt.block_on(paired_pipelined(label, &client, &dealer, &value, &bytes)));
+        .then(|| rt.block_on(paired_pipelined(label, &client, &dealer, &value, &raw_load)));
     close_clients(rt, client, dealer);
     drop(zmesh_server);
     drop(raw_server);
+    rt.block_on(async move { drop(floor_dealer) });
+    drop(floor_server);
     paired
 }
 
@@ -391,7 +392,7 @@ async fn paired_pipelined(
     client: &Client,
     dealer: &tokio::sync::Mutex<DealerSocket>,
     value: &Value,
-    bytes: &Bytes,
+    raw_load: &DealerLoad,
 ) -> Paired {
     let mut dealer = dealer.lock().await;
     let mut zmesh = Vec::with_capacity(PAIRED_ROUNDS);
@@ -411,7 +412,7 @@ async fn paired_pipelined(
                 raw.push(
                     bounded(async {
                         let start = Instant::now();
-                        raw_pipelined_batch(&mut dealer, bytes).await;
+                        dealer_pipelined_batch(&mut dealer, raw_load).await;
                         start.elapsed()
                     })
                     .await,
@@ -457,21 +458,69 @@ async fn zmesh_pipelined_batch(client: &Client, value: &Value) {
     assert_eq!(done, PIPELINE_BATCH, "every call of the batch answers");
 }
 
-/// [`PIPELINE_BATCH`] raw requests, keeping [`PIPELINE_WINDOW`] of them ahead of the replies.
-async fn raw_pipelined_batch(dealer: &mut DealerSocket, payload: &Bytes) {
+/// What a raw DEALER of the pipelined group sends and checks per call.
+enum DealerLoad {
+    /// The raw baseline: `["", payload]`, echoed unchanged.
+    Raw(Bytes),
+    /// The codec floor: a zerorpc `echo.echo(value)` request and its decoded `OK` reply.
+    CodecFloor(Value),
+}
+
+impl DealerLoad {
+    fn request(&self) -> ZmqMessage {
+        match self {
+            Self::Raw(payload) => raw_request(payload),
+            Self::CodecFloor(value) => codec_floor_request(value),
+        }
+    }
+
+    fn take_reply(&self, reply: ZmqMessage) {
+        match self {
+            Self::Raw(_) => drop(black_box(reply)),
+            Self::CodecFloor(_) => drop(black_box(codec_floor_result(reply))),
+        }
+    }
+}
+
+/// One criterion bench of the pipelined group driven by a raw DEALER.
+fn bench_dealer_batches(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    dealer: &Arc<tokio::sync::Mutex<DealerSocket>>,
+    load: &DealerLoad,
+) {
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter_custom(|iters| async move {
+            bounded(async move {
+                let mut dealer = dealer.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    dealer_pipelined_batch(&mut dealer, load).await;
+                }
+                start.elapsed()
+            })
+            .await
+        });
+    });
+}
+
+/// [`PIPELINE_BATCH`] requests of `load`, keeping [`PIPELINE_WINDOW`] of them ahead of the
+/// replies.
+async fn dealer_pipelined_batch(dealer: &mut DealerSocket, load: &DealerLoad) {
     let mut sent = 0;
     while sent < PIPELINE_WINDOW.min(PIPELINE_BATCH) {
         dealer
-            .send(raw_request(payload))
+            .send(load.request())
             .await
             .expect("raw DEALER send failed");
         sent += 1;
     }
     for _ in 0..PIPELINE_BATCH {
-        black_box(dealer.recv().await.expect("raw DEALER recv failed"));
+        load.take_reply(dealer.recv().await.expect("raw DEALER recv failed"));
         if sent < PIPELINE_BATCH {
             dealer
-                .send(raw_request(payload))
+                .send(load.request())
                 .await
                 .expect("raw DEALER send failed");
             sent += 1;
@@ -483,6 +532,70 @@ fn raw_request(payload: &Bytes) -> ZmqMessage {
     let mut message = ZmqMessage::from(Bytes::new());
     message.push_back(payload.clone());
     message
+}
+
+/// The codec floor server's work for one request: `None` if it does not decode.
+fn codec_floor_reply(request: ZmqMessage) -> Option<ZmqMessage> {
+    let envelope = wire::split_frames(request.into_vec())?;
+    let event = wire::decode_event(&envelope.event).ok()?;
+    let (value,): (Value,) = rmp_serde::from_slice(&event.args).ok()?;
+    let mut result = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut result, &(value,)).ok()?;
+    let header = wire::Header::zmesh_with_id(
+        wire::MessageId::generate(),
+        Some(event.header.message_id.clone()),
+    );
+    let reply = wire::encode_event(&header, wire::names::OK, &result);
+    Some(wire::join_frames(&envelope.route, reply))
+}
+
+/// A zerorpc request for `echo.echo(value)`, encoded the way any zerorpc client must: a
+/// header with a fresh id, the method name, and the args serialized to msgpack.
+fn codec_floor_request(value: &Value) -> ZmqMessage {
+    let mut args = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut args, &(value,)).expect("args encode");
+    let header = wire::Header::zmesh_with_id(wire::MessageId::generate(), None);
+    let mut message = ZmqMessage::from(Bytes::new());
+    message.push_back(wire::encode_event(&header, ECHO, &args));
+    message
+}
+
+/// Decodes a zerorpc `OK [result]` reply and its result, as any zerorpc client must.
+fn codec_floor_result(reply: ZmqMessage) -> Value {
+    let frames = reply.into_vec();
+    let event = frames
+        .last()
+        .map(wire::decode_event)
+        .expect("a reply has frames")
+        .expect("the codec floor server sends valid events");
+    assert_eq!(event.name, "OK", "codec floor server answers OK");
+    let (result,): (Value,) = rmp_serde::from_slice(&event.args).expect("reply args decode");
+    result
+}
+
+/// A connected codec floor DEALER, checked with one round trip.
+async fn connect_codec_floor(endpoint: &str, value: &Value) -> DealerSocket {
+    let mut dealer = DealerSocket::new();
+    tokio::time::timeout(SETUP_DEADLINE, dealer.connect(endpoint))
+        .await
+        .expect("codec floor DEALER connect did not finish within SETUP_DEADLINE")
+        .expect("codec floor DEALER connect failed");
+    let round_trip = async {
+        dealer
+            .send(codec_floor_request(value))
+            .await
+            .expect("codec floor DEALER send failed");
+        dealer.recv().await.expect("codec floor DEALER recv failed")
+    };
+    let reply = tokio::time::timeout(SETUP_DEADLINE, round_trip)
+        .await
+        .expect("the first codec floor round trip did not finish within SETUP_DEADLINE");
+    assert_eq!(
+        &codec_floor_result(reply),
+        value,
+        "the floor echoes its argument"
+    );
+    dealer
 }
 
 /// Runs one timed batch under [`BATCH_DEADLINE`].
@@ -589,13 +702,35 @@ impl ServerThread {
 
     /// A raw ROUTER that sends every message back unchanged (`[identity, "", payload]`).
     fn raw(bind: &str, flavour: Flavour) -> Self {
+        Self::router("raw-router", bind, flavour, Some)
+    }
+
+    /// A raw ROUTER doing only what the zerorpc wire format requires of a server per call:
+    /// decode the request event and its args, encode the result and the `OK` event with
+    /// `response_to` (the `codec_floor` bench; see the module docs).
+    fn codec_floor(bind: &str) -> Self {
+        Self::router(
+            "codec-floor",
+            bind,
+            Flavour::CurrentThread,
+            codec_floor_reply,
+        )
+    }
+
+    /// A raw ROUTER sending `answer(message)` back for every message (nothing when `None`).
+    fn router(
+        name: &'static str,
+        bind: &str,
+        flavour: Flavour,
+        answer: fn(ZmqMessage) -> Option<ZmqMessage>,
+    ) -> Self {
         let bind = bind.to_owned();
-        Self::spawn("raw-router", flavour, move |ready, mut stop| async move {
+        Self::spawn(name, flavour, move |ready, mut stop| async move {
             let mut router = RouterSocket::new();
             let endpoint = router
                 .bind(&bind)
                 .await
-                .expect("cannot bind the raw ROUTER");
+                .unwrap_or_else(|e| panic!("{name}: cannot bind: {e}"));
             let _ = ready.send(endpoint.to_string());
             // Ends when the bench drops the server (or the socket fails).
             loop {
@@ -604,16 +739,19 @@ impl ServerThread {
                     _ = &mut stop => break,
                     message = router.recv() => message,
                 };
-                match message {
-                    Ok(message) => {
-                        if let Err(e) = router.send(message).await {
-                            eprintln!("raw ROUTER: echo not sent: {e}");
-                        }
-                    }
+                let message = match message {
+                    Ok(message) => message,
                     Err(e) => {
-                        eprintln!("raw ROUTER: recv failed, stopping: {e}");
+                        eprintln!("{name}: recv failed, stopping: {e}");
                         break;
                     }
+                };
+                let Some(reply) = answer(message) else {
+                    eprintln!("{name}: undecodable request dropped");
+                    continue;
+                };
+                if let Err(e) = router.send(reply).await {
+                    eprintln!("{name}: reply not sent: {e}");
                 }
             }
         })
@@ -739,6 +877,14 @@ fn print_ratios(cases: &[Case], since: SystemTime) {
                     per_sec(zmesh),
                     per_sec(raw),
                 ));
+                if let Some(floor) = median_ns(&dir, group, "codec_floor", since) {
+                    lines.push(format!(
+                        "  codec floor (raw + zerorpc encoding only) {:.0} calls/s: floor/raw {:.2}x, zmesh/floor {:.2}x",
+                        per_sec(floor),
+                        raw / floor,
+                        floor / zmesh,
+                    ));
+                }
             }
             Case::Flavour {
                 label,
