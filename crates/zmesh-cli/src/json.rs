@@ -1,0 +1,149 @@
+//! Converts between the command line's JSON and msgpack values, pure and unit-tested: how
+//! `zmesh call` reads its arguments and prints results and stream items.
+
+use rmpv::Value;
+use serde_json::{Map, Number, Value as Json};
+
+/// Reads one command-line argument the way the zerorpc tool does: JSON when it parses as
+/// JSON, otherwise the word itself as a string (so `zmesh call EP echo.upper hi` works
+/// without quoting `"hi"`).
+pub(crate) fn parse_arg(arg: &str) -> Value {
+    match serde_json::from_str::<Json>(arg) {
+        Ok(json) => from_json(&json),
+        Err(_) => Value::from(arg),
+    }
+}
+
+/// A JSON value as msgpack: integers stay integers, other numbers become f64.
+pub(crate) fn from_json(json: &Json) -> Value {
+    match json {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                Value::F64(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        Json::Object(map) => Value::Map(
+            map.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A msgpack value as JSON, for printing. msgpack has more types than JSON, so:
+/// - bin that is valid UTF-8 prints as a string (Python 2 zerorpc peers send text as bin),
+///   other bin as an array of byte values;
+/// - map keys that are not strings print as their JSON text;
+/// - NaN and infinities print as `null` (JSON has no such numbers);
+/// - ext values print as `{"ext": type, "data": [bytes]}`.
+pub(crate) fn to_json(value: &Value) -> Json {
+    match value {
+        Value::Nil => Json::Null,
+        Value::Boolean(b) => Json::Bool(*b),
+        Value::Integer(i) => {
+            if let Some(u) = i.as_u64() {
+                Json::from(u)
+            } else if let Some(n) = i.as_i64() {
+                Json::from(n)
+            } else {
+                Json::Null
+            }
+        }
+        Value::F32(f) => float(f64::from(*f)),
+        Value::F64(f) => float(*f),
+        Value::String(s) => match s.as_str() {
+            Some(text) => Json::from(text),
+            None => bytes_json(s.as_bytes()),
+        },
+        Value::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Json::from(text),
+            Err(_) => bytes_json(bytes),
+        },
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => {
+            let mut map = Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                let key = match k {
+                    Value::String(s) if s.as_str().is_some() => {
+                        s.as_str().unwrap_or_default().to_owned()
+                    }
+                    other => to_json(other).to_string(),
+                };
+                map.insert(key, to_json(v));
+            }
+            Json::Object(map)
+        }
+        Value::Ext(kind, data) => {
+            let mut map = Map::new();
+            map.insert("ext".into(), Json::from(*kind));
+            map.insert("data".into(), bytes_json(data));
+            Json::Object(map)
+        }
+    }
+}
+
+fn float(f: f64) -> Json {
+    Number::from_f64(f).map_or(Json::Null, Json::Number)
+}
+
+fn bytes_json(bytes: &[u8]) -> Json {
+    Json::Array(bytes.iter().map(|b| Json::from(*b)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_words_parse_as_json_and_other_words_as_strings() {
+        assert_eq!(parse_arg("42"), Value::from(42u64));
+        assert_eq!(parse_arg("-3"), Value::from(-3i64));
+        assert_eq!(parse_arg("1.5"), Value::F64(1.5));
+        assert_eq!(parse_arg("true"), Value::Boolean(true));
+        assert_eq!(parse_arg("null"), Value::Nil);
+        assert_eq!(parse_arg("\"quoted\""), Value::from("quoted"));
+        assert_eq!(parse_arg("hello"), Value::from("hello"));
+        assert_eq!(parse_arg("{not json"), Value::from("{not json"));
+        assert_eq!(
+            parse_arg("[1, \"a\", {\"k\": [true]}]"),
+            Value::Array(vec![
+                Value::from(1u64),
+                Value::from("a"),
+                Value::Map(vec![(
+                    Value::from("k"),
+                    Value::Array(vec![Value::Boolean(true)])
+                )]),
+            ])
+        );
+    }
+
+    #[test]
+    fn msgpack_prints_as_json() {
+        let value = Value::Map(vec![
+            (Value::from("text"), Value::Binary(b"hi".to_vec())),
+            (Value::from("raw"), Value::Binary(vec![0xff, 0x00])),
+            (Value::from(7u64), Value::F64(f64::NAN)),
+            (Value::from("neg"), Value::from(-5i64)),
+            (Value::from("ext"), Value::Ext(3, vec![1, 2])),
+        ]);
+        assert_eq!(
+            to_json(&value).to_string(),
+            r#"{"text":"hi","raw":[255,0],"7":null,"neg":-5,"ext":{"ext":3,"data":[1,2]}}"#
+        );
+    }
+
+    #[test]
+    fn json_round_trips_through_msgpack() {
+        let text = r#"{"a":[1,-2,3.25,"x",null,false],"b":{"c":"d"}}"#;
+        let json: Json = serde_json::from_str(text).expect("test JSON parses");
+        assert_eq!(to_json(&from_json(&json)), json);
+    }
+}

@@ -1,0 +1,361 @@
+//! The `zmesh` command: call a method on any zerorpc/zmesh endpoint from the shell, list and
+//! ping nodes, and serve the reference services. Every verb has `--help`.
+
+mod json;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use zmesh_core::{CallError, CallOptions, Client, ClientConfig, Node, Response, Service};
+
+/// Exit status when the remote side answered `ERR`.
+const EXIT_REMOTE_ERROR: u8 = 1;
+/// Exit status for local failures: unreachable endpoint, deadline, undecodable reply.
+const EXIT_FAILURE: u8 = 3;
+
+/// zmesh: a peer-to-peer RPC mesh speaking the zerorpc v3 protocol.
+#[derive(Debug, Parser)]
+#[command(name = "zmesh", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Call METHOD on ENDPOINT and print the result as JSON (a stream prints one JSON value
+    /// per line). Each ARG is parsed as JSON; a word that is not JSON is taken as a string.
+    Call {
+        /// The node's endpoint, such as tcp://127.0.0.1:4242 or ipc:///tmp/node.sock.
+        endpoint: String,
+        /// The method, such as echo.upper (or upper on a node exporting echo unprefixed).
+        method: String,
+        /// Positional arguments: JSON values, or plain words taken as strings.
+        args: Vec<String>,
+        /// Give up after this many seconds (the remaining time travels to zmesh servers).
+        #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+        timeout: f64,
+    },
+    /// List the methods a node offers, with their arguments and docs (from introspection).
+    List {
+        /// The node's endpoint.
+        endpoint: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        timeout: f64,
+    },
+    /// Ping a node: prints its name and the round-trip time.
+    Ping {
+        /// The node's endpoint.
+        endpoint: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        timeout: f64,
+    },
+    /// Serve reference services on a node until Ctrl-C or SIGTERM, then shut down
+    /// gracefully. Services: echo.
+    Serve {
+        /// Endpoint to bind (repeatable); port 0 picks a free port, printed at start.
+        #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
+        binds: Vec<String>,
+        /// The node's name (answered by _zerorpc_name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Also export this service's methods without prefix (as zerorpc servers do).
+        #[arg(long)]
+        unprefixed: Option<String>,
+        /// Seconds in-flight calls get to finish at shutdown.
+        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+        grace: f64,
+        /// Services to host.
+        #[arg(required = true, value_parser = ["echo"])]
+        services: Vec<String>,
+    },
+}
+
+/// Why a verb failed, and so the exit status.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{name}: {message}{}", traceback.as_deref().map(|t| format!("\n{t}")).unwrap_or_default())]
+    Remote {
+        name: String,
+        message: String,
+        traceback: Option<String>,
+    },
+    #[error("{0}")]
+    Call(CallError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<CallError> for CliError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Remote(remote) => Self::Remote {
+                name: remote.name,
+                message: remote.message,
+                traceback: remote.traceback,
+            },
+            other => Self::Call(other),
+        }
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Diagnostics go to stderr, off unless RUST_LOG asks: stdout carries only results.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("zmesh: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ CliError::Remote { .. }) => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_REMOTE_ERROR)
+        }
+        Err(error) => {
+            eprintln!("zmesh: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Call {
+            endpoint,
+            method,
+            args,
+            timeout,
+        } => call(&endpoint, &method, &args, seconds(timeout)).await,
+        Command::List { endpoint, timeout } => list(&endpoint, seconds(timeout)).await,
+        Command::Ping { endpoint, timeout } => ping(&endpoint, seconds(timeout)).await,
+        Command::Serve {
+            binds,
+            name,
+            unprefixed,
+            grace,
+            services,
+        } => serve(binds, name, unprefixed, seconds(grace), &services).await,
+    }
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn client(endpoint: &str, timeout: Duration) -> Client {
+    let config = ClientConfig::default()
+        .default_timeout(timeout)
+        .connect_timeout(timeout);
+    Client::with_config(endpoint, config)
+}
+
+async fn call(
+    endpoint: &str,
+    method: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let args: Vec<rmpv::Value> = args.iter().map(|a| json::parse_arg(a)).collect();
+    let encoded = rmp_serde::to_vec(&args)
+        .map_err(|e| CliError::Other(format!("cannot encode the arguments: {e}")))?;
+    let client = client(endpoint, timeout);
+    match client
+        .request(method, encoded.into(), CallOptions::timeout(timeout))
+        .await?
+    {
+        Response::Value(bytes) => {
+            let value = rmpv::decode::read_value(&mut &bytes[..])
+                .map_err(|e| CliError::Other(format!("undecodable result: {e}")))?;
+            println!("{}", json::to_json(&value));
+        }
+        Response::Stream(mut items) => {
+            while let Some(item) = items.next().await {
+                println!("{}", json::to_json(&item?));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn list(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
+    let client = client(endpoint, timeout);
+    let mut lines = match client.call::<rmpv::Value>("_zerorpc_inspect", ()).await {
+        Ok(inspect) => inspect_lines(&inspect)?,
+        // Stock zerorpc 0.6.3 on Python 3.11+ fails its own _zerorpc_inspect (it calls the
+        // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work.
+        Err(CallError::Remote(remote)) => {
+            tracing::debug!(error = %remote, "_zerorpc_inspect failed; using _zerorpc_list");
+            list_and_help_lines(&client).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    lines.sort();
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// One line per method from an `_zerorpc_inspect` answer: `name(args)  first doc line`.
+fn inspect_lines(inspect: &rmpv::Value) -> Result<Vec<String>, CliError> {
+    let methods = map_get(inspect, "methods")
+        .and_then(rmpv::Value::as_map)
+        .ok_or_else(|| CliError::Other("_zerorpc_inspect answered without methods".into()))?;
+    Ok(methods
+        .iter()
+        .map(|(name, info)| {
+            let args = map_get(info, "args")
+                .and_then(rmpv::Value::as_array)
+                .map(|args| {
+                    args.iter()
+                        .filter_map(|a| map_get(a, "name").and_then(rmpv::Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| "...".to_owned());
+            let doc = map_get(info, "doc").and_then(rmpv::Value::as_str);
+            method_line(&text(name), &args, doc)
+        })
+        .collect())
+}
+
+/// The listing from `_zerorpc_list` and one `_zerorpc_help` per method (no argument names).
+async fn list_and_help_lines(client: &Client) -> Result<Vec<String>, CliError> {
+    let names: Vec<rmpv::Value> = client.call("_zerorpc_list", ()).await?;
+    let mut lines = Vec::with_capacity(names.len());
+    for name in names.iter().map(text) {
+        let doc: Option<String> = client.call("_zerorpc_help", (&name,)).await?;
+        lines.push(method_line(&name, "...", doc.as_deref()));
+    }
+    Ok(lines)
+}
+
+fn method_line(name: &str, args: &str, doc: Option<&str>) -> String {
+    let doc = doc
+        .and_then(|d| d.lines().map(str::trim).find(|l| !l.is_empty()))
+        .map(|d| format!("  {d}"))
+        .unwrap_or_default();
+    format!("{name}({args}){doc}")
+}
+
+/// A name as text: strings and UTF-8 bin as they are, anything else as JSON.
+fn text(value: &rmpv::Value) -> String {
+    let json = json::to_json(value);
+    json.as_str()
+        .map_or_else(|| json.to_string(), str::to_owned)
+}
+
+fn map_get<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| match k {
+            rmpv::Value::String(s) => s.as_str() == Some(key),
+            rmpv::Value::Binary(b) => b == key.as_bytes(),
+            _ => false,
+        })
+        .map(|(_, v)| v)
+}
+
+async fn ping(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
+    let client = client(endpoint, timeout);
+    // The first call pays for the connection; the second is the round trip.
+    let _: rmpv::Value = client.call("_zerorpc_ping", ()).await?;
+    let started = Instant::now();
+    let answer: rmpv::Value = client.call("_zerorpc_ping", ()).await?;
+    let rtt = started.elapsed();
+    // zerorpc answers ["pong", name].
+    let name = answer
+        .as_array()
+        .and_then(|a| a.get(1))
+        .map(json::to_json)
+        .unwrap_or(serde_json::Value::Null);
+    println!(
+        "pong from {} in {:.1} us",
+        name.as_str()
+            .map_or_else(|| name.to_string(), str::to_owned),
+        rtt.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+async fn serve(
+    binds: Vec<String>,
+    name: Option<String>,
+    unprefixed: Option<String>,
+    grace: Duration,
+    services: &[String],
+) -> Result<(), CliError> {
+    let mut builder = Node::builder();
+    for bind in binds {
+        builder = builder.bind(bind);
+    }
+    if let Some(name) = name {
+        builder = builder.name(name);
+    }
+    for service in services {
+        builder = builder.service(reference_service(service)?);
+    }
+    if let Some(service) = unprefixed {
+        builder = builder.export_unprefixed(service);
+    }
+    let node = builder
+        .start()
+        .await
+        .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
+    println!(
+        "serving {} on {}",
+        services.join(", "),
+        node.endpoints().join(" ")
+    );
+    shutdown_signal().await;
+    let aborted = node.shutdown(grace).await;
+    eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
+    Ok(())
+}
+
+fn reference_service(name: &str) -> Result<Service, CliError> {
+    match name {
+        "echo" => Ok(zmesh_echo::service()),
+        other => Err(CliError::Other(format!("unknown service {other:?}"))),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,303 @@
+//! Drives the `zmesh` binary over real sockets: `serve` hosts the echo service on loopback tcp
+//! or ipc, and `call`, `list` and `ping` talk to it and to a stock Python zerorpc server.
+//! Every child process is waited on with a timeout and killed when its test ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::timeout;
+
+/// Longest any one command may take (they take milliseconds on a quiet machine).
+const LIMIT: Duration = Duration::from_secs(20);
+/// Longest the Python venv build may take (pip downloads a few wheels).
+const VENV_LIMIT: Duration = Duration::from_secs(300);
+
+fn zmesh() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zmesh"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// Runs `zmesh ARGS...` to completion within [`LIMIT`].
+async fn run(args: &[&str]) -> Output {
+    let child = zmesh()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start zmesh");
+    timeout(LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("zmesh {args:?} did not finish within {LIMIT:?}"))
+        .expect("zmesh did not run")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A child process that announced its endpoint on its first stdout line.
+struct Server {
+    child: Child,
+    endpoint: String,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts `command` and reads the endpoint as the last word of its first line.
+    async fn start(mut command: Command, what: &str) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        let read = timeout(LIMIT, stdout.read_line(&mut line)).await;
+        assert!(
+            matches!(read, Ok(Ok(n)) if n > 0),
+            "{what} did not announce its endpoint: {read:?} {line:?}"
+        );
+        let endpoint = line
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            child,
+            endpoint,
+            _stdout: stdout,
+        }
+    }
+
+    /// `zmesh serve` of the echo service on `bind`.
+    async fn serve_echo(bind: &str) -> Self {
+        let mut command = zmesh();
+        command.args(["serve", "--bind", bind, "--name", "cli-test", "echo"]);
+        let server = Self::start(command, "zmesh serve").await;
+        assert!(
+            server.endpoint.starts_with("tcp://127.0.0.1:")
+                || server.endpoint.starts_with("ipc://"),
+            "{}",
+            server.endpoint
+        );
+        server
+    }
+}
+
+#[tokio::test]
+async fn call_prints_results_as_json_over_tcp_and_ipc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipc = format!("ipc://{}", dir.path().join("node.sock").display());
+    for bind in ["tcp://127.0.0.1:0", ipc.as_str()] {
+        let server = Server::serve_echo(bind).await;
+        let ep = server.endpoint.as_str();
+
+        // A plain word is a string; JSON is JSON.
+        let out = run(&["call", ep, "echo.upper", "hi"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "\"HI\"\n");
+
+        let out = run(&[
+            "call",
+            ep,
+            "echo.echo",
+            r#"{"a":[1,-2,2.5,null,true],"b":"x"}"#,
+        ])
+        .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "{\"a\":[1,-2,2.5,null,true],\"b\":\"x\"}\n");
+
+        // A quoted number stays a string.
+        let out = run(&["call", ep, "echo.echo", "\"42\""]).await;
+        assert_eq!(stdout(&out), "\"42\"\n");
+
+        // A stream prints one JSON value per line.
+        let out = run(&["call", ep, "echo.count", "4"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "0\n1\n2\n3\n");
+    }
+}
+
+#[tokio::test]
+async fn remote_errors_go_to_stderr_with_a_nonzero_exit() {
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let ep = server.endpoint.as_str();
+
+    let out = run(&["call", ep, "echo.fail", "boom"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("EchoError: boom"), "{}", stderr(&out));
+
+    let out = run(&["call", ep, "echo.nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("NameError"), "{}", stderr(&out));
+
+    // Wrong argument type: the node's TypeError names the argument.
+    let out = run(&["call", ep, "echo.upper", "[1]"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("TypeError"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn deadline_and_unreachable_endpoint_fail_locally() {
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let out = run(&[
+        "call",
+        &server.endpoint,
+        "echo.sleep",
+        "5000",
+        "--timeout",
+        "0.3",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("deadline"), "{}", stderr(&out));
+
+    // A port nothing listens on (the server above is gone after drop; use a fresh one).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let dead = format!("tcp://127.0.0.1:{port}");
+    let out = run(&["call", &dead, "echo.upper", "x", "--timeout", "0.5"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&dead), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn list_and_ping_use_introspection() {
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let out = run(&["list", &server.endpoint]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    for line in [
+        "echo.count(n)  Stream the integers 0..n.",
+        "echo.upper(s)  Return the string upper-cased.",
+    ] {
+        assert!(listing.lines().any(|l| l == line), "{line:?} in {listing}");
+    }
+
+    let out = run(&["ping", &server.endpoint]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("pong from cli-test in "),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn serve_shuts_down_gracefully_on_sigterm() {
+    let mut server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let pid = server.child.id().expect("running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let status = timeout(LIMIT, server.child.wait())
+        .await
+        .expect("serve exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn usage_errors_and_help() {
+    let out = run(&["call"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("Usage"), "{}", stderr(&out));
+    for verb in ["call", "list", "ping", "serve"] {
+        let out = run(&[verb, "--help"]).await;
+        assert!(out.status.success(), "{verb} --help: {}", stderr(&out));
+        assert!(stdout(&out).contains("Usage: zmesh"), "{}", stdout(&out));
+    }
+    let out = run(&["serve", "nosuchservice"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+// --- a stock Python zerorpc server --------------------------------------------------------
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the CLI crate lives at crates/zmesh-cli")
+        .to_path_buf()
+}
+
+/// The interop venv's python (`ZMESH_ZERORPC_VENV` or `<workspace>/.venv-zerorpc`), built
+/// with the repository's script when missing, as tests/interop.rs does.
+async fn venv_python() -> PathBuf {
+    let root = workspace_root();
+    let venv = std::env::var_os("ZMESH_ZERORPC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-zerorpc"));
+    let python = venv.join("bin").join("python");
+    let imports = |python: PathBuf| async move {
+        Command::new(&python)
+            .args(["-c", "import zerorpc"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
+    };
+    if !imports(python.clone()).await {
+        let build = Command::new("bash")
+            .arg(root.join("tests/interop/zerorpc-venv.sh"))
+            .arg(&venv)
+            .output();
+        let out = timeout(VENV_LIMIT, build)
+            .await
+            .expect("venv build finishes")
+            .expect("bash runs");
+        assert!(
+            out.status.success() && imports(python.clone()).await,
+            "cannot build the zerorpc venv at {}:\n{}",
+            venv.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    python
+}
+
+#[tokio::test]
+async fn call_and_list_against_a_stock_zerorpc_server() {
+    let python = venv_python().await;
+    let mut command = Command::new(python);
+    command.arg(workspace_root().join("tests/interop/py_server.py"));
+    let server = Server::start(command, "py_server.py").await;
+    let ep = server.endpoint.as_str();
+
+    let out = run(&["call", ep, "hello", "zmesh"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "\"Hello, zmesh\"\n");
+
+    let out = run(&["call", ep, "count", "3"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "0\n1\n2\n");
+
+    let out = run(&["call", ep, "boom", "bad"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("ValueError: bad"), "{}", stderr(&out));
+
+    let out = run(&["list", ep]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    assert!(
+        listing.lines().any(|l| l.starts_with("hello(")),
+        "{listing}"
+    );
+
+    let out = run(&["ping", ep]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
