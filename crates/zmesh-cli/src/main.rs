@@ -1,6 +1,7 @@
 //! The `zmesh` command: call a method on any zerorpc/zmesh endpoint from the shell, list and
 //! ping nodes, and serve the reference services. Every verb has `--help`.
 
+mod bench;
 mod json;
 
 use std::process::ExitCode;
@@ -73,6 +74,48 @@ enum Command {
         #[arg(required = true, value_parser = ["echo"])]
         services: Vec<String>,
     },
+    /// Measure call latency and throughput per mode beside a raw zeromq DEALER/ROUTER echo,
+    /// in one run, with each server in its own process. Prints p50/p90/p99/p99.9/max and
+    /// calls/s per mode with ratios to the raw baseline.
+    Bench {
+        /// Modes to run, in order (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,tcp,ipc")]
+        modes: Vec<bench::Mode>,
+        /// Payload bytes per call.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        in_flight: u64,
+        /// Measured calls per mode (each mode also stops after --duration).
+        #[arg(long, default_value_t = 20_000)]
+        count: u64,
+        /// Longest measuring time per mode, in seconds.
+        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+        duration: f64,
+        /// Unmeasured warm-up calls per mode.
+        #[arg(long, default_value_t = 2_000)]
+        warmup: u64,
+        /// Runtime flavour of client and servers.
+        #[arg(long, value_enum, default_value = "current-thread")]
+        runtime: bench::Flavour,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the latency distributions to this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
+    },
+    /// Internal: a bench server (started by `zmesh bench`).
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long, value_parser = ["zmesh", "raw"])]
+        kind: String,
+        #[arg(long)]
+        bind: String,
+        #[arg(long, value_enum, default_value = "current-thread")]
+        runtime: bench::Flavour,
+    },
 }
 
 /// Why a verb failed, and so the exit status.
@@ -120,10 +163,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let flavour = match &cli.command {
+        Command::Bench { runtime, .. } | Command::BenchServer { runtime, .. } => *runtime,
+        _ => bench::Flavour::CurrentThread,
+    };
+    let runtime = match flavour.runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("zmesh: cannot start the runtime: {e}");
@@ -160,6 +204,43 @@ async fn run(command: Command) -> Result<(), CliError> {
             grace,
             services,
         } => serve(binds, name, unprefixed, seconds(grace), &services).await,
+        Command::Bench {
+            modes,
+            payload,
+            in_flight,
+            count,
+            duration,
+            warmup,
+            runtime,
+            json,
+            plot,
+        } => {
+            let options = bench::BenchOptions {
+                modes,
+                payload,
+                in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
+                count,
+                duration: seconds(duration),
+                warmup,
+                runtime,
+            };
+            let report = bench::run(&options, !json).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| CliError::Other(format!("cannot write JSON: {e}")))?;
+                println!("{text}");
+            } else {
+                bench::print_table(&report);
+            }
+            if let Some(path) = plot {
+                bench::plot(&report, &path)?;
+                if !json {
+                    println!("latency plot written to {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
     }
 }
 

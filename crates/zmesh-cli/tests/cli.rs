@@ -301,3 +301,92 @@ async fn call_and_list_against_a_stock_zerorpc_server() {
     let out = run(&["ping", ep]).await;
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+// --- zmesh bench ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("latency.svg");
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let out = run(&[
+        "bench",
+        "--count",
+        "300",
+        "--warmup",
+        "20",
+        "--duration",
+        "15",
+        "--json",
+        "--plot",
+        &svg_arg,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    assert_eq!(report["payload"], 64);
+    assert_eq!(report["in_flight"], 1);
+    let modes = report["modes"].as_array().expect("modes");
+    let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
+    assert_eq!(names, ["raw", "tcp", "ipc"]);
+    for m in modes {
+        assert_eq!(m["calls"], 300, "{m}");
+        let f = |key: &str| m[key].as_f64().unwrap_or_else(|| panic!("{key} in {m}"));
+        assert!(f("p50_us") > 0.0, "{m}");
+        assert!(
+            f("p50_us") <= f("p90_us") && f("p90_us") <= f("p99_us"),
+            "{m}"
+        );
+        assert!(
+            f("p99_us") <= f("p999_us") && f("p999_us") <= f("max_us"),
+            "{m}"
+        );
+        assert!(f("calls_per_sec") > 0.0, "{m}");
+        assert!(
+            f("p50_vs_raw") > 0.0 && f("calls_per_sec_vs_raw") > 0.0,
+            "{m}"
+        );
+    }
+    assert_eq!(modes[0]["p50_vs_raw"], 1.0, "raw is the baseline");
+
+    let drawing = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(
+        drawing.starts_with("<svg"),
+        "{}",
+        &drawing[..drawing.len().min(200)]
+    );
+    for label in ["raw", "tcp", "ipc", "percentile"] {
+        assert!(drawing.contains(label), "{label} in the plot");
+    }
+}
+
+#[tokio::test]
+async fn bench_pipelines_calls_and_prints_a_table() {
+    let out = run(&[
+        "bench",
+        "--modes",
+        "raw,tcp",
+        "--in-flight",
+        "16",
+        "--count",
+        "2000",
+        "--warmup",
+        "50",
+        "--duration",
+        "15",
+        "--payload",
+        "512",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("512 B payload, 16 in flight"), "{table}");
+    for mode in ["raw ", "tcp "] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(mode))
+            .unwrap_or_else(|| panic!("a {mode:?} row in {table}"));
+        assert_eq!(row.split_whitespace().nth(1), Some("2000"), "{row}");
+    }
+}

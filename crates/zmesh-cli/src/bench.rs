@@ -1,0 +1,525 @@
+//! `zmesh bench`: measures call latency and throughput of each transport mode against a raw
+//! `zeromq` DEALER/ROUTER baseline in the same run, with the servers in child processes
+//! (this binary's hidden `bench-server` verb) so client and server never share a runtime.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zmesh_core::{Client, Node};
+
+use crate::CliError;
+
+/// Longest a bench server may take to start and announce its endpoint.
+const SERVER_START_LIMIT: Duration = Duration::from_secs(10);
+/// Longest one call may take before the run is declared broken.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// Latencies above this are clamped into the histogram's last bucket.
+const MAX_RECORDED_NS: u64 = 60_000_000_000;
+
+/// What one bench run measures.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchOptions {
+    /// Modes in the order they run; `raw` is the baseline of the ratios.
+    pub(crate) modes: Vec<Mode>,
+    /// Payload bytes per call (a msgpack bin for zmesh, the frame itself for raw).
+    pub(crate) payload: usize,
+    /// Calls in flight at once.
+    pub(crate) in_flight: usize,
+    /// Calls per mode; the mode also stops at `duration`.
+    pub(crate) count: u64,
+    /// Longest time per mode.
+    pub(crate) duration: Duration,
+    /// Unmeasured calls per mode before measuring.
+    pub(crate) warmup: u64,
+    /// Runtime flavour of the client and of every server.
+    pub(crate) runtime: Flavour,
+}
+
+/// A transport mode of `zmesh bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// A raw `zeromq` DEALER -> ROUTER echo over tcp: the baseline.
+    Raw,
+    /// A zmesh call over tcp loopback.
+    Tcp,
+    /// A zmesh call over an ipc socket.
+    Ipc,
+}
+
+/// The tokio runtime flavour of client and servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Flavour {
+    /// One `current_thread` runtime per process.
+    CurrentThread,
+    /// A 2-worker multi-thread runtime per process.
+    MultiThread,
+}
+
+impl Flavour {
+    pub(crate) fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Self::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Self::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::CurrentThread => "current-thread",
+            Self::MultiThread => "multi-thread",
+        }
+    }
+}
+
+/// The figures of one mode.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ModeReport {
+    pub(crate) mode: Mode,
+    pub(crate) calls: u64,
+    pub(crate) seconds: f64,
+    pub(crate) calls_per_sec: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p90_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) max_us: f64,
+    /// p50 relative to the raw baseline's p50 (absent without a raw mode).
+    pub(crate) p50_vs_raw: Option<f64>,
+    /// Throughput relative to the raw baseline's.
+    pub(crate) calls_per_sec_vs_raw: Option<f64>,
+    /// (percentile, microseconds) points of the latency distribution, for plots.
+    #[serde(skip)]
+    pub(crate) curve: Vec<(f64, f64)>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BenchReport {
+    pub(crate) payload: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) runtime: Flavour,
+    pub(crate) modes: Vec<ModeReport>,
+}
+
+/// Runs every mode in turn, each against its own server process.
+pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchReport, CliError> {
+    let dir = tempfile::Builder::new()
+        .prefix("zmesh-bench")
+        .tempdir()
+        .map_err(|e| CliError::Other(format!("cannot create a directory for ipc: {e}")))?;
+    let mut reports = Vec::with_capacity(options.modes.len());
+    for &mode in &options.modes {
+        let server = BenchServer::spawn(mode, options.runtime, dir.path())?;
+        let bar = progress_bar(progress, mode, options);
+        let histogram = match mode {
+            Mode::Raw => measure_raw(&server.endpoint, options, &bar).await?,
+            Mode::Tcp | Mode::Ipc => measure_zmesh(&server.endpoint, options, &bar).await?,
+        };
+        bar.finish_and_clear();
+        drop(server);
+        reports.push(report(mode, &histogram.0, histogram.1));
+    }
+    let raw = reports
+        .iter()
+        .find(|r| r.mode == Mode::Raw)
+        .map(|r| (r.p50_us, r.calls_per_sec));
+    if let Some((raw_p50, raw_rate)) = raw {
+        for r in &mut reports {
+            r.p50_vs_raw = Some(r.p50_us / raw_p50);
+            r.calls_per_sec_vs_raw = Some(r.calls_per_sec / raw_rate);
+        }
+    }
+    Ok(BenchReport {
+        payload: options.payload,
+        in_flight: options.in_flight,
+        runtime: options.runtime,
+        modes: reports,
+    })
+}
+
+fn progress_bar(show: bool, mode: Mode, options: &BenchOptions) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(options.count);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>4} [{bar:40}] {pos}/{len} calls {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{mode:?}").to_lowercase());
+    bar
+}
+
+fn report(mode: Mode, histogram: &Histogram<u64>, elapsed: Duration) -> ModeReport {
+    let us = |ns: u64| ns as f64 / 1e3;
+    let calls = histogram.len();
+    let seconds = elapsed.as_secs_f64();
+    // Percentiles on a "nines" scale: dense where the tail is.
+    let curve = (0..=40)
+        .map(|i| 100.0 * (1.0 - 10f64.powf(-f64::from(i) / 10.0)))
+        .chain([99.95, 99.99, 100.0])
+        .map(|q| (q, us(histogram.value_at_percentile(q))))
+        .collect();
+    ModeReport {
+        mode,
+        calls,
+        seconds,
+        calls_per_sec: if seconds > 0.0 {
+            calls as f64 / seconds
+        } else {
+            0.0
+        },
+        p50_us: us(histogram.value_at_quantile(0.50)),
+        p90_us: us(histogram.value_at_quantile(0.90)),
+        p99_us: us(histogram.value_at_quantile(0.99)),
+        p999_us: us(histogram.value_at_quantile(0.999)),
+        max_us: us(histogram.max()),
+        p50_vs_raw: None,
+        calls_per_sec_vs_raw: None,
+        curve,
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 3 significant digits from 1 ns to a minute: about 0.1% resolution everywhere.
+    Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("constant histogram bounds are valid")
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+    histogram.saturating_record(ns.clamp(1, MAX_RECORDED_NS));
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, CliError> {
+    tokio::time::timeout(CALL_LIMIT, future)
+        .await
+        .map_err(|_| CliError::Other(format!("{what} took longer than {CALL_LIMIT:?}")))
+}
+
+/// `in_flight` callers each making sequential zmesh calls until the count or the duration
+/// is reached.
+async fn measure_zmesh(
+    endpoint: &str,
+    options: &BenchOptions,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Histogram<u64>, Duration), CliError> {
+    let client = Client::new(endpoint);
+    let value = rmpv::Value::Binary(vec![0x5a; options.payload]);
+    let call = |client: &Client| {
+        let client = client.clone();
+        let value = value.clone();
+        async move {
+            let started = Instant::now();
+            let reply: rmpv::Value = within("a zmesh call", client.call("echo.echo", (value,)))
+                .await?
+                .map_err(CliError::from)?;
+            if let rmpv::Value::Binary(bytes) = &reply {
+                std::hint::black_box(bytes);
+            }
+            Ok::<Duration, CliError>(started.elapsed())
+        }
+    };
+    for _ in 0..options.warmup {
+        call(&client).await?;
+    }
+    let mut histogram = new_histogram();
+    let started = Instant::now();
+    let stop_at = started + options.duration;
+    let mut running = FuturesUnordered::new();
+    let mut issued = 0u64;
+    while issued < options.count.min(options.in_flight as u64) {
+        running.push(call(&client));
+        issued += 1;
+    }
+    while let Some(latency) = running.next().await {
+        record(&mut histogram, latency?);
+        bar.inc(1);
+        if issued < options.count && Instant::now() < stop_at {
+            running.push(call(&client));
+            issued += 1;
+        }
+    }
+    Ok((histogram, started.elapsed()))
+}
+
+/// A raw DEALER keeping `in_flight` requests ahead of the replies. The ROUTER echoes in
+/// order on one connection, so a FIFO of send times gives each reply's latency.
+async fn measure_raw(
+    endpoint: &str,
+    options: &BenchOptions,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Histogram<u64>, Duration), CliError> {
+    let mut dealer = DealerSocket::new();
+    within("connecting the raw DEALER", dealer.connect(endpoint))
+        .await?
+        .map_err(|e| CliError::Other(format!("raw DEALER connect: {e}")))?;
+    let payload = Bytes::from(vec![0x5a; options.payload]);
+    let request = || {
+        let mut message = ZmqMessage::from(Bytes::new());
+        message.push_back(payload.clone());
+        message
+    };
+    let io = |e: zeromq::ZmqError| CliError::Other(format!("raw DEALER: {e}"));
+    for _ in 0..options.warmup {
+        within("a raw send", dealer.send(request()))
+            .await?
+            .map_err(io)?;
+        within("a raw reply", dealer.recv()).await?.map_err(io)?;
+    }
+    let mut histogram = new_histogram();
+    let mut sent_at = std::collections::VecDeque::with_capacity(options.in_flight);
+    let started = Instant::now();
+    let stop_at = started + options.duration;
+    let mut issued = 0u64;
+    while issued < options.count.min(options.in_flight as u64) {
+        sent_at.push_back(Instant::now());
+        within("a raw send", dealer.send(request()))
+            .await?
+            .map_err(io)?;
+        issued += 1;
+    }
+    while let Some(sent) = sent_at.pop_front() {
+        let reply = within("a raw reply", dealer.recv()).await?.map_err(io)?;
+        record(&mut histogram, sent.elapsed());
+        std::hint::black_box(reply);
+        bar.inc(1);
+        if issued < options.count && Instant::now() < stop_at {
+            sent_at.push_back(Instant::now());
+            within("a raw send", dealer.send(request()))
+                .await?
+                .map_err(io)?;
+            issued += 1;
+        }
+    }
+    Ok((histogram, started.elapsed()))
+}
+
+/// A bench server in a child process; killed and reaped on drop.
+struct BenchServer {
+    child: Child,
+    endpoint: String,
+    // Kept open: the server exits when its stdin closes (see `serve`).
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl BenchServer {
+    fn spawn(mode: Mode, flavour: Flavour, dir: &Path) -> Result<Self, CliError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
+        let bind = match mode {
+            Mode::Raw | Mode::Tcp => "tcp://127.0.0.1:0".to_owned(),
+            Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
+        };
+        let kind = if mode == Mode::Raw { "raw" } else { "zmesh" };
+        let mut child = Command::new(exe)
+            .args(["bench-server", "--kind", kind, "--bind", &bind])
+            .args(["--runtime", flavour.arg()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| CliError::Other(format!("cannot start a bench server: {e}")))?;
+        let stdout = child.stdout.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Read the announcement on a thread so a server that never speaks cannot hang us.
+        std::thread::spawn(move || {
+            let Some(stdout) = stdout else { return };
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = reader.read_line(&mut line);
+            let _ = tx.send((read.map(|_| line), reader));
+        });
+        let announced = rx.recv_timeout(SERVER_START_LIMIT);
+        let (line, reader) = match announced {
+            Ok((Ok(line), reader)) => (line, reader),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CliError::Other(format!(
+                    "the {kind} bench server did not start within {SERVER_START_LIMIT:?}"
+                )));
+            }
+        };
+        let Some(endpoint) = line.trim().strip_prefix("READY ").map(str::to_owned) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CliError::Other(format!("bench server said {line:?}")));
+        };
+        Ok(Self {
+            child,
+            endpoint,
+            _stdout: reader,
+        })
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The hidden `bench-server` verb: an echo server announcing `READY <endpoint>`, running
+/// until its stdin closes (its parent exited or dropped it).
+pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
+    let parent_gone = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    });
+    match kind {
+        "zmesh" => {
+            let node = Node::builder()
+                .bind(bind)
+                .service(zmesh_echo::service())
+                .start()
+                .await
+                .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
+            println!("READY {}", node.endpoint());
+            let _ = parent_gone.await;
+            node.shutdown(Duration::from_millis(200)).await;
+        }
+        _ => {
+            let mut router = RouterSocket::new();
+            let endpoint = router
+                .bind(bind)
+                .await
+                .map_err(|e| CliError::Other(format!("cannot bind {bind}: {e}")))?;
+            println!("READY {endpoint}");
+            let echo = async move {
+                while let Ok(message) = router.recv().await {
+                    if router.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = parent_gone => {}
+                () = echo => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The human-readable table.
+pub(crate) fn print_table(report: &BenchReport) {
+    println!(
+        "zmesh bench: {} B payload, {} in flight, {} runtime, servers in separate processes",
+        report.payload,
+        report.in_flight,
+        report.runtime.arg()
+    );
+    println!(
+        "{:<5} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "mode",
+        "calls",
+        "calls/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "p50/raw",
+        "calls/s/raw"
+    );
+    for m in &report.modes {
+        let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+        println!(
+            "{:<5} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11}",
+            format!("{:?}", m.mode).to_lowercase(),
+            m.calls,
+            m.calls_per_sec,
+            m.p50_us,
+            m.p90_us,
+            m.p99_us,
+            m.p999_us,
+            m.max_us,
+            ratio(m.p50_vs_raw),
+            ratio(m.calls_per_sec_vs_raw),
+        );
+    }
+}
+
+/// Draws the latency distribution of every mode (latency against percentile) as SVG.
+pub(crate) fn plot(report: &BenchReport, path: &Path) -> Result<(), CliError> {
+    use plotters::prelude::*;
+    let fail =
+        |e: &dyn std::fmt::Display| CliError::Other(format!("cannot draw {}: {e}", path.display()));
+    // x: "nines" of the percentile (0 = p0, 1 = p90, 2 = p99, 3 = p99.9), y: microseconds.
+    let nines = |q: f64| -(1.0 - (q / 100.0).min(0.9999)).log10();
+    let latencies = || {
+        report
+            .modes
+            .iter()
+            .flat_map(|m| m.curve.iter().map(|p| p.1))
+    };
+    // Log scale: the tail is orders of magnitude above the median.
+    let top = latencies().fold(1.0f64, f64::max) * 1.2;
+    let bottom = latencies().fold(top, f64::min).max(0.1) / 1.2;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let caption = format!(
+        "zmesh bench: latency by percentile ({} B, {} in flight)",
+        report.payload, report.in_flight
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..4f64, (bottom..top).log_scale())
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (us)")
+        .x_label_formatter(&|x| match x.round() as i64 {
+            0 => "p0".into(),
+            1 => "p90".into(),
+            2 => "p99".into(),
+            3 => "p99.9".into(),
+            _ => "p99.99".into(),
+        })
+        .x_labels(5)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    for (m, &color) in report.modes.iter().zip(colors.iter().cycle()) {
+        let name = format!("{:?}", m.mode).to_lowercase();
+        let points = m.curve.iter().map(|&(q, us)| (nines(q), us));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| fail(&e))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
