@@ -55,6 +55,21 @@ enum Command {
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
     },
+    /// Show a node's per-method calls, errors and latency percentiles, and its counters
+    /// (from the `_zmesh_stats` method every zmesh node answers).
+    Stats {
+        /// The node's endpoint.
+        endpoint: String,
+        /// Also list methods that have not been called.
+        #[arg(long)]
+        all: bool,
+        /// Print the node's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        timeout: f64,
+    },
     /// Serve reference services on a node until Ctrl-C or SIGTERM, then shut down
     /// gracefully. Services: echo.
     Serve {
@@ -197,6 +212,12 @@ async fn run(command: Command) -> Result<(), CliError> {
         } => call(&endpoint, &method, &args, seconds(timeout)).await,
         Command::List { endpoint, timeout } => list(&endpoint, seconds(timeout)).await,
         Command::Ping { endpoint, timeout } => ping(&endpoint, seconds(timeout)).await,
+        Command::Stats {
+            endpoint,
+            all,
+            json,
+            timeout,
+        } => stats(&endpoint, all, json, seconds(timeout)).await,
         Command::Serve {
             binds,
             name,
@@ -382,6 +403,78 @@ async fn ping(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
             .map_or_else(|| name.to_string(), str::to_owned),
         rtt.as_secs_f64() * 1e6
     );
+    Ok(())
+}
+
+async fn stats(
+    endpoint: &str,
+    all: bool,
+    as_json: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let client = client(endpoint, timeout);
+    let report: rmpv::Value = client.call("_zmesh_stats", ()).await?;
+    if as_json {
+        println!("{}", json::to_json(&report));
+        return Ok(());
+    }
+    let node = map_get(&report, "node").map(text).unwrap_or_default();
+    let uptime = map_get(&report, "uptime_s")
+        .and_then(rmpv::Value::as_f64)
+        .unwrap_or_default();
+    let counters: Vec<String> = map_get(&report, "counters")
+        .and_then(rmpv::Value::as_map)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
+                .map(|(k, v)| format!("{} {}", text(k), text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "node {node}, up {uptime:.1} s; {}",
+        if counters.is_empty() {
+            "no calls yet".to_owned()
+        } else {
+            counters.join(", ")
+        }
+    );
+    let columns = [
+        "calls", "errors", "aborted", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+    ];
+    println!(
+        "{:<28} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "method", "calls", "errors", "aborted", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+    );
+    let methods = map_get(&report, "methods")
+        .and_then(rmpv::Value::as_map)
+        .ok_or_else(|| CliError::Other("_zmesh_stats answered without methods".into()))?;
+    for (name, figures) in methods {
+        let values: Vec<u64> = columns
+            .iter()
+            .map(|c| {
+                map_get(figures, c)
+                    .and_then(rmpv::Value::as_u64)
+                    .unwrap_or(0)
+            })
+            .collect();
+        if !all && values[..3].iter().all(|&n| n == 0) {
+            continue;
+        }
+        println!(
+            "{:<28} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            text(name),
+            values[0],
+            values[1],
+            values[2],
+            values[3],
+            values[4],
+            values[5],
+            values[6],
+            values[7]
+        );
+    }
     Ok(())
 }
 

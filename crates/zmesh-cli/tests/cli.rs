@@ -195,6 +195,46 @@ async fn list_and_ping_use_introspection() {
 }
 
 #[tokio::test]
+async fn stats_shows_per_method_figures() {
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let ep = server.endpoint.as_str();
+    for _ in 0..3 {
+        assert!(run(&["call", ep, "echo.upper", "x"]).await.status.success());
+    }
+    assert_eq!(
+        run(&["call", ep, "echo.fail", "no"]).await.status.code(),
+        Some(1)
+    );
+
+    let out = run(&["stats", ep]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("node cli-test, up "), "{table}");
+    let row = |method: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(method))
+            .unwrap_or_else(|| panic!("a row for {method} in {table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(row("echo.upper")[1..4], ["3", "0", "0"]);
+    assert_eq!(row("echo.fail")[1..4], ["0", "1", "0"]);
+    assert!(
+        !table.lines().any(|l| l.starts_with("echo.sleep")),
+        "methods never called are hidden without --all: {table}"
+    );
+    let out = run(&["stats", ep, "--all"]).await;
+    assert!(stdout(&out).lines().any(|l| l.starts_with("echo.sleep")));
+
+    let out = run(&["stats", ep, "--json"]).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["methods"]["echo.upper"]["calls"], 3, "{report}");
+    assert_eq!(report["node"], "cli-test");
+}
+
+#[tokio::test]
 async fn serve_shuts_down_gracefully_on_sigterm() {
     let mut server = Server::serve_echo("tcp://127.0.0.1:0").await;
     let pid = server.child.id().expect("running").to_string();
@@ -215,7 +255,7 @@ async fn usage_errors_and_help() {
     let out = run(&["call"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("Usage"), "{}", stderr(&out));
-    for verb in ["call", "list", "ping", "serve"] {
+    for verb in ["call", "list", "ping", "stats", "serve", "bench"] {
         let out = run(&[verb, "--help"]).await;
         assert!(out.status.success(), "{verb} --help: {}", stderr(&out));
         assert!(stdout(&out).contains("Usage: zmesh"), "{}", stdout(&out));

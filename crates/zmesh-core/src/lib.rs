@@ -14,6 +14,7 @@
 pub mod client;
 pub mod node;
 mod service;
+mod stats;
 pub mod wire;
 
 pub use client::{CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Response};

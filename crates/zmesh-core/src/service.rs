@@ -14,6 +14,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::stats::MethodStats;
 use crate::wire::msgpack::Cursor;
 
 /// A failure a handler reports to its caller; travels as `ERR [name, message, traceback]`.
@@ -284,6 +285,19 @@ pub(crate) struct Method {
     pub(crate) doc: Option<String>,
     pub(crate) arg_names: Option<Vec<String>>,
     pub(crate) streaming: bool,
+    /// Calls, errors and latency of this method on one node (see [`Method::for_node`]).
+    pub(crate) stats: Arc<MethodStats>,
+}
+
+impl Method {
+    /// This method with statistics of its own, for one node: a [`Service`] may be cloned
+    /// onto several nodes, and each node reports only its own calls.
+    pub(crate) fn for_node(&self) -> Self {
+        Self {
+            stats: Arc::default(),
+            ..self.clone()
+        }
+    }
 }
 
 impl fmt::Debug for Method {
@@ -368,6 +382,7 @@ impl Service {
                 doc: previous.as_ref().and_then(|m| m.doc.clone()),
                 arg_names: previous.and_then(|m| m.arg_names),
                 streaming,
+                stats: Arc::default(),
             },
         );
     }

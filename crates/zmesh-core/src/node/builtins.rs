@@ -1,12 +1,14 @@
-//! Provides the `_zerorpc_*` introspection methods every node answers, in the shapes the
-//! stock zerorpc client and CLI expect.
+//! Provides the methods every node answers by itself: the `_zerorpc_*` introspection
+//! methods, in the shapes the stock zerorpc client and CLI expect, and `_zmesh_stats`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rmpv::Value;
 
+use super::Counters;
 use crate::service::{HandlerError, Method, Service};
+use crate::stats::MethodStats;
 
 /// What `_zerorpc_inspect` reports per method.
 #[derive(Clone)]
@@ -102,4 +104,105 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
     for (method, entry) in builtins.methods {
         methods.insert(format!("_zerorpc_{method}"), Arc::new(entry));
     }
+}
+
+/// The name of the statistics built-in.
+pub(crate) const STATS_METHOD: &str = "_zmesh_stats";
+
+/// Adds `_zmesh_stats`: the node's name, uptime and counters, and per method its calls,
+/// errors, aborted calls and latency percentiles. Call last, on the complete method table,
+/// so every method (this one included) is reported. A method exported under two names
+/// (prefixed and unprefixed) is one method with one set of figures, reported under its
+/// prefixed name.
+pub(super) fn register_stats(
+    node_name: &str,
+    methods: &mut HashMap<String, Arc<Method>>,
+    counters: Arc<Counters>,
+) {
+    let own_stats = Arc::new(MethodStats::default());
+    let mut table: BTreeMap<String, Arc<MethodStats>> = BTreeMap::new();
+    let mut seen: HashMap<*const MethodStats, String> = HashMap::new();
+    let all = methods
+        .iter()
+        .map(|(name, m)| (name.clone(), m.stats.clone()))
+        .chain([(STATS_METHOD.to_owned(), own_stats.clone())]);
+    for (name, stats) in all {
+        let key = Arc::as_ptr(&stats);
+        match seen.get(&key) {
+            // Keep the longer (prefixed) of two names for the same method.
+            Some(other) if other.len() >= name.len() => continue,
+            Some(other) => {
+                table.remove(other);
+            }
+            None => {}
+        }
+        seen.insert(key, name.clone());
+        table.insert(name, stats);
+    }
+    let node_name = node_name.to_owned();
+    let started = std::time::Instant::now();
+    let table = Arc::new(table);
+    let handler = Service::new("_zmesh").method("stats", move || {
+        let report = stats_report(&node_name, started, &counters, &table);
+        async move { Ok::<_, HandlerError>(report) }
+    });
+    if let Some(method) = handler.methods.get("stats") {
+        let method = Method {
+            stats: own_stats,
+            ..method.clone()
+        };
+        methods.insert(STATS_METHOD.to_owned(), Arc::new(method));
+    }
+}
+
+fn stats_report(
+    node_name: &str,
+    started: std::time::Instant,
+    counters: &Counters,
+    table: &BTreeMap<String, Arc<MethodStats>>,
+) -> Value {
+    let count = |name: &str, v: &std::sync::atomic::AtomicU64| {
+        (
+            Value::from(name),
+            Value::from(v.load(std::sync::atomic::Ordering::Relaxed)),
+        )
+    };
+    let counters = Value::Map(vec![
+        count("calls", &counters.calls),
+        count("malformed", &counters.malformed),
+        count("oversized", &counters.oversized),
+        count("overloaded", &counters.overloaded),
+        count("expired", &counters.expired),
+        count("unknown_channel", &counters.unknown_channel),
+        count("cancelled", &counters.cancelled),
+        count("peers_lost", &counters.peers_lost),
+        count("replies_dropped", &counters.replies_dropped),
+    ]);
+    let methods = table
+        .iter()
+        .map(|(name, stats)| {
+            let s = stats.snapshot();
+            let field = |k: &str, v: u64| (Value::from(k), Value::from(v));
+            let figures = Value::Map(vec![
+                field("calls", s.calls),
+                field("errors", s.errors),
+                field("aborted", s.aborted),
+                field("p50_us", s.p50_us),
+                field("p90_us", s.p90_us),
+                field("p99_us", s.p99_us),
+                field("p999_us", s.p999_us),
+                field("max_us", s.max_us),
+            ]);
+            (Value::from(name.as_str()), figures)
+        })
+        .collect();
+    Value::Map(vec![
+        (Value::from("node"), Value::from(node_name)),
+        (
+            Value::from("uptime_s"),
+            Value::F64(started.elapsed().as_secs_f64()),
+        ),
+        (Value::from("counters"), counters),
+        (Value::from("methods"), Value::Map(methods)),
+    ])
 }

@@ -26,6 +26,7 @@ use zeromq::{RouterRecvHalf, RouterSendHalf, SocketEvent, SocketRecv, SocketSend
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
 use crate::service::{HandlerError, Reply};
+use crate::stats::{self, MethodStats};
 use crate::wire::{
     self, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names,
 };
@@ -354,17 +355,17 @@ fn open_call(
     let future = match first_poll {
         Ok(Ok(Ok(Reply::Value(value)))) => {
             send_now(shared, reply_to.ok(&value));
-            record(&span, Outcome::Ok, started);
+            record(&span, &method.stats, Outcome::Ok, started);
             return;
         }
         Ok(Ok(Err(e))) => {
             send_now(shared, reply_to.handler_err(&e));
-            record(&span, Outcome::Error, started);
+            record(&span, &method.stats, Outcome::Error, started);
             return;
         }
         Err(panic) => {
             send_now(shared, reply_to.panic(&event.name, panic));
-            record(&span, Outcome::Panic, started);
+            record(&span, &method.stats, Outcome::Panic, started);
             return;
         }
         Ok(Ok(Ok(Reply::Stream(stream)))) => {
@@ -392,6 +393,8 @@ fn open_call(
         peer: peer.clone(),
         reply_to,
         method_name: event.name.into_owned(),
+        stats: method.stats.clone(),
+        finished: false,
         deadline,
         credit,
         started,
@@ -518,10 +521,13 @@ async fn send_owned(mut sender: RouterSendHalf, message: ZmqMessage) {
     }
 }
 
-fn record(span: &tracing::Span, outcome: Outcome, started: Instant) {
+/// Records how a call ended on its span and in its method's statistics.
+fn record(span: &tracing::Span, stats: &MethodStats, outcome: Outcome, started: Instant) {
+    let elapsed = started.elapsed();
+    stats.record(elapsed, outcome.for_stats());
     if !span.is_disabled() {
         span.record("outcome", field::debug(outcome));
-        span.record("duration_us", started.elapsed().as_micros() as u64);
+        span.record("duration_us", elapsed.as_micros() as u64);
     }
 }
 
@@ -534,6 +540,11 @@ struct Call {
     peer: Bytes,
     reply_to: ReplyTo,
     method_name: String,
+    /// The method's statistics on this node.
+    stats: Arc<MethodStats>,
+    /// Set once the call's outcome is recorded; a call dropped before (aborted by cancel,
+    /// a lost client or shutdown) is recorded as aborted.
+    finished: bool,
     deadline: Option<Instant>,
     credit: Option<Arc<Credit>>,
     started: Instant,
@@ -546,6 +557,10 @@ impl Drop for Call {
     fn drop(&mut self) {
         if !self.registered {
             return;
+        }
+        if !self.finished {
+            self.stats
+                .record(self.started.elapsed(), stats::Outcome::Aborted);
         }
         self.shared
             .registry
@@ -563,10 +578,26 @@ enum Outcome {
     StreamDone,
 }
 
+impl Outcome {
+    fn for_stats(self) -> stats::Outcome {
+        match self {
+            Self::Ok | Self::StreamDone => stats::Outcome::Ok,
+            Self::Error | Self::Panic => stats::Outcome::Error,
+            Self::DeadlineExceeded => stats::Outcome::Aborted,
+        }
+    }
+}
+
 impl Call {
-    async fn run(self, future: crate::service::HandlerFuture) {
+    async fn run(mut self, future: crate::service::HandlerFuture) {
         let outcome = self.serve(future).await;
-        record(&tracing::Span::current(), outcome, self.started);
+        self.finished = true;
+        record(
+            &tracing::Span::current(),
+            &self.stats,
+            outcome,
+            self.started,
+        );
     }
 
     async fn serve(&self, future: crate::service::HandlerFuture) -> Outcome {

@@ -106,7 +106,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) concurrency: Arc<Semaphore>,
     pub(crate) accepting: AtomicBool,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) sender: RouterSendHalf,
 }
 
@@ -173,7 +173,7 @@ impl NodeBuilder {
             for (method, entry) in &service.methods {
                 let full = format!("{}.{method}", service.name());
                 if methods
-                    .insert(full.clone(), Arc::new(entry.clone()))
+                    .insert(full.clone(), Arc::new(entry.for_node()))
                     .is_some()
                 {
                     return Err(NodeError::DuplicateMethod(full));
@@ -194,6 +194,8 @@ impl NodeBuilder {
             }
         }
         builtins::register(&name, &mut methods);
+        let counters = Arc::new(Counters::default());
+        builtins::register_stats(&name, &mut methods, counters.clone());
 
         let mut socket = RouterSocket::new();
         let mut bound = Vec::with_capacity(self.endpoints.len());
@@ -219,7 +221,7 @@ impl NodeBuilder {
             config: self.config,
             registry: Registry::default(),
             accepting: AtomicBool::new(true),
-            counters: Counters::default(),
+            counters,
             sender: send,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
