@@ -527,7 +527,8 @@ impl Reader {
                     Err(mpsc::error::TrySendError::Closed(())) => return Flow::Stop,
                 };
                 let topic = incoming.topic.clone();
-                if let (Some(gap), Some(permit)) = (gap, permits.next()) {
+                // One permit per item reserved above: the gap's (if any), then the event's.
+                if let Some((gap, permit)) = gap.and_then(|g| permits.next().map(|p| (g, p))) {
                     bump(&self.shared.counters.gaps, 1);
                     bump(&self.shared.counters.lost, gap.missing().unwrap_or(0));
                     tracing::warn!(
@@ -757,8 +758,13 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                 Poll::Pending => return Poll::Pending,
             };
             match item {
-                Item::Gap(gap) => {
+                Item::Gap(mut gap) => {
                     if let Some(last) = gap.last {
+                        // Numbers a snapshot covers are not missing.
+                        let key = (gap.publisher.clone(), gap.topic.clone());
+                        if let Some(&floor) = this.floors.get(&key) {
+                            gap.first = gap.first.max(floor + 1);
+                        }
                         if this.superseded(&gap.publisher, &gap.topic, last) {
                             continue;
                         }
