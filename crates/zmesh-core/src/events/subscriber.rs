@@ -475,12 +475,16 @@ impl Reader {
     }
 
     fn untracked(&mut self, incoming: Incoming, publisher: Option<Arc<str>>) -> Flow {
-        match self.tx.try_send(self.event(incoming, publisher)) {
-            Ok(()) => bump(&self.shared.counters.received, 1),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        // Counted before it is queued, so a consumer never sees more than the counter says.
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                bump(&self.shared.counters.received, 1);
+                permit.send(self.event(incoming, publisher));
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
                 bump(&self.shared.counters.dropped, 1);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
+            Err(mpsc::error::TrySendError::Closed(())) => return Flow::Stop,
         }
         Flow::Continue
     }
@@ -494,13 +498,20 @@ impl Reader {
         }
         // Restart reports go first; an event cannot overtake them.
         while let Some(gap) = self.tracker.pending().pop_front() {
-            match self.tx.try_send(Item::Gap(gap)) {
-                Ok(()) => bump(&self.shared.counters.gaps, 1),
-                Err(mpsc::error::TrySendError::Full(Item::Gap(gap))) => {
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    bump(&self.shared.counters.gaps, 1);
+                    tracing::warn!(
+                        endpoint = %self.endpoint, publisher = %gap.publisher, topic = %gap.topic,
+                        first = gap.first, "publisher restarted; later events of the old one unknown"
+                    );
+                    permit.send(Item::Gap(gap));
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
                     self.tracker.pending().push_front(gap);
                     break;
                 }
-                Err(_) => return Flow::Stop,
+                Err(mpsc::error::TrySendError::Closed(())) => return Flow::Stop,
             }
         }
         if !self.tracker.pending().is_empty() {
@@ -538,8 +549,8 @@ impl Reader {
                     permit.send(Item::Gap(gap));
                 }
                 if let Some(permit) = permits.next() {
-                    permit.send(self.event(incoming, Some(id)));
                     bump(&self.shared.counters.received, 1);
+                    permit.send(self.event(incoming, Some(id)));
                 }
                 self.tracker.delivered(&topic, seq);
                 Flow::Continue
