@@ -203,6 +203,20 @@ pub(super) struct RawEvent {
 }
 
 impl RawEvent {
+    /// Decodes the payload, consuming the event (no copies of topic or ids).
+    fn into_received<T: DeserializeOwned>(self) -> Result<Received<T>, (Self, String)> {
+        match codec::decode_payload(&self.args) {
+            Ok(payload) => Ok(Received {
+                topic: self.topic,
+                publisher: self.publisher,
+                seq: self.seq,
+                endpoint: self.endpoint,
+                payload,
+            }),
+            Err(e) => Err((self, e)),
+        }
+    }
+
     pub(super) fn decode<T: DeserializeOwned>(&self) -> Result<Received<T>, String> {
         Ok(Received {
             topic: self.topic.clone(),
@@ -788,9 +802,9 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                             continue;
                         }
                     }
-                    match raw.decode() {
+                    match raw.into_received() {
                         Ok(event) => return Poll::Ready(Some(Delivery::Event(event))),
-                        Err(e) => {
+                        Err((raw, e)) => {
                             this.core.shared.count_undecodable();
                             tracing::warn!(
                                 endpoint = %raw.endpoint, topic = %raw.topic, error = %e,
