@@ -203,17 +203,14 @@ pub(super) struct RawEvent {
 }
 
 impl RawEvent {
-    /// Decodes the payload, consuming the event (no copies of topic or ids).
-    fn into_received<T: DeserializeOwned>(self) -> Result<Received<T>, (Self, String)> {
-        match codec::decode_payload(&self.args) {
-            Ok(payload) => Ok(Received {
-                topic: self.topic,
-                publisher: self.publisher,
-                seq: self.seq,
-                endpoint: self.endpoint,
-                payload,
-            }),
-            Err(e) => Err((self, e)),
+    /// The event with its decoded payload, moving topic and ids (no copies).
+    fn into_received<T>(self, payload: T) -> Received<T> {
+        Received {
+            topic: self.topic,
+            publisher: self.publisher,
+            seq: self.seq,
+            endpoint: self.endpoint,
+            payload,
         }
     }
 
@@ -802,9 +799,11 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                             continue;
                         }
                     }
-                    match raw.into_received() {
-                        Ok(event) => return Poll::Ready(Some(Delivery::Event(event))),
-                        Err((raw, e)) => {
+                    match codec::decode_payload(&raw.args) {
+                        Ok(payload) => {
+                            return Poll::Ready(Some(Delivery::Event(raw.into_received(payload))));
+                        }
+                        Err(e) => {
                             this.core.shared.count_undecodable();
                             tracing::warn!(
                                 endpoint = %raw.endpoint, topic = %raw.topic, error = %e,
