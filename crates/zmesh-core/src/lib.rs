@@ -5,6 +5,8 @@
 //! - [`Service`]: typed async handlers registered by name.
 //! - [`Node`]: binds a ROUTER on tcp/ipc endpoints and serves services to zmesh and stock
 //!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.
+//! - [`events`]: brokerless PUB/SUB with topics, per-topic sequence numbers, gap reports and
+//!   late-joiner snapshots ([`Publisher`], [`Subscriber`], `NodeBuilder::on_event`).
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //!
@@ -12,12 +14,18 @@
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
 pub mod client;
+pub mod events;
 pub mod node;
 mod service;
 mod stats;
 pub mod wire;
 
 pub use client::{CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Response};
+pub use events::{
+    Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
+    PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,
+    SubscriberBuilder, SubscriberConfig, SubscriberStats,
+};
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
 pub use service::{Handler, HandlerError, Service, StreamHandler};
 #[doc(hidden)]

@@ -55,6 +55,9 @@ pub enum NodeError {
     /// The configuration is out of range.
     #[error("invalid node configuration: {0}")]
     Config(&'static str),
+    /// The events publisher or subscriber could not start.
+    #[error("events: {0}")]
+    Events(#[from] crate::events::EventsError),
 }
 
 /// Counters a node keeps about what it refused or lost; read with [`Node::stats`].
@@ -119,6 +122,7 @@ pub struct NodeBuilder {
     services: Vec<Service>,
     unprefixed: Option<String>,
     config: NodeConfig,
+    pub(crate) events: crate::events::node::NodeEvents,
 }
 
 impl NodeBuilder {
@@ -158,11 +162,15 @@ impl NodeBuilder {
     ///
     /// # Errors
     /// [`NodeError`] when an endpoint cannot be bound or the method table is inconsistent.
-    pub async fn start(self) -> Result<Node, NodeError> {
+    pub async fn start(mut self) -> Result<Node, NodeError> {
         self.config.validate()?;
         if self.endpoints.is_empty() {
             return Err(NodeError::NoEndpoint);
         }
+        let (events, events_service) = std::mem::take(&mut self.events)
+            .start(self.config.max_concurrent_calls)
+            .await?;
+        self.services.extend(events_service);
         let name = self
             .name
             .or_else(|| self.services.first().map(|s| s.name().to_owned()))
@@ -232,6 +240,7 @@ impl NodeBuilder {
             endpoints: bound,
             stop_tx,
             tasks,
+            events,
         })
     }
 }
@@ -253,7 +262,7 @@ pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), NodeError> {
 /// Removes a leftover ipc socket file that nobody listens on (a crashed node leaves one
 /// behind, and binding over it fails). A live listener is left alone, so binding then
 /// fails with "address in use" as it should.
-fn remove_stale_ipc_socket(endpoint: &str) {
+pub(crate) fn remove_stale_ipc_socket(endpoint: &str) {
     #[cfg(unix)]
     if let Some(path) = endpoint.strip_prefix("ipc://") {
         use std::os::unix::fs::FileTypeExt;
@@ -275,6 +284,7 @@ pub struct Node {
     endpoints: Vec<String>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    pub(crate) events: crate::events::node::RunningEvents,
 }
 
 impl std::fmt::Debug for Shared {
@@ -340,6 +350,7 @@ impl Node {
     /// socket. Returns the number of calls that had to be aborted.
     pub async fn shutdown(mut self, grace: Duration) -> usize {
         self.shared.accepting.store(false, Ordering::SeqCst);
+        self.events.shutdown().await;
         let all = u32::try_from(self.shared.config.max_concurrent_calls).unwrap_or(u32::MAX);
         // Every call holds one permit; owning all of them means nothing is in flight.
         let drained = tokio::time::timeout(
