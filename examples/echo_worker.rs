@@ -1,5 +1,5 @@
 //! Serves the echo reference service behind a proxy device (see `examples/proxy.rs`) until
-//! Ctrl-C or SIGTERM, then leaves gracefully (the device routes no new calls to it).
+//! Ctrl-C, then leaves gracefully (the device routes no new calls to it).
 //!
 //! ```text
 //! cargo run --example echo_worker -- tcp://127.0.0.1:4243      # the device's backend

@@ -880,3 +880,131 @@ fn refused_unrun(args: &[u8]) -> bool {
     let (name, message, _) = wire::parse_err_args(args);
     name == "Unavailable" && message == proto::SHUTTING_DOWN
 }
+
+#[cfg(test)]
+mod tests {
+    use zmesh_core::wire::worker::AnnouncedMethod;
+
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn ready(capacity: u32, idempotent: bool) -> Ready {
+        let args = rmp_serde::to_vec_named(&((
+            "w",
+            capacity,
+            100u64,
+            vec![AnnouncedMethod::new("svc.m", "svc", idempotent)],
+        ),))
+        .expect("encodes");
+        // Built through the public decoder, as a worker's READY would arrive.
+        Ready::decode_args(&args).expect("valid READY")
+    }
+
+    /// The decoded event of a request `svc.m` from `client`.
+    fn request(router: &mut Router, client: &str, now: Instant, out: &mut Outbox) -> MessageId {
+        let id = MessageId::generate();
+        let frame = wire::encode_event(&Header::zmesh_with_id(id.clone(), None), "svc.m", &[0x90]);
+        let event = wire::decode_event(&frame).expect("decodes");
+        router.handle_client(vec![b(client)], frame, event, now, out);
+        id
+    }
+
+    /// Which worker each backend message goes to, and the event names sent to clients.
+    fn drain(out: &mut Outbox) -> (Vec<Bytes>, Vec<String>) {
+        let workers = out
+            .backend
+            .drain(..)
+            .map(|m| m.into_vec().remove(0))
+            .collect();
+        let replies = out
+            .frontend
+            .drain(..)
+            .map(|m| {
+                let frame = m.into_vec().pop().expect("event frame");
+                let event = wire::decode_event(&frame).expect("decodes");
+                match event.name.as_ref() {
+                    names::ERR => wire::parse_err_args(&event.args).0,
+                    other => other.to_owned(),
+                }
+            })
+            .collect();
+        (workers, replies)
+    }
+
+    fn router_with(workers: &[(&str, u32, bool)], max_queue: usize) -> (Router, Instant) {
+        let now = Instant::now();
+        let mut router = Router::new("d".into(), DeviceConfig::default().max_queue(max_queue));
+        let mut out = Outbox::default();
+        for (id, capacity, idempotent) in workers {
+            router.register(b(id), ready(*capacity, *idempotent), now, &mut out);
+        }
+        (router, now)
+    }
+
+    #[test]
+    fn least_loaded_then_queue_then_overloaded() {
+        let (mut router, now) = router_with(&[("a", 1, false), ("b", 2, false)], 1);
+        let mut out = Outbox::default();
+        for _ in 0..3 {
+            request(&mut router, "c", now, &mut out);
+        }
+        let (sent, _) = drain(&mut out);
+        // a (0/1) and b (0/2) tie on load: LRU order; then only b has room.
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent.iter().filter(|w| *w == &b("b")).count(), 2);
+        request(&mut router, "c", now, &mut out);
+        assert_eq!(drain(&mut out), (vec![], vec![]), "queued");
+        request(&mut router, "c", now, &mut out);
+        assert_eq!(drain(&mut out).1, vec!["Overloaded".to_owned()]);
+        let stats = router.stats();
+        assert_eq!(
+            (
+                stats.services["svc"].queued,
+                stats.services["svc"].overloaded
+            ),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn lost_worker_requeues_idempotent_and_fails_the_rest() {
+        for idempotent in [true, false] {
+            let (mut router, now) = router_with(&[("a", 4, idempotent), ("b", 4, idempotent)], 10);
+            let mut out = Outbox::default();
+            for _ in 0..4 {
+                request(&mut router, "c", now, &mut out);
+            }
+            let (sent, _) = drain(&mut out);
+            let on_a = sent.iter().filter(|w| *w == &b("a")).count();
+            assert_eq!(on_a, 2, "spread evenly");
+            router.handle_worker_gone(&b("a"), "test", now, &mut out);
+            let (sent, replies) = drain(&mut out);
+            if idempotent {
+                assert_eq!(sent, vec![b("b"), b("b")], "re-run on the survivor");
+                assert!(replies.is_empty());
+                assert_eq!(router.stats().services["svc"].redispatched, 2);
+            } else {
+                assert!(sent.is_empty());
+                assert_eq!(replies, vec!["PeerLost".to_owned(), "PeerLost".to_owned()]);
+                assert_eq!(router.stats().services["svc"].failed, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn silent_worker_is_dead_after_three_periods() {
+        let (mut router, now) = router_with(&[("a", 4, false)], 10);
+        let mut out = Outbox::default();
+        router.poll_timers(now + Duration::from_millis(300), &mut out);
+        assert_eq!(
+            router.stats().workers,
+            1,
+            "three periods exactly: still alive"
+        );
+        router.poll_timers(now + Duration::from_millis(301), &mut out);
+        assert_eq!(router.stats().workers, 0);
+    }
+}
