@@ -18,6 +18,10 @@
 
 pub use zmesh_core::*;
 
+/// The optional proxy device (the `zmesh-device` crate): one stable address in front of a
+/// pool of worker nodes.
+pub use zmesh_device as device;
+
 /// Compiles the README's Rust examples as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

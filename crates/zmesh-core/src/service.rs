@@ -285,6 +285,8 @@ pub(crate) struct Method {
     pub(crate) doc: Option<String>,
     pub(crate) arg_names: Option<Vec<String>>,
     pub(crate) streaming: bool,
+    /// Safe to run again after a worker is lost mid-call (see [`Service::idempotent`]).
+    pub(crate) idempotent: bool,
     /// Calls, errors and latency of this method on one node (see [`Method::for_node`]).
     pub(crate) stats: Arc<MethodStats>,
 }
@@ -306,6 +308,7 @@ impl fmt::Debug for Method {
             .field("doc", &self.doc)
             .field("arg_names", &self.arg_names)
             .field("streaming", &self.streaming)
+            .field("idempotent", &self.idempotent)
             .finish_non_exhaustive()
     }
 }
@@ -380,6 +383,7 @@ impl Service {
             Method {
                 handler,
                 doc: previous.as_ref().and_then(|m| m.doc.clone()),
+                idempotent: previous.as_ref().is_some_and(|m| m.idempotent),
                 arg_names: previous.and_then(|m| m.arg_names),
                 streaming,
                 stats: Arc::default(),
@@ -395,6 +399,23 @@ impl Service {
             m.doc = Some(doc.into());
         }
         self
+    }
+
+    /// Marks a method idempotent: running it twice has the same effect as running it once.
+    /// Behind a proxy device, a call of such a method whose worker is lost before any reply
+    /// is run again on another worker instead of failing with `PeerLost`. Ignored for a
+    /// method not registered yet.
+    #[must_use]
+    pub fn idempotent(mut self, method: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.idempotent = true;
+        }
+        self
+    }
+
+    /// Whether a method is marked [idempotent](Service::idempotent).
+    pub fn is_idempotent(&self, method: &str) -> bool {
+        self.methods.get(method).is_some_and(|m| m.idempotent)
     }
 
     /// Sets a method's parameter names (answered by `_zerorpc_inspect`).

@@ -469,6 +469,11 @@ impl Client {
                 if name == "DeadlineExceeded" {
                     return Err(CallError::DeadlineExceeded(timeout));
                 }
+                // A proxy device reports a worker lost mid-call as `ERR PeerLost`: the same
+                // verdict the client reaches when its own peer dies.
+                if name == PEER_LOST {
+                    return Err(CallError::PeerLost(message));
+                }
                 Err(CallError::Remote(RemoteError {
                     name,
                     message,
@@ -521,6 +526,9 @@ impl Client {
         Ok(conn)
     }
 }
+
+/// The `ERR` name a proxy device uses when the worker running a call was lost.
+pub(crate) const PEER_LOST: &str = "PeerLost";
 
 /// Encodes a request with a fresh id, carrying the time the caller has left. A plain
 /// function so the header never occupies space in the caller's future.

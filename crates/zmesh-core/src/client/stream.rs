@@ -161,6 +161,9 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                 }
                 names::ERR => {
                     let (name, message, traceback) = parse_err_args(&event.args);
+                    if name == super::PEER_LOST {
+                        return this.fail(CallError::PeerLost(message));
+                    }
                     this.fail(CallError::Remote(RemoteError {
                         name,
                         message,

@@ -21,10 +21,11 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
-use zeromq::{RouterRecvHalf, RouterSendHalf, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, ZmqMessage};
 
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
+use super::sender::Sender;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
 use crate::wire::{
@@ -45,33 +46,39 @@ pub(super) fn spawn_tasks(
     monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
+    let (control, mut tasks) = spawn_support(&shared, stop.clone());
+    tasks.push(tokio::spawn(read_loop(shared.clone(), recv, control, stop)));
+    tasks.push(tokio::spawn(watch_disconnects(shared, monitor)));
+    tasks
+}
+
+/// Starts the tasks every node runs whatever socket it serves from (the control writer and
+/// the heartbeat sweeper) and returns the queue to the writer.
+pub(super) fn spawn_support(
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> (Control, Vec<JoinHandle<()>>) {
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control = Control {
         tx: control_tx,
         dropped: Arc::new(AtomicU64::new(0)),
     };
-    vec![
-        tokio::spawn(read_loop(
-            shared.clone(),
-            recv,
-            control.clone(),
-            stop.clone(),
-        )),
+    let tasks = vec![
         tokio::spawn(write_control(shared.clone(), control_rx)),
-        tokio::spawn(sweep_loop(shared.clone(), control, stop)),
-        tokio::spawn(watch_disconnects(shared, monitor)),
-    ]
+        tokio::spawn(sweep_loop(shared.clone(), control.clone(), stop)),
+    ];
+    (control, tasks)
 }
 
 /// The queue to the control writer.
 #[derive(Clone)]
-struct Control {
+pub(super) struct Control {
     tx: mpsc::Sender<ZmqMessage>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Control {
-    fn send(&self, message: ZmqMessage) {
+    pub(super) fn send(&self, message: ZmqMessage) {
         if self.tx.try_send(message).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -127,7 +134,7 @@ async fn read_loop(
 /// Logs bad input at `debug` always and at `warn` at most once a second, so a flood of
 /// garbage cannot turn into a flood of log lines.
 #[derive(Default)]
-struct RateLimitedWarn {
+pub(super) struct RateLimitedWarn {
     last_ms: AtomicU64,
     suppressed: AtomicU64,
 }
@@ -165,7 +172,7 @@ impl std::fmt::Display for PeerId<'_> {
     }
 }
 
-fn handle_message(
+pub(super) fn handle_message(
     shared: &Arc<Shared>,
     control: &Control,
     warn: &RateLimitedWarn,
@@ -277,7 +284,7 @@ fn open_call(
             &route,
             &header.message_id,
             "Unavailable",
-            "node is shutting down",
+            wire::worker::SHUTTING_DOWN,
         );
         return;
     }
@@ -514,7 +521,7 @@ fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
     });
 }
 
-async fn send_owned(mut sender: RouterSendHalf, message: ZmqMessage) {
+async fn send_owned(mut sender: Sender, message: ZmqMessage) {
     if let Err(e) = sender.send(message).await {
         // The client went away; there is nobody left to tell.
         tracing::debug!(error = %e, "reply not delivered");

@@ -4,12 +4,15 @@
 //!
 //! Layout: `config` holds the knobs, `registry` the open channels, `dispatch` the one task
 //! that reads the socket and the per-call tasks it spawns, `builtins` the `_zerorpc_*`
-//! methods.
+//! methods, `sender` the send side over either socket, `worker` the link of a node that
+//! serves behind a proxy device ([`NodeBuilder::worker_of`]).
 
 mod builtins;
 mod config;
 mod dispatch;
 mod registry;
+mod sender;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,20 +22,21 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use zeromq::RouterSendHalf;
 use zeromq::{RouterSocket, Socket};
 
 pub use config::NodeConfig;
 
 use crate::service::{Method, Service};
+use crate::wire::worker::{AnnouncedMethod, Ready};
 use registry::Registry;
+use sender::{Sender, WorkerOutlet};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
     /// The node was given no endpoint to bind.
-    #[error("a node needs at least one endpoint to bind")]
+    #[error("a node needs at least one endpoint to bind, or a device to work for")]
     NoEndpoint,
     /// An endpoint could not be bound.
     #[error("cannot bind {endpoint}: {source}")]
@@ -110,7 +114,7 @@ pub(crate) struct Shared {
     pub(crate) concurrency: Arc<Semaphore>,
     pub(crate) accepting: AtomicBool,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) sender: RouterSendHalf,
+    pub(crate) sender: Sender,
 }
 
 /// Builds and starts a [`Node`].
@@ -123,6 +127,8 @@ pub struct NodeBuilder {
     unprefixed: Option<String>,
     config: NodeConfig,
     pub(crate) events: crate::events::node::NodeEvents,
+    device: Option<String>,
+    worker_capacity: Option<u32>,
 }
 
 impl NodeBuilder {
@@ -152,6 +158,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves behind a proxy device instead of binding: connects to the device's backend
+    /// endpoint, announces the hosted methods, and keeps the link alive (heartbeats both
+    /// ways, reconnect and re-announce after the device is lost). Clients call the device's
+    /// frontend. A worker node binds nothing, so it cannot be combined with [`bind`](Self::bind).
+    pub fn worker_of(mut self, device_backend: impl Into<String>) -> Self {
+        self.device = Some(device_backend.into());
+        self
+    }
+
+    /// Calls a device may have open on this worker at once (default 128, at most
+    /// `max_concurrent_calls`); the device queues the rest.
+    pub fn worker_capacity(mut self, capacity: u32) -> Self {
+        self.worker_capacity = Some(capacity);
+        self
+    }
+
     /// Replaces the configuration.
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -164,8 +186,16 @@ impl NodeBuilder {
     /// [`NodeError`] when an endpoint cannot be bound or the method table is inconsistent.
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.config.validate()?;
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.device.is_none() {
             return Err(NodeError::NoEndpoint);
+        }
+        if !self.endpoints.is_empty() && self.device.is_some() {
+            return Err(NodeError::Config(
+                "a node either binds endpoints or works for a device, not both",
+            ));
+        }
+        if self.worker_capacity == Some(0) {
+            return Err(NodeError::Config("worker_capacity must be at least 1"));
         }
         let (events, events_service) = std::mem::take(&mut self.events)
             .start(self.config.max_concurrent_calls)
@@ -201,9 +231,35 @@ impl NodeBuilder {
                 }
             }
         }
+        let announced = announced_methods(&self.services, self.unprefixed.as_deref());
         builtins::register(&name, &mut methods);
         let counters = Arc::new(Counters::default());
         builtins::register_stats(&name, &mut methods, counters.clone());
+
+        if let Some(device) = self.device {
+            check_endpoint(&device)?;
+            let capacity = self
+                .worker_capacity
+                .unwrap_or(DEFAULT_WORKER_CAPACITY)
+                .min(u32::try_from(self.config.max_concurrent_calls).unwrap_or(u32::MAX));
+            let ready = Ready {
+                name: name.clone(),
+                capacity,
+                heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                methods: announced,
+            };
+            return Ok(Self::start_worker(
+                WorkerParts {
+                    name,
+                    methods,
+                    config: self.config,
+                    counters,
+                    events,
+                },
+                device,
+                ready,
+            ));
+        }
 
         let mut socket = RouterSocket::new();
         let mut bound = Vec::with_capacity(self.endpoints.len());
@@ -230,7 +286,7 @@ impl NodeBuilder {
             registry: Registry::default(),
             accepting: AtomicBool::new(true),
             counters,
-            sender: send,
+            sender: Sender::Router(send),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = dispatch::spawn_tasks(shared.clone(), recv, monitor, stop_rx);
@@ -243,6 +299,77 @@ impl NodeBuilder {
             events,
         })
     }
+}
+
+impl NodeBuilder {
+    fn start_worker(parts: WorkerParts, device: String, ready: Ready) -> Node {
+        let WorkerParts {
+            name,
+            methods,
+            config,
+            counters,
+            events,
+        } = parts;
+        let outlet = Arc::new(WorkerOutlet::default());
+        let shared = Arc::new(Shared {
+            name,
+            methods,
+            concurrency: Arc::new(Semaphore::new(config.max_concurrent_calls)),
+            config,
+            registry: Registry::default(),
+            accepting: AtomicBool::new(true),
+            counters,
+            sender: Sender::Worker(outlet.clone()),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (control, mut tasks) = dispatch::spawn_support(&shared, stop_rx.clone());
+        let link = worker::WorkerLink {
+            endpoint: device.clone(),
+            ready,
+            outlet,
+        };
+        tasks.push(worker::spawn(shared.clone(), link, control, stop_rx));
+        tracing::info!(node = %shared.name, device = %device, "worker node started");
+        Node {
+            shared,
+            endpoints: Vec::new(),
+            stop_tx,
+            tasks,
+            events,
+        }
+    }
+}
+
+/// What a worker node is started with, besides its device link.
+struct WorkerParts {
+    name: String,
+    methods: HashMap<String, Arc<Method>>,
+    config: NodeConfig,
+    counters: Arc<Counters>,
+    events: crate::events::node::RunningEvents,
+}
+
+/// Default of [`NodeBuilder::worker_capacity`].
+const DEFAULT_WORKER_CAPACITY: u32 = 128;
+
+/// The methods a worker announces to its device: every hosted method under its full name,
+/// and the unprefixed exports (built-ins are the device's business).
+fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<AnnouncedMethod> {
+    let mut announced = Vec::new();
+    for service in services {
+        for (method, entry) in &service.methods {
+            let full = format!("{}.{method}", service.name());
+            announced.push(AnnouncedMethod::new(full, service.name(), entry.idempotent));
+            if unprefixed == Some(service.name()) {
+                announced.push(AnnouncedMethod::new(
+                    method.clone(),
+                    service.name(),
+                    entry.idempotent,
+                ));
+            }
+        }
+    }
+    announced
 }
 
 /// Rejects endpoints the `zeromq` crate cannot serve (and one it would panic on).
@@ -301,7 +428,8 @@ impl Node {
         NodeBuilder::default()
     }
 
-    /// The bound endpoints, resolved (a `tcp://…:0` endpoint shows its real port).
+    /// The bound endpoints, resolved (a `tcp://…:0` endpoint shows its real port); empty for
+    /// a [worker](NodeBuilder::worker_of).
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
@@ -351,6 +479,7 @@ impl Node {
     pub async fn shutdown(mut self, grace: Duration) -> usize {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.events.shutdown().await;
+        worker::say_bye(&self.shared).await;
         let all = u32::try_from(self.shared.config.max_concurrent_calls).unwrap_or(u32::MAX);
         // Every call holds one permit; owning all of them means nothing is in flight.
         let drained = tokio::time::timeout(

@@ -4,6 +4,7 @@
 mod event;
 mod frames;
 pub(crate) mod msgpack;
+pub mod worker;
 
 pub use event::{
     EMPTY_ARRAY_ARGS, Event, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS,

@@ -1,0 +1,220 @@
+//! Provides worker mode: instead of binding a ROUTER, the node connects a DEALER to a proxy
+//! device's backend, announces its methods (`READY`) and serves the requests the device
+//! routes to it through the same dispatcher a bound node uses.
+//!
+//! A request arrives as `[client_id, "", event]`, the shape a node's ROUTER sees, so calls,
+//! streams, heartbeats and cancels need nothing new. What is new is the link itself (the
+//! Paranoid Pirate pattern of the ZeroMQ Guide): worker and device heartbeat each other, and
+//! because the `zeromq` DEALER never reconnects by itself, this module notices a lost device
+//! (socket disconnect, three silent heartbeat periods, or the device asking for a reset),
+//! aborts the calls that can no longer be answered, reconnects and announces itself again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv};
+
+use super::Shared;
+use super::dispatch::{self, Control, RateLimitedWarn};
+use super::sender::{Sender, WorkerOutlet};
+use crate::wire::worker::{self as proto, Ready};
+use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header};
+
+/// Silent heartbeat periods after which the device is considered lost.
+const DEVICE_LIVENESS: u32 = 3;
+/// Longest pause between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a worker announces and where.
+pub(super) struct WorkerLink {
+    pub(super) endpoint: String,
+    pub(super) ready: Ready,
+    pub(super) outlet: Arc<WorkerOutlet>,
+}
+
+/// Starts the task that keeps the link to the device up and reads from it.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    link: WorkerLink,
+    control: Control,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(shared, link, control, stop))
+}
+
+/// How one link ended.
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    link: WorkerLink,
+    control: Control,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = shared.config.heartbeat;
+    let warn = RateLimitedWarn::default();
+    let ready_args = match link.ready.encode_args() {
+        Ok(args) => args,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the worker announcement");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let connected = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            c = connect(&link.endpoint, period) => c,
+        };
+        let (socket, monitor) = match connected {
+            Ok(connected) => connected,
+            Err(e) => {
+                tracing::debug!(device = %link.endpoint, error = %e, "cannot reach the device; retrying");
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        let (send, recv) = socket.split();
+        link.outlet.set(Some(send));
+        let header = Header::zmesh(None);
+        control.send(wire::join_frames(
+            &[],
+            wire::encode_event(&header, proto::READY, &ready_args),
+        ));
+        tracing::info!(device = %link.endpoint, methods = link.ready.methods.len(), "worker announced itself");
+
+        let ended = serve_link(&shared, &control, &warn, recv, monitor, &mut stop).await;
+        link.outlet.set(None);
+        // The device that routed these calls is gone (or forgot us): nobody can receive
+        // their replies, and a device that comes back will have failed or re-run them.
+        let orphans = shared.registry.close_all();
+        if !orphans.is_empty() {
+            shared
+                .counters
+                .peers_lost
+                .fetch_add(orphans.len() as u64, Ordering::Relaxed);
+        }
+        for (_, channel) in orphans {
+            if let Some(abort) = channel.abort {
+                abort.abort();
+            }
+        }
+        match ended {
+            Ended::Stopped => return,
+            Ended::Lost(reason) => {
+                tracing::info!(device = %link.endpoint, reason, "lost the device; reconnecting");
+            }
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &str,
+    period: Duration,
+) -> Result<(DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>), zeromq::ZmqError> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout((period * DEVICE_LIVENESS).max(Duration::from_millis(100)));
+    let mut socket = DealerSocket::with_options(options);
+    let monitor = socket.monitor();
+    socket.connect(endpoint).await?;
+    Ok((socket, monitor))
+}
+
+/// Reads one link until it is lost or the node stops, heartbeating the device meanwhile.
+async fn serve_link(
+    shared: &Arc<Shared>,
+    control: &Control,
+    warn: &RateLimitedWarn,
+    mut recv: zeromq::DealerRecvHalf,
+    mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let period = shared.config.heartbeat;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Ended::Stopped,
+            event = monitor.next() => match event {
+                Some(SocketEvent::Disconnected(_)) | None => {
+                    return Ended::Lost("disconnected".into());
+                }
+                Some(_) => {}
+            },
+            message = recv.recv() => {
+                let frames = match message {
+                    Ok(message) => message.into_vec(),
+                    Err(e) => return Ended::Lost(format!("receive failed: {e}")),
+                };
+                last_heard = Instant::now();
+                if is_from_device(&frames) {
+                    if device_says_reset(&frames) {
+                        return Ended::Lost("the device asked for a reset".into());
+                    }
+                } else {
+                    dispatch::handle_message(shared, control, warn, frames);
+                }
+            }
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > period * DEVICE_LIVENESS {
+                    return Ended::Lost(format!(
+                        "no heartbeat from the device for {:?}",
+                        period * DEVICE_LIVENESS
+                    ));
+                }
+                let header = Header::zmesh(None);
+                let event = wire::encode_event(&header, proto::WORKER_HEARTBEAT, HEARTBEAT_ARGS);
+                control.send(wire::join_frames(&[], event));
+            }
+        }
+    }
+}
+
+/// Control events from the device carry no client envelope: `["", event]` (or a bare event).
+fn is_from_device(frames: &[bytes::Bytes]) -> bool {
+    match frames {
+        [_event] => true,
+        [first, _event] => first.is_empty(),
+        _ => false,
+    }
+}
+
+fn device_says_reset(frames: &[bytes::Bytes]) -> bool {
+    frames
+        .last()
+        .and_then(|frame| wire::decode_event(frame).ok())
+        .is_some_and(|event| event.name == proto::RESET)
+}
+
+/// Tells the device to route no new calls here (graceful shutdown); best effort.
+pub(super) async fn say_bye(shared: &Shared) {
+    if !matches!(shared.sender, Sender::Worker(_)) {
+        return;
+    }
+    let event = wire::encode_event(&Header::zmesh(None), proto::BYE, EMPTY_ARRAY_ARGS);
+    let mut sender = shared.sender.clone();
+    let sent = tokio::time::timeout(
+        shared.config.heartbeat,
+        sender.send(wire::join_frames(&[], event)),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!("could not tell the device this worker is leaving");
+    }
+}

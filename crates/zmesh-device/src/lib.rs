@@ -1,0 +1,568 @@
+//! zmesh proxy device: one stable address in front of a changing pool of worker nodes.
+//!
+//! To a client the device is just another node: its **frontend** ROUTER speaks exactly the
+//! node protocol, so zmesh clients and stock zerorpc clients call through it unchanged,
+//! streams and heartbeats included. Worker nodes connect out to its **backend** ROUTER
+//! ([`NodeBuilder::worker_of`](zmesh_core::NodeBuilder::worker_of)) and announce the
+//! services they offer; the device queues each request per service and hands it to the
+//! least loaded worker offering it (the Majordomo pattern), heartbeats workers both ways and
+//! re-dispatches or fails the calls of a worker it loses (Paranoid Pirate). An optional
+//! **event forwarder** (XSUB/XPUB) lets subscribers reach every publisher through the device.
+//!
+//! - [`Device`] / [`DeviceBuilder`]: bind and run.
+//! - [`DeviceConfig`]: heartbeat, queue bound, size limits.
+//! - [`DeviceStats`] / [`ServiceStats`]: figures, also answered by the `_zmesh_device_stats`
+//!   method on the frontend.
+//!
+//! The worker protocol is described in `docs/PROTOCOL.md` ("Worker protocol").
+//!
+//! ```no_run
+//! use zmesh_device::Device;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = Device::builder()
+//!     .frontend("tcp://127.0.0.1:4242")
+//!     .backend("tcp://127.0.0.1:4243")
+//!     .start()
+//!     .await?;
+//! println!("clients call {}, workers connect to {}", device.frontend(), device.backend());
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod forwarder;
+mod router;
+mod stats;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeromq::{
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
+    ZmqMessage,
+};
+use zmesh_core::wire::{self, EventDecodeError, Header, names};
+
+pub use config::DeviceConfig;
+pub use router::STATS_METHOD;
+pub use stats::{DeviceStats, ServiceStats};
+
+use router::{Outbox, Router};
+
+/// Sends that may wait at once for a peer's full queue; beyond it messages are dropped and
+/// counted, so a peer that stops reading cannot grow the device's memory.
+const MAX_STALLED_SENDS: usize = 10_000;
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The frontend or backend endpoint is missing.
+    #[error("a device needs a {0} endpoint")]
+    MissingEndpoint(&'static str),
+    /// Only one of the two event forwarder endpoints was given.
+    #[error("the event forwarder needs both events_in and events_out")]
+    HalfForwarder,
+    /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
+    #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
+    UnsupportedEndpoint(String),
+    /// An endpoint could not be bound.
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint as given.
+        endpoint: String,
+        /// The socket error.
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    /// The configuration is out of range.
+    #[error("invalid device configuration: {0}")]
+    Config(&'static str),
+}
+
+/// Builds and starts a [`Device`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct DeviceBuilder {
+    name: Option<String>,
+    frontend: Option<String>,
+    backend: Option<String>,
+    events_in: Option<String>,
+    events_out: Option<String>,
+    config: DeviceConfig,
+}
+
+impl DeviceBuilder {
+    /// The device's name, answered by `_zerorpc_name` and `_zerorpc_ping` (default
+    /// `zmesh-device`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The endpoint clients call (`tcp://127.0.0.1:0` picks a free port).
+    pub fn frontend(mut self, endpoint: impl Into<String>) -> Self {
+        self.frontend = Some(endpoint.into());
+        self
+    }
+
+    /// The endpoint worker nodes connect to.
+    pub fn backend(mut self, endpoint: impl Into<String>) -> Self {
+        self.backend = Some(endpoint.into());
+        self
+    }
+
+    /// Also runs the event forwarder: publishers connect to `events_in` (XSUB), subscribers
+    /// to `events_out` (XPUB).
+    pub fn events(mut self, events_in: impl Into<String>, events_out: impl Into<String>) -> Self {
+        self.events_in = Some(events_in.into());
+        self.events_out = Some(events_out.into());
+        self
+    }
+
+    /// Replaces the configuration.
+    pub fn config(mut self, config: DeviceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds every endpoint and starts routing.
+    ///
+    /// # Errors
+    /// [`DeviceError`] when an endpoint is missing, unsupported or cannot be bound, or the
+    /// configuration is out of range.
+    pub async fn start(self) -> Result<Device, DeviceError> {
+        self.config.validate()?;
+        let frontend = self
+            .frontend
+            .ok_or(DeviceError::MissingEndpoint("frontend"))?;
+        let backend = self
+            .backend
+            .ok_or(DeviceError::MissingEndpoint("backend"))?;
+        let forwarder = match (&self.events_in, &self.events_out) {
+            (Some(i), Some(o)) => Some(forwarder::Forwarder::bind(i, o).await?),
+            (None, None) => None,
+            _ => return Err(DeviceError::HalfForwarder),
+        };
+
+        let mut front = RouterSocket::new();
+        let frontend = bind(&mut front, &frontend).await?;
+        let mut back = RouterSocket::new();
+        let backend = bind(&mut back, &backend).await?;
+        let front_monitor = front.monitor();
+        let back_monitor = back.monitor();
+        let (front_send, front_recv) = front.split();
+        let (back_send, back_recv) = back.split();
+
+        let name = self.name.unwrap_or_else(|| "zmesh-device".to_owned());
+        let shared = Arc::new(Shared {
+            router: Mutex::new(Router::new(name.clone(), self.config.clone())),
+            config: self.config,
+            front: front_send,
+            back: back_send,
+            stalled: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = vec![
+            tokio::spawn(read_frontend(shared.clone(), front_recv, stop_rx.clone())),
+            tokio::spawn(read_backend(shared.clone(), back_recv, stop_rx.clone())),
+            tokio::spawn(timers(shared.clone(), stop_rx.clone())),
+            tokio::spawn(watch_clients(shared.clone(), front_monitor)),
+            tokio::spawn(watch_workers(shared.clone(), back_monitor)),
+        ];
+        let events = forwarder.map(|f| {
+            let endpoints = (f.events_in.clone(), f.events_out.clone());
+            tasks.push(tokio::spawn(f.run(stop_rx)));
+            endpoints
+        });
+        tracing::info!(device = %name, %frontend, %backend, events = ?events, "device started");
+        Ok(Device {
+            shared: Some(shared),
+            frontend,
+            backend,
+            events,
+            stop_tx,
+            tasks,
+        })
+    }
+}
+
+/// Binds one socket, after checking the endpoint and removing a stale ipc socket file.
+async fn bind(socket: &mut impl Socket, endpoint: &str) -> Result<String, DeviceError> {
+    let supported = match endpoint.split_once("://") {
+        Some(("tcp", rest)) => !rest.is_empty(),
+        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
+        _ => false,
+    };
+    if !supported {
+        return Err(DeviceError::UnsupportedEndpoint(endpoint.to_owned()));
+    }
+    remove_stale_ipc_socket(endpoint);
+    socket
+        .bind(endpoint)
+        .await
+        .map(|resolved| resolved.to_string())
+        .map_err(|source| DeviceError::Bind {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
+
+/// Removes a leftover ipc socket file nobody listens on (a crashed device leaves one).
+fn remove_stale_ipc_socket(endpoint: &str) {
+    #[cfg(unix)]
+    if let Some(path) = endpoint.strip_prefix("ipc://") {
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket
+            && std::os::unix::net::UnixStream::connect(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            tracing::info!(path, "removing stale ipc socket file");
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A running device. Dropping it stops it at once.
+#[derive(Debug)]
+pub struct Device {
+    /// Some until [`Device::shutdown`] releases the sockets.
+    shared: Option<Arc<Shared>>,
+    frontend: String,
+    backend: String,
+    events: Option<(String, String)>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Device {
+    /// Starts building a device.
+    pub fn builder() -> DeviceBuilder {
+        DeviceBuilder::default()
+    }
+
+    /// The frontend endpoint clients call, resolved (a `tcp://…:0` shows its real port).
+    pub fn frontend(&self) -> &str {
+        &self.frontend
+    }
+
+    /// The backend endpoint workers connect to, resolved.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The event forwarder's endpoints `(events_in, events_out)`, resolved, when it runs.
+    pub fn events(&self) -> Option<(&str, &str)> {
+        self.events.as_ref().map(|(i, o)| (i.as_str(), o.as_str()))
+    }
+
+    /// A snapshot of the device's figures.
+    pub fn stats(&self) -> DeviceStats {
+        self.shared
+            .as_ref()
+            .map(|shared| shared.lock().stats())
+            .unwrap_or_default()
+    }
+
+    /// Messages dropped because a peer had stopped reading (see `MAX_STALLED_SENDS`).
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Serves until `signal` completes, then stops.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Stops routing and closes every socket; when it returns the endpoints can be bound
+    /// again (a restart on the same address). Open calls are not answered: their clients see
+    /// the device disconnect (`PeerLost`), and workers reconnect to the next device.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_tx.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            // Joining drops the receive halves the tasks own.
+            let _ = task.await;
+        }
+        // The last send halves: dropping them closes the sockets.
+        self.shared = None;
+        // The `zeromq` crate stops its accept loops asynchronously; wait (bounded) until
+        // the listeners are really gone.
+        let mut endpoints = vec![self.frontend.clone(), self.backend.clone()];
+        if let Some((events_in, events_out)) = &self.events {
+            endpoints.extend([events_in.clone(), events_out.clone()]);
+        }
+        for endpoint in &endpoints {
+            wait_released(endpoint).await;
+        }
+        tracing::info!(frontend = %self.frontend, "device shut down");
+    }
+}
+
+/// Waits up to [`RELEASE_WAIT`] until nothing accepts connections on `endpoint`.
+async fn wait_released(endpoint: &str) {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while Instant::now() < deadline {
+        let listening = if let Some(path) = endpoint.strip_prefix("ipc://") {
+            #[cfg(unix)]
+            {
+                tokio::net::UnixStream::connect(path).await.is_ok()
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = path;
+                false
+            }
+        } else if let Some(address) = endpoint.strip_prefix("tcp://") {
+            tokio::net::TcpStream::connect(address).await.is_ok()
+        } else {
+            false
+        };
+        if !listening {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::debug!(endpoint, "listener still accepting after shutdown");
+}
+
+/// Longest wait for the `zeromq` crate to stop a listener after its socket is closed.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// State shared by the device's tasks.
+struct Shared {
+    router: Mutex<Router>,
+    config: DeviceConfig,
+    front: RouterSendHalf,
+    back: RouterSendHalf,
+    stalled: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Router> {
+        // A poisoned lock means a panic elsewhere mid-update; the maps are still sound.
+        self.router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends what the router produced, backend first (requests before the replies they
+    /// free slots for), without ever waiting in the reader (see [`send_now`]).
+    fn flush(self: &Arc<Self>, out: &mut Outbox) {
+        for message in out.backend.drain(..) {
+            self.send_now(&self.back, message);
+        }
+        for message in out.frontend.drain(..) {
+            self.send_now(&self.front, message);
+        }
+    }
+
+    /// One poll normally hands the message to the peer's queue; if that queue is full, a
+    /// task finishes the send so the reader moves on. Bounded by [`MAX_STALLED_SENDS`].
+    fn send_now(self: &Arc<Self>, socket: &RouterSendHalf, message: ZmqMessage) {
+        let mut sender = socket.clone();
+        let mut send = async move {
+            if let Err(e) = sender.send(message).await {
+                // The peer went away; its loss is handled through the monitor.
+                tracing::debug!(error = %e, "message not delivered");
+            }
+        }
+        .boxed();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if send.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        if self.stalled.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS {
+            self.stalled.fetch_sub(1, Ordering::AcqRel);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "peers are not reading; dropping messages");
+            }
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            send.await;
+            shared.stalled.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Which side a message came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Worker,
+}
+
+/// Decodes one message and hands it to the router; bad input gets the answer a node would
+/// give (`ERR MessageTooLarge` / `ERR ProtocolError` for a request) and is counted.
+fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox) {
+    let now = Instant::now();
+    let Some(envelope) = wire::split_frames(frames) else {
+        shared.lock().count_malformed();
+        return;
+    };
+    if envelope.route.is_empty() {
+        shared.lock().count_malformed();
+        return;
+    }
+    let limit = shared.config.max_message_size;
+    if envelope.event.len() > limit {
+        shared.lock().count_malformed();
+        let problem = format!(
+            "message of {} bytes exceeds the limit of {limit} bytes",
+            envelope.event.len()
+        );
+        tracing::debug!(problem, "oversized message");
+        if side == Side::Client {
+            if let Ok(header) = wire::decode_header(&envelope.event) {
+                if header.response_to.is_none() {
+                    reply_err(&envelope.route, &header, "MessageTooLarge", &problem, out);
+                }
+            }
+        }
+        return;
+    }
+    match wire::decode_event(&envelope.event) {
+        Ok(event) => {
+            let mut router = shared.lock();
+            match side {
+                Side::Client => {
+                    router.handle_client(envelope.route, envelope.event, event, now, out)
+                }
+                Side::Worker => {
+                    router.handle_worker(envelope.route, envelope.event, event, now, out)
+                }
+            }
+        }
+        Err(EventDecodeError { error, header }) => {
+            shared.lock().count_malformed();
+            tracing::debug!(%error, "undecodable event");
+            if side == Side::Client {
+                if let Some(header) = header.filter(|h| h.response_to.is_none()) {
+                    let message = format!("malformed request: {error}");
+                    reply_err(&envelope.route, &header, "ProtocolError", &message, out);
+                }
+            }
+        }
+    }
+}
+
+fn reply_err(route: &[Bytes], request: &Header, name: &str, message: &str, out: &mut Outbox) {
+    let header = Header::zmesh(Some(request.message_id.clone()));
+    let event = wire::encode_event(&header, names::ERR, &wire::err_args(name, message, None));
+    out.frontend.push(wire::join_frames(route, event));
+}
+
+async fn read_frontend(shared: Arc<Shared>, recv: RouterRecvHalf, stop: watch::Receiver<bool>) {
+    read_loop(shared, recv, stop, Side::Client).await;
+}
+
+async fn read_backend(shared: Arc<Shared>, recv: RouterRecvHalf, stop: watch::Receiver<bool>) {
+    read_loop(shared, recv, stop, Side::Worker).await;
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut recv: RouterRecvHalf,
+    mut stop: watch::Receiver<bool>,
+    side: Side,
+) {
+    let mut out = Outbox::default();
+    let mut stopped = std::pin::pin!(stop.changed());
+    loop {
+        let message = tokio::select! {
+            biased;
+            m = recv.recv() => m,
+            _ = &mut stopped => break,
+        };
+        match message {
+            Ok(message) => {
+                handle(&shared, side, message.into_vec(), &mut out);
+                shared.flush(&mut out);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "device recv failed");
+                // Not expected in steady state; avoid a hot loop if it repeats.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// Heartbeats, liveness and queued deadlines, at a quarter of the shortest period in play.
+async fn timers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut out = Outbox::default();
+    loop {
+        let tick = shared.lock().tick();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        shared.lock().poll_timers(Instant::now(), &mut out);
+        shared.flush(&mut out);
+    }
+}
+
+/// Cancels the calls of a client connection as soon as the socket reports it gone.
+async fn watch_clients(
+    shared: Arc<Shared>,
+    mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+) {
+    let mut out = Outbox::default();
+    while let Some(event) = monitor.next().await {
+        if let SocketEvent::Disconnected(peer) = event {
+            let peer: Bytes = peer.into();
+            shared
+                .lock()
+                .handle_client_gone(&peer, Instant::now(), &mut out);
+            shared.flush(&mut out);
+        }
+    }
+}
+
+/// Declares a worker lost as soon as its connection drops (no need to wait for three
+/// silent heartbeat periods).
+async fn watch_workers(
+    shared: Arc<Shared>,
+    mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+) {
+    let mut out = Outbox::default();
+    while let Some(event) = monitor.next().await {
+        if let SocketEvent::Disconnected(peer) = event {
+            let peer: Bytes = peer.into();
+            shared
+                .lock()
+                .handle_worker_gone(&peer, "disconnected", Instant::now(), &mut out);
+            shared.flush(&mut out);
+        }
+    }
+}

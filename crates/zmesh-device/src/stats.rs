@@ -1,0 +1,56 @@
+//! Provides the device's figures: per service and device-wide, as returned by
+//! [`Device::stats`](crate::Device::stats) and by the `_zmesh_device_stats` method (msgpack
+//! maps with these field names, so any zerorpc client can read them).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Figures of one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServiceStats {
+    /// Calls waiting for a free worker now.
+    pub queued: usize,
+    /// Workers offering the service now.
+    pub workers: usize,
+    /// Calls running on a worker now.
+    pub in_flight: usize,
+    /// Calls sent to a worker (a re-dispatched call counts again).
+    pub dispatched: u64,
+    /// Calls answered by a worker (`OK`, `ERR` or the end of a stream).
+    pub completed: u64,
+    /// Calls failed with `PeerLost` because their worker was lost.
+    pub failed: u64,
+    /// Calls refused with `Overloaded` (queue full).
+    pub overloaded: u64,
+    /// Calls run again on another worker after theirs was lost (idempotent methods) or
+    /// refused them while shutting down.
+    pub redispatched: u64,
+}
+
+/// Figures of the whole device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DeviceStats {
+    /// Per service, by name.
+    pub services: BTreeMap<String, ServiceStats>,
+    /// Workers connected now.
+    pub workers: usize,
+    /// Calls open now (queued or running).
+    pub open_calls: usize,
+    /// Messages that were not valid events (from clients or workers).
+    pub malformed: u64,
+    /// Requests for methods no worker ever announced (answered `NameError`).
+    pub unknown_method: u64,
+    /// Events for calls that are not open (late heartbeats, mostly).
+    pub unknown_channel: u64,
+    /// Replies from a worker for a call that was re-dispatched or failed meanwhile.
+    pub stale_replies: u64,
+    /// Requests dropped because their deadline passed before a worker was free.
+    pub expired: u64,
+    /// Calls cancelled because their client stopped heartbeating or disconnected.
+    pub clients_lost: u64,
+    /// Workers declared lost (disconnected or silent).
+    pub workers_lost: u64,
+}
