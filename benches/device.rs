@@ -23,6 +23,10 @@
 //! cargo bench --bench device
 //! ```
 
+#[path = "support/affinity.rs"]
+mod affinity;
+use affinity::pin_current_thread;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -516,32 +520,5 @@ impl Drop for ServerThread {
                 eprintln!("a server thread panicked");
             }
         }
-    }
-}
-
-/// Pins the calling thread to `cpu` with `taskset -p` on its thread id (no `unsafe`, no
-/// extra dependency); failure only costs repeatability, so it is reported and ignored.
-fn pin_current_thread(cpu: usize) {
-    let pinned = std::fs::read_link("/proc/thread-self")
-        .map_err(|e| e.to_string())
-        .and_then(|link| {
-            let tid = link
-                .file_name()
-                .and_then(|name| name.to_str())
-                .ok_or("no thread id in /proc/thread-self")?
-                .to_owned();
-            let status = std::process::Command::new("taskset")
-                .args(["-p", "-c", &cpu.to_string(), &tid])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| format!("taskset: {e}"))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("taskset exited with {status}"))
-            }
-        });
-    if let Err(e) = pinned {
-        eprintln!("bench device: cannot pin a thread to CPU {cpu} ({e}); results may swing");
     }
 }

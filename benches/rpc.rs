@@ -45,6 +45,10 @@
 //! cargo bench --bench rpc -- latency_tcp      # a subset (the table shows what ran)
 //! ```
 
+#[path = "support/affinity.rs"]
+mod affinity;
+use affinity::{pin_current_thread, process_cpus, unpin_current_thread};
+
 use std::future::Future;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -1092,69 +1096,5 @@ impl Placement {
             Self::Same => pin_current_thread(0),
             Self::Off => {}
         }
-    }
-}
-
-/// Pins the calling thread to `cpu` (see [`set_thread_affinity`]).
-fn pin_current_thread(cpu: usize) {
-    set_thread_affinity(&cpu.to_string());
-}
-
-/// Undoes a pin the calling thread inherited from the thread that spawned it (the
-/// multi-thread group): gives it back the CPUs the process started with. Decided from the
-/// thread's own affinity rather than [`Placement::from_env`], whose CPU count follows the
-/// affinity of the (pinned) thread that asks; a thread that is not pinned is left alone.
-fn unpin_current_thread() {
-    let Some(cpus) = process_cpus() else {
-        eprintln!("bench rpc: cannot unpin a thread (CPU list of the process unknown)");
-        return;
-    };
-    if allowed_cpus("/proc/thread-self/status").as_deref() != Some(cpus) {
-        set_thread_affinity(cpus);
-    }
-}
-
-/// The CPUs the process may run on as it started; `main` reads it before pinning anything.
-fn process_cpus() -> Option<&'static str> {
-    static CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    CPUS.get_or_init(|| allowed_cpus("/proc/self/status"))
-        .as_deref()
-}
-
-/// `Cpus_allowed_list` (a `taskset -c` list) of a `/proc` status file.
-fn allowed_cpus(status: &str) -> Option<String> {
-    std::fs::read_to_string(status)
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .map(|list| list.trim().to_owned())
-        .filter(|list| !list.is_empty())
-}
-
-/// Sets the calling thread's CPUs (a `taskset -c` list) with `taskset -p` on its thread id
-/// (read from `/proc/thread-self`), which needs neither `unsafe` nor another dependency.
-/// Failure only costs repeatability, so it is reported and ignored.
-fn set_thread_affinity(cpus: &str) {
-    let pinned = std::fs::read_link("/proc/thread-self")
-        .map_err(|e| e.to_string())
-        .and_then(|link| {
-            let tid = link
-                .file_name()
-                .and_then(|name| name.to_str())
-                .ok_or("no thread id in /proc/thread-self")?
-                .to_owned();
-            let status = std::process::Command::new("taskset")
-                .args(["-p", "-c", cpus, &tid])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| format!("taskset: {e}"))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("taskset exited with {status}"))
-            }
-        });
-    if let Err(e) = pinned {
-        eprintln!("bench rpc: cannot pin a thread to CPU {cpus} ({e}); results may swing");
     }
 }

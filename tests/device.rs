@@ -310,7 +310,10 @@ async fn killed_worker_idempotent_calls_rerun_others_fail_none_hang() {
     let client = client_of(&device);
     let mut calls = Vec::new();
     for i in 0..40u64 {
-        let method = if i % 2 == 0 { "jobs.idem" } else { "jobs.once" };
+        // Pairs of each kind (idem, idem, once, once, ...): the device alternates between
+        // its two idle workers, so pairs give each worker both kinds whichever it starts
+        // with; strict alternation could send every idempotent call to the same worker.
+        let method = if i % 4 < 2 { "jobs.idem" } else { "jobs.once" };
         let client = client.clone();
         calls.push(tokio::spawn(async move {
             let result = client.call::<String>(method, (600u64,)).await;

@@ -7,6 +7,8 @@
 //!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.
 //! - [`events`]: brokerless PUB/SUB with topics, per-topic sequence numbers, gap reports and
 //!   late-joiner snapshots ([`Publisher`], [`Subscriber`], `NodeBuilder::on_event`).
+//! - [`mesh`]: discovery (seeds, UDP beacons, gossip), the service-level [`MeshClient`]
+//!   with health-aware balancing, failover and duplicate suppression, and [`MeshNode`].
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //!
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod events;
+pub mod mesh;
 pub mod node;
 mod service;
 mod stats;
@@ -25,6 +28,10 @@ pub use events::{
     Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
     PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,
     SubscriberBuilder, SubscriberConfig, SubscriberStats,
+};
+pub use mesh::{
+    BeaconConfig, Discovery, DiscoveryConfig, MeshCallError, MeshCallOptions, MeshClient,
+    MeshClientConfig, MeshNode, PeerRecord, Presence,
 };
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
 pub use service::{Handler, HandlerError, Service, StreamHandler};

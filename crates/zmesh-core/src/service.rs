@@ -285,7 +285,8 @@ pub(crate) struct Method {
     pub(crate) doc: Option<String>,
     pub(crate) arg_names: Option<Vec<String>>,
     pub(crate) streaming: bool,
-    /// Safe to run again after a worker is lost mid-call (see [`Service::idempotent`]).
+    /// Safe to run more than once: a mesh caller may retry or hedge it on another peer,
+    /// and a device re-runs it on another worker when its worker is lost mid-call.
     pub(crate) idempotent: bool,
     /// Calls, errors and latency of this method on one node (see [`Method::for_node`]).
     pub(crate) stats: Arc<MethodStats>,
@@ -402,8 +403,11 @@ impl Service {
     }
 
     /// Marks a method idempotent: running it twice has the same effect as running it once.
-    /// Behind a proxy device, a call of such a method whose worker is lost before any reply
-    /// is run again on another worker instead of failing with `PeerLost`. Ignored for a
+    /// A mesh caller ([`MeshClient`](crate::MeshClient)) may then retry it on another peer
+    /// when its peer is lost, or hedge it (nodes advertise the mark in their beacons and
+    /// gossip), and behind a proxy device a call whose worker is lost before any reply is run
+    /// again on another worker instead of failing with `PeerLost`. Methods not marked are
+    /// never sent to a second peer once they may have run. Ignored for a
     /// method not registered yet.
     #[must_use]
     pub fn idempotent(mut self, method: &str) -> Self {
@@ -416,6 +420,14 @@ impl Service {
     /// Whether a method is marked [idempotent](Service::idempotent).
     pub fn is_idempotent(&self, method: &str) -> bool {
         self.methods.get(method).is_some_and(|m| m.idempotent)
+    }
+
+    /// Names of the methods marked [`Service::idempotent`], without the service prefix.
+    pub fn idempotent_methods(&self) -> impl Iterator<Item = &str> {
+        self.methods
+            .iter()
+            .filter(|(_, m)| m.idempotent)
+            .map(|(name, _)| name.as_str())
     }
 
     /// Sets a method's parameter names (answered by `_zerorpc_inspect`).

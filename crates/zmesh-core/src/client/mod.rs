@@ -172,6 +172,10 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// A W3C `traceparent` to propagate.
     pub traceparent: Option<String>,
+    /// A stable id for this logical request (header `zmesh_request_id`): send the same id
+    /// on every retry and a zmesh node answers a repeat from its reply cache instead of
+    /// running the handler again.
+    pub request_id: Option<Box<str>>,
 }
 
 impl CallOptions {
@@ -187,6 +191,13 @@ impl CallOptions {
     #[must_use]
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// Adds a stable request id (see [`CallOptions::request_id`]).
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into().into_boxed_str());
         self
     }
 }
@@ -543,6 +554,12 @@ fn build_request(
     let remaining = deadline.saturating_duration_since(Instant::now());
     header.deadline_ms = Some((remaining.as_millis() as u64).max(1));
     header.traceparent = options.traceparent.clone();
+    if let Some(request_id) = &options.request_id {
+        let mut value = Vec::with_capacity(request_id.len() + 2);
+        wire::msgpack::write_str(&mut value, request_id);
+        let key = wire::keys::REQUEST_ID.to_owned();
+        header.extra.push((key, Bytes::from(value)));
+    }
     (id, wire::encode_event(&header, method, args))
 }
 
@@ -562,7 +579,7 @@ async fn within<F: std::future::Future>(deadline: Instant, future: F) -> Option<
 }
 
 /// Encodes positional args; they must form a msgpack array.
-fn encode_args(args: &impl Serialize) -> Result<Bytes, CallError> {
+pub(crate) fn encode_args(args: &impl Serialize) -> Result<Bytes, CallError> {
     let mut bytes = Vec::with_capacity(wire::ENCODE_START_CAPACITY);
     rmp_serde::encode::write_named(&mut bytes, args)
         .map_err(|e| CallError::Encode(e.to_string()))?;

@@ -22,6 +22,11 @@ pub struct NodeConfig {
     pub max_message_size: usize,
     /// Grace period used by [`Node::run_until`](super::Node::run_until) (default 10 s).
     pub shutdown_grace: Duration,
+    /// Replies remembered for requests carrying a `zmesh_request_id`, so a retried request
+    /// is answered without running twice (default 10,000; 0 turns the cache off).
+    pub reply_cache_size: usize,
+    /// How long such a reply is remembered (default 60 s).
+    pub reply_cache_ttl: Duration,
 }
 
 impl Default for NodeConfig {
@@ -32,6 +37,8 @@ impl Default for NodeConfig {
             max_calls_per_peer: 1_000,
             max_message_size: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            reply_cache_size: 10_000,
+            reply_cache_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +76,14 @@ impl NodeConfig {
     #[must_use]
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets the reply cache's size and time to live.
+    #[must_use]
+    pub fn reply_cache(mut self, size: usize, ttl: Duration) -> Self {
+        self.reply_cache_size = size;
+        self.reply_cache_ttl = ttl;
         self
     }
 

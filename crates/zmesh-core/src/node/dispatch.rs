@@ -293,6 +293,12 @@ fn open_call(
         control.send_err(&route, &header.message_id, "NameError", &event.name);
         return;
     };
+    // A repeat of a request that already ran here is answered from the reply cache.
+    let request_key = if method.streaming {
+        None
+    } else {
+        shared.replies.key(&header, &event.name)
+    };
     let now = Instant::now();
     let deadline = match header.deadline_ms {
         Some(0) => {
@@ -351,7 +357,9 @@ fn open_call(
     // the real waker.
     let first_poll = span.in_scope(|| {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut future = (method.handler)(event.args);
+            let mut future = shared
+                .replies
+                .run(request_key, || (method.handler)(event.args));
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
             match future.as_mut().poll(&mut cx) {
                 Poll::Ready(result) => Ok(result),

@@ -11,6 +11,7 @@ mod builtins;
 mod config;
 mod dispatch;
 mod registry;
+mod reply_cache;
 mod sender;
 mod worker;
 
@@ -103,6 +104,9 @@ pub struct NodeStats {
     pub replies_dropped: u64,
     /// Calls running now.
     pub in_flight: usize,
+    /// Repeats of a request (same `zmesh_request_id`) answered from the reply cache or by
+    /// waiting for the first run, instead of running the handler again.
+    pub replayed: u64,
 }
 
 /// State shared by the node's tasks.
@@ -115,6 +119,7 @@ pub(crate) struct Shared {
     pub(crate) accepting: AtomicBool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) sender: Sender,
+    pub(crate) replies: reply_cache::ReplyCache,
 }
 
 /// Builds and starts a [`Node`].
@@ -278,7 +283,10 @@ impl NodeBuilder {
         let monitor = socket.monitor();
         let (send, recv) = socket.split();
 
+        let replies =
+            reply_cache::ReplyCache::new(self.config.reply_cache_size, self.config.reply_cache_ttl);
         let shared = Arc::new(Shared {
+            replies,
             name,
             methods,
             concurrency: Arc::new(Semaphore::new(self.config.max_concurrent_calls)),
@@ -311,7 +319,11 @@ impl NodeBuilder {
             events,
         } = parts;
         let outlet = Arc::new(WorkerOutlet::default());
+        // Workers keep a reply cache too: a request id retried through the device must not
+        // run twice on the same worker.
+        let replies = reply_cache::ReplyCache::new(config.reply_cache_size, config.reply_cache_ttl);
         let shared = Arc::new(Shared {
+            replies,
             name,
             methods,
             concurrency: Arc::new(Semaphore::new(config.max_concurrent_calls)),
@@ -462,6 +474,7 @@ impl Node {
             peers_lost: c.peers_lost.load(Ordering::Relaxed),
             replies_dropped: c.replies_dropped.load(Ordering::Relaxed),
             in_flight: self.shared.registry.open_channels(),
+            replayed: self.shared.replies.replayed(),
         }
     }
 

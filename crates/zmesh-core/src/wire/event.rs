@@ -51,6 +51,9 @@ pub mod keys {
     pub const DEADLINE_MS: &str = "zmesh_deadline_ms";
     /// W3C trace context of the call.
     pub const TRACEPARENT: &str = "traceparent";
+    /// zmesh: a request's stable id, the same on every retry of one logical call; nodes
+    /// answer a repeat from their reply cache instead of running it again.
+    pub const REQUEST_ID: &str = "zmesh_request_id";
 }
 
 /// The zmesh extension version written in the [`keys::ZMESH`] marker.

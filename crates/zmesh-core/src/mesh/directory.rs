@@ -1,0 +1,339 @@
+//! Provides the peer directory, pure: which nodes of the mesh are known, what they offer,
+//! when each was last heard of, and the joined/left/updated changes that follow from a
+//! beacon, a gossip entry or the passing of time. No sockets, no clocks (callers pass
+//! `now`), unit-tested below.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest id, name, endpoint, service or method name accepted from a peer.
+pub(crate) const MAX_NAME: usize = 256;
+/// Most endpoints one peer may advertise.
+pub(crate) const MAX_ENDPOINTS: usize = 16;
+/// Most services one peer may advertise.
+pub(crate) const MAX_SERVICES: usize = 128;
+/// Most idempotent methods per advertised service.
+pub(crate) const MAX_METHODS: usize = 1024;
+
+/// What one node tells the mesh about itself: in beacons and in gossip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerRecord {
+    /// Unique id of this node process (its name plus a random suffix, new at every start).
+    pub id: String,
+    /// The node's name (`_zerorpc_name`).
+    pub name: String,
+    /// Endpoints a caller connects to, such as `tcp://10.0.0.5:4242`.
+    pub endpoints: Vec<String>,
+    /// The services it hosts.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One advertised service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServiceInfo {
+    /// The service name: its methods are called `name.method`.
+    pub name: String,
+    /// Methods marked idempotent at registration (without the service prefix).
+    pub idempotent: Vec<String>,
+}
+
+impl ServiceInfo {
+    /// Describes a service and its idempotent methods.
+    pub fn new(name: impl Into<String>, idempotent: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            name: name.into(),
+            idempotent: idempotent.into_iter().collect(),
+        }
+    }
+}
+
+impl PeerRecord {
+    /// A record for a node.
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        endpoints: Vec<String>,
+        services: Vec<ServiceInfo>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            endpoints,
+            services,
+        }
+    }
+
+    /// True when the node hosts `service`.
+    pub fn offers(&self, service: &str) -> bool {
+        self.services.iter().any(|s| s.name == service)
+    }
+
+    /// The endpoint callers use: the first advertised one.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoints.first().map(String::as_str)
+    }
+
+    /// Checks a record that came from the network against the size bounds, so a peer
+    /// cannot make the directory hold arbitrary amounts of data.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        let name_ok = |s: &str| !s.is_empty() && s.len() <= MAX_NAME;
+        if !name_ok(&self.id) || !name_ok(&self.name) {
+            return Err("id or name empty or too long");
+        }
+        if self.endpoints.is_empty() || self.endpoints.len() > MAX_ENDPOINTS {
+            return Err("endpoint count out of range");
+        }
+        if !self
+            .endpoints
+            .iter()
+            .all(|e| name_ok(e) && crate::node::check_endpoint(e).is_ok())
+        {
+            return Err("unsupported endpoint");
+        }
+        if self.services.len() > MAX_SERVICES {
+            return Err("too many services");
+        }
+        for s in &self.services {
+            if !name_ok(&s.name)
+                || s.idempotent.len() > MAX_METHODS
+                || !s.idempotent.iter().all(|m| name_ok(m))
+            {
+                return Err("bad service entry");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A change in the set of known peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Presence {
+    /// A peer was heard of for the first time (or again after it had left).
+    Joined(PeerRecord),
+    /// A known peer now advertises something different.
+    Updated(PeerRecord),
+    /// A peer has not been heard of for longer than the expiry period.
+    Left(PeerRecord),
+}
+
+struct Entry {
+    record: PeerRecord,
+    last_seen: Instant,
+}
+
+/// The known peers of one mesh, as seen by one process.
+#[derive(Debug)]
+pub(crate) struct Directory {
+    self_id: Option<String>,
+    peers: HashMap<String, Entry>,
+    expire_after: Duration,
+    max_peers: usize,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.record.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an observation was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// It is about this process itself.
+    Myself,
+    /// It is older than the expiry period (or than what is already known).
+    Stale,
+    /// The directory is full.
+    Full,
+}
+
+impl Directory {
+    pub(crate) fn new(self_id: Option<String>, expire_after: Duration, max_peers: usize) -> Self {
+        Self {
+            self_id,
+            peers: HashMap::new(),
+            expire_after,
+            max_peers,
+        }
+    }
+
+    pub(crate) fn set_self_id(&mut self, id: String) {
+        self.peers.remove(&id);
+        self.self_id = Some(id);
+    }
+
+    /// Takes note that `record` was current at `seen` (now for a beacon or a direct gossip
+    /// partner; now minus the reported age for a gossiped entry).
+    pub(crate) fn observe(
+        &mut self,
+        record: PeerRecord,
+        seen: Instant,
+        now: Instant,
+    ) -> Result<Option<Presence>, Refused> {
+        if self.self_id.as_deref() == Some(record.id.as_str()) {
+            return Err(Refused::Myself);
+        }
+        if now.saturating_duration_since(seen) >= self.expire_after {
+            return Err(Refused::Stale);
+        }
+        match self.peers.get_mut(&record.id) {
+            Some(entry) => {
+                if seen <= entry.last_seen {
+                    return Err(Refused::Stale);
+                }
+                entry.last_seen = seen;
+                if entry.record == record {
+                    Ok(None)
+                } else {
+                    entry.record = record.clone();
+                    Ok(Some(Presence::Updated(record)))
+                }
+            }
+            None => {
+                if self.peers.len() >= self.max_peers {
+                    return Err(Refused::Full);
+                }
+                let entry = Entry {
+                    record: record.clone(),
+                    last_seen: seen,
+                };
+                self.peers.insert(record.id.clone(), entry);
+                Ok(Some(Presence::Joined(record)))
+            }
+        }
+    }
+
+    /// Removes peers not heard of for the expiry period.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Presence> {
+        let limit = self.expire_after;
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_seen) >= limit)
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| self.peers.remove(&id))
+            .map(|e| Presence::Left(e.record))
+            .collect()
+    }
+
+    /// Every known peer.
+    pub(crate) fn records(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values().map(|e| &e.record)
+    }
+
+    /// Every known peer with how long ago it was last heard of, for gossip.
+    pub(crate) fn with_ages(&self, now: Instant) -> Vec<(PeerRecord, u64)> {
+        self.peers
+            .values()
+            .map(|e| {
+                let age = now.saturating_duration_since(e.last_seen).as_millis();
+                (e.record.clone(), u64::try_from(age).unwrap_or(u64::MAX))
+            })
+            .collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, port: u16, services: &[&str]) -> PeerRecord {
+        PeerRecord::new(
+            id,
+            id,
+            vec![format!("tcp://127.0.0.1:{port}")],
+            services
+                .iter()
+                .map(|s| ServiceInfo::new(*s, Vec::new()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn join_update_and_expiry() {
+        let t0 = Instant::now();
+        let mut d = Directory::new(Some("me".into()), Duration::from_secs(3), 10);
+        let a = rec("a", 1, &["billing"]);
+        assert_eq!(
+            d.observe(a.clone(), t0, t0),
+            Ok(Some(Presence::Joined(a.clone())))
+        );
+        // Heard again, nothing new.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(d.observe(a.clone(), t1, t1), Ok(None));
+        // It now offers something else.
+        let a2 = rec("a", 1, &["billing", "ledger"]);
+        assert_eq!(
+            d.observe(a2.clone(), t1 + Duration::from_millis(1), t1),
+            Ok(Some(Presence::Updated(a2.clone())))
+        );
+        assert!(d.expire(t1 + Duration::from_secs(2)).is_empty());
+        assert_eq!(
+            d.expire(t1 + Duration::from_secs(4)),
+            vec![Presence::Left(a2)]
+        );
+        assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn self_stale_and_full_are_refused() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        let mut d = Directory::new(Some("me".into()), Duration::from_secs(3), 1);
+        assert_eq!(d.observe(rec("me", 1, &[]), now, now), Err(Refused::Myself));
+        // A gossiped entry older than the expiry period is not taken.
+        assert_eq!(d.observe(rec("a", 1, &[]), t0, now), Err(Refused::Stale));
+        assert!(d.observe(rec("a", 1, &[]), now, now).is_ok());
+        // An older report than what is known does not move last_seen back.
+        let before = now - Duration::from_secs(1);
+        assert_eq!(
+            d.observe(rec("a", 1, &[]), before, now),
+            Err(Refused::Stale)
+        );
+        assert_eq!(d.observe(rec("b", 2, &[]), now, now), Err(Refused::Full));
+    }
+
+    #[test]
+    fn gossip_ages_keep_expiry_honest() {
+        let t0 = Instant::now();
+        let mut d = Directory::new(None, Duration::from_secs(3), 10);
+        d.observe(rec("a", 1, &[]), t0, t0).expect("taken");
+        let later = t0 + Duration::from_millis(2500);
+        let ages = d.with_ages(later);
+        assert_eq!(ages[0].1, 2500);
+        // Another directory that learns "a" from this one expires it at the same moment.
+        let mut e = Directory::new(None, Duration::from_secs(3), 10);
+        let seen = later - Duration::from_millis(ages[0].1);
+        e.observe(ages[0].0.clone(), seen, later).expect("taken");
+        assert_eq!(e.expire(t0 + Duration::from_millis(3001)).len(), 1);
+    }
+
+    #[test]
+    fn validation_bounds_peer_data() {
+        assert!(rec("a", 1, &["s"]).validate().is_ok());
+        let mut r = rec("a", 1, &[]);
+        r.endpoints = vec!["inproc://x".into()];
+        assert!(r.validate().is_err());
+        let mut r = rec("", 1, &[]);
+        assert!(r.validate().is_err());
+        r = rec("a", 1, &[]);
+        r.endpoints = (0..17).map(|i| format!("tcp://127.0.0.1:{i}")).collect();
+        assert!(r.validate().is_err());
+        r = rec("a", 1, &[]);
+        r.services = vec![ServiceInfo::new("x".repeat(300), Vec::new())];
+        assert!(r.validate().is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Provides the mesh node: a [`Node`] that announces itself to its mesh (beacons, gossip)
+//! with what it serves, answers gossip, and hands out service-level clients.
+
+use std::time::Duration;
+
+use super::MeshError;
+use super::beacon::BeaconConfig;
+use super::client::{MeshClient, MeshClientConfig};
+use super::directory::{PeerRecord, ServiceInfo};
+use super::discovery::{Discovery, DiscoveryConfig};
+use crate::node::{Node, NodeConfig};
+use crate::service::Service;
+use crate::wire::MessageId;
+
+/// Builds and starts a [`MeshNode`].
+#[derive(Debug)]
+#[must_use]
+pub struct MeshBuilder {
+    name: Option<String>,
+    endpoints: Vec<String>,
+    advertise: Vec<String>,
+    services: Vec<Service>,
+    node_config: NodeConfig,
+    discovery: DiscoveryConfig,
+}
+
+impl MeshBuilder {
+    /// The node's name (default: its first service's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds an endpoint to bind, as [`NodeBuilder::bind`](crate::NodeBuilder::bind).
+    pub fn bind(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// Advertises this endpoint instead of the bound ones (for example a routable address
+    /// when binding `0.0.0.0`). May be given several times.
+    pub fn advertise(mut self, endpoint: impl Into<String>) -> Self {
+        self.advertise.push(endpoint.into());
+        self
+    }
+
+    /// Hosts a service; its name and idempotent methods are announced to the mesh.
+    pub fn service(mut self, service: Service) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// Sets the node's configuration.
+    pub fn node_config(mut self, config: NodeConfig) -> Self {
+        self.node_config = config;
+        self
+    }
+
+    /// Adds a static seed endpoint (another node of the mesh).
+    pub fn seed(mut self, endpoint: impl Into<String>) -> Self {
+        self.discovery.seeds.push(endpoint.into());
+        self
+    }
+
+    /// Turns on UDP beacons.
+    pub fn beacon(mut self, beacon: BeaconConfig) -> Self {
+        self.discovery.beacon = Some(beacon);
+        self
+    }
+
+    /// Replaces the discovery settings (the mesh name is kept).
+    pub fn discovery(mut self, config: DiscoveryConfig) -> Self {
+        let mesh = std::mem::take(&mut self.discovery.mesh);
+        self.discovery = DiscoveryConfig { mesh, ..config };
+        self
+    }
+
+    /// Sets how often directories are gossiped and how long a silent peer is kept.
+    pub fn timing(mut self, gossip_interval: Duration, expire_after: Duration) -> Self {
+        self.discovery.gossip_interval = gossip_interval;
+        self.discovery.expire_after = expire_after;
+        self
+    }
+
+    /// Starts the node, then discovery.
+    ///
+    /// # Errors
+    /// [`MeshError`] when the node cannot start, the beacon port cannot be bound, or the
+    /// settings are out of range.
+    pub async fn start(self) -> Result<MeshNode, MeshError> {
+        let discovery = Discovery::new(self.discovery)?;
+        let services: Vec<ServiceInfo> = self
+            .services
+            .iter()
+            .map(|s| {
+                ServiceInfo::new(
+                    s.name(),
+                    s.idempotent_methods()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut builder = Node::builder().config(self.node_config);
+        if let Some(name) = self.name {
+            builder = builder.name(name);
+        }
+        for endpoint in self.endpoints {
+            builder = builder.bind(endpoint);
+        }
+        for service in self.services {
+            builder = builder.service(service);
+        }
+        builder = builder.service(discovery.gossip_service());
+        let node = builder.start().await?;
+        let endpoints = if self.advertise.is_empty() {
+            node.endpoints().to_vec()
+        } else {
+            self.advertise
+        };
+        // A new id per start: a restarted node is a new peer, so nobody mistakes it for
+        // the old process (whose calls and cached replies died with it).
+        let id = format!("{}-{}", node.name(), MessageId::generate());
+        let record = PeerRecord::new(id, node.name(), endpoints, services);
+        record.validate().map_err(MeshError::Config)?;
+        discovery.run(Some(record.clone()))?;
+        Ok(MeshNode {
+            node,
+            discovery,
+            record,
+        })
+    }
+}
+
+/// A node that is a member of a mesh. Dropping it stops serving and announcing.
+#[derive(Debug)]
+pub struct MeshNode {
+    node: Node,
+    discovery: Discovery,
+    record: PeerRecord,
+}
+
+impl MeshNode {
+    /// Starts building a member of mesh `mesh`.
+    pub fn builder(mesh: impl Into<String>) -> MeshBuilder {
+        MeshBuilder {
+            name: None,
+            endpoints: Vec::new(),
+            advertise: Vec::new(),
+            services: Vec::new(),
+            node_config: NodeConfig::default(),
+            discovery: DiscoveryConfig::new(mesh),
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// What this node announces about itself.
+    pub fn record(&self) -> &PeerRecord {
+        &self.record
+    }
+
+    /// This node's discovery (its view of the mesh, presence notifications).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// A service-level client that resolves services through this node's discovery.
+    pub fn client(&self, config: MeshClientConfig) -> MeshClient {
+        MeshClient::new(self.discovery.clone(), config)
+    }
+
+    /// Stops announcing, then shuts the node down gracefully (see [`Node::shutdown`]).
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        drop(self.discovery);
+        self.node.shutdown(grace).await
+    }
+}
