@@ -11,11 +11,14 @@
 //!   with health-aware balancing, failover and duplicate suppression, and [`MeshNode`].
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
+//! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
+//!   listener has let go of its address so a restart can bind it).
 //!
 //! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
 pub mod client;
+pub mod endpoint;
 pub mod events;
 pub mod mesh;
 pub mod node;

@@ -205,7 +205,7 @@ async fn bind(socket: &mut impl Socket, endpoint: &str) -> Result<String, Device
     if !supported {
         return Err(DeviceError::UnsupportedEndpoint(endpoint.to_owned()));
     }
-    remove_stale_ipc_socket(endpoint);
+    zmesh_core::endpoint::remove_stale_ipc_socket(endpoint);
     socket
         .bind(endpoint)
         .await
@@ -214,22 +214,6 @@ async fn bind(socket: &mut impl Socket, endpoint: &str) -> Result<String, Device
             endpoint: endpoint.to_owned(),
             source,
         })
-}
-
-/// Removes a leftover ipc socket file nobody listens on (a crashed device leaves one).
-fn remove_stale_ipc_socket(endpoint: &str) {
-    #[cfg(unix)]
-    if let Some(path) = endpoint.strip_prefix("ipc://") {
-        use std::os::unix::fs::FileTypeExt;
-        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-        if is_socket
-            && std::os::unix::net::UnixStream::connect(path)
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            tracing::info!(path, "removing stale ipc socket file");
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 /// A running device. Dropping it stops it at once.
@@ -305,41 +289,11 @@ impl Device {
             endpoints.extend([events_in.clone(), events_out.clone()]);
         }
         for endpoint in &endpoints {
-            wait_released(endpoint).await;
+            zmesh_core::endpoint::wait_released(endpoint).await;
         }
         tracing::info!(frontend = %self.frontend, "device shut down");
     }
 }
-
-/// Waits up to [`RELEASE_WAIT`] until nothing accepts connections on `endpoint`.
-async fn wait_released(endpoint: &str) {
-    let deadline = Instant::now() + RELEASE_WAIT;
-    while Instant::now() < deadline {
-        let listening = if let Some(path) = endpoint.strip_prefix("ipc://") {
-            #[cfg(unix)]
-            {
-                tokio::net::UnixStream::connect(path).await.is_ok()
-            }
-            #[cfg(not(unix))]
-            {
-                let _ = path;
-                false
-            }
-        } else if let Some(address) = endpoint.strip_prefix("tcp://") {
-            tokio::net::TcpStream::connect(address).await.is_ok()
-        } else {
-            false
-        };
-        if !listening {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::debug!(endpoint, "listener still accepting after shutdown");
-}
-
-/// Longest wait for the `zeromq` crate to stop a listener after its socket is closed.
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 impl Drop for Device {
     fn drop(&mut self) {

@@ -54,7 +54,7 @@ impl PublisherBuilder {
         for endpoint in &self.endpoints {
             check_endpoint(endpoint)
                 .map_err(|_| EventsError::UnsupportedEndpoint(endpoint.clone()))?;
-            crate::node::remove_stale_ipc_socket(endpoint);
+            crate::endpoint::remove_stale_ipc_socket(endpoint);
             let resolved = socket
                 .bind(endpoint)
                 .await

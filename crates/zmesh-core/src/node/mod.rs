@@ -270,7 +270,7 @@ impl NodeBuilder {
         let mut bound = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             check_endpoint(endpoint)?;
-            remove_stale_ipc_socket(endpoint);
+            crate::endpoint::remove_stale_ipc_socket(endpoint);
             let resolved = socket
                 .bind(endpoint)
                 .await
@@ -398,24 +398,6 @@ pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), NodeError> {
     }
 }
 
-/// Removes a leftover ipc socket file that nobody listens on (a crashed node leaves one
-/// behind, and binding over it fails). A live listener is left alone, so binding then
-/// fails with "address in use" as it should.
-pub(crate) fn remove_stale_ipc_socket(endpoint: &str) {
-    #[cfg(unix)]
-    if let Some(path) = endpoint.strip_prefix("ipc://") {
-        use std::os::unix::fs::FileTypeExt;
-        let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-        if is_socket
-            && std::os::unix::net::UnixStream::connect(path)
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            tracing::info!(path, "removing stale ipc socket file");
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// A running node. Dropping it stops serving at once; [`Node::shutdown`] drains first.
 #[derive(Debug)]
 pub struct Node {
@@ -511,6 +493,9 @@ impl Node {
             task.abort();
             // Joining makes sure the socket halves are released before we return.
             let _ = task.await;
+        }
+        for endpoint in &self.endpoints {
+            crate::endpoint::wait_released(endpoint).await;
         }
         tracing::info!(node = %self.shared.name, aborted, "node shut down");
         aborted
