@@ -3,6 +3,7 @@
 
 mod bench;
 mod json;
+mod proxy_cmd;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -121,6 +122,9 @@ enum Command {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
     },
+    /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
+    /// of a pool of worker nodes (backend), optionally forwarding events.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
@@ -262,6 +266,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
+        Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
     }
 }
 
