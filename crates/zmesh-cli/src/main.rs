@@ -2,6 +2,7 @@
 //! ping nodes, and serve the reference services. Every verb has `--help`.
 
 mod bench;
+mod events_cmd;
 mod json;
 mod proxy_cmd;
 
@@ -122,6 +123,12 @@ enum Command {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
     },
+    /// Print a publisher's events as JSON lines (with gap reports) until Ctrl-C or SIGTERM,
+    /// --count events or --timeout.
+    Sub(events_cmd::SubArgs),
+    /// Publish one event (a JSON payload) through a proxy's events-in, once a subscriber of
+    /// its topic is there.
+    Pub(events_cmd::PubArgs),
     /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
     /// of a pool of worker nodes (backend), optionally forwarding events.
     Proxy(proxy_cmd::ProxyArgs),
@@ -266,6 +273,8 @@ async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
+        Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
+        Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
     }
 }
