@@ -54,7 +54,8 @@ ENDPOINT is connected to, not bound: it is where publishers go in the common set
               --events-in tcp://127.0.0.1:4244 --events-out tcp://127.0.0.1:4245 &
   zmesh sub tcp://127.0.0.1:4245 orders. &
   zmesh pub tcp://127.0.0.1:4244 orders.created '{\"id\": 1}'
-With --bind, ENDPOINT is bound instead and subscribers connect to it.
+With --bind, ENDPOINT is bound instead and subscribers connect to it; stdout then shows
+`bound ENDPOINT` with the real port (port 0 picks a free one).
 
 ZeroMQ drops what a publisher sends before a subscriber's subscription has reached it (the
 slow-joiner problem). So `zmesh pub` waits until a subscription covering TOPIC has arrived (the
@@ -203,14 +204,17 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
     let mut options = SocketOptions::default();
     options.connect_timeout(limit);
     let mut socket = XPubSocket::with_options(options);
-    let endpoint = &args.endpoint;
+    let mut endpoint = args.endpoint.clone();
     if args.bind {
-        socket
-            .bind(endpoint)
+        let bound = socket
+            .bind(&endpoint)
             .await
             .map_err(|e| CliError::Other(format!("cannot bind {endpoint}: {e}")))?;
+        // The real port, for subscribers of a `tcp://…:0` publisher.
+        endpoint = bound.to_string();
+        println!("bound {endpoint}");
     } else {
-        match timeout_at(deadline, socket.connect(endpoint)).await {
+        match timeout_at(deadline, socket.connect(&endpoint)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return Err(CliError::Other(format!(

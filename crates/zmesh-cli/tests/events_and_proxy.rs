@@ -258,17 +258,31 @@ async fn pub_waits_for_a_subscriber_that_starts_after_it() {
 
 #[tokio::test]
 async fn pub_with_bind_waits_for_a_connecting_subscriber() {
-    let endpoint = dead_endpoint();
-    let publisher = zmesh()
-        .args(["pub", "--bind", &endpoint, "direct.hello", "[1,2]"])
+    let mut publisher = zmesh()
+        .args([
+            "pub",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "direct.hello",
+            "[1,2]",
+        ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("zmesh pub starts");
-    // The subscriber retries its connection until the publisher has bound (connect timeout).
+    let mut lines = Lines::new(publisher.stdout.take().expect("piped"));
+    let line = lines.next("pub --bind announcing its endpoint").await;
+    let endpoint = line
+        .strip_prefix("bound ")
+        .expect("bound ENDPOINT")
+        .to_owned();
+    assert!(
+        endpoint.starts_with("tcp://127.0.0.1:") && !endpoint.ends_with(":0"),
+        "{line}"
+    );
     let subscriber = spawn_sub(&[&endpoint, "direct.", "--count", "1", "--timeout", "20"]);
-    let out = finish(publisher, "pub --bind").await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    let status = common::exit_status(&mut publisher, "pub --bind").await;
+    assert!(status.success(), "{status:?}");
     let out = finish(subscriber, "sub").await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -307,6 +321,10 @@ async fn pub_failures_have_clear_messages_and_exit_codes() {
 
     // Reachable, but nobody subscribes to the topic: nothing is sent, and it says so.
     let proxy = Proxy::start().await;
+    // The subscribers' side of the proxy is no place to publish.
+    let out = run(&["pub", &proxy.events_out, "t", "1"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not compatible"), "{}", stderr(&out));
     let out = run(&[
         "pub",
         &proxy.events_in,
