@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{eventually, net, within};
+use common::{NET_TIMEOUT, eventually, net, within};
 use mesh_support::{ChildSpec, beacon_port, mesh_name, percentile, spawn_mesh_child};
 use zmesh::mesh::{
     BeaconConfig, Discovery, DiscoveryConfig, HedgeConfig, MeshCallOptions, MeshClient,
@@ -565,4 +565,40 @@ async fn per_call_idempotence_overrides_registration() {
         assert_ne!(who, gone);
     }
     drop(b);
+}
+
+/// A peer that died before the client ever connected to it (still in the directory, since
+/// its entry has not expired) costs a call one connect timeout, then the call goes to the
+/// live node: a connect that failed never delivered the request, so even a non-idempotent
+/// call may move. It must not wait out its whole deadline connecting to the dead address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_dead_before_the_first_connect_is_failed_over() {
+    let mesh = mesh_name("vanished");
+    let port = beacon_port();
+    let doomed = loopback_node(&mesh, "a", port).await;
+    let _survivor = loopback_node(&mesh, "b", port).await;
+    // Entries outlive the test, so the dead node stays a candidate throughout.
+    let discovery = loopback_discovery(&mesh, port, Duration::from_secs(60)).await;
+    eventually(NET_TIMEOUT, "both nodes discovered", || {
+        discovery.peers().len() == 2
+    })
+    .await;
+    // Abrupt: no leave message, the socket just closes.
+    drop(doomed);
+
+    let client = MeshClient::new(
+        discovery,
+        MeshClientConfig::default().heartbeat(Duration::from_millis(500)),
+    );
+    // Each call's deadline (30 s) is far beyond NET_TIMEOUT: a call stuck connecting to the
+    // dead node until its deadline fails this test. Not idempotent, so nothing but the
+    // connect failure itself can move it to the other node.
+    for i in 0..20u64 {
+        let options = MeshCallOptions::timeout(Duration::from_secs(30)).idempotent(false);
+        let call = client.call_with::<(String, u64)>("billing.quote", (i,), options);
+        let (who, doubled) = net("call with a dead peer in the directory", call)
+            .await
+            .expect("the call moves to the live node");
+        assert_eq!((who.as_str(), doubled), ("b", 2 * i));
+    }
 }

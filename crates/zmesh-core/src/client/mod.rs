@@ -96,7 +96,8 @@ pub struct ClientConfig {
     pub heartbeat: Duration,
     /// Deadline of a call that sets none (default 30 s, as zerorpc).
     pub default_timeout: Duration,
-    /// Longest wait for a connection (default 5 s; never beyond the call's deadline).
+    /// Longest a call keeps trying to (re)connect before it fails with
+    /// [`CallError::Connect`] (default 5 s; never beyond the call's deadline).
     pub connect_timeout: Duration,
     /// Stream credit window: items the server may send ahead of the consumer (default 100).
     pub stream_window: u64,
@@ -520,6 +521,10 @@ impl Client {
             endpoint: self.inner.endpoint.clone(),
             reason: reason.to_owned(),
         };
+        // Connecting gives up after the connect timeout even when the call has longer: a
+        // caller with somewhere else to go (the mesh client, a failover list) must learn
+        // that this address is dead, not wait out its whole deadline here.
+        let deadline = deadline.min(Instant::now() + self.inner.config.connect_timeout);
         // One caller connects; the others wait here and then share its connection.
         let _gate = tokio::time::timeout_at(deadline.into(), self.inner.connecting.lock())
             .await
