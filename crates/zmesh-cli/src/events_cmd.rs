@@ -289,11 +289,7 @@ fn event_message(topic: &str, payload: &rmpv::Value) -> Result<ZmqMessage, CliEr
 
 /// Rejects what the `zeromq` crate cannot connect to, with the same words as the library.
 fn check_endpoint(endpoint: &str) -> Result<(), CliError> {
-    let supported = match endpoint.split_once("://") {
-        Some(("tcp", rest)) => !rest.is_empty(),
-        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
-        _ => false,
-    };
+    let supported = zmesh_core::endpoint::is_supported(endpoint);
     if supported {
         Ok(())
     } else {

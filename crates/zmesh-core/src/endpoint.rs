@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 /// How long [`wait_released`] waits at most for the crate to stop a listener.
 pub const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
+/// Whether the `zeromq` crate can bind or connect `endpoint`: `tcp://` with an address, or
+/// `ipc://` with a path and no wildcard (the crate panics on one).
+pub fn is_supported(endpoint: &str) -> bool {
+    match endpoint.split_once("://") {
+        Some(("tcp", rest)) => !rest.is_empty(),
+        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
+        _ => false,
+    }
+}
+
 /// Removes a leftover ipc socket file that nobody listens on (a crashed process leaves one
 /// behind, and binding over it fails). A live listener is left alone, so binding then fails
 /// with "address in use" as it should.

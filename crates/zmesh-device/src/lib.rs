@@ -197,11 +197,7 @@ impl DeviceBuilder {
 
 /// Binds one socket, after checking the endpoint and removing a stale ipc socket file.
 async fn bind(socket: &mut impl Socket, endpoint: &str) -> Result<String, DeviceError> {
-    let supported = match endpoint.split_once("://") {
-        Some(("tcp", rest)) => !rest.is_empty(),
-        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
-        _ => false,
-    };
+    let supported = zmesh_core::endpoint::is_supported(endpoint);
     if !supported {
         return Err(DeviceError::UnsupportedEndpoint(endpoint.to_owned()));
     }

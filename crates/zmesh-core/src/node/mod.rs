@@ -386,11 +386,7 @@ fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<Anno
 
 /// Rejects endpoints the `zeromq` crate cannot serve (and one it would panic on).
 pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), NodeError> {
-    let supported = match endpoint.split_once("://") {
-        Some(("tcp", rest)) => !rest.is_empty(),
-        Some(("ipc", path)) => !path.is_empty() && !path.contains('*'),
-        _ => false,
-    };
+    let supported = crate::endpoint::is_supported(endpoint);
     if supported {
         Ok(())
     } else {
