@@ -2,7 +2,9 @@
 //! ping nodes, and serve the reference services. Every verb has `--help`.
 
 mod bench;
+mod events_cmd;
 mod json;
+mod proxy_cmd;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -121,6 +123,15 @@ enum Command {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
     },
+    /// Print a publisher's events as JSON lines (with gap reports) until Ctrl-C or SIGTERM,
+    /// --count events or --timeout.
+    Sub(events_cmd::SubArgs),
+    /// Publish one event (a JSON payload) through a proxy's events-in, once a subscriber of
+    /// its topic is there.
+    Pub(events_cmd::PubArgs),
+    /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
+    /// of a pool of worker nodes (backend), optionally forwarding events.
+    Proxy(proxy_cmd::ProxyArgs),
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
@@ -262,6 +273,9 @@ async fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
+        Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
+        Command::Pub(args) => events_cmd::publish(args).await,
+        Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
     }
 }
 
@@ -502,12 +516,13 @@ async fn serve(
         .start()
         .await
         .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
+    let stop = shutdown_signal();
     println!(
         "serving {} on {}",
         services.join(", "),
         node.endpoints().join(" ")
     );
-    shutdown_signal().await;
+    stop.await;
     let aborted = node.shutdown(grace).await;
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
     Ok(())
@@ -520,16 +535,27 @@ fn reference_service(name: &str) -> Result<Service, CliError> {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the
+/// future is first polled: a signal sent right after a verb announced itself (a parent
+/// reading the endpoint, then stopping the child) must not find the default action, which
+/// kills the process without a graceful shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        // A handler that could not be installed leaves that signal's default action.
+        let received = |handler: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match handler {
+                Ok(mut handler) => {
+                    handler.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = received(interrupt) => {}
+            () = received(terminate) => {}
+        }
     }
 }

@@ -2,96 +2,19 @@
 //! or ipc, and `call`, `list` and `ping` talk to it and to a stock Python zerorpc server.
 //! Every child process is waited on with a timeout and killed when its test ends.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 use tokio::time::timeout;
 
-/// Longest any one command may take (they take milliseconds on a quiet machine).
-const LIMIT: Duration = Duration::from_secs(20);
+use common::{Server, dead_endpoint, run, stderr, stdout};
+
 /// Longest the Python venv build may take (pip downloads a few wheels).
 const VENV_LIMIT: Duration = Duration::from_secs(300);
-
-fn zmesh() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zmesh"));
-    command.kill_on_drop(true);
-    command
-}
-
-/// Runs `zmesh ARGS...` to completion within [`LIMIT`].
-async fn run(args: &[&str]) -> Output {
-    let child = zmesh()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start zmesh");
-    timeout(LIMIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("zmesh {args:?} did not finish within {LIMIT:?}"))
-        .expect("zmesh did not run")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A child process that announced its endpoint on its first stdout line.
-struct Server {
-    child: Child,
-    endpoint: String,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    /// Starts `command` and reads the endpoint as the last word of its first line.
-    async fn start(mut command: Command, what: &str) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        let mut line = String::new();
-        let read = timeout(LIMIT, stdout.read_line(&mut line)).await;
-        assert!(
-            matches!(read, Ok(Ok(n)) if n > 0),
-            "{what} did not announce its endpoint: {read:?} {line:?}"
-        );
-        let endpoint = line
-            .split_whitespace()
-            .last()
-            .unwrap_or_default()
-            .to_owned();
-        Self {
-            child,
-            endpoint,
-            _stdout: stdout,
-        }
-    }
-
-    /// `zmesh serve` of the echo service on `bind`.
-    async fn serve_echo(bind: &str) -> Self {
-        let mut command = zmesh();
-        command.args(["serve", "--bind", bind, "--name", "cli-test", "echo"]);
-        let server = Self::start(command, "zmesh serve").await;
-        assert!(
-            server.endpoint.starts_with("tcp://127.0.0.1:")
-                || server.endpoint.starts_with("ipc://"),
-            "{}",
-            server.endpoint
-        );
-        server
-    }
-}
 
 #[tokio::test]
 async fn call_prints_results_as_json_over_tcp_and_ipc() {
@@ -163,10 +86,7 @@ async fn deadline_and_unreachable_endpoint_fail_locally() {
     assert!(stderr(&out).contains("deadline"), "{}", stderr(&out));
 
     // A port nothing listens on (the server above is gone after drop; use a fresh one).
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    let dead = format!("tcp://127.0.0.1:{port}");
+    let dead = dead_endpoint();
     let out = run(&["call", &dead, "echo.upper", "x", "--timeout", "0.5"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains(&dead), "{}", stderr(&out));
@@ -237,16 +157,8 @@ async fn stats_shows_per_method_figures() {
 #[tokio::test]
 async fn serve_shuts_down_gracefully_on_sigterm() {
     let mut server = Server::serve_echo("tcp://127.0.0.1:0").await;
-    let pid = server.child.id().expect("running").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
-    let status = timeout(LIMIT, server.child.wait())
-        .await
-        .expect("serve exits after SIGTERM")
-        .expect("wait");
+    common::terminate(&server.child);
+    let status = common::exit_status(&mut server.child, "serve after SIGTERM").await;
     assert!(status.success(), "{status:?}");
 }
 

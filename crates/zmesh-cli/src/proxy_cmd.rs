@@ -1,0 +1,92 @@
+//! Runs `zmesh proxy`: the proxy device of `zmesh-device` until Ctrl-C or SIGTERM, printing
+//! its resolved endpoints on stdout so a parent process can use port 0.
+
+use std::time::Duration;
+
+use zmesh_device::{Device, DeviceConfig};
+
+use crate::CliError;
+
+/// The options of `zmesh proxy`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+At start the proxy prints one line per bound socket, `ROLE ENDPOINT`, in this order:
+  frontend tcp://127.0.0.1:4242
+  backend tcp://127.0.0.1:4243
+  events-in tcp://127.0.0.1:4244     (with --events-in/--events-out)
+  events-out tcp://127.0.0.1:4245
+Port 0 picks a free port; the lines show the real one.")]
+pub(crate) struct ProxyArgs {
+    /// Endpoint clients call (zmesh and stock zerorpc clients), e.g. tcp://127.0.0.1:4242.
+    #[arg(long)]
+    frontend: String,
+    /// Endpoint worker nodes connect to (`zmesh serve --worker-of`, NodeBuilder::worker_of).
+    #[arg(long)]
+    backend: String,
+    /// Event forwarder: endpoint publishers connect to (XSUB), e.g. `zmesh pub`.
+    #[arg(long, requires = "events_out")]
+    events_in: Option<String>,
+    /// Event forwarder: endpoint subscribers connect to (XPUB), e.g. `zmesh sub`.
+    #[arg(long, requires = "events_in")]
+    events_out: Option<String>,
+    /// The device's name, answered by _zerorpc_name and _zerorpc_ping.
+    #[arg(long)]
+    name: Option<String>,
+    /// Heartbeat period toward clients, in seconds [default: 5].
+    #[arg(long, value_parser = crate::positive_seconds)]
+    heartbeat: Option<f64>,
+    /// Calls queued per service before callers get ERR Overloaded [default: 1000].
+    #[arg(long)]
+    max_queue: Option<usize>,
+}
+
+/// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,
+/// `backend`, then `events-in` and `events-out` when forwarding), and serves until `signal`
+/// completes; then closes every socket before returning.
+pub(crate) async fn run(
+    options: ProxyArgs,
+    signal: impl Future<Output = ()>,
+) -> Result<(), CliError> {
+    let mut config = DeviceConfig::default();
+    if let Some(period) = options.heartbeat {
+        config = config.heartbeat(Duration::from_secs_f64(period));
+    }
+    if let Some(n) = options.max_queue {
+        config = config.max_queue(n);
+    }
+    let mut builder = Device::builder()
+        .frontend(options.frontend)
+        .backend(options.backend)
+        .config(config);
+    if let Some(name) = options.name {
+        builder = builder.name(name);
+    }
+    if let (Some(events_in), Some(events_out)) = (options.events_in, options.events_out) {
+        builder = builder.events(events_in, events_out);
+    }
+    let device = builder
+        .start()
+        .await
+        .map_err(|e| CliError::Other(format!("cannot start the proxy: {e}")))?;
+    for line in endpoint_lines(&device) {
+        // stdout is line-buffered: each line reaches a reading parent at once.
+        println!("{line}");
+    }
+    device.run_until(signal).await;
+    eprintln!("zmesh: proxy stopped");
+    Ok(())
+}
+
+/// The announcement: one `ROLE ENDPOINT` line per bound socket, frontend first (so a reader
+/// that takes the last word of the first line gets the endpoint clients call).
+fn endpoint_lines(device: &Device) -> Vec<String> {
+    let mut lines = vec![
+        format!("frontend {}", device.frontend()),
+        format!("backend {}", device.backend()),
+    ];
+    if let Some((events_in, events_out)) = device.events() {
+        lines.push(format!("events-in {events_in}"));
+        lines.push(format!("events-out {events_out}"));
+    }
+    lines
+}

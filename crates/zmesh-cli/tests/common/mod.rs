@@ -1,0 +1,161 @@
+//! Provides what the CLI tests share: running the `zmesh` binary with a time limit, reading a
+//! long-running child's stdout line by line, and a child process that announces its endpoint
+//! on its first stdout line. Every child is killed when its handle drops (also on a failed
+//! assertion).
+
+// Each test crate uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Longest any one command may take (they take milliseconds on a quiet machine).
+pub(crate) const LIMIT: Duration = Duration::from_secs(20);
+
+/// The `zmesh` binary, killed when its handle drops.
+pub(crate) fn zmesh() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zmesh"));
+    command.kill_on_drop(true);
+    command
+}
+
+/// Runs `zmesh ARGS...` to completion within [`LIMIT`].
+pub(crate) async fn run(args: &[&str]) -> Output {
+    let child = zmesh()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start zmesh");
+    finish(child, &format!("zmesh {args:?}")).await
+}
+
+/// Waits within [`LIMIT`] for a child started with piped stdout and stderr.
+pub(crate) async fn finish(child: Child, what: &str) -> Output {
+    timeout(LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+        .expect("the child ran")
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Sends SIGTERM to a running child.
+pub(crate) fn terminate(child: &Child) {
+    let pid = child.id().expect("the child is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success(), "kill -TERM {pid}");
+}
+
+/// Waits within [`LIMIT`] for a child to exit.
+pub(crate) async fn exit_status(child: &mut Child, what: &str) -> ExitStatus {
+    timeout(LIMIT, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {LIMIT:?}"))
+        .expect("wait")
+}
+
+/// A child's stdout as lines, read by a task of its own so that waiting for a line can be
+/// given up (a timeout, a `select!`) without losing part of one.
+#[derive(Debug)]
+pub(crate) struct Lines {
+    rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Lines {
+    pub(crate) fn new(stdout: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next line; panics at end of output or after [`LIMIT`].
+    pub(crate) async fn next(&mut self, what: &str) -> String {
+        match timeout(LIMIT, self.rx.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("{what}: output ended"),
+            Err(_) => panic!("{what}: no line within {LIMIT:?}"),
+        }
+    }
+
+    /// The next line if one arrives within `wait`; `None` at end of output too.
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<String> {
+        timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+}
+
+/// A child process that announced its endpoint on its first stdout line.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    /// The last word of the first line.
+    pub(crate) endpoint: String,
+    /// The rest of its stdout.
+    pub(crate) lines: Lines,
+}
+
+impl Server {
+    /// Starts `command` and reads the endpoint as the last word of its first line.
+    pub(crate) async fn start(mut command: Command, what: &str) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut lines = Lines::new(child.stdout.take().expect("stdout is piped"));
+        let line = lines.next(&format!("{what} announcing its endpoint")).await;
+        let endpoint = line
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            child,
+            endpoint,
+            lines,
+        }
+    }
+
+    /// `zmesh serve` of the echo service on `bind`.
+    pub(crate) async fn serve_echo(bind: &str) -> Self {
+        let mut command = zmesh();
+        command.args(["serve", "--bind", bind, "--name", "cli-test", "echo"]);
+        let server = Self::start(command, "zmesh serve").await;
+        assert!(
+            server.endpoint.starts_with("tcp://127.0.0.1:")
+                || server.endpoint.starts_with("ipc://"),
+            "{}",
+            server.endpoint
+        );
+        server
+    }
+}
+
+/// A loopback tcp endpoint nothing listens on (the port was free a moment ago).
+pub(crate) fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("tcp://127.0.0.1:{port}")
+}
