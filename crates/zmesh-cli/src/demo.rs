@@ -337,19 +337,25 @@ async fn converge(client: &MeshClient, frontend: &str) -> Result<(), CliError> {
 
 /// Echo workers the device has now (0 when it cannot say).
 async fn device_workers(device: &Client) -> u64 {
-    let Ok(stats) = device
-        .call_with::<Value>(
-            "_zmesh_device_stats",
-            (),
-            zmesh_core::CallOptions::timeout(CALL_TIMEOUT),
-        )
+    figure(
+        device,
+        "_zmesh_device_stats",
+        ["services", "echo", "workers"],
+    )
+    .await
+}
+
+/// One number from a node's or device's built-in stats method, by its path in the answer
+/// (0 when it cannot say).
+async fn figure(client: &Client, method: &str, path: [&str; 3]) -> u64 {
+    let Ok(stats) = client
+        .call_with::<Value>(method, (), zmesh_core::CallOptions::timeout(CALL_TIMEOUT))
         .await
     else {
         return 0;
     };
-    map_get(&stats, "services")
-        .and_then(|s| map_get(s, "echo"))
-        .and_then(|e| map_get(e, "workers"))
+    path.iter()
+        .try_fold(&stats, |value, key| map_get(value, key))
         .and_then(Value::as_u64)
         .unwrap_or(0)
 }
@@ -506,22 +512,12 @@ async fn mesh_calls(
 
 /// How many `echo.upper` calls a node has served, from its built-in stats method.
 async fn upper_calls(endpoint: &str) -> u64 {
-    let client = Client::new(endpoint);
-    let Ok(stats) = client
-        .call_with::<Value>(
-            "_zmesh_stats",
-            (),
-            zmesh_core::CallOptions::timeout(CALL_TIMEOUT),
-        )
-        .await
-    else {
-        return 0;
-    };
-    map_get(&stats, "methods")
-        .and_then(|m| map_get(m, "echo.upper"))
-        .and_then(|u| map_get(u, "calls"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    figure(
+        &Client::new(endpoint),
+        "_zmesh_stats",
+        ["methods", "echo.upper", "calls"],
+    )
+    .await
 }
 
 /// Calls through the proxy device, which spreads them over its two workers.
@@ -579,10 +575,9 @@ async fn failover_calls(
     figures: &mut PathFigures,
 ) -> Result<Failover, CliError> {
     println!(
-        "4. failover: {} callers make {} \"echo.echo\" calls by name; node-b is killed after {}",
-        args.concurrency,
-        args.calls,
-        args.calls / 3
+        "4. failover: {} callers make {} \"echo.echo\" calls by name; node-b is killed a \
+         third of the way in",
+        args.concurrency, args.calls
     );
     let stats_before = client.stats();
     let next = Arc::new(AtomicU64::new(0));
