@@ -2,16 +2,19 @@
 //! ping nodes, and serve the reference services. Every verb has `--help`.
 
 mod bench;
+mod children;
+mod demo;
 mod events_cmd;
 mod json;
 mod proxy_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use zmesh_core::{CallError, CallOptions, Client, ClientConfig, Node, Response, Service};
+use zmesh_core::{CallError, CallOptions, Client, ClientConfig, Response};
 
 /// Exit status when the remote side answered `ERR`.
 const EXIT_REMOTE_ERROR: u8 = 1;
@@ -72,25 +75,9 @@ enum Command {
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
     },
-    /// Serve reference services on a node until Ctrl-C or SIGTERM, then shut down
-    /// gracefully. Services: echo.
-    Serve {
-        /// Endpoint to bind (repeatable); port 0 picks a free port, printed at start.
-        #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
-        binds: Vec<String>,
-        /// The node's name (answered by _zerorpc_name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Also export this service's methods without prefix (as zerorpc servers do).
-        #[arg(long)]
-        unprefixed: Option<String>,
-        /// Seconds in-flight calls get to finish at shutdown.
-        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
-        grace: f64,
-        /// Services to host.
-        #[arg(required = true, value_parser = ["echo"])]
-        services: Vec<String>,
-    },
+    /// Serve reference services (echo, kv) on a node until Ctrl-C or SIGTERM, then shut
+    /// down gracefully: on bound endpoints, as a worker of a proxy device, or in a mesh.
+    Serve(serve_cmd::ServeArgs),
     /// Measure call latency and throughput per mode beside a raw zeromq DEALER/ROUTER echo,
     /// in one run, with each server in its own process. Prints p50/p90/p99/p99.9/max and
     /// calls/s per mode with ratios to the raw baseline.
@@ -132,6 +119,11 @@ enum Command {
     /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
     /// of a pool of worker nodes (backend), optionally forwarding events.
     Proxy(proxy_cmd::ProxyArgs),
+    /// The tour: start a small mesh on loopback (echo and kv nodes found by discovery, a
+    /// proxy device with workers, a publisher), call it directly, by service name and
+    /// through the device, show events, kill a node to show failover, print a summary,
+    /// and stop every process it started.
+    Demo(demo::DemoArgs),
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
@@ -180,6 +172,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    children::die_with_parent_if_asked();
     let cli = Cli::parse();
     // Diagnostics go to stderr, off unless RUST_LOG asks: stdout carries only results.
     tracing_subscriber::fmt()
@@ -229,13 +222,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             json,
             timeout,
         } => stats(&endpoint, all, json, seconds(timeout)).await,
-        Command::Serve {
-            binds,
-            name,
-            unprefixed,
-            grace,
-            services,
-        } => serve(binds, name, unprefixed, seconds(grace), &services).await,
+        Command::Serve(args) => serve_cmd::run(args, shutdown_signal()).await,
         Command::Bench {
             modes,
             payload,
@@ -276,6 +263,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
         Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
+        Command::Demo(args) => demo::run(args, shutdown_signal()).await,
     }
 }
 
@@ -490,49 +478,6 @@ async fn stats(
         );
     }
     Ok(())
-}
-
-async fn serve(
-    binds: Vec<String>,
-    name: Option<String>,
-    unprefixed: Option<String>,
-    grace: Duration,
-    services: &[String],
-) -> Result<(), CliError> {
-    let mut builder = Node::builder();
-    for bind in binds {
-        builder = builder.bind(bind);
-    }
-    if let Some(name) = name {
-        builder = builder.name(name);
-    }
-    for service in services {
-        builder = builder.service(reference_service(service)?);
-    }
-    if let Some(service) = unprefixed {
-        builder = builder.export_unprefixed(service);
-    }
-    let node = builder
-        .start()
-        .await
-        .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
-    let stop = shutdown_signal();
-    println!(
-        "serving {} on {}",
-        services.join(", "),
-        node.endpoints().join(" ")
-    );
-    stop.await;
-    let aborted = node.shutdown(grace).await;
-    eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
-    Ok(())
-}
-
-fn reference_service(name: &str) -> Result<Service, CliError> {
-    match name {
-        "echo" => Ok(zmesh_echo::service()),
-        other => Err(CliError::Other(format!("unknown service {other:?}"))),
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the

@@ -145,6 +145,9 @@ pub enum EventsError {
     /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
     #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
     UnsupportedEndpoint(String),
+    /// A node was given both endpoints to publish on and an already started publisher.
+    #[error("a node publishes either on its own endpoints or through a given publisher, not both")]
+    PublisherTwice,
     /// An endpoint could not be bound.
     #[error("cannot bind {endpoint}: {source}")]
     Bind {

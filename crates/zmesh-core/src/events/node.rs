@@ -27,6 +27,8 @@ type GapHandler = Arc<dyn Fn(&Gap) + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct NodeEvents {
     publish: Vec<String>,
+    /// A publisher started before the node (see `NodeBuilder::publisher`).
+    existing: Option<Publisher>,
     last_value_cache: bool,
     subscribe: Vec<String>,
     handlers: Vec<(String, EventHandler)>,
@@ -38,6 +40,7 @@ impl std::fmt::Debug for NodeEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeEvents")
             .field("publish", &self.publish)
+            .field("existing", &self.existing)
             .field("last_value_cache", &self.last_value_cache)
             .field("subscribe", &self.subscribe)
             .field(
@@ -53,6 +56,16 @@ impl NodeBuilder {
     /// `_zmesh.snapshot`; publish with [`Node::publisher`].
     pub fn events(mut self, endpoint: impl Into<String>) -> Self {
         self.events.publish.push(endpoint.into());
+        self
+    }
+
+    /// Publishes through `publisher`, started beforehand, instead of binding a new one, and
+    /// serves `_zmesh.snapshot` for it. This lets a service built before the node hold a
+    /// clone of the node's publisher (so its handlers can publish from their first call).
+    /// Cannot be combined with [`events`](Self::events); the publisher's own
+    /// last-value-cache setting applies.
+    pub fn publisher(mut self, publisher: Publisher) -> Self {
+        self.events.existing = Some(publisher);
         self
     }
 
@@ -124,7 +137,13 @@ impl NodeEvents {
     ) -> Result<(RunningEvents, Option<Service>), EventsError> {
         let mut running = RunningEvents::default();
         let mut service = None;
-        if !self.publish.is_empty() {
+        if let Some(publisher) = self.existing {
+            if !self.publish.is_empty() {
+                return Err(EventsError::PublisherTwice);
+            }
+            service = Some(snapshot_service(publisher.clone()));
+            running.publisher = Some(publisher);
+        } else if !self.publish.is_empty() {
             let mut builder = Publisher::builder().last_value_cache(self.last_value_cache);
             for endpoint in self.publish {
                 builder = builder.bind(endpoint);

@@ -8,6 +8,7 @@ use super::beacon::BeaconConfig;
 use super::client::{MeshClient, MeshClientConfig};
 use super::directory::{PeerRecord, ServiceInfo};
 use super::discovery::{Discovery, DiscoveryConfig};
+use crate::events::Publisher;
 use crate::node::{Node, NodeConfig};
 use crate::service::Service;
 use crate::wire::MessageId;
@@ -22,6 +23,7 @@ pub struct MeshBuilder {
     services: Vec<Service>,
     node_config: NodeConfig,
     discovery: DiscoveryConfig,
+    publisher: Option<Publisher>,
 }
 
 impl MeshBuilder {
@@ -47,6 +49,13 @@ impl MeshBuilder {
     /// Hosts a service; its name and idempotent methods are announced to the mesh.
     pub fn service(mut self, service: Service) -> Self {
         self.services.push(service);
+        self
+    }
+
+    /// Publishes events through `publisher` (started beforehand), as
+    /// [`NodeBuilder::publisher`](crate::NodeBuilder::publisher).
+    pub fn publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
         self
     }
 
@@ -111,6 +120,9 @@ impl MeshBuilder {
         for service in self.services {
             builder = builder.service(service);
         }
+        if let Some(publisher) = self.publisher {
+            builder = builder.publisher(publisher);
+        }
         builder = builder.service(discovery.gossip_service());
         let node = builder.start().await?;
         let endpoints = if self.advertise.is_empty() {
@@ -150,6 +162,7 @@ impl MeshNode {
             services: Vec::new(),
             node_config: NodeConfig::default(),
             discovery: DiscoveryConfig::new(mesh),
+            publisher: None,
         }
     }
 

@@ -1,0 +1,198 @@
+//! Runs `zmesh serve`: hosts reference services on a node (bound endpoints, a worker of a
+//! proxy device, or a member of a mesh found by beacons and seeds), optionally publishing
+//! their events, until Ctrl-C or SIGTERM; then shuts down gracefully.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use zmesh_core::mesh::{BeaconConfig, MeshNode};
+use zmesh_core::{Node, Publisher, Service};
+
+use crate::CliError;
+
+/// The services `zmesh serve` can host.
+pub(crate) const SERVICES: [&str; 2] = ["echo", "kv"];
+
+/// The options of `zmesh serve`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Services:
+  echo  echo, upper, sleep, fail, count, size (echo, upper, size, sleep marked idempotent)
+  kv    get, put, delete, scan over an in-memory map; publishes kv.changed.<key> with --events
+
+At start it prints, one per line (port 0 picks a free port; the lines show the real one):
+  serving SERVICES on ENDPOINT...        (or: serving SERVICES as a worker of BACKEND)
+  events ENDPOINT                        (with --events)
+  mesh NAME peer ID                      (with --mesh)
+
+Examples:
+  zmesh serve --bind tcp://127.0.0.1:4242 --events tcp://127.0.0.1:4250 kv
+  zmesh serve --worker-of tcp://127.0.0.1:4243 echo        # behind `zmesh proxy`
+  zmesh serve --bind tcp://127.0.0.1:0 --mesh prod --beacon-port 47000 echo")]
+pub(crate) struct ServeArgs {
+    /// Endpoint to bind (repeatable); port 0 picks a free port, printed at start.
+    #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
+    binds: Vec<String>,
+    /// The node's name (answered by _zerorpc_name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Also export this service's methods without prefix (as zerorpc servers do).
+    #[arg(long, conflicts_with = "mesh")]
+    unprefixed: Option<String>,
+    /// Seconds in-flight calls get to finish at shutdown.
+    #[arg(long, default_value_t = 5.0, value_parser = crate::positive_seconds)]
+    grace: f64,
+    /// Bind an events publisher here (kv publishes its changes through it) and serve
+    /// _zmesh.snapshot for it.
+    #[arg(long, value_name = "ENDPOINT")]
+    events: Option<String>,
+    /// Keep the last event of every topic for snapshots (with --events).
+    #[arg(long, requires = "events")]
+    last_value_cache: bool,
+    /// Serve as a worker of a proxy device: connect to its backend instead of binding.
+    #[arg(long, value_name = "BACKEND", conflicts_with_all = ["binds", "mesh"])]
+    worker_of: Option<String>,
+    /// Join this mesh: announce the node (by beacons with --beacon-port, and gossip with
+    /// --seed) so mesh clients find it by service name.
+    #[arg(long, value_name = "NAME")]
+    mesh: Option<String>,
+    /// UDP port of the mesh's beacons (every member on one network uses the same one).
+    #[arg(long, requires = "mesh")]
+    beacon_port: Option<u16>,
+    /// Broadcast address beacons go to: 127.255.255.255 reaches this host only; a subnet's
+    /// broadcast address reaches a LAN.
+    #[arg(long, requires = "beacon_port", default_value = "127.255.255.255")]
+    beacon_target: IpAddr,
+    /// Seconds between beacons.
+    #[arg(long, requires = "beacon_port", default_value_t = 1.0, value_parser = crate::positive_seconds)]
+    beacon_interval: f64,
+    /// Another member's endpoint to gossip with (repeatable).
+    #[arg(long = "seed", value_name = "ENDPOINT", requires = "mesh")]
+    seeds: Vec<String>,
+    /// Services to host.
+    #[arg(required = true, value_parser = SERVICES)]
+    services: Vec<String>,
+}
+
+/// A node `serve` runs, of whichever kind.
+enum Running {
+    Plain(Node),
+    Mesh(MeshNode),
+}
+
+/// Starts the node, prints its endpoints (see the help text), serves until `signal`
+/// completes, then shuts down gracefully.
+pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Result<(), CliError> {
+    let grace = Duration::from_secs_f64(args.grace);
+    let publisher = match &args.events {
+        Some(endpoint) => Some(
+            Publisher::builder()
+                .bind(endpoint)
+                .last_value_cache(args.last_value_cache)
+                .start()
+                .await
+                .map_err(|e| CliError::Other(format!("cannot start the events publisher: {e}")))?,
+        ),
+        None => None,
+    };
+    let services = args
+        .services
+        .iter()
+        .map(|name| reference_service(name, publisher.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let listing = args.services.join(", ");
+    let running = if let Some(mesh) = args.mesh {
+        let mut builder = MeshNode::builder(mesh.clone());
+        if let Some(name) = args.name {
+            builder = builder.name(name);
+        }
+        for bind in args.binds {
+            builder = builder.bind(bind);
+        }
+        for service in services {
+            builder = builder.service(service);
+        }
+        if let Some(publisher) = publisher.clone() {
+            builder = builder.publisher(publisher);
+        }
+        if let Some(port) = args.beacon_port {
+            builder = builder.beacon(
+                BeaconConfig::new(port)
+                    .targets([args.beacon_target])
+                    .interval(Duration::from_secs_f64(args.beacon_interval)),
+            );
+        }
+        for seed in args.seeds {
+            builder = builder.seed(seed);
+        }
+        let node = builder
+            .start()
+            .await
+            .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
+        println!("serving {listing} on {}", node.node().endpoints().join(" "));
+        Running::Mesh(node)
+    } else {
+        let mut builder = Node::builder();
+        match &args.worker_of {
+            Some(backend) => builder = builder.worker_of(backend),
+            None => {
+                for bind in args.binds {
+                    builder = builder.bind(bind);
+                }
+            }
+        }
+        if let Some(name) = args.name {
+            builder = builder.name(name);
+        }
+        for service in services {
+            builder = builder.service(service);
+        }
+        if let Some(service) = args.unprefixed {
+            builder = builder.export_unprefixed(service);
+        }
+        if let Some(publisher) = publisher.clone() {
+            builder = builder.publisher(publisher);
+        }
+        let node = builder
+            .start()
+            .await
+            .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
+        match &args.worker_of {
+            Some(backend) => println!("serving {listing} as a worker of {backend}"),
+            None => println!("serving {listing} on {}", node.endpoints().join(" ")),
+        }
+        Running::Plain(node)
+    };
+    if let Some(publisher) = &publisher {
+        println!("events {}", publisher.endpoints().join(" "));
+    }
+    if let Running::Mesh(node) = &running {
+        println!("mesh {} peer {}", node.discovery().mesh(), node.record().id);
+    }
+    signal.await;
+    let aborted = match running {
+        Running::Plain(node) => node.shutdown(grace).await,
+        Running::Mesh(node) => node.shutdown(grace).await,
+    };
+    eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
+    Ok(())
+}
+
+/// A reference service by name; `publisher` carries the events of those that publish.
+pub(crate) fn reference_service(
+    name: &str,
+    publisher: Option<Publisher>,
+) -> Result<Service, CliError> {
+    match name {
+        // The pure methods are safe to run twice, so mesh clients may fail them over and
+        // a device may re-run them on another worker.
+        "echo" => Ok(zmesh_echo::service()
+            .idempotent("echo")
+            .idempotent("upper")
+            .idempotent("size")
+            .idempotent("sleep")),
+        "kv" => Ok(zmesh_kv::service(zmesh_kv::KvConfig::default(), publisher)),
+        other => Err(CliError::Other(format!("unknown service {other:?}"))),
+    }
+}
