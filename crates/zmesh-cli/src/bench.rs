@@ -1,6 +1,7 @@
 //! `zmesh bench`: measures call latency and throughput of each transport mode against a raw
 //! `zeromq` DEALER/ROUTER baseline in the same run, with the servers in child processes
 //! (this binary's hidden `bench-server` verb) so client and server never share a runtime.
+//! The `device` mode puts a proxy device and an echo worker in two more child processes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -53,6 +54,8 @@ pub(crate) enum Mode {
     Tcp,
     /// A zmesh call over an ipc socket.
     Ipc,
+    /// A zmesh call over tcp through a proxy device to an echo worker (two hops).
+    Device,
 }
 
 /// The tokio runtime flavour of client and servers.
@@ -116,7 +119,10 @@ pub(crate) struct BenchReport {
     pub(crate) modes: Vec<ModeReport>,
 }
 
-/// Runs every mode in turn, each against its own server process.
+/// Longest the device mode waits for its worker to register with the device.
+const WORKER_REGISTER_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs every mode in turn, each against its own server process (or processes).
 pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchReport, CliError> {
     let dir = tempfile::Builder::new()
         .prefix("zmesh-bench")
@@ -124,14 +130,14 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
         .map_err(|e| CliError::Other(format!("cannot create a directory for ipc: {e}")))?;
     let mut reports = Vec::with_capacity(options.modes.len());
     for &mode in &options.modes {
-        let server = BenchServer::spawn(mode, options.runtime, dir.path())?;
+        let (servers, endpoint) = start_servers(mode, options.runtime, dir.path()).await?;
         let bar = progress_bar(progress, mode, options);
         let histogram = match mode {
-            Mode::Raw => measure_raw(&server.endpoint, options, &bar).await?,
-            Mode::Tcp | Mode::Ipc => measure_zmesh(&server.endpoint, options, &bar).await?,
+            Mode::Raw => measure_raw(&endpoint, options, &bar).await?,
+            Mode::Tcp | Mode::Ipc | Mode::Device => measure_zmesh(&endpoint, options, &bar).await?,
         };
         bar.finish_and_clear();
-        drop(server);
+        drop(servers);
         reports.push(report(mode, &histogram.0, histogram.1));
     }
     let raw = reports
@@ -164,7 +170,7 @@ fn progress_bar(show: bool, mode: Mode, options: &BenchOptions) -> indicatif::Pr
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{mode:?}").to_lowercase());
+    bar.set_prefix(mode.name());
     bar
 }
 
@@ -312,6 +318,83 @@ async fn measure_raw(
     Ok((histogram, started.elapsed()))
 }
 
+impl Mode {
+    fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
+/// Starts the server processes of `mode` and returns them with the endpoint clients call.
+/// The device mode starts the device first, then a worker connecting to its backend, and
+/// waits until the device reports the worker registered (before that, calls would fail
+/// with `NameError`).
+async fn start_servers(
+    mode: Mode,
+    flavour: Flavour,
+    dir: &Path,
+) -> Result<(Vec<BenchServer>, String), CliError> {
+    let bind = match mode {
+        Mode::Raw | Mode::Tcp | Mode::Device => "tcp://127.0.0.1:0".to_owned(),
+        Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
+    };
+    match mode {
+        Mode::Raw => {
+            let server = BenchServer::spawn("raw", &bind, flavour)?;
+            let endpoint = server.endpoint.clone();
+            Ok((vec![server], endpoint))
+        }
+        Mode::Tcp | Mode::Ipc => {
+            let server = BenchServer::spawn("zmesh", &bind, flavour)?;
+            let endpoint = server.endpoint.clone();
+            Ok((vec![server], endpoint))
+        }
+        Mode::Device => {
+            let device = BenchServer::spawn("device", &bind, flavour)?;
+            // The device announces `<frontend> <backend>`.
+            let Some((frontend, backend)) = device
+                .endpoint
+                .split_once(' ')
+                .map(|(f, b)| (f.to_owned(), b.to_owned()))
+            else {
+                return Err(CliError::Other(format!(
+                    "the device bench server announced {:?}, not two endpoints",
+                    device.endpoint
+                )));
+            };
+            let worker = BenchServer::spawn("worker", &backend, flavour)?;
+            wait_for_worker(&frontend).await?;
+            Ok((vec![device, worker], frontend))
+        }
+    }
+}
+
+/// Polls the device's stats until a worker is registered: the device has no event for it
+/// that a client can await, and the poll is bounded by [`WORKER_REGISTER_LIMIT`].
+async fn wait_for_worker(frontend: &str) -> Result<(), CliError> {
+    let client = Client::new(frontend);
+    let registered = async {
+        loop {
+            let stats: zmesh_device::DeviceStats = within(
+                "a device stats call",
+                client.call(zmesh_device::STATS_METHOD, ()),
+            )
+            .await?
+            .map_err(CliError::from)?;
+            if stats.workers >= 1 {
+                return Ok::<(), CliError>(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WORKER_REGISTER_LIMIT, registered)
+        .await
+        .map_err(|_| {
+            CliError::Other(format!(
+                "the echo worker did not register with the device within {WORKER_REGISTER_LIMIT:?}"
+            ))
+        })?
+}
+
 /// A bench server in a child process; killed and reaped on drop.
 struct BenchServer {
     child: Child,
@@ -321,16 +404,13 @@ struct BenchServer {
 }
 
 impl BenchServer {
-    fn spawn(mode: Mode, flavour: Flavour, dir: &Path) -> Result<Self, CliError> {
+    /// Starts `bench-server --kind KIND --bind BIND` (for a worker, BIND is the device
+    /// backend it connects to) and waits for its `READY` line.
+    fn spawn(kind: &str, bind: &str, flavour: Flavour) -> Result<Self, CliError> {
         let exe = std::env::current_exe()
             .map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
-        let bind = match mode {
-            Mode::Raw | Mode::Tcp => "tcp://127.0.0.1:0".to_owned(),
-            Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
-        };
-        let kind = if mode == Mode::Raw { "raw" } else { "zmesh" };
         let mut child = Command::new(exe)
-            .args(["bench-server", "--kind", kind, "--bind", &bind])
+            .args(["bench-server", "--kind", kind, "--bind", bind])
             .args(["--runtime", flavour.arg()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -379,21 +459,44 @@ impl Drop for BenchServer {
 }
 
 /// The hidden `bench-server` verb: an echo server announcing `READY <endpoint>`, running
-/// until its stdin closes (its parent exited or dropped it).
+/// until its stdin closes (its parent exited or dropped it). Kinds: `zmesh` (a node with
+/// the echo service), `raw` (a ROUTER echoing frames), `device` (a proxy device binding its
+/// frontend at BIND and its backend on a free tcp port; announces `READY <frontend>
+/// <backend>`), `worker` (an echo node serving the device whose backend is BIND).
 pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
     let parent_gone = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
     });
     match kind {
-        "zmesh" => {
-            let node = Node::builder()
-                .bind(bind)
-                .service(zmesh_echo::service())
+        "device" => {
+            let device = zmesh_device::Device::builder()
+                .frontend(bind)
+                .backend("tcp://127.0.0.1:0")
                 .start()
                 .await
-                .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
-            println!("READY {}", node.endpoint());
+                .map_err(|e| CliError::Other(format!("cannot start the device: {e}")))?;
+            println!("READY {} {}", device.frontend(), device.backend());
+            device.run_until(async { drop(parent_gone.await) }).await;
+        }
+        "zmesh" | "worker" => {
+            let builder = Node::builder().service(zmesh_echo::service());
+            // A worker connects out to the device's backend instead of binding.
+            let worker = kind == "worker";
+            let builder = if worker {
+                builder.worker_of(bind)
+            } else {
+                builder.bind(bind)
+            };
+            let node = builder
+                .start()
+                .await
+                .map_err(|e| CliError::Other(format!("cannot start the {kind} node: {e}")))?;
+            if worker {
+                println!("READY {bind}");
+            } else {
+                println!("READY {}", node.endpoint());
+            }
             let _ = parent_gone.await;
             node.shutdown(Duration::from_millis(200)).await;
         }
@@ -429,7 +532,7 @@ pub(crate) fn print_table(report: &BenchReport) {
         report.runtime.arg()
     );
     println!(
-        "{:<5} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "{:<6} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
         "mode",
         "calls",
         "calls/s",
@@ -444,8 +547,8 @@ pub(crate) fn print_table(report: &BenchReport) {
     for m in &report.modes {
         let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
         println!(
-            "{:<5} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11}",
-            format!("{:?}", m.mode).to_lowercase(),
+            "{:<6} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11}",
+            m.mode.name(),
             m.calls,
             m.calls_per_sec,
             m.p50_us,
@@ -504,7 +607,7 @@ pub(crate) fn plot(report: &BenchReport, path: &Path) -> Result<(), CliError> {
         .map_err(|e| fail(&e))?;
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (m, &color) in report.modes.iter().zip(colors.iter().cycle()) {
-        let name = format!("{:?}", m.mode).to_lowercase();
+        let name = m.mode.name();
         let points = m.curve.iter().map(|&(q, us)| (nines(q), us));
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))

@@ -83,7 +83,12 @@ enum Command {
     /// calls/s per mode with ratios to the raw baseline.
     Bench {
         /// Modes to run, in order (comma-separated).
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,tcp,ipc")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "raw,tcp,ipc,device"
+        )]
         modes: Vec<bench::Mode>,
         /// Payload bytes per call.
         #[arg(long, default_value_t = 64)]
@@ -127,8 +132,9 @@ enum Command {
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
-        #[arg(long, value_parser = ["zmesh", "raw"])]
+        #[arg(long, value_parser = ["zmesh", "raw", "device", "worker"])]
         kind: String,
+        /// Where to bind (for `worker`: the device backend to connect to).
         #[arg(long)]
         bind: String,
         #[arg(long, value_enum, default_value = "current-thread")]

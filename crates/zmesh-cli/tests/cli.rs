@@ -281,7 +281,7 @@ async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
     assert_eq!(report["in_flight"], 1);
     let modes = report["modes"].as_array().expect("modes");
     let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
-    assert_eq!(names, ["raw", "tcp", "ipc"]);
+    assert_eq!(names, ["raw", "tcp", "ipc", "device"]);
     for m in modes {
         assert_eq!(m["calls"], 300, "{m}");
         let f = |key: &str| m[key].as_f64().unwrap_or_else(|| panic!("{key} in {m}"));
@@ -308,7 +308,7 @@ async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
         "{}",
         &drawing[..drawing.len().min(200)]
     );
-    for label in ["raw", "tcp", "ipc", "percentile"] {
+    for label in ["raw", "tcp", "ipc", "device", "percentile"] {
         assert!(drawing.contains(label), "{label} in the plot");
     }
 }
@@ -318,7 +318,7 @@ async fn bench_pipelines_calls_and_prints_a_table() {
     let out = run(&[
         "bench",
         "--modes",
-        "raw,tcp",
+        "raw,tcp,device",
         "--in-flight",
         "16",
         "--count",
@@ -334,7 +334,7 @@ async fn bench_pipelines_calls_and_prints_a_table() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(table.contains("512 B payload, 16 in flight"), "{table}");
-    for mode in ["raw ", "tcp "] {
+    for mode in ["raw ", "tcp ", "device "] {
         let row = table
             .lines()
             .find(|l| l.starts_with(mode))

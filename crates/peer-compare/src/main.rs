@@ -1,0 +1,345 @@
+//! `zmesh-peer-compare`: the same echo measurement (payload, counts, durations) with a raw
+//! `zeromq` DEALER/ROUTER baseline, zmesh, tarpc and tonic, in one run and one process
+//! layout, printed as a table with ratios to raw.
+//!
+//! Layout: each system's server runs in a child process (this binary's hidden `serve`
+//! verb), started just before that system is measured and killed right after, so client
+//! and server never share a runtime and only one server is alive at a time. Both
+//! processes use the same tokio runtime flavour (`--runtime`). With `--pin split` (the
+//! default on 2+ CPUs) the client process is pinned to CPU 0 and each server to CPU 1, as
+//! `benches/rpc.rs` does with threads.
+//!
+//! ```text
+//! cargo run --release -p zmesh-peer-compare
+//! ```
+
+#[path = "../../../benches/support/affinity.rs"]
+mod affinity;
+mod grpc;
+mod measure;
+mod raw;
+mod server;
+mod tarpc_echo;
+mod zmesh;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use measure::{Pass, Sample};
+
+/// Echo round trips of zmesh beside raw zeromq, tarpc and tonic, in one run.
+#[derive(Debug, Parser)]
+#[command(name = "zmesh-peer-compare", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    serve: Option<Serve>,
+    /// Systems to measure, in order (comma-separated); `raw` is the ratios' baseline.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "raw,zmesh,tarpc,tonic"
+    )]
+    systems: Vec<System>,
+    /// Payload bytes per call.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Unmeasured sequential calls per system before measuring.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u64,
+    /// Measured sequential round trips per system.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Measured calls of the pipelined pass per system.
+    #[arg(long, default_value_t = 100_000)]
+    pipelined_count: u64,
+    /// Calls in flight in the pipelined pass.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    in_flight: u64,
+    /// Longest time of each pass, in seconds (a pass stops at its count or at this).
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    duration: f64,
+    /// Runtime flavour of client and servers.
+    #[arg(long, value_enum, default_value = "current-thread")]
+    runtime: Flavour,
+    /// CPU placement: `split` (client on CPU 0, server on CPU 1), `same` (both on CPU 0),
+    /// `off`.
+    #[arg(long, value_enum, default_value = "split")]
+    pin: Pin,
+}
+
+/// The hidden verb a server child runs.
+#[derive(Debug, Subcommand)]
+enum Serve {
+    /// Internal: serve SYSTEM's echo on a free loopback port, print `READY <address>`, and
+    /// run until stdin closes.
+    #[command(hide = true)]
+    Serve {
+        #[arg(value_enum)]
+        system: System,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+/// A system under comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum System {
+    /// Raw `zeromq` DEALER -> ROUTER echo of one frame: the baseline.
+    Raw,
+    /// zmesh Client -> Node, `echo.echo` of a msgpack bin.
+    Zmesh,
+    /// tarpc over TCP with bincode.
+    Tarpc,
+    /// tonic unary gRPC over HTTP/2.
+    Tonic,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw zeromq",
+            Self::Zmesh => "zmesh",
+            Self::Tarpc => "tarpc (bincode)",
+            Self::Tonic => "tonic (gRPC)",
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Zmesh => "zmesh",
+            Self::Tarpc => "tarpc",
+            Self::Tonic => "tonic",
+        }
+    }
+}
+
+/// The tokio runtime flavour of client and servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Flavour {
+    /// One `current_thread` runtime per process.
+    CurrentThread,
+    /// A 2-worker multi-thread runtime per process.
+    MultiThread,
+}
+
+impl Flavour {
+    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Self::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Self::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::CurrentThread => "current-thread",
+            Self::MultiThread => "multi-thread",
+        }
+    }
+}
+
+/// Where client and servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Pin {
+    /// Client on CPU 0, servers on CPU 1.
+    Split,
+    /// Client and servers on CPU 0.
+    Same,
+    /// No pinning.
+    Off,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("server: {0}")]
+    Server(String),
+    #[error("call: {0}")]
+    Call(String),
+    #[error("timeout: {0}")]
+    Timeout(String),
+}
+
+/// What every system is asked to do.
+#[derive(Debug, Clone)]
+struct Plan {
+    payload: usize,
+    warmup: u64,
+    sequential: Pass,
+    pipelined: Pass,
+}
+
+/// One system's figures.
+#[derive(Debug, Clone)]
+struct Row {
+    system: System,
+    sequential: Sample,
+    pipelined: Sample,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Read before any pin, so the first reading is the unpinned CPU list.
+    let _ = affinity::process_cpus();
+    if let Some(Serve::Serve { system, cpu }) = cli.serve {
+        if let Some(cpu) = cpu {
+            affinity::pin_current_thread(cpu);
+        }
+        return match cli.runtime.runtime() {
+            Ok(runtime) => match runtime.block_on(server::serve(system)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zmesh-peer-compare serve: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("zmesh-peer-compare serve: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let two_cpus = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    let (client_cpu, server_cpu) = match cli.pin {
+        Pin::Split if two_cpus => (Some(0), Some(1)),
+        Pin::Same => (Some(0), Some(0)),
+        _ => (None, None),
+    };
+    // Pinned before the runtime exists, so its threads inherit the placement.
+    if let Some(cpu) = client_cpu {
+        affinity::pin_current_thread(cpu);
+    }
+    let runtime = match cli.runtime.runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("zmesh-peer-compare: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let duration = Duration::from_secs_f64(cli.duration);
+    let plan = Plan {
+        payload: cli.payload,
+        warmup: cli.warmup,
+        sequential: Pass {
+            in_flight: 1,
+            count: cli.count,
+            duration,
+        },
+        pipelined: Pass {
+            in_flight: usize::try_from(cli.in_flight).unwrap_or(usize::MAX),
+            count: cli.pipelined_count,
+            duration,
+        },
+    };
+    println!(
+        "zmesh-peer-compare: {} B echo; sequential {} calls after {} warm-up; pipelined {} calls \
+         with {} in flight; each pass at most {:?}; {} runtime in client and server processes; \
+         placement: {}",
+        plan.payload,
+        plan.sequential.count,
+        plan.warmup,
+        plan.pipelined.count,
+        plan.pipelined.in_flight,
+        duration,
+        cli.runtime.arg(),
+        match (client_cpu, server_cpu) {
+            (Some(0), Some(1)) => "client CPU 0, server CPU 1",
+            (Some(_), Some(_)) => "client and server on CPU 0",
+            _ => "not pinned",
+        }
+    );
+    let mut rows = Vec::with_capacity(cli.systems.len());
+    for &system in &cli.systems {
+        eprintln!("measuring {} ...", system.name());
+        let measured = runtime.block_on(async {
+            let child = server::Child::spawn(system, cli.runtime, server_cpu)?;
+            let result = match system {
+                System::Raw => raw::measure(&child.address, &plan).await,
+                System::Zmesh => zmesh::measure(&child.address, &plan).await,
+                System::Tarpc => tarpc_echo::measure(&child.address, &plan).await,
+                System::Tonic => grpc::measure(&child.address, &plan).await,
+            };
+            drop(child);
+            result
+        });
+        match measured {
+            Ok((sequential, pipelined)) => rows.push(Row {
+                system,
+                sequential,
+                pipelined,
+            }),
+            Err(e) => {
+                eprintln!("zmesh-peer-compare: {}: {e}", system.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print_table(&rows);
+    ExitCode::SUCCESS
+}
+
+/// A Markdown table (pastes into the README as it is), ratios to the raw row.
+fn print_table(rows: &[Row]) {
+    let raw = rows.iter().find(|r| r.system == System::Raw);
+    let ratio = |value: f64, base: Option<f64>| {
+        base.filter(|b| *b > 0.0)
+            .map_or_else(|| "-".to_owned(), |b| format!("{:.2}x", value / b))
+    };
+    println!();
+    println!(
+        "| system | p50 us | p99 us | sequential calls/s | pipelined calls/s | p50 vs raw | \
+         sequential vs raw | pipelined vs raw |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {} |",
+            row.system.name(),
+            row.sequential.p50_us,
+            row.sequential.p99_us,
+            row.sequential.calls_per_sec,
+            row.pipelined.calls_per_sec,
+            ratio(row.sequential.p50_us, raw.map(|r| r.sequential.p50_us)),
+            ratio(
+                row.sequential.calls_per_sec,
+                raw.map(|r| r.sequential.calls_per_sec)
+            ),
+            ratio(
+                row.pipelined.calls_per_sec,
+                raw.map(|r| r.pipelined.calls_per_sec)
+            ),
+        );
+    }
+    let calls: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}+{}",
+                r.system.arg(),
+                r.sequential.calls,
+                r.pipelined.calls
+            )
+        })
+        .collect();
+    println!();
+    println!(
+        "measured calls (sequential+pipelined): {}",
+        calls.join(", ")
+    );
+}
