@@ -212,6 +212,28 @@ impl Trust {
 
     /// Seals an event frame, carrying `clear_id` (a request's encoded message id) outside.
     pub(crate) fn seal(&self, kind: Kind, event: &[u8], clear_id: &[u8]) -> Bytes {
+        self.seal_with(KeySlot::Current, kind, event, clear_id)
+    }
+
+    /// True when a previous key is configured (whether or not its grace is over).
+    pub(crate) fn has_previous(&self) -> bool {
+        self.key.previous.is_some()
+    }
+
+    /// Seals with the current key, or with the previous one while its grace lasts (a node
+    /// answers a peer in the key it used, so peers not yet moved to the new key still read
+    /// their replies).
+    pub(crate) fn seal_with(
+        &self,
+        slot: KeySlot,
+        kind: Kind,
+        event: &[u8],
+        clear_id: &[u8],
+    ) -> Bytes {
+        let key = match (&self.key.previous, slot) {
+            (Some((previous, until)), KeySlot::Previous) if Instant::now() <= *until => previous,
+            _ => &self.key.current,
+        };
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let params = SealParams {
@@ -221,13 +243,22 @@ impl Trust {
             nonce,
             clear_id,
         };
-        envelope::seal(&self.key.current, &params, event)
+        envelope::seal(key, &params, event)
     }
 
     /// Opens a received frame expected to be of `kind`: checks the key, the tag, the time
     /// window and the nonce cache, in that order (the cache only learns authentic nonces,
     /// so forged frames cannot fill it).
     pub(crate) fn open(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
+        self.open_slot(frame, kind).map(|(event, _)| event)
+    }
+
+    /// As [`open`](Self::open), also telling which key opened the frame.
+    pub(crate) fn open_slot(
+        &self,
+        frame: &Bytes,
+        kind: Kind,
+    ) -> Result<(Bytes, KeySlot), Rejection> {
         let unauth = |e: &dyn std::fmt::Display| Rejection::Unauthenticated(e.to_string());
         let parsed = envelope::parse(frame).map_err(|e| unauth(&e))?;
         if parsed.kind != kind {
@@ -236,8 +267,8 @@ impl Trust {
                 expected: kind,
             }));
         }
-        let key = if parsed.key_id == self.key.current.id() {
-            &self.key.current
+        let (key, slot) = if parsed.key_id == self.key.current.id() {
+            (&self.key.current, KeySlot::Current)
         } else {
             match &self.key.previous {
                 Some((previous, until)) if parsed.key_id == previous.id() => {
@@ -247,7 +278,7 @@ impl Trust {
                             parsed.key_id
                         )));
                     }
-                    previous
+                    (previous, KeySlot::Previous)
                 }
                 _ => return Err(unauth(&OpenError::UnknownKey(parsed.key_id))),
             }
@@ -258,8 +289,17 @@ impl Trust {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .check(now_ms(), parsed.timestamp_ms, parsed.nonce)
             .map_err(Rejection::Replayed)?;
-        Ok(event)
+        Ok((event, slot))
     }
+}
+
+/// Which of a key ring's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeySlot {
+    /// The key everything is sent with.
+    Current,
+    /// The previous key, accepted during its grace period.
+    Previous,
 }
 
 /// The clear id a receiver may use to address an error to a frame it could not open.
