@@ -18,7 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::trust::envelope::{self, SealKey};
 use zmesh::wire::{self, Header, MessageId};
-use zmesh::{CallError, CallOptions, Client, ClientConfig, MeshKey, Node, NodeConfig};
+use zmesh::{
+    CallError, CallOptions, Client, ClientConfig, Delivery, MeshKey, Node, NodeConfig, Publisher,
+    Subscriber, SubscriberConfig,
+};
 
 const ALPHA: &str = "alpha mesh key, 32 bytes long!!!";
 const BRAVO: &str = "bravo mesh key, 32 bytes long!!!";
@@ -414,4 +417,157 @@ async fn stock_zerorpc_is_served_on_the_plain_endpoint_only() {
     assert!(line.contains("Unauthenticated"), "{line}");
     assert_eq!(node.stats().unauthenticated, 1);
     node.shutdown(Duration::from_secs(1)).await;
+}
+
+fn keyed_sub_config(secret: &str) -> SubscriberConfig {
+    SubscriberConfig::default().mesh_key(key(secret))
+}
+
+/// Publishes `payload` on `topic` every 20 ms until `done` holds (a fresh subscription takes
+/// a moment to reach the publisher, and PUB drops what no subscriber asked for yet).
+async fn publish_until(
+    publisher: &Publisher,
+    topic: &str,
+    payload: &str,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    common::within(Duration::from_secs(10), what, async {
+        while !done() {
+            publisher.publish(topic, payload).await.expect("published");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn start_publisher(k: Option<MeshKey>) -> Publisher {
+    let mut b = Publisher::builder().bind("tcp://127.0.0.1:0");
+    if let Some(k) = k {
+        b = b.mesh_key(k);
+    }
+    net("publisher start", b.start()).await.expect("publisher")
+}
+
+async fn keyed_subscriber(endpoint: &str, secret: &str) -> Subscriber<String> {
+    net(
+        "subscriber start",
+        Subscriber::builder()
+            .connect(endpoint)
+            .subscribe("t")
+            .config(keyed_sub_config(secret))
+            .start::<String>(),
+    )
+    .await
+    .expect("subscriber")
+}
+
+#[tokio::test]
+async fn events_need_the_key_and_refused_ones_are_counted() {
+    // The right key gets through.
+    let keyed = start_publisher(Some(key(ALPHA))).await;
+    let mut sub = keyed_subscriber(keyed.endpoint(), ALPHA).await;
+    let first = common::within(Duration::from_secs(10), "keyed delivery", async {
+        loop {
+            keyed.publish("t", "hello").await.expect("published");
+            if let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_millis(50), sub.recv()).await
+            {
+                return delivery;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(first, Delivery::Event(e) if e.payload == "hello"));
+    assert_eq!(sub.stats().unauthenticated, 0);
+
+    // A wrong key and no key at all are refused and counted; nothing is delivered. (A
+    // refused event is counted where it would have been queued, so once the count moved,
+    // any delivery would already be in the queue.)
+    for forger in [
+        start_publisher(Some(key(BRAVO))).await,
+        start_publisher(None).await,
+    ] {
+        let sub = keyed_subscriber(forger.endpoint(), ALPHA).await;
+        publish_until(&forger, "t", "forged", "refused event counted", || {
+            sub.stats().unauthenticated >= 1
+        })
+        .await;
+        let stats = sub.stats();
+        assert_eq!((stats.received, stats.undecodable), (0, 0), "{stats:?}");
+    }
+}
+
+#[tokio::test]
+async fn replayed_event_is_dropped_and_counted() {
+    let k = key(ALPHA);
+    let publisher = net(
+        "publisher start",
+        Publisher::builder()
+            .bind("tcp://127.0.0.1:0")
+            .mesh_key(k.clone())
+            .start(),
+    )
+    .await
+    .expect("publisher");
+    // Capture one sealed event with a raw SUB.
+    let mut tap = zeromq::SubSocket::new();
+    net("tap connect", tap.connect(publisher.endpoint()))
+        .await
+        .expect("connects");
+    tap.subscribe("t").await.expect("subscribes");
+    let captured = Arc::new(Mutex::new(None::<ZmqMessage>));
+    let slot = captured.clone();
+    let tap_task = tokio::spawn(async move {
+        if let Ok(message) = tap.recv().await {
+            *slot.lock().expect("slot") = Some(message);
+        }
+    });
+    publish_until(&publisher, "t", "once", "capture", || {
+        captured.lock().expect("slot").is_some()
+    })
+    .await;
+    tap_task.abort();
+    let captured = captured.lock().expect("slot").take().expect("captured");
+    let frames = captured.clone().into_vec();
+    assert!(envelope::is_sealed(&frames[1]), "the event frame is sealed");
+    assert!(!contains(&frames[1], b"once"), "and encrypted");
+
+    // Replay it from a raw PUB to a keyed subscriber.
+    let mut raw = zeromq::PubSocket::new();
+    let raw_endpoint = net("raw pub bind", raw.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("binds")
+        .to_string();
+    let mut sub = net(
+        "subscriber start",
+        Subscriber::builder()
+            .connect(raw_endpoint)
+            .subscribe("t")
+            .config(keyed_sub_config(ALPHA))
+            .start::<String>(),
+    )
+    .await
+    .expect("subscriber");
+    let first = common::within(Duration::from_secs(10), "first delivery", async {
+        loop {
+            raw.send(captured.clone()).await.expect("sent");
+            if let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_millis(50), sub.recv()).await
+            {
+                return delivery;
+            }
+        }
+    })
+    .await;
+    let Delivery::Event(event) = first else {
+        panic!("expected the event first");
+    };
+    assert_eq!(event.payload, "once");
+    raw.send(captured.clone()).await.expect("sent");
+    common::eventually(Duration::from_secs(10), "replay counted", || {
+        sub.stats().replay_rejected >= 1
+    })
+    .await;
+    assert_eq!(sub.stats().received, 1, "{:?}", sub.stats());
 }

@@ -239,7 +239,7 @@ impl NodeBuilder {
             return Err(NodeError::Config("worker_capacity must be at least 1"));
         }
         let (events, events_service) = std::mem::take(&mut self.events)
-            .start(self.config.max_concurrent_calls)
+            .start(self.config.max_concurrent_calls, self.mesh_key.as_ref())
             .await?;
         self.services.extend(events_service);
         let name = self
