@@ -16,6 +16,7 @@ use common::net;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zmesh::mesh::{MeshClientConfig, MeshNode};
 use zmesh::trust::envelope::{self, SealKey};
 use zmesh::wire::{self, Header, MessageId};
 use zmesh::{
@@ -570,4 +571,57 @@ async fn replayed_event_is_dropped_and_counted() {
     })
     .await;
     assert_eq!(sub.stats().received, 1, "{:?}", sub.stats());
+}
+
+async fn keyed_mesh_node(
+    mesh: &str,
+    name: &str,
+    k: Option<MeshKey>,
+    seed: Option<&str>,
+) -> MeshNode {
+    let mut builder = MeshNode::builder(mesh)
+        .name(name)
+        .bind("tcp://127.0.0.1:0")
+        .service(zmesh_echo::service())
+        .timing(Duration::from_millis(100), Duration::from_secs(2));
+    if let Some(k) = k {
+        builder = builder.mesh_key(k);
+    }
+    if let Some(seed) = seed {
+        builder = builder.seed(seed);
+    }
+    net("mesh node start", builder.start())
+        .await
+        .expect("mesh node starts")
+}
+
+#[tokio::test]
+async fn keyed_mesh_gossips_and_serves_and_shuts_out_unkeyed_members() {
+    let mesh = format!("trust-{}", std::process::id());
+    let a = keyed_mesh_node(&mesh, "a", Some(key(ALPHA)), None).await;
+    let b = keyed_mesh_node(&mesh, "b", Some(key(ALPHA)), Some(a.node().endpoint())).await;
+    common::eventually(Duration::from_secs(10), "a and b know each other", || {
+        a.discovery().peers().len() == 1 && b.discovery().peers().len() == 1
+    })
+    .await;
+    // MeshNode::client seals with the node's key.
+    let client = b.client(MeshClientConfig::default().heartbeat(Duration::from_millis(200)));
+    common::eventually(Duration::from_secs(10), "a live echo peer", || {
+        !client.live_peers("echo").is_empty()
+    })
+    .await;
+    for i in 0..20 {
+        let up: String = net("mesh call", client.call("echo.upper", (format!("x{i}"),)))
+            .await
+            .expect("served");
+        assert_eq!(up, format!("X{i}"));
+    }
+    // A member without the key cannot gossip with the keyed ones.
+    let outsider = keyed_mesh_node(&mesh, "outsider", None, Some(a.node().endpoint())).await;
+    common::eventually(Duration::from_secs(10), "outsider's gossip refused", || {
+        outsider.discovery().stats().gossip_failed >= 2
+    })
+    .await;
+    assert_eq!(outsider.discovery().stats().gossip_ok, 0);
+    assert!(a.node().stats().unauthenticated >= 1);
 }
