@@ -625,3 +625,55 @@ async fn keyed_mesh_gossips_and_serves_and_shuts_out_unkeyed_members() {
     assert_eq!(outsider.discovery().stats().gossip_ok, 0);
     assert!(a.node().stats().unauthenticated >= 1);
 }
+
+#[tokio::test]
+async fn keyed_client_drops_unsealed_results() {
+    // A raw ROUTER that reads the sealed requests (it has the key) but answers every one with
+    // a plain `OK`, as an impostor or a misconfigured node would.
+    let seal_key = SealKey::derive(ALPHA.as_bytes());
+    let mut impostor = RouterSocket::new();
+    let endpoint = net("impostor bind", impostor.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("binds")
+        .to_string();
+    let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = answered.clone();
+    let serve = tokio::spawn(async move {
+        while let Ok(message) = impostor.recv().await {
+            let mut frames = message.into_vec();
+            let Some(frame) = frames.pop() else { continue };
+            let Ok(parsed) = envelope::parse(&frame) else {
+                continue;
+            };
+            let Ok(event) = envelope::open(&seal_key, &frame, &parsed) else {
+                continue;
+            };
+            let Ok(request) = wire::decode_event(&event) else {
+                continue;
+            };
+            let header = Header::zmesh(Some(request.header.message_id));
+            frames.truncate(1);
+            frames.push(Bytes::new());
+            frames.push(wire::encode_event(&header, "OK", b"\x91\xa2HI"));
+            let reply = ZmqMessage::try_from(frames).expect("frames");
+            if impostor.send(reply).await.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let client = keyed_client(&endpoint, key(ALPHA));
+    let err = net(
+        "call to impostor",
+        client.call_with::<String>(
+            "echo.upper",
+            ("hi",),
+            CallOptions::timeout(Duration::from_millis(500)),
+        ),
+    )
+    .await
+    .expect_err("an unsealed result is never accepted");
+    assert!(matches!(err, CallError::DeadlineExceeded(_)), "{err}");
+    assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(client.rejected_replies() >= 1);
+    serve.abort();
+}

@@ -98,10 +98,28 @@ pub(crate) struct ConnShared {
     alive: AtomicBool,
     zmesh_peer: AtomicBool,
     control: mpsc::Sender<Bytes>,
-    /// The mesh key with this connection's replay guard, when the client has one.
-    trust: Option<Trust>,
-    /// Replies dropped because they did not open with the mesh key.
-    rejected: AtomicU64,
+    trust: TrustState,
+}
+
+/// A client's mesh key with its replay guard, and the count of replies it refused; shared by
+/// the client's successive connections.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustState {
+    trust: Option<Arc<Trust>>,
+    rejected: Arc<AtomicU64>,
+}
+
+impl TrustState {
+    pub(crate) fn new(key: Option<crate::trust::MeshKey>) -> Self {
+        Self {
+            trust: key.map(|k| Arc::new(Trust::new(k))),
+            rejected: Arc::default(),
+        }
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
 }
 
 impl ConnShared {
@@ -145,7 +163,7 @@ impl ConnShared {
     /// Seals an outgoing event when the client has a mesh key. A request carries its
     /// message id in the clear, so a node that cannot open it can still answer an `ERR`.
     fn outgoing(&self, event: Bytes) -> Bytes {
-        match &self.trust {
+        match &self.trust.trust {
             None => event,
             Some(trust) => {
                 let header = wire::decode_header(&event).ok();
@@ -162,14 +180,14 @@ impl ConnShared {
     /// Opens an incoming frame with the mesh key; `None` (counted and traced) when it must
     /// not be delivered.
     fn incoming(&self, frame: Bytes) -> Option<Bytes> {
-        let Some(trust) = &self.trust else {
+        let Some(trust) = &self.trust.trust else {
             return Some(frame);
         };
         if !crate::trust::envelope::is_sealed(&frame) {
             // Only a refusal may come unsealed: a node without our key cannot seal it.
             let is_err = wire::decode_event(&frame).is_ok_and(|e| e.name.as_ref() == names::ERR);
             if !is_err {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.trust.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(endpoint = %self.endpoint, "dropping unsealed reply");
                 return None;
             }
@@ -178,7 +196,7 @@ impl ConnShared {
         match trust.open(&frame, Kind::Reply) {
             Ok(event) => Some(event),
             Err(rejection) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.trust.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(endpoint = %self.endpoint, %rejection, "dropping reply refused by the mesh key");
                 None
             }
@@ -316,6 +334,7 @@ impl Connection {
     pub(crate) async fn open(
         endpoint: &str,
         config: &ClientConfig,
+        trust: &TrustState,
         deadline: Instant,
     ) -> Result<Self, CallError> {
         let mut backoff = Duration::from_millis(5);
@@ -343,8 +362,7 @@ impl Connection {
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
             control: control_tx,
-            trust: config.mesh_key.clone().map(Trust::new),
-            rejected: AtomicU64::new(0),
+            trust: trust.clone(),
         });
         let tasks = vec![
             tokio::spawn(read_loop(shared.clone(), recv)).abort_handle(),
@@ -409,7 +427,7 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
             }
             continue;
         }
-        if shared.trust.is_some() {
+        if shared.trust.trust.is_some() {
             match shared.incoming(envelope.event) {
                 Some(event) => envelope.event = event,
                 None => continue,

@@ -235,6 +235,8 @@ struct Inner {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     in_flight: Arc<Semaphore>,
+    /// The mesh key and replay guard shared by all of this client's connections.
+    trust: connection::TrustState,
 }
 
 impl std::fmt::Debug for Inner {
@@ -257,6 +259,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint: endpoint.into(),
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                trust: connection::TrustState::new(config.mesh_key.clone()),
                 config,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -281,6 +284,12 @@ impl Client {
     /// The endpoint this client calls.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// Replies dropped because they did not open with the mesh key (unsealed and not an
+    /// `ERR`, wrong key, tampered or replayed); always 0 without a key.
+    pub fn rejected_replies(&self) -> u64 {
+        self.inner.trust.rejected()
     }
 
     /// Whether the current connection's peer speaks zmesh's extensions (`None` when not
@@ -539,8 +548,15 @@ impl Client {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let conn =
-            Arc::new(Connection::open(&self.inner.endpoint, &self.inner.config, deadline).await?);
+        let conn = Arc::new(
+            Connection::open(
+                &self.inner.endpoint,
+                &self.inner.config,
+                &self.inner.trust,
+                deadline,
+            )
+            .await?,
+        );
         *self
             .inner
             .current

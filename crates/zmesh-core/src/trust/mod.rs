@@ -201,13 +201,54 @@ impl Rejection {
 pub(crate) struct Trust {
     key: MeshKey,
     guard: Mutex<replay::ReplayGuard>,
+    nonces: NonceSource,
+}
+
+/// Nonces without a system call per message: a random 32-bit prefix and a 64-bit counter
+/// that starts at a random value, both drawn from the OS once. Two senders with the same key
+/// repeat a nonce only if their prefixes are equal and their counter ranges overlap, about
+/// `2^-32 * messages / 2^64`: never, in practice. (A repeated nonce under one key would break
+/// ChaCha20-Poly1305, hence not a plain random 32-bit or time-based value.)
+#[derive(Debug)]
+struct NonceSource {
+    prefix: [u8; 4],
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl NonceSource {
+    fn new() -> Self {
+        let mut seed = [0u8; 12];
+        OsRng.fill_bytes(&mut seed);
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&seed[..4]);
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&seed[4..]);
+        Self {
+            prefix,
+            counter: std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start)),
+        }
+    }
+
+    fn next(&self) -> [u8; 12] {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.prefix);
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        nonce
+    }
 }
 
 impl Trust {
     pub(crate) fn new(key: MeshKey) -> Self {
         let window = u64::try_from(key.replay_window.as_millis()).unwrap_or(u64::MAX);
         let guard = Mutex::new(replay::ReplayGuard::new(window, key.replay_cache));
-        Self { key, guard }
+        Self {
+            key,
+            guard,
+            nonces: NonceSource::new(),
+        }
     }
 
     /// Seals an event frame, carrying `clear_id` (a request's encoded message id) outside.
@@ -234,8 +275,7 @@ impl Trust {
             (Some((previous, until)), KeySlot::Previous) if Instant::now() <= *until => previous,
             _ => &self.key.current,
         };
-        let mut nonce = [0u8; 12];
-        OsRng.fill_bytes(&mut nonce);
+        let nonce = self.nonces.next();
         let params = SealParams {
             kind,
             encrypt: self.key.encrypt,
@@ -389,6 +429,16 @@ mod tests {
         assert!(
             matches!(expired.open(&frame, Kind::Request), Err(Rejection::Unauthenticated(m)) if m.contains("grace"))
         );
+    }
+
+    #[test]
+    fn nonces_never_repeat_within_a_sender() {
+        let t = Trust::new(key("alpha"));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(t.nonces.next()));
+        }
+        assert_ne!(Trust::new(key("alpha")).nonces.next(), t.nonces.next());
     }
 
     #[test]
