@@ -1,4 +1,4 @@
-//! The cost of the mesh key: per-call latency of a sequential `echo.echo` call with no key,
+//! The cost of the mesh key: sealing and opening one frame (`envelope_*` groups), and per-call latency of a sequential `echo.echo` call with no key,
 //! with an authenticating key (`encrypt(false)`) and with an encrypting key, over TCP
 //! loopback, for 64 B and 4 KiB payloads.
 //!
@@ -24,6 +24,7 @@ use bytes::Bytes;
 use criterion::Criterion;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+use zmesh::trust::envelope;
 use zmesh::{Client, ClientConfig, MeshKey, Node};
 
 /// Payload sizes: (label, bytes).
@@ -181,6 +182,33 @@ fn main() {
         .iter()
         .map(|(k, s)| (*k, client_for(*k, &s.endpoint)))
         .collect();
+    // The envelope codec alone: what sealing and opening one frame costs, without sockets.
+    let seal_key = envelope::SealKey::derive(SECRET.as_bytes());
+    for (label, size) in PAYLOADS {
+        let event = vec![0x5a; size];
+        let mut group = criterion.benchmark_group(format!("envelope_{label}"));
+        for encrypt in [false, true] {
+            let params = envelope::SealParams {
+                kind: envelope::Kind::Request,
+                encrypt,
+                timestamp_ms: 1,
+                nonce: [1; 12],
+                clear_id: &[0xc4, 2, b'i', b'd'],
+            };
+            let mode = if encrypt { "encrypted" } else { "auth" };
+            group.bench_function(format!("seal_{mode}"), |b| {
+                b.iter(|| black_box(envelope::seal(&seal_key, &params, black_box(&event))));
+            });
+            let frame = envelope::seal(&seal_key, &params, &event);
+            group.bench_function(format!("open_{mode}"), |b| {
+                b.iter(|| {
+                    let parsed = envelope::parse(black_box(&frame)).expect("parses");
+                    black_box(envelope::open(&seal_key, &frame, &parsed).expect("opens"))
+                });
+            });
+        }
+        group.finish();
+    }
     for (label, size) in PAYLOADS {
         let payload = Bytes::from(vec![0x5a; size]);
         let mut group = criterion.benchmark_group(format!("mesh_key_tcp_{label}"));
