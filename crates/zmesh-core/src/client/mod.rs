@@ -106,6 +106,10 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Largest accepted reply frame and request args in bytes (default 16 MiB).
     pub max_message_size: usize,
+    /// The mesh key to seal requests with and to require on replies (default none: plain
+    /// zerorpc). A keyed client only accepts unsealed events that are `ERR`s, which is how a
+    /// node tells a peer with a wrong key why it was refused.
+    pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl Default for ClientConfig {
@@ -117,6 +121,7 @@ impl Default for ClientConfig {
             stream_window: 100,
             max_in_flight: 10_000,
             max_message_size: 16 * 1024 * 1024,
+            mesh_key: None,
         }
     }
 }
@@ -161,6 +166,13 @@ impl ClientConfig {
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Seals every request with the mesh key and requires it on replies.
+    #[must_use]
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 }
@@ -224,6 +236,8 @@ struct Inner {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     in_flight: Arc<Semaphore>,
+    /// The mesh key and replay guard shared by all of this client's connections.
+    trust: connection::TrustState,
 }
 
 impl std::fmt::Debug for Inner {
@@ -246,6 +260,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoint: endpoint.into(),
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                trust: connection::TrustState::new(config.mesh_key.clone()),
                 config,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -270,6 +285,12 @@ impl Client {
     /// The endpoint this client calls.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// Replies dropped because they did not open with the mesh key (unsealed and not an
+    /// `ERR`, wrong key, tampered or replayed); always 0 without a key.
+    pub fn rejected_replies(&self) -> u64 {
+        self.inner.trust.rejected()
     }
 
     /// Whether the current connection's peer speaks zmesh's extensions (`None` when not
@@ -532,8 +553,15 @@ impl Client {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let conn =
-            Arc::new(Connection::open(&self.inner.endpoint, &self.inner.config, deadline).await?);
+        let conn = Arc::new(
+            Connection::open(
+                &self.inner.endpoint,
+                &self.inner.config,
+                &self.inner.trust,
+                deadline,
+            )
+            .await?,
+        );
         *self
             .inner
             .current
