@@ -101,11 +101,22 @@ def check_introspection(c):
     return {"ping": ping, "name": name, "help": doc}
 
 
+def check_unauthenticated(c):
+    # A keyed endpoint refuses a stock client with a clear RemoteError (tests/trust.rs).
+    try:
+        result = c.upper("hi")
+    except zerorpc.RemoteError as e:
+        expect(e.name == "Unauthenticated", "error name %r" % (e.name,))
+        return {"name": e.name, "msg": e.msg}
+    raise CheckFailed("expected RemoteError Unauthenticated, got result %r" % (result,))
+
+
 CHECKS = {
     "upper": check_upper,
     "echo": check_echo,
     "fail": check_fail,
     "unknown": check_unknown,
+    "unauthenticated": check_unauthenticated,
     "stream_slow": check_stream_slow,
     "long_call": check_long_call,
     "list": check_list,

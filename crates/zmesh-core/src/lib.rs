@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod node;
 mod service;
 mod stats;
+pub mod trust;
 pub mod wire;
 
 pub use client::{CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Response};
@@ -37,3 +38,4 @@ pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
 pub use service::{Handler, HandlerError, Service, StreamHandler};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
+pub use trust::MeshKey;

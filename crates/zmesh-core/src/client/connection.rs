@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use zeromq::{
 };
 
 use super::{CallError, ClientConfig};
+use crate::trust::{Kind, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, MessageId, names};
 
 /// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
@@ -97,6 +98,10 @@ pub(crate) struct ConnShared {
     alive: AtomicBool,
     zmesh_peer: AtomicBool,
     control: mpsc::Sender<Bytes>,
+    /// The mesh key with this connection's replay guard, when the client has one.
+    trust: Option<Trust>,
+    /// Replies dropped because they did not open with the mesh key.
+    rejected: AtomicU64,
 }
 
 impl ConnShared {
@@ -137,9 +142,52 @@ impl ConnShared {
         self.pending().remove(id).is_some()
     }
 
+    /// Seals an outgoing event when the client has a mesh key. A request carries its
+    /// message id in the clear, so a node that cannot open it can still answer an `ERR`.
+    fn outgoing(&self, event: Bytes) -> Bytes {
+        match &self.trust {
+            None => event,
+            Some(trust) => {
+                let header = wire::decode_header(&event).ok();
+                let clear_id = header
+                    .as_ref()
+                    .filter(|h| h.response_to.is_none())
+                    .map(|h| h.message_id.encoded().as_ref())
+                    .unwrap_or_default();
+                trust.seal(Kind::Request, &event, clear_id)
+            }
+        }
+    }
+
+    /// Opens an incoming frame with the mesh key; `None` (counted and traced) when it must
+    /// not be delivered.
+    fn incoming(&self, frame: Bytes) -> Option<Bytes> {
+        let Some(trust) = &self.trust else {
+            return Some(frame);
+        };
+        if !crate::trust::envelope::is_sealed(&frame) {
+            // Only a refusal may come unsealed: a node without our key cannot seal it.
+            let is_err = wire::decode_event(&frame).is_ok_and(|e| e.name.as_ref() == names::ERR);
+            if !is_err {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(endpoint = %self.endpoint, "dropping unsealed reply");
+                return None;
+            }
+            return Some(frame);
+        }
+        match trust.open(&frame, Kind::Reply) {
+            Ok(event) => Some(event),
+            Err(rejection) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(endpoint = %self.endpoint, %rejection, "dropping reply refused by the mesh key");
+                None
+            }
+        }
+    }
+
     /// Sends one event as `["", event]`.
     pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
-        let message = wire::join_frames(&[], event);
+        let message = wire::join_frames(&[], self.outgoing(event));
         let mut sender = self.sender.lock().await;
         sender.send(message).await.map_err(|e| {
             self.mark_dead(&format!("send to {} failed: {e}", self.endpoint));
@@ -295,6 +343,8 @@ impl Connection {
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
             control: control_tx,
+            trust: config.mesh_key.clone().map(Trust::new),
+            rejected: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(read_loop(shared.clone(), recv)).abort_handle(),
@@ -344,7 +394,7 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
                 return;
             }
         };
-        let Some(envelope) = wire::split_frames(message.into_vec()) else {
+        let Some(mut envelope) = wire::split_frames(message.into_vec()) else {
             continue;
         };
         let limit = shared.config.max_message_size;
@@ -358,6 +408,12 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
                 shared.fail_call(&channel, CallError::MessageTooLarge { size, limit });
             }
             continue;
+        }
+        if shared.trust.is_some() {
+            match shared.incoming(envelope.event) {
+                Some(event) => envelope.event = event,
+                None => continue,
+            }
         }
         match wire::decode_event(&envelope.event) {
             Ok(event) => {
@@ -394,7 +450,7 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
         if !shared.is_alive() {
             continue;
         }
-        let message = wire::join_frames(&[], event);
+        let message = wire::join_frames(&[], shared.outgoing(event));
         let mut sender = shared.sender.lock().await;
         if let Err(e) = sender.send(message).await {
             tracing::debug!(endpoint = %shared.endpoint, error = %e, "control event not sent");

@@ -105,6 +105,10 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Largest accepted reply frame and request args in bytes (default 16 MiB).
     pub max_message_size: usize,
+    /// The mesh key to seal requests with and to require on replies (default none: plain
+    /// zerorpc). A keyed client only accepts unsealed events that are `ERR`s, which is how a
+    /// node tells a peer with a wrong key why it was refused.
+    pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl Default for ClientConfig {
@@ -116,6 +120,7 @@ impl Default for ClientConfig {
             stream_window: 100,
             max_in_flight: 10_000,
             max_message_size: 16 * 1024 * 1024,
+            mesh_key: None,
         }
     }
 }
@@ -160,6 +165,13 @@ impl ClientConfig {
     #[must_use]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Seals every request with the mesh key and requires it on replies.
+    #[must_use]
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 }

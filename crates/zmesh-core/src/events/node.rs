@@ -119,13 +119,21 @@ impl NodeEvents {
     /// Binds the publisher and connects the subscriber. Returns the running parts and the
     /// snapshot service to host.
     pub(crate) async fn start(
-        self,
+        mut self,
         max_concurrent: usize,
+        mesh_key: Option<&crate::trust::MeshKey>,
     ) -> Result<(RunningEvents, Option<Service>), EventsError> {
+        // A keyed node's events are sealed both ways with its key.
+        if let Some(key) = mesh_key {
+            self.subscriber_config.mesh_key = Some(key.clone());
+        }
         let mut running = RunningEvents::default();
         let mut service = None;
         if !self.publish.is_empty() {
             let mut builder = Publisher::builder().last_value_cache(self.last_value_cache);
+            if let Some(key) = mesh_key {
+                builder = builder.mesh_key(key.clone());
+            }
             for endpoint in self.publish {
                 builder = builder.bind(endpoint);
             }

@@ -24,6 +24,7 @@ use crate::node::check_endpoint;
 pub struct PublisherBuilder {
     endpoints: Vec<String>,
     last_value_cache: bool,
+    mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl PublisherBuilder {
@@ -38,6 +39,14 @@ impl PublisherBuilder {
     /// snapshots then carry sequence numbers only).
     pub fn last_value_cache(mut self, on: bool) -> Self {
         self.last_value_cache = on;
+        self
+    }
+
+    /// Seals every published event with the mesh key (the topic frame stays in the clear so
+    /// subscribers and forwarders can filter on it; the sealed event repeats the topic, so a
+    /// changed topic frame is detected).
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 
@@ -75,6 +84,7 @@ impl PublisherBuilder {
                     table: TopicTable::new(self.last_value_cache),
                 }),
                 published: AtomicU64::new(0),
+                trust: self.mesh_key.map(crate::trust::Trust::new),
             }),
         })
     }
@@ -114,6 +124,17 @@ struct Inner {
     endpoints: Vec<String>,
     state: Mutex<State>,
     published: AtomicU64,
+    trust: Option<crate::trust::Trust>,
+}
+
+impl Inner {
+    /// The event as it goes on the wire: sealed when the publisher has a mesh key.
+    fn sealed(&self, event: bytes::Bytes) -> bytes::Bytes {
+        match &self.trust {
+            None => event,
+            Some(trust) => trust.seal(crate::trust::Kind::Event, &event, &[]),
+        }
+    }
 }
 
 struct State {
@@ -213,7 +234,9 @@ impl Publisher {
         let seq = table.next_seq(topic);
         let (event, range) = codec::encode_event(&self.inner.id, topic, Some(seq), &payload);
         table.store(topic, || event.slice(range));
-        socket.send(codec::frames(topic, event)).await?;
+        socket
+            .send(codec::frames(topic, self.inner.sealed(event)))
+            .await?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
     }
@@ -261,7 +284,9 @@ impl Publisher {
         let baselines: Vec<(&str, u64)> = rows.iter().map(|(t, s, _)| (t.as_str(), *s)).collect();
         let marker = codec::encode_payload(&(token, baselines)).map_err(PublishError::Encode)?;
         let (event, _) = codec::encode_event(&self.inner.id, marker_topic, None, &marker);
-        socket.send(codec::frames(marker_topic, event)).await?;
+        socket
+            .send(codec::frames(marker_topic, self.inner.sealed(event)))
+            .await?;
         let cached = table.keeps_values();
         drop(state);
         let topics = rows

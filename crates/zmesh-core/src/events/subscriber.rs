@@ -59,6 +59,9 @@ pub struct SubscriberConfig {
     pub max_topics: usize,
     /// Longest wait for a snapshot, sync included (default 10 s).
     pub snapshot_timeout: Duration,
+    /// The mesh key events must be sealed with (default none). With it, unsealed, tampered
+    /// and replayed events are dropped, counted and traced, never delivered.
+    pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl Default for SubscriberConfig {
@@ -70,6 +73,7 @@ impl Default for SubscriberConfig {
             reconnect_max: Duration::from_secs(1),
             max_topics: 100_000,
             snapshot_timeout: Duration::from_secs(10),
+            mesh_key: None,
         }
     }
 }
@@ -116,6 +120,13 @@ impl SubscriberConfig {
         self.snapshot_timeout = timeout;
         self
     }
+
+    /// Requires every event to be sealed with the mesh key.
+    #[must_use]
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
+        self
+    }
 }
 
 /// A subscriber's counters.
@@ -132,6 +143,10 @@ pub struct SubscriberStats {
     pub dropped: u64,
     /// Messages that were not valid events, and payloads that did not decode.
     pub undecodable: u64,
+    /// Events refused by the mesh key: not sealed, wrong key or tampered.
+    pub unauthenticated: u64,
+    /// Sealed events refused as replays (seen before, or outside the time window).
+    pub replay_rejected: u64,
     /// Events whose sequence number was already accounted for.
     pub duplicates: u64,
     /// Reconnections after a publisher's connection dropped.
@@ -147,6 +162,8 @@ struct Counters {
     lost: AtomicU64,
     dropped: AtomicU64,
     undecodable: AtomicU64,
+    unauthenticated: AtomicU64,
+    replay_rejected: AtomicU64,
     duplicates: AtomicU64,
     reconnects: AtomicU64,
     publisher_restarts: AtomicU64,
@@ -161,6 +178,8 @@ fn bump(counter: &AtomicU64, n: u64) {
 pub(super) struct Shared {
     marker_topic: String,
     counters: Counters,
+    /// The mesh key with this subscriber's replay guard.
+    trust: Option<crate::trust::Trust>,
     /// Snapshot calls waiting for their marker, by token.
     waiters: Mutex<HashMap<String, oneshot::Sender<Arc<str>>>>,
 }
@@ -179,6 +198,8 @@ impl Shared {
             lost: get(&c.lost),
             dropped: get(&c.dropped),
             undecodable: get(&c.undecodable),
+            unauthenticated: get(&c.unauthenticated),
+            replay_rejected: get(&c.replay_rejected),
             duplicates: get(&c.duplicates),
             reconnects: get(&c.reconnects),
             publisher_restarts: get(&c.publisher_restarts),
@@ -291,6 +312,7 @@ impl SubscriberBuilder {
         let shared = Arc::new(Shared {
             marker_topic: format!("{MARKER_PREFIX}{}", crate::wire::MessageId::generate()),
             counters: Counters::default(),
+            trust: self.config.mesh_key.clone().map(crate::trust::Trust::new),
             waiters: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel(self.config.queue.max(2));
@@ -324,6 +346,30 @@ impl SubscriberBuilder {
         tracing::debug!(endpoints = ?self.endpoints, prefixes = ?prefixes, "subscriber started");
         Ok(Core { rx, shared, tasks })
     }
+}
+
+/// Opens a sealed `[topic, event]` message in place with the mesh key, and checks that the
+/// topic frame (in the clear, for filtering) names the topic sealed inside the event.
+fn open_event(
+    trust: &crate::trust::Trust,
+    frames: &mut [Bytes],
+) -> Result<(), crate::trust::Rejection> {
+    use crate::trust::{Kind, Rejection};
+    let Some(last) = frames.last_mut() else {
+        return Err(Rejection::Unauthenticated("empty message".into()));
+    };
+    *last = trust.open(last, Kind::Event)?;
+    if let [topic, event] = &*frames {
+        let inner = crate::wire::decode_event(event).map_err(|e| {
+            Rejection::Unauthenticated(format!("sealed event does not decode: {}", e.error))
+        })?;
+        if inner.name.as_bytes() != topic.as_ref() {
+            return Err(Rejection::Unauthenticated(
+                "topic frame does not match the sealed event's topic".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A connected SUB socket and its monitor.
@@ -447,7 +493,26 @@ impl Reader {
         }
     }
 
-    fn handle(&mut self, frames: Vec<Bytes>) -> Flow {
+    fn handle(&mut self, mut frames: Vec<Bytes>) -> Flow {
+        if let Some(trust) = &self.shared.trust {
+            let size: usize = frames.iter().map(Bytes::len).sum();
+            if size <= self.config.max_message_size {
+                match open_event(trust, &mut frames) {
+                    Ok(()) => {}
+                    Err(rejection) => {
+                        let counter = match rejection {
+                            crate::trust::Rejection::Replayed(_) => {
+                                &self.shared.counters.replay_rejected
+                            }
+                            _ => &self.shared.counters.unauthenticated,
+                        };
+                        bump(counter, 1);
+                        tracing::warn!(endpoint = %self.endpoint, %rejection, "event refused by the mesh key");
+                        return Flow::Continue;
+                    }
+                }
+            }
+        }
         let incoming = match codec::decode(frames, self.config.max_message_size) {
             Ok(incoming) => incoming,
             Err(e) => {

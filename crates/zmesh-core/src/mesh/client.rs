@@ -128,6 +128,8 @@ pub struct MeshClientConfig {
     pub backoff_max: Duration,
     /// Hedging of idempotent calls (default off).
     pub hedge: Option<HedgeConfig>,
+    /// The mesh key calls are sealed with (default: the discovery's key, if it has one).
+    pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl Default for MeshClientConfig {
@@ -141,6 +143,7 @@ impl Default for MeshClientConfig {
             backoff_base: Duration::from_millis(2),
             backoff_max: Duration::from_millis(200),
             hedge: None,
+            mesh_key: None,
         }
     }
 }
@@ -172,6 +175,13 @@ impl MeshClientConfig {
     pub fn retry_budget(mut self, ratio: f64, per_second: f64) -> Self {
         self.retry_ratio = ratio.max(0.0);
         self.retries_per_second = per_second.max(0.0);
+        self
+    }
+
+    /// Seals every call with the mesh key.
+    #[must_use]
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 
@@ -416,9 +426,13 @@ impl MeshClient {
     /// A service-level client over `discovery` (a [`MeshNode`](super::MeshNode)'s, or one
     /// started with [`Discovery::start`]). Must be called within a tokio runtime.
     pub fn new(discovery: Discovery, config: MeshClientConfig) -> Self {
-        let client_config = ClientConfig::default()
+        let mut client_config = ClientConfig::default()
             .heartbeat(config.heartbeat)
             .connect_timeout(config.heartbeat);
+        client_config.mesh_key = config
+            .mesh_key
+            .clone()
+            .or_else(|| discovery.mesh_key().cloned());
         let (version, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             budget: RetryBudget::new(

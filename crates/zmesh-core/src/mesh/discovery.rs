@@ -44,6 +44,8 @@ pub struct DiscoveryConfig {
     pub expire_after: Duration,
     /// Most peers kept (default 1,024); beyond it new peers are refused and counted.
     pub max_peers: usize,
+    /// The mesh key gossip calls are sealed with (default none). Beacons are not sealed.
+    pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl DiscoveryConfig {
@@ -57,6 +59,7 @@ impl DiscoveryConfig {
             gossip_fanout: 3,
             expire_after: Duration::from_secs(5),
             max_peers: 1024,
+            mesh_key: None,
         }
     }
 
@@ -88,7 +91,14 @@ impl DiscoveryConfig {
         self
     }
 
-    /// Sets the directory size bound.
+    /// Seals gossip calls with the mesh key (needed to gossip with keyed nodes).
+    #[must_use]
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
+        self
+    }
+
+    /// Sets the most peers kept.
     #[must_use]
     pub fn max_peers(mut self, n: usize) -> Self {
         self.max_peers = n;
@@ -293,6 +303,11 @@ impl Discovery {
     /// The mesh name.
     pub fn mesh(&self) -> &str {
         &self.inner.config.mesh
+    }
+
+    /// The mesh key gossip uses, if any.
+    pub(crate) fn mesh_key(&self) -> Option<&crate::trust::MeshKey> {
+        self.inner.config.mesh_key.as_ref()
     }
 
     /// A snapshot of the counters.
@@ -506,9 +521,10 @@ async fn send_beacons(
 
 async fn gossip_loop(inner: Arc<Inner>) {
     let interval = inner.config.gossip_interval;
-    let client_config = ClientConfig::default()
+    let mut client_config = ClientConfig::default()
         .connect_timeout(interval)
         .default_timeout(interval);
+    client_config.mesh_key = inner.config.mesh_key.clone();
     let mut clients: HashMap<String, Client> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -22,12 +22,20 @@ pub struct MeshBuilder {
     services: Vec<Service>,
     node_config: NodeConfig,
     discovery: DiscoveryConfig,
+    mesh_key: Option<crate::trust::MeshKey>,
 }
 
 impl MeshBuilder {
     /// The node's name (default: its first service's name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Requires the mesh key on the node's endpoints and seals gossip and the clients of
+    /// [`MeshNode::client`] with it, as [`NodeBuilder::mesh_key`](crate::NodeBuilder::mesh_key).
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 
@@ -87,7 +95,10 @@ impl MeshBuilder {
     /// # Errors
     /// [`MeshError`] when the node cannot start, the beacon port cannot be bound, or the
     /// settings are out of range.
-    pub async fn start(self) -> Result<MeshNode, MeshError> {
+    pub async fn start(mut self) -> Result<MeshNode, MeshError> {
+        if let Some(key) = &self.mesh_key {
+            self.discovery.mesh_key = Some(key.clone());
+        }
         let discovery = Discovery::new(self.discovery)?;
         let services: Vec<ServiceInfo> = self
             .services
@@ -102,6 +113,9 @@ impl MeshBuilder {
             })
             .collect();
         let mut builder = Node::builder().config(self.node_config);
+        if let Some(key) = self.mesh_key {
+            builder = builder.mesh_key(key);
+        }
         if let Some(name) = self.name {
             builder = builder.name(name);
         }
@@ -150,6 +164,7 @@ impl MeshNode {
             services: Vec::new(),
             node_config: NodeConfig::default(),
             discovery: DiscoveryConfig::new(mesh),
+            mesh_key: None,
         }
     }
 

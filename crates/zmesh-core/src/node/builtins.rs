@@ -177,6 +177,8 @@ fn stats_report(
         count("cancelled", &counters.cancelled),
         count("peers_lost", &counters.peers_lost),
         count("replies_dropped", &counters.replies_dropped),
+        count("unauthenticated", &counters.unauthenticated),
+        count("replay_rejected", &counters.replayed_messages),
     ]);
     let methods = table
         .iter()

@@ -25,9 +25,10 @@ use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, ZmqMessage};
 
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
-use super::sender::Sender;
+use super::sender::{Keyed, Sender};
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
+use crate::trust::{self, Kind, Rejection};
 use crate::wire::{
     self, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names,
 };
@@ -40,15 +41,44 @@ const MAX_STALLED_SENDS: usize = 10_000;
 /// How long the control writer waits on one client's full send queue before dropping.
 const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// One bound ROUTER's receive side and how its messages are to be read.
+pub(super) struct Inlet {
+    pub(super) recv: RouterRecvHalf,
+    pub(super) monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    pub(super) inbound: Inbound,
+}
+
+/// How a socket's incoming messages are read.
+#[derive(Clone, Debug)]
+pub(super) enum Inbound {
+    /// A node without a mesh key: plain zerorpc events.
+    Plain,
+    /// A keyed node's plain endpoint: plain events, and replies go back unsealed.
+    PlainOfKeyed(Arc<Keyed>),
+    /// A keyed endpoint: every event must open with the mesh key.
+    Sealed(Arc<Keyed>),
+}
+
 pub(super) fn spawn_tasks(
     shared: Arc<Shared>,
-    recv: RouterRecvHalf,
-    monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    inlets: Vec<Inlet>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let (control, mut tasks) = spawn_support(&shared, stop.clone());
-    tasks.push(tokio::spawn(read_loop(shared.clone(), recv, control, stop)));
-    tasks.push(tokio::spawn(watch_disconnects(shared, monitor)));
+    for inlet in inlets {
+        tasks.push(tokio::spawn(read_loop(
+            shared.clone(),
+            inlet.recv,
+            control.clone(),
+            inlet.inbound.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(watch_disconnects(
+            shared.clone(),
+            inlet.monitor,
+            inlet.inbound,
+        )));
+    }
     tasks
 }
 
@@ -73,13 +103,18 @@ pub(super) fn spawn_support(
 /// The queue to the control writer.
 #[derive(Clone)]
 pub(super) struct Control {
-    tx: mpsc::Sender<ZmqMessage>,
+    /// Messages with whether to seal them (only a keyed node's sender looks at it).
+    tx: mpsc::Sender<(ZmqMessage, bool)>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Control {
     pub(super) fn send(&self, message: ZmqMessage) {
-        if self.tx.try_send(message).is_err() {
+        self.queue(message, true);
+    }
+
+    fn queue(&self, message: ZmqMessage, seal: bool) {
+        if self.tx.try_send((message, seal)).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "node control queue full; dropping replies");
@@ -92,12 +127,24 @@ impl Control {
         let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
         self.send(wire::join_frames(route, event));
     }
+
+    /// An `ERR` that goes out unsealed, to a peer refused for not holding the mesh key.
+    fn send_unsealed_err(&self, route: &[Bytes], request: &MessageId, name: &str, message: &str) {
+        let header = Header::zmesh(Some(request.clone()));
+        let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
+        self.queue(wire::join_frames(route, event), false);
+    }
 }
 
-async fn write_control(shared: Arc<Shared>, mut rx: mpsc::Receiver<ZmqMessage>) {
+async fn write_control(shared: Arc<Shared>, mut rx: mpsc::Receiver<(ZmqMessage, bool)>) {
     let mut sender = shared.sender.clone();
-    while let Some(message) = rx.recv().await {
-        match tokio::time::timeout(CONTROL_SEND_TIMEOUT, sender.send(message)).await {
+    while let Some((message, seal)) = rx.recv().await {
+        let sent = if seal {
+            Either::Left(sender.send(message))
+        } else {
+            Either::Right(sender.send_unsealed(message))
+        };
+        match tokio::time::timeout(CONTROL_SEND_TIMEOUT, sent).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "control reply not delivered"),
             Err(_) => tracing::debug!("control reply dropped: client send queue full"),
@@ -109,6 +156,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     mut recv: RouterRecvHalf,
     control: Control,
+    inbound: Inbound,
     mut stop: watch::Receiver<bool>,
 ) {
     let warn = RateLimitedWarn::default();
@@ -121,7 +169,7 @@ async fn read_loop(
             _ = &mut stopped => break,
         };
         match message {
-            Ok(message) => handle_message(&shared, &control, &warn, message.into_vec()),
+            Ok(message) => handle_message(&shared, &control, &warn, message.into_vec(), &inbound),
             Err(e) => {
                 tracing::debug!(error = %e, "router recv failed");
                 // Not expected in steady state; avoid a hot loop if it repeats.
@@ -177,8 +225,9 @@ pub(super) fn handle_message(
     control: &Control,
     warn: &RateLimitedWarn,
     frames: Vec<Bytes>,
+    inbound: &Inbound,
 ) {
-    let Some(envelope) = wire::split_frames(frames) else {
+    let Some(mut envelope) = wire::split_frames(frames) else {
         shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -207,6 +256,20 @@ pub(super) fn handle_message(
         }
         return;
     }
+    match inbound {
+        Inbound::Plain => {}
+        Inbound::PlainOfKeyed(keyed) => keyed.note_plain_peer(&peer),
+        Inbound::Sealed(keyed) => match keyed.trust.open_slot(&envelope.event, Kind::Request) {
+            Ok((event, slot)) => {
+                keyed.note_key_slot(&peer, slot);
+                envelope.event = event;
+            }
+            Err(rejection) => {
+                reject(shared, control, warn, &peer, &envelope, &rejection);
+                return;
+            }
+        },
+    }
     let event = match wire::decode_event(&envelope.event) {
         Ok(event) => event,
         Err(EventDecodeError { error, header }) => {
@@ -227,6 +290,44 @@ pub(super) fn handle_message(
     match &event.header.response_to {
         Some(channel) => handle_channel_event(shared, &peer, channel, &event.name, &event.args),
         None => open_call(shared, control, warn, peer, envelope.route, event),
+    }
+}
+
+/// Counts and traces a message refused by the mesh key, and answers an unsealed `ERR` when
+/// the request can be addressed: by the clear id of a sealed frame, or by the header of a
+/// plain zerorpc request (a stock client on a keyed endpoint learns why it is refused).
+#[cold]
+fn reject(
+    shared: &Shared,
+    control: &Control,
+    warn: &RateLimitedWarn,
+    peer: &Bytes,
+    envelope: &wire::Envelope,
+    rejection: &Rejection,
+) {
+    let counter = match rejection {
+        Rejection::Replayed(_) => &shared.counters.replayed_messages,
+        _ => &shared.counters.unauthenticated,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    warn.bad_input(peer, rejection);
+    let request = match trust::clear_id(&envelope.event) {
+        Some(id) => MessageId::from_encoded(Bytes::copy_from_slice(id)).ok(),
+        None if !trust::envelope::is_sealed(&envelope.event) => {
+            wire::decode_header(&envelope.event)
+                .ok()
+                .filter(|h| h.response_to.is_none())
+                .map(|h| h.message_id)
+        }
+        None => None,
+    };
+    if let Some(request) = request {
+        control.send_unsealed_err(
+            &envelope.route,
+            &request,
+            rejection.err_name(),
+            &rejection.to_string(),
+        );
     }
 }
 
@@ -731,10 +832,14 @@ async fn sweep_loop(shared: Arc<Shared>, control: Control, mut stop: watch::Rece
 async fn watch_disconnects(
     shared: Arc<Shared>,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
+    inbound: Inbound,
 ) {
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(peer_id) = event {
             let peer: Bytes = peer_id.into();
+            if let Inbound::PlainOfKeyed(keyed) | Inbound::Sealed(keyed) = &inbound {
+                keyed.forget_peer(&peer);
+            }
             let channels = shared.registry.close_peer(&peer);
             if !channels.is_empty() {
                 shared

@@ -77,6 +77,8 @@ pub(crate) struct Counters {
     pub(crate) peers_lost: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) replies_dropped: AtomicU64,
+    pub(crate) unauthenticated: AtomicU64,
+    pub(crate) replayed_messages: AtomicU64,
     pub(crate) stalled_sends: std::sync::atomic::AtomicUsize,
 }
 
@@ -107,6 +109,11 @@ pub struct NodeStats {
     /// Repeats of a request (same `zmesh_request_id`) answered from the reply cache or by
     /// waiting for the first run, instead of running the handler again.
     pub replayed: u64,
+    /// Messages refused on a keyed endpoint: not sealed, wrong or retired key, or tampered.
+    /// None of them reached a handler.
+    pub unauthenticated: u64,
+    /// Sealed messages refused as replays: seen before, or outside the time window.
+    pub replay_rejected: u64,
 }
 
 /// State shared by the node's tasks.
@@ -134,6 +141,8 @@ pub struct NodeBuilder {
     pub(crate) events: crate::events::node::NodeEvents,
     device: Option<String>,
     worker_capacity: Option<u32>,
+    mesh_key: Option<crate::trust::MeshKey>,
+    plain_endpoints: Vec<String>,
 }
 
 impl NodeBuilder {
@@ -179,6 +188,23 @@ impl NodeBuilder {
         self
     }
 
+    /// Requires the mesh key on every endpoint bound with [`bind`](Self::bind): messages
+    /// must be sealed with it, replies are sealed with it, and anything else is refused
+    /// (counted in [`NodeStats::unauthenticated`] and [`NodeStats::replay_rejected`], with an
+    /// `ERR Unauthenticated` or `ERR Replayed` where the request can be addressed).
+    pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
+        self.mesh_key = Some(key);
+        self
+    }
+
+    /// Adds an endpoint that allows plain zerorpc even when the node has a mesh key, so stock
+    /// zerorpc clients (and unkeyed zmesh clients) can call it there. On a node without a key
+    /// this is the same as [`bind`](Self::bind).
+    pub fn bind_plain(mut self, endpoint: impl Into<String>) -> Self {
+        self.plain_endpoints.push(endpoint.into());
+        self
+    }
+
     /// Replaces the configuration.
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -191,7 +217,17 @@ impl NodeBuilder {
     /// [`NodeError`] when an endpoint cannot be bound or the method table is inconsistent.
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.config.validate()?;
-        if self.endpoints.is_empty() && self.device.is_none() {
+        if self.mesh_key.is_none() {
+            // Without a key every endpoint is plain.
+            let plain = std::mem::take(&mut self.plain_endpoints);
+            self.endpoints.extend(plain);
+        }
+        if self.device.is_some() && self.mesh_key.is_some() {
+            return Err(NodeError::Config(
+                "a mesh key is not supported on worker nodes (the device reads requests to route them)",
+            ));
+        }
+        if self.endpoints.is_empty() && self.plain_endpoints.is_empty() && self.device.is_none() {
             return Err(NodeError::NoEndpoint);
         }
         if !self.endpoints.is_empty() && self.device.is_some() {
@@ -203,7 +239,7 @@ impl NodeBuilder {
             return Err(NodeError::Config("worker_capacity must be at least 1"));
         }
         let (events, events_service) = std::mem::take(&mut self.events)
-            .start(self.config.max_concurrent_calls)
+            .start(self.config.max_concurrent_calls, self.mesh_key.as_ref())
             .await?;
         self.services.extend(events_service);
         let name = self
@@ -266,22 +302,55 @@ impl NodeBuilder {
             ));
         }
 
-        let mut socket = RouterSocket::new();
-        let mut bound = Vec::with_capacity(self.endpoints.len());
-        for endpoint in &self.endpoints {
-            check_endpoint(endpoint)?;
-            remove_stale_ipc_socket(endpoint);
-            let resolved = socket
-                .bind(endpoint)
-                .await
-                .map_err(|source| NodeError::Bind {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
-            bound.push(resolved.to_string());
-        }
-        let monitor = socket.monitor();
-        let (send, recv) = socket.split();
+        let mut bound = Vec::with_capacity(self.endpoints.len() + self.plain_endpoints.len());
+        let main = bind_router(&self.endpoints, &mut bound).await?;
+        let plain = if self.plain_endpoints.is_empty() {
+            None
+        } else {
+            Some(bind_router(&self.plain_endpoints, &mut bound).await?)
+        };
+        let (sender, inlets) = match (main, self.mesh_key) {
+            (Some((send, recv, monitor)), None) => (
+                Sender::Router(send),
+                vec![dispatch::Inlet {
+                    recv,
+                    monitor,
+                    inbound: dispatch::Inbound::Plain,
+                }],
+            ),
+            (main, Some(key)) => {
+                let keyed = Arc::new(sender::Keyed::new(crate::trust::Trust::new(key)));
+                let mut inlets = Vec::with_capacity(2);
+                let sealed = main.map(|(send, recv, monitor)| {
+                    inlets.push(dispatch::Inlet {
+                        recv,
+                        monitor,
+                        inbound: dispatch::Inbound::Sealed(keyed.clone()),
+                    });
+                    send
+                });
+                let plain = plain.flatten().map(|(send, recv, monitor)| {
+                    inlets.push(dispatch::Inlet {
+                        recv,
+                        monitor,
+                        inbound: dispatch::Inbound::PlainOfKeyed(keyed.clone()),
+                    });
+                    send
+                });
+                let sender = match (sealed, plain) {
+                    (Some(sealed), plain) => Sender::Keyed {
+                        sealed,
+                        plain,
+                        keyed,
+                    },
+                    // Only plain endpoints: nothing to seal.
+                    (None, Some(plain)) => Sender::Router(plain),
+                    (None, None) => return Err(NodeError::NoEndpoint),
+                };
+                (sender, inlets)
+            }
+            (None, None) => return Err(NodeError::NoEndpoint),
+        };
 
         let replies =
             reply_cache::ReplyCache::new(self.config.reply_cache_size, self.config.reply_cache_ttl);
@@ -294,10 +363,10 @@ impl NodeBuilder {
             registry: Registry::default(),
             accepting: AtomicBool::new(true),
             counters,
-            sender: Sender::Router(send),
+            sender,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let tasks = dispatch::spawn_tasks(shared.clone(), recv, monitor, stop_rx);
+        let tasks = dispatch::spawn_tasks(shared.clone(), inlets, stop_rx);
         tracing::info!(node = %shared.name, endpoints = ?bound, "node started");
         Ok(Node {
             shared,
@@ -382,6 +451,40 @@ fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<Anno
         }
     }
     announced
+}
+
+/// The halves of a bound ROUTER.
+type BoundRouter = (
+    zeromq::RouterSendHalf,
+    zeromq::RouterRecvHalf,
+    futures::channel::mpsc::Receiver<zeromq::SocketEvent>,
+);
+
+/// Binds one ROUTER on every endpoint given (none when the list is empty), recording the
+/// resolved endpoints in `bound`.
+async fn bind_router(
+    endpoints: &[String],
+    bound: &mut Vec<String>,
+) -> Result<Option<BoundRouter>, NodeError> {
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let mut socket = RouterSocket::new();
+    for endpoint in endpoints {
+        check_endpoint(endpoint)?;
+        remove_stale_ipc_socket(endpoint);
+        let resolved = socket
+            .bind(endpoint)
+            .await
+            .map_err(|source| NodeError::Bind {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        bound.push(resolved.to_string());
+    }
+    let monitor = socket.monitor();
+    let (send, recv) = socket.split();
+    Ok(Some((send, recv, monitor)))
 }
 
 /// Rejects endpoints the `zeromq` crate cannot serve (and one it would panic on).
@@ -475,6 +578,8 @@ impl Node {
             replies_dropped: c.replies_dropped.load(Ordering::Relaxed),
             in_flight: self.shared.registry.open_channels(),
             replayed: self.shared.replies.replayed(),
+            unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
+            replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
         }
     }
 

@@ -168,7 +168,7 @@ async fn serve_link(
                         return Ended::Lost("the device asked for a reset".into());
                     }
                 } else {
-                    dispatch::handle_message(shared, control, warn, frames);
+                    dispatch::handle_message(shared, control, warn, frames, &dispatch::Inbound::Plain);
                 }
             }
             _ = ticker.tick() => {

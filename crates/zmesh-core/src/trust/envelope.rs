@@ -1,0 +1,395 @@
+//! Provides the sealed envelope's pure codec: laying out and checking the bytes that wrap
+//! one zerorpc event frame under a mesh key (no clocks, no sockets, no replay state).
+//!
+//! Layout (all integers big-endian; see `docs/PROTOCOL.md`, "Mesh key"):
+//!
+//! ```text
+//! 0   4  magic    C1 5A 4B 31   (0xC1 is never valid msgpack, so stock peers reject it)
+//! 4   1  flags    bit 0: body encrypted; bits 1-2: kind (0 request, 1 reply, 2 pub/sub)
+//! 5   4  key id   first 4 bytes of HKDF(key, "zmesh trust v1 key id")
+//! 9   8  time     sender's clock, milliseconds since the Unix epoch
+//! 17  12 nonce    random; ChaCha20-Poly1305 nonce and replay-cache entry
+//! 29  1  L        length of the clear id (0..=64)
+//! 30  L  clear id the request's msgpack-encoded message_id, so an ERR stays addressable
+//! ..  N  body     the zerorpc event, encrypted or in the clear
+//! ..  16 tag      Poly1305 tag over the header (and the clear body when not encrypted)
+//! ```
+
+use bytes::Bytes;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+
+/// The first bytes of every sealed frame.
+pub const MAGIC: [u8; 4] = [0xC1, b'Z', b'K', b'1'];
+/// Bytes before the clear id.
+pub(crate) const FIXED_HEADER: usize = 30;
+/// Poly1305 tag length.
+pub(crate) const TAG_LEN: usize = 16;
+/// Longest clear id carried (a zerorpc id is 34 bytes).
+pub const MAX_CLEAR_ID: usize = 64;
+/// Smallest possible sealed frame.
+pub const MIN_SEALED: usize = FIXED_HEADER + TAG_LEN;
+
+const FLAG_ENCRYPTED: u8 = 0b001;
+const KIND_SHIFT: u32 = 1;
+const KIND_MASK: u8 = 0b110;
+
+/// What a sealed frame carries; bound into the tag, so a frame sealed as one kind is refused
+/// where another is expected (a captured reply cannot be replayed as a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Client to node: a request or a channel event (heartbeat, credit, cancel).
+    Request = 0,
+    /// Node to client: a reply, stream item, heartbeat or error.
+    Reply = 1,
+    /// Publisher to subscriber: one published event.
+    Event = 2,
+}
+
+impl Kind {
+    fn from_bits(bits: u8) -> Option<Self> {
+        match bits {
+            0 => Some(Self::Request),
+            1 => Some(Self::Reply),
+            2 => Some(Self::Event),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame could not be opened. The codec's own view; replay and key-age checks are
+/// layered on top by [`Trust`](super::Trust).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The frame does not start with the envelope magic: a plain zerorpc event.
+    #[error("message is not sealed with the mesh key")]
+    NotSealed,
+    /// The envelope is cut short or its header is out of range.
+    #[error("malformed sealed envelope: {0}")]
+    Malformed(&'static str),
+    /// Sealed for a different kind of message than expected here.
+    #[error("sealed as a {found:?}, expected a {expected:?}")]
+    WrongKind {
+        /// What the envelope says.
+        found: Kind,
+        /// What this socket accepts.
+        expected: Kind,
+    },
+    /// The key id names no key this peer holds (a wrong or retired key).
+    #[error("sealed with an unknown mesh key (id {0:08x})")]
+    UnknownKey(u32),
+    /// The tag does not verify: the frame was tampered with, or forged.
+    #[error("authentication tag does not verify (tampered or forged message)")]
+    BadTag,
+}
+
+/// The header fields of a sealed frame, readable before the tag is checked (so they are
+/// claims, not facts, until [`open`] succeeds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// Whether the body is encrypted.
+    pub encrypted: bool,
+    /// The kind of message.
+    pub kind: Kind,
+    /// Which key sealed it.
+    pub key_id: u32,
+    /// The sender's clock in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The nonce.
+    pub nonce: [u8; 12],
+    /// The clear id (empty when none was sent).
+    pub clear_id: &'a [u8],
+    header_len: usize,
+}
+
+/// One derived sealing key.
+#[derive(Clone)]
+pub struct SealKey {
+    cipher: ChaCha20Poly1305,
+    id: u32,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealKey")
+            .field("id", &format_args!("{:08x}", self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealKey {
+    /// Derives the AEAD key and the key id from the shared secret with HKDF-SHA256, so the
+    /// id reveals nothing about the key and the secret is never used directly.
+    pub fn derive(secret: &[u8]) -> Self {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"zmesh mesh key"), secret);
+        let mut key = [0u8; 32];
+        let mut id = [0u8; 4];
+        // 32 and 4 bytes are far below HKDF-SHA256's limit of 8160: expand cannot fail.
+        let _ = hk.expand(b"zmesh trust v1 aead", &mut key);
+        let _ = hk.expand(b"zmesh trust v1 key id", &mut id);
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            id: u32::from_be_bytes(id),
+        }
+    }
+
+    /// The key id written into sealed frames.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// What to seal besides the event.
+#[derive(Debug, Clone, Copy)]
+pub struct SealParams<'a> {
+    /// The kind of message.
+    pub kind: Kind,
+    /// Encrypt the body (otherwise it is only authenticated).
+    pub encrypt: bool,
+    /// Sender's clock in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// A nonce never used before with this key.
+    pub nonce: [u8; 12],
+    /// The clear id (at most [`MAX_CLEAR_ID`] bytes; longer ids are left out).
+    pub clear_id: &'a [u8],
+}
+
+/// Seals one event frame. One allocation: the output buffer.
+pub fn seal(key: &SealKey, params: &SealParams<'_>, event: &[u8]) -> Bytes {
+    let clear_id = if params.clear_id.len() <= MAX_CLEAR_ID {
+        params.clear_id
+    } else {
+        &[]
+    };
+    let header_len = FIXED_HEADER + clear_id.len();
+    let mut out = Vec::with_capacity(header_len + event.len() + TAG_LEN);
+    out.extend_from_slice(&MAGIC);
+    let flags = (u8::from(params.encrypt) * FLAG_ENCRYPTED) | ((params.kind as u8) << KIND_SHIFT);
+    out.push(flags);
+    out.extend_from_slice(&key.id.to_be_bytes());
+    out.extend_from_slice(&params.timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&params.nonce);
+    // At most MAX_CLEAR_ID (64), checked above.
+    out.push(clear_id.len() as u8);
+    out.extend_from_slice(clear_id);
+    out.extend_from_slice(event);
+    let nonce = Nonce::from_slice(&params.nonce);
+    let tag = if params.encrypt {
+        let (header, body) = out.split_at_mut(header_len);
+        key.cipher.encrypt_in_place_detached(nonce, header, body)
+    } else {
+        key.cipher.encrypt_in_place_detached(nonce, &out, &mut [])
+    };
+    // Encryption only fails for messages over ChaCha20's 256 GiB limit, far past any frame
+    // size limit; an empty tag then makes the frame fail to open rather than panic here.
+    let tag = tag.unwrap_or_default();
+    out.extend_from_slice(&tag);
+    Bytes::from(out)
+}
+
+/// True when the frame starts with the envelope magic.
+pub fn is_sealed(frame: &[u8]) -> bool {
+    frame.starts_with(&MAGIC)
+}
+
+/// Reads a sealed frame's header without checking the tag. Never panics.
+///
+/// # Errors
+/// [`OpenError::NotSealed`] or [`OpenError::Malformed`].
+pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, OpenError> {
+    if !is_sealed(frame) {
+        return Err(OpenError::NotSealed);
+    }
+    if frame.len() < MIN_SEALED {
+        return Err(OpenError::Malformed("shorter than the envelope header"));
+    }
+    let flags = frame[4];
+    if flags & !(FLAG_ENCRYPTED | KIND_MASK) != 0 {
+        return Err(OpenError::Malformed("unknown flags"));
+    }
+    let kind = Kind::from_bits((flags & KIND_MASK) >> KIND_SHIFT)
+        .ok_or(OpenError::Malformed("unknown kind"))?;
+    let mut u32b = [0u8; 4];
+    u32b.copy_from_slice(&frame[5..9]);
+    let mut u64b = [0u8; 8];
+    u64b.copy_from_slice(&frame[9..17]);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&frame[17..29]);
+    let id_len = usize::from(frame[29]);
+    if id_len > MAX_CLEAR_ID {
+        return Err(OpenError::Malformed("clear id too long"));
+    }
+    let header_len = FIXED_HEADER + id_len;
+    if frame.len() < header_len + TAG_LEN {
+        return Err(OpenError::Malformed("shorter than its clear id and tag"));
+    }
+    Ok(Parsed {
+        encrypted: flags & FLAG_ENCRYPTED != 0,
+        kind,
+        key_id: u32::from_be_bytes(u32b),
+        timestamp_ms: u64::from_be_bytes(u64b),
+        nonce,
+        clear_id: &frame[FIXED_HEADER..header_len],
+        header_len,
+    })
+}
+
+/// Checks a parsed frame's tag with `key` and returns the event inside: a slice of `frame`
+/// when it was only authenticated (no copy), a decrypted copy when it was encrypted.
+///
+/// # Errors
+/// [`OpenError::BadTag`] when the frame was altered or sealed with another key.
+pub fn open(key: &SealKey, frame: &Bytes, parsed: &Parsed<'_>) -> Result<Bytes, OpenError> {
+    if parsed.key_id != key.id {
+        return Err(OpenError::UnknownKey(parsed.key_id));
+    }
+    let body_end = frame.len() - TAG_LEN;
+    let tag = Tag::from_slice(&frame[body_end..]);
+    let nonce = Nonce::from_slice(&parsed.nonce);
+    if parsed.encrypted {
+        let mut body = frame[parsed.header_len..body_end].to_vec();
+        key.cipher
+            .decrypt_in_place_detached(nonce, &frame[..parsed.header_len], &mut body, tag)
+            .map_err(|_| OpenError::BadTag)?;
+        Ok(Bytes::from(body))
+    } else {
+        key.cipher
+            .decrypt_in_place_detached(nonce, &frame[..body_end], &mut [], tag)
+            .map_err(|_| OpenError::BadTag)?;
+        Ok(frame.slice(parsed.header_len..body_end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params(kind: Kind, encrypt: bool) -> SealParams<'static> {
+        SealParams {
+            kind,
+            encrypt,
+            timestamp_ms: 1_700_000_000_000,
+            nonce: [7; 12],
+            clear_id: b"\xc4\x02id",
+        }
+    }
+
+    #[test]
+    fn round_trips_both_modes() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        for encrypt in [false, true] {
+            let frame = seal(&key, &params(Kind::Request, encrypt), b"hello event");
+            let parsed = parse(&frame).expect("parses");
+            assert_eq!(parsed.kind, Kind::Request);
+            assert_eq!(parsed.encrypted, encrypt);
+            assert_eq!(parsed.clear_id, b"\xc4\x02id");
+            assert_eq!(parsed.timestamp_ms, 1_700_000_000_000);
+            assert_eq!(parsed.key_id, key.id());
+            assert_eq!(
+                open(&key, &frame, &parsed).expect("opens"),
+                &b"hello event"[..]
+            );
+        }
+    }
+
+    #[test]
+    fn encrypted_body_hides_plaintext() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        let frame = seal(&key, &params(Kind::Reply, true), b"very secret text");
+        assert!(!frame.windows(6).any(|w| w == b"secret"));
+        let clear = seal(&key, &params(Kind::Reply, false), b"very secret text");
+        assert!(clear.windows(6).any(|w| w == b"secret"));
+    }
+
+    #[test]
+    fn wrong_key_is_unknown_and_forged_id_fails_tag() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        let other = SealKey::derive(b"another mesh key entirely");
+        assert_ne!(key.id(), other.id());
+        let frame = seal(&key, &params(Kind::Request, true), b"x");
+        let parsed = parse(&frame).expect("parses");
+        assert_eq!(
+            open(&other, &frame, &parsed),
+            Err(OpenError::UnknownKey(key.id()))
+        );
+        // An attacker who copies the right key id still cannot make the tag verify.
+        let forged = seal(
+            &SealKey {
+                id: key.id(),
+                ..other.clone()
+            },
+            &params(Kind::Request, true),
+            b"x",
+        );
+        let parsed = parse(&forged).expect("parses");
+        assert_eq!(open(&key, &forged, &parsed), Err(OpenError::BadTag));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        for encrypt in [false, true] {
+            let frame = seal(&key, &params(Kind::Event, encrypt), b"payload");
+            for byte in 0..frame.len() {
+                for bit in 0..8 {
+                    let mut bad = frame.to_vec();
+                    bad[byte] ^= 1 << bit;
+                    let bad = Bytes::from(bad);
+                    let result = parse(&bad).and_then(|p| open(&key, &bad, &p));
+                    assert!(
+                        result.is_err(),
+                        "flip at byte {byte} bit {bit} was accepted"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_msgpack_is_not_sealed_and_short_frames_are_malformed() {
+        assert_eq!(parse(b"\x93\x82"), Err(OpenError::NotSealed));
+        assert!(matches!(parse(&MAGIC), Err(OpenError::Malformed(_))));
+        let mut frame = vec![0u8; MIN_SEALED];
+        frame[..4].copy_from_slice(&MAGIC);
+        frame[29] = 60;
+        assert!(matches!(parse(&frame), Err(OpenError::Malformed(_))));
+        frame[29] = 65;
+        assert!(matches!(parse(&frame), Err(OpenError::Malformed(_))));
+    }
+
+    #[test]
+    fn long_clear_ids_are_left_out() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        let long = [1u8; MAX_CLEAR_ID + 1];
+        let p = SealParams {
+            clear_id: &long,
+            ..params(Kind::Request, false)
+        };
+        let frame = seal(&key, &p, b"e");
+        assert_eq!(parse(&frame).expect("parses").clear_id, b"");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..200), magic in any::<bool>()) {
+            if magic && bytes.len() >= 4 {
+                bytes[..4].copy_from_slice(&MAGIC);
+            }
+            let key = SealKey::derive(b"a mesh key of some length");
+            let frame = Bytes::from(bytes);
+            if let Ok(parsed) = parse(&frame) {
+                let _ = open(&key, &frame, &parsed);
+            }
+        }
+
+        #[test]
+        fn round_trip_any_event(event in proptest::collection::vec(any::<u8>(), 0..300), encrypt in any::<bool>()) {
+            let key = SealKey::derive(b"k".repeat(32).as_slice());
+            let frame = seal(&key, &params(Kind::Reply, encrypt), &event);
+            let parsed = parse(&frame).expect("parses");
+            prop_assert_eq!(open(&key, &frame, &parsed).expect("opens"), Bytes::from(event));
+        }
+    }
+}

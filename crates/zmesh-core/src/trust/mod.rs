@@ -1,0 +1,401 @@
+//! Provides the optional mesh key: a pre-shared secret that seals every zmesh message
+//! (authenticated with ChaCha20-Poly1305, optionally encrypted), with replay protection and
+//! key rotation. [`envelope`] is the pure codec; [`replay`] the bounded nonce cache; this
+//! module ties them to a clock and a key ring for the node, client and events sockets.
+//!
+//! Give the same [`MeshKey`] to [`NodeBuilder::mesh_key`](crate::NodeBuilder::mesh_key),
+//! [`ClientConfig::mesh_key`](crate::ClientConfig::mesh_key) and the events builders.
+
+pub mod envelope;
+pub mod replay;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chacha20poly1305::aead::OsRng;
+use chacha20poly1305::aead::rand_core::RngCore;
+
+pub use envelope::{Kind, OpenError};
+pub use replay::ReplayError;
+
+use envelope::{SealKey, SealParams};
+
+/// Shortest accepted secret: 16 bytes (128 bits) of key material.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Default of [`MeshKey::replay_window`].
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(30);
+/// Default of [`MeshKey::replay_cache`].
+pub const DEFAULT_REPLAY_CACHE: usize = 200_000;
+/// The environment variable [`MeshKey::from_default_env`] reads.
+pub const MESH_KEY_ENV: &str = "ZMESH_MESH_KEY";
+
+/// Why a mesh key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The secret is too short to be a key.
+    #[error("a mesh key needs at least {MIN_SECRET_LEN} bytes of secret, got {0}")]
+    TooShort(usize),
+    /// The key file could not be read.
+    #[error("cannot read mesh key file {path}: {source}")]
+    File {
+        /// The file as given.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The environment variable is unset or not Unicode.
+    #[error("environment variable {0} is not set")]
+    Env(String),
+}
+
+/// A pre-shared mesh key with its options: whether to encrypt, the replay window and cache
+/// size, and an optional previous key still accepted for a grace period (rotation).
+///
+/// Cheap to clone. Its `Debug` form shows only the key ids.
+#[derive(Clone)]
+pub struct MeshKey {
+    current: SealKey,
+    previous: Option<(SealKey, Instant)>,
+    encrypt: bool,
+    replay_window: Duration,
+    replay_cache: usize,
+}
+
+impl std::fmt::Debug for MeshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshKey")
+            .field("id", &format_args!("{:08x}", self.current.id()))
+            .field(
+                "previous",
+                &self
+                    .previous
+                    .as_ref()
+                    .map(|(k, _)| format!("{:08x}", k.id())),
+            )
+            .field("encrypt", &self.encrypt)
+            .field("replay_window", &self.replay_window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshKey {
+    /// A key from secret bytes (at least [`MIN_SECRET_LEN`]); encryption on by default.
+    ///
+    /// # Errors
+    /// [`KeyError::TooShort`].
+    pub fn from_secret(secret: impl AsRef<[u8]>) -> Result<Self, KeyError> {
+        let secret = secret.as_ref();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError::TooShort(secret.len()));
+        }
+        Ok(Self {
+            current: SealKey::derive(secret),
+            previous: None,
+            encrypt: true,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            replay_cache: DEFAULT_REPLAY_CACHE,
+        })
+    }
+
+    /// A key from a file's contents, without surrounding whitespace (so `echo secret >
+    /// file` works).
+    ///
+    /// # Errors
+    /// [`KeyError::File`] or [`KeyError::TooShort`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| KeyError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_secret(bytes.trim_ascii())
+    }
+
+    /// A key from an environment variable's value, without surrounding whitespace.
+    ///
+    /// # Errors
+    /// [`KeyError::Env`] or [`KeyError::TooShort`].
+    pub fn from_env(var: &str) -> Result<Self, KeyError> {
+        let value = std::env::var(var).map_err(|_| KeyError::Env(var.to_owned()))?;
+        Self::from_secret(value.trim())
+    }
+
+    /// A key from [`MESH_KEY_ENV`] (`ZMESH_MESH_KEY`).
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn from_default_env() -> Result<Self, KeyError> {
+        Self::from_env(MESH_KEY_ENV)
+    }
+
+    /// Also accepts messages sealed with `previous` (its current key) for `grace` from now,
+    /// so peers can be moved to the new key one by one. Everything sent uses this key.
+    #[must_use]
+    pub fn with_previous(mut self, previous: &MeshKey, grace: Duration) -> Self {
+        self.previous = Some((previous.current.clone(), Instant::now() + grace));
+        self
+    }
+
+    /// Encrypts payloads (default) or only authenticates them. Receivers open both.
+    #[must_use]
+    pub fn encrypt(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
+    }
+
+    /// Largest accepted distance between a sender's clock and ours (default 30 s); keep
+    /// the mesh's clocks well within it.
+    #[must_use]
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
+    /// Nonces remembered per receiving socket to refuse replays (default 200,000; about
+    /// 60 bytes each).
+    #[must_use]
+    pub fn replay_cache(mut self, entries: usize) -> Self {
+        self.replay_cache = entries;
+        self
+    }
+
+    /// The id of the key messages are sealed with (derived, safe to log).
+    pub fn key_id(&self) -> u32 {
+        self.current.id()
+    }
+
+    /// Whether payloads are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.encrypt
+    }
+}
+
+/// Why a received frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Not sealed, malformed, wrong key, retired key or a bad tag.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Stale, or already received.
+    #[error("{0}")]
+    Replayed(ReplayError),
+}
+
+impl Rejection {
+    /// The zerorpc error name sent back where a reply is addressable.
+    pub fn err_name(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "Unauthenticated",
+            Self::Replayed(_) => "Replayed",
+        }
+    }
+}
+
+/// A mesh key in use by one receiving socket: the key ring plus that socket's replay guard.
+#[derive(Debug)]
+pub(crate) struct Trust {
+    key: MeshKey,
+    guard: Mutex<replay::ReplayGuard>,
+}
+
+impl Trust {
+    pub(crate) fn new(key: MeshKey) -> Self {
+        let window = u64::try_from(key.replay_window.as_millis()).unwrap_or(u64::MAX);
+        let guard = Mutex::new(replay::ReplayGuard::new(window, key.replay_cache));
+        Self { key, guard }
+    }
+
+    /// Seals an event frame, carrying `clear_id` (a request's encoded message id) outside.
+    pub(crate) fn seal(&self, kind: Kind, event: &[u8], clear_id: &[u8]) -> Bytes {
+        self.seal_with(KeySlot::Current, kind, event, clear_id)
+    }
+
+    /// True when a previous key is configured (whether or not its grace is over).
+    pub(crate) fn has_previous(&self) -> bool {
+        self.key.previous.is_some()
+    }
+
+    /// Seals with the current key, or with the previous one while its grace lasts (a node
+    /// answers a peer in the key it used, so peers not yet moved to the new key still read
+    /// their replies).
+    pub(crate) fn seal_with(
+        &self,
+        slot: KeySlot,
+        kind: Kind,
+        event: &[u8],
+        clear_id: &[u8],
+    ) -> Bytes {
+        let key = match (&self.key.previous, slot) {
+            (Some((previous, until)), KeySlot::Previous) if Instant::now() <= *until => previous,
+            _ => &self.key.current,
+        };
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let params = SealParams {
+            kind,
+            encrypt: self.key.encrypt,
+            timestamp_ms: now_ms(),
+            nonce,
+            clear_id,
+        };
+        envelope::seal(key, &params, event)
+    }
+
+    /// Opens a received frame expected to be of `kind`: checks the key, the tag, the time
+    /// window and the nonce cache, in that order (the cache only learns authentic nonces,
+    /// so forged frames cannot fill it).
+    pub(crate) fn open(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
+        self.open_slot(frame, kind).map(|(event, _)| event)
+    }
+
+    /// As [`open`](Self::open), also telling which key opened the frame.
+    pub(crate) fn open_slot(
+        &self,
+        frame: &Bytes,
+        kind: Kind,
+    ) -> Result<(Bytes, KeySlot), Rejection> {
+        let unauth = |e: &dyn std::fmt::Display| Rejection::Unauthenticated(e.to_string());
+        let parsed = envelope::parse(frame).map_err(|e| unauth(&e))?;
+        if parsed.kind != kind {
+            return Err(unauth(&OpenError::WrongKind {
+                found: parsed.kind,
+                expected: kind,
+            }));
+        }
+        let (key, slot) = if parsed.key_id == self.key.current.id() {
+            (&self.key.current, KeySlot::Current)
+        } else {
+            match &self.key.previous {
+                Some((previous, until)) if parsed.key_id == previous.id() => {
+                    if Instant::now() > *until {
+                        return Err(Rejection::Unauthenticated(format!(
+                            "sealed with the previous mesh key (id {:08x}), whose grace period is over",
+                            parsed.key_id
+                        )));
+                    }
+                    (previous, KeySlot::Previous)
+                }
+                _ => return Err(unauth(&OpenError::UnknownKey(parsed.key_id))),
+            }
+        };
+        let event = envelope::open(key, frame, &parsed).map_err(|e| unauth(&e))?;
+        self.guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(now_ms(), parsed.timestamp_ms, parsed.nonce)
+            .map_err(Rejection::Replayed)?;
+        Ok((event, slot))
+    }
+}
+
+/// Which of a key ring's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeySlot {
+    /// The key everything is sent with.
+    Current,
+    /// The previous key, accepted during its grace period.
+    Previous,
+}
+
+/// The clear id a receiver may use to address an error to a frame it could not open.
+pub(crate) fn clear_id(frame: &[u8]) -> Option<&[u8]> {
+    envelope::parse(frame)
+        .ok()
+        .map(|p| p.clear_id)
+        .filter(|id| !id.is_empty())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> MeshKey {
+        MeshKey::from_secret(s.repeat(4)).expect("long enough")
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(matches!(
+            MeshKey::from_secret("short"),
+            Err(KeyError::TooShort(5))
+        ));
+    }
+
+    #[test]
+    fn file_keys_are_trimmed() {
+        let dir = std::env::temp_dir().join(format!("zmesh-key-{}", std::process::id()));
+        std::fs::write(&dir, "alphaalphaalphaalpha\n").expect("write");
+        let from_file = MeshKey::from_file(&dir).expect("loads");
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(from_file.key_id(), key("alpha").key_id());
+        assert!(matches!(
+            MeshKey::from_file("/nonexistent/zmesh"),
+            Err(KeyError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn opens_own_frames_once() {
+        let t = Trust::new(key("alpha"));
+        let frame = t.seal(Kind::Request, b"event", b"");
+        assert_eq!(t.open(&frame, Kind::Request).expect("opens"), &b"event"[..]);
+        assert!(matches!(
+            t.open(&frame, Kind::Request),
+            Err(Rejection::Replayed(ReplayError::Replayed))
+        ));
+    }
+
+    #[test]
+    fn wrong_kind_wrong_key_and_plain_are_unauthenticated() {
+        let t = Trust::new(key("alpha"));
+        let other = Trust::new(key("bravo"));
+        let frame = t.seal(Kind::Reply, b"event", b"");
+        assert!(matches!(
+            t.open(&frame, Kind::Request),
+            Err(Rejection::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            other.open(&frame, Kind::Reply),
+            Err(Rejection::Unauthenticated(_))
+        ));
+        let plain = Bytes::from_static(b"\x93\x80\xa1x\x90");
+        assert!(matches!(
+            t.open(&plain, Kind::Reply),
+            Err(Rejection::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn previous_key_only_within_grace() {
+        let old = Trust::new(key("alpha"));
+        let rotated =
+            Trust::new(key("bravo").with_previous(&key("alpha"), Duration::from_secs(60)));
+        let expired = Trust::new(key("bravo").with_previous(&key("alpha"), Duration::ZERO));
+        let frame = old.seal(Kind::Request, b"e", b"");
+        assert!(rotated.open(&frame, Kind::Request).is_ok());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            matches!(expired.open(&frame, Kind::Request), Err(Rejection::Unauthenticated(m)) if m.contains("grace"))
+        );
+    }
+
+    #[test]
+    fn clear_id_is_readable_without_the_key() {
+        let t = Trust::new(key("alpha"));
+        let frame = t.seal(Kind::Request, b"e", b"\xc4\x01z");
+        assert_eq!(clear_id(&frame), Some(&b"\xc4\x01z"[..]));
+        assert_eq!(clear_id(b"\x93"), None);
+    }
+}
