@@ -13,8 +13,8 @@
 //! - `zmtp-garbage`: raw TCP connections that break the ZMTP handshake or send a frame
 //!   announcing 1 TiB and then hang up.
 //!
-//! A wrong-key peer belongs here too once the mesh key exists: add a variant to [`Class`],
-//! its session function, and an arm in [`run`].
+//! The wrong-key class uses `zmesh::Client`s (with a wrong key, or none) and lives in
+//! `polite.rs`, where calls are counted as succeeded, failed or lost.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -69,6 +69,13 @@ impl Class {
             Class::Churn => "churn",
             Class::ZmtpGarbage => "zmtp-garbage",
         }
+    }
+
+    /// True for peers that send zerorpc requests: they use a node's plain endpoint, since
+    /// on the keyed one they would only be refused before decoding (which the wrong-key
+    /// class covers). ZMTP garbage never gets that far and uses the keyed endpoint.
+    pub fn speaks_zerorpc(self) -> bool {
+        !matches!(self, Class::ZmtpGarbage)
     }
 
     /// What its probes are, for the report.

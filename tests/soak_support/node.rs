@@ -1,6 +1,10 @@
 //! Provides the soak's nodes: an echo node in a child process (this test binary re-run with
 //! only `soak_node_entry`), so the soak can SIGKILL and restart it like a crashed host and
 //! read its memory from `/proc`, and a scan of its stderr for panics.
+//!
+//! Every node has a mesh key and two endpoints: the keyed one (well-behaved clients hold
+//! the key, the wrong-key class does not) and a plain one that allows unkeyed zerorpc, where
+//! the hostile peers that speak plain zerorpc send their traffic.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -9,11 +13,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use zmesh::{Node, NodeConfig};
+use zmesh::{MeshKey, Node, NodeConfig};
 
-/// Environment of a child node: the endpoint to bind and the node's name.
+/// Environment of a child node: the endpoints to bind and the node's name.
 const BIND_VAR: &str = "ZMESH_SOAK_NODE_BIND";
+const PLAIN_VAR: &str = "ZMESH_SOAK_NODE_PLAIN";
 const NAME_VAR: &str = "ZMESH_SOAK_NODE_NAME";
+
+/// The soak mesh's key, and one that is not it.
+pub const MESH_SECRET: &str = "zmesh soak mesh key, 32 bytes!!!";
+pub const WRONG_SECRET: &str = "not the soak key, also 32 bytes!";
+
+/// A mesh key from a secret of the right length.
+pub fn key(secret: &str) -> MeshKey {
+    MeshKey::from_secret(secret).expect("soak secrets are long enough")
+}
 
 /// The nodes' message size limit: small, so oversized messages are cheap to send.
 pub const NODE_LIMIT: usize = 256 * 1024;
@@ -35,6 +49,7 @@ pub fn serve_if_child() {
     let Ok(bind) = std::env::var(BIND_VAR) else {
         return;
     };
+    let plain = std::env::var(PLAIN_VAR).expect("plain endpoint set by the parent");
     let name = std::env::var(NAME_VAR).unwrap_or_else(|_| "soak".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -45,12 +60,14 @@ pub fn serve_if_child() {
         let node = Node::builder()
             .name(name)
             .bind(bind)
+            .bind_plain(plain)
+            .mesh_key(key(MESH_SECRET))
             .service(zmesh_echo::service())
             .config(node_config())
             .start()
             .await
             .expect("soak node starts");
-        println!("READY {}", node.endpoint());
+        println!("READY {}", node.endpoints().join(" "));
         // Serve until the parent kills this process.
         std::future::pending::<()>().await;
     });
@@ -86,16 +103,18 @@ impl Memory {
 pub struct SoakNode {
     child: Child,
     pid: u32,
-    /// The endpoint it serves (a fixed TCP port, kept across restarts).
+    /// The keyed endpoint it serves (a fixed TCP port, kept across restarts).
     pub endpoint: String,
+    /// Its plain endpoint (likewise).
+    pub plain_endpoint: String,
     /// Lines of its stderr that report a panic.
     pub panics: Arc<AtomicU64>,
 }
 
 impl SoakNode {
-    /// Starts a node bound to `bind` (`tcp://127.0.0.1:0` the first time, then the port it
-    /// got, so clients find a restarted node where they left it).
-    pub async fn spawn(name: &str, bind: &str) -> Self {
+    /// Starts a node bound to `bind` and `plain` (`tcp://127.0.0.1:0` the first time, then
+    /// the ports it got, so clients find a restarted node where they left it).
+    pub async fn spawn(name: &str, bind: &str, plain: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
@@ -105,6 +124,7 @@ impl SoakNode {
                 "--test-threads=1",
             ])
             .env(BIND_VAR, bind)
+            .env(PLAIN_VAR, plain)
             .env(NAME_VAR, name)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -130,11 +150,14 @@ impl SoakNode {
         });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let endpoint = tokio::time::timeout(START_TIMEOUT, async {
+        let (endpoint, plain_endpoint) = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await.expect("child stdout readable") {
                 // The harness prints "test soak_node_entry ... " on the same line.
-                if let Some((_, endpoint)) = line.split_once("READY ") {
-                    return endpoint.trim().to_owned();
+                if let Some((_, endpoints)) = line.split_once("READY ") {
+                    let mut endpoints = endpoints.split_whitespace().map(str::to_owned);
+                    let keyed = endpoints.next().expect("a keyed endpoint");
+                    let plain = endpoints.next().expect("a plain endpoint");
+                    return (keyed, plain);
                 }
             }
             panic!("soak node {name} exited before it was ready");
@@ -147,6 +170,7 @@ impl SoakNode {
             child,
             pid,
             endpoint,
+            plain_endpoint,
             panics,
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use zmesh::{CallError, CallOptions, Client, ClientConfig};
 
-use super::node::{HEARTBEAT, NODE_LIMIT};
+use super::node::{HEARTBEAT, MESH_SECRET, NODE_LIMIT, WRONG_SECRET, key};
 use super::tally::{Outcome, Tally, class_of};
 
 /// Every well-behaved call's deadline.
@@ -26,14 +26,50 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// Size of the oversized requests (over [`NODE_LIMIT`]).
 pub const OVERSIZE: usize = 4 * NODE_LIMIT;
 
-/// A client configured like the nodes.
+/// A client configured like the nodes, without a key (for the plain endpoint).
+pub fn plain_client(endpoint: &str) -> Client {
+    Client::with_config(endpoint, config())
+}
+
+/// A client holding the mesh key (for the keyed endpoint).
 pub fn client(endpoint: &str) -> Client {
-    Client::with_config(
-        endpoint,
-        ClientConfig::default()
-            .heartbeat(HEARTBEAT)
-            .default_timeout(CALL_DEADLINE),
-    )
+    Client::with_config(endpoint, config().mesh_key(key(MESH_SECRET)))
+}
+
+fn config() -> ClientConfig {
+    ClientConfig::default()
+        .heartbeat(HEARTBEAT)
+        .default_timeout(CALL_DEADLINE)
+}
+
+/// Calls the keyed endpoint with a wrong key and with none, in turn, until `stop_at`: each
+/// call must be refused with `ERR Unauthenticated` and never reach a handler.
+pub async fn wrong_key_caller(endpoint: String, tally: Arc<Tally>, stop_at: Instant) {
+    let wrong = Client::with_config(&endpoint, config().mesh_key(key(WRONG_SECRET)));
+    let unkeyed = Client::with_config(&endpoint, config());
+    let mut i = 0u64;
+    while Instant::now() < stop_at {
+        i += 1;
+        tally.calls.fetch_add(1, Ordering::Relaxed);
+        let client = if i % 2 == 0 { &wrong } else { &unkeyed };
+        let call = client.call_with::<String>(
+            "echo.upper",
+            ("intruder",),
+            CallOptions::timeout(CALL_DEADLINE),
+        );
+        match tokio::time::timeout(CALL_DEADLINE + GRACE, call).await {
+            Err(_) => tally.record_lost(),
+            Ok(Err(CallError::Remote(e))) if e.name == "Unauthenticated" => {
+                tally.record(Outcome::Expected)
+            }
+            Ok(Ok(reply)) => tally.record(Outcome::Wrong(format!(
+                "a call without the mesh key was served: {reply:?}"
+            ))),
+            Ok(Err(e)) => tally.record(Outcome::Failed(class_of(&e))),
+        }
+        // As often as a busy legitimate client: the point is that every attempt is refused.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs well-behaved calls (echo, upper, a stream, a provoked remote error, a short sleep)
