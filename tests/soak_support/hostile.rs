@@ -31,9 +31,10 @@ use super::tally::RawTally;
 
 /// Bound on each network step of a hostile peer (connect, send, a raw write).
 const STEP: Duration = Duration::from_secs(5);
-/// Bound on a probe's reply (as a call's deadline plus grace in `polite`): a reading peer
-/// of a node that is up gets every reply within it.
-pub const PROBE_BOUND: Duration = Duration::from_secs(8);
+/// A probe answered later than this (a call's deadline plus grace in `polite`) is counted
+/// late; one not answered within [`PROBE_GIVE_UP`] is counted unanswered.
+pub const PROBE_LATE: Duration = Duration::from_secs(8);
+pub const PROBE_GIVE_UP: Duration = Duration::from_secs(30);
 /// Pause before retrying a node that could not be reached (it is being restarted).
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -161,7 +162,8 @@ async fn reply_to(
     bound: Duration,
     tally: &RawTally,
 ) -> Option<String> {
-    let until = tokio::time::Instant::now() + bound;
+    let sent_at = tokio::time::Instant::now();
+    let until = sent_at + bound;
     loop {
         let message = match tokio::time::timeout_at(until, sock.recv()).await {
             Ok(Ok(message)) => message,
@@ -171,6 +173,9 @@ async fn reply_to(
             continue;
         };
         if name.1.as_ref() == Some(id) {
+            if sent_at.elapsed() > PROBE_LATE {
+                tally.probes_late.fetch_add(1, Ordering::Relaxed);
+            }
             return Some(name.0);
         }
     }
@@ -225,7 +230,7 @@ async fn garbage_session(
         if !send(&mut sock, ping).await {
             return true;
         }
-        match reply_to(&mut sock, &id, PROBE_BOUND, tally).await {
+        match reply_to(&mut sock, &id, PROBE_GIVE_UP, tally).await {
             Some(name) if name == "OK" => {
                 tally.probes_answered.fetch_add(1, Ordering::Relaxed);
             }
@@ -303,7 +308,7 @@ async fn oversized_session(endpoint: &str, tally: &RawTally, stop_at: Instant) -
             return true;
         }
         tally.sent.fetch_add(1, Ordering::Relaxed);
-        match reply_to(&mut sock, &id, PROBE_BOUND, tally).await {
+        match reply_to(&mut sock, &id, PROBE_GIVE_UP, tally).await {
             Some(name) if name == "ERR MessageTooLarge" => {
                 tally.probes_answered.fetch_add(1, Ordering::Relaxed);
             }
@@ -363,7 +368,8 @@ async fn overload_session(endpoint: &str, tally: &RawTally) -> bool {
         tally.sent.fetch_add(1, Ordering::Relaxed);
         open.insert(id);
     }
-    let until = tokio::time::Instant::now() + PROBE_BOUND;
+    let sent_at = tokio::time::Instant::now();
+    let until = sent_at + PROBE_GIVE_UP;
     while !open.is_empty() {
         let message = match tokio::time::timeout_at(until, sock.recv()).await {
             Ok(Ok(message)) => message,
@@ -372,6 +378,9 @@ async fn overload_session(endpoint: &str, tally: &RawTally) -> bool {
         if let Some((_, Some(id))) = count_reply(message, tally) {
             if open.remove(&id) {
                 tally.probes_answered.fetch_add(1, Ordering::Relaxed);
+                if sent_at.elapsed() > PROBE_LATE {
+                    tally.probes_late.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

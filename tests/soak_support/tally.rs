@@ -199,7 +199,10 @@ pub struct RawTally {
     pub sent: AtomicU64,
     /// Probes (pings on the hostile connection, expected `ERR`s) answered.
     pub probes_answered: AtomicU64,
-    /// Probes not answered within their bound (the node may have been killed meanwhile).
+    /// Probes answered, but later than `hostile::PROBE_LATE`.
+    pub probes_late: AtomicU64,
+    /// Probes not answered within `hostile::PROBE_GIVE_UP` (the node may have been killed
+    /// meanwhile, or, for calls, closed them for want of client heartbeats).
     pub probes_unanswered: AtomicU64,
     /// Replies received, by event name (`ERR` by error name).
     replies: Mutex<BTreeMap<String, u64>>,
