@@ -236,6 +236,12 @@ pub(super) fn handle_message(
         shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // A connection to a plain endpoint is plain from its first message on, whatever that
+    // message is: replies to it (an `ERR` for an oversized first message included) go out
+    // on the plain socket, where it can receive them.
+    if let Inbound::PlainOfKeyed(keyed) = inbound {
+        keyed.note_plain_peer(&peer);
+    }
     let limit = shared.config.max_message_size;
     if envelope.event.len() > limit {
         shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +264,7 @@ pub(super) fn handle_message(
     }
     match inbound {
         Inbound::Plain => {}
-        Inbound::PlainOfKeyed(keyed) => keyed.note_plain_peer(&peer),
+        Inbound::PlainOfKeyed(_) => {}
         Inbound::Sealed(keyed) => match keyed.trust.open_slot(&envelope.event, Kind::Request) {
             Ok((event, slot)) => {
                 keyed.note_key_slot(&peer, slot);
