@@ -132,6 +132,9 @@ pub struct SubscriberStats {
     pub dropped: u64,
     /// Messages that were not valid events, and payloads that did not decode.
     pub undecodable: u64,
+    /// Messages over [`SubscriberConfig::max_message_size`], dropped unread (also counted
+    /// in `undecodable`).
+    pub oversized: u64,
     /// Events whose sequence number was already accounted for.
     pub duplicates: u64,
     /// Reconnections after a publisher's connection dropped.
@@ -147,6 +150,7 @@ struct Counters {
     lost: AtomicU64,
     dropped: AtomicU64,
     undecodable: AtomicU64,
+    oversized: AtomicU64,
     duplicates: AtomicU64,
     reconnects: AtomicU64,
     publisher_restarts: AtomicU64,
@@ -179,6 +183,7 @@ impl Shared {
             lost: get(&c.lost),
             dropped: get(&c.dropped),
             undecodable: get(&c.undecodable),
+            oversized: get(&c.oversized),
             duplicates: get(&c.duplicates),
             reconnects: get(&c.reconnects),
             publisher_restarts: get(&c.publisher_restarts),
@@ -452,6 +457,9 @@ impl Reader {
             Ok(incoming) => incoming,
             Err(e) => {
                 bump(&self.shared.counters.undecodable, 1);
+                if matches!(e, codec::IncomingError::TooLarge { .. }) {
+                    bump(&self.shared.counters.oversized, 1);
+                }
                 tracing::warn!(endpoint = %self.endpoint, error = %e, "undecodable event dropped");
                 return Flow::Continue;
             }

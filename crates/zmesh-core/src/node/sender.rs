@@ -1,6 +1,7 @@
 //! Provides the node's send side over either socket it can serve from: the ROUTER it binds,
 //! or the DEALER a worker connects to its proxy device (replaced on every reconnect). Both
 //! carry the same `[route.., "", event]` messages, so the dispatcher does not care which.
+//! A third, socket-free variant collects messages for the node's fuzzing harness.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,8 @@ pub(crate) enum Sender {
     /// A worker's DEALER to its device: the route is the client's envelope, which the device
     /// uses to pass the event on.
     Worker(Arc<WorkerOutlet>),
+    /// No socket: messages are collected for inspection ([`super::harness`]).
+    Capture(tokio::sync::mpsc::UnboundedSender<ZmqMessage>),
 }
 
 impl Sender {
@@ -21,6 +24,9 @@ impl Sender {
         match self {
             Self::Router(router) => router.send(message).await,
             Self::Worker(outlet) => outlet.send(message).await,
+            Self::Capture(out) => out
+                .send(message)
+                .map_err(|_| ZmqError::Other("capture receiver dropped")),
         }
     }
 }
