@@ -1413,7 +1413,11 @@ async fn refusals_while_opening_a_call_are_answered() {
     peer.ping_then_silence().await;
     // A connection's own bound is counted apart from the node-wide one.
     let stats = node.stats();
-    assert_eq!((stats.peer_overloaded, stats.overloaded), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.peer_overloaded, stats.overloaded),
+        (1, 0),
+        "{stats:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
