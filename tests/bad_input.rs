@@ -1312,7 +1312,7 @@ async fn error_replies_keep_the_routing_envelope() {
 }
 
 /// Same as above for a refusal that happens while opening a call: the per-connection call
-/// limit. The `ERR Overloaded` goes out without the request's routing frames.
+/// limit. The `ERR PeerOverloaded` goes out without the request's routing frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_limit_refusal_keeps_the_routing_envelope() {
     let node = start_node_with(
@@ -1333,7 +1333,7 @@ async fn peer_limit_refusal_keeps_the_routing_envelope() {
     peer.send_frames(via_hop(request(&refused, "echo.upper", vec![s("x")])))
         .await;
     let reply = replies_keep_envelope(&mut peer, &refused).await;
-    assert_eq!(wire::parse_err_args(&reply.args).0, "Overloaded");
+    assert_eq!(wire::parse_err_args(&reply.args).0, "PeerOverloaded");
     let reply = replies_keep_envelope(&mut peer, &slow).await;
     assert_eq!(reply.name, "OK");
 }
@@ -1395,7 +1395,7 @@ async fn refusals_while_opening_a_call_are_answered() {
     assert_eq!(
         (name.as_str(), message.as_str()),
         (
-            "Overloaded",
+            "PeerOverloaded",
             "this connection is at its limit of 2 concurrent calls"
         )
     );
@@ -1411,7 +1411,13 @@ async fn refusals_while_opening_a_call_are_answered() {
     expected.sort_by_key(|id| id.encoded().clone());
     assert_eq!(done, expected);
     peer.ping_then_silence().await;
-    assert_eq!(node.stats().overloaded, 1);
+    // A connection's own bound is counted apart from the node-wide one.
+    let stats = node.stats();
+    assert_eq!(
+        (stats.peer_overloaded, stats.overloaded),
+        (1, 0),
+        "{stats:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

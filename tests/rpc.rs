@@ -246,7 +246,7 @@ async fn node_concurrency_bound_answers_overloaded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_connection_bound_answers_overloaded_only_to_that_client() {
+async fn per_connection_bound_answers_peer_overloaded_only_to_that_client() {
     let config = NodeConfig::default().max_calls_per_peer(2);
     let (node, _dir) = start_node(Transport::Tcp, config, vec![]).await;
     let greedy = Client::new(node.endpoint());
@@ -256,7 +256,7 @@ async fn per_connection_bound_answers_overloaded_only_to_that_client() {
         .await
         .expect_err("over");
     let remote = err.remote().expect("remote");
-    assert_eq!(remote.name, "Overloaded");
+    assert_eq!(remote.name, "PeerOverloaded");
     assert!(remote.message.contains("connection"), "{}", remote.message);
     let ok: String = net("polite call", polite.call("echo.upper", ("y",)))
         .await

@@ -1,13 +1,16 @@
 //! Provides the optional event forwarder: an XSUB socket publishers connect to and an XPUB
 //! socket subscribers connect to, with messages passed on frame for frame (so zerorpc events
 //! arrive unchanged) and subscriptions passed back upstream, as the ZeroMQ Guide's forwarder
-//! device does.
+//! device does. Messages over the device's `max_message_size` are dropped and counted: the
+//! `zeromq` crate has no size limit of its own, so this is where the forwarder gets one.
 
 use futures::FutureExt;
 use tokio::sync::watch;
 use zeromq::{Socket, SocketRecv, SocketSend, XPubSocket, XSubSocket};
 
-use crate::DeviceError;
+use std::sync::Arc;
+
+use crate::{DeviceError, Shared};
 
 /// The two bound sockets of a forwarder.
 pub(crate) struct Forwarder {
@@ -33,7 +36,8 @@ impl Forwarder {
 
     /// Forwards until `stop` changes. A failed receive or send is logged and skipped: one
     /// bad peer must not end the forwarder.
-    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+        let limit = shared.config.max_message_size;
         loop {
             // Both receives are made fresh each turn and dropped unfinished by `select!`;
             // the sockets' fair queues keep anything not yet taken.
@@ -43,6 +47,15 @@ impl Forwarder {
                 m = self.xpub.recv().fuse() => Turn::Subscription(m),
                 m = self.xsub.recv().fuse() => Turn::Event(m),
             };
+            let oversized = match &turn {
+                Turn::Event(Ok(m)) | Turn::Subscription(Ok(m)) => message_size(m) > limit,
+                _ => false,
+            };
+            if oversized {
+                shared.lock().count_oversized_event();
+                tracing::debug!(limit, "oversized message dropped by the event forwarder");
+                continue;
+            }
             match turn {
                 Turn::Event(Ok(message)) => {
                     if let Err(e) = self.xpub.send(message).await {
@@ -62,6 +75,11 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Bytes of a message's frames together (what the limit is measured against).
+pub(crate) fn message_size(message: &zeromq::ZmqMessage) -> usize {
+    message.iter().map(|frame| frame.len()).sum()
 }
 
 enum Turn {

@@ -180,7 +180,7 @@ impl DeviceBuilder {
         ];
         let events = forwarder.map(|f| {
             let endpoints = (f.events_in.clone(), f.events_out.clone());
-            tasks.push(tokio::spawn(f.run(stop_rx)));
+            tasks.push(tokio::spawn(f.run(shared.clone(), stop_rx)));
             endpoints
         });
         tracing::info!(device = %name, %frontend, %backend, events = ?events, "device started");

@@ -97,6 +97,7 @@ struct Channel {
 #[derive(Debug, Default)]
 struct Counters {
     malformed: u64,
+    oversized_events: u64,
     unknown_method: u64,
     unknown_channel: u64,
     stale_replies: u64,
@@ -193,6 +194,10 @@ impl Router {
 
     pub(crate) fn count_malformed(&mut self) {
         self.counters.malformed += 1;
+    }
+
+    pub(crate) fn count_oversized_event(&mut self) {
+        self.counters.oversized_events += 1;
     }
 
     /// How often [`Router::poll_timers`] should run: a quarter of the shortest heartbeat
@@ -855,6 +860,7 @@ impl Router {
             workers: self.workers.len(),
             open_calls: self.channels.len(),
             malformed: self.counters.malformed,
+            oversized_events: self.counters.oversized_events,
             unknown_method: self.counters.unknown_method,
             unknown_channel: self.counters.unknown_channel,
             stale_replies: self.counters.stale_replies,

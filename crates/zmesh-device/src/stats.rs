@@ -41,6 +41,10 @@ pub struct DeviceStats {
     pub open_calls: usize,
     /// Messages that were not valid events (from clients or workers).
     pub malformed: u64,
+    /// Messages over `max_message_size` dropped by the event forwarder (events from
+    /// publishers, or subscriptions from subscribers).
+    #[serde(default)]
+    pub oversized_events: u64,
     /// Requests for methods no worker ever announced (answered `NameError`).
     pub unknown_method: u64,
     /// Events for calls that are not open (late heartbeats, mostly).

@@ -147,6 +147,9 @@ pub struct SubscriberStats {
     pub unauthenticated: u64,
     /// Sealed events refused as replays (seen before, or outside the time window).
     pub replay_rejected: u64,
+    /// Messages over [`SubscriberConfig::max_message_size`], dropped unread (also counted
+    /// in `undecodable`).
+    pub oversized: u64,
     /// Events whose sequence number was already accounted for.
     pub duplicates: u64,
     /// Reconnections after a publisher's connection dropped.
@@ -164,6 +167,7 @@ struct Counters {
     undecodable: AtomicU64,
     unauthenticated: AtomicU64,
     replay_rejected: AtomicU64,
+    oversized: AtomicU64,
     duplicates: AtomicU64,
     reconnects: AtomicU64,
     publisher_restarts: AtomicU64,
@@ -200,6 +204,7 @@ impl Shared {
             undecodable: get(&c.undecodable),
             unauthenticated: get(&c.unauthenticated),
             replay_rejected: get(&c.replay_rejected),
+            oversized: get(&c.oversized),
             duplicates: get(&c.duplicates),
             reconnects: get(&c.reconnects),
             publisher_restarts: get(&c.publisher_restarts),
@@ -517,6 +522,9 @@ impl Reader {
             Ok(incoming) => incoming,
             Err(e) => {
                 bump(&self.shared.counters.undecodable, 1);
+                if matches!(e, codec::IncomingError::TooLarge { .. }) {
+                    bump(&self.shared.counters.oversized, 1);
+                }
                 tracing::warn!(endpoint = %self.endpoint, error = %e, "undecodable event dropped");
                 return Flow::Continue;
             }

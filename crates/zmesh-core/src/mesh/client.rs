@@ -411,7 +411,8 @@ fn classify(error: &CallError) -> Failure {
         CallError::Connect { .. } => Failure::NotRun,
         CallError::PeerLost(_) => Failure::MaybeRan,
         CallError::Remote(e) => match e.name.as_str() {
-            "Overloaded" => Failure::NotRun,
+            // Refused before running: by the node as a whole, or this connection's bounds.
+            "Overloaded" | "PeerOverloaded" => Failure::NotRun,
             // New calls refused by a node that is shutting down did not run; calls it
             // aborted after its grace period may have.
             "Unavailable" if e.message == "node is shutting down" => Failure::NotRun,

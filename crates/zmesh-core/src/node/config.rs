@@ -14,9 +14,13 @@ pub struct NodeConfig {
     /// Calls running at once on the node; beyond it requests get `ERR Overloaded`
     /// (default 10,000).
     pub max_concurrent_calls: usize,
-    /// Calls running at once for one client connection; beyond it that client gets
-    /// `ERR Overloaded` (default 1,000).
+    /// Calls running at once for one client connection (a ROUTER peer); beyond it that
+    /// client gets `ERR PeerOverloaded` while other clients are served (default 1,000).
     pub max_calls_per_peer: usize,
+    /// Request bytes of the calls running at once for one client connection; beyond it that
+    /// client gets `ERR PeerOverloaded` (default 64 MiB; at least `max_message_size`, so
+    /// one request of the largest size fits on an idle connection).
+    pub max_bytes_per_peer: usize,
     /// Largest accepted event frame in bytes; larger requests get `ERR MessageTooLarge`
     /// (default 16 MiB).
     pub max_message_size: usize,
@@ -35,6 +39,7 @@ impl Default for NodeConfig {
             heartbeat: Duration::from_secs(5),
             max_concurrent_calls: 10_000,
             max_calls_per_peer: 1_000,
+            max_bytes_per_peer: 64 * 1024 * 1024,
             max_message_size: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             reply_cache_size: 10_000,
@@ -62,6 +67,13 @@ impl NodeConfig {
     #[must_use]
     pub fn max_calls_per_peer(mut self, n: usize) -> Self {
         self.max_calls_per_peer = n;
+        self
+    }
+
+    /// Sets the per-connection bound on in-flight request bytes.
+    #[must_use]
+    pub fn max_bytes_per_peer(mut self, bytes: usize) -> Self {
+        self.max_bytes_per_peer = bytes;
         self
     }
 
@@ -104,6 +116,18 @@ impl NodeConfig {
                 "max_message_size must be at least 64 bytes",
             ));
         }
+        if self.max_bytes_per_peer < self.max_message_size {
+            return Err(NodeError::Config(
+                "max_bytes_per_peer must be at least max_message_size",
+            ));
+        }
         Ok(())
+    }
+
+    pub(crate) fn peer_limits(&self) -> super::registry::PeerLimits {
+        super::registry::PeerLimits {
+            calls: self.max_calls_per_peer,
+            bytes: self.max_bytes_per_peer,
+        }
     }
 }

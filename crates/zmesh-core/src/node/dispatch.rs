@@ -295,7 +295,10 @@ pub(super) fn handle_message(
     };
     match &event.header.response_to {
         Some(channel) => handle_channel_event(shared, &peer, channel, &event.name, &event.args),
-        None => open_call(shared, control, warn, peer, envelope.route, event),
+        None => {
+            let size = envelope.event.len();
+            open_call(shared, control, warn, peer, envelope.route, event, size)
+        }
     }
 }
 
@@ -384,6 +387,7 @@ fn open_call(
     peer: Bytes,
     route: Vec<Bytes>,
     event: wire::Event,
+    size: usize,
 ) {
     let header = event.header;
     if !shared.accepting.load(Ordering::Relaxed) {
@@ -435,7 +439,7 @@ fn open_call(
         let admitted =
             shared
                 .registry
-                .admit(&peer, &header.message_id, shared.config.max_calls_per_peer);
+                .admit(&peer, &header.message_id, size, shared.config.peer_limits());
         if let Err(refusal) = admitted {
             refuse(shared, control, &route, &header.message_id, refusal);
             return;
@@ -507,6 +511,7 @@ fn open_call(
         last_heard: now,
         last_hb_sent: now,
         heard_any: false,
+        size,
     };
     let request_id = reply_to.request_id.clone();
     let mut call = Call {
@@ -526,7 +531,7 @@ fn open_call(
         &peer,
         request_id.clone(),
         channel,
-        shared.config.max_calls_per_peer,
+        shared.config.peer_limits(),
         || {
             call.registered = true;
             tokio::spawn(call.run(future).instrument(span)).abort_handle()
@@ -546,20 +551,24 @@ fn refuse(
     request: &MessageId,
     why: OpenError,
 ) {
-    match why {
-        OpenError::PeerLimit => {
-            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            let message = format!(
-                "this connection is at its limit of {} concurrent calls",
-                shared.config.max_calls_per_peer
-            );
-            control.send_err(route, request, "Overloaded", &message);
-        }
+    let limit = match why {
+        OpenError::PeerCalls => format!("{} concurrent calls", shared.config.max_calls_per_peer),
+        OpenError::PeerBytes => format!(
+            "{} bytes of requests in flight",
+            shared.config.max_bytes_per_peer
+        ),
         OpenError::Duplicate => {
             let message = "a call with this message_id is already running";
             control.send_err(route, request, "ProtocolError", message);
+            return;
         }
-    }
+    };
+    shared
+        .counters
+        .peer_overloaded
+        .fetch_add(1, Ordering::Relaxed);
+    let message = format!("this connection is at its limit of {limit}");
+    control.send_err(route, request, "PeerOverloaded", &message);
 }
 
 /// Where and to which request a reply goes, and how each kind of reply is built.

@@ -10,6 +10,8 @@
 mod builtins;
 mod config;
 mod dispatch;
+#[doc(hidden)]
+pub mod harness;
 mod registry;
 mod reply_cache;
 mod sender;
@@ -71,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) malformed: AtomicU64,
     pub(crate) oversized: AtomicU64,
     pub(crate) overloaded: AtomicU64,
+    pub(crate) peer_overloaded: AtomicU64,
     pub(crate) expired: AtomicU64,
     pub(crate) unknown_channel: AtomicU64,
     pub(crate) cancelled: AtomicU64,
@@ -92,8 +95,13 @@ pub struct NodeStats {
     pub malformed: u64,
     /// Messages over the size limit.
     pub oversized: u64,
-    /// Requests refused with `ERR Overloaded`.
+    /// Requests refused with `ERR Overloaded` (the node-wide bound on calls).
     pub overloaded: u64,
+    /// Requests refused with `ERR PeerOverloaded` (their connection's bound on in-flight
+    /// calls or bytes).
+    pub peer_overloaded: u64,
+    /// Client connections with calls in flight now (the size of the per-peer table).
+    pub peers_in_flight: usize,
     /// Requests dropped because their deadline had passed on arrival, or aborted at it.
     pub expired: u64,
     /// Control events for channels that are not open.
@@ -127,6 +135,28 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sender: Sender,
     pub(crate) replies: reply_cache::ReplyCache,
+}
+
+impl Shared {
+    fn new(
+        name: String,
+        methods: HashMap<String, Arc<Method>>,
+        config: NodeConfig,
+        counters: Arc<Counters>,
+        sender: Sender,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            replies: reply_cache::ReplyCache::new(config.reply_cache_size, config.reply_cache_ttl),
+            name,
+            methods,
+            concurrency: Arc::new(Semaphore::new(config.max_concurrent_calls)),
+            config,
+            registry: Registry::default(),
+            accepting: AtomicBool::new(true),
+            counters,
+            sender,
+        })
+    }
 }
 
 /// Builds and starts a [`Node`].
@@ -247,18 +277,7 @@ impl NodeBuilder {
             .or_else(|| self.services.first().map(|s| s.name().to_owned()))
             .unwrap_or_else(|| "zmesh".to_owned());
 
-        let mut methods = HashMap::new();
-        for service in &self.services {
-            for (method, entry) in &service.methods {
-                let full = format!("{}.{method}", service.name());
-                if methods
-                    .insert(full.clone(), Arc::new(entry.for_node()))
-                    .is_some()
-                {
-                    return Err(NodeError::DuplicateMethod(full));
-                }
-            }
-        }
+        let mut methods = prefixed_methods(&self.services)?;
         if let Some(exported) = &self.unprefixed {
             let service = self
                 .services
@@ -352,19 +371,7 @@ impl NodeBuilder {
             (None, None) => return Err(NodeError::NoEndpoint),
         };
 
-        let replies =
-            reply_cache::ReplyCache::new(self.config.reply_cache_size, self.config.reply_cache_ttl);
-        let shared = Arc::new(Shared {
-            replies,
-            name,
-            methods,
-            concurrency: Arc::new(Semaphore::new(self.config.max_concurrent_calls)),
-            config: self.config,
-            registry: Registry::default(),
-            accepting: AtomicBool::new(true),
-            counters,
-            sender,
-        });
+        let shared = Shared::new(name, methods, self.config, counters, sender);
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = dispatch::spawn_tasks(shared.clone(), inlets, stop_rx);
         tracing::info!(node = %shared.name, endpoints = ?bound, "node started");
@@ -388,20 +395,15 @@ impl NodeBuilder {
             events,
         } = parts;
         let outlet = Arc::new(WorkerOutlet::default());
-        // Workers keep a reply cache too: a request id retried through the device must not
-        // run twice on the same worker.
-        let replies = reply_cache::ReplyCache::new(config.reply_cache_size, config.reply_cache_ttl);
-        let shared = Arc::new(Shared {
-            replies,
+        // Workers keep a reply cache too (`Shared::new`): a request id retried through the
+        // device must not run twice on the same worker.
+        let shared = Shared::new(
             name,
             methods,
-            concurrency: Arc::new(Semaphore::new(config.max_concurrent_calls)),
             config,
-            registry: Registry::default(),
-            accepting: AtomicBool::new(true),
             counters,
-            sender: Sender::Worker(outlet.clone()),
-        });
+            Sender::Worker(outlet.clone()),
+        );
         let (stop_tx, stop_rx) = watch::channel(false);
         let (control, mut tasks) = dispatch::spawn_support(&shared, stop_rx.clone());
         let link = worker::WorkerLink {
@@ -428,6 +430,45 @@ struct WorkerParts {
     config: NodeConfig,
     counters: Arc<Counters>,
     events: crate::events::node::RunningEvents,
+}
+
+/// The method table of `services`, every method under `service.method`.
+fn prefixed_methods(services: &[Service]) -> Result<HashMap<String, Arc<Method>>, NodeError> {
+    let mut methods = HashMap::new();
+    for service in services {
+        for (method, entry) in &service.methods {
+            let full = format!("{}.{method}", service.name());
+            if methods
+                .insert(full.clone(), Arc::new(entry.for_node()))
+                .is_some()
+            {
+                return Err(NodeError::DuplicateMethod(full));
+            }
+        }
+    }
+    Ok(methods)
+}
+
+/// A snapshot of a node's counters (a running node's or the harness's).
+fn stats_of(shared: &Shared) -> NodeStats {
+    let c = &shared.counters;
+    NodeStats {
+        calls: c.calls.load(Ordering::Relaxed),
+        malformed: c.malformed.load(Ordering::Relaxed),
+        oversized: c.oversized.load(Ordering::Relaxed),
+        overloaded: c.overloaded.load(Ordering::Relaxed),
+        peer_overloaded: c.peer_overloaded.load(Ordering::Relaxed),
+        peers_in_flight: shared.registry.peers(),
+        expired: c.expired.load(Ordering::Relaxed),
+        unknown_channel: c.unknown_channel.load(Ordering::Relaxed),
+        cancelled: c.cancelled.load(Ordering::Relaxed),
+        peers_lost: c.peers_lost.load(Ordering::Relaxed),
+        replies_dropped: c.replies_dropped.load(Ordering::Relaxed),
+        in_flight: shared.registry.open_channels(),
+        replayed: shared.replies.replayed(),
+        unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
+        replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
+    }
 }
 
 /// Default of [`NodeBuilder::worker_capacity`].
@@ -543,22 +584,7 @@ impl Node {
 
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
-        let c = &self.shared.counters;
-        NodeStats {
-            calls: c.calls.load(Ordering::Relaxed),
-            malformed: c.malformed.load(Ordering::Relaxed),
-            oversized: c.oversized.load(Ordering::Relaxed),
-            overloaded: c.overloaded.load(Ordering::Relaxed),
-            expired: c.expired.load(Ordering::Relaxed),
-            unknown_channel: c.unknown_channel.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
-            peers_lost: c.peers_lost.load(Ordering::Relaxed),
-            replies_dropped: c.replies_dropped.load(Ordering::Relaxed),
-            in_flight: self.shared.registry.open_channels(),
-            replayed: self.shared.replies.replayed(),
-            unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
-            replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
-        }
+        stats_of(&self.shared)
     }
 
     /// Serves until `signal` completes, then shuts down gracefully with the configured

@@ -69,11 +69,46 @@ pub(crate) struct Channel {
     pub(crate) last_heard: Instant,
     pub(crate) last_hb_sent: Instant,
     pub(crate) heard_any: bool,
+    /// Bytes of the request that opened the channel, counted against the connection's
+    /// in-flight bytes until the channel closes.
+    pub(crate) size: usize,
 }
 
 #[derive(Debug, Default)]
 struct PeerCalls {
     channels: HashMap<MessageId, Channel>,
+    /// Sum of the open channels' request sizes.
+    bytes: usize,
+}
+
+impl PeerCalls {
+    /// Why a request of `size` bytes may not open a channel now, if it may not.
+    fn refusal(&self, id: &MessageId, size: usize, limits: PeerLimits) -> Option<OpenError> {
+        if self.channels.len() >= limits.calls {
+            Some(OpenError::PeerCalls)
+        } else if self.bytes.saturating_add(size) > limits.bytes {
+            Some(OpenError::PeerBytes)
+        } else if self.channels.contains_key(id) {
+            Some(OpenError::Duplicate)
+        } else {
+            None
+        }
+    }
+
+    fn remove(&mut self, id: &MessageId) -> Option<Channel> {
+        let channel = self.channels.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(channel.size);
+        Some(channel)
+    }
+}
+
+/// What one client connection may have in flight at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerLimits {
+    /// Open channels (running calls).
+    pub(crate) calls: usize,
+    /// Sum of the open channels' request sizes in bytes.
+    pub(crate) bytes: usize,
 }
 
 /// What the sweeper decided for one channel.
@@ -92,7 +127,10 @@ pub(crate) struct Registry {
 /// Why a channel could not be opened.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum OpenError {
-    PeerLimit,
+    /// The connection is at its bound on running calls.
+    PeerCalls,
+    /// The request would take the connection over its bound on in-flight bytes.
+    PeerBytes,
     Duplicate,
 }
 
@@ -112,43 +150,58 @@ impl Registry {
         peer: &Bytes,
         id: MessageId,
         mut channel: Channel,
-        per_peer_limit: usize,
+        limits: PeerLimits,
         spawn: impl FnOnce() -> AbortHandle,
     ) -> Result<(), (OpenError, Channel)> {
         let mut peers = self.lock();
+        if let Some(refusal) = peers
+            .get(peer)
+            .and_then(|calls| calls.refusal(&id, channel.size, limits))
+        {
+            return Err((refusal, channel));
+        }
+        if channel.size > limits.bytes {
+            return Err((OpenError::PeerBytes, channel));
+        }
+        // Only now is an entry made, so a refused peer leaves nothing behind.
         let calls = peers.entry(peer.clone()).or_default();
-        if calls.channels.len() >= per_peer_limit {
-            return Err((OpenError::PeerLimit, channel));
-        }
-        if calls.channels.contains_key(&id) {
-            return Err((OpenError::Duplicate, channel));
-        }
         channel.abort = Some(spawn());
+        calls.bytes += channel.size;
         calls.channels.insert(id, channel);
         Ok(())
     }
 
-    /// Checks that a request may open a channel: its connection is under its limit and the
-    /// id is not already running. One lock, no allocation: this runs for every request.
+    /// Checks that a request of `size` bytes may open a channel: its connection is under
+    /// its bounds on calls and bytes, and the id is not already running. One lock, no
+    /// allocation: this runs for every request.
     pub(crate) fn admit(
         &self,
         peer: &Bytes,
         id: &MessageId,
-        per_peer_limit: usize,
+        size: usize,
+        limits: PeerLimits,
     ) -> Result<(), OpenError> {
         let peers = self.lock();
-        match peers.get(peer) {
-            Some(calls) if calls.channels.len() >= per_peer_limit => Err(OpenError::PeerLimit),
-            Some(calls) if calls.channels.contains_key(id) => Err(OpenError::Duplicate),
-            _ => Ok(()),
+        match peers
+            .get(peer)
+            .and_then(|calls| calls.refusal(id, size, limits))
+        {
+            Some(refusal) => Err(refusal),
+            None if size > limits.bytes => Err(OpenError::PeerBytes),
+            None => Ok(()),
         }
+    }
+
+    /// Client connections with at least one call in flight (the table holds no others).
+    pub(crate) fn peers(&self) -> usize {
+        self.lock().len()
     }
 
     /// Closes a channel; a no-op if it is already gone.
     pub(crate) fn close(&self, peer: &Bytes, id: &MessageId) -> Option<Channel> {
         let mut peers = self.lock();
         let calls = peers.get_mut(peer)?;
-        let channel = calls.channels.remove(id);
+        let channel = calls.remove(id);
         if calls.channels.is_empty() {
             peers.remove(peer);
         }
@@ -215,6 +268,7 @@ impl Registry {
                         credit: None,
                         ..*ch
                     };
+                    calls.bytes = calls.bytes.saturating_sub(dead.size);
                     lost.push(dead);
                     return false;
                 }
@@ -246,7 +300,12 @@ mod tests {
             last_heard: now,
             last_hb_sent: now,
             heard_any: false,
+            size: 10,
         }
+    }
+
+    fn limits(calls: usize, bytes: usize) -> PeerLimits {
+        PeerLimits { calls, bytes }
     }
 
     fn dummy_abort() -> AbortHandle {
@@ -263,16 +322,64 @@ mod tests {
         let now = Instant::now();
         let a = MessageId::from_bin(b"a");
         assert!(
-            reg.open(&peer, a.clone(), channel(now), 1, dummy_abort)
+            reg.open(&peer, a.clone(), channel(now), limits(1, 100), dummy_abort)
                 .is_ok()
         );
         let b = MessageId::from_bin(b"b");
         assert!(matches!(
-            reg.open(&peer, b, channel(now), 1, dummy_abort),
-            Err((OpenError::PeerLimit, _))
+            reg.open(&peer, b, channel(now), limits(1, 100), dummy_abort),
+            Err((OpenError::PeerCalls, _))
         ));
         assert!(reg.close(&peer, &a).is_some());
         assert_eq!(reg.open_channels(), 0);
+        assert_eq!(
+            reg.peers(),
+            0,
+            "a peer with nothing in flight leaves no entry"
+        );
+    }
+
+    #[test]
+    fn per_peer_bytes_are_counted_and_released() {
+        let reg = Registry::default();
+        let (p, q) = (Bytes::from_static(b"p"), Bytes::from_static(b"q"));
+        let now = Instant::now();
+        let l = limits(100, 25);
+        let (a, b, c) = (
+            MessageId::from_bin(b"a"),
+            MessageId::from_bin(b"b"),
+            MessageId::from_bin(b"c"),
+        );
+        reg.open(&p, a.clone(), channel(now), l, dummy_abort)
+            .expect("10 of 25");
+        reg.open(&p, b.clone(), channel(now), l, dummy_abort)
+            .expect("20 of 25");
+        assert_eq!(reg.admit(&p, &c, 10, l), Err(OpenError::PeerBytes));
+        assert_eq!(reg.admit(&p, &c, 5, l), Ok(()));
+        assert!(matches!(
+            reg.open(&p, c.clone(), channel(now), l, dummy_abort),
+            Err((OpenError::PeerBytes, _))
+        ));
+        // Another connection has its own budget.
+        reg.open(&q, c.clone(), channel(now), l, dummy_abort)
+            .expect("q is not charged for p");
+        // A request larger than the whole budget is refused even on an idle connection,
+        // and leaves no entry behind.
+        let idle = Bytes::from_static(b"idle");
+        let mut big = channel(now);
+        big.size = 26;
+        assert_eq!(reg.admit(&idle, &a, 26, l), Err(OpenError::PeerBytes));
+        assert!(reg.open(&idle, a.clone(), big, l, dummy_abort).is_err());
+        assert_eq!(reg.peers(), 2);
+        reg.close(&p, &a);
+        reg.open(&p, c, channel(now), l, dummy_abort)
+            .expect("closing released 10 bytes");
+        // Channels lost by the sweeper release their bytes and entries too.
+        let (_, lost) = reg.sweep(now + Duration::from_secs(60), Duration::from_secs(1));
+        assert_eq!(lost.len(), 3);
+        assert_eq!(reg.peers(), 0);
+        reg.open(&p, b, channel(now), l, dummy_abort)
+            .expect("budget back after the sweep");
     }
 
     #[test]
@@ -285,7 +392,7 @@ mod tests {
             &peer,
             MessageId::from_bin(b"a"),
             channel(t0),
-            10,
+            limits(10, 1000),
             dummy_abort,
         )
         .expect("opens");

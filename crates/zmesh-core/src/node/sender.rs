@@ -3,6 +3,7 @@
 //! carry the same `[route.., "", event]` messages, so the dispatcher does not care which.
 //! With a mesh key, the send side also seals each event frame, except to the connections of
 //! endpoints that allow plain zerorpc (see [`Keyed`]).
+//! A third, socket-free variant collects messages for the node's fuzzing harness.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub(crate) enum Sender {
         plain: Option<RouterSendHalf>,
         keyed: Arc<Keyed>,
     },
+    /// No socket: messages are collected for inspection ([`super::harness`]).
+    Capture(tokio::sync::mpsc::UnboundedSender<ZmqMessage>),
 }
 
 impl Sender {
@@ -52,6 +55,9 @@ impl Sender {
                     }
                 }
             }
+            Self::Capture(out) => out
+                .send(message)
+                .map_err(|_| ZmqError::Other("capture receiver dropped")),
         }
     }
 
