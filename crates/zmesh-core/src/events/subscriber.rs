@@ -536,15 +536,18 @@ impl Reader {
             // Other subscribers' markers reach a subscriber of "" too: not for us.
             return Flow::Continue;
         }
-        match (incoming.publisher(), incoming.seq) {
-            (Some(publisher), Some(seq)) => {
-                let publisher = publisher.to_owned();
-                self.tracked(incoming, &publisher, seq)
+        // The shared id first, so the event can move on without a copy of its publisher.
+        let before = self.tracker.current();
+        let publisher = incoming.publisher().map(|p| self.tracker.publisher(p));
+        match (publisher, incoming.seq) {
+            (Some(id), Some(seq)) => {
+                if before.is_some_and(|b| !Arc::ptr_eq(&b, &id)) {
+                    bump(&self.shared.counters.publisher_restarts, 1);
+                    tracing::warn!(endpoint = %self.endpoint, publisher = %id, "publisher restarted");
+                }
+                self.tracked(incoming, id, seq)
             }
-            (publisher, _) => {
-                let publisher = publisher.map(|p| self.tracker.publisher(p));
-                self.untracked(incoming, publisher)
-            }
+            (publisher, _) => self.untracked(incoming, publisher),
         }
     }
 
@@ -573,13 +576,8 @@ impl Reader {
         Flow::Continue
     }
 
-    fn tracked(&mut self, incoming: Incoming, publisher: &str, seq: u64) -> Flow {
-        let before = self.tracker.current();
-        let id = self.tracker.publisher(publisher);
-        if before.is_some_and(|b| !Arc::ptr_eq(&b, &id)) {
-            bump(&self.shared.counters.publisher_restarts, 1);
-            tracing::warn!(endpoint = %self.endpoint, publisher = %id, "publisher restarted");
-        }
+    /// An event of `id` (already made the tracker's current publisher) numbered `seq`.
+    fn tracked(&mut self, incoming: Incoming, id: Arc<str>, seq: u64) -> Flow {
         // Restart reports go first; an event cannot overtake them.
         while let Some(gap) = self.tracker.pending().pop_front() {
             match self.tx.try_reserve() {
@@ -621,7 +619,8 @@ impl Reader {
                     }
                     Err(mpsc::error::TrySendError::Closed(())) => return Flow::Stop,
                 };
-                let topic = incoming.topic.clone();
+                // Accounted for before the event moves into the queue (no copy of its topic).
+                self.tracker.delivered(&incoming.topic, seq);
                 // One permit per item reserved above: the gap's (if any), then the event's.
                 if let Some((gap, permit)) = gap.and_then(|g| permits.next().map(|p| (g, p))) {
                     bump(&self.shared.counters.gaps, 1);
@@ -636,7 +635,6 @@ impl Reader {
                     bump(&self.shared.counters.received, 1);
                     permit.send(self.event(incoming, Some(id)));
                 }
-                self.tracker.delivered(&topic, seq);
                 Flow::Continue
             }
         }
