@@ -10,8 +10,9 @@
 //! tests/interop/zerorpc-venv.sh, and a failed build fails the tests. Nothing is skipped.
 
 mod common;
+#[path = "common/zerorpc_venv.rs"]
+mod zerorpc_venv;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,79 +20,11 @@ use common::{net, within};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-use tokio::sync::OnceCell;
+use zerorpc_venv::python_script;
 use zmesh::{Delivery, Node, Subscriber};
 
-/// Longest wait for building the venv (pip downloads a few wheels).
-const VENV_BUILD_LIMIT: Duration = Duration::from_secs(600);
 /// Longest wait for a Python peer to start or finish.
 const PY_LIMIT: Duration = Duration::from_secs(60);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("interop")
-}
-
-fn venv_dir() -> PathBuf {
-    match std::env::var_os("ZMESH_ZERORPC_VENV") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-zerorpc"),
-    }
-}
-
-/// The venv's python, building the venv once per test binary if needed.
-async fn python() -> PathBuf {
-    static PYTHON: OnceCell<Result<PathBuf, String>> = OnceCell::const_new();
-    match PYTHON.get_or_init(ensure_venv).await {
-        Ok(python) => python.clone(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn ensure_venv() -> Result<PathBuf, String> {
-    let venv = venv_dir();
-    let python = venv.join("bin").join("python");
-    let imports = Command::new(&python)
-        .args(["-c", "import zerorpc, zmq, msgpack, gevent"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status();
-    if matches!(tokio::time::timeout(PY_LIMIT, imports).await, Ok(Ok(s)) if s.success()) {
-        return Ok(python);
-    }
-    let script = interop_dir().join("zerorpc-venv.sh");
-    let build = Command::new("bash")
-        .arg(&script)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(VENV_BUILD_LIMIT, build).await {
-        Ok(Ok(out)) if out.status.success() && python.exists() => Ok(python),
-        other => Err(format!(
-            "the events interop tests need a venv with stock zerorpc at {} (build it with \
-             `bash {} DIR` and set ZMESH_ZERORPC_VENV=DIR): {other:?}",
-            venv.display(),
-            script.display()
-        )),
-    }
-}
-
-async fn python_script(script: &str) -> Command {
-    let mut cmd = Command::new(python().await);
-    cmd.arg(interop_dir().join(script))
-        .current_dir(interop_dir())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    cmd
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Order {
@@ -109,6 +42,8 @@ async fn stock_subscriber_receives_zmesh_events() {
     let node = net("node start", node).await.expect("node starts");
     let publisher = node.publisher().expect("events").clone();
     let mut cmd = python_script("py_subscriber.py").await;
+    // Its diagnostics go straight to the test output (nothing reads a pipe for them).
+    cmd.stderr(Stdio::inherit());
     cmd.arg(node.events_endpoint().expect("events"))
         .arg(COUNT.to_string());
     let mut child = cmd.spawn().expect("py_subscriber.py starts");
@@ -158,6 +93,7 @@ async fn stock_subscriber_receives_zmesh_events() {
 async fn zmesh_subscriber_receives_stock_publisher_events() {
     let mut child = python_script("py_publisher.py")
         .await
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("py_publisher.py starts");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();

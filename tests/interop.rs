@@ -13,111 +13,25 @@
 //! Everything runs on 127.0.0.1 with default heartbeats (5 s, as zerorpc); the two 20-second
 //! calls prove that heartbeats interoperate, since a stock peer drops a silent one after ~15 s.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::OnceCell;
+use tokio::process::{Child, ChildStdout};
 use tokio::time::timeout;
 use zmesh::{CallError, CallOptions, Client, ClientConfig, Node, NodeConfig, RemoteError};
 
-/// Longest wait for building the venv (pip downloads a few wheels).
-const VENV_BUILD_LIMIT: Duration = Duration::from_secs(600);
+#[path = "common/zerorpc_venv.rs"]
+mod zerorpc_venv;
+use zerorpc_venv::{py_check, python_script};
+
 /// Longest wait for a short Python check process (interpreter and gevent start-up included).
 const CHECK_LIMIT: Duration = Duration::from_secs(60);
 /// Longest wait for a 20-second call, end to end.
 const LONG_CALL_LIMIT: Duration = Duration::from_secs(90);
 /// Longest wait for one network operation of the Rust client or node.
 const NET_LIMIT: Duration = Duration::from_secs(15);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("interop")
-}
-
-fn venv_dir() -> PathBuf {
-    match std::env::var_os("ZMESH_ZERORPC_VENV") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-zerorpc"),
-    }
-}
-
-/// The venv's python, building the venv once per test binary if needed. Panics (failing the
-/// test) with the build output when the venv cannot be built.
-async fn python() -> PathBuf {
-    static PYTHON: OnceCell<Result<PathBuf, String>> = OnceCell::const_new();
-    match PYTHON.get_or_init(ensure_venv).await {
-        Ok(python) => python.clone(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn ensure_venv() -> Result<PathBuf, String> {
-    let venv = venv_dir();
-    let python = venv.join("bin").join("python");
-    if python.exists() && python_imports_zerorpc(&python).await {
-        return Ok(python);
-    }
-    let script = interop_dir().join("zerorpc-venv.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script)
-        .arg(&venv)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let hint = format!(
-        "the interop tests need a Python venv with stock zerorpc at {} (set ZMESH_ZERORPC_VENV \
-         to use another one, or build it with `bash {} DIR`)",
-        venv.display(),
-        script.display()
-    );
-    let output = match timeout(VENV_BUILD_LIMIT, cmd.output()).await {
-        Err(_) => {
-            return Err(format!(
-                "{hint}: building it took over {VENV_BUILD_LIMIT:?}"
-            ));
-        }
-        Ok(Err(e)) => return Err(format!("{hint}: cannot run bash: {e}")),
-        Ok(Ok(output)) => output,
-    };
-    if !output.status.success() || !python.exists() {
-        return Err(format!(
-            "{hint}: building it failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    Ok(python)
-}
-
-async fn python_imports_zerorpc(python: &Path) -> bool {
-    let mut cmd = Command::new(python);
-    cmd.args(["-c", "import zerorpc, zmq, msgpack, gevent"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    matches!(timeout(CHECK_LIMIT, cmd.status()).await, Ok(Ok(status)) if status.success())
-}
-
-/// A command running one of the interop scripts with the venv's python.
-async fn python_script(script: &str) -> Command {
-    let mut cmd = Command::new(python().await);
-    cmd.arg(interop_dir().join(script))
-        .current_dir(interop_dir())
-        // Keep the source tree clean (no __pycache__ next to the scripts).
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
 
 // ---------------------------------------------------------------------------------------------
 // Stock Python client -> zmesh node
@@ -142,27 +56,6 @@ async fn stop_node(node: Node) {
     timeout(NET_LIMIT, node.shutdown(Duration::from_secs(2)))
         .await
         .expect("node shutdown timed out");
-}
-
-/// Runs `py_client.py ENDPOINT CHECK` and returns its JSON result line; fails the test with
-/// the script's output unless it reports success.
-async fn py_check(endpoint: &str, check: &str, limit: Duration) -> String {
-    let mut cmd = python_script("py_client.py").await;
-    cmd.arg(endpoint).arg(check);
-    let output = timeout(limit, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("py_client.py {check} did not finish within {limit:?}"))
-        .expect("cannot run py_client.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stdout.lines().last().unwrap_or_default().to_owned();
-    assert!(
-        output.status.success() && line.contains(r#""ok": true"#),
-        "stock zerorpc client check {check:?} against {endpoint} failed ({})\n\
-         --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status
-    );
-    line
 }
 
 /// Runs one check against a fresh echo node and returns the result line.

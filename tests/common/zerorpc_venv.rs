@@ -77,19 +77,26 @@ async fn ensure_venv() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-/// Runs `py_client.py ENDPOINT CHECK` and returns its JSON result line; fails the test with
-/// the script's output unless it reports success.
-pub async fn py_check(endpoint: &str, check: &str, limit: Duration) -> String {
+/// A command running one of the scripts in `tests/interop/` with the venv's python (stdout
+/// and stderr piped), building the venv first if needed.
+pub async fn python_script(script: &str) -> Command {
     let mut cmd = Command::new(python().await);
-    cmd.arg(interop_dir().join("py_client.py"))
-        .arg(endpoint)
-        .arg(check)
+    cmd.arg(interop_dir().join(script))
         .current_dir(interop_dir())
+        // Keep the source tree clean (no __pycache__ next to the scripts).
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `py_client.py ENDPOINT CHECK` and returns its JSON result line; fails the test with
+/// the script's output unless it reports success.
+pub async fn py_check(endpoint: &str, check: &str, limit: Duration) -> String {
+    let mut cmd = python_script("py_client.py").await;
+    cmd.arg(endpoint).arg(check);
     let output = timeout(limit, cmd.output())
         .await
         .unwrap_or_else(|_| panic!("py_client.py {check} did not finish within {limit:?}"))
