@@ -488,6 +488,39 @@ mod tests {
     }
 
     #[test]
+    fn windowed_open_repeats_but_refuses_stale_beacons() {
+        let t = Trust::new(key("alpha"));
+        let frame = t.seal(Kind::Beacon, b"beacon", b"");
+        // No nonce cache: the same announcement heard twice is fine.
+        assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
+        assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
+        let stale = envelope::seal(
+            &t.key.current,
+            &SealParams {
+                kind: Kind::Beacon,
+                encrypt: true,
+                timestamp_ms: now_ms() - 60_000,
+                nonce: t.nonces.next(),
+                clear_id: b"",
+            },
+            b"beacon",
+        );
+        assert!(matches!(
+            t.open_windowed(&stale, Kind::Beacon),
+            Err(Rejection::Replayed(ReplayError::OutsideWindow { .. }))
+        ));
+        let other = Trust::new(key("bravo")).seal(Kind::Beacon, b"beacon", b"");
+        assert!(matches!(
+            t.open_windowed(&other, Kind::Beacon),
+            Err(Rejection::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            t.open_windowed(&Bytes::from_static(b"\x83plain"), Kind::Beacon),
+            Err(Rejection::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
     fn nonces_never_repeat_within_a_sender() {
         let t = Trust::new(key("alpha"));
         let mut seen = std::collections::HashSet::new();
