@@ -16,6 +16,10 @@
 //!
 //! The worker protocol is described in `docs/PROTOCOL.md` ("Worker protocol").
 //!
+//! With a mesh key ([`DeviceBuilder::mesh_key`]) the device refuses anything not sealed
+//! with it, from clients and workers alike. It opens each request to route it (so it must
+//! hold the key) and forwards the sealed frames unchanged; see the `keyed` module.
+//!
 //! ```no_run
 //! use zmesh_device::Device;
 //!
@@ -31,6 +35,7 @@
 
 mod config;
 mod forwarder;
+mod keyed;
 mod router;
 mod stats;
 
@@ -97,6 +102,7 @@ pub struct DeviceBuilder {
     events_in: Option<String>,
     events_out: Option<String>,
     config: DeviceConfig,
+    mesh_key: Option<zmesh_core::MeshKey>,
 }
 
 impl DeviceBuilder {
@@ -124,6 +130,18 @@ impl DeviceBuilder {
     pub fn events(mut self, events_in: impl Into<String>, events_out: impl Into<String>) -> Self {
         self.events_in = Some(events_in.into());
         self.events_out = Some(events_out.into());
+        self
+    }
+
+    /// Requires the mesh key from clients and workers: every request, reply and worker
+    /// control event must be sealed with it; anything else is refused (counted in
+    /// [`DeviceStats::unauthenticated`] / [`DeviceStats::replay_rejected`], with an
+    /// `ERR Unauthenticated` / `ERR Replayed` where a request can be addressed). Give the
+    /// same key to the clients and to the worker nodes
+    /// ([`NodeBuilder::mesh_key`](zmesh_core::NodeBuilder::mesh_key)). The device opens
+    /// requests to read their method, so it sees their content.
+    pub fn mesh_key(mut self, key: zmesh_core::MeshKey) -> Self {
+        self.mesh_key = Some(key);
         self
     }
 
@@ -169,6 +187,7 @@ impl DeviceBuilder {
             back: back_send,
             stalled: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            trust: self.mesh_key.map(zmesh_core::trust::Trust::new),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = vec![
@@ -307,6 +326,8 @@ struct Shared {
     back: RouterSendHalf,
     stalled: AtomicUsize,
     dropped: AtomicU64,
+    /// The mesh key with the device's replay guard (both sockets), when it has one.
+    trust: Option<zmesh_core::trust::Trust>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -326,10 +347,23 @@ impl Shared {
     /// Sends what the router produced, backend first (requests before the replies they
     /// free slots for), without ever waiting in the reader (see [`send_now`]).
     fn flush(self: &Arc<Self>, out: &mut Outbox) {
+        use zmesh_core::trust::Kind;
+        // With a key, what the device says is sealed: to workers as a client would, to
+        // clients as a node would (forwarded frames are sealed already).
+        let seal = |kind, message| match &self.trust {
+            Some(trust) => keyed::seal_outgoing(trust, kind, message),
+            None => message,
+        };
         for message in out.backend.drain(..) {
+            self.send_now(&self.back, seal(Kind::Request, message));
+        }
+        for message in out.unsealed_backend.drain(..) {
             self.send_now(&self.back, message);
         }
         for message in out.frontend.drain(..) {
+            self.send_now(&self.front, seal(Kind::Reply, message));
+        }
+        for message in out.unsealed_frontend.drain(..) {
             self.send_now(&self.front, message);
         }
     }
@@ -366,7 +400,7 @@ impl Shared {
 }
 
 /// Which side a message came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Client,
     Worker,
@@ -401,7 +435,15 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
         }
         return;
     }
-    match wire::decode_event(&envelope.event) {
+    let opened = match keyed::open_event(shared.trust.as_ref(), side, &envelope.event) {
+        Ok(opened) => opened,
+        Err(rejection) => {
+            keyed::refuse(&mut shared.lock(), side, &envelope, &rejection, out);
+            return;
+        }
+    };
+    // The router gets the frame as received (forwarded unchanged) and its decoding.
+    match wire::decode_event(&opened) {
         Ok(event) => {
             let mut router = shared.lock();
             match side {

@@ -31,6 +31,10 @@ const BUILTINS: &str = "_zerorpc";
 pub(crate) struct Outbox {
     pub(crate) frontend: Vec<ZmqMessage>,
     pub(crate) backend: Vec<ZmqMessage>,
+    /// Refusals for peers without the mesh key: sent as they are, never sealed (the peer
+    /// could not open them), on the frontend (`ERR`) or backend (`REFUSED`).
+    pub(crate) unsealed_frontend: Vec<ZmqMessage>,
+    pub(crate) unsealed_backend: Vec<ZmqMessage>,
 }
 
 /// A call: the client connection and the request's `message_id`.
@@ -104,6 +108,8 @@ struct Counters {
     expired: u64,
     clients_lost: u64,
     workers_lost: u64,
+    unauthenticated: u64,
+    replay_rejected: u64,
 }
 
 /// The routing state. One per device, behind a lock shared by its socket tasks.
@@ -194,6 +200,17 @@ impl Router {
 
     pub(crate) fn count_malformed(&mut self) {
         self.counters.malformed += 1;
+    }
+
+    /// Counts a message refused by the mesh key; returns the refusals so far (for the
+    /// caller's rate-limited warning).
+    pub(crate) fn count_refused(&mut self, replayed: bool) -> u64 {
+        if replayed {
+            self.counters.replay_rejected += 1;
+        } else {
+            self.counters.unauthenticated += 1;
+        }
+        self.counters.replay_rejected + self.counters.unauthenticated
     }
 
     pub(crate) fn count_oversized_event(&mut self) {
@@ -867,6 +884,8 @@ impl Router {
             expired: self.counters.expired,
             clients_lost: self.counters.clients_lost,
             workers_lost: self.counters.workers_lost,
+            unauthenticated: self.counters.unauthenticated,
+            replay_rejected: self.counters.replay_rejected,
         }
     }
 }

@@ -57,4 +57,11 @@ pub struct DeviceStats {
     pub clients_lost: u64,
     /// Workers declared lost (disconnected or silent).
     pub workers_lost: u64,
+    /// Messages refused by the mesh key (from clients or workers): unsealed, sealed with
+    /// another key, tampered, or sealed while the device has no key.
+    #[serde(default)]
+    pub unauthenticated: u64,
+    /// Messages refused as replays: seen before, or outside the replay window.
+    #[serde(default)]
+    pub replay_rejected: u64,
 }

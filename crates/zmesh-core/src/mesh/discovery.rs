@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
@@ -16,6 +17,7 @@ use super::beacon::{self, Beacon, BeaconConfig, BeaconError, MAX_BEACON_BYTES};
 use super::directory::{Directory, PeerRecord, Presence, Refused};
 use crate::client::{CallOptions, Client, ClientConfig};
 use crate::service::{HandlerError, Service};
+use crate::trust::Kind;
 
 /// Name of the service that carries gossip; its one method is `_zmesh.peers`.
 pub const GOSSIP_SERVICE: &str = "_zmesh";
@@ -44,7 +46,10 @@ pub struct DiscoveryConfig {
     pub expire_after: Duration,
     /// Most peers kept (default 1,024); beyond it new peers are refused and counted.
     pub max_peers: usize,
-    /// The mesh key gossip calls are sealed with (default none). Beacons are not sealed.
+    /// The mesh key gossip calls and beacons are sealed with (default none). With a key,
+    /// unsealed beacons and beacons sealed with another key are ignored and counted
+    /// ([`DiscoveryStats::beacons_unauthenticated`]); without one, beacons stay plain
+    /// msgpack, as before.
     pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
@@ -140,6 +145,9 @@ pub struct DiscoveryStats {
     pub beacons_foreign: u64,
     /// Datagrams on the beacon port that were not valid beacons.
     pub beacons_malformed: u64,
+    /// Beacons ignored by a keyed mesh: unsealed, sealed with another key, tampered, or
+    /// sealed longer ago than the key's replay window.
+    pub beacons_unauthenticated: u64,
     /// Gossip exchanges that succeeded.
     pub gossip_ok: u64,
     /// Gossip exchanges that failed (peer unreachable, wrong mesh, bad reply).
@@ -156,6 +164,7 @@ struct Counters {
     beacons_heard: AtomicU64,
     beacons_foreign: AtomicU64,
     beacons_malformed: AtomicU64,
+    beacons_unauthenticated: AtomicU64,
     gossip_ok: AtomicU64,
     gossip_failed: AtomicU64,
     refused_full: AtomicU64,
@@ -203,6 +212,8 @@ pub(crate) struct Inner {
     presence: broadcast::Sender<Presence>,
     version: watch::Sender<u64>,
     counters: Counters,
+    /// Seals and opens beacons when the mesh has a key.
+    beacon_trust: Option<crate::trust::Trust>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -231,8 +242,10 @@ impl Discovery {
         let (presence, _) = broadcast::channel(PRESENCE_BUFFER);
         let (version, _) = watch::channel(0);
         let directory = Directory::new(None, config.expire_after, config.max_peers);
+        let beacon_trust = config.mesh_key.clone().map(crate::trust::Trust::new);
         Ok(Self {
             inner: Arc::new(Inner {
+                beacon_trust,
                 config,
                 self_record: RwLock::new(None),
                 directory: Mutex::new(directory),
@@ -269,6 +282,14 @@ impl Discovery {
                 let bytes = beacon
                     .encode()
                     .map_err(|e| MeshError::BeaconTooLarge(e.to_string()))?;
+                if self.inner.beacon_trust.is_some()
+                    && bytes.len() + crate::trust::envelope::MIN_SEALED > MAX_BEACON_BYTES
+                {
+                    return Err(MeshError::BeaconTooLarge(format!(
+                        "sealed beacon of {} bytes is too large",
+                        bytes.len() + crate::trust::envelope::MIN_SEALED
+                    )));
+                }
                 tasks.push(
                     tokio::spawn(send_beacons(
                         self.inner.clone(),
@@ -318,6 +339,7 @@ impl Discovery {
             beacons_heard: c.beacons_heard.load(Ordering::Relaxed),
             beacons_foreign: c.beacons_foreign.load(Ordering::Relaxed),
             beacons_malformed: c.beacons_malformed.load(Ordering::Relaxed),
+            beacons_unauthenticated: c.beacons_unauthenticated.load(Ordering::Relaxed),
             gossip_ok: c.gossip_ok.load(Ordering::Relaxed),
             gossip_failed: c.gossip_failed.load(Ordering::Relaxed),
             refused_full: c.refused_full.load(Ordering::Relaxed),
@@ -466,6 +488,33 @@ async fn hear_beacons(inner: Arc<Inner>, socket: Arc<tokio::net::UdpSocket>) {
             }
         };
         let datagram = buf.get(..len).unwrap_or_default();
+        let opened;
+        let datagram = match &inner.beacon_trust {
+            None => datagram,
+            Some(trust) => {
+                // Time-windowed, no nonce cache: see `Trust::open_windowed`.
+                match trust.open_windowed(&Bytes::copy_from_slice(datagram), Kind::Beacon) {
+                    Ok(beacon) => {
+                        opened = beacon;
+                        &opened[..]
+                    }
+                    Err(rejection) => {
+                        let n = inner
+                            .counters
+                            .beacons_unauthenticated
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
+                        // Rate-limited: a warning at 1, 2, 4, 8, ... ignored beacons.
+                        if n.is_power_of_two() {
+                            tracing::warn!(%from, %rejection, ignored = n, "ignoring a beacon refused by the mesh key");
+                        } else {
+                            tracing::debug!(%from, %rejection, "ignoring a beacon refused by the mesh key");
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
         match Beacon::decode(datagram, &inner.config.mesh) {
             Ok(beacon) => {
                 inner.counters.beacons_heard.fetch_add(1, Ordering::Relaxed);
@@ -507,8 +556,14 @@ async fn send_beacons(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // Sealed afresh on every tick: the timestamp inside is what limits replays.
+        let sealed = inner
+            .beacon_trust
+            .as_ref()
+            .map(|trust| trust.seal(Kind::Beacon, &bytes, &[]));
+        let datagram = sealed.as_deref().unwrap_or(&bytes);
         for target in &config.targets {
-            match socket.send_to(&bytes, target).await {
+            match socket.send_to(datagram, target).await {
                 Ok(_) => {
                     inner.counters.beacons_sent.fetch_add(1, Ordering::Relaxed);
                 }

@@ -188,7 +188,7 @@ pub(super) struct RateLimitedWarn {
 }
 
 impl RateLimitedWarn {
-    fn bad_input(&self, peer: &Bytes, what: &dyn std::fmt::Display) {
+    pub(super) fn bad_input(&self, peer: &Bytes, what: &dyn std::fmt::Display) {
         tracing::debug!(peer = %PeerId(peer), problem = %what, "bad input");
         let now = process_millis();
         let last = self.last_ms.load(Ordering::Relaxed);
@@ -320,16 +320,7 @@ fn reject(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     warn.bad_input(peer, rejection);
-    let request = match trust::clear_id(&envelope.event) {
-        Some(id) => MessageId::from_encoded(Bytes::copy_from_slice(id)).ok(),
-        None if !trust::envelope::is_sealed(&envelope.event) => {
-            wire::decode_header(&envelope.event)
-                .ok()
-                .filter(|h| h.response_to.is_none())
-                .map(|h| h.message_id)
-        }
-        None => None,
-    };
+    let request = trust::refused_request(&envelope.event);
     if let Some(request) = request {
         control.send_unsealed_err(
             &envelope.route,

@@ -218,8 +218,10 @@ impl NodeBuilder {
         self
     }
 
-    /// Requires the mesh key on every endpoint bound with [`bind`](Self::bind): messages
-    /// must be sealed with it, replies are sealed with it, and anything else is refused
+    /// Requires the mesh key on every endpoint bound with [`bind`](Self::bind) (or, for a
+    /// [`worker_of`](Self::worker_of) node, on the link to the device, which must hold the
+    /// same key): messages must be sealed with it, replies are sealed with it, and anything
+    /// else is refused
     /// (counted in [`NodeStats::unauthenticated`] and [`NodeStats::replay_rejected`], with an
     /// `ERR Unauthenticated` or `ERR Replayed` where the request can be addressed).
     pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
@@ -251,11 +253,6 @@ impl NodeBuilder {
             // Without a key every endpoint is plain.
             let plain = std::mem::take(&mut self.plain_endpoints);
             self.endpoints.extend(plain);
-        }
-        if self.device.is_some() && self.mesh_key.is_some() {
-            return Err(NodeError::Config(
-                "a mesh key is not supported on worker nodes (the device reads requests to route them)",
-            ));
         }
         if self.endpoints.is_empty() && self.plain_endpoints.is_empty() && self.device.is_none() {
             return Err(NodeError::NoEndpoint);
@@ -315,6 +312,7 @@ impl NodeBuilder {
                     config: self.config,
                     counters,
                     events,
+                    mesh_key: self.mesh_key,
                 },
                 device,
                 ready,
@@ -393,8 +391,12 @@ impl NodeBuilder {
             config,
             counters,
             events,
+            mesh_key,
         } = parts;
-        let outlet = Arc::new(WorkerOutlet::default());
+        // With a key, everything to the device is sealed and everything from it opened
+        // (see `worker`): the device holds the key too, since it reads requests to route them.
+        let keyed = mesh_key.map(|key| Arc::new(sender::Keyed::new(crate::trust::Trust::new(key))));
+        let outlet = Arc::new(WorkerOutlet::new(keyed.clone()));
         // Workers keep a reply cache too (`Shared::new`): a request id retried through the
         // device must not run twice on the same worker.
         let shared = Shared::new(
@@ -410,6 +412,7 @@ impl NodeBuilder {
             endpoint: device.clone(),
             ready,
             outlet,
+            keyed,
         };
         tasks.push(worker::spawn(shared.clone(), link, control, stop_rx));
         tracing::info!(node = %shared.name, device = %device, "worker node started");
@@ -430,6 +433,7 @@ struct WorkerParts {
     config: NodeConfig,
     counters: Arc<Counters>,
     events: crate::events::node::RunningEvents,
+    mesh_key: Option<crate::trust::MeshKey>,
 }
 
 /// The method table of `services`, every method under `service.method`.

@@ -162,12 +162,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// Each link has its own lock, so a send stuck on a dead link (the `zeromq` DEALER blocks
 /// when a peer stops reading) never holds up the link that replaces it.
+///
+/// With a mesh key every event frame is sealed as a reply, refusals included: the device,
+/// the only peer of this socket, holds the key and drops anything unsealed.
 #[derive(Default)]
 pub(crate) struct WorkerOutlet {
     current: Mutex<Option<Arc<tokio::sync::Mutex<DealerSendHalf>>>>,
+    keyed: Option<Arc<Keyed>>,
 }
 
 impl WorkerOutlet {
+    pub(crate) fn new(keyed: Option<Arc<Keyed>>) -> Self {
+        Self {
+            current: Mutex::new(None),
+            keyed,
+        }
+    }
+
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<tokio::sync::Mutex<DealerSendHalf>>>> {
         // Poisoning only means a panic elsewhere while swapping an Option; it is still valid.
         self.current
@@ -181,6 +192,19 @@ impl WorkerOutlet {
     }
 
     async fn send(&self, message: ZmqMessage) -> ZmqResult<()> {
+        let message = match &self.keyed {
+            None => message,
+            Some(keyed) => {
+                let mut frames = message.into_vec();
+                if let Some(event) = frames.pop() {
+                    // `[client_id, "", event]`: the first frame names the client whose key
+                    // slot (rotation) the reply follows; `["", event]` is control.
+                    let slot = keyed.reply_slot(frames.first().filter(|f| !f.is_empty()));
+                    frames.push(keyed.trust.seal_with(slot, Kind::Reply, &event, &[]));
+                }
+                to_message(frames)
+            }
+        };
         let link = self.slot().clone();
         match link {
             Some(link) => link.lock().await.send(message).await,

@@ -8,11 +8,19 @@
 //! because the `zeromq` DEALER never reconnects by itself, this module notices a lost device
 //! (socket disconnect, three silent heartbeat periods, or the device asking for a reset),
 //! aborts the calls that can no longer be answered, reconnects and announces itself again.
+//!
+//! With a mesh key the whole link is sealed: the worker seals everything it sends (control
+//! events and replies, as `Kind::Reply`) and opens everything it receives (the device's
+//! control events and the clients' requests the device forwards unchanged, as
+//! `Kind::Request`) with its own replay guard. So a worker without the key cannot register
+//! with a keyed device, and a keyed worker ignores a device without it; either way the
+//! refusal is counted and logged, and the link times out and is retried.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,7 +28,8 @@ use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv};
 
 use super::Shared;
 use super::dispatch::{self, Control, RateLimitedWarn};
-use super::sender::{Sender, WorkerOutlet};
+use super::sender::{Keyed, Sender, WorkerOutlet};
+use crate::trust::{self, Kind, Rejection};
 use crate::wire::worker::{self as proto, Ready};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header};
 
@@ -34,6 +43,8 @@ pub(super) struct WorkerLink {
     pub(super) endpoint: String,
     pub(super) ready: Ready,
     pub(super) outlet: Arc<WorkerOutlet>,
+    /// The mesh key's state when the node has one.
+    pub(super) keyed: Option<Arc<Keyed>>,
 }
 
 /// Starts the task that keeps the link to the device up and reads from it.
@@ -97,7 +108,11 @@ async fn run(
         ));
         tracing::info!(device = %link.endpoint, methods = link.ready.methods.len(), "worker announced itself");
 
-        let ended = serve_link(&shared, &control, &warn, recv, monitor, &mut stop).await;
+        let inbound = match &link.keyed {
+            Some(keyed) => dispatch::Inbound::Sealed(keyed.clone()),
+            None => dispatch::Inbound::Plain,
+        };
+        let ended = serve_link(&shared, &control, &warn, &inbound, recv, monitor, &mut stop).await;
         link.outlet.set(None);
         // The device that routed these calls is gone (or forgot us): nobody can receive
         // their replies, and a device that comes back will have failed or re-run them.
@@ -139,6 +154,7 @@ async fn serve_link(
     shared: &Arc<Shared>,
     control: &Control,
     warn: &RateLimitedWarn,
+    inbound: &dispatch::Inbound,
     mut recv: zeromq::DealerRecvHalf,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     stop: &mut watch::Receiver<bool>,
@@ -162,13 +178,18 @@ async fn serve_link(
                     Ok(message) => message.into_vec(),
                     Err(e) => return Ended::Lost(format!("receive failed: {e}")),
                 };
-                last_heard = Instant::now();
                 if is_from_device(&frames) {
-                    if device_says_reset(&frames) {
+                    // Only what the device really sent proves it alive.
+                    let Some(event) = device_event(shared, warn, inbound, &frames) else {
+                        continue;
+                    };
+                    last_heard = Instant::now();
+                    if event.name == proto::RESET {
                         return Ended::Lost("the device asked for a reset".into());
                     }
                 } else {
-                    dispatch::handle_message(shared, control, warn, frames, &dispatch::Inbound::Plain);
+                    last_heard = Instant::now();
+                    dispatch::handle_message(shared, control, warn, frames, inbound);
                 }
             }
             _ = ticker.tick() => {
@@ -195,11 +216,62 @@ fn is_from_device(frames: &[bytes::Bytes]) -> bool {
     }
 }
 
-fn device_says_reset(frames: &[bytes::Bytes]) -> bool {
-    frames
-        .last()
-        .and_then(|frame| wire::decode_event(frame).ok())
-        .is_some_and(|event| event.name == proto::RESET)
+/// A control event from the device, opened with the mesh key when the worker has one;
+/// `None` (counted and logged when the key is why) when it must be ignored.
+fn device_event(
+    shared: &Shared,
+    warn: &RateLimitedWarn,
+    inbound: &dispatch::Inbound,
+    frames: &[Bytes],
+) -> Option<wire::Event> {
+    let frame = frames.last()?;
+    let device = Bytes::from_static(b"device");
+    let refused = |rejection: &Rejection| {
+        let counter = match rejection {
+            Rejection::Replayed(_) => &shared.counters.replayed_messages,
+            _ => &shared.counters.unauthenticated,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        warn.bad_input(&device, rejection);
+    };
+    let keyed = match inbound {
+        dispatch::Inbound::Sealed(keyed) => Some(keyed),
+        _ => None,
+    };
+    let opened = match keyed {
+        Some(keyed) if trust::envelope::is_sealed(frame) => {
+            match keyed.trust.open(frame, Kind::Request) {
+                Ok(event) => event,
+                Err(rejection) => {
+                    refused(&rejection);
+                    return None;
+                }
+            }
+        }
+        None if trust::envelope::is_sealed(frame) => {
+            refused(&Rejection::Unauthenticated(
+                "the device seals its messages with a mesh key; this worker has none".into(),
+            ));
+            return None;
+        }
+        _ => frame.clone(),
+    };
+    let event = wire::decode_event(&opened).ok()?;
+    if event.name == proto::REFUSED {
+        let (reason,): (String,) = rmp_serde::from_slice(&event.args).unwrap_or_default();
+        refused(&Rejection::Unauthenticated(format!(
+            "the device refused this worker: {reason}"
+        )));
+        return None;
+    }
+    if keyed.is_some() && !trust::envelope::is_sealed(frame) {
+        refused(&Rejection::Unauthenticated(format!(
+            "unsealed {} from the device (it has no mesh key?)",
+            event.name
+        )));
+        return None;
+    }
+    Some(event)
 }
 
 /// Tells the device to route no new calls here (graceful shutdown); best effort.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 0   4  magic    C1 5A 4B 31   (0xC1 is never valid msgpack, so stock peers reject it)
-//! 4   1  flags    bit 0: body encrypted; bits 1-2: kind (0 request, 1 reply, 2 pub/sub)
+//! 4   1  flags    bit 0: body encrypted; bits 1-2: kind (0 request, 1 reply, 2 pub/sub, 3 beacon)
 //! 5   4  key id   first 4 bytes of HKDF(key, "zmesh trust v1 key id")
 //! 9   8  time     sender's clock, milliseconds since the Unix epoch
 //! 17  12 nonce    random; ChaCha20-Poly1305 nonce and replay-cache entry
@@ -44,6 +44,8 @@ pub enum Kind {
     Reply = 1,
     /// Publisher to subscriber: one published event.
     Event = 2,
+    /// A UDP discovery beacon (an idempotent announcement; see `mesh::beacon`).
+    Beacon = 3,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             0 => Some(Self::Request),
             1 => Some(Self::Reply),
             2 => Some(Self::Event),
+            3 => Some(Self::Beacon),
             _ => None,
         }
     }

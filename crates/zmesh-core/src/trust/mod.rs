@@ -5,6 +5,8 @@
 //!
 //! Give the same [`MeshKey`] to [`NodeBuilder::mesh_key`](crate::NodeBuilder::mesh_key),
 //! [`ClientConfig::mesh_key`](crate::ClientConfig::mesh_key) and the events builders.
+//! [`Trust`] is public so that the proxy device (its own crate) opens and seals with the
+//! same code and replay guard as a node.
 
 pub mod envelope;
 pub mod replay;
@@ -197,8 +199,12 @@ impl Rejection {
 }
 
 /// A mesh key in use by one receiving socket: the key ring plus that socket's replay guard.
+///
+/// Seal what you send with [`seal`](Self::seal) and open what you receive with
+/// [`open`](Self::open); each `Trust` remembers the nonces it opened, so a frame is
+/// accepted at most once per `Trust`.
 #[derive(Debug)]
-pub(crate) struct Trust {
+pub struct Trust {
     key: MeshKey,
     guard: Mutex<replay::ReplayGuard>,
     nonces: NonceSource,
@@ -241,7 +247,8 @@ impl NonceSource {
 }
 
 impl Trust {
-    pub(crate) fn new(key: MeshKey) -> Self {
+    /// Starts using `key` with an empty replay guard.
+    pub fn new(key: MeshKey) -> Self {
         let window = u64::try_from(key.replay_window.as_millis()).unwrap_or(u64::MAX);
         let guard = Mutex::new(replay::ReplayGuard::new(window, key.replay_cache));
         Self {
@@ -252,7 +259,7 @@ impl Trust {
     }
 
     /// Seals an event frame, carrying `clear_id` (a request's encoded message id) outside.
-    pub(crate) fn seal(&self, kind: Kind, event: &[u8], clear_id: &[u8]) -> Bytes {
+    pub fn seal(&self, kind: Kind, event: &[u8], clear_id: &[u8]) -> Bytes {
         self.seal_with(KeySlot::Current, kind, event, clear_id)
     }
 
@@ -289,7 +296,10 @@ impl Trust {
     /// Opens a received frame expected to be of `kind`: checks the key, the tag, the time
     /// window and the nonce cache, in that order (the cache only learns authentic nonces,
     /// so forged frames cannot fill it).
-    pub(crate) fn open(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
+    ///
+    /// # Errors
+    /// [`Rejection::Unauthenticated`] or [`Rejection::Replayed`].
+    pub fn open(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
         self.open_slot(frame, kind).map(|(event, _)| event)
     }
 
@@ -299,6 +309,43 @@ impl Trust {
         frame: &Bytes,
         kind: Kind,
     ) -> Result<(Bytes, KeySlot), Rejection> {
+        let (event, slot, timestamp_ms, nonce) = self.authenticate(frame, kind)?;
+        self.guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(now_ms(), timestamp_ms, nonce)
+            .map_err(Rejection::Replayed)?;
+        Ok((event, slot))
+    }
+
+    /// Opens a frame checking the key, the tag and the time window, but not the nonce
+    /// cache: for idempotent announcements (beacons) that may legitimately arrive twice
+    /// (one datagram heard on two interfaces) and whose replay within the window only
+    /// repeats what the sender said anyway. A recorded one is refused once the window
+    /// (the key's [`replay_window`](MeshKey::replay_window)) has passed.
+    ///
+    /// # Errors
+    /// [`Rejection::Unauthenticated`], or [`Rejection::Replayed`] when outside the window.
+    pub fn open_windowed(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
+        let (event, _, timestamp_ms, _) = self.authenticate(frame, kind)?;
+        let window_ms = u64::try_from(self.key.replay_window.as_millis()).unwrap_or(u64::MAX);
+        let skew_ms = now_ms().abs_diff(timestamp_ms);
+        if skew_ms > window_ms {
+            return Err(Rejection::Replayed(ReplayError::OutsideWindow {
+                skew_ms,
+                window_ms,
+            }));
+        }
+        Ok(event)
+    }
+
+    /// Checks the kind, key and tag; returns the event, the key used, and the sender's
+    /// timestamp and nonce for the replay checks.
+    fn authenticate(
+        &self,
+        frame: &Bytes,
+        kind: Kind,
+    ) -> Result<(Bytes, KeySlot, u64, [u8; 12]), Rejection> {
         let unauth = |e: &dyn std::fmt::Display| Rejection::Unauthenticated(e.to_string());
         let parsed = envelope::parse(frame).map_err(|e| unauth(&e))?;
         if parsed.kind != kind {
@@ -324,12 +371,7 @@ impl Trust {
             }
         };
         let event = envelope::open(key, frame, &parsed).map_err(|e| unauth(&e))?;
-        self.guard
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(now_ms(), parsed.timestamp_ms, parsed.nonce)
-            .map_err(Rejection::Replayed)?;
-        Ok((event, slot))
+        Ok((event, slot, parsed.timestamp_ms, parsed.nonce))
     }
 }
 
@@ -340,6 +382,20 @@ pub(crate) enum KeySlot {
     Current,
     /// The previous key, accepted during its grace period.
     Previous,
+}
+
+/// The request a refused frame can be answered to (with an unsealed `ERR`): the clear id of
+/// a sealed frame, or the header of a plain zerorpc request (so a stock client learns why
+/// it is refused). `None` for channel events and frames that say nothing readable.
+pub fn refused_request(frame: &[u8]) -> Option<crate::wire::MessageId> {
+    match clear_id(frame) {
+        Some(id) => crate::wire::MessageId::from_encoded(Bytes::copy_from_slice(id)).ok(),
+        None if !envelope::is_sealed(frame) => crate::wire::decode_header(frame)
+            .ok()
+            .filter(|h| h.response_to.is_none())
+            .map(|h| h.message_id),
+        None => None,
+    }
 }
 
 /// The clear id a receiver may use to address an error to a frame it could not open.
@@ -429,6 +485,39 @@ mod tests {
         assert!(
             matches!(expired.open(&frame, Kind::Request), Err(Rejection::Unauthenticated(m)) if m.contains("grace"))
         );
+    }
+
+    #[test]
+    fn windowed_open_repeats_but_refuses_stale_beacons() {
+        let t = Trust::new(key("alpha"));
+        let frame = t.seal(Kind::Beacon, b"beacon", b"");
+        // No nonce cache: the same announcement heard twice is fine.
+        assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
+        assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
+        let stale = envelope::seal(
+            &t.key.current,
+            &SealParams {
+                kind: Kind::Beacon,
+                encrypt: true,
+                timestamp_ms: now_ms() - 60_000,
+                nonce: t.nonces.next(),
+                clear_id: b"",
+            },
+            b"beacon",
+        );
+        assert!(matches!(
+            t.open_windowed(&stale, Kind::Beacon),
+            Err(Rejection::Replayed(ReplayError::OutsideWindow { .. }))
+        ));
+        let other = Trust::new(key("bravo")).seal(Kind::Beacon, b"beacon", b"");
+        assert!(matches!(
+            t.open_windowed(&other, Kind::Beacon),
+            Err(Rejection::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            t.open_windowed(&Bytes::from_static(b"\x83plain"), Kind::Beacon),
+            Err(Rejection::Unauthenticated(_))
+        ));
     }
 
     #[test]

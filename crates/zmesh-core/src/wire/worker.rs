@@ -20,6 +20,11 @@ pub const WORKER_HEARTBEAT: &str = "_zmesh_worker_hb";
 pub const BYE: &str = "_zmesh_worker_bye";
 /// Device -> worker: the device is alive; args `[0]`. Sent every worker heartbeat period.
 pub const DEVICE_HEARTBEAT: &str = "_zmesh_device_hb";
+/// Device -> worker: the device refused a message from this worker because of the mesh key
+/// (unsealed, wrong key, replayed); args `[reason]`. Always sent unsealed, since the worker
+/// may not hold the key: a keyed worker only logs it. The worker is not registered; it
+/// tries again when its link times out.
+pub const REFUSED: &str = "_zmesh_device_refused";
 /// Device -> worker: the device does not know this worker (it restarted, or declared the
 /// worker dead); the worker must reconnect and announce itself again; args `[]`.
 pub const RESET: &str = "_zmesh_device_reset";
