@@ -62,6 +62,14 @@ async fn serve(extra: &[&str], services: &[&str]) -> Server {
     Server::start(command, "zmesh serve with a mesh key").await
 }
 
+/// The endpoint `serve` announces on its next stdout line, `WORD ENDPOINT`.
+async fn announced(server: &mut Server, word: &str) -> String {
+    let line = server.lines.next(&format!("the {word} line")).await;
+    line.strip_prefix(&format!("{word} "))
+        .unwrap_or_else(|| panic!("{word} ENDPOINT, not {line:?}"))
+        .to_owned()
+}
+
 #[tokio::test]
 async fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -117,14 +125,10 @@ async fn a_keyed_serve_answers_key_holders_and_refuses_the_rest() {
     )
     .await;
     let ep = server.endpoint.clone();
-    let line = server.lines.next("the plain line").await;
-    let plain = line
-        .strip_prefix("plain ")
-        .expect("plain ENDPOINT")
-        .to_owned();
+    let plain = announced(&mut server, "plain").await;
     assert!(
         plain.starts_with("tcp://127.0.0.1:") && plain != ep,
-        "{line}"
+        "{plain}"
     );
 
     // The right key, from the file and from the environment.
@@ -362,11 +366,7 @@ async fn a_stock_zerorpc_client_is_served_on_the_plain_endpoint_only() {
         &["echo"],
     )
     .await;
-    let line = server.lines.next("the plain line").await;
-    let plain = line
-        .strip_prefix("plain ")
-        .expect("plain ENDPOINT")
-        .to_owned();
+    let plain = announced(&mut server, "plain").await;
     let script = "\
 import sys, zerorpc
 c = zerorpc.Client(timeout=10)
@@ -393,6 +393,14 @@ except zerorpc.RemoteError as e:
     }
 }
 
+/// `zmesh call EP kv.put NAME N` with the key, checked to succeed.
+async fn put(ep: &str, name: &str, n: u64, key: &str) {
+    let value = n.to_string();
+    let args = ["call", ep, "kv.put", name, &value, "--mesh-key-file", key];
+    let out = run_env(&args, None).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Runs `zmesh call` of kv.put with the key until `lines` yields a line (bounded by LIMIT):
 /// how a test waits for a subscriber to be in place without knowing when its subscription
 /// reached the publisher.
@@ -401,25 +409,27 @@ async fn put_until_a_line(ep: &str, key: &str, lines: &mut Lines) -> String {
     let mut n = 0u64;
     while tokio::time::Instant::now() < deadline {
         n += 1;
-        let out = run_env(
-            &[
-                "call",
-                ep,
-                "kv.put",
-                "k",
-                &n.to_string(),
-                "--mesh-key-file",
-                key,
-            ],
-            None,
-        )
-        .await;
-        assert!(out.status.success(), "{}", stderr(&out));
+        put(ep, "k", n, key).await;
         if let Some(line) = lines.next_within(Duration::from_millis(20)).await {
             return line;
         }
     }
     panic!("no event reached the subscriber within {LIMIT:?}");
+}
+
+/// `zmesh sub ENDPOINT PREFIX --count 1 --timeout SECS`, with `key` when given (never the
+/// environment's), stdout and stderr piped.
+fn spawn_sub(endpoint: &str, prefix: &str, secs: &str, key: Option<&str>) -> tokio::process::Child {
+    let mut sub = zmesh();
+    sub.env_remove(ENV)
+        .args(["sub", endpoint, prefix, "--count", "1", "--timeout", secs]);
+    if let Some(key) = key {
+        sub.args(["--mesh-key-file", key]);
+    }
+    sub.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zmesh sub starts")
 }
 
 /// The number before `what` in a `zmesh sub` summary line.
@@ -445,29 +455,10 @@ async fn sealed_events_reach_keyed_subscribers_only() {
         &["kv"],
     )
     .await;
-    let line = server.lines.next("the events line").await;
-    let events = line
-        .strip_prefix("events ")
-        .expect("events ENDPOINT")
-        .to_owned();
+    let events = announced(&mut server, "events").await;
 
     // A keyed subscriber prints kv's changes.
-    let mut keyed = zmesh()
-        .env_remove(ENV)
-        .args([
-            "sub",
-            &events,
-            "kv.changed.",
-            "--count",
-            "1",
-            "--timeout",
-            "20",
-        ])
-        .args(["--mesh-key-file", key])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("zmesh sub starts");
+    let mut keyed = spawn_sub(&events, "kv.changed.", "20", Some(key));
     let mut lines = Lines::new(keyed.stdout.take().expect("piped"));
     let line = put_until_a_line(&server.endpoint, key, &mut lines).await;
     let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
@@ -479,39 +470,12 @@ async fn sealed_events_reach_keyed_subscribers_only() {
 
     // An unkeyed subscriber receives only sealed frames it cannot read: it prints nothing,
     // times out (exit 3) and counts them. kv keeps changing for its whole (bounded) life.
-    let unkeyed = zmesh()
-        .env_remove(ENV)
-        .args([
-            "sub",
-            &events,
-            "kv.changed.",
-            "--count",
-            "1",
-            "--timeout",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("zmesh sub starts");
+    let unkeyed = spawn_sub(&events, "kv.changed.", "2", None);
     let mut waiting = std::pin::pin!(common::finish(unkeyed, "unkeyed sub"));
     let mut n = 0u64;
     let out = loop {
         n += 1;
-        let put = run_env(
-            &[
-                "call",
-                &server.endpoint,
-                "kv.put",
-                "u",
-                &n.to_string(),
-                "--mesh-key-file",
-                key,
-            ],
-            None,
-        )
-        .await;
-        assert!(put.status.success(), "{}", stderr(&put));
+        put(&server.endpoint, "u", n, key).await;
         if let Ok(out) = timeout(Duration::from_millis(20), &mut waiting).await {
             break out;
         }
@@ -547,24 +511,8 @@ async fn pub_seals_its_event_for_keyed_subscribers() {
             publisher.args(["--mesh-key-file", k]);
         }
         let mut publisher = Server::start(publisher, "zmesh pub --bind").await;
-        let mut sub = zmesh();
-        sub.env_remove(ENV).args([
-            "sub",
-            &publisher.endpoint,
-            "orders.",
-            "--count",
-            "1",
-            "--timeout",
-            if received { "20" } else { "3" },
-        ]);
-        if let Some(k) = sub_key {
-            sub.args(["--mesh-key-file", k]);
-        }
-        let sub = sub
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("zmesh sub starts");
+        let secs = if received { "20" } else { "3" };
+        let sub = spawn_sub(&publisher.endpoint, "orders.", secs, sub_key);
         let status = common::exit_status(&mut publisher.child, "zmesh pub").await;
         assert!(status.success(), "{status:?}");
         let out = common::finish(sub, "zmesh sub").await;
