@@ -571,3 +571,80 @@ async fn bench_measures_the_keyed_mode_beside_raw() {
         "{keyed}"
     );
 }
+
+/// Polls `done` every 10 ms until it holds, for at most LIMIT: discovery has no event a
+/// test can await for "a gossip round happened".
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_mesh_gossips_with_key_holders_only() {
+    use zmesh_core::MeshKey;
+    use zmesh_core::mesh::{Discovery, DiscoveryConfig, MeshClient, MeshClientConfig};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = keygen(dir.path(), "mesh.key").await;
+    let key_path = key_file.to_str().expect("utf-8");
+    let mesh = format!("cli-keyed-{}", std::process::id());
+    let mut first = serve(&["--mesh", &mesh, "--mesh-key-file", key_path], &["echo"]).await;
+    let line = first.lines.next("the mesh line").await;
+    assert!(line.starts_with(&format!("mesh {mesh} peer ")), "{line}");
+    let seed = first.endpoint.clone();
+    // The second member knows the mesh only through sealed gossip with the first.
+    let second = serve(
+        &[
+            "--mesh",
+            &mesh,
+            "--seed",
+            &seed,
+            "--mesh-key-file",
+            key_path,
+        ],
+        &["echo"],
+    )
+    .await;
+
+    let key = MeshKey::from_file(&key_file).expect("the key loads");
+    let keyed = Discovery::start(
+        DiscoveryConfig::new(mesh.clone())
+            .seed(seed.clone())
+            .gossip_interval(Duration::from_millis(100))
+            .mesh_key(key.clone()),
+    )
+    .await
+    .expect("discovery starts");
+    let client = MeshClient::new(keyed, MeshClientConfig::default().mesh_key(key));
+    eventually("both keyed members found by gossip", || {
+        client.live_peers("echo").len() == 2
+    })
+    .await;
+    let answer: String = timeout(LIMIT, client.call("echo.upper", ("sealed",)))
+        .await
+        .expect("in time")
+        .expect("called by name with the key");
+    assert_eq!(answer, "SEALED");
+
+    // Gossip without the key is refused: the exchange fails and nobody is learnt.
+    let unkeyed = Discovery::start(
+        DiscoveryConfig::new(mesh.clone())
+            .seed(seed)
+            .gossip_interval(Duration::from_millis(100)),
+    )
+    .await
+    .expect("discovery starts");
+    eventually("a refused gossip exchange", || {
+        unkeyed.stats().gossip_failed >= 1
+    })
+    .await;
+    assert_eq!(unkeyed.stats().gossip_ok, 0, "{:?}", unkeyed.stats());
+    assert!(unkeyed.peers().is_empty(), "{:?}", unkeyed.peers());
+    drop(second);
+}
