@@ -29,7 +29,12 @@ A gap reports events of a topic this subscriber did not receive; reason \"publis
 at exit.
 
 Exit status: 0 when stopped (Ctrl-C, SIGTERM, --count reached, or --timeout without --count),
-3 when the endpoint cannot be reached or --timeout passes before --count events arrived.")]
+3 when the endpoint cannot be reached or --timeout passes before --count events arrived.
+
+With a mesh key (--mesh-key-file, or ZMESH_MESH_KEY) only events sealed with it are printed;
+the others are refused and counted in the summary (\"N refused by the mesh key\"). Without a
+key, a keyed publisher's events cannot be read and count as undecodable. A key file that
+cannot be read, or a key under 16 bytes, exits 2.")]
 pub(crate) struct SubArgs {
     /// The publisher to connect to: a node's events endpoint (`Node::builder().events`), a
     /// bound Publisher, or a proxy's --events-out.
@@ -43,7 +48,7 @@ pub(crate) struct SubArgs {
     /// Stop after this many seconds; a failure (exit 3) when --count events have not arrived.
     #[arg(long, value_parser = crate::positive_seconds)]
     timeout: Option<f64>,
-    /// Events must be sealed with the mesh key (others are refused and counted in the summary).
+    // With a key, events must be sealed with it (others are refused, counted in the summary).
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
 }
@@ -69,7 +74,10 @@ disconnected, so after every subscriber of TOPIC has left, the event may go to n
 
 The event carries no publisher id or sequence number: one event from a process that exits is
 no sequence, and a fresh id per run would make subscribers behind the same proxy report a
-publisher restart each time.")]
+publisher restart each time.
+
+With a mesh key (--mesh-key-file, or ZMESH_MESH_KEY) the event is sealed with it, as a keyed
+publisher's; keyed subscribers refuse unsealed events. A bad key exits 2.")]
 pub(crate) struct PubArgs {
     /// Where to publish: a proxy's --events-in (connected to), or with --bind the endpoint to
     /// bind.
@@ -85,7 +93,7 @@ pub(crate) struct PubArgs {
     /// Longest wait, in seconds, for the connection and for a subscriber of TOPIC.
     #[arg(long, default_value_t = 10.0, value_parser = crate::positive_seconds)]
     timeout: f64,
-    /// The event is sealed with the mesh key, as a keyed publisher's.
+    // With a key, the event is sealed with it, as a keyed publisher's.
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
 }

@@ -362,8 +362,11 @@ async fn list(client: &Client) -> Result<(), CliError> {
     let mut lines = match client.call::<rmpv::Value>("_zerorpc_inspect", ()).await {
         Ok(inspect) => inspect_lines(&inspect)?,
         // Stock zerorpc 0.6.3 on Python 3.11+ fails its own _zerorpc_inspect (it calls the
-        // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work.
-        Err(CallError::Remote(remote)) => {
+        // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work. A node
+        // that refused us (mesh key) would refuse those too.
+        Err(CallError::Remote(remote))
+            if !matches!(remote.name.as_str(), "Unauthenticated" | "Replayed") =>
+        {
             tracing::debug!(error = %remote, "_zerorpc_inspect failed; using _zerorpc_list");
             list_and_help_lines(client).await?
         }

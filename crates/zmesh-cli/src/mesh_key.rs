@@ -44,7 +44,8 @@ pub(crate) struct ServeKeyArgs {
     #[command(flatten)]
     key: KeyArgs,
     /// Rotation: also accept messages sealed with the (old) key in FILE, for
-    /// --previous-grace seconds from start; the node seals with the new key.
+    /// --previous-grace seconds from start (answering such callers in the old key); the node
+    /// otherwise seals with the new key.
     #[arg(long, value_name = "FILE", requires = "previous_grace")]
     previous_key_file: Option<PathBuf>,
     /// How long the previous key stays accepted, in seconds.

@@ -43,7 +43,7 @@ pub(crate) struct ServeArgs {
     #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
     binds: Vec<String>,
     /// Also bind this endpoint for plain zerorpc, unsealed, beside the keyed --bind ones
-    /// (repeatable; printed on the serving line after them). Not with --mesh.
+    /// (repeatable; printed on a `plain ENDPOINT...` line). Not with --mesh or --worker-of.
     #[arg(long = "plain-bind", value_name = "ENDPOINT", conflicts_with_all = ["mesh", "worker_of"])]
     plain_binds: Vec<String>,
     /// The node's name (answered by _zerorpc_name).
