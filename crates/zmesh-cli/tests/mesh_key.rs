@@ -329,6 +329,42 @@ async fn rotation_accepts_the_previous_key_during_its_grace() {
     )
     .await;
     assert_refused(&out, "a key that is neither");
+
+    // After a (short) grace the old key is refused as such. Bounded by LIMIT.
+    let expiring = serve(
+        &[
+            "--mesh-key-file",
+            new,
+            "--previous-key-file",
+            old,
+            "--previous-grace",
+            "0.05",
+        ],
+        &["echo"],
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let args = [
+        "call",
+        &expiring.endpoint,
+        "echo.upper",
+        "r",
+        "--mesh-key-file",
+        old,
+    ];
+    let out = loop {
+        let out = run_env(&args, None).await;
+        if !out.status.success() || tokio::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_refused(&out, "the previous key after its grace");
+    assert!(
+        stderr(&out).contains("grace period is over"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The interop venv's python when it is there with zerorpc (other tests build it).
