@@ -1,7 +1,9 @@
 //! `zmesh bench`: measures call latency and throughput of each transport mode against a raw
 //! `zeromq` DEALER/ROUTER baseline in the same run, with the servers in child processes
 //! (this binary's hidden `bench-server` verb) so client and server never share a runtime.
-//! The `device` mode puts a proxy device and an echo worker in two more child processes.
+//! The `device` mode puts a proxy device and an echo worker in two more child processes;
+//! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
+//! shows as a ratio to raw and tcp in the same run.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,7 +16,8 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
-use zmesh_core::{Client, Node};
+use zmesh_core::trust::MESH_KEY_ENV;
+use zmesh_core::{Client, ClientConfig, MeshKey, Node};
 
 use crate::CliError;
 
@@ -56,6 +59,9 @@ pub(crate) enum Mode {
     Ipc,
     /// A zmesh call over tcp through a proxy device to an echo worker (two hops).
     Device,
+    /// A zmesh call over tcp loopback with a mesh key: every request and reply sealed and
+    /// encrypted (not in the default modes: ask for it with --modes).
+    Keyed,
 }
 
 /// The tokio runtime flavour of client and servers.
@@ -129,12 +135,26 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
         .tempdir()
         .map_err(|e| CliError::Other(format!("cannot create a directory for ipc: {e}")))?;
     let mut reports = Vec::with_capacity(options.modes.len());
+    // A fresh key per run: the keyed server gets it through its environment, never argv.
+    let key = if options.modes.contains(&Mode::Keyed) {
+        Some(crate::mesh_key::random_key_text()?)
+    } else {
+        None
+    };
     for &mode in &options.modes {
-        let (servers, endpoint) = start_servers(mode, options.runtime, dir.path()).await?;
+        let mode_key = key.as_deref().filter(|_| mode == Mode::Keyed);
+        let (servers, endpoint) =
+            start_servers(mode, options.runtime, dir.path(), mode_key).await?;
         let bar = progress_bar(progress, mode, options);
         let histogram = match mode {
             Mode::Raw => measure_raw(&endpoint, options, &bar).await?,
-            Mode::Tcp | Mode::Ipc | Mode::Device => measure_zmesh(&endpoint, options, &bar).await?,
+            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed => {
+                let client_key = mode_key
+                    .map(MeshKey::from_secret)
+                    .transpose()
+                    .map_err(|e| CliError::Other(format!("bench key: {e}")))?;
+                measure_zmesh(&endpoint, options, &bar, client_key).await?
+            }
         };
         bar.finish_and_clear();
         drop(servers);
@@ -226,8 +246,12 @@ async fn measure_zmesh(
     endpoint: &str,
     options: &BenchOptions,
     bar: &indicatif::ProgressBar,
+    key: Option<MeshKey>,
 ) -> Result<(Histogram<u64>, Duration), CliError> {
-    let client = Client::new(endpoint);
+    let client = match key {
+        Some(key) => Client::with_config(endpoint, ClientConfig::default().mesh_key(key)),
+        None => Client::new(endpoint),
+    };
     let value = rmpv::Value::Binary(vec![0x5a; options.payload]);
     let call = |client: &Client| {
         let client = client.clone();
@@ -332,24 +356,30 @@ async fn start_servers(
     mode: Mode,
     flavour: Flavour,
     dir: &Path,
+    key: Option<&str>,
 ) -> Result<(Vec<BenchServer>, String), CliError> {
     let bind = match mode {
-        Mode::Raw | Mode::Tcp | Mode::Device => "tcp://127.0.0.1:0".to_owned(),
+        Mode::Raw | Mode::Tcp | Mode::Device | Mode::Keyed => "tcp://127.0.0.1:0".to_owned(),
         Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
     };
     match mode {
         Mode::Raw => {
-            let server = BenchServer::spawn("raw", &bind, flavour)?;
+            let server = BenchServer::spawn("raw", &bind, flavour, None)?;
             let endpoint = server.endpoint.clone();
             Ok((vec![server], endpoint))
         }
         Mode::Tcp | Mode::Ipc => {
-            let server = BenchServer::spawn("zmesh", &bind, flavour)?;
+            let server = BenchServer::spawn("zmesh", &bind, flavour, None)?;
+            let endpoint = server.endpoint.clone();
+            Ok((vec![server], endpoint))
+        }
+        Mode::Keyed => {
+            let server = BenchServer::spawn("keyed", &bind, flavour, key)?;
             let endpoint = server.endpoint.clone();
             Ok((vec![server], endpoint))
         }
         Mode::Device => {
-            let device = BenchServer::spawn("device", &bind, flavour)?;
+            let device = BenchServer::spawn("device", &bind, flavour, None)?;
             // The device announces `<frontend> <backend>`.
             let Some((frontend, backend)) = device
                 .endpoint
@@ -361,7 +391,7 @@ async fn start_servers(
                     device.endpoint
                 )));
             };
-            let worker = BenchServer::spawn("worker", &backend, flavour)?;
+            let worker = BenchServer::spawn("worker", &backend, flavour, None)?;
             wait_for_worker(&frontend).await?;
             Ok((vec![device, worker], frontend))
         }
@@ -405,11 +435,22 @@ struct BenchServer {
 
 impl BenchServer {
     /// Starts `bench-server --kind KIND --bind BIND` (for a worker, BIND is the device
-    /// backend it connects to) and waits for its `READY` line.
-    fn spawn(kind: &str, bind: &str, flavour: Flavour) -> Result<Self, CliError> {
+    /// backend it connects to) and waits for its `READY` line. `key` goes to the `keyed`
+    /// server in its environment; the others get none.
+    fn spawn(
+        kind: &str,
+        bind: &str,
+        flavour: Flavour,
+        key: Option<&str>,
+    ) -> Result<Self, CliError> {
         let exe = std::env::current_exe()
             .map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        match key {
+            Some(key) => command.env(MESH_KEY_ENV, key),
+            None => command.env_remove(MESH_KEY_ENV),
+        };
+        let mut child = command
             .args(["bench-server", "--kind", kind, "--bind", bind])
             .args(["--runtime", flavour.arg()])
             .stdin(Stdio::piped())
@@ -462,7 +503,8 @@ impl Drop for BenchServer {
 /// until its stdin closes (its parent exited or dropped it). Kinds: `zmesh` (a node with
 /// the echo service), `raw` (a ROUTER echoing frames), `device` (a proxy device binding its
 /// frontend at BIND and its backend on a free tcp port; announces `READY <frontend>
-/// <backend>`), `worker` (an echo node serving the device whose backend is BIND).
+/// <backend>`), `worker` (an echo node serving the device whose backend is BIND), `keyed` (as
+/// `zmesh`, requiring the mesh key in `ZMESH_MESH_KEY`).
 pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
     let parent_gone = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
@@ -479,8 +521,13 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
             println!("READY {} {}", device.frontend(), device.backend());
             device.run_until(async { drop(parent_gone.await) }).await;
         }
-        "zmesh" | "worker" => {
-            let builder = Node::builder().service(zmesh_echo::service());
+        "zmesh" | "worker" | "keyed" => {
+            let mut builder = Node::builder().service(zmesh_echo::service());
+            if kind == "keyed" {
+                let key = MeshKey::from_default_env()
+                    .map_err(|e| CliError::Other(format!("the keyed bench server: {e}")))?;
+                builder = builder.mesh_key(key);
+            }
             // A worker connects out to the device's backend instead of binding.
             let worker = kind == "worker";
             let builder = if worker {

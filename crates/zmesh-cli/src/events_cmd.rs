@@ -29,7 +29,12 @@ A gap reports events of a topic this subscriber did not receive; reason \"publis
 at exit.
 
 Exit status: 0 when stopped (Ctrl-C, SIGTERM, --count reached, or --timeout without --count),
-3 when the endpoint cannot be reached or --timeout passes before --count events arrived.")]
+3 when the endpoint cannot be reached or --timeout passes before --count events arrived.
+
+With a mesh key (--mesh-key-file, or ZMESH_MESH_KEY) only events sealed with it are printed;
+the others are refused and counted in the summary (\"N refused by the mesh key\"). Without a
+key, a keyed publisher's events cannot be read and count as undecodable. A key file that
+cannot be read, or a key under 16 bytes, exits 2.")]
 pub(crate) struct SubArgs {
     /// The publisher to connect to: a node's events endpoint (`Node::builder().events`), a
     /// bound Publisher, or a proxy's --events-out.
@@ -43,6 +48,9 @@ pub(crate) struct SubArgs {
     /// Stop after this many seconds; a failure (exit 3) when --count events have not arrived.
     #[arg(long, value_parser = crate::positive_seconds)]
     timeout: Option<f64>,
+    // With a key, events must be sealed with it (others are refused, counted in the summary).
+    #[command(flatten)]
+    key: crate::mesh_key::KeyArgs,
 }
 
 /// The options of `zmesh pub`.
@@ -66,7 +74,10 @@ disconnected, so after every subscriber of TOPIC has left, the event may go to n
 
 The event carries no publisher id or sequence number: one event from a process that exits is
 no sequence, and a fresh id per run would make subscribers behind the same proxy report a
-publisher restart each time.")]
+publisher restart each time.
+
+With a mesh key (--mesh-key-file, or ZMESH_MESH_KEY) the event is sealed with it, as a keyed
+publisher's; keyed subscribers refuse unsealed events. A bad key exits 2.")]
 pub(crate) struct PubArgs {
     /// Where to publish: a proxy's --events-in (connected to), or with --bind the endpoint to
     /// bind.
@@ -82,6 +93,9 @@ pub(crate) struct PubArgs {
     /// Longest wait, in seconds, for the connection and for a subscriber of TOPIC.
     #[arg(long, default_value_t = 10.0, value_parser = crate::positive_seconds)]
     timeout: f64,
+    // With a key, the event is sealed with it, as a keyed publisher's.
+    #[command(flatten)]
+    key: crate::mesh_key::KeyArgs,
 }
 
 fn parse_json(text: &str) -> Result<Json, String> {
@@ -95,10 +109,14 @@ pub(crate) async fn sub(args: SubArgs, signal: impl Future<Output = ()>) -> Resu
     let connect = args.timeout.map_or(CONNECT_TIMEOUT, |s| {
         Duration::from_secs_f64(s).min(CONNECT_TIMEOUT)
     });
+    let mut config = SubscriberConfig::default().connect_timeout(connect);
+    if let Some(key) = args.key.load()? {
+        config = config.mesh_key(key);
+    }
     let mut subscriber = Subscriber::builder()
         .connect(&args.endpoint)
         .subscribe(&args.prefix)
-        .config(SubscriberConfig::default().connect_timeout(connect))
+        .config(config)
         .start::<rmpv::Value>()
         .await
         .map_err(|e| CliError::Other(format!("cannot subscribe: {e}")))?;
@@ -125,8 +143,8 @@ pub(crate) async fn sub(args: SubArgs, signal: impl Future<Output = ()>) -> Resu
     };
     let stats = subscriber.stats();
     eprintln!(
-        "zmesh: {events} events, {} gap reports ({} events missed), {} undecodable",
-        stats.gaps, stats.lost, stats.undecodable
+        "zmesh: {events} events, {} gap reports ({} events missed), {} undecodable, {} refused by the mesh key, {} replays refused",
+        stats.gaps, stats.lost, stats.undecodable, stats.unauthenticated, stats.replay_rejected
     );
     match args.count {
         Some(n) if timed_out && events < n => Err(CliError::Other(format!(
@@ -197,7 +215,12 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
     check_endpoint(&args.endpoint)?;
     let limit = Duration::from_secs_f64(args.timeout);
     let deadline = Instant::now() + limit;
-    let message = event_message(&args.topic, &json::from_json(&args.payload))?;
+    let secret = args.key.secret()?;
+    let message = event_message(
+        &args.topic,
+        &json::from_json(&args.payload),
+        secret.as_ref(),
+    )?;
 
     // XPUB rather than PUB: it hands us the subscriptions it receives, which is how we know
     // a subscriber is there before sending.
@@ -276,12 +299,20 @@ fn subscribes_to(frame: Option<&Bytes>, topic: &[u8]) -> bool {
 }
 
 /// The event as zmesh frames it on the wire: `[topic, zerorpc event]`, the event named after
-/// the topic with args `[payload]` (docs/PROTOCOL.md), without publisher id or sequence.
-fn event_message(topic: &str, payload: &rmpv::Value) -> Result<ZmqMessage, CliError> {
+/// the topic with args `[payload]` (docs/PROTOCOL.md), without publisher id or sequence;
+/// the event frame sealed when there is a mesh key (the topic frame stays clear for filters).
+fn event_message(
+    topic: &str,
+    payload: &rmpv::Value,
+    key: Option<&crate::mesh_key::Secret>,
+) -> Result<ZmqMessage, CliError> {
     let mut args = Vec::new();
     rmpv::encode::write_value(&mut args, &rmpv::Value::Array(vec![payload.clone()]))
         .map_err(|e| CliError::Other(format!("cannot encode the payload: {e}")))?;
-    let event = wire::encode_event(&wire::Header::zmesh(None), topic, &args);
+    let mut event = wire::encode_event(&wire::Header::zmesh(None), topic, &args);
+    if let Some(key) = key {
+        event = key.seal_event(&event)?;
+    }
     let mut message = ZmqMessage::from(Bytes::copy_from_slice(topic.as_bytes()));
     message.push_back(event);
     Ok(message)
@@ -325,7 +356,8 @@ mod tests {
 
     #[test]
     fn the_event_is_two_frames_a_zmesh_subscriber_decodes() {
-        let message = event_message("orders.created", &rmpv::Value::from(7u64)).expect("encodes");
+        let message =
+            event_message("orders.created", &rmpv::Value::from(7u64), None).expect("encodes");
         let frames = message.into_vec();
         assert_eq!(frames.len(), 2);
         assert_eq!(&frames[0][..], b"orders.created");

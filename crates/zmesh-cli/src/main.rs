@@ -6,6 +6,7 @@ mod children;
 mod demo;
 mod events_cmd;
 mod json;
+mod mesh_key;
 mod proxy_cmd;
 mod serve_cmd;
 
@@ -20,6 +21,8 @@ use zmesh_core::{CallError, CallOptions, Client, ClientConfig, Response};
 const EXIT_REMOTE_ERROR: u8 = 1;
 /// Exit status for local failures: unreachable endpoint, deadline, undecodable reply.
 const EXIT_FAILURE: u8 = 3;
+/// Exit status for usage errors (as clap's): also a mesh key that cannot be loaded.
+const EXIT_USAGE: u8 = 2;
 
 /// zmesh: a peer-to-peer RPC mesh speaking the zerorpc v3 protocol.
 #[derive(Debug, Parser)]
@@ -33,6 +36,7 @@ struct Cli {
 enum Command {
     /// Call METHOD on ENDPOINT and print the result as JSON (a stream prints one JSON value
     /// per line). Each ARG is parsed as JSON; a word that is not JSON is taken as a string.
+    #[command(after_help = mesh_key::KEY_HELP)]
     Call {
         /// The node's endpoint, such as tcp://127.0.0.1:4242 or ipc:///tmp/node.sock.
         endpoint: String,
@@ -43,25 +47,34 @@ enum Command {
         /// Give up after this many seconds (the remaining time travels to zmesh servers).
         #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        key: mesh_key::KeyArgs,
     },
     /// List the methods a node offers, with their arguments and docs (from introspection).
+    #[command(after_help = mesh_key::KEY_HELP)]
     List {
         /// The node's endpoint.
         endpoint: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        key: mesh_key::KeyArgs,
     },
     /// Ping a node: prints its name and the round-trip time.
+    #[command(after_help = mesh_key::KEY_HELP)]
     Ping {
         /// The node's endpoint.
         endpoint: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        key: mesh_key::KeyArgs,
     },
     /// Show a node's per-method calls, errors and latency percentiles, and its counters
     /// (from the `_zmesh_stats` method every zmesh node answers).
+    #[command(after_help = mesh_key::KEY_HELP)]
     Stats {
         /// The node's endpoint.
         endpoint: String,
@@ -74,6 +87,8 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        key: mesh_key::KeyArgs,
     },
     /// Serve reference services (echo, kv) on a node until Ctrl-C or SIGTERM, then shut
     /// down gracefully: on bound endpoints, as a worker of a proxy device, or in a mesh.
@@ -129,10 +144,12 @@ enum Command {
     /// through the device, show events, kill a node to show failover, print a summary,
     /// and stop every process it started.
     Demo(demo::DemoArgs),
+    /// Write a fresh random mesh key to a file (mode 0600) or stdout, for --mesh-key-file.
+    Keygen(mesh_key::KeygenArgs),
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
-        #[arg(long, value_parser = ["zmesh", "raw", "device", "worker"])]
+        #[arg(long, value_parser = ["zmesh", "raw", "device", "worker", "keyed"])]
         kind: String,
         /// Where to bind (for `worker`: the device backend to connect to).
         #[arg(long)]
@@ -155,6 +172,10 @@ enum CliError {
     Call(CallError),
     #[error("{0}")]
     Other(String),
+    /// Bad input found after argument parsing (such as an unreadable mesh key file): exit 2,
+    /// as clap's usage errors.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<CallError> for CliError {
@@ -205,6 +226,10 @@ fn main() -> ExitCode {
             eprintln!("{error}");
             ExitCode::from(EXIT_REMOTE_ERROR)
         }
+        Err(error @ CliError::Usage(_)) => {
+            eprintln!("zmesh: {error}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(error) => {
             eprintln!("zmesh: {error}");
             ExitCode::from(EXIT_FAILURE)
@@ -219,15 +244,33 @@ async fn run(command: Command) -> Result<(), CliError> {
             method,
             args,
             timeout,
-        } => call(&endpoint, &method, &args, seconds(timeout)).await,
-        Command::List { endpoint, timeout } => list(&endpoint, seconds(timeout)).await,
-        Command::Ping { endpoint, timeout } => ping(&endpoint, seconds(timeout)).await,
+            key,
+        } => {
+            call(
+                &client(&endpoint, seconds(timeout), &key)?,
+                &method,
+                &args,
+                seconds(timeout),
+            )
+            .await
+        }
+        Command::List {
+            endpoint,
+            timeout,
+            key,
+        } => list(&client(&endpoint, seconds(timeout), &key)?).await,
+        Command::Ping {
+            endpoint,
+            timeout,
+            key,
+        } => ping(&client(&endpoint, seconds(timeout), &key)?).await,
         Command::Stats {
             endpoint,
             all,
             json,
             timeout,
-        } => stats(&endpoint, all, json, seconds(timeout)).await,
+            key,
+        } => stats(&client(&endpoint, seconds(timeout), &key)?, all, json).await,
         Command::Serve(args) => serve_cmd::run(args, shutdown_signal()).await,
         Command::Bench {
             modes,
@@ -270,6 +313,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
+        Command::Keygen(args) => mesh_key::keygen(&args),
     }
 }
 
@@ -277,15 +321,18 @@ fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn client(endpoint: &str, timeout: Duration) -> Client {
-    let config = ClientConfig::default()
+fn client(endpoint: &str, timeout: Duration, key: &mesh_key::KeyArgs) -> Result<Client, CliError> {
+    let mut config = ClientConfig::default()
         .default_timeout(timeout)
         .connect_timeout(timeout);
-    Client::with_config(endpoint, config)
+    if let Some(key) = key.load()? {
+        config = config.mesh_key(key);
+    }
+    Ok(Client::with_config(endpoint, config))
 }
 
 async fn call(
-    endpoint: &str,
+    client: &Client,
     method: &str,
     args: &[String],
     timeout: Duration,
@@ -293,7 +340,6 @@ async fn call(
     let args: Vec<rmpv::Value> = args.iter().map(|a| json::parse_arg(a)).collect();
     let encoded = rmp_serde::to_vec(&args)
         .map_err(|e| CliError::Other(format!("cannot encode the arguments: {e}")))?;
-    let client = client(endpoint, timeout);
     match client
         .request(method, encoded.into(), CallOptions::timeout(timeout))
         .await?
@@ -312,15 +358,17 @@ async fn call(
     Ok(())
 }
 
-async fn list(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
-    let client = client(endpoint, timeout);
+async fn list(client: &Client) -> Result<(), CliError> {
     let mut lines = match client.call::<rmpv::Value>("_zerorpc_inspect", ()).await {
         Ok(inspect) => inspect_lines(&inspect)?,
         // Stock zerorpc 0.6.3 on Python 3.11+ fails its own _zerorpc_inspect (it calls the
-        // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work.
-        Err(CallError::Remote(remote)) => {
+        // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work. A node
+        // that refused us (mesh key) would refuse those too.
+        Err(CallError::Remote(remote))
+            if !matches!(remote.name.as_str(), "Unauthenticated" | "Replayed") =>
+        {
             tracing::debug!(error = %remote, "_zerorpc_inspect failed; using _zerorpc_list");
-            list_and_help_lines(&client).await?
+            list_and_help_lines(client).await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -392,8 +440,7 @@ fn map_get<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
         .map(|(_, v)| v)
 }
 
-async fn ping(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
-    let client = client(endpoint, timeout);
+async fn ping(client: &Client) -> Result<(), CliError> {
     // The first call pays for the connection; the second is the round trip.
     let _: rmpv::Value = client.call("_zerorpc_ping", ()).await?;
     let started = Instant::now();
@@ -414,13 +461,7 @@ async fn ping(endpoint: &str, timeout: Duration) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn stats(
-    endpoint: &str,
-    all: bool,
-    as_json: bool,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let client = client(endpoint, timeout);
+async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError> {
     let report: rmpv::Value = client.call("_zmesh_stats", ()).await?;
     if as_json {
         println!("{}", json::to_json(&report));

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use zmesh_core::mesh::{BeaconConfig, MeshNode};
-use zmesh_core::{Node, Publisher, Service};
+use zmesh_core::{MeshKey, Node, Publisher, Service};
 
 use crate::CliError;
 
@@ -23,17 +23,29 @@ Services:
 
 At start it prints, one per line (port 0 picks a free port; the lines show the real one):
   serving SERVICES on ENDPOINT...        (or: serving SERVICES as a worker of BACKEND)
+  plain ENDPOINT...                      (with --plain-bind)
   events ENDPOINT                        (with --events)
   mesh NAME peer ID                      (with --mesh)
 
 Examples:
   zmesh serve --bind tcp://127.0.0.1:4242 --events tcp://127.0.0.1:4250 kv
   zmesh serve --worker-of tcp://127.0.0.1:4243 echo        # behind `zmesh proxy`
-  zmesh serve --bind tcp://127.0.0.1:0 --mesh prod --beacon-port 47000 echo")]
+  zmesh serve --bind tcp://127.0.0.1:0 --mesh prod --beacon-port 47000 echo
+  zmesh serve --mesh-key-file mesh.key --bind tcp://0.0.0.0:4242 --plain-bind tcp://127.0.0.1:4243 echo
+
+With a mesh key (--mesh-key-file, or ZMESH_MESH_KEY) the --bind endpoints, the events
+publisher and the mesh's gossip require it; --plain-bind endpoints serve plain zerorpc beside
+them (stock clients, local tools). stderr names the key's id. Not with --worker-of (the proxy
+device reads requests to route them). A key file that cannot be read, or is under 16 bytes,
+exits 2.")]
 pub(crate) struct ServeArgs {
     /// Endpoint to bind (repeatable); port 0 picks a free port, printed at start.
     #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
     binds: Vec<String>,
+    /// Also bind this endpoint for plain zerorpc, unsealed, beside the keyed --bind ones
+    /// (repeatable; printed on a `plain ENDPOINT...` line). Not with --mesh or --worker-of.
+    #[arg(long = "plain-bind", value_name = "ENDPOINT", conflicts_with_all = ["mesh", "worker_of"])]
+    plain_binds: Vec<String>,
     /// The node's name (answered by _zerorpc_name).
     #[arg(long)]
     name: Option<String>,
@@ -70,6 +82,8 @@ pub(crate) struct ServeArgs {
     /// Another member's endpoint to gossip with (repeatable).
     #[arg(long = "seed", value_name = "ENDPOINT", requires = "mesh")]
     seeds: Vec<String>,
+    #[command(flatten)]
+    key: crate::mesh_key::ServeKeyArgs,
     /// Services to host.
     #[arg(required = true, value_parser = SERVICES)]
     services: Vec<String>,
@@ -85,14 +99,35 @@ enum Running {
 /// completes, then shuts down gracefully.
 pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Result<(), CliError> {
     let grace = Duration::from_secs_f64(args.grace);
+    let key = args.key.load()?;
+    if key.is_some() && args.worker_of.is_some() {
+        return Err(CliError::Usage(
+            "a mesh key is not supported with --worker-of (the proxy device reads requests to route them)".into(),
+        ));
+    }
+    if let Some(key) = &key {
+        eprintln!(
+            "zmesh: mesh key id {:08x} ({})",
+            key.key_id(),
+            if key.encrypts() {
+                "encrypted"
+            } else {
+                "authenticated"
+            }
+        );
+    }
     let publisher = match &args.events {
         Some(endpoint) => Some(
-            Publisher::builder()
-                .bind(endpoint)
-                .last_value_cache(args.last_value_cache)
-                .start()
-                .await
-                .map_err(|e| CliError::Other(format!("cannot start the events publisher: {e}")))?,
+            with_key(
+                Publisher::builder()
+                    .bind(endpoint)
+                    .last_value_cache(args.last_value_cache),
+                key.clone(),
+                zmesh_core::PublisherBuilder::mesh_key,
+            )
+            .start()
+            .await
+            .map_err(|e| CliError::Other(format!("cannot start the events publisher: {e}")))?,
         ),
         None => None,
     };
@@ -126,7 +161,7 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         for seed in args.seeds {
             builder = builder.seed(seed);
         }
-        let node = builder
+        let node = with_key(builder, key, zmesh_core::mesh::MeshBuilder::mesh_key)
             .start()
             .await
             .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
@@ -134,11 +169,16 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         Running::Mesh(node)
     } else {
         let mut builder = Node::builder();
+        let keyed_binds = args.binds.len();
+        let has_plain = !args.plain_binds.is_empty();
         match &args.worker_of {
             Some(backend) => builder = builder.worker_of(backend),
             None => {
                 for bind in args.binds {
                     builder = builder.bind(bind);
+                }
+                for bind in args.plain_binds {
+                    builder = builder.bind_plain(bind);
                 }
             }
         }
@@ -154,13 +194,22 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         if let Some(publisher) = publisher.clone() {
             builder = builder.publisher(publisher);
         }
-        let node = builder
+        let node = with_key(builder, key, zmesh_core::NodeBuilder::mesh_key)
             .start()
             .await
             .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
         match &args.worker_of {
             Some(backend) => println!("serving {listing} as a worker of {backend}"),
-            None => println!("serving {listing} on {}", node.endpoints().join(" ")),
+            None => {
+                // The node lists the --bind endpoints first, then the --plain-bind ones.
+                let (keyed, plain) = node
+                    .endpoints()
+                    .split_at(keyed_binds.min(node.endpoints().len()));
+                println!("serving {listing} on {}", keyed.join(" "));
+                if has_plain {
+                    println!("plain {}", plain.join(" "));
+                }
+            }
         }
         Running::Plain(node)
     };
@@ -177,6 +226,14 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     };
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
     Ok(())
+}
+
+/// `builder` with `key` set through `set` when there is one.
+fn with_key<B>(builder: B, key: Option<MeshKey>, set: fn(B, MeshKey) -> B) -> B {
+    match key {
+        Some(key) => set(builder, key),
+        None => builder,
+    }
 }
 
 /// A reference service by name; `publisher` carries the events of those that publish.

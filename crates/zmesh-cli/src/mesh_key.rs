@@ -1,0 +1,306 @@
+//! Gives the verbs the mesh key from the shell: `--mesh-key-file`, the `ZMESH_MESH_KEY`
+//! environment variable and `--no-mesh-key` (and, for `serve`, a previous key for
+//! rotation), and runs `zmesh keygen`. A key that cannot be loaded is a usage error (exit 2):
+//! nothing was attempted, and the fix is in the command line or the environment.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use zmesh_core::MeshKey;
+use zmesh_core::trust::envelope::{self, Kind, SealKey, SealParams};
+use zmesh_core::trust::{MESH_KEY_ENV, MIN_SECRET_LEN};
+
+use crate::CliError;
+
+/// Random bytes in a key `zmesh keygen` writes (256 bits; written as 64 hex digits).
+const KEYGEN_BYTES: usize = 32;
+
+/// Where the key comes from, said once for every verb's --help.
+pub(crate) const KEY_HELP: &str = "\
+Mesh key: with --mesh-key-file FILE (or, without it, the key in the environment variable
+ZMESH_MESH_KEY) every message is sealed with that pre-shared key, as keyed nodes require;
+--no-mesh-key ignores ZMESH_MESH_KEY. A key file holds the secret itself: any bytes, at least
+16 after surrounding whitespace is trimmed (`zmesh keygen` writes 64 hex digits); the variable
+holds the same text. A key file that cannot be read, or a key under 16 bytes, exits 2.
+A keyed node refuses unkeyed or wrongly keyed calls with `Unauthenticated` (exit 1).";
+
+/// The mesh key options of the verbs that talk to nodes and publishers.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct KeyArgs {
+    /// Seal messages with the mesh key in FILE (default: the key in $ZMESH_MESH_KEY, if set).
+    #[arg(long, value_name = "FILE")]
+    mesh_key_file: Option<PathBuf>,
+    /// Use no mesh key, even when ZMESH_MESH_KEY is set.
+    #[arg(long, conflicts_with = "mesh_key_file")]
+    no_mesh_key: bool,
+}
+
+/// The mesh key options of `zmesh serve`: the key, and a previous one for rotation.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServeKeyArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Rotation: also accept messages sealed with the (old) key in FILE, for
+    /// --previous-grace seconds from start (answering such callers in the old key); the node
+    /// otherwise seals with the new key.
+    #[arg(long, value_name = "FILE", requires = "previous_grace")]
+    previous_key_file: Option<PathBuf>,
+    /// How long the previous key stays accepted, in seconds.
+    #[arg(long, value_name = "SECS", requires = "previous_key_file", value_parser = crate::positive_seconds)]
+    previous_grace: Option<f64>,
+}
+
+/// A secret as loaded, before it becomes a [`MeshKey`]; never printed.
+pub(crate) struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl KeyArgs {
+    /// The key these options name: the file, else `ZMESH_MESH_KEY` unless `--no-mesh-key`,
+    /// else none.
+    pub(crate) fn load(&self) -> Result<Option<MeshKey>, CliError> {
+        self.secret()?.map(|s| s.mesh_key()).transpose()
+    }
+
+    /// The secret behind [`load`](Self::load).
+    pub(crate) fn secret(&self) -> Result<Option<Secret>, CliError> {
+        if let Some(path) = &self.mesh_key_file {
+            return read_key_file(path).map(Some);
+        }
+        if self.no_mesh_key {
+            return Ok(None);
+        }
+        match std::env::var_os(MESH_KEY_ENV) {
+            None => Ok(None),
+            Some(value) => {
+                let value = value
+                    .into_string()
+                    .map_err(|_| CliError::Usage(format!("{MESH_KEY_ENV} is not valid Unicode")))?;
+                // As MeshKey::from_env reads it. Set but empty is refused rather than taken
+                // as "no key": a `serve` whose key failed to expand must not run unkeyed.
+                let secret = value.trim();
+                if secret.is_empty() {
+                    return Err(CliError::Usage(format!(
+                        "{MESH_KEY_ENV} is set but empty; unset it or pass --no-mesh-key"
+                    )));
+                }
+                Ok(Some(Secret(secret.as_bytes().to_vec())))
+            }
+        }
+    }
+}
+
+impl ServeKeyArgs {
+    /// The node's key, with the previous one accepted for its grace when given.
+    pub(crate) fn load(&self) -> Result<Option<MeshKey>, CliError> {
+        let key = self.key.load()?;
+        match (key, &self.previous_key_file, self.previous_grace) {
+            (Some(key), Some(path), Some(grace)) => {
+                let previous = read_key_file(path)?.mesh_key()?;
+                if previous.key_id() == key.key_id() {
+                    return Err(CliError::Usage(format!(
+                        "the previous key in {} is the current key",
+                        path.display()
+                    )));
+                }
+                Ok(Some(
+                    key.with_previous(&previous, Duration::from_secs_f64(grace)),
+                ))
+            }
+            (None, Some(_), _) => Err(CliError::Usage(
+                "--previous-key-file needs a current key (--mesh-key-file or ZMESH_MESH_KEY)"
+                    .into(),
+            )),
+            (key, _, _) => Ok(key),
+        }
+    }
+}
+
+impl Secret {
+    pub(crate) fn mesh_key(&self) -> Result<MeshKey, CliError> {
+        MeshKey::from_secret(&self.0).map_err(|e| CliError::Usage(e.to_string()))
+    }
+
+    /// `event` (an encoded zerorpc event) sealed as a published event, as a keyed
+    /// `Publisher` seals it. One message per process: a fresh random nonce is safe here
+    /// (a 96-bit random value repeats with negligible probability), unlike for a stream.
+    pub(crate) fn seal_event(&self, event: &[u8]) -> Result<Bytes, CliError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| CliError::Other(format!("no randomness for a nonce: {e}")))?;
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let params = SealParams {
+            kind: Kind::Event,
+            encrypt: true,
+            timestamp_ms,
+            nonce,
+            clear_id: &[],
+        };
+        Ok(envelope::seal(&SealKey::derive(&self.0), &params, event))
+    }
+}
+
+/// A key file's secret, as [`MeshKey::from_file`] reads it (surrounding ASCII whitespace
+/// trimmed), with a warning when others may read the file.
+fn read_key_file(path: &Path) -> Result<Secret, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CliError::Usage(format!("cannot read mesh key file {}: {e}", path.display()))
+    })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "zmesh: warning: mesh key file {} is readable by others (mode {mode:04o}); chmod 600 it",
+                path.display()
+            );
+        }
+    }
+    let secret = bytes.trim_ascii();
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(CliError::Usage(format!(
+            "mesh key file {}: a mesh key needs at least {MIN_SECRET_LEN} bytes of secret, got {}",
+            path.display(),
+            secret.len()
+        )));
+    }
+    Ok(Secret(secret.to_vec()))
+}
+
+/// The options of `zmesh keygen`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The key is 32 random bytes from the operating system written as 64 hex digits and a newline,
+the format --mesh-key-file reads (any secret of at least 16 bytes works there; surrounding
+whitespace is ignored). With --out FILE the file is created with mode 0600 and an existing
+file is left alone (exit 2) unless --force; stderr then names the key's id (derived from the
+key, safe to show) so two machines' keys can be compared. Without --out the key goes to stdout.
+
+Examples:
+  zmesh keygen --out /etc/zmesh/mesh.key
+  zmesh serve --mesh-key-file /etc/zmesh/mesh.key --bind tcp://0.0.0.0:4242 echo
+  ZMESH_MESH_KEY=$(cat /etc/zmesh/mesh.key) zmesh call tcp://10.0.0.5:4242 echo.upper hi")]
+pub(crate) struct KeygenArgs {
+    /// Write the key to FILE (mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Replace FILE when it exists.
+    #[arg(long, requires = "out")]
+    force: bool,
+}
+
+/// A fresh key as `zmesh keygen` writes it (without the newline): 64 hex digits of OS
+/// randomness.
+pub(crate) fn random_key_text() -> Result<String, CliError> {
+    let mut random = [0u8; KEYGEN_BYTES];
+    getrandom::fill(&mut random)
+        .map_err(|e| CliError::Other(format!("no randomness for a key: {e}")))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `zmesh keygen`.
+pub(crate) fn keygen(args: &KeygenArgs) -> Result<(), CliError> {
+    let text = random_key_text()?;
+    let id = MeshKey::from_secret(text.as_bytes())
+        .map_err(|e| CliError::Other(e.to_string()))?
+        .key_id();
+    let Some(path) = &args.out else {
+        println!("{text}");
+        return Ok(());
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+            "{} exists; pass --force to replace it",
+            path.display()
+        )),
+        _ => CliError::Other(format!("cannot create {}: {e}", path.display())),
+    })?;
+    let write = |file: &mut std::fs::File| -> std::io::Result<()> {
+        // A replaced file keeps its old mode at open: restrict it before the key goes in.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(format!("{text}\n").as_bytes())?;
+        file.sync_all()
+    };
+    write(&mut file)
+        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!(
+        "zmesh: wrote a new mesh key (id {id:08x}) to {}",
+        path.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(file: Option<&Path>, no_key: bool) -> KeyArgs {
+        KeyArgs {
+            mesh_key_file: file.map(Path::to_path_buf),
+            no_mesh_key: no_key,
+        }
+    }
+
+    #[test]
+    fn a_key_file_reads_as_the_library_reads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        std::fs::write(&path, "  0123456789abcdef0123\n").expect("write");
+        let ours = args(Some(&path), false)
+            .load()
+            .expect("loads")
+            .expect("a key");
+        let library = MeshKey::from_file(&path).expect("loads");
+        assert_eq!(ours.key_id(), library.key_id());
+    }
+
+    #[test]
+    fn short_and_missing_key_files_are_usage_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tooshort\n").expect("write");
+        let err = args(Some(&short), false).load().expect_err("too short");
+        assert!(
+            matches!(&err, CliError::Usage(m) if m.contains("at least 16 bytes")),
+            "{err}"
+        );
+        let err = args(Some(&dir.path().join("missing")), false)
+            .load()
+            .expect_err("missing");
+        assert!(
+            matches!(&err, CliError::Usage(m) if m.contains("cannot read mesh key file")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_sealed_event_opens_with_the_same_key_only() {
+        let secret = Secret(b"0123456789abcdef0123".to_vec());
+        let frame = secret.seal_event(b"event").expect("seals");
+        let parsed = envelope::parse(&frame).expect("parses");
+        assert_eq!(parsed.kind, Kind::Event);
+        let key = SealKey::derive(b"0123456789abcdef0123");
+        assert_eq!(
+            envelope::open(&key, &frame, &parsed).expect("opens"),
+            &b"event"[..]
+        );
+        let other = SealKey::derive(b"another secret, long enough");
+        assert!(envelope::open(&other, &frame, &parsed).is_err());
+    }
+}
