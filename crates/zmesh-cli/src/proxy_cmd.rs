@@ -38,6 +38,8 @@ pub(crate) struct ProxyArgs {
     /// Calls queued per service before callers get ERR Overloaded [default: 1000].
     #[arg(long)]
     max_queue: Option<usize>,
+    #[command(flatten)]
+    key: crate::mesh_key::KeyArgs,
 }
 
 /// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,
@@ -54,12 +56,19 @@ pub(crate) async fn run(
     if let Some(n) = options.max_queue {
         config = config.max_queue(n);
     }
+    // A keyed device opens requests (it routes by method) and worker control messages;
+    // clients and workers must hold the same key. Its event forwarder passes sealed events
+    // through unopened.
+    let key = options.key.load()?;
     let mut builder = Device::builder()
         .frontend(options.frontend)
         .backend(options.backend)
         .config(config);
     if let Some(name) = options.name {
         builder = builder.name(name);
+    }
+    if let Some(key) = key {
+        builder = builder.mesh_key(key);
     }
     if let (Some(events_in), Some(events_out)) = (options.events_in, options.events_out) {
         builder = builder.events(events_in, events_out);

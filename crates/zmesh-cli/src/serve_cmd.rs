@@ -100,11 +100,6 @@ enum Running {
 pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Result<(), CliError> {
     let grace = Duration::from_secs_f64(args.grace);
     let key = args.key.load()?;
-    if key.is_some() && args.worker_of.is_some() {
-        return Err(CliError::Usage(
-            "a mesh key is not supported with --worker-of (the proxy device reads requests to route them)".into(),
-        ));
-    }
     if let Some(key) = &key {
         eprintln!(
             "zmesh: mesh key id {:08x} ({})",
