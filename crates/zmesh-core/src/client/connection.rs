@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
+    TrySendError, ZmqMessage,
 };
 
 use super::{CallError, ClientConfig};
@@ -93,7 +94,9 @@ impl Hasher for OwnIdHasher {
 pub(crate) struct ConnShared {
     pub(crate) endpoint: String,
     pub(crate) config: ClientConfig,
-    sender: tokio::sync::Mutex<DealerSendHalf>,
+    /// Cloned per waiting send: the half needs `&mut` only to wait for room in a full
+    /// queue, and the common case (room) goes through `try_send` on a shared reference.
+    sender: DealerSendHalf,
     pending: Mutex<PendingMap>,
     alive: AtomicBool,
     zmesh_peer: AtomicBool,
@@ -205,12 +208,34 @@ impl ConnShared {
 
     /// Sends one event as `["", event]`.
     pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
+        match self.try_send(event)? {
+            None => Ok(()),
+            Some(message) => self.send_waiting(message).await,
+        }
+    }
+
+    /// Sends one event as `["", event]` if that needs no waiting (the usual case: room in
+    /// the socket's queue), with no lock, future or allocation; otherwise returns the
+    /// message for [`ConnShared::send_waiting`].
+    pub(crate) fn try_send(&self, event: Bytes) -> Result<Option<ZmqMessage>, CallError> {
         let message = wire::join_frames(&[], self.outgoing(event));
-        let mut sender = self.sender.lock().await;
-        sender.send(message).await.map_err(|e| {
-            self.mark_dead(&format!("send to {} failed: {e}", self.endpoint));
-            CallError::PeerLost(format!("send to {} failed: {e}", self.endpoint))
-        })
+        match self.sender.try_send(message) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
+            Err(TrySendError::Failed(e)) => Err(self.send_failed(&e)),
+        }
+    }
+
+    /// Sends a message [`ConnShared::try_send`] could not, waiting for room.
+    pub(crate) async fn send_waiting(&self, message: ZmqMessage) -> Result<(), CallError> {
+        let mut sender = self.sender.clone();
+        sender.send(message).await.map_err(|e| self.send_failed(&e))
+    }
+
+    fn send_failed(&self, e: &zeromq::ZmqError) -> CallError {
+        let reason = format!("send to {} failed: {e}", self.endpoint);
+        self.mark_dead(&reason);
+        CallError::PeerLost(reason)
     }
 
     /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
@@ -357,7 +382,7 @@ impl Connection {
         let shared = Arc::new(ConnShared {
             endpoint: endpoint.to_owned(),
             config: config.clone(),
-            sender: tokio::sync::Mutex::new(send),
+            sender: send,
             pending: Mutex::new(PendingMap::default()),
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
@@ -468,9 +493,14 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
         if !shared.is_alive() {
             continue;
         }
+        // Not `ConnShared::send`: a failed control event is not a reason to fail the calls.
         let message = wire::join_frames(&[], shared.outgoing(event));
-        let mut sender = shared.sender.lock().await;
-        if let Err(e) = sender.send(message).await {
+        let sent = match shared.sender.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::WouldBlock(message)) => shared.sender.clone().send(message).await,
+            Err(TrySendError::Failed(e)) => Err(e),
+        };
+        if let Err(e) = sent {
             tracing::debug!(endpoint = %shared.endpoint, error = %e, "control event not sent");
         }
     }

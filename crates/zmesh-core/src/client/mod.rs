@@ -431,8 +431,17 @@ impl Client {
                 id,
                 open: true,
             };
-            // Boxed: a send future lives in every call; on the heap it stays a small alloc.
-            match within(deadline, Box::pin(conn.shared.send(event))).await {
+            // Usually the socket's queue has room and the request is handed over here, with
+            // no future; only a send that must wait gets one (boxed, to keep it out of every
+            // caller's future).
+            let sent = match conn.shared.try_send(event) {
+                Ok(None) => Some(Ok(())),
+                Ok(Some(message)) => {
+                    within(deadline, Box::pin(conn.shared.send_waiting(message))).await
+                }
+                Err(e) => Some(Err(e)),
+            };
+            match sent {
                 Some(Ok(())) => {
                     let reply = self.first_reply(rx, guard, deadline, timeout, permit);
                     return Box::pin(reply).await;
