@@ -437,7 +437,7 @@ impl Client {
             let sent = match conn.shared.try_send(event) {
                 Ok(None) => Some(Ok(())),
                 Ok(Some(message)) => {
-                    within(deadline, Box::pin(conn.shared.send_waiting(message))).await
+                    Box::pin(within(deadline, conn.shared.send_waiting(message))).await
                 }
                 Err(e) => Some(Err(e)),
             };
