@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
+    TrySendError, ZmqMessage,
 };
 
 use super::{CallError, ClientConfig};
@@ -40,6 +41,8 @@ pub(crate) enum Inbound {
 struct Pending {
     first: Option<oneshot::Sender<Inbound>>,
     stream: Option<mpsc::Sender<Inbound>>,
+    /// When the caller stops waiting for the first reply (enforced by [`deadline_loop`]).
+    deadline: Option<Instant>,
     opened: Instant,
     last_heard: Instant,
     heard_any: bool,
@@ -93,12 +96,21 @@ impl Hasher for OwnIdHasher {
 pub(crate) struct ConnShared {
     pub(crate) endpoint: String,
     pub(crate) config: ClientConfig,
-    sender: tokio::sync::Mutex<DealerSendHalf>,
+    /// Cloned per waiting send: the half needs `&mut` only to wait for room in a full
+    /// queue, and the common case (room) goes through `try_send` on a shared reference.
+    sender: DealerSendHalf,
     pending: Mutex<PendingMap>,
     alive: AtomicBool,
     zmesh_peer: AtomicBool,
     control: mpsc::Sender<Bytes>,
     trust: TrustState,
+    /// The earliest deadline [`deadline_loop`] is waiting for, as nanoseconds after
+    /// `opened` (`u64::MAX`: none). Lowered by `register` and recomputed by
+    /// `expire_deadlines`, both under the `pending` lock, so no deadline is ever missed.
+    next_deadline: AtomicU64,
+    /// Wakes [`deadline_loop`] when a call's deadline is earlier than the one it waits for.
+    deadline_changed: tokio::sync::Notify,
+    opened: Instant,
 }
 
 /// A client's mesh key with its replay guard, and the count of replies it refused; shared by
@@ -139,20 +151,83 @@ impl ConnShared {
         self.zmesh_peer.load(Ordering::Acquire)
     }
 
-    /// Registers a call before its request is sent, so no reply can outrun it.
-    pub(crate) fn register(&self, id: MessageId, first: oneshot::Sender<Inbound>) {
+    /// Registers a call before its request is sent, so no reply can outrun it. With a
+    /// deadline, the call fails with [`CallError::DeadlineExceeded`] if no first reply
+    /// arrived by then (the caller substitutes its own timeout in the error).
+    ///
+    /// One timer per connection instead of one per call: most deadlines are later than
+    /// the earliest one already armed, so registering usually costs one comparison.
+    pub(crate) fn register(
+        &self,
+        id: MessageId,
+        first: oneshot::Sender<Inbound>,
+        deadline: Option<Instant>,
+    ) {
         let now = Instant::now();
-        self.pending().insert(
+        let mut pending = self.pending();
+        pending.insert(
             id,
             Pending {
                 first: Some(first),
                 stream: None,
+                deadline,
                 opened: now,
                 last_heard: now,
                 heard_any: false,
                 last_hb_sent: now,
             },
         );
+        if let Some(deadline) = deadline {
+            let at = self.deadline_nanos(deadline);
+            if at < self.next_deadline.load(Ordering::Relaxed) {
+                self.next_deadline.store(at, Ordering::Relaxed);
+                drop(pending);
+                self.deadline_changed.notify_one();
+            }
+        }
+    }
+
+    fn deadline_nanos(&self, deadline: Instant) -> u64 {
+        let nanos = deadline.saturating_duration_since(self.opened).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX - 1)
+    }
+
+    /// The earliest deadline of a call still waiting for its first reply, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        match self.next_deadline.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            nanos => Some(self.opened + Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Fails the calls whose deadline has passed before their first reply, tells a zmesh
+    /// server to stop working on them, and re-arms for the earliest remaining deadline.
+    fn expire_deadlines(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut earliest = u64::MAX;
+        {
+            let mut pending = self.pending();
+            pending.retain(|id, p| match p.deadline {
+                Some(deadline) if p.first.is_some() => {
+                    if deadline <= now {
+                        expired.push((id.clone(), p.first.take()));
+                        return false;
+                    }
+                    earliest = earliest.min(self.deadline_nanos(deadline));
+                    true
+                }
+                _ => true,
+            });
+            self.next_deadline.store(earliest, Ordering::Relaxed);
+        }
+        for (id, first) in expired {
+            if let Some(first) = first {
+                // The caller replaces the zero with its own timeout.
+                let _ = first.send(Inbound::Failed(CallError::DeadlineExceeded(Duration::ZERO)));
+            }
+            self.cancel(&id);
+        }
     }
 
     /// Forgets a call; true if it was still open.
@@ -205,12 +280,34 @@ impl ConnShared {
 
     /// Sends one event as `["", event]`.
     pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
+        match self.try_send(event)? {
+            None => Ok(()),
+            Some(message) => self.send_waiting(message).await,
+        }
+    }
+
+    /// Sends one event as `["", event]` if that needs no waiting (the usual case: room in
+    /// the socket's queue), with no lock, future or allocation; otherwise returns the
+    /// message for [`ConnShared::send_waiting`].
+    pub(crate) fn try_send(&self, event: Bytes) -> Result<Option<ZmqMessage>, CallError> {
         let message = wire::join_frames(&[], self.outgoing(event));
-        let mut sender = self.sender.lock().await;
-        sender.send(message).await.map_err(|e| {
-            self.mark_dead(&format!("send to {} failed: {e}", self.endpoint));
-            CallError::PeerLost(format!("send to {} failed: {e}", self.endpoint))
-        })
+        match self.sender.try_send(message) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
+            Err(TrySendError::Failed(e)) => Err(self.send_failed(&e)),
+        }
+    }
+
+    /// Sends a message [`ConnShared::try_send`] could not, waiting for room.
+    pub(crate) async fn send_waiting(&self, message: ZmqMessage) -> Result<(), CallError> {
+        let mut sender = self.sender.clone();
+        sender.send(message).await.map_err(|e| self.send_failed(&e))
+    }
+
+    fn send_failed(&self, e: &zeromq::ZmqError) -> CallError {
+        let reason = format!("send to {} failed: {e}", self.endpoint);
+        self.mark_dead(&reason);
+        CallError::PeerLost(reason)
     }
 
     /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
@@ -357,7 +454,10 @@ impl Connection {
         let shared = Arc::new(ConnShared {
             endpoint: endpoint.to_owned(),
             config: config.clone(),
-            sender: tokio::sync::Mutex::new(send),
+            sender: send,
+            next_deadline: AtomicU64::new(u64::MAX),
+            deadline_changed: tokio::sync::Notify::new(),
+            opened: Instant::now(),
             pending: Mutex::new(PendingMap::default()),
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
@@ -369,6 +469,7 @@ impl Connection {
             tokio::spawn(watch_disconnect(shared.clone(), monitor)).abort_handle(),
             tokio::spawn(write_control(shared.clone(), control_rx)).abort_handle(),
             tokio::spawn(sweep_loop(shared.clone())).abort_handle(),
+            tokio::spawn(deadline_loop(shared.clone())).abort_handle(),
             tokio::spawn(learn_peer_kind(shared.clone())).abort_handle(),
         ];
         tracing::debug!(endpoint, "connected");
@@ -468,9 +569,14 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
         if !shared.is_alive() {
             continue;
         }
+        // Not `ConnShared::send`: a failed control event is not a reason to fail the calls.
         let message = wire::join_frames(&[], shared.outgoing(event));
-        let mut sender = shared.sender.lock().await;
-        if let Err(e) = sender.send(message).await {
+        let sent = match shared.sender.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::WouldBlock(message)) => shared.sender.clone().send(message).await,
+            Err(TrySendError::Failed(e)) => Err(e),
+        };
+        if let Err(e) = sent {
             tracing::debug!(endpoint = %shared.endpoint, error = %e, "control event not sent");
         }
     }
@@ -523,13 +629,29 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
     }
 }
 
+/// Enforces the deadlines of calls waiting for their first reply with one timer, armed for
+/// the earliest of them (see [`ConnShared::register`]).
+async fn deadline_loop(shared: Arc<ConnShared>) {
+    loop {
+        match shared.next_deadline() {
+            None => shared.deadline_changed.notified().await,
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => shared.expire_deadlines(),
+                    () = shared.deadline_changed.notified() => {}
+                }
+            }
+        }
+    }
+}
+
 /// Pings the new peer once so the connection learns whether it speaks zmesh's extensions
 /// (its reply carries the marker) before any call needs to be cancelled.
 async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let id = MessageId::generate();
     let header = Header::zmesh_with_id(id.clone(), None);
     let (tx, rx) = oneshot::channel();
-    shared.register(id.clone(), tx);
+    shared.register(id.clone(), tx, None);
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;

@@ -425,16 +425,25 @@ impl Client {
             let conn = self.connection(deadline).await?;
             let (id, event) = build_request(method, &args, &options, deadline);
             let (tx, rx) = oneshot::channel();
-            conn.shared.register(id.clone(), tx);
+            conn.shared.register(id.clone(), tx, Some(deadline));
             let guard = CallGuard {
                 conn: conn.shared.clone(),
                 id,
                 open: true,
             };
-            // Boxed: a send future lives in every call; on the heap it stays a small alloc.
-            match within(deadline, Box::pin(conn.shared.send(event))).await {
+            // Usually the socket's queue has room and the request is handed over here, with
+            // no future; only a send that must wait gets one (boxed, to keep it out of every
+            // caller's future).
+            let sent = match conn.shared.try_send(event) {
+                Ok(None) => Some(Ok(())),
+                Ok(Some(message)) => {
+                    Box::pin(within(deadline, conn.shared.send_waiting(message))).await
+                }
+                Err(e) => Some(Err(e)),
+            };
+            match sent {
                 Some(Ok(())) => {
-                    let reply = self.first_reply(rx, guard, deadline, timeout, permit);
+                    let reply = self.first_reply(rx, guard, timeout, permit);
                     return Box::pin(reply).await;
                 }
                 Some(Err(_)) if attempt == 0 => continue,
@@ -466,14 +475,17 @@ impl Client {
         &self,
         rx: oneshot::Receiver<Inbound>,
         mut guard: CallGuard,
-        deadline: Instant,
         timeout: Duration,
         permit: OwnedSemaphorePermit,
     ) -> Result<Response, CallError> {
-        let inbound = match within(deadline, rx).await {
-            None => return Err(CallError::DeadlineExceeded(timeout)),
-            Some(Err(_)) => return Err(CallError::PeerLost("connection closed".into())),
-            Some(Ok(inbound)) => inbound,
+        // No timer here: the connection fails the call at its deadline (one timer per
+        // connection, see `ConnShared::register`), and also sends the cancel.
+        let inbound = match rx.await {
+            Err(_) => return Err(CallError::PeerLost("connection closed".into())),
+            Ok(Inbound::Failed(CallError::DeadlineExceeded(_))) => {
+                return Err(CallError::DeadlineExceeded(timeout));
+            }
+            Ok(inbound) => inbound,
         };
         let window = self.inner.config.stream_window;
         let event = match inbound {

@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
-use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, ZmqMessage};
+use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, TrySendError, ZmqMessage};
 
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
@@ -604,14 +604,23 @@ impl ReplyTo {
     }
 }
 
-/// Sends a reply from the reader without ever waiting on it: one poll normally hands the
-/// message to the client's send queue; if that queue is full, a task finishes the send so
-/// the reply is not lost and the reader moves on.
+/// Sends a reply from the reader without ever waiting on it: `try_send` normally hands the
+/// message to the client's send queue (no future, no allocation); otherwise one poll of the
+/// async send, and if that queue is full, a task finishes the send so the reply is not lost
+/// and the reader moves on.
 ///
 /// A send only stalls when that client has left about 100,000 replies unread (the `zeromq`
 /// per-peer queue); at most [`MAX_STALLED_SENDS`] such sends wait at once, beyond that the
 /// reply is dropped and counted, so a client that never reads cannot grow the node's memory.
 fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
+    let message = match shared.sender.try_send(message) {
+        Ok(()) => return,
+        Err(TrySendError::Failed(e)) => {
+            tracing::debug!(error = %e, "reply not delivered");
+            return;
+        }
+        Err(TrySendError::WouldBlock(message)) => message,
+    };
     let mut send = send_owned(shared.sender.clone(), message).boxed();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     if send.as_mut().poll(&mut cx).is_ready() {

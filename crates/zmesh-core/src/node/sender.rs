@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use zeromq::{DealerSendHalf, RouterSendHalf, SocketSend, ZmqError, ZmqMessage, ZmqResult};
+use zeromq::{
+    DealerSendHalf, RouterSendHalf, SocketSend, TrySendError, ZmqError, ZmqMessage, ZmqResult,
+};
 
 use crate::trust::{KeySlot, Kind, Trust};
 
@@ -58,6 +60,19 @@ impl Sender {
             Self::Capture(out) => out
                 .send(message)
                 .map_err(|_| ZmqError::Other("capture receiver dropped")),
+        }
+    }
+
+    /// Sends at once when that needs no waiting (a bound ROUTER whose client has room in its
+    /// queue, the usual case), with no future or allocation; otherwise hands the message back
+    /// unchanged for [`Sender::send`]. Keyed and worker senders always take that path.
+    pub(crate) fn try_send(&self, message: ZmqMessage) -> Result<(), TrySendError> {
+        match self {
+            Self::Router(router) => router.try_send(message),
+            Self::Capture(out) => out
+                .send(message)
+                .map_err(|_| TrySendError::Failed(ZmqError::Other("capture receiver dropped"))),
+            Self::Worker(_) | Self::Keyed { .. } => Err(TrySendError::WouldBlock(message)),
         }
     }
 
