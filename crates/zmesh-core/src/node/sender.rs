@@ -45,9 +45,12 @@ impl Sender {
                 keyed,
             } => {
                 let mut frames = message.into_vec();
-                let to_plain = frames.first().is_some_and(|peer| keyed.is_plain_peer(peer));
+                // The plain-peer set (a lock) is consulted only when plain endpoints exist.
+                let plain = plain
+                    .as_mut()
+                    .filter(|_| frames.first().is_some_and(|peer| keyed.is_plain_peer(peer)));
                 match plain {
-                    Some(plain) if to_plain => plain.send(to_message(frames)).await,
+                    Some(plain) => plain.send(to_message(frames)).await,
                     _ => {
                         if let Some(event) = frames.pop() {
                             let slot = keyed.reply_slot(frames.first());
