@@ -80,6 +80,18 @@ fn counted(counter: Arc<AtomicU64>) -> Service {
     })
 }
 
+/// A device and one worker `w1` serving `service`, both with key ALPHA, once the device
+/// has the worker registered.
+async fn keyed_device_and_worker(service: Service) -> (Device, Node) {
+    let device = device(Some(key(ALPHA))).await;
+    let node = worker(device.backend(), "w1", service, Some(key(ALPHA))).await;
+    eventually(NET_TIMEOUT, "keyed worker registered", || {
+        device.stats().workers == 1
+    })
+    .await;
+    (device, node)
+}
+
 fn remote_name(err: &CallError) -> Option<&str> {
     err.remote().map(|r| r.name.as_str())
 }
@@ -90,18 +102,7 @@ fn short() -> CallOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_client_device_and_worker_serve_calls_and_streams() {
-    let device = device(Some(key(ALPHA))).await;
-    let node = worker(
-        device.backend(),
-        "w1",
-        zmesh_echo::service(),
-        Some(key(ALPHA)),
-    )
-    .await;
-    eventually(NET_TIMEOUT, "keyed worker registered", || {
-        device.stats().workers == 1
-    })
-    .await;
+    let (device, node) = keyed_device_and_worker(zmesh_echo::service()).await;
     let client = client(device.frontend(), Some(key(ALPHA)));
     for _ in 0..20 {
         let up: String = net("call", client.call("echo.upper", ("hi",)))
@@ -144,19 +145,8 @@ async fn keyed_client_device_and_worker_serve_calls_and_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_the_key_get_unauthenticated_from_the_device() {
-    let device = device(Some(key(ALPHA))).await;
     let calls = Arc::new(AtomicU64::new(0));
-    let node = worker(
-        device.backend(),
-        "w1",
-        counted(calls.clone()),
-        Some(key(ALPHA)),
-    )
-    .await;
-    eventually(NET_TIMEOUT, "keyed worker registered", || {
-        device.stats().workers == 1
-    })
-    .await;
+    let (device, node) = keyed_device_and_worker(counted(calls.clone())).await;
 
     let unkeyed = client(device.frontend(), None);
     let err = net(
@@ -215,19 +205,8 @@ async fn answer_to(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_request_frame_gets_replayed() {
-    let device = device(Some(key(ALPHA))).await;
     let calls = Arc::new(AtomicU64::new(0));
-    let node = worker(
-        device.backend(),
-        "w1",
-        counted(calls.clone()),
-        Some(key(ALPHA)),
-    )
-    .await;
-    eventually(NET_TIMEOUT, "keyed worker registered", || {
-        device.stats().workers == 1
-    })
-    .await;
+    let (device, node) = keyed_device_and_worker(counted(calls.clone())).await;
 
     // A keyed request sealed by hand, as a client would, and captured.
     let trust = Trust::new(key(ALPHA));
