@@ -11,6 +11,7 @@
 //!   with health-aware balancing, failover and duplicate suppression, and [`MeshNode`].
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
+//! - [`read_turns`]: how socket read loops share their thread with the writers.
 //! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
 //!   listener has let go of its address so a restart can bind it).
 //!
@@ -22,6 +23,7 @@ pub mod endpoint;
 pub mod events;
 pub mod mesh;
 pub mod node;
+pub mod read_turns;
 mod service;
 mod stats;
 pub mod trust;

@@ -53,6 +53,7 @@ use zeromq::{
     RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
     ZmqMessage,
 };
+use zmesh_core::read_turns::ReadTurns;
 use zmesh_core::wire::{self, EventDecodeError, Header, names};
 
 pub use config::DeviceConfig;
@@ -490,7 +491,10 @@ async fn read_loop(
 ) {
     let mut out = Outbox::default();
     let mut stopped = std::pin::pin!(stop.changed());
+    // Lets the other side's writers forward what this loop has routed while it reads on.
+    let mut turns = ReadTurns::default();
     loop {
+        turns.handled_one().await;
         let message = tokio::select! {
             biased;
             m = recv.recv() => m,

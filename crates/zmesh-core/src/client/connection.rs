@@ -20,6 +20,7 @@ use zeromq::{
 };
 
 use super::{CallError, ClientConfig};
+use crate::read_turns::ReadTurns;
 use crate::trust::{Kind, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, MessageId, names};
 
@@ -505,7 +506,11 @@ impl Connection {
 }
 
 async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
+    // Delivering a reply only wakes its caller; the callers (and their next requests) run
+    // when this loop yields, so it yields every few replies (see `read_turns`).
+    let mut turns = ReadTurns::default();
     loop {
+        turns.handled_one().await;
         let message = match recv.recv().await {
             Ok(message) => message,
             Err(e) => {

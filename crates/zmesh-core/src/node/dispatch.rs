@@ -26,6 +26,7 @@ use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, TrySendError, ZmqMessage};
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
 use super::sender::{Keyed, Sender};
+use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
 use crate::trust::{self, Kind, Rejection};
@@ -162,7 +163,9 @@ async fn read_loop(
     let warn = RateLimitedWarn::default();
     // Made once, not per message: the read loop is the node's hot path.
     let mut stopped = std::pin::pin!(stop.changed());
+    let mut turns = ReadTurns::default();
     loop {
+        turns.handled_one().await;
         let message = tokio::select! {
             biased;
             m = recv.recv() => m,

@@ -29,6 +29,7 @@ use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv};
 use super::Shared;
 use super::dispatch::{self, Control, RateLimitedWarn};
 use super::sender::{Keyed, Sender, WorkerOutlet};
+use crate::read_turns::ReadTurns;
 use crate::trust::{self, Kind, Rejection};
 use crate::wire::worker::{self as proto, Ready};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header};
@@ -163,7 +164,9 @@ async fn serve_link(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut turns = ReadTurns::default();
     loop {
+        turns.handled_one().await;
         tokio::select! {
             biased;
             _ = stop.changed() => return Ended::Stopped,
