@@ -213,9 +213,10 @@ impl RawPeer {
 
     /// The reply to the request whose `message_id` was `raw_id` (any msgpack encoding);
     /// it must be the next message and carry `v: 3`.
-    async fn reply_to_raw(&mut self, raw_id: &Bytes) -> wire::Event {
+    async fn reply_to_raw(&mut self, raw_id: &[u8]) -> wire::Event {
         let reply = self.recv_event().await;
-        let expected = MessageId::from_encoded(raw_id.clone()).expect("valid id encoding");
+        let expected =
+            MessageId::from_encoded(Bytes::copy_from_slice(raw_id)).expect("valid id encoding");
         assert_eq!(
             reply.header.response_to,
             Some(expected),
@@ -1406,9 +1407,9 @@ async fn refusals_while_opening_a_call_are_answered() {
         assert_eq!(reply.name, "OK", "{reply:?}");
         done.push(reply.header.response_to.expect("addressed"));
     }
-    done.sort_by_key(|id| id.encoded().clone());
+    done.sort_by_key(|id| id.encoded().to_vec());
     let mut expected = vec![MessageId::from_bin(&slow), MessageId::from_bin(&second)];
-    expected.sort_by_key(|id| id.encoded().clone());
+    expected.sort_by_key(|id| id.encoded().to_vec());
     assert_eq!(done, expected);
     peer.ping_then_silence().await;
     // A connection's own bound is counted apart from the node-wide one.

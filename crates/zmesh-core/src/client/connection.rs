@@ -246,7 +246,7 @@ impl ConnShared {
                 let clear_id = header
                     .as_ref()
                     .filter(|h| h.response_to.is_none())
-                    .map(|h| h.message_id.encoded().as_ref())
+                    .map(|h| h.message_id.encoded())
                     .unwrap_or_default();
                 trust.seal(Kind::Request, &event, clear_id)
             }

@@ -423,18 +423,15 @@ impl Client {
         // server, so one retry on a fresh connection is safe for any method.
         for attempt in 0..2 {
             let conn = self.connection(deadline).await?;
-            let (id, event) = build_request(method, &args, &options, deadline);
-            let (tx, rx) = oneshot::channel();
-            conn.shared.register(id.clone(), tx, Some(deadline));
-            let guard = CallGuard {
-                conn: conn.shared.clone(),
-                id,
-                open: true,
-            };
-            // Usually the socket's queue has room and the request is handed over here, with
-            // no future; only a send that must wait gets one (boxed, to keep it out of every
-            // caller's future).
-            let sent = match conn.shared.try_send(event) {
+            let StartedCall {
+                guard,
+                reply,
+                handed_over,
+            } = start_call(&conn, method, &args, &options, deadline);
+            // Usually the socket's queue has room and the request is handed over at once,
+            // with no future; only a send that must wait gets one (boxed, to keep it out of
+            // every caller's future).
+            let sent = match handed_over {
                 Ok(None) => Some(Ok(())),
                 Ok(Some(message)) => {
                     Box::pin(within(deadline, conn.shared.send_waiting(message))).await
@@ -443,7 +440,7 @@ impl Client {
             };
             match sent {
                 Some(Ok(())) => {
-                    let reply = self.first_reply(rx, guard, timeout, permit);
+                    let reply = self.first_reply(reply, guard, timeout, permit);
                     return Box::pin(reply).await;
                 }
                 Some(Err(_)) if attempt == 0 => continue,
@@ -585,6 +582,43 @@ impl Client {
 
 /// The `ERR` name a proxy device uses when the worker running a call was lost.
 pub(crate) const PEER_LOST: &str = "PeerLost";
+
+/// A call registered on its connection, with its request handed to the socket or not.
+struct StartedCall {
+    /// Forgets (and for a zmesh peer cancels) the call when dropped before it completes.
+    guard: CallGuard,
+    /// Where the first reply arrives.
+    reply: oneshot::Receiver<Inbound>,
+    /// `Ok(None)`: the request is in the socket's queue; `Ok(Some(message))`: the queue was
+    /// full, wait for room and send `message`.
+    handed_over: Result<Option<zeromq::ZmqMessage>, CallError>,
+}
+
+/// Registers a call on `conn` and hands its request to the socket if that needs no
+/// waiting. A plain function, so its temporaries (id, encoded request, reply sender) never
+/// occupy space in the caller's future.
+fn start_call(
+    conn: &Connection,
+    method: &str,
+    args: &[u8],
+    options: &CallOptions,
+    deadline: Instant,
+) -> StartedCall {
+    let (id, event) = build_request(method, args, options, deadline);
+    let (tx, reply) = oneshot::channel();
+    conn.shared.register(id.clone(), tx, Some(deadline));
+    let guard = CallGuard {
+        conn: conn.shared.clone(),
+        id,
+        open: true,
+    };
+    let handed_over = conn.shared.try_send(event);
+    StartedCall {
+        guard,
+        reply,
+        handed_over,
+    }
+}
 
 /// Encodes a request with a fresh id, carrying the time the caller has left. A plain
 /// function so the header never occupies space in the caller's future.

@@ -64,9 +64,24 @@ pub const PROTOCOL_VERSION: u64 = 3;
 
 /// An event or channel id: the raw msgpack encoding of the id value (bin, str or int).
 ///
-/// Equality is byte equality of the encoding, which is what makes echoing exact.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct MessageId(Bytes);
+/// Equality is byte equality of the encoding, which is what makes echoing exact. Ids of
+/// up to 38 encoded bytes (zmesh's and Python's are 34) are stored inline,
+/// so making, decoding, cloning and dropping one never touches the allocator: every call
+/// handles its id several times on both ends.
+#[derive(Clone)]
+pub struct MessageId(IdBytes);
+
+/// Longest id encoding stored inline in a [`MessageId`].
+const INLINE_ID_BYTES: usize = 38;
+
+#[derive(Clone)]
+enum IdBytes {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ID_BYTES],
+    },
+    Shared(Bytes),
+}
 
 impl MessageId {
     /// Makes a fresh id the way Python zerorpc does: 32 lowercase hex digits sent as msgpack
@@ -88,11 +103,11 @@ impl MessageId {
             hex16(h.finish())
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::with_capacity(34);
-        out.extend_from_slice(&[0xc4, 32]);
-        out.extend_from_slice(&hex16(n));
-        out.extend_from_slice(base);
-        Self(Bytes::from(out))
+        let mut bytes = [0u8; INLINE_ID_BYTES];
+        bytes[..2].copy_from_slice(&[0xc4, 32]);
+        bytes[2..18].copy_from_slice(&hex16(n));
+        bytes[18..34].copy_from_slice(base);
+        Self(IdBytes::Inline { len: 34, bytes })
     }
 
     /// Wraps an already encoded msgpack value (bin, str or int).
@@ -103,19 +118,51 @@ impl MessageId {
         if !msgpack::is_id_kind(&raw) || msgpack::skip_value(&raw, 0)? != raw.len() {
             return Err(DecodeError::BadMessageId);
         }
-        Ok(Self(raw))
+        Ok(Self::from_checked(raw.as_ref(), || raw.clone()))
     }
 
     /// Builds an id sent as msgpack bin from the given bytes.
     pub fn from_bin(bytes: &[u8]) -> Self {
         let mut out = Vec::with_capacity(bytes.len() + 5);
         msgpack::write_bin(&mut out, bytes);
-        Self(Bytes::from(out))
+        Self::from_checked(&out, || Bytes::from(out.clone()))
+    }
+
+    /// An id from an encoding already known to be one id value: copied inline when short,
+    /// otherwise kept as the bytes `shared` returns (a zero-copy slice where there is one).
+    fn from_checked(encoded: &[u8], shared: impl FnOnce() -> Bytes) -> Self {
+        if encoded.len() <= INLINE_ID_BYTES {
+            let mut bytes = [0u8; INLINE_ID_BYTES];
+            bytes[..encoded.len()].copy_from_slice(encoded);
+            Self(IdBytes::Inline {
+                len: encoded.len() as u8,
+                bytes,
+            })
+        } else {
+            Self(IdBytes::Shared(shared()))
+        }
     }
 
     /// The raw msgpack encoding.
-    pub fn encoded(&self) -> &Bytes {
-        &self.0
+    pub fn encoded(&self) -> &[u8] {
+        match &self.0 {
+            IdBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdBytes::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded() == other.encoded()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.encoded().hash(state);
     }
 }
 
@@ -137,19 +184,20 @@ impl fmt::Debug for MessageId {
 impl fmt::Display for MessageId {
     /// Shows the id's payload: text as text, anything else as hex.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut c = Cursor::new(&self.0);
+        let encoded = self.encoded();
+        let mut c = Cursor::new(encoded);
         if let Ok(Some(s)) = c.str() {
             return f.write_str(s);
         }
-        let payload = match self.0.first() {
-            Some(0xc4) => self.0.get(2..),
-            Some(0xc5) => self.0.get(3..),
-            Some(0xc6) => self.0.get(5..),
+        let payload = match encoded.first() {
+            Some(0xc4) => encoded.get(2..),
+            Some(0xc5) => encoded.get(3..),
+            Some(0xc6) => encoded.get(5..),
             _ => None,
         };
         match payload.map(std::str::from_utf8) {
             Some(Ok(s)) => f.write_str(s),
-            _ => self.0.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            _ => encoded.iter().try_for_each(|b| write!(f, "{b:02x}")),
         }
     }
 }
@@ -303,7 +351,10 @@ fn read_header(
     };
     let mut message_id = None;
     let mut header = Header {
-        message_id: MessageId(Bytes::new()),
+        message_id: MessageId(IdBytes::Inline {
+            len: 0,
+            bytes: [0; INLINE_ID_BYTES],
+        }),
         version: None,
         response_to: None,
         zmesh: None,
@@ -312,29 +363,33 @@ fn read_header(
         extra: Vec::new(),
     };
     for _ in 0..entries {
-        let Some(key) = c.str()? else {
+        // Known keys are ASCII, so they are matched as bytes; only an unknown key, kept as
+        // text, needs the UTF-8 check (a quarter of a reply's decoding cost otherwise).
+        let Some(key) = c.str_bytes()? else {
             return Err(DecodeError::HeaderKeyNotStr);
         };
-        let bad = || DecodeError::BadHeaderValue(key.to_owned());
+        let bad = || DecodeError::BadHeaderValue(String::from_utf8_lossy(key).into_owned());
         match key {
-            keys::MESSAGE_ID | keys::RESPONSE_TO => {
+            b"message_id" | b"response_to" => {
                 let start = c.position();
                 let raw = c.value()?;
                 if !msgpack::is_id_kind(raw) {
                     return Err(DecodeError::BadMessageId);
                 }
-                let id = MessageId(bytes_of(start..c.position()));
-                if key == keys::MESSAGE_ID {
+                let range = start..c.position();
+                let id = MessageId::from_checked(raw, || bytes_of(range));
+                if key == keys::MESSAGE_ID.as_bytes() {
                     message_id = Some(id);
                 } else {
                     header.response_to = Some(id);
                 }
             }
-            keys::VERSION => header.version = Some(c.uint()?.ok_or_else(bad)?),
-            keys::ZMESH => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
-            keys::DEADLINE_MS => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
-            keys::TRACEPARENT => header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned()),
+            b"v" => header.version = Some(c.uint()?.ok_or_else(bad)?),
+            b"zmesh" => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
+            b"zmesh_deadline_ms" => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
+            b"traceparent" => header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned()),
             _ => {
+                let key = std::str::from_utf8(key).map_err(|_| DecodeError::InvalidUtf8)?;
                 let start = c.position();
                 c.value()?;
                 let raw = bytes_of(start..c.position());
@@ -351,9 +406,50 @@ fn read_header(
 /// Key order follows Python (`message_id`, `v`, other keys, `response_to`), so a decoded
 /// Python event re-encodes to identical bytes.
 pub fn encode_event(header: &Header, name: &str, args: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(64 + header.message_id.0.len() + name.len() + args.len());
+    // Exactly the encoded size: `Bytes` takes a full `Vec` over as is, but one with spare
+    // capacity costs an extra allocation for its shared control block.
+    let mut out = Vec::with_capacity(encoded_len(header, name, args.len()));
     encode_event_into(&mut out, header, name, |out| out.extend_from_slice(args));
+    debug_assert_eq!(out.len(), out.capacity(), "encoded_len is exact");
     Bytes::from(out)
+}
+
+/// The size of the event [`encode_event_into`] writes for `header`, `name` and args of
+/// `args_len` bytes: the capacity that makes the buffer's conversion to `Bytes` free.
+pub fn encoded_len(header: &Header, name: &str, args_len: usize) -> usize {
+    use msgpack::{str_encoded_len as text, uint_encoded_len as uint};
+    let entries = header_entries(header);
+    let mut len = 1 + if entries < 16 { 1 } else { 3 };
+    len += text(keys::MESSAGE_ID.len()) + header.message_id.encoded().len();
+    if let Some(v) = header.version {
+        len += text(keys::VERSION.len()) + uint(v);
+    }
+    if let Some(z) = header.zmesh {
+        len += text(keys::ZMESH.len()) + uint(z);
+    }
+    if let Some(ms) = header.deadline_ms {
+        len += text(keys::DEADLINE_MS.len()) + uint(ms);
+    }
+    if let Some(tp) = &header.traceparent {
+        len += text(keys::TRACEPARENT.len()) + text(tp.len());
+    }
+    for (key, value) in &header.extra {
+        len += text(key.len()) + value.len();
+    }
+    if let Some(rt) = &header.response_to {
+        len += text(keys::RESPONSE_TO.len()) + rt.encoded().len();
+    }
+    len + text(name.len()) + args_len
+}
+
+/// The number of entries of the encoded header map.
+fn header_entries(header: &Header) -> usize {
+    1 + usize::from(header.version.is_some())
+        + usize::from(header.zmesh.is_some())
+        + usize::from(header.deadline_ms.is_some())
+        + usize::from(header.traceparent.is_some())
+        + header.extra.len()
+        + usize::from(header.response_to.is_some())
 }
 
 /// Encodes an event, letting `write_args` append the args value in place (saves a copy for
@@ -365,16 +461,9 @@ pub fn encode_event_into(
     write_args: impl FnOnce(&mut Vec<u8>),
 ) {
     out.push(0x93);
-    let entries = 1
-        + usize::from(header.version.is_some())
-        + usize::from(header.zmesh.is_some())
-        + usize::from(header.deadline_ms.is_some())
-        + usize::from(header.traceparent.is_some())
-        + header.extra.len()
-        + usize::from(header.response_to.is_some());
-    msgpack::write_map_len(out, entries);
+    msgpack::write_map_len(out, header_entries(header));
     msgpack::write_str(out, keys::MESSAGE_ID);
-    out.extend_from_slice(&header.message_id.0);
+    out.extend_from_slice(header.message_id.encoded());
     if let Some(v) = header.version {
         msgpack::write_str(out, keys::VERSION);
         msgpack::write_uint(out, v);
@@ -397,7 +486,7 @@ pub fn encode_event_into(
     }
     if let Some(rt) = &header.response_to {
         msgpack::write_str(out, keys::RESPONSE_TO);
-        out.extend_from_slice(&rt.0);
+        out.extend_from_slice(rt.encoded());
     }
     msgpack::write_str(out, name);
     write_args(out);
@@ -577,6 +666,9 @@ mod tests {
 
     #[test]
     fn generated_ids_are_bin32_hex_and_unique() {
+        // Every call future holds ids; inline storage must not make them bigger than a
+        // few words (38 bytes inline plus length and tag fit in 40).
+        assert!(std::mem::size_of::<MessageId>() <= 40);
         let a = MessageId::generate();
         let b = MessageId::generate();
         assert_ne!(a, b);
@@ -604,6 +696,29 @@ mod tests {
         assert_eq!(
             back.header.response_to.expect("set").encoded()[..],
             [0xa3, b'a', b'b', b'c']
+        );
+    }
+
+    /// Ids too long to store inline are kept as shared bytes and still echo exactly, and
+    /// compare equal to the same id built another way.
+    #[test]
+    fn long_ids_echo_exactly() {
+        let long = "x".repeat(100);
+        let mut out = vec![0x93, 0x81];
+        msgpack::write_str(&mut out, "message_id");
+        msgpack::write_str(&mut out, &long);
+        msgpack::write_str(&mut out, "ping");
+        out.push(0x90);
+        let ev = decode_event(&Bytes::from(out)).expect("decodes");
+        let mut encoded = Vec::new();
+        msgpack::write_str(&mut encoded, &long);
+        let same = MessageId::from_encoded(Bytes::from(encoded.clone())).expect("one str");
+        assert_eq!(ev.header.message_id, same);
+        let reply = encode_event(&Header::zmesh(Some(same)), "OK", &[0x91, 0xc0]);
+        let back = decode_event(&reply).expect("decodes");
+        assert_eq!(
+            back.header.response_to.expect("set").encoded(),
+            &encoded[..]
         );
     }
 
@@ -694,10 +809,12 @@ mod tests {
             reply in proptest::bool::ANY,
             arg in proptest::collection::vec(proptest::num::i64::ANY, 0..20),
             extra in proptest::option::of("[a-z]{1,10}"),
+            traceparent in proptest::option::of("[0-9a-f-]{0,60}"),
         ) {
             let mut header = Header::zmesh(reply.then(|| MessageId::from_bin(&id)));
             header.message_id = MessageId::from_bin(&id);
             header.deadline_ms = deadline;
+            header.traceparent = traceparent;
             if let Some(k) = extra {
                 header.extra.push((format!("x_{k}"), Bytes::from_static(&[0xc3])));
             }

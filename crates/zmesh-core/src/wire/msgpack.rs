@@ -80,6 +80,17 @@ impl<'a> Cursor<'a> {
 
     /// Reads a msgpack str; `None` (position unchanged) when the next value is not a str.
     pub(crate) fn str(&mut self) -> Result<Option<&'a str>, DecodeError> {
+        match self.str_bytes()? {
+            Some(bytes) => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| DecodeError::InvalidUtf8),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a str's bytes without checking that they are UTF-8 (`None` if the next value
+    /// is not a str), for comparing against known ASCII names before paying for the check.
+    pub(crate) fn str_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
         let m = self.peek()?;
         let len = match m {
             0xa0..=0xbf => {
@@ -100,10 +111,7 @@ impl<'a> Cursor<'a> {
             }
             _ => return Ok(None),
         };
-        let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| DecodeError::InvalidUtf8)
+        self.take(len).map(Some)
     }
 
     /// Reads a non-negative integer; `None` (position unchanged) for any other value,
@@ -275,6 +283,27 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(len as u32).to_be_bytes());
     }
     out.extend_from_slice(s.as_bytes());
+}
+
+/// Bytes [`write_str`] appends for a str of `len` bytes.
+pub(crate) fn str_encoded_len(len: usize) -> usize {
+    len + match len {
+        0..32 => 1,
+        32..256 => 2,
+        256..65_536 => 3,
+        _ => 5,
+    }
+}
+
+/// Bytes [`write_uint`] appends for `v`.
+pub(crate) fn uint_encoded_len(v: u64) -> usize {
+    match v {
+        0..128 => 1,
+        128..256 => 2,
+        256..65_536 => 3,
+        65_536..0x1_0000_0000 => 5,
+        _ => 9,
+    }
 }
 
 /// Appends a non-negative integer in its smallest encoding (as msgpack-python does).
