@@ -349,7 +349,23 @@ impl ConnShared {
             tracing::debug!(name = %event.name, "dropping unsolicited event");
             return;
         };
+        let name = event.name.as_ref();
+        let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
         let mut pending = self.pending();
+        if terminal {
+            // The common case, a call's one reply: a single lookup that also closes the call.
+            let Some(mut entry) = pending.remove(&channel) else {
+                tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
+                return;
+            };
+            drop(pending);
+            if let Some(first) = entry.first.take() {
+                let _ = first.send(Inbound::Event(Box::new(event)));
+            } else if let Some(stream) = entry.stream {
+                let _ = stream.try_send(Inbound::Event(Box::new(event)));
+            }
+            return;
+        }
         let Some(entry) = pending.get_mut(&channel) else {
             // A late heartbeat or a reply to a call that timed out: zerorpc drops these too.
             tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
@@ -357,11 +373,9 @@ impl ConnShared {
         };
         entry.last_heard = Instant::now();
         entry.heard_any = true;
-        let name = event.name.as_ref();
         if name == names::HEARTBEAT || name == names::MORE {
             return;
         }
-        let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
         if let Some(first) = entry.first.take() {
             let inbound = if name == names::STREAM {
                 // The queue holds the credit window plus one spare slot; a server that
@@ -370,20 +384,12 @@ impl ConnShared {
                 entry.stream = Some(tx);
                 Inbound::Stream(Box::new(event), rx)
             } else {
+                // An unknown event name as the first reply: the caller reports it.
                 pending.remove(&channel);
                 Inbound::Event(Box::new(event))
             };
             drop(pending);
             let _ = first.send(inbound);
-            return;
-        }
-        if terminal {
-            if let Some(entry) = pending.remove(&channel) {
-                drop(pending);
-                if let Some(stream) = entry.stream {
-                    let _ = stream.try_send(Inbound::Event(Box::new(event)));
-                }
-            }
             return;
         }
         let Some(stream) = entry.stream.as_ref() else {

@@ -572,15 +572,23 @@ struct ReplyTo {
 }
 
 impl ReplyTo {
-    fn message(&self, name: &str, write_args: impl FnOnce(&mut Vec<u8>)) -> ZmqMessage {
+    /// The reply event `name` whose args, `args_len` bytes, `write_args` appends.
+    fn message(
+        &self,
+        name: &str,
+        args_len: usize,
+        write_args: impl FnOnce(&mut Vec<u8>),
+    ) -> ZmqMessage {
         let header = Header::zmesh(Some(self.request_id.clone()));
-        let mut out = Vec::with_capacity(128);
+        // The exact size: no reallocation while encoding, and no extra allocation when the
+        // buffer becomes `Bytes`.
+        let mut out = Vec::with_capacity(wire::encoded_len(&header, name, args_len));
         wire::encode_event_into(&mut out, &header, name, write_args);
         wire::join_frames(&self.route, Bytes::from(out))
     }
 
     fn ok(&self, value: &[u8]) -> ZmqMessage {
-        self.message(names::OK, |out| {
+        self.message(names::OK, 1 + value.len(), |out| {
             out.push(0x91);
             out.extend_from_slice(value);
         })
@@ -588,12 +596,12 @@ impl ReplyTo {
 
     fn err(&self, name: &str, message: &str) -> ZmqMessage {
         let args = err_args(name, message, None);
-        self.message(names::ERR, |out| out.extend_from_slice(&args))
+        self.message(names::ERR, args.len(), |out| out.extend_from_slice(&args))
     }
 
     fn handler_err(&self, e: &HandlerError) -> ZmqMessage {
         let args = err_args(e.name(), e.message(), e.traceback());
-        self.message(names::ERR, |out| out.extend_from_slice(&args))
+        self.message(names::ERR, args.len(), |out| out.extend_from_slice(&args))
     }
 
     fn panic(&self, method: &str, panic: Box<dyn std::any::Any + Send>) -> ZmqMessage {
@@ -787,9 +795,9 @@ impl Call {
             credit.take().await;
             match AssertUnwindSafe(stream.next()).catch_unwind().await {
                 Ok(Some(Ok(item))) => {
-                    let message = self
-                        .reply_to
-                        .message(names::STREAM, |out| out.extend_from_slice(&item));
+                    let message = self.reply_to.message(names::STREAM, item.len(), |out| {
+                        out.extend_from_slice(&item)
+                    });
                     self.send(message).await;
                 }
                 Ok(Some(Err(e))) => {
@@ -797,9 +805,11 @@ impl Call {
                     return Outcome::Error;
                 }
                 Ok(None) => {
-                    let message = self
-                        .reply_to
-                        .message(names::STREAM_DONE, |out| out.extend_from_slice(NIL_ARGS));
+                    let message =
+                        self.reply_to
+                            .message(names::STREAM_DONE, NIL_ARGS.len(), |out| {
+                                out.extend_from_slice(NIL_ARGS)
+                            });
                     self.send(message).await;
                     return Outcome::StreamDone;
                 }
