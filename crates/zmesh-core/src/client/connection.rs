@@ -154,7 +154,8 @@ impl ConnShared {
 
     /// Registers a call before its request is sent, so no reply can outrun it. With a
     /// deadline, the call fails with [`CallError::DeadlineExceeded`] if no first reply
-    /// arrived by then (the caller substitutes its own timeout in the error).
+    /// arrived by then (the caller substitutes its own timeout in the error). `now` is the
+    /// caller's clock reading for this call, taken once for the request and the entry.
     ///
     /// One timer per connection instead of one per call: most deadlines are later than
     /// the earliest one already armed, so registering usually costs one comparison.
@@ -163,8 +164,8 @@ impl ConnShared {
         id: MessageId,
         first: oneshot::Sender<Inbound>,
         deadline: Option<Instant>,
+        now: Instant,
     ) {
-        let now = Instant::now();
         let mut pending = self.pending();
         pending.insert(
             id,
@@ -662,7 +663,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let id = MessageId::generate();
     let header = Header::zmesh_with_id(id.clone(), None);
     let (tx, rx) = oneshot::channel();
-    shared.register(id.clone(), tx, None);
+    shared.register(id.clone(), tx, None, Instant::now());
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;

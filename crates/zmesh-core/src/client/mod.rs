@@ -380,12 +380,13 @@ impl Client {
             outcome = field::Empty,
             duration_us = field::Empty,
         );
-        let started = Instant::now();
+        // Timed only when someone records the span (a clock read per call otherwise).
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = self
             .request_inner(method, args, options, timeout)
             .instrument(span.clone())
             .await;
-        if !span.is_disabled() {
+        if let Some(started) = started {
             let outcome = match &result {
                 Ok(Response::Value(_)) => "ok".to_owned(),
                 Ok(Response::Stream(_)) => "stream".to_owned(),
@@ -604,9 +605,10 @@ fn start_call(
     options: &CallOptions,
     deadline: Instant,
 ) -> StartedCall {
-    let (id, event) = build_request(method, args, options, deadline);
+    let now = Instant::now();
+    let (id, event) = build_request(method, args, options, deadline, now);
     let (tx, reply) = oneshot::channel();
-    conn.shared.register(id.clone(), tx, Some(deadline));
+    conn.shared.register(id.clone(), tx, Some(deadline), now);
     let guard = CallGuard {
         conn: conn.shared.clone(),
         id,
@@ -627,10 +629,11 @@ fn build_request(
     args: &[u8],
     options: &CallOptions,
     deadline: Instant,
+    now: Instant,
 ) -> (MessageId, Bytes) {
     let id = MessageId::generate();
     let mut header = Header::zmesh_with_id(id.clone(), None);
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let remaining = deadline.saturating_duration_since(now);
     header.deadline_ms = Some((remaining.as_millis() as u64).max(1));
     header.traceparent = options.traceparent.clone();
     if let Some(request_id) = &options.request_id {

@@ -56,6 +56,17 @@ pub mod keys {
     pub const REQUEST_ID: &str = "zmesh_request_id";
 }
 
+/// The header keys as msgpack str, written as constants: every event carries several of
+/// them, and copying a constant costs less than encoding a str's length each time.
+mod encoded_keys {
+    pub(super) const MESSAGE_ID: &[u8] = b"\xaamessage_id";
+    pub(super) const VERSION: &[u8] = b"\xa1v";
+    pub(super) const ZMESH: &[u8] = b"\xa5zmesh";
+    pub(super) const DEADLINE_MS: &[u8] = b"\xb1zmesh_deadline_ms";
+    pub(super) const TRACEPARENT: &[u8] = b"\xabtraceparent";
+    pub(super) const RESPONSE_TO: &[u8] = b"\xabresponse_to";
+}
+
 /// The zmesh extension version written in the [`keys::ZMESH`] marker.
 pub const ZMESH_EXTENSION_VERSION: u64 = 1;
 
@@ -420,24 +431,24 @@ pub fn encoded_len(header: &Header, name: &str, args_len: usize) -> usize {
     use msgpack::{str_encoded_len as text, uint_encoded_len as uint};
     let entries = header_entries(header);
     let mut len = 1 + if entries < 16 { 1 } else { 3 };
-    len += text(keys::MESSAGE_ID.len()) + header.message_id.encoded().len();
+    len += encoded_keys::MESSAGE_ID.len() + header.message_id.encoded().len();
     if let Some(v) = header.version {
-        len += text(keys::VERSION.len()) + uint(v);
+        len += encoded_keys::VERSION.len() + uint(v);
     }
     if let Some(z) = header.zmesh {
-        len += text(keys::ZMESH.len()) + uint(z);
+        len += encoded_keys::ZMESH.len() + uint(z);
     }
     if let Some(ms) = header.deadline_ms {
-        len += text(keys::DEADLINE_MS.len()) + uint(ms);
+        len += encoded_keys::DEADLINE_MS.len() + uint(ms);
     }
     if let Some(tp) = &header.traceparent {
-        len += text(keys::TRACEPARENT.len()) + text(tp.len());
+        len += encoded_keys::TRACEPARENT.len() + text(tp.len());
     }
     for (key, value) in &header.extra {
         len += text(key.len()) + value.len();
     }
     if let Some(rt) = &header.response_to {
-        len += text(keys::RESPONSE_TO.len()) + rt.encoded().len();
+        len += encoded_keys::RESPONSE_TO.len() + rt.encoded().len();
     }
     len + text(name.len()) + args_len
 }
@@ -462,22 +473,22 @@ pub fn encode_event_into(
 ) {
     out.push(0x93);
     msgpack::write_map_len(out, header_entries(header));
-    msgpack::write_str(out, keys::MESSAGE_ID);
+    out.extend_from_slice(encoded_keys::MESSAGE_ID);
     out.extend_from_slice(header.message_id.encoded());
     if let Some(v) = header.version {
-        msgpack::write_str(out, keys::VERSION);
+        out.extend_from_slice(encoded_keys::VERSION);
         msgpack::write_uint(out, v);
     }
     if let Some(z) = header.zmesh {
-        msgpack::write_str(out, keys::ZMESH);
+        out.extend_from_slice(encoded_keys::ZMESH);
         msgpack::write_uint(out, z);
     }
     if let Some(ms) = header.deadline_ms {
-        msgpack::write_str(out, keys::DEADLINE_MS);
+        out.extend_from_slice(encoded_keys::DEADLINE_MS);
         msgpack::write_uint(out, ms);
     }
     if let Some(tp) = &header.traceparent {
-        msgpack::write_str(out, keys::TRACEPARENT);
+        out.extend_from_slice(encoded_keys::TRACEPARENT);
         msgpack::write_str(out, tp);
     }
     for (key, value) in &header.extra {
@@ -485,7 +496,7 @@ pub fn encode_event_into(
         out.extend_from_slice(value);
     }
     if let Some(rt) = &header.response_to {
-        msgpack::write_str(out, keys::RESPONSE_TO);
+        out.extend_from_slice(encoded_keys::RESPONSE_TO);
         out.extend_from_slice(rt.encoded());
     }
     msgpack::write_str(out, name);
@@ -662,6 +673,22 @@ mod tests {
             more.header.response_to,
             Some(MessageId::from_bin(b"21cdd44d851c41e5b771c23ea5185ca0"))
         );
+    }
+
+    #[test]
+    fn constant_keys_are_their_msgpack_encoding() {
+        for (key, encoded) in [
+            (keys::MESSAGE_ID, encoded_keys::MESSAGE_ID),
+            (keys::VERSION, encoded_keys::VERSION),
+            (keys::ZMESH, encoded_keys::ZMESH),
+            (keys::DEADLINE_MS, encoded_keys::DEADLINE_MS),
+            (keys::TRACEPARENT, encoded_keys::TRACEPARENT),
+            (keys::RESPONSE_TO, encoded_keys::RESPONSE_TO),
+        ] {
+            let mut out = Vec::new();
+            msgpack::write_str(&mut out, key);
+            assert_eq!(out, encoded, "{key}");
+        }
     }
 
     #[test]
