@@ -50,8 +50,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeromq::{
-    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketRecv, SocketSend,
-    ZmqMessage,
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketSend, ZmqMessage,
 };
 use zmesh_core::read_turns::ReadTurns;
 use zmesh_core::wire::{self, EventDecodeError, Header, names};
@@ -497,7 +496,7 @@ async fn read_loop(
         turns.handled_one().await;
         let message = tokio::select! {
             biased;
-            m = recv.recv() => m,
+            m = std::future::poll_fn(|cx| recv.poll_recv(cx)) => m,
             _ = &mut stopped => break,
         };
         match message {

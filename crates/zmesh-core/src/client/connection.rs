@@ -15,8 +15,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
-    DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend,
-    TrySendError, ZmqMessage,
+    DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketSend, TrySendError,
+    ZmqMessage,
 };
 
 use super::{CallError, ClientConfig};
@@ -518,7 +518,7 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: zeromq::DealerRecvHalf) {
     let mut turns = ReadTurns::default();
     loop {
         turns.handled_one().await;
-        let message = match recv.recv().await {
+        let message = match std::future::poll_fn(|cx| recv.poll_recv(cx)).await {
             Ok(message) => message,
             Err(e) => {
                 shared.mark_dead(&format!("connection to {} failed: {e}", shared.endpoint));

@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
-use zeromq::{RouterRecvHalf, SocketEvent, SocketRecv, TrySendError, ZmqMessage};
+use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 
 use super::Shared;
 use super::registry::{Channel, Credit, OpenError};
@@ -168,7 +168,7 @@ async fn read_loop(
         turns.handled_one().await;
         let message = tokio::select! {
             biased;
-            m = recv.recv() => m,
+            m = std::future::poll_fn(|cx| recv.poll_recv(cx)) => m,
             _ = &mut stopped => break,
         };
         match message {

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions, SocketRecv};
+use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions};
 
 use super::Shared;
 use super::dispatch::{self, Control, RateLimitedWarn};
@@ -176,7 +176,7 @@ async fn serve_link(
                 }
                 Some(_) => {}
             },
-            message = recv.recv() => {
+            message = std::future::poll_fn(|cx| recv.poll_recv(cx)) => {
                 let frames = match message {
                     Ok(message) => message.into_vec(),
                     Err(e) => return Ended::Lost(format!("receive failed: {e}")),
