@@ -31,7 +31,9 @@ const CONTROL_QUEUE: usize = 16_384;
 /// What the reader hands to a waiting call.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    Event(Box<Event>),
+    /// Not boxed: a call's one reply travels in the one-shot slot's own allocation, and a
+    /// box would be a second allocation and free per call.
+    Event(Event),
     /// The first reply was a `STREAM` item: here is the queue for the rest.
     Stream(Box<Event>, mpsc::Receiver<Inbound>),
     Failed(CallError),
@@ -361,9 +363,9 @@ impl ConnShared {
             };
             drop(pending);
             if let Some(first) = entry.first.take() {
-                let _ = first.send(Inbound::Event(Box::new(event)));
+                let _ = first.send(Inbound::Event(event));
             } else if let Some(stream) = entry.stream {
-                let _ = stream.try_send(Inbound::Event(Box::new(event)));
+                let _ = stream.try_send(Inbound::Event(event));
             }
             return;
         }
@@ -387,7 +389,7 @@ impl ConnShared {
             } else {
                 // An unknown event name as the first reply: the caller reports it.
                 pending.remove(&channel);
-                Inbound::Event(Box::new(event))
+                Inbound::Event(event)
             };
             drop(pending);
             let _ = first.send(inbound);
@@ -403,7 +405,7 @@ impl ConnShared {
                 entry.fail(CallError::Protocol(why.into()));
             }
         } else {
-            let _ = stream.try_send(Inbound::Event(Box::new(event)));
+            let _ = stream.try_send(Inbound::Event(event));
         }
     }
 
