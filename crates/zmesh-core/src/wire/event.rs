@@ -67,6 +67,17 @@ mod encoded_keys {
     pub(super) const RESPONSE_TO: &[u8] = b"\xabresponse_to";
 }
 
+/// The header keys as bytes, for matching a key read without its UTF-8 check.
+mod key_bytes {
+    use super::keys;
+    pub(super) const MESSAGE_ID: &[u8] = keys::MESSAGE_ID.as_bytes();
+    pub(super) const VERSION: &[u8] = keys::VERSION.as_bytes();
+    pub(super) const ZMESH: &[u8] = keys::ZMESH.as_bytes();
+    pub(super) const DEADLINE_MS: &[u8] = keys::DEADLINE_MS.as_bytes();
+    pub(super) const TRACEPARENT: &[u8] = keys::TRACEPARENT.as_bytes();
+    pub(super) const RESPONSE_TO: &[u8] = keys::RESPONSE_TO.as_bytes();
+}
+
 /// The zmesh extension version written in the [`keys::ZMESH`] marker.
 pub const ZMESH_EXTENSION_VERSION: u64 = 1;
 
@@ -381,7 +392,7 @@ fn read_header(
         };
         let bad = || DecodeError::BadHeaderValue(String::from_utf8_lossy(key).into_owned());
         match key {
-            b"message_id" | b"response_to" => {
+            key_bytes::MESSAGE_ID | key_bytes::RESPONSE_TO => {
                 let start = c.position();
                 let raw = c.value()?;
                 if !msgpack::is_id_kind(raw) {
@@ -389,16 +400,18 @@ fn read_header(
                 }
                 let range = start..c.position();
                 let id = MessageId::from_checked(raw, || bytes_of(range));
-                if key == keys::MESSAGE_ID.as_bytes() {
+                if key == key_bytes::MESSAGE_ID {
                     message_id = Some(id);
                 } else {
                     header.response_to = Some(id);
                 }
             }
-            b"v" => header.version = Some(c.uint()?.ok_or_else(bad)?),
-            b"zmesh" => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
-            b"zmesh_deadline_ms" => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
-            b"traceparent" => header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned()),
+            key_bytes::VERSION => header.version = Some(c.uint()?.ok_or_else(bad)?),
+            key_bytes::ZMESH => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
+            key_bytes::DEADLINE_MS => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
+            key_bytes::TRACEPARENT => {
+                header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned())
+            }
             _ => {
                 let key = std::str::from_utf8(key).map_err(|_| DecodeError::InvalidUtf8)?;
                 let start = c.position();
