@@ -1,7 +1,8 @@
-//! Runs a fixed number of pipelined calls (128 in flight, 64-byte payload, one tcp loopback
-//! connection) through zmesh or through a raw `zeromq` DEALER/ROUTER echo, server and client
-//! each on its own thread with a `current_thread` runtime, for counting instructions per call
-//! with callgrind (repeatable on a busy machine, unlike wall time):
+//! Runs a fixed number of pipelined calls (128 in flight unless a third argument says how
+//! many; 1 makes back-to-back round trips, as the latency bench does; 64-byte payload, one
+//! tcp loopback connection) through zmesh or through a raw `zeromq` DEALER/ROUTER echo,
+//! server and client each on its own thread with a `current_thread` runtime, for counting
+//! instructions per call with callgrind (repeatable on a busy machine, unlike wall time):
 //!
 //! ```text
 //! cargo build --release --example pipeline_probe
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::{Client, Node};
 
-/// Calls in flight.
+/// Calls in flight by default.
 const WINDOW: usize = 128;
 /// Payload bytes.
 const PAYLOAD: usize = 64;
@@ -34,6 +35,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "zmesh".into());
     let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
+    let window: usize = args
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(WINDOW)
+        .max(1);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server_kind = kind.clone();
@@ -64,8 +70,8 @@ fn main() {
     rt.block_on(async {
         let run = async {
             match kind.as_str() {
-                "raw" => raw_client(&endpoint, calls).await,
-                _ => zmesh_client(&endpoint, calls).await,
+                "raw" => raw_client(&endpoint, calls, window).await,
+                _ => zmesh_client(&endpoint, calls, window).await,
             }
         };
         tokio::time::timeout(RUN_DEADLINE, run)
@@ -88,9 +94,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot build a runtime")
 }
 
-async fn zmesh_client(endpoint: &str, calls: usize) {
+async fn zmesh_client(endpoint: &str, calls: usize, window: usize) {
     let client = Client::new(endpoint);
     let value = Value::Binary(vec![7u8; PAYLOAD]);
+    if window == 1 {
+        // Back-to-back, as the latency bench calls (no stream combinator in between).
+        for _ in 0..calls {
+            let reply: Value = client
+                .call("echo.echo", (&value,))
+                .await
+                .expect("a call failed");
+            assert_eq!(reply, value);
+        }
+        return;
+    }
     let done = futures::stream::iter(0..calls)
         .map(|_| {
             let client = &client;
@@ -103,7 +120,7 @@ async fn zmesh_client(endpoint: &str, calls: usize) {
                 assert_eq!(&reply, value);
             }
         })
-        .buffer_unordered(WINDOW)
+        .buffer_unordered(window)
         .count()
         .await;
     assert_eq!(done, calls);
@@ -130,7 +147,7 @@ async fn raw_server(ready: std::sync::mpsc::Sender<String>, mut stop: oneshot::R
     }
 }
 
-async fn raw_client(endpoint: &str, calls: usize) {
+async fn raw_client(endpoint: &str, calls: usize, window: usize) {
     let mut dealer = DealerSocket::new();
     dealer.connect(endpoint).await.expect("cannot connect");
     let payload = Bytes::from(vec![7u8; PAYLOAD]);
@@ -141,7 +158,7 @@ async fn raw_client(endpoint: &str, calls: usize) {
     };
     let mut sent = 0;
     let mut received = 0;
-    while sent < WINDOW.min(calls) {
+    while sent < window.min(calls) {
         dealer.send(request()).await.expect("send failed");
         sent += 1;
     }

@@ -680,3 +680,99 @@ async fn a_client_that_never_reads_does_not_stall_the_node() {
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert!(stats.calls > 0, "{stats:?}");
 }
+
+/// A caller waiting for its reply reads the socket itself when it gets there first. A
+/// caller that then stops being polled (a future left in a `select!`) or is dropped must
+/// not hold up the other calls on the connection: the reader task still hears every
+/// message. One thread, so the reading caller is deterministic: the only one polled.
+#[tokio::test(flavor = "current_thread")]
+async fn a_caller_left_unpolled_or_dropped_while_reading_holds_up_no_one() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        // Connected, so the next call's first poll sends it and reads the socket at once.
+        let warm: u64 = net("warm-up call", client.call("echo.echo", (1u64,)))
+            .await
+            .expect("warm-up");
+        assert_eq!(warm, 1);
+
+        let mut reading = Box::pin(client.call::<u64>("echo.sleep", (60_000u64,)));
+        assert!(
+            futures::poll!(reading.as_mut()).is_pending(),
+            "{transport:?}: the long call is in flight"
+        );
+        // From here on `reading` is not polled.
+        let waiting = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("echo.sleep", (50u64,)).await }
+        });
+        let answered = net("the other caller's reply", waiting)
+            .await
+            .expect("join")
+            .expect("the waiting call succeeds");
+        assert_eq!(answered, 50, "{transport:?}");
+
+        // Cancels the unpolled call; its reply never comes, and the connection still
+        // serves plain and streaming calls.
+        drop(reading);
+        eventually(NET_TIMEOUT, "the cancelled call's handler aborted", || {
+            node.stats().in_flight == 0
+        })
+        .await;
+        let echoed: u64 = net("a call after the cancel", client.call("echo.echo", (2u64,)))
+            .await
+            .expect("call");
+        assert_eq!(echoed, 2, "{transport:?}");
+        let items: Vec<u64> = net("a stream after the cancel", async {
+            let stream = client
+                .call_stream::<u64>("echo.count", (20u64,))
+                .await
+                .expect("stream opens");
+            stream.map(|item| item.expect("item")).collect().await
+        })
+        .await;
+        assert_eq!(items, (0..20).collect::<Vec<_>>(), "{transport:?}");
+    }
+}
+
+/// Sequential callers on several threads take turns reading the socket, and every fifth
+/// call is dropped right after its request went out (possibly while it reads): every call
+/// that is kept gets its own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_on_many_threads_take_turns_reading_one_connection() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let client = Client::new(node.endpoint());
+        let callers: FuturesUnordered<_> = (0..8u64)
+            .map(|caller| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut answered = 0u64;
+                    for i in 0..300u64 {
+                        let value = caller * 1_000 + i;
+                        let mut call = std::pin::pin!(client.call::<u64>("echo.echo", (value,)));
+                        if i % 5 == 4 {
+                            // The first poll sends the request; dropping then cancels it.
+                            let _ = futures::poll!(call.as_mut());
+                            continue;
+                        }
+                        let echoed = call.await.expect("call succeeds");
+                        assert_eq!(echoed, value, "caller {caller} call {i}");
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let answered: Vec<u64> = net("8 callers x 300 calls", callers.collect::<Vec<_>>())
+            .await
+            .into_iter()
+            .map(|joined| joined.expect("caller task"))
+            .collect();
+        assert_eq!(answered, vec![240; 8], "{transport:?}");
+        let after: u64 = net("a call after the run", client.call("echo.echo", (7u64,)))
+            .await
+            .expect("call");
+        assert_eq!(after, 7);
+    }
+}

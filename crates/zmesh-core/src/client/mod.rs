@@ -471,14 +471,15 @@ impl Client {
 
     async fn first_reply(
         &self,
-        rx: oneshot::Receiver<Inbound>,
+        mut rx: oneshot::Receiver<Inbound>,
         mut guard: CallGuard,
         timeout: Duration,
         permit: OwnedSemaphorePermit,
     ) -> Result<Response, CallError> {
         // No timer here: the connection fails the call at its deadline (one timer per
         // connection, see `ConnShared::register`), and also sends the cancel.
-        let inbound = match rx.await {
+        let waited = std::future::poll_fn(|cx| guard.conn.poll_reply(&guard.id, &mut rx, cx)).await;
+        let inbound = match waited {
             Err(_) => return Err(CallError::PeerLost("connection closed".into())),
             Ok(Inbound::Failed(CallError::DeadlineExceeded(_))) => {
                 return Err(CallError::DeadlineExceeded(timeout));
