@@ -1,6 +1,8 @@
 //! `zmesh bench`: measures call latency and throughput of each transport mode against a raw
 //! `zeromq` DEALER/ROUTER baseline in the same run, with the servers in child processes
 //! (this binary's hidden `bench-server` verb) so client and server never share a runtime.
+//! The modes take turns in [`ROUNDS`] blocks each, so a change in the machine's state
+//! during the run weighs on every mode alike.
 //! The `device` mode puts a proxy device and an echo worker in two more child processes;
 //! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
 //! shows as a ratio to raw and tcp in the same run.
@@ -27,6 +29,11 @@ const SERVER_START_LIMIT: Duration = Duration::from_secs(10);
 const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// Latencies above this are clamped into the histogram's last bucket.
 const MAX_RECORDED_NS: u64 = 60_000_000_000;
+/// Blocks each mode's measured calls are split into. The modes take turns block by block
+/// (raw, tcp, ipc, raw, tcp, ...): run one after the other, a mode measured while the
+/// machine was busier or its CPUs slower carried that into the ratios (runs of the same
+/// binary gave 1.00x-1.32x for tcp/raw p50 that way).
+const ROUNDS: u64 = 10;
 
 /// What one bench run measures.
 #[derive(Debug, Clone)]
@@ -39,7 +46,7 @@ pub(crate) struct BenchOptions {
     pub(crate) in_flight: usize,
     /// Calls per mode; the mode also stops at `duration`.
     pub(crate) count: u64,
-    /// Longest time per mode.
+    /// Longest measured time per mode (the sum of its blocks).
     pub(crate) duration: Duration,
     /// Unmeasured calls per mode before measuring.
     pub(crate) warmup: u64,
@@ -128,38 +135,65 @@ pub(crate) struct BenchReport {
 /// Longest the device mode waits for its worker to register with the device.
 const WORKER_REGISTER_LIMIT: Duration = Duration::from_secs(10);
 
-/// Runs every mode in turn, each against its own server process (or processes).
+/// Runs every mode against its own server process (or processes), the modes taking turns
+/// block by block (see [`ROUNDS`]).
 pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchReport, CliError> {
     let dir = tempfile::Builder::new()
         .prefix("zmesh-bench")
         .tempdir()
         .map_err(|e| CliError::Other(format!("cannot create a directory for ipc: {e}")))?;
-    let mut reports = Vec::with_capacity(options.modes.len());
     // A fresh key per run: the keyed server gets it through its environment, never argv.
     let key = if options.modes.contains(&Mode::Keyed) {
         Some(crate::mesh_key::random_key_text()?)
     } else {
         None
     };
+    // Every mode's servers run for the whole bench (idle while other modes take their
+    // turn), each mode connected and warmed up before any is measured.
+    let mut runs = Vec::with_capacity(options.modes.len());
     for &mode in &options.modes {
         let mode_key = key.as_deref().filter(|_| mode == Mode::Keyed);
         let (servers, endpoint) =
             start_servers(mode, options.runtime, dir.path(), mode_key).await?;
-        let bar = progress_bar(progress, mode, options);
-        let histogram = match mode {
-            Mode::Raw => measure_raw(&endpoint, options, &bar).await?,
-            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed => {
-                let client_key = mode_key
-                    .map(MeshKey::from_secret)
-                    .transpose()
-                    .map_err(|e| CliError::Other(format!("bench key: {e}")))?;
-                measure_zmesh(&endpoint, options, &bar, client_key).await?
-            }
-        };
-        bar.finish_and_clear();
-        drop(servers);
-        reports.push(report(mode, &histogram.0, histogram.1));
+        let mut caller = Caller::connect(mode, &endpoint, options, mode_key).await?;
+        caller.warm_up(options.warmup).await?;
+        runs.push(ModeRun {
+            mode,
+            _servers: servers,
+            caller,
+            histogram: new_histogram(),
+            measured: Duration::ZERO,
+            calls: 0,
+        });
     }
+    let bar = progress_bar(progress, options);
+    let per_block = options.count.div_ceil(ROUNDS).max(1);
+    loop {
+        let mut measured_any = false;
+        for run in &mut runs {
+            if run.calls >= options.count || run.measured >= options.duration {
+                continue;
+            }
+            let block = Block {
+                calls: per_block.min(options.count - run.calls),
+                in_flight: options.in_flight,
+                time: options.duration.saturating_sub(run.measured),
+            };
+            let (calls, elapsed) = run.caller.measure(&block, &mut run.histogram, &bar).await?;
+            run.calls += calls;
+            run.measured += elapsed;
+            measured_any = true;
+        }
+        if !measured_any {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let mut reports: Vec<ModeReport> = runs
+        .iter()
+        .map(|run| report(run.mode, &run.histogram, run.measured))
+        .collect();
+    drop(runs);
     let raw = reports
         .iter()
         .find(|r| r.mode == Mode::Raw)
@@ -178,19 +212,123 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
     })
 }
 
-fn progress_bar(show: bool, mode: Mode, options: &BenchOptions) -> indicatif::ProgressBar {
+/// One mode during a run: its servers, its connected caller and what it measured so far.
+struct ModeRun {
+    mode: Mode,
+    /// Kept alive (and killed on drop) for the whole run.
+    _servers: Vec<BenchServer>,
+    caller: Caller,
+    histogram: Histogram<u64>,
+    /// Sum of the mode's blocks' wall time.
+    measured: Duration,
+    calls: u64,
+}
+
+/// One turn of a mode: up to `calls` calls with `in_flight` at once, stopping early after
+/// `time`.
+struct Block {
+    calls: u64,
+    in_flight: usize,
+    time: Duration,
+}
+
+/// The client side of a mode, connected once for the whole run.
+enum Caller {
+    /// A raw DEALER keeping requests ahead of the replies.
+    Raw {
+        dealer: DealerSocket,
+        payload: Bytes,
+    },
+    /// A zmesh client calling `echo.echo`.
+    Zmesh { client: Client, value: rmpv::Value },
+}
+
+impl Caller {
+    async fn connect(
+        mode: Mode,
+        endpoint: &str,
+        options: &BenchOptions,
+        key: Option<&str>,
+    ) -> Result<Self, CliError> {
+        match mode {
+            Mode::Raw => {
+                let mut dealer = DealerSocket::new();
+                within("connecting the raw DEALER", dealer.connect(endpoint))
+                    .await?
+                    .map_err(|e| CliError::Other(format!("raw DEALER connect: {e}")))?;
+                Ok(Self::Raw {
+                    dealer,
+                    payload: Bytes::from(vec![0x5a; options.payload]),
+                })
+            }
+            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed => {
+                let key = key
+                    .map(MeshKey::from_secret)
+                    .transpose()
+                    .map_err(|e| CliError::Other(format!("bench key: {e}")))?;
+                let client = match key {
+                    Some(key) => {
+                        Client::with_config(endpoint, ClientConfig::default().mesh_key(key))
+                    }
+                    None => Client::new(endpoint),
+                };
+                Ok(Self::Zmesh {
+                    client,
+                    value: rmpv::Value::Binary(vec![0x5a; options.payload]),
+                })
+            }
+        }
+    }
+
+    /// Unmeasured sequential calls.
+    async fn warm_up(&mut self, calls: u64) -> Result<(), CliError> {
+        match self {
+            Self::Raw { dealer, payload } => {
+                for _ in 0..calls {
+                    raw_send(dealer, payload).await?;
+                    within("a raw reply", dealer.recv())
+                        .await?
+                        .map_err(raw_error)?;
+                }
+            }
+            Self::Zmesh { client, value } => {
+                for _ in 0..calls {
+                    zmesh_call(client, value).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Measures one block; returns the calls made and the block's wall time.
+    async fn measure(
+        &mut self,
+        block: &Block,
+        histogram: &mut Histogram<u64>,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(u64, Duration), CliError> {
+        match self {
+            Self::Raw { dealer, payload } => {
+                measure_raw(dealer, payload, block, histogram, bar).await
+            }
+            Self::Zmesh { client, value } => {
+                measure_zmesh(client, value, block, histogram, bar).await
+            }
+        }
+    }
+}
+
+fn progress_bar(show: bool, options: &BenchOptions) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(options.count);
+    let total = options.count.saturating_mul(options.modes.len() as u64);
+    let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>4} [{bar:40}] {pos}/{len} calls {per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} calls {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
-    bar.set_prefix(mode.name());
     bar
 }
 
@@ -240,106 +378,94 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, Cli
         .map_err(|_| CliError::Other(format!("{what} took longer than {CALL_LIMIT:?}")))
 }
 
-/// `in_flight` callers each making sequential zmesh calls until the count or the duration
+/// One timed zmesh call of `echo.echo`.
+async fn zmesh_call(client: &Client, value: &rmpv::Value) -> Result<Duration, CliError> {
+    let started = Instant::now();
+    let reply: rmpv::Value = within("a zmesh call", client.call("echo.echo", (value,)))
+        .await?
+        .map_err(CliError::from)?;
+    if let rmpv::Value::Binary(bytes) = &reply {
+        std::hint::black_box(bytes);
+    }
+    Ok(started.elapsed())
+}
+
+/// `in_flight` callers each making sequential zmesh calls until the block's count or time
 /// is reached.
 async fn measure_zmesh(
-    endpoint: &str,
-    options: &BenchOptions,
+    client: &Client,
+    value: &rmpv::Value,
+    block: &Block,
+    histogram: &mut Histogram<u64>,
     bar: &indicatif::ProgressBar,
-    key: Option<MeshKey>,
-) -> Result<(Histogram<u64>, Duration), CliError> {
-    let client = match key {
-        Some(key) => Client::with_config(endpoint, ClientConfig::default().mesh_key(key)),
-        None => Client::new(endpoint),
-    };
-    let value = rmpv::Value::Binary(vec![0x5a; options.payload]);
-    let call = |client: &Client| {
-        let client = client.clone();
-        let value = value.clone();
-        async move {
-            let started = Instant::now();
-            let reply: rmpv::Value = within("a zmesh call", client.call("echo.echo", (value,)))
-                .await?
-                .map_err(CliError::from)?;
-            if let rmpv::Value::Binary(bytes) = &reply {
-                std::hint::black_box(bytes);
-            }
-            Ok::<Duration, CliError>(started.elapsed())
-        }
-    };
-    for _ in 0..options.warmup {
-        call(&client).await?;
-    }
-    let mut histogram = new_histogram();
+) -> Result<(u64, Duration), CliError> {
     let started = Instant::now();
-    let stop_at = started + options.duration;
+    let stop_at = started + block.time;
     let mut running = FuturesUnordered::new();
     let mut issued = 0u64;
-    while issued < options.count.min(options.in_flight as u64) {
-        running.push(call(&client));
+    while issued < block.calls.min(block.in_flight as u64) {
+        running.push(zmesh_call(client, value));
         issued += 1;
     }
+    let mut done = 0u64;
     while let Some(latency) = running.next().await {
-        record(&mut histogram, latency?);
+        record(histogram, latency?);
+        done += 1;
         bar.inc(1);
-        if issued < options.count && Instant::now() < stop_at {
-            running.push(call(&client));
+        if issued < block.calls && Instant::now() < stop_at {
+            running.push(zmesh_call(client, value));
             issued += 1;
         }
     }
-    Ok((histogram, started.elapsed()))
+    Ok((done, started.elapsed()))
+}
+
+fn raw_error(e: zeromq::ZmqError) -> CliError {
+    CliError::Other(format!("raw DEALER: {e}"))
+}
+
+async fn raw_send(dealer: &mut DealerSocket, payload: &Bytes) -> Result<(), CliError> {
+    let mut message = ZmqMessage::from(Bytes::new());
+    message.push_back(payload.clone());
+    within("a raw send", dealer.send(message))
+        .await?
+        .map_err(raw_error)
 }
 
 /// A raw DEALER keeping `in_flight` requests ahead of the replies. The ROUTER echoes in
 /// order on one connection, so a FIFO of send times gives each reply's latency.
 async fn measure_raw(
-    endpoint: &str,
-    options: &BenchOptions,
+    dealer: &mut DealerSocket,
+    payload: &Bytes,
+    block: &Block,
+    histogram: &mut Histogram<u64>,
     bar: &indicatif::ProgressBar,
-) -> Result<(Histogram<u64>, Duration), CliError> {
-    let mut dealer = DealerSocket::new();
-    within("connecting the raw DEALER", dealer.connect(endpoint))
-        .await?
-        .map_err(|e| CliError::Other(format!("raw DEALER connect: {e}")))?;
-    let payload = Bytes::from(vec![0x5a; options.payload]);
-    let request = || {
-        let mut message = ZmqMessage::from(Bytes::new());
-        message.push_back(payload.clone());
-        message
-    };
-    let io = |e: zeromq::ZmqError| CliError::Other(format!("raw DEALER: {e}"));
-    for _ in 0..options.warmup {
-        within("a raw send", dealer.send(request()))
-            .await?
-            .map_err(io)?;
-        within("a raw reply", dealer.recv()).await?.map_err(io)?;
-    }
-    let mut histogram = new_histogram();
-    let mut sent_at = std::collections::VecDeque::with_capacity(options.in_flight);
+) -> Result<(u64, Duration), CliError> {
+    let mut sent_at = std::collections::VecDeque::with_capacity(block.in_flight);
     let started = Instant::now();
-    let stop_at = started + options.duration;
+    let stop_at = started + block.time;
     let mut issued = 0u64;
-    while issued < options.count.min(options.in_flight as u64) {
+    while issued < block.calls.min(block.in_flight as u64) {
         sent_at.push_back(Instant::now());
-        within("a raw send", dealer.send(request()))
-            .await?
-            .map_err(io)?;
+        raw_send(dealer, payload).await?;
         issued += 1;
     }
+    let mut done = 0u64;
     while let Some(sent) = sent_at.pop_front() {
-        let reply = within("a raw reply", dealer.recv()).await?.map_err(io)?;
-        record(&mut histogram, sent.elapsed());
+        let reply = within("a raw reply", dealer.recv())
+            .await?
+            .map_err(raw_error)?;
+        record(histogram, sent.elapsed());
         std::hint::black_box(reply);
+        done += 1;
         bar.inc(1);
-        if issued < options.count && Instant::now() < stop_at {
+        if issued < block.calls && Instant::now() < stop_at {
             sent_at.push_back(Instant::now());
-            within("a raw send", dealer.send(request()))
-                .await?
-                .map_err(io)?;
+            raw_send(dealer, payload).await?;
             issued += 1;
         }
     }
-    Ok((histogram, started.elapsed()))
+    Ok((done, started.elapsed()))
 }
 
 impl Mode {
