@@ -437,41 +437,39 @@ impl ConnShared {
         let mut socket_cx = Context::from_waker(&self.readers_waker);
         // A burst that does not contain this call's reply is left to the reader task after
         // a turn's worth, as the reader task itself yields every turn (see `read_turns`).
-        for _ in 0..MESSAGES_PER_TURN {
-            match recv.poll_recv(&mut socket_cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => {
-                    if let Some((sender, inbound)) = self.handle_incoming(message, Some(own)) {
-                        drop(recv);
-                        // More messages may be buffered behind this one, and nobody is
-                        // woken for those: the reader task takes them.
-                        self.readers.task.wake();
-                        // Closed first, so dropping the sender does not wake this caller:
-                        // on a `current_thread` runtime a wake of the `block_on` future
-                        // from inside it costs an extra pass through the I/O driver.
-                        rx.close();
-                        drop(sender);
-                        return Poll::Ready(Ok(inbound));
+        let outcome = 'read: {
+            for _ in 0..MESSAGES_PER_TURN {
+                match recv.poll_recv(&mut socket_cx) {
+                    // The socket's waker (this caller and the reader task) is registered.
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(message)) => {
+                        if let Some((sender, inbound)) = self.handle_incoming(message, Some(own)) {
+                            // Closed first, so dropping the sender does not wake this caller:
+                            // on a `current_thread` runtime a wake of the `block_on` future
+                            // from inside it costs an extra pass through the I/O driver.
+                            rx.close();
+                            drop(sender);
+                            break 'read Poll::Ready(Ok(inbound));
+                        }
+                        // Failures for this call (an oversized or undecodable reply) come
+                        // through the slot.
+                        if let ready @ Poll::Ready(_) = std::pin::Pin::new(&mut *rx).poll(cx) {
+                            break 'read ready;
+                        }
                     }
-                    // Failures for this call (an oversized or undecodable reply) come
-                    // through the slot.
-                    if let Poll::Ready(inbound) = std::pin::Pin::new(&mut *rx).poll(cx) {
-                        drop(recv);
-                        self.readers.task.wake();
-                        return Poll::Ready(inbound);
+                    Poll::Ready(Err(e)) => {
+                        self.mark_dead(&format!("connection to {} failed: {e}", self.endpoint));
+                        break 'read std::pin::Pin::new(&mut *rx).poll(cx);
                     }
-                }
-                Poll::Ready(Err(e)) => {
-                    drop(recv);
-                    self.mark_dead(&format!("connection to {} failed: {e}", self.endpoint));
-                    self.readers.task.wake();
-                    return std::pin::Pin::new(&mut *rx).poll(cx);
                 }
             }
-        }
+            Poll::Pending
+        };
+        // Messages may be buffered behind the last one taken, and nobody is woken for
+        // those: the reader task takes them (and sees a failed socket for itself).
         drop(recv);
         self.readers.task.wake();
-        Poll::Pending
+        outcome
     }
 
     /// Handles one message from the socket: frames, size limit, mesh key, decoding, and
