@@ -29,7 +29,9 @@ mod stats;
 pub mod trust;
 pub mod wire;
 
-pub use client::{CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Response};
+pub use client::{
+    CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
+};
 pub use events::{
     Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
     PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,
