@@ -345,8 +345,6 @@ pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
     Ok(Event { header, name, args })
 }
 
-/// Reads the header map; `bytes_of` turns a range of the frame into owned bytes (a
-/// zero-copy slice when the frame is already `Bytes`).
 /// The reserved event names, borrowed; anything else (a method name) is copied.
 fn intern_name(name: &str) -> Cow<'static, str> {
     const RESERVED: [&str; 7] = [
@@ -364,6 +362,8 @@ fn intern_name(name: &str) -> Cow<'static, str> {
     }
 }
 
+/// Reads the header map; `bytes_of` turns a range of the frame into owned bytes (a
+/// zero-copy slice when the frame is already `Bytes`).
 fn read_header(
     c: &mut Cursor<'_>,
     bytes_of: &dyn Fn(std::ops::Range<usize>) -> Bytes,
