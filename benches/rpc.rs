@@ -20,6 +20,9 @@
 //! benchmark mode the client thread is pinned to CPU 0 and the server threads to CPU 1
 //! (`ZMESH_BENCH_PIN=split`, the default; `same` puts all on CPU 0, `off` disables it):
 //! unpinned, thread placement on a small VM swings results by up to 4x (see [`Placement`]).
+//! `ZMESH_BENCH_PIN=process` runs every server in a child process (this binary started
+//! again) with nothing pinned: the layout `../shared/baselines.md` measures its reference
+//! figures in, and the one `zmesh bench` uses.
 //!
 //! The multi-thread group is the exception: the client and each server get their own
 //! multi-thread runtime, the timed loops run in a task spawned on a worker (not in the
@@ -97,6 +100,11 @@ const LATENCY_TARGET: f64 = 1.25;
 const THROUGHPUT_TARGET: f64 = 0.7;
 
 fn main() {
+    // `ZMESH_BENCH_PIN=process`: this binary, started again by the bench, as one server.
+    if let Ok(kind) = std::env::var(SERVE_ENV) {
+        serve_as_child(&kind);
+        return;
+    }
     // Read before anything is pinned: the CPUs the multi-thread group's threads return to.
     process_cpus();
     let placement = Placement::get();
@@ -182,9 +190,9 @@ fn main() {
     print_ratios(&cases, started);
     print_paired(&paired);
     println!(
-        "bench rpc: {}{} (ZMESH_BENCH_PIN=split|same|off); total wall time {:.1} s",
+        "bench rpc: {}{} (ZMESH_BENCH_PIN=split|same|off|process); total wall time {:.1} s",
         placement.describe(),
-        if placement == Placement::Off {
+        if matches!(placement, Placement::Off | Placement::Process) {
             ""
         } else {
             " (multi_thread group unpinned)"
@@ -685,11 +693,16 @@ struct ServerThread {
     endpoint: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// With `ZMESH_BENCH_PIN=process`, the server runs here instead of on `thread`.
+    child: Option<std::process::Child>,
 }
 
 impl ServerThread {
     /// A zmesh node hosting the echo service.
     fn zmesh(bind: &str, flavour: Flavour) -> Self {
+        if Placement::get() == Placement::Process {
+            return Self::child("zmesh", bind, flavour);
+        }
         let bind = bind.to_owned();
         Self::spawn("zmesh-node", flavour, move |ready, stop| async move {
             let node = Node::builder()
@@ -706,6 +719,9 @@ impl ServerThread {
 
     /// A raw ROUTER that sends every message back unchanged (`[identity, "", payload]`).
     fn raw(bind: &str, flavour: Flavour) -> Self {
+        if Placement::get() == Placement::Process {
+            return Self::child("raw", bind, flavour);
+        }
         Self::router("raw-router", bind, flavour, Some)
     }
 
@@ -713,6 +729,9 @@ impl ServerThread {
     /// decode the request event and its args, encode the result and the `OK` event with
     /// `response_to` (the `codec_floor` bench; see the module docs).
     fn codec_floor(bind: &str) -> Self {
+        if Placement::get() == Placement::Process {
+            return Self::child("codec_floor", bind, Flavour::CurrentThread);
+        }
         Self::router(
             "codec-floor",
             bind,
@@ -796,6 +815,49 @@ impl ServerThread {
             endpoint,
             stop: Some(stop_tx),
             thread: Some(thread),
+            child: None,
+        }
+    }
+
+    /// The server `kind` in a child process: this bench binary started again with
+    /// [`SERVE_ENV`] set (see [`serve_as_child`]), as `../shared/baselines.md` measures
+    /// (client and server in separate processes, nothing pinned). The child prints its
+    /// endpoint on stdout and stops when its stdin closes, which dropping this does.
+    fn child(kind: &str, bind: &str, flavour: Flavour) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("cannot find the bench binary");
+        let flavour = match flavour {
+            Flavour::CurrentThread => "current_thread",
+            Flavour::MultiThread => "multi_thread",
+        };
+        let mut child = std::process::Command::new(exe)
+            .env(SERVE_ENV, kind)
+            .env(SERVE_BIND_ENV, bind)
+            .env(SERVE_FLAVOUR_ENV, flavour)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start a server process");
+        let stdout = child.stdout.take().expect("the child's stdout is piped");
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = line_tx.send(line);
+        });
+        let endpoint = match line_rx.recv_timeout(SETUP_DEADLINE) {
+            Ok(line) if !line.trim().is_empty() => line.trim().to_owned(),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the {kind} server process did not report its endpoint");
+            }
+        };
+        Self {
+            endpoint,
+            stop: None,
+            thread: None,
+            child: Some(child),
         }
     }
 
@@ -804,8 +866,53 @@ impl ServerThread {
     }
 }
 
+/// Set (to `zmesh`, `raw` or `codec_floor`) when this binary runs as a child server.
+const SERVE_ENV: &str = "ZMESH_BENCH_SERVE";
+/// The child server's bind endpoint.
+const SERVE_BIND_ENV: &str = "ZMESH_BENCH_SERVE_BIND";
+/// The child server's runtime flavour (`current_thread` or `multi_thread`).
+const SERVE_FLAVOUR_ENV: &str = "ZMESH_BENCH_SERVE_FLAVOUR";
+
+/// The child side of [`ServerThread::child`]: runs the server on a thread of this process,
+/// prints its endpoint, and stops it when stdin closes (the bench dropped it, or exited).
+fn serve_as_child(kind: &str) {
+    use std::io::{Read, Write};
+    let bind = std::env::var(SERVE_BIND_ENV).unwrap_or_else(|_| "tcp://127.0.0.1:0".into());
+    let flavour = match std::env::var(SERVE_FLAVOUR_ENV).as_deref() {
+        Ok("multi_thread") => Flavour::MultiThread,
+        _ => Flavour::CurrentThread,
+    };
+    let server = match kind {
+        "zmesh" => ServerThread::zmesh(&bind, flavour),
+        "raw" => ServerThread::raw(&bind, flavour),
+        "codec_floor" => ServerThread::codec_floor(&bind),
+        other => panic!("unknown server kind {other:?}"),
+    };
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{}", server.endpoint()).expect("cannot report the endpoint");
+    stdout.flush().expect("cannot report the endpoint");
+    // Blocks until the parent closes our stdin; what it reads is irrelevant.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(server);
+}
+
 impl Drop for ServerThread {
     fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Closing stdin asks it to stop; the kill covers a child that does not.
+            drop(child.stdin.take());
+            let deadline = Instant::now() + SETUP_DEADLINE;
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -1049,6 +1156,9 @@ enum Placement {
     Same,
     /// No pinning.
     Off,
+    /// Every server in its own child process, nothing pinned: the layout of
+    /// `../shared/baselines.md` and of `zmesh bench`.
+    Process,
 }
 
 impl Placement {
@@ -1060,7 +1170,7 @@ impl Placement {
         *PLACEMENT.get_or_init(Self::from_env)
     }
 
-    /// `ZMESH_BENCH_PIN=split|same|off` (default `split`); always `off` outside benchmark
+    /// `ZMESH_BENCH_PIN=split|same|off|process` (default `split`); always `off` outside benchmark
     /// mode (`cargo test --benches` runs each bench once; pinning would only cost time) and
     /// on a single CPU.
     fn from_env() -> Self {
@@ -1071,6 +1181,7 @@ impl Placement {
             _ if !benchmarking => Self::Off,
             Ok("same") => Self::Same,
             Ok("off") => Self::Off,
+            Ok("process") => Self::Process,
             _ if std::thread::available_parallelism().map_or(1, usize::from) < 2 => Self::Off,
             _ => Self::Split,
         }
@@ -1081,11 +1192,12 @@ impl Placement {
             Self::Split => "client thread on CPU 0, server threads on CPU 1",
             Self::Same => "client and server threads all on CPU 0",
             Self::Off => "threads not pinned",
+            Self::Process => "each server in its own process, nothing pinned",
         }
     }
 
     fn pin_client(self) {
-        if self != Self::Off {
+        if matches!(self, Self::Split | Self::Same) {
             pin_current_thread(0);
         }
     }
@@ -1094,7 +1206,7 @@ impl Placement {
         match self {
             Self::Split => pin_current_thread(1),
             Self::Same => pin_current_thread(0),
-            Self::Off => {}
+            Self::Off | Self::Process => {}
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Runs a fixed number of pipelined calls (128 in flight unless a third argument says how
 //! many; 1 makes back-to-back round trips, as the latency bench does; 64-byte payload, one
-//! tcp loopback connection) through zmesh or through a raw `zeromq` DEALER/ROUTER echo,
+//! tcp loopback connection, or an ipc socket when a fourth argument says `ipc`) through zmesh or through a raw `zeromq` DEALER/ROUTER echo,
 //! server and client each on its own thread with a `current_thread` runtime, for counting
 //! instructions per call with callgrind (repeatable on a busy machine, unlike wall time):
 //!
@@ -40,6 +40,15 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(WINDOW)
         .max(1);
+    // A fourth argument `ipc` binds an ipc socket in a temporary directory instead of tcp.
+    let ipc_dir = match args.next().as_deref() {
+        Some("ipc") => Some(tempfile::tempdir().expect("cannot create a temporary directory")),
+        _ => None,
+    };
+    let bind = match &ipc_dir {
+        Some(dir) => format!("ipc://{}/probe.sock", dir.path().display()),
+        None => "tcp://127.0.0.1:0".to_owned(),
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server_kind = kind.clone();
@@ -47,10 +56,10 @@ fn main() {
         let rt = runtime();
         rt.block_on(async move {
             match server_kind.as_str() {
-                "raw" => raw_server(ready_tx, stop_rx).await,
+                "raw" => raw_server(&bind, ready_tx, stop_rx).await,
                 _ => {
                     let node = Node::builder()
-                        .bind("tcp://127.0.0.1:0")
+                        .bind(bind)
                         .service(zmesh_echo::service())
                         .start()
                         .await
@@ -126,9 +135,13 @@ async fn zmesh_client(endpoint: &str, calls: usize, window: usize) {
     assert_eq!(done, calls);
 }
 
-async fn raw_server(ready: std::sync::mpsc::Sender<String>, mut stop: oneshot::Receiver<()>) {
+async fn raw_server(
+    bind: &str,
+    ready: std::sync::mpsc::Sender<String>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut router = RouterSocket::new();
-    let endpoint = router.bind("tcp://127.0.0.1:0").await.expect("cannot bind");
+    let endpoint = router.bind(bind).await.expect("cannot bind");
     let _ = ready.send(endpoint.to_string());
     loop {
         let message = tokio::select! {
