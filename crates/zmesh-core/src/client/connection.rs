@@ -31,7 +31,7 @@ use zeromq::{
 use super::{CallError, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Trust};
-use crate::wire::{self, EMPTY_ARRAY_ARGS, Event, HEARTBEAT_ARGS, Header, MessageId, names};
+use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 
 /// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
 /// lets this many pile up has stopped reading and is treated as lost.
@@ -49,8 +49,8 @@ pub(crate) enum Inbound {
 }
 
 /// An event as the call it answers sees it. The header has done its job once the reader
-/// has matched the event to its call, so it is dropped there: carrying it (176 bytes)
-/// through the one-shot slot tripled the bytes copied per reply.
+/// has matched the event to its call (only `response_to` and the zmesh marker are even
+/// decoded, see [`wire::decode_reply`]).
 #[derive(Debug)]
 pub(crate) struct Reply {
     /// `OK`, `ERR`, `STREAM`, `STREAM_DONE` or, from a broken server, anything.
@@ -506,16 +506,16 @@ impl ConnShared {
                 None => return None,
             }
         }
-        match wire::decode_event(&envelope.event) {
+        match wire::decode_reply(&envelope.event) {
             Ok(event) => {
-                if event.header.is_zmesh() && !self.zmesh_peer.load(Ordering::Relaxed) {
+                if event.zmesh && !self.zmesh_peer.load(Ordering::Relaxed) {
                     self.zmesh_peer.store(true, Ordering::Release);
                 }
                 self.deliver(event, own)
             }
             Err(e) => {
                 tracing::warn!(endpoint = %self.endpoint, error = %e.error, "undecodable reply");
-                if let Some(channel) = e.header.and_then(|h| h.response_to) {
+                if let Some(channel) = e.response_to {
                     let why = format!("undecodable reply: {}", e.error);
                     self.fail_call(&channel, CallError::Protocol(why));
                 }
@@ -526,9 +526,14 @@ impl ConnShared {
 
     /// Hands an event to the call it answers. A first reply for `own` (the call of a caller
     /// reading the socket itself) is returned instead of sent: see [`OwnReply`].
-    fn deliver(&self, event: Event, own: Option<&MessageId>) -> Option<OwnReply> {
-        let Event { header, name, args } = event;
-        let Some(channel) = header.response_to else {
+    fn deliver(&self, event: ReplyEvent, own: Option<&MessageId>) -> Option<OwnReply> {
+        let ReplyEvent {
+            response_to,
+            name,
+            args,
+            ..
+        } = event;
+        let Some(channel) = response_to else {
             tracing::debug!(%name, "dropping unsolicited event");
             return None;
         };

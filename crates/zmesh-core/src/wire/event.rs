@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Range;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -328,21 +329,13 @@ pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
         None => return Err(DecodeError::NotAnArray.into()),
     }
     let header = read_header(&mut c, &|range| frame.slice(range))?;
-    let with_header = |error| EventDecodeError {
-        error,
-        header: Some(Box::new(header.clone())),
-    };
-    let name = match c.str() {
-        Ok(Some(name)) => intern_name(name),
-        Ok(None) => return Err(with_header(DecodeError::NameNotStr)),
-        Err(e) => return Err(with_header(e)),
-    };
-    let start = c.position();
-    if let Err(e) = c.value() {
-        return Err(with_header(e));
+    match read_name_and_args(&mut c, frame) {
+        Ok((name, args)) => Ok(Event { header, name, args }),
+        Err(error) => Err(EventDecodeError {
+            error,
+            header: Some(Box::new(header)),
+        }),
     }
-    let args = frame.slice(start..c.position());
-    Ok(Event { header, name, args })
 }
 
 /// The reserved event names, borrowed; anything else (a method name) is copied.
@@ -362,28 +355,37 @@ fn intern_name(name: &str) -> Cow<'static, str> {
     }
 }
 
-/// Reads the header map; `bytes_of` turns a range of the frame into owned bytes (a
-/// zero-copy slice when the frame is already `Bytes`).
-fn read_header(
-    c: &mut Cursor<'_>,
-    bytes_of: &dyn Fn(std::ops::Range<usize>) -> Bytes,
-) -> Result<Header, DecodeError> {
+/// One checked header entry, as [`read_header_entries`] hands it over. Ranges are
+/// positions in the frame being read.
+enum HeaderEntry<'a> {
+    /// `message_id` (`response_to: false`) or `response_to`: the id's raw msgpack.
+    Id {
+        response_to: bool,
+        raw: &'a [u8],
+        range: Range<usize>,
+    },
+    Version(u64),
+    Zmesh(u64),
+    DeadlineMs(u64),
+    Traceparent(&'a str),
+    /// Any other key, with the range of its raw value.
+    Other {
+        key: &'a str,
+        range: Range<usize>,
+    },
+}
+
+/// Walks the header map, checking each entry as zerorpc and zmesh define it, and hands every
+/// entry to `entry`. The one walk behind both [`read_header`] (everything kept) and
+/// [`decode_reply`] (only what a client needs), so both accept exactly the same headers.
+fn read_header_entries<'a>(
+    c: &mut Cursor<'a>,
+    mut entry: impl FnMut(HeaderEntry<'a>),
+) -> Result<(), DecodeError> {
     let Some(entries) = c.map_len()? else {
         return Err(DecodeError::HeaderNotMap);
     };
-    let mut message_id = None;
-    let mut header = Header {
-        message_id: MessageId(IdBytes::Inline {
-            len: 0,
-            bytes: [0; INLINE_ID_BYTES],
-        }),
-        version: None,
-        response_to: None,
-        zmesh: None,
-        deadline_ms: None,
-        traceparent: None,
-        extra: Vec::new(),
-    };
+    let mut has_message_id = false;
     for _ in 0..entries {
         // Known keys are ASCII, so they are matched as bytes; only an unknown key, kept as
         // text, needs the UTF-8 check (a quarter of a reply's decoding cost otherwise).
@@ -398,31 +400,152 @@ fn read_header(
                 if !msgpack::is_id_kind(raw) {
                     return Err(DecodeError::BadMessageId);
                 }
+                let response_to = key == key_bytes::RESPONSE_TO;
+                has_message_id |= !response_to;
                 let range = start..c.position();
-                let id = MessageId::from_checked(raw, || bytes_of(range));
-                if key == key_bytes::MESSAGE_ID {
-                    message_id = Some(id);
-                } else {
-                    header.response_to = Some(id);
-                }
+                entry(HeaderEntry::Id {
+                    response_to,
+                    raw,
+                    range,
+                });
             }
-            key_bytes::VERSION => header.version = Some(c.uint()?.ok_or_else(bad)?),
-            key_bytes::ZMESH => header.zmesh = Some(c.uint()?.ok_or_else(bad)?),
-            key_bytes::DEADLINE_MS => header.deadline_ms = Some(c.uint()?.ok_or_else(bad)?),
-            key_bytes::TRACEPARENT => {
-                header.traceparent = Some(c.str()?.ok_or_else(bad)?.to_owned())
-            }
+            key_bytes::VERSION => entry(HeaderEntry::Version(c.uint()?.ok_or_else(bad)?)),
+            key_bytes::ZMESH => entry(HeaderEntry::Zmesh(c.uint()?.ok_or_else(bad)?)),
+            key_bytes::DEADLINE_MS => entry(HeaderEntry::DeadlineMs(c.uint()?.ok_or_else(bad)?)),
+            key_bytes::TRACEPARENT => entry(HeaderEntry::Traceparent(c.str()?.ok_or_else(bad)?)),
             _ => {
                 let key = std::str::from_utf8(key).map_err(|_| DecodeError::InvalidUtf8)?;
                 let start = c.position();
                 c.value()?;
-                let raw = bytes_of(start..c.position());
-                header.extra.push((key.to_owned(), raw));
+                let range = start..c.position();
+                entry(HeaderEntry::Other { key, range });
             }
         }
     }
+    if has_message_id {
+        Ok(())
+    } else {
+        Err(DecodeError::MissingMessageId)
+    }
+}
+
+/// Reads the header map; `bytes_of` turns a range of the frame into owned bytes (a
+/// zero-copy slice when the frame is already `Bytes`).
+fn read_header(
+    c: &mut Cursor<'_>,
+    bytes_of: &dyn Fn(Range<usize>) -> Bytes,
+) -> Result<Header, DecodeError> {
+    let mut message_id = None;
+    let mut header = Header {
+        message_id: MessageId(IdBytes::Inline {
+            len: 0,
+            bytes: [0; INLINE_ID_BYTES],
+        }),
+        version: None,
+        response_to: None,
+        zmesh: None,
+        deadline_ms: None,
+        traceparent: None,
+        extra: Vec::new(),
+    };
+    read_header_entries(c, |entry| match entry {
+        HeaderEntry::Id {
+            response_to,
+            raw,
+            range,
+        } => {
+            let id = MessageId::from_checked(raw, || bytes_of(range));
+            if response_to {
+                header.response_to = Some(id);
+            } else {
+                message_id = Some(id);
+            }
+        }
+        HeaderEntry::Version(v) => header.version = Some(v),
+        HeaderEntry::Zmesh(z) => header.zmesh = Some(z),
+        HeaderEntry::DeadlineMs(ms) => header.deadline_ms = Some(ms),
+        HeaderEntry::Traceparent(tp) => header.traceparent = Some(tp.to_owned()),
+        HeaderEntry::Other { key, range } => header.extra.push((key.to_owned(), bytes_of(range))),
+    })?;
     header.message_id = message_id.ok_or(DecodeError::MissingMessageId)?;
     Ok(header)
+}
+
+/// What a client needs of an event it receives: the call it answers, whether the sender
+/// is a zmesh peer, and what it says. See [`decode_reply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyEvent {
+    /// The header's `response_to`: the id of the request this event answers.
+    pub response_to: Option<MessageId>,
+    /// Whether the header carries the zmesh marker.
+    pub zmesh: bool,
+    /// The event name (borrowed for the reserved names).
+    pub name: Cow<'static, str>,
+    /// The third element, still encoded.
+    pub args: Bytes,
+}
+
+/// A [`decode_reply`] failure, with the `response_to` id when the header was readable (so
+/// the client can fail the call the broken event was meant for).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ReplyDecodeError {
+    /// What was wrong.
+    pub error: DecodeError,
+    /// The call the event answers, when the header was readable.
+    pub response_to: Option<MessageId>,
+}
+
+/// Decodes an event the way a client reads replies: the same checks as [`decode_event`]
+/// (an event one accepts, the other accepts), but of the header only `response_to` and the
+/// zmesh marker are kept. A reply's own id, its version and any other keys are checked and
+/// skipped, which spares the client building and dropping a [`Header`] per reply.
+///
+/// # Errors
+/// A [`ReplyDecodeError`] carrying `response_to` when the header was readable.
+pub fn decode_reply(frame: &Bytes) -> Result<ReplyEvent, ReplyDecodeError> {
+    let unaddressed = |error| ReplyDecodeError {
+        error,
+        response_to: None,
+    };
+    let mut c = Cursor::new(frame);
+    match c.array_len().map_err(unaddressed)? {
+        Some(3) => {}
+        Some(n) => return Err(unaddressed(DecodeError::WrongEventArity(n))),
+        None => return Err(unaddressed(DecodeError::NotAnArray)),
+    }
+    let mut response_to = None;
+    let mut zmesh = false;
+    read_header_entries(&mut c, |entry| match entry {
+        HeaderEntry::Id {
+            response_to: true,
+            raw,
+            range,
+        } => response_to = Some(MessageId::from_checked(raw, || frame.slice(range))),
+        HeaderEntry::Zmesh(_) => zmesh = true,
+        _ => {}
+    })
+    .map_err(unaddressed)?;
+    match read_name_and_args(&mut c, frame) {
+        Ok((name, args)) => Ok(ReplyEvent {
+            response_to,
+            zmesh,
+            name,
+            args,
+        }),
+        Err(error) => Err(ReplyDecodeError { error, response_to }),
+    }
+}
+
+/// Reads the event's name and args, after its header.
+fn read_name_and_args(
+    c: &mut Cursor<'_>,
+    frame: &Bytes,
+) -> Result<(Cow<'static, str>, Bytes), DecodeError> {
+    let name = intern_name(c.str()?.ok_or(DecodeError::NameNotStr)?);
+    let start = c.position();
+    c.value()?;
+    Ok((name, frame.slice(start..c.position())))
 }
 
 /// Encodes an event whose args are already msgpack (`args` must hold exactly one value).
@@ -823,6 +946,51 @@ mod tests {
         assert_eq!(parse_err_args(&legacy).1, "ValueError('x')");
     }
 
+    /// `decode_reply` must accept exactly what `decode_event` accepts and agree with it on
+    /// everything it keeps, errors included.
+    fn assert_reply_decoding_agrees(bytes: &Bytes) {
+        match (decode_event(bytes), decode_reply(bytes)) {
+            (Ok(event), Ok(reply)) => {
+                assert_eq!(reply.response_to, event.header.response_to);
+                assert_eq!(reply.zmesh, event.header.is_zmesh());
+                assert_eq!(reply.name, event.name);
+                assert_eq!(reply.args, event.args);
+            }
+            (Err(event), Err(reply)) => {
+                assert_eq!(reply.error, event.error);
+                assert_eq!(reply.response_to, event.header.and_then(|h| h.response_to));
+            }
+            (event, reply) => panic!("decode_event {event:?} but decode_reply {reply:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_decode_as_a_client_needs_them() {
+        for golden in [REPLY_OK, REQUEST_HELLO, STREAM_ZERO, HEARTBEAT] {
+            assert_reply_decoding_agrees(&Bytes::from(hex(golden)));
+        }
+        let reply = decode_reply(&Bytes::from(hex(REPLY_OK))).expect("decodes");
+        assert!(reply.response_to.is_some());
+        assert_eq!(reply.name, names::OK);
+        let zmesh = encode_event(
+            &Header::zmesh(Some(MessageId::generate())),
+            names::OK,
+            &[0x91, 0x01],
+        );
+        let reply = decode_reply(&zmesh).expect("decodes");
+        assert!(reply.zmesh);
+        assert_eq!(&reply.args[..], &[0x91, 0x01]);
+        // A header it cannot read addresses no call; a bad name after a good header does.
+        let mut broken = zmesh.to_vec();
+        let name_at = broken.len() - 2 - 1 - names::OK.len();
+        broken[name_at] = 0xc0;
+        let broken = Bytes::from(broken);
+        assert_reply_decoding_agrees(&broken);
+        let error = decode_reply(&broken).expect_err("the name is nil");
+        assert_eq!(error.error, DecodeError::NameNotStr);
+        assert!(error.response_to.is_some());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
@@ -831,6 +999,7 @@ mod tests {
             let _ = decode_header(&bytes);
             let _ = parse_err_args(&bytes);
             let _ = parse_more_args(&bytes);
+            assert_reply_decoding_agrees(&bytes);
         }
 
         #[test]
@@ -838,7 +1007,9 @@ mod tests {
             let mut bytes = hex(REPLY_OK);
             let at = pos % bytes.len();
             bytes[at] = byte;
-            let _ = decode_event(&Bytes::from(bytes));
+            let bytes = Bytes::from(bytes);
+            let _ = decode_event(&bytes);
+            assert_reply_decoding_agrees(&bytes);
         }
 
         #[test]
@@ -861,6 +1032,7 @@ mod tests {
             let args = rmp_serde::to_vec(&arg).expect("encodes");
             let bytes = encode_event(&header, &name, &args);
             let ev = decode_event(&bytes).expect("round trip decodes");
+            assert_reply_decoding_agrees(&bytes);
             proptest::prop_assert_eq!(&ev.header, &header);
             proptest::prop_assert_eq!(&ev.name, &name);
             proptest::prop_assert_eq!(&ev.args[..], &args[..]);

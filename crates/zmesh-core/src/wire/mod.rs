@@ -8,9 +8,9 @@ pub mod worker;
 
 pub use event::{
     EMPTY_ARRAY_ARGS, Event, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS,
-    PROTOCOL_VERSION, ZMESH_EXTENSION_VERSION, decode_event, decode_header, encode_event,
-    encode_event_into, encoded_len, err_args, keys, more_args, names, parse_err_args,
-    parse_more_args,
+    PROTOCOL_VERSION, ReplyDecodeError, ReplyEvent, ZMESH_EXTENSION_VERSION, decode_event,
+    decode_header, decode_reply, encode_event, encode_event_into, encoded_len, err_args, keys,
+    more_args, names, parse_err_args, parse_more_args,
 };
 pub use frames::{Envelope, join_frames, split_frames};
 
