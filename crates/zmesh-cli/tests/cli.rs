@@ -319,7 +319,7 @@ async fn bench_pipelines_calls_and_prints_a_table() {
     let out = run(&[
         "bench",
         "--modes",
-        "raw,tcp,device",
+        "raw,tcp,device,raw-ipc",
         "--in-flight",
         "16",
         "--count",
@@ -335,7 +335,7 @@ async fn bench_pipelines_calls_and_prints_a_table() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(table.contains("512 B payload, 16 in flight"), "{table}");
-    for mode in ["raw ", "tcp ", "device "] {
+    for mode in ["raw ", "tcp ", "device ", "raw-ipc "] {
         let row = table
             .lines()
             .find(|l| l.starts_with(mode))
