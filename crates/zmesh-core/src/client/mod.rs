@@ -435,36 +435,30 @@ impl Client {
         }
         let now = Instant::now();
         let deadline = now + timeout;
-        let permit = match self.inner.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let waiting = self.request_waiting(method, args, options, timeout, deadline, None);
-                return Ok(RequestState::Waiting(Box::pin(waiting)));
-            }
+        let started = match self.inner.in_flight.clone().try_acquire_owned() {
+            Err(_) => None,
+            Ok(permit) => match self.current() {
+                None => Some(Started { permit, call: None }),
+                Some(conn) => {
+                    let call = start_call(&conn, method, &args, &options, deadline, now);
+                    if matches!(call.handed_over, Ok(None)) {
+                        return Ok(RequestState::Sent(SentCall {
+                            rx: call.reply,
+                            guard: call.guard,
+                            permit,
+                            timeout,
+                            _conn: conn,
+                        }));
+                    }
+                    Some(Started {
+                        permit,
+                        call: Some((conn, call)),
+                    })
+                }
+            },
         };
-        let Some(conn) = self.current() else {
-            let started = Started { permit, call: None };
-            let waiting =
-                self.request_waiting(method, args, options, timeout, deadline, Some(started));
-            return Ok(RequestState::Waiting(Box::pin(waiting)));
-        };
-        let call = start_call(&conn, method, &args, &options, deadline, now);
-        if !matches!(call.handed_over, Ok(None)) {
-            let started = Started {
-                permit,
-                call: Some((conn, call)),
-            };
-            let waiting =
-                self.request_waiting(method, args, options, timeout, deadline, Some(started));
-            return Ok(RequestState::Waiting(Box::pin(waiting)));
-        }
-        Ok(RequestState::Sent(SentCall {
-            rx: call.reply,
-            guard: call.guard,
-            permit,
-            timeout,
-            _conn: conn,
-        }))
+        let waiting = self.request_waiting(method, args, options, timeout, deadline, started);
+        Ok(RequestState::Waiting(Box::pin(waiting)))
     }
 
     /// The rest of a call that had to wait (for a slot, a connection or room in the
