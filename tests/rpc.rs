@@ -615,6 +615,38 @@ async fn graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones() {
     }
 }
 
+/// When `shutdown` returns, the node's listeners are gone: the same address can be bound
+/// again at once (a restart in the same process). Checked synchronously after the return, on
+/// a `current_thread` runtime, so no task of the old node can run in between.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_releases_the_endpoints_before_returning() {
+    for transport in TRANSPORTS {
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![]).await;
+        let endpoint = node.endpoint().to_owned();
+        let client = Client::new(&endpoint);
+        let upper: String = net("call", client.call("echo.upper", ("x",)))
+            .await
+            .expect("served");
+        assert_eq!(upper, "X");
+        net("shutdown", node.shutdown(Duration::from_secs(1))).await;
+        match transport {
+            Transport::Tcp => {
+                let address = endpoint.strip_prefix("tcp://").expect("tcp endpoint");
+                if let Err(e) = std::net::TcpListener::bind(address) {
+                    panic!("{address} still bound after shutdown: {e}");
+                }
+            }
+            Transport::Ipc => {
+                let path = endpoint.strip_prefix("ipc://").expect("ipc endpoint");
+                assert!(
+                    std::fs::symlink_metadata(path).is_err(),
+                    "{path} still exists after shutdown"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_binds_several_endpoints_and_serves_all() {
     let dir = tempfile::tempdir().expect("temp dir");

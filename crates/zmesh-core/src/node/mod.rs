@@ -601,7 +601,8 @@ impl Node {
 
     /// Graceful shutdown: refuse new calls (they get `ERR Unavailable`), let in-flight calls
     /// finish for up to `grace`, answer the rest with `ERR Unavailable`, then close the
-    /// socket. Returns the number of calls that had to be aborted.
+    /// socket. When it returns, the endpoints are free to bind again (a restart in the same
+    /// process). Returns the number of calls that had to be aborted.
     pub async fn shutdown(mut self, grace: Duration) -> usize {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.events.shutdown().await;
@@ -625,10 +626,16 @@ impl Node {
             // Joining makes sure the socket halves are released before we return.
             let _ = task.await;
         }
-        for endpoint in &self.endpoints {
+        let name = self.shared.name.clone();
+        let endpoints = std::mem::take(&mut self.endpoints);
+        // The listeners close when the socket's last half is dropped, and `shared` holds the
+        // send half: waiting for them while still holding it only ever ended by timing out
+        // (every shutdown took `RELEASE_WAIT`, 2 s).
+        drop(self);
+        for endpoint in &endpoints {
             crate::endpoint::wait_released(endpoint).await;
         }
-        tracing::info!(node = %self.shared.name, aborted, "node shut down");
+        tracing::info!(node = %name, aborted, "node shut down");
         aborted
     }
 }
