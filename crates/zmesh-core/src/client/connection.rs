@@ -7,7 +7,9 @@
 //! its first reply reads it too when it gets there first (see [`ConnShared::poll_reply`]).
 //! A reply then reaches its caller without a hop through the reader task: on a
 //! `current_thread` runtime that hop costs a scheduler pass and an extra `epoll_wait` per
-//! sequential call, a large share of what zmesh adds to a raw round trip.
+//! sequential call, a large share of what zmesh adds to a raw round trip. While that caller
+//! is the connection's only open call, the socket wakes it alone, not the reader task too
+//! (see [`Readers`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -142,18 +144,44 @@ pub(crate) struct ConnShared {
     readers_waker: Waker,
 }
 
-/// Who is woken when the socket has a message: the reader task, always, and the caller
-/// that last waited on the socket, if any.
+/// Who is woken when the socket has a message: the reader task and the caller that last
+/// waited on the socket, if any; or that caller alone while it is the connection's only
+/// open call.
 ///
 /// The `zeromq` crate keeps one waker per socket, the last poller's. Registering this one
 /// for every poll means the reader task never misses a message, so a caller that stops
 /// being polled (left in a `select!`, say) can never hold up other calls; the caller is
 /// woken too, and on a `current_thread` runtime it runs first, so its own reply usually
 /// reaches it without the reader task's help.
+///
+/// A caller alone on its connection (back-to-back calls) needs no reader task: only its
+/// own events can arrive. Waking the task anyway costs a task poll per call, and because
+/// that task then runs before the socket's writer task, it delays the next request's
+/// write. So while `alone` is set, a message wakes the caller only. Every way out of that
+/// state falls back to waking both: a second call registering clears it and wakes the task
+/// ([`ConnShared::register`]); the caller clears it when it stops reading, and a call
+/// dropped early clears it and wakes the task ([`ConnShared::unregister`]).
+///
+/// A caller that leaves with its own reply has not polled the socket since, so the socket
+/// has no waker registered (it is `unarmed`). With other calls open it wakes the task,
+/// which polls on; with none it leaves the flag instead, and the next call reads for itself
+/// or, if it shares the socket with another, wakes the task when it registers.
 #[derive(Default)]
 struct Readers {
     task: AtomicWaker,
     caller: AtomicWaker,
+    /// Set (under the `pending` lock) only by a caller that is the only open call, holds
+    /// the socket and has registered in `caller`.
+    alone: AtomicBool,
+    /// Set (under the `pending` lock) when the last poll of the socket returned a message
+    /// and nobody will poll it again until a call needs it.
+    unarmed: AtomicBool,
+}
+
+/// Clears `flag`, returning whether it was set; the relaxed load spares the atomic swap
+/// when it is not (the flags are set under the `pending` lock, which the caller holds).
+fn take_flag(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
 }
 
 impl Wake for Readers {
@@ -162,6 +190,12 @@ impl Wake for Readers {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        if self.alone.load(Ordering::Acquire) {
+            if let Some(caller) = self.caller.take() {
+                caller.wake();
+                return;
+            }
+        }
         // The caller first: woken first, it is polled first.
         self.caller.wake();
         self.task.wake();
@@ -221,6 +255,15 @@ impl ConnShared {
         now: Instant,
     ) {
         let mut pending = self.pending();
+        // A call alone on the connection reads for itself; one that shares it relies on
+        // the reader task, which must be woken if a lone caller was reading (it may stop
+        // being polled now) or left the socket unarmed.
+        if !pending.is_empty() {
+            let was_alone = take_flag(&self.readers.alone);
+            if take_flag(&self.readers.unarmed) || was_alone {
+                self.readers.task.wake();
+            }
+        }
         pending.insert(
             id,
             Pending {
@@ -286,9 +329,21 @@ impl ConnShared {
         }
     }
 
-    /// Forgets a call; true if it was still open.
+    /// Forgets a call dropped before its end; true if it was still open. A caller reading
+    /// the socket alone may be this one: the reader task takes over.
     pub(crate) fn unregister(&self, id: &MessageId) -> bool {
-        self.pending().remove(id).is_some()
+        let removed = self.pending().remove(id).is_some();
+        self.stop_reading_alone();
+        removed
+    }
+
+    /// Leaves the state in which a lone caller is woken instead of the reader task, and
+    /// wakes the task if it was in that state. Always safe: it restores the default.
+    fn stop_reading_alone(&self) {
+        if self.readers.alone.swap(false, Ordering::AcqRel) {
+            self.readers.caller.take();
+            self.readers.task.wake();
+        }
     }
 
     /// Seals an outgoing event when the client has a mesh key. A request carries its
@@ -432,13 +487,16 @@ impl ConnShared {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Inbound, oneshot::error::RecvError>> {
         if let Poll::Ready(inbound) = std::pin::Pin::new(&mut *rx).poll(cx) {
+            // Failed by another task (deadline, lost peer) or answered by the reader task.
+            self.stop_reading_alone();
             return Poll::Ready(inbound);
         }
         // With other calls open, the reader task reads: many callers taking turns would
         // each poll the socket in vain and wake the task as well (pipelined calls measured
         // ~7% more instructions per call that way). A call alone on its connection, as in
         // back-to-back calls, reads for itself.
-        if self.pending().len() > 1 {
+        let pending = self.pending();
+        if pending.len() > 1 {
             return Poll::Pending;
         }
         let Some(mut recv) = self.try_lock_recv() else {
@@ -446,6 +504,12 @@ impl ConnShared {
             return Poll::Pending;
         };
         self.readers.caller.register(cx.waker());
+        // Under the `pending` lock: a call registering after this sees the flag and
+        // wakes the reader task; one registered before was counted above.
+        self.readers.alone.store(true, Ordering::Release);
+        // This caller polls the socket now, so it will be armed again or read on.
+        self.readers.unarmed.store(false, Ordering::Relaxed);
+        drop(pending);
         let mut socket_cx = Context::from_waker(&self.readers_waker);
         // A burst that does not contain this call's reply is left to the reader task after
         // a turn's worth, as the reader task itself yields every turn (see `read_turns`).
@@ -477,10 +541,26 @@ impl ConnShared {
             }
             Poll::Pending
         };
-        // Messages may be buffered behind the last one taken, and nobody is woken for
-        // those: the reader task takes them (and sees a failed socket for itself).
         drop(recv);
-        self.readers.task.wake();
+        if outcome.is_ready() {
+            // This caller stops reading, and the socket is unarmed. Messages may be
+            // buffered behind the last one it took: with other calls open, the reader task
+            // takes them (and sees a failed socket for itself). With none, they can only be
+            // late events for closed calls, and whoever reads next takes them.
+            let pending = self.pending();
+            self.readers.alone.store(false, Ordering::Release);
+            self.readers.caller.take();
+            if pending.is_empty() {
+                self.readers.unarmed.store(true, Ordering::Release);
+            } else {
+                drop(pending);
+                self.readers.task.wake();
+            }
+        } else {
+            // A turn's worth of other calls' events: the reader task reads on.
+            self.stop_reading_alone();
+            self.readers.task.wake();
+        }
         outcome
     }
 
@@ -833,6 +913,8 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let header = Header::zmesh_with_id(id.clone(), None);
     let (tx, rx) = oneshot::channel();
     shared.register(id.clone(), tx, None, Instant::now());
+    // This call waits on its slot, never on the socket: the reader task must be reading.
+    shared.readers.task.wake();
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;
