@@ -179,7 +179,9 @@ struct Readers {
 }
 
 /// Clears `flag`, returning whether it was set; the relaxed load spares the atomic swap
-/// when it is not (the flags are set under the `pending` lock, which the caller holds).
+/// (a write to a line every caller reads) when it is not. A caller that holds the
+/// `pending` lock, under which the flags are set, sees every set; one that set the flag
+/// itself sees its own.
 fn take_flag(flag: &AtomicBool) -> bool {
     flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
 }
@@ -340,7 +342,7 @@ impl ConnShared {
     /// Leaves the state in which a lone caller is woken instead of the reader task, and
     /// wakes the task if it was in that state. Always safe: it restores the default.
     fn stop_reading_alone(&self) {
-        if self.readers.alone.swap(false, Ordering::AcqRel) {
+        if take_flag(&self.readers.alone) {
             self.readers.caller.take();
             self.readers.task.wake();
         }

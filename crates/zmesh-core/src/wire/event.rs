@@ -309,12 +309,17 @@ impl From<DecodeError> for EventDecodeError {
 /// Any [`DecodeError`] met before the header is complete.
 pub fn decode_header(frame: &[u8]) -> Result<Header, DecodeError> {
     let mut c = Cursor::new(frame);
-    match c.array_len()? {
-        Some(3) => {}
-        Some(n) => return Err(DecodeError::WrongEventArity(n)),
-        None => return Err(DecodeError::NotAnArray),
-    }
+    open_event(&mut c)?;
     read_header(&mut c, &|range| Bytes::copy_from_slice(&frame[range]))
+}
+
+/// Reads the start of an event: an array of exactly three elements.
+fn open_event(c: &mut Cursor<'_>) -> Result<(), DecodeError> {
+    match c.array_len()? {
+        Some(3) => Ok(()),
+        Some(n) => Err(DecodeError::WrongEventArity(n)),
+        None => Err(DecodeError::NotAnArray),
+    }
 }
 
 /// Decodes a whole event frame. Trailing bytes after the event are ignored, as in Python.
@@ -323,11 +328,7 @@ pub fn decode_header(frame: &[u8]) -> Result<Header, DecodeError> {
 /// An [`EventDecodeError`] carrying the header when it was readable.
 pub fn decode_event(frame: &Bytes) -> Result<Event, EventDecodeError> {
     let mut c = Cursor::new(frame);
-    match c.array_len()? {
-        Some(3) => {}
-        Some(n) => return Err(DecodeError::WrongEventArity(n).into()),
-        None => return Err(DecodeError::NotAnArray.into()),
-    }
+    open_event(&mut c)?;
     let header = read_header(&mut c, &|range| frame.slice(range))?;
     match read_name_and_args(&mut c, frame) {
         Ok((name, args)) => Ok(Event { header, name, args }),
@@ -509,11 +510,7 @@ pub fn decode_reply(frame: &Bytes) -> Result<ReplyEvent, ReplyDecodeError> {
         response_to: None,
     };
     let mut c = Cursor::new(frame);
-    match c.array_len().map_err(unaddressed)? {
-        Some(3) => {}
-        Some(n) => return Err(unaddressed(DecodeError::WrongEventArity(n))),
-        None => return Err(unaddressed(DecodeError::NotAnArray)),
-    }
+    open_event(&mut c).map_err(unaddressed)?;
     let mut response_to = None;
     let mut zmesh = false;
     read_header_entries(&mut c, |entry| match entry {
