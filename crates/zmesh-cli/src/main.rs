@@ -272,7 +272,10 @@ async fn run(command: Command) -> Result<(), CliError> {
             timeout,
             key,
         } => stats(&client(&endpoint, seconds(timeout), &key)?, all, json).await,
-        Command::Serve(args) => serve_cmd::run(args, shutdown_signal()).await,
+        Command::Serve(args) => {
+            raise_descriptor_limit();
+            serve_cmd::run(args, shutdown_signal()).await
+        }
         Command::Bench {
             modes,
             payload,
@@ -312,7 +315,10 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
         Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
         Command::Pub(args) => events_cmd::publish(args).await,
-        Command::Proxy(args) => proxy_cmd::run(args, shutdown_signal()).await,
+        Command::Proxy(args) => {
+            raise_descriptor_limit();
+            proxy_cmd::run(args, shutdown_signal()).await
+        }
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
         Command::Keygen(args) => mesh_key::keygen(&args),
     }
@@ -526,6 +532,16 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         );
     }
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one and says what it is: a server started
+/// by systemd gets a soft limit of 1,024, which a node's connections (and an attacker's idle
+/// ones) use up fast. The node's per-endpoint connection cap is fitted to the result.
+fn raise_descriptor_limit() {
+    match zmesh_core::zmtp::raise_nofile_limit() {
+        Ok(limit) => eprintln!("zmesh: descriptor limit (RLIMIT_NOFILE) {limit}"),
+        Err(e) => eprintln!("zmesh: cannot raise the descriptor limit: {e}"),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the

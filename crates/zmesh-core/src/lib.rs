@@ -12,6 +12,7 @@
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //! - [`read_turns`]: how socket read loops share their thread with the writers.
+//! - [`zmtp`]: the ZMTP-level limits on zmesh's sockets (wire size, frames, descriptors).
 //! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
 //!   listener has let go of its address so a restart can bind it).
 //!
@@ -28,6 +29,7 @@ mod service;
 mod stats;
 pub mod trust;
 pub mod wire;
+pub mod zmtp;
 
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,

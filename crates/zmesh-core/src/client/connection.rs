@@ -26,8 +26,8 @@ use futures::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
-    DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketOptions, SocketSend,
-    TrySendError, ZmqMessage, ZmqResult,
+    DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketSend, TrySendError,
+    ZmqMessage, ZmqResult,
 };
 
 use super::{CallError, ClientConfig};
@@ -777,7 +777,9 @@ impl Connection {
         deadline: Instant,
     ) -> Result<(DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>), CallError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let mut options = SocketOptions::default();
+        // A hostile or broken server is cut while reading as a client is by a node: a
+        // reply over the wire limit, or one of too many frames, closes the connection.
+        let mut options = crate::zmtp::options(config.max_message_size, crate::zmtp::MAX_FRAMES);
         options.connect_timeout(
             remaining
                 .min(config.connect_timeout)

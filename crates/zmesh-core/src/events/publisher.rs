@@ -58,7 +58,13 @@ impl PublisherBuilder {
         if self.endpoints.is_empty() {
             return Err(EventsError::NoEndpoint);
         }
-        let mut socket = PubSocket::new();
+        // Subscribers only send subscriptions: a topic prefix each, one frame. Anything
+        // larger closes the connection while it is read. Each subscriber's queue is
+        // bounded in bytes (the crate's default, 16 MiB): past it its events are dropped,
+        // which it sees as a sequence gap.
+        let mut options = zeromq::SocketOptions::default();
+        options.max_message_size(64 * 1024).max_frames(4);
+        let mut socket = PubSocket::with_options(options);
         let mut bound = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             check_endpoint(endpoint)

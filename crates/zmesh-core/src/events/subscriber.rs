@@ -26,7 +26,7 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SubSocket};
+use zeromq::{Socket, SocketEvent, SocketRecv, SubSocket};
 
 use super::codec::{self, Incoming};
 use super::gap::{Check, Tracker};
@@ -328,6 +328,7 @@ impl SubscriberBuilder {
                 &prefixes,
                 &shared.marker_topic,
                 self.config.connect_timeout,
+                self.config.max_message_size,
             )
         });
         let sockets = futures::future::join_all(connects).await;
@@ -388,8 +389,11 @@ async fn connect(
     prefixes: &[String],
     marker_topic: &str,
     timeout: Duration,
+    max_message_size: usize,
 ) -> Result<Connected, String> {
-    let mut options = SocketOptions::default();
+    // An event over the wire limit (or of too many frames) closes the connection while it
+    // is being read; the subscriber reconnects. Events have two frames.
+    let mut options = crate::zmtp::options(max_message_size, 16);
     options.connect_timeout(timeout);
     let mut socket = SubSocket::with_options(options);
     for prefix in prefixes {
@@ -478,6 +482,7 @@ impl Reader {
                 &self.prefixes,
                 &self.shared.marker_topic,
                 self.config.reconnect_max,
+                self.config.max_message_size,
             )
             .await
             {

@@ -167,7 +167,7 @@ fn stats_report(
             Value::from(v.load(std::sync::atomic::Ordering::Relaxed)),
         )
     };
-    let counters = Value::Map(vec![
+    let counters_list = vec![
         count("calls", &counters.calls),
         count("malformed", &counters.malformed),
         count("oversized", &counters.oversized),
@@ -180,7 +180,26 @@ fn stats_report(
         count("replies_dropped", &counters.replies_dropped),
         count("unauthenticated", &counters.unauthenticated),
         count("replay_rejected", &counters.replayed_messages),
-    ]);
+    ];
+    // The sockets' limit counters (see `NodeStats`), under the same names.
+    let zmtp = counters.zmtp();
+    let counters = Value::Map(
+        counters_list
+            .into_iter()
+            .chain(
+                [
+                    ("conn_oversized", zmtp.oversized),
+                    ("conn_too_many_frames", zmtp.too_many_frames),
+                    ("handshake_timeouts", zmtp.handshake_timeouts),
+                    ("connections_refused", zmtp.connections_refused),
+                    ("accept_errors", zmtp.accept_errors),
+                    ("send_queue_full", zmtp.send_queue_full),
+                    ("peers_disconnected", zmtp.disconnected),
+                ]
+                .map(|(name, n)| (Value::from(name), Value::from(n))),
+            )
+            .collect(),
+    );
     let methods = table
         .iter()
         .map(|(name, stats)| {

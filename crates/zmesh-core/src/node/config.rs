@@ -31,6 +31,23 @@ pub struct NodeConfig {
     pub reply_cache_size: usize,
     /// How long such a reply is remembered (default 60 s).
     pub reply_cache_ttl: Duration,
+    /// Frames a message from a client may have (default 128; at least 4). The frame
+    /// header of one more closes the connection while it is being read, as does a message
+    /// over twice `max_message_size` plus 1 MiB (one up to that size is read and refused
+    /// with `ERR MessageTooLarge`).
+    pub max_frames: usize,
+    /// How long a new connection may take to finish its ZMTP greeting and READY (default
+    /// 5 s; at least 10 ms); one that has not by then is dropped.
+    pub handshake_timeout: Duration,
+    /// Connections each bound endpoint keeps open at once, handshakes included (default
+    /// 4,096); past it a new connection is closed at once. Lowered at start, with a
+    /// warning, to what the descriptor limit (`RLIMIT_NOFILE`) allows with 64 to spare.
+    pub max_connections_per_endpoint: usize,
+    /// Bytes of replies queued for one client connection that it has not read yet
+    /// (default 16 MiB; at least 64 KiB). Past it further replies wait, and beyond a
+    /// node-wide allowance of the same size they are dropped and counted in
+    /// [`NodeStats::replies_dropped`](super::NodeStats::replies_dropped).
+    pub send_queue_bytes_per_peer: usize,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +61,10 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(10),
             reply_cache_size: 10_000,
             reply_cache_ttl: Duration::from_secs(60),
+            max_frames: crate::zmtp::MAX_FRAMES,
+            handshake_timeout: zeromq::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections_per_endpoint: 4096,
+            send_queue_bytes_per_peer: zeromq::DEFAULT_SEND_QUEUE_BYTES,
         }
     }
 }
@@ -99,6 +120,44 @@ impl NodeConfig {
         self
     }
 
+    /// Sets the most frames a message may have.
+    #[must_use]
+    pub fn max_frames(mut self, frames: usize) -> Self {
+        self.max_frames = frames;
+        self
+    }
+
+    /// Sets the deadline of a new connection's ZMTP handshake.
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets the cap on connections open at once per bound endpoint.
+    #[must_use]
+    pub fn max_connections_per_endpoint(mut self, connections: usize) -> Self {
+        self.max_connections_per_endpoint = connections;
+        self
+    }
+
+    /// Sets the bound on reply bytes queued for one client connection.
+    #[must_use]
+    pub fn send_queue_bytes_per_peer(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes_per_peer = bytes;
+        self
+    }
+
+    /// The options of the node's sockets (its ROUTERs, or a worker's DEALER).
+    pub(crate) fn socket_options(&self, max_connections: usize) -> zeromq::SocketOptions {
+        let mut options = crate::zmtp::options(self.max_message_size, self.max_frames);
+        options
+            .handshake_timeout(self.handshake_timeout)
+            .max_connections(max_connections.max(1))
+            .send_queue_bytes(self.send_queue_bytes_per_peer);
+        options
+    }
+
     pub(crate) fn validate(&self) -> Result<(), NodeError> {
         if self.heartbeat < Duration::from_millis(10) {
             return Err(NodeError::Config("heartbeat must be at least 10 ms"));
@@ -119,6 +178,24 @@ impl NodeConfig {
         if self.max_bytes_per_peer < self.max_message_size {
             return Err(NodeError::Config(
                 "max_bytes_per_peer must be at least max_message_size",
+            ));
+        }
+        if self.max_frames < 4 {
+            return Err(NodeError::Config("max_frames must be at least 4"));
+        }
+        if self.handshake_timeout < Duration::from_millis(10) {
+            return Err(NodeError::Config(
+                "handshake_timeout must be at least 10 ms",
+            ));
+        }
+        if self.max_connections_per_endpoint == 0 {
+            return Err(NodeError::Config(
+                "max_connections_per_endpoint must be at least 1",
+            ));
+        }
+        if self.send_queue_bytes_per_peer < 64 * 1024 {
+            return Err(NodeError::Config(
+                "send_queue_bytes_per_peer must be at least 64 KiB",
             ));
         }
         Ok(())

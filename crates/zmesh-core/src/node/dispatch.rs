@@ -620,9 +620,11 @@ impl ReplyTo {
 /// async send, and if that queue is full, a task finishes the send so the reply is not lost
 /// and the reader moves on.
 ///
-/// A send only stalls when that client has left about 100,000 replies unread (the `zeromq`
-/// per-peer queue); at most [`MAX_STALLED_SENDS`] such sends wait at once, beyond that the
-/// reply is dropped and counted, so a client that never reads cannot grow the node's memory.
+/// A send only stalls when that client has left about 100,000 replies or
+/// `send_queue_bytes_per_peer` bytes unread (the `zeromq` per-peer queue's bounds); at most
+/// [`MAX_STALLED_SENDS`] such sends, and that many bytes again, wait at once, beyond that
+/// the reply is dropped and counted, so a client that never reads cannot grow the node's
+/// memory.
 fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
     let message = match shared.sender.try_send(message) {
         Ok(()) => return,
@@ -632,14 +634,21 @@ fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
         }
         Err(TrySendError::WouldBlock(message)) => message,
     };
+    let size: usize = message.iter().map(Bytes::len).sum();
     let mut send = send_owned(shared.sender.clone(), message).boxed();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     if send.as_mut().poll(&mut cx).is_ready() {
         return;
     }
     let counters = &shared.counters;
-    if counters.stalled_sends.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS {
+    // Waiting replies are bounded in bytes too (one always may wait): the client's queue
+    // is full by its byte bound long before its 100,000 messages when replies are large.
+    let stalled_bytes = counters.stalled_bytes.fetch_add(size, Ordering::AcqRel) + size;
+    let over_bytes =
+        stalled_bytes > shared.config.send_queue_bytes_per_peer && stalled_bytes != size;
+    if counters.stalled_sends.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS || over_bytes {
         counters.stalled_sends.fetch_sub(1, Ordering::AcqRel);
+        counters.stalled_bytes.fetch_sub(size, Ordering::AcqRel);
         let dropped = counters.replies_dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if dropped.is_power_of_two() {
             tracing::warn!(
@@ -653,6 +662,10 @@ fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
     tokio::spawn(async move {
         send.await;
         shared.counters.stalled_sends.fetch_sub(1, Ordering::AcqRel);
+        shared
+            .counters
+            .stalled_bytes
+            .fetch_sub(size, Ordering::AcqRel);
     });
 }
 

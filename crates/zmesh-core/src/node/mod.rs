@@ -83,6 +83,28 @@ pub(crate) struct Counters {
     pub(crate) unauthenticated: AtomicU64,
     pub(crate) replayed_messages: AtomicU64,
     pub(crate) stalled_sends: std::sync::atomic::AtomicUsize,
+    /// Bytes of the replies in `stalled_sends`, bounded by the per-peer send-queue bytes.
+    pub(crate) stalled_bytes: std::sync::atomic::AtomicUsize,
+    /// The limit counters of the node's sockets (see [`crate::zmtp`]).
+    pub(crate) zmtp: std::sync::Mutex<Vec<Arc<zeromq::SocketStats>>>,
+}
+
+impl Counters {
+    /// The node's sockets' limit counters, summed.
+    pub(crate) fn zmtp(&self) -> zeromq::SocketStatsSnapshot {
+        let sockets = self
+            .zmtp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::zmtp::sum(&sockets)
+    }
+
+    fn watch_socket(&self, stats: Arc<zeromq::SocketStats>) {
+        self.zmtp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(stats);
+    }
 }
 
 /// A snapshot of a node's counters.
@@ -122,6 +144,24 @@ pub struct NodeStats {
     pub unauthenticated: u64,
     /// Sealed messages refused as replays: seen before, or outside the time window.
     pub replay_rejected: u64,
+    /// Connections closed while a message was being read because it would have exceeded
+    /// the wire limit (twice `max_message_size` plus 1 MiB): cut before it was buffered.
+    pub conn_oversized: u64,
+    /// Connections closed because a message had more than `max_frames` frames.
+    pub conn_too_many_frames: u64,
+    /// Connections dropped because their ZMTP handshake did not finish within
+    /// `handshake_timeout`.
+    pub handshake_timeouts: u64,
+    /// Connections closed at once because their endpoint was at
+    /// `max_connections_per_endpoint`.
+    pub connections_refused: u64,
+    /// Failed `accept` calls (out of descriptors, among others), each followed by a pause.
+    pub accept_errors: u64,
+    /// Replies that found their client's queue at `send_queue_bytes_per_peer` (they waited,
+    /// and were dropped past the node-wide allowance; see `replies_dropped`).
+    pub send_queue_full: u64,
+    /// Connections the node closed itself (`disconnect_peer`).
+    pub peers_disconnected: u64,
 }
 
 /// State shared by the node's tasks.
@@ -320,11 +360,25 @@ impl NodeBuilder {
         }
 
         let mut bound = Vec::with_capacity(self.endpoints.len() + self.plain_endpoints.len());
-        let main = bind_router(&self.endpoints, &mut bound).await?;
+        // Every bound endpoint may fill its cap: together they must fit the descriptors.
+        let cap = crate::zmtp::connection_cap(
+            self.config.max_connections_per_endpoint,
+            self.endpoints.len() + self.plain_endpoints.len(),
+        );
+        let main = bind_router(&self.endpoints, &mut bound, &self.config, cap, &counters).await?;
         let plain = if self.plain_endpoints.is_empty() {
             None
         } else {
-            Some(bind_router(&self.plain_endpoints, &mut bound).await?)
+            Some(
+                bind_router(
+                    &self.plain_endpoints,
+                    &mut bound,
+                    &self.config,
+                    cap,
+                    &counters,
+                )
+                .await?,
+            )
         };
         let (sender, inlets) = match (main, self.mesh_key) {
             (Some((send, recv, monitor)), None) => (
@@ -456,6 +510,7 @@ fn prefixed_methods(services: &[Service]) -> Result<HashMap<String, Arc<Method>>
 /// A snapshot of a node's counters (a running node's or the harness's).
 fn stats_of(shared: &Shared) -> NodeStats {
     let c = &shared.counters;
+    let zmtp = c.zmtp();
     NodeStats {
         calls: c.calls.load(Ordering::Relaxed),
         malformed: c.malformed.load(Ordering::Relaxed),
@@ -472,6 +527,13 @@ fn stats_of(shared: &Shared) -> NodeStats {
         replayed: shared.replies.replayed(),
         unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
         replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
+        conn_oversized: zmtp.oversized,
+        conn_too_many_frames: zmtp.too_many_frames,
+        handshake_timeouts: zmtp.handshake_timeouts,
+        connections_refused: zmtp.connections_refused,
+        accept_errors: zmtp.accept_errors,
+        send_queue_full: zmtp.send_queue_full,
+        peers_disconnected: zmtp.disconnected,
     }
 }
 
@@ -510,11 +572,15 @@ type BoundRouter = (
 async fn bind_router(
     endpoints: &[String],
     bound: &mut Vec<String>,
+    config: &NodeConfig,
+    max_connections: usize,
+    counters: &Counters,
 ) -> Result<Option<BoundRouter>, NodeError> {
     if endpoints.is_empty() {
         return Ok(None);
     }
-    let mut socket = RouterSocket::new();
+    let mut socket = RouterSocket::with_options(config.socket_options(max_connections));
+    counters.watch_socket(socket.stats());
     for endpoint in endpoints {
         check_endpoint(endpoint)?;
         crate::endpoint::remove_stale_ipc_socket(endpoint);

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketOptions};
+use zeromq::{DealerSocket, Socket, SocketEvent};
 
 use super::Shared;
 use super::dispatch::{self, Control, RateLimitedWarn};
@@ -84,7 +84,7 @@ async fn run(
         let connected = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            c = connect(&link.endpoint, period) => c,
+            c = connect(&link.endpoint, period, &shared.config) => c,
         };
         let (socket, monitor) = match connected {
             Ok(connected) => connected,
@@ -141,8 +141,11 @@ async fn run(
 async fn connect(
     endpoint: &str,
     period: Duration,
+    config: &super::NodeConfig,
 ) -> Result<(DealerSocket, futures::channel::mpsc::Receiver<SocketEvent>), zeromq::ZmqError> {
-    let mut options = SocketOptions::default();
+    // The device is trusted more than a client, but a message from it is read under the
+    // same wire limits (the connection cap has nothing to count on a connecting socket).
+    let mut options = config.socket_options(1);
     options.connect_timeout((period * DEVICE_LIVENESS).max(Duration::from_millis(100)));
     let mut socket = DealerSocket::with_options(options);
     let monitor = socket.monitor();

@@ -1,0 +1,544 @@
+//! Attacks on the ZMTP layer of a keyed `zmesh serve` node, a child process, over TCP
+//! loopback: a forged 2^40-byte frame, a flood of empty frames, half-open handshakes, idle
+//! connections under a low descriptor limit, and a client that never reads its 1 MiB
+//! replies. For each: the node's resident set (VmRSS of the child) stays within 64 MiB of
+//! its idle figure (plus the configured bounds where a queue is involved), its CPU goes
+//! quiet after the attack (utime+stime over a window, as a share of the window), and a
+//! keyed client is served throughout.
+//!
+//! `ZMESH_LIMITS_BIN=/path/to/zmesh` runs the attacks against another build (how the
+//! figures of an unpatched build in docs/RELIABILITY.md were taken; its asserts then fail).
+//! Each test prints its figures on stderr (`--nocapture` shows them).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use zmesh_core::{Client, ClientConfig, MeshKey};
+
+use common::Server;
+
+const KEY: &str = "a mesh key of thirty-two bytes!!";
+const MIB: u64 = 1024 * 1024;
+/// What an attack may add to the node's resident set.
+const RSS_SLACK_MIB: u64 = 64;
+
+/// The `zmesh` binary under test.
+fn binary() -> String {
+    std::env::var("ZMESH_LIMITS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_zmesh").to_owned())
+}
+
+/// A keyed `zmesh serve echo` with a plain endpoint beside the keyed one.
+struct Node {
+    server: Server,
+    pid: u32,
+    keyed: String,
+    plain: String,
+}
+
+impl Node {
+    /// Starts the node; with `nofile`, under that descriptor limit (soft and hard).
+    async fn start(nofile: Option<u64>) -> Self {
+        let mut command = match nofile {
+            Some(n) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={n}:{n}")).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        command
+            .args([
+                "serve",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--plain-bind",
+                "tcp://127.0.0.1:0",
+                "echo",
+            ])
+            .env("ZMESH_MESH_KEY", KEY)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        let mut server = Server::start(command, "zmesh serve").await;
+        let pid = server.child.id().expect("running");
+        let plain = server.lines.next("the plain endpoint").await;
+        let plain = plain
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        let keyed = server.endpoint.clone();
+        Self {
+            server,
+            pid,
+            keyed,
+            plain,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        port_of(&self.keyed)
+    }
+
+    /// VmRSS in KiB.
+    fn rss_kib(&self) -> u64 {
+        proc_field(self.pid, "VmRSS:")
+    }
+
+    /// utime + stime in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).expect("stat");
+        // The command name may hold spaces; the fields after it are fixed.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        utime + stime
+    }
+
+    /// Share of one core the node used over `window` (1.0 = one core busy).
+    async fn cpu_share(&self, window: Duration) -> f64 {
+        let ticks_per_s = 100.0; // USER_HZ on Linux
+        let before = self.cpu_ticks();
+        tokio::time::sleep(window).await;
+        (self.cpu_ticks() - before) as f64 / ticks_per_s / window.as_secs_f64()
+    }
+
+    fn client(&self) -> Client {
+        let config = ClientConfig::default()
+            .mesh_key(MeshKey::from_secret(KEY).expect("key"))
+            .connect_timeout(Duration::from_secs(15))
+            .default_timeout(Duration::from_secs(15));
+        Client::with_config(self.keyed.clone(), config)
+    }
+
+    /// The node's stats counters, through `_zmesh_stats`.
+    async fn counter(&self, name: &str) -> u64 {
+        let report: rmpv::Value = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client().call("_zmesh_stats", ()),
+        )
+        .await
+        .expect("stats in time")
+        .expect("stats");
+        let counters = map_get(&report, "counters").expect("counters");
+        map_get(counters, name)
+            .and_then(rmpv::Value::as_u64)
+            .unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+    }
+
+    fn kill(mut self) {
+        let _ = self.server.child.start_kill();
+    }
+}
+
+fn map_get<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+fn proc_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn port_of(endpoint: &str) -> u16 {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {endpoint}"))
+}
+
+/// A ZMTP 3.0 NULL greeting.
+fn greeting() -> Vec<u8> {
+    let mut g = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    let mut mechanism = b"NULL".to_vec();
+    mechanism.resize(20, 0);
+    g.extend_from_slice(&mechanism);
+    g.push(0); // as-server
+    g.resize(64, 0);
+    g
+}
+
+/// A READY command for a DEALER.
+fn ready() -> Vec<u8> {
+    let mut body = vec![5];
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"DEALER");
+    let mut command = vec![0x04, body.len() as u8];
+    command.extend_from_slice(&body);
+    command
+}
+
+/// A raw TCP connection that has sent a greeting and READY.
+async fn handshaken(port: u16) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(&greeting()).await?;
+    stream.write_all(&ready()).await?;
+    Ok(stream)
+}
+
+/// A keyed client calling `echo.upper` every 20 ms until stopped; counts failures.
+struct GoodClient {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GoodClient {
+    fn start(node: &Node) -> Self {
+        let client = node.client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let call = client.call::<String>("echo.upper", ("ok",));
+                    match tokio::time::timeout(Duration::from_secs(20), call).await {
+                        Ok(Ok(s)) if s == "OK" => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("good client: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Stops and returns (succeeded, failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One call by a fresh keyed client; whether it succeeded within `within`.
+async fn fresh_call(node: &Node, within: Duration) -> bool {
+    let client = node.client();
+    matches!(
+        tokio::time::timeout(within, client.call::<String>("echo.upper", ("new",))).await,
+        Ok(Ok(s)) if s == "NEW"
+    )
+}
+
+/// The figures of one attack, printed; the asserts every attack shares.
+async fn after_attack(
+    name: &str,
+    node: &Node,
+    idle_kib: u64,
+    peak_kib: u64,
+    good: GoodClient,
+    bound_mib: u64,
+) {
+    let cpu = node.cpu_share(Duration::from_secs(3)).await;
+    let fresh = fresh_call(node, Duration::from_secs(20)).await;
+    let (ok, failed) = good.finish().await;
+    let end_kib = node.rss_kib();
+    eprintln!(
+        "figure {name}: idle {:.1} MiB, peak {:.1} MiB, after {:.1} MiB; cpu after {:.0}% of a core; good client {ok} ok / {failed} failed; fresh client served: {fresh}",
+        idle_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0,
+        end_kib as f64 / 1024.0,
+        cpu * 100.0
+    );
+    let ceiling = idle_kib + (RSS_SLACK_MIB + bound_mib) * 1024;
+    assert!(
+        peak_kib <= ceiling,
+        "{name}: RSS peaked at {peak_kib} KiB, over {ceiling}"
+    );
+    assert!(
+        end_kib <= ceiling,
+        "{name}: RSS {end_kib} KiB after the attack"
+    );
+    assert!(
+        cpu < 0.25,
+        "{name}: the node still uses {:.0}% of a core",
+        cpu * 100.0
+    );
+    assert!(
+        fresh,
+        "{name}: a new client was not served after the attack"
+    );
+    assert_eq!(failed, 0, "{name}: the good client's calls failed");
+    assert!(ok > 0, "{name}: the good client made no call");
+}
+
+/// Samples the node's RSS every 50 ms while `attack` runs; returns the peak in KiB.
+async fn peak_during(node: &Node, attack: impl std::future::Future<Output = ()>) -> u64 {
+    let peak = AtomicU64::new(node.rss_kib());
+    let sample = async {
+        loop {
+            peak.fetch_max(node.rss_kib(), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = attack => {}
+        () = sample => {}
+    }
+    peak.fetch_max(node.rss_kib(), Ordering::Relaxed);
+    peak.load(Ordering::Relaxed)
+}
+
+async fn warmed(node: &Node) -> u64 {
+    assert!(
+        fresh_call(node, Duration::from_secs(20)).await,
+        "the node serves"
+    );
+    node.rss_kib()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_2_pow_40_frame_is_cut_at_its_header() {
+    let node = Node::start(None).await;
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let port = node.port();
+    let peak = peak_during(&node, async {
+        // A long frame announcing 2^40 bytes, then 1 GiB of it, never completed.
+        let mut attacker = handshaken(port).await.expect("connect");
+        let mut header = vec![0x02u8];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        if attacker.write_all(&header).await.is_err() {
+            return;
+        }
+        let chunk = vec![0x5au8; 1024 * 1024];
+        for _ in 0..1024 {
+            let write = tokio::time::timeout(Duration::from_secs(10), attacker.write_all(&chunk));
+            if !matches!(write.await, Ok(Ok(()))) {
+                break; // closed by the node (or stalled: nobody reads)
+            }
+        }
+    })
+    .await;
+    after_attack("forged 2^40 frame + 1 GiB", &node, idle, peak, good, 0).await;
+    assert!(node.counter("conn_oversized").await >= 1);
+    node.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_empty_frames_is_cut_at_the_frame_limit() {
+    let node = Node::start(None).await;
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let port = node.port();
+    let sent = AtomicU64::new(0);
+    let connections = AtomicU64::new(0);
+    let peak = peak_during(&node, async {
+        // Empty frames with MORE set, 2 bytes each, 64 MiB in all, reconnecting when cut.
+        let chunk = [1u8, 0].repeat(32 * 1024);
+        let started = Instant::now();
+        while sent.load(Ordering::Relaxed) < 64 * MIB && started.elapsed() < Duration::from_secs(20)
+        {
+            let Ok(mut attacker) = handshaken(port).await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::Relaxed);
+            loop {
+                let write =
+                    tokio::time::timeout(Duration::from_secs(5), attacker.write_all(&chunk));
+                if !matches!(write.await, Ok(Ok(()))) {
+                    break;
+                }
+                if sent.fetch_add(chunk.len() as u64, Ordering::Relaxed) >= 64 * MIB {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "figure empty frames: {} MiB sent over {} connections",
+        sent.load(Ordering::Relaxed) / MIB,
+        connections.load(Ordering::Relaxed)
+    );
+    after_attack("empty MORE frames", &node, idle, peak, good, 0).await;
+    assert!(node.counter("conn_too_many_frames").await >= 1);
+    node.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_dropped_after_the_timeout() {
+    let node = Node::start(None).await;
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let port = node.port();
+    let mut held = Vec::new();
+    let peak = peak_during(&node, async {
+        // 300 connections: a third silent, a third half a greeting, a third a greeting
+        // without READY.
+        for i in 0..300 {
+            let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let _ = match i % 3 {
+                0 => Ok(()),
+                1 => stream.write_all(&greeting()[..30]).await,
+                _ => stream.write_all(&greeting()).await,
+            };
+            held.push(stream);
+        }
+    })
+    .await;
+    // The default handshake timeout is 5 s: every one of them is closed by the node.
+    let started = Instant::now();
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut buf = [0u8; 256];
+        let left = Duration::from_secs(15).saturating_sub(started.elapsed());
+        let ended = tokio::time::timeout(left.max(Duration::from_millis(1)), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if ended.is_ok() {
+            closed += 1;
+        }
+    }
+    eprintln!(
+        "figure half-open: {closed} of {} closed by the node within 15 s",
+        held.len()
+    );
+    after_attack("half-open handshakes", &node, idle, peak, good, 0).await;
+    assert_eq!(closed, held.len(), "half-open connections left open");
+    assert!(node.counter("handshake_timeouts").await >= held.len() as u64);
+    node.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_under_a_low_descriptor_limit_leave_the_node_reachable() {
+    // RLIMIT_NOFILE 256: the node fits its connection cap below it (256 - 64 spare).
+    let node = Node::start(Some(256)).await;
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let port = node.port();
+    let mut held = Vec::new();
+    let peak = peak_during(&node, async {
+        // More idle TCP connections than the node has descriptors, held open.
+        for _ in 0..400 {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => held.push(stream),
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    // While they are held: the node does not spin, and a new client gets in (idle ones
+    // over the cap were closed at once, the rest at the handshake timeout).
+    let cpu_during = node.cpu_share(Duration::from_secs(3)).await;
+    let fresh_during = fresh_call(&node, Duration::from_secs(20)).await;
+    eprintln!(
+        "figure idle connections: {} held; cpu while held {:.0}% of a core; new client served while held: {fresh_during}",
+        held.len(),
+        cpu_during * 100.0
+    );
+    assert!(
+        cpu_during < 0.25,
+        "the node spins: {:.0}% of a core",
+        cpu_during * 100.0
+    );
+    assert!(
+        fresh_during,
+        "a new client was not served while the idle connections were held"
+    );
+    after_attack("idle connections, nofile 256", &node, idle, peak, good, 0).await;
+    assert!(node.counter("connections_refused").await >= 1);
+    drop(held);
+    node.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_1_mib_replies_is_bounded_in_bytes() {
+    let node = Node::start(None).await;
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let plain = node.plain.clone();
+    let peak = peak_during(&node, async {
+        // 300 echo.echo calls of 1 MiB on the plain endpoint, from a raw DEALER that
+        // never reads a reply (its socket is never polled for reading).
+        use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
+        let mut attacker = DealerSocket::new();
+        tokio::time::timeout(Duration::from_secs(10), attacker.connect(&plain))
+            .await
+            .expect("connect in time")
+            .expect("connects");
+        use zmesh_core::wire::{self, Header, MessageId};
+        let mut args = Vec::new();
+        rmpv::encode::write_value(
+            &mut args,
+            &rmpv::Value::Array(vec![rmpv::Value::Binary(vec![0x61; 1024 * 1024])]),
+        )
+        .expect("encode");
+        for _ in 0..300u32 {
+            let mut header = Header::zmesh_with_id(MessageId::generate(), None);
+            header.zmesh = None;
+            let bytes = wire::encode_event(&header, "echo.echo", &args);
+            let message = ZmqMessage::try_from(vec![bytes::Bytes::new(), bytes]).expect("frames");
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(10), attacker.send(message)).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+        // Let the node answer all it has read, then hold the connection a while unread.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(attacker);
+    })
+    .await;
+    // Once it has left, what was queued for it is released.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The configured bounds: 16 MiB of queue and 16 MiB of waiting replies.
+    after_attack(
+        "client never reads 300 x 1 MiB",
+        &node,
+        idle,
+        peak,
+        good,
+        32,
+    )
+    .await;
+    node.kill();
+}
