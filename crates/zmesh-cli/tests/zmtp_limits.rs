@@ -1,7 +1,7 @@
 //! Attacks on the ZMTP layer of a keyed `zmesh serve` node, a child process, over TCP
 //! loopback: a forged 2^40-byte frame, a flood of empty frames, half-open handshakes, idle
-//! connections under a low descriptor limit, and a client that never reads its 1 MiB
-//! replies. For each: the node's resident set (VmRSS of the child) stays within 64 MiB of
+//! connections under a low descriptor limit, a client that never reads its 1 MiB replies,
+//! and an events subscriber that never reads. For each: the node's resident set (VmRSS of the child) stays within 64 MiB of
 //! its idle figure (plus the configured bounds where a queue is involved), its CPU goes
 //! quiet after the attack (utime+stime over a window, as a share of the window), and a
 //! keyed client is served throughout.
@@ -40,11 +40,17 @@ struct Node {
     pid: u32,
     keyed: String,
     plain: String,
+    events: Option<String>,
 }
 
 impl Node {
     /// Starts the node; with `nofile`, under that descriptor limit (soft and hard).
     async fn start(nofile: Option<u64>) -> Self {
+        Self::start_with(nofile, &["echo"]).await
+    }
+
+    /// Starts the node with `extra` arguments (the services last).
+    async fn start_with(nofile: Option<u64>, extra: &[&str]) -> Self {
         let mut command = match nofile {
             Some(n) => {
                 let mut command = Command::new("prlimit");
@@ -60,8 +66,8 @@ impl Node {
                 "tcp://127.0.0.1:0",
                 "--plain-bind",
                 "tcp://127.0.0.1:0",
-                "echo",
             ])
+            .args(extra)
             .env("ZMESH_MESH_KEY", KEY)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
@@ -74,11 +80,18 @@ impl Node {
             .unwrap_or_default()
             .to_owned();
         let keyed = server.endpoint.clone();
+        let events = if extra.contains(&"--events") {
+            let line = server.lines.next("the events endpoint").await;
+            line.split_whitespace().last().map(str::to_owned)
+        } else {
+            None
+        };
         Self {
             server,
             pid,
             keyed,
             plain,
+            events,
         }
     }
 
@@ -540,5 +553,64 @@ async fn a_client_that_never_reads_1_mib_replies_is_bounded_in_bytes() {
         32,
     )
     .await;
+    node.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_costs_the_publisher_its_byte_bound() {
+    let node = Node::start_with(None, &["--events", "tcp://127.0.0.1:0", "echo", "kv"]).await;
+    let idle = warmed(&node).await;
+    let events = node.events.clone().expect("an events endpoint");
+    // A SUB that subscribes to everything and never reads (its socket is never polled).
+    use zeromq::{Socket, SubSocket};
+    let mut stalled = SubSocket::new();
+    stalled.subscribe("").await.expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(10), stalled.connect(&events))
+        .await
+        .expect("connect in time")
+        .expect("connects");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good = GoodClient::start(&node);
+    let writer = node.client();
+    let value = rmpv::Value::Binary(vec![0x33; 60 * 1024]);
+    const PUTS: u64 = 2000;
+    let peak = peak_during(&node, async {
+        // 2,000 changes of one key, each published with its 60 KiB value: 120 MiB of
+        // events for a subscriber that reads none of them.
+        for _ in 0..PUTS {
+            let put = writer.call::<u64>("kv.put", ("k", &value));
+            tokio::time::timeout(Duration::from_secs(20), put)
+                .await
+                .expect("put in time")
+                .expect("put");
+        }
+    })
+    .await;
+    // Bounded: the subscriber's 16 MiB of queue (the events are dropped for it past that,
+    // which a zmesh subscriber reports as a gap).
+    after_attack(
+        "subscriber never reads 120 MiB of events",
+        &node,
+        idle,
+        peak,
+        good,
+        16,
+    )
+    .await;
+    // What reached the stalled subscriber is what fitted; the rest was dropped for it.
+    let mut received = 0u64;
+    while let Ok(Ok(_)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        zeromq::SocketRecv::recv(&mut stalled),
+    )
+    .await
+    {
+        received += 1;
+    }
+    eprintln!("figure stalled subscriber: {received} of {PUTS} events delivered");
+    assert!(
+        received < PUTS,
+        "every event was kept for the stalled subscriber"
+    );
     node.kill();
 }
