@@ -208,3 +208,47 @@ impl NodeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zmtp_limits_are_validated() {
+        assert!(NodeConfig::default().validate().is_ok());
+        for (config, problem) in [
+            (NodeConfig::default().max_frames(3), "max_frames"),
+            (
+                NodeConfig::default().handshake_timeout(Duration::from_millis(1)),
+                "handshake_timeout",
+            ),
+            (
+                NodeConfig::default().max_connections_per_endpoint(0),
+                "max_connections_per_endpoint",
+            ),
+            (
+                NodeConfig::default().send_queue_bytes_per_peer(1024),
+                "send_queue_bytes_per_peer",
+            ),
+        ] {
+            match config.validate() {
+                Err(NodeError::Config(message)) => assert!(message.starts_with(problem)),
+                other => panic!("{problem}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sockets_get_the_wire_limit_not_the_message_limit() {
+        let config = NodeConfig::default()
+            .max_message_size(1 << 20)
+            .max_frames(8);
+        let options = format!("{:?}", config.socket_options(10));
+        assert!(
+            options.contains(&format!("max_message_size: {}", 3 << 20)),
+            "{options}"
+        );
+        assert!(options.contains("max_frames: 8"), "{options}");
+        assert!(options.contains("max_connections: Some(10)"), "{options}");
+    }
+}
