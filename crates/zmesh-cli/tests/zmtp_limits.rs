@@ -614,3 +614,96 @@ async fn a_subscriber_that_never_reads_costs_the_publisher_its_byte_bound() {
     );
     node.kill();
 }
+
+/// The connections the ZMTP limits close are counted in `NodeStats` by reason, and the node
+/// goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmtp_limit_closures_are_counted_by_reason() {
+    let config = zmesh_core::NodeConfig::default()
+        .max_frames(4)
+        .handshake_timeout(Duration::from_millis(200))
+        .max_connections_per_endpoint(8);
+    let node = tokio::time::timeout(
+        Duration::from_secs(20),
+        zmesh_core::Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(zmesh_echo::service())
+            .config(config)
+            .start(),
+    )
+    .await
+    .expect("node start in time")
+    .expect("node starts");
+    let port: u16 = node
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a tcp port");
+    let connect = || async move {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connects")
+    };
+
+    // Five empty frames with MORE: one too many.
+    let mut frames = connect().await;
+    let mut bytes = [greeting(), ready()].concat();
+    bytes.extend_from_slice(&[1, 0].repeat(5));
+    frames.write_all(&bytes).await.expect("write");
+    // A long frame announcing 2^40 bytes: over the wire limit at its header.
+    let mut huge = connect().await;
+    let mut bytes = [greeting(), ready()].concat();
+    bytes.push(0x02);
+    bytes.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    huge.write_all(&bytes).await.expect("write");
+    // Silent: no handshake within 200 ms.
+    let silent = connect().await;
+    eventually("the closures counted", || {
+        let s = node.stats();
+        (
+            s.conn_too_many_frames,
+            s.conn_oversized,
+            s.handshake_timeouts,
+        ) == (1, 1, 1)
+    })
+    .await;
+
+    // Ten at once on an endpoint capped at eight: the extra ones are closed at once.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(connect().await);
+    }
+    eventually("the refusals counted", || {
+        node.stats().connections_refused >= 2
+    })
+    .await;
+    drop((frames, huge, silent, held));
+
+    // Their handshakes time out, and a client is served again.
+    let client = Client::new(node.endpoint());
+    let answer: String =
+        tokio::time::timeout(Duration::from_secs(20), client.call("echo.upper", ("ok",)))
+            .await
+            .expect("a call after, in time")
+            .expect("served");
+    assert_eq!(answer, "OK");
+    let s = node.stats();
+    assert_eq!((s.peers_disconnected, s.accept_errors), (0, 0), "{s:?}");
+}
+
+/// Waits up to 10 s for `condition`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
