@@ -51,6 +51,8 @@ impl Node {
 
     /// Starts the node with `extra` arguments (the services last).
     async fn start_with(nofile: Option<u64>, extra: &[&str]) -> Self {
+        // The attacks hold hundreds of connections from this process, several tests at once.
+        let _ = zmesh_core::zmtp::raise_nofile_limit();
         let mut command = match nofile {
             Some(n) => {
                 let mut command = Command::new("prlimit");
