@@ -337,3 +337,61 @@ async fn a_pub_drops_for_a_subscriber_past_its_byte_bound() {
     wait_for("dropped events", || stats.snapshot().send_dropped > 0).await;
     drop(never_reads);
 }
+
+/// Out of descriptors, `accept` fails at once for as long as a connection waits in the
+/// backlog: the accept loop used to retry at once (a core busy, and the monitor flooded).
+/// Now it pauses 10 ms doubling to 1 s. Run in a child process under `prlimit`, since it
+/// exhausts the process's descriptors.
+#[tokio::test]
+async fn accept_backs_off_when_the_process_is_out_of_descriptors() {
+    const CHILD_ENV: &str = "ZEROMQ_EMFILE_TEST_CHILD";
+    if std::env::var_os(CHILD_ENV).is_none() {
+        let output = std::process::Command::new("prlimit")
+            .arg("--nofile=128:128")
+            .arg(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "limits_tests::accept_backs_off_when_the_process_is_out_of_descriptors",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .expect("prlimit runs the test binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "child failed: {stderr}");
+        assert!(stderr.contains("emfile test completed"), "{stderr}");
+        return;
+    }
+
+    let router = router(SocketOptions::default()).await;
+    let stats = router.send.stats();
+    // Connect until the process has no descriptor left (each connection costs this
+    // process two: the client's end and the accepted end).
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        match tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", router.port))).await {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => break,
+        }
+    }
+    wait_for("a failed accept", || stats.snapshot().accept_errors > 0).await;
+    let before = stats.snapshot().accept_errors;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failed = stats.snapshot().accept_errors - before;
+    eprintln!("{} connections held; {failed} failed accepts in 2 s", held.len());
+    // 10 + 20 + ... + 640 ms + 1 s: about eight in two seconds; a spinning loop makes
+    // thousands.
+    assert!(failed <= 20, "{failed} failed accepts in 2 s");
+    // Descriptors back: the waiting connections are accepted.
+    held.truncate(held.len() / 2);
+    let mut fresh = None;
+    for _ in 0..50 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", router.port))).await {
+            fresh = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fresh.is_some(), "no connection after descriptors were freed");
+    eprintln!("emfile test completed");
+}
