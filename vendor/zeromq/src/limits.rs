@@ -221,7 +221,13 @@ impl ByteBudget {
         if bytes == 0 {
             return;
         }
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        // Saturating: a message that entered the queue without a reservation must not
+        // wrap the count (which would block the queue for good).
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
         self.wake_all();
     }
 
