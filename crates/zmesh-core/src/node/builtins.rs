@@ -180,6 +180,10 @@ fn stats_report(
         count("replies_dropped", &counters.replies_dropped),
         count("unauthenticated", &counters.unauthenticated),
         count("replay_rejected", &counters.replayed_messages),
+        count("control_dropped_full", &counters.control_dropped_full),
+        count("control_dropped_gone", &counters.control_dropped_gone),
+        count("refusals_suppressed", &counters.refusals_suppressed),
+        count("garbage_disconnects", &counters.garbage_disconnects),
     ]);
     let methods = table
         .iter()

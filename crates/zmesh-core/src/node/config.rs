@@ -31,6 +31,22 @@ pub struct NodeConfig {
     pub reply_cache_size: usize,
     /// How long such a reply is remembered (default 60 s).
     pub reply_cache_ttl: Duration,
+    /// Bytes of replies that may wait, in all, for clients whose send queues are full;
+    /// beyond it such replies are dropped and counted (default 64 MiB; at least
+    /// `max_message_size`).
+    pub max_stalled_bytes: usize,
+    /// Refusals of bad requests (`ERR`s for malformed requests, unknown methods, messages
+    /// over the limit, unsealed or replayed messages) one connection may receive in a burst;
+    /// beyond it they are suppressed and counted (default 256). Refusals for load are
+    /// always sent.
+    pub refusal_burst: u32,
+    /// Refusals of bad requests per second one connection may receive after its burst
+    /// (default 100).
+    pub refusals_per_second: u32,
+    /// Bad requests in a row (malformed, unknown method, over the size limit, unsealed or
+    /// replayed), with no accepted call between, after which the node closes the
+    /// connection (default 10,000; 0 never closes).
+    pub disconnect_after_bad_requests: u32,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +60,10 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(10),
             reply_cache_size: 10_000,
             reply_cache_ttl: Duration::from_secs(60),
+            max_stalled_bytes: 64 * 1024 * 1024,
+            refusal_burst: 256,
+            refusals_per_second: 100,
+            disconnect_after_bad_requests: 10_000,
         }
     }
 }
@@ -99,6 +119,28 @@ impl NodeConfig {
         self
     }
 
+    /// Sets the bound on bytes of replies waiting for clients that do not read.
+    #[must_use]
+    pub fn max_stalled_bytes(mut self, bytes: usize) -> Self {
+        self.max_stalled_bytes = bytes;
+        self
+    }
+
+    /// Sets how many refusals one connection may receive: a burst, then a rate per second.
+    #[must_use]
+    pub fn refusal_rate(mut self, burst: u32, per_second: u32) -> Self {
+        self.refusal_burst = burst;
+        self.refusals_per_second = per_second;
+        self
+    }
+
+    /// Sets after how many bad requests in a row a connection is closed (0: never).
+    #[must_use]
+    pub fn disconnect_after_bad_requests(mut self, n: u32) -> Self {
+        self.disconnect_after_bad_requests = n;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), NodeError> {
         if self.heartbeat < Duration::from_millis(10) {
             return Err(NodeError::Config("heartbeat must be at least 10 ms"));
@@ -121,7 +163,24 @@ impl NodeConfig {
                 "max_bytes_per_peer must be at least max_message_size",
             ));
         }
+        if self.max_stalled_bytes < self.max_message_size {
+            return Err(NodeError::Config(
+                "max_stalled_bytes must be at least max_message_size",
+            ));
+        }
+        if self.refusal_burst == 0 {
+            return Err(NodeError::Config("refusal_burst must be at least 1"));
+        }
         Ok(())
+    }
+
+    pub(crate) fn refusal_policy(&self) -> super::refusals::RefusalPolicy {
+        super::refusals::RefusalPolicy {
+            burst: self.refusal_burst,
+            per_second: self.refusals_per_second,
+            disconnect_after: self.disconnect_after_bad_requests,
+            ..Default::default()
+        }
     }
 
     pub(crate) fn peer_limits(&self) -> super::registry::PeerLimits {

@@ -12,6 +12,7 @@ mod config;
 mod dispatch;
 #[doc(hidden)]
 pub mod harness;
+mod refusals;
 mod registry;
 mod reply_cache;
 mod sender;
@@ -83,6 +84,16 @@ pub(crate) struct Counters {
     pub(crate) unauthenticated: AtomicU64,
     pub(crate) replayed_messages: AtomicU64,
     pub(crate) stalled_sends: std::sync::atomic::AtomicUsize,
+    /// Bytes held by the stalled sends.
+    pub(crate) stalled_bytes: std::sync::atomic::AtomicUsize,
+    /// Node-originated messages (refusals, heartbeats) dropped: their peer's queue was full.
+    pub(crate) control_dropped_full: AtomicU64,
+    /// Node-originated messages dropped: their peer had gone.
+    pub(crate) control_dropped_gone: AtomicU64,
+    /// Refusals not sent: their connection was over its refusal rate.
+    pub(crate) refusals_suppressed: AtomicU64,
+    /// Connections closed for sending bad requests without pause.
+    pub(crate) garbage_disconnects: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -122,6 +133,16 @@ pub struct NodeStats {
     pub unauthenticated: u64,
     /// Sealed messages refused as replays: seen before, or outside the time window.
     pub replay_rejected: u64,
+    /// Messages the node originated (refusals, heartbeats) and dropped because their
+    /// peer's send queue was full: never waited for.
+    pub control_dropped_full: u64,
+    /// Messages the node originated and dropped because their peer had gone.
+    pub control_dropped_gone: u64,
+    /// Refusals (`ERR`s for bad or unservable requests) not sent because their connection
+    /// was over its refusal rate.
+    pub refusals_suppressed: u64,
+    /// Connections the node closed for sending bad requests without pause.
+    pub garbage_disconnects: u64,
 }
 
 /// State shared by the node's tasks.
@@ -472,6 +493,10 @@ fn stats_of(shared: &Shared) -> NodeStats {
         replayed: shared.replies.replayed(),
         unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
         replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
+        control_dropped_full: c.control_dropped_full.load(Ordering::Relaxed),
+        control_dropped_gone: c.control_dropped_gone.load(Ordering::Relaxed),
+        refusals_suppressed: c.refusals_suppressed.load(Ordering::Relaxed),
+        garbage_disconnects: c.garbage_disconnects.load(Ordering::Relaxed),
     }
 }
 
