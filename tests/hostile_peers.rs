@@ -199,3 +199,78 @@ async fn a_client_that_stops_reading_costs_other_clients_nothing_keyed() {
 async fn errors_to_a_full_queue_are_dropped_for_that_peer_alone() {
     non_reader_costs_others_nothing(Defence::DropWhenFull, None).await;
 }
+
+/// Many connections that each hold many long calls fill the node-wide bound; a client with
+/// no call in flight must still be served. Near the bound, the connections holding the most
+/// calls are refused first (`ERR Overloaded`), so there is always room below a fair share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_holding_the_most_calls_are_refused_first() {
+    const LIMIT: usize = 400;
+    const HOGS: usize = 11;
+    const CALLS_PER_HOG: usize = 100;
+    let config = NodeConfig::default()
+        .max_concurrent_calls(LIMIT)
+        .max_calls_per_peer(CALLS_PER_HOG);
+    let node = common::net(
+        "node starts",
+        Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(zmesh_echo::service())
+            .config(config)
+            .start(),
+    )
+    .await
+    .expect("node starts");
+    let endpoint = node.endpoint().to_owned();
+    // Each hog is its own connection and asks for far more long calls than a fair share.
+    let hogs: Vec<Client> = (0..HOGS).map(|_| Client::new(&endpoint)).collect();
+    let mut calls = Vec::new();
+    for hog in &hogs {
+        for _ in 0..CALLS_PER_HOG {
+            let hog = hog.clone();
+            calls.push(tokio::spawn(async move {
+                hog.call_with::<u64>("echo.sleep", (60_000u64,), CallOptions::timeout(T * 9))
+                    .await
+            }));
+        }
+    }
+    // Every hog call is either running or refused.
+    common::eventually(T, "the hogs' calls settle", || {
+        let stats = node.stats();
+        stats.in_flight as u64 + stats.overloaded >= (HOGS * CALLS_PER_HOG) as u64
+    })
+    .await;
+    let stats = node.stats();
+    assert!(stats.fair_share_refused > 0, "{stats:?}");
+    assert!(stats.in_flight < LIMIT, "room is left: {stats:?}");
+
+    // A client with nothing in flight is served, fast calls and slow.
+    let good = Client::new(&endpoint);
+    let up: String = common::net("a fast call", good.call("echo.upper", ("ok",)))
+        .await
+        .expect("a well-behaved client is served");
+    assert_eq!(up, "OK");
+    let slept: u64 = common::net("a slow call", good.call("echo.sleep", (100u64,)))
+        .await
+        .expect("a well-behaved client's slow call is served");
+    assert_eq!(slept, 100);
+
+    // The refused hog calls got a clear answer; the rest are still running.
+    let mut refused = 0;
+    for call in calls {
+        if call.is_finished() {
+            let result = common::net("a finished hog call", call)
+                .await
+                .expect("the task did not panic");
+            match result {
+                Err(CallError::Remote(remote)) => assert_eq!(remote.name, "Overloaded"),
+                other => panic!("a hog call ended other than refused: {other:?}"),
+            }
+            refused += 1;
+        } else {
+            call.abort();
+        }
+    }
+    assert!(refused > 0);
+    drop(hogs);
+}

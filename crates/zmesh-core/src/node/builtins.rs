@@ -172,6 +172,7 @@ fn stats_report(
         count("malformed", &counters.malformed),
         count("oversized", &counters.oversized),
         count("overloaded", &counters.overloaded),
+        count("fair_share_refused", &counters.fair_share_refused),
         count("peer_overloaded", &counters.peer_overloaded),
         count("expired", &counters.expired),
         count("unknown_channel", &counters.unknown_channel),

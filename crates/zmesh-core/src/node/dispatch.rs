@@ -25,7 +25,7 @@ use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 
 use super::Shared;
 use super::refusals::{RefusalClass, RefusalGate, Verdict};
-use super::registry::{Channel, Credit, OpenError};
+use super::registry::{Channel, Credit, NodeLoad, OpenError};
 use super::sender::{Keyed, Seal, Sender};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
@@ -545,10 +545,18 @@ fn open_call(
             );
             return;
         };
-        let admitted =
-            shared
-                .registry
-                .admit(&peer, &header.message_id, size, shared.config.peer_limits());
+        let load = NodeLoad {
+            // The permit just taken included: it is this call's.
+            in_flight: shared.config.max_concurrent_calls - shared.concurrency.available_permits(),
+            limit: shared.config.max_concurrent_calls,
+        };
+        let admitted = shared.registry.admit(
+            &peer,
+            &header.message_id,
+            size,
+            shared.config.peer_limits(),
+            load,
+        );
         if let Err(refusal) = admitted {
             refuse(shared, control, &route, &header.message_id, refusal);
             return;
@@ -667,6 +675,20 @@ fn refuse(
             "{} bytes of requests in flight",
             shared.config.max_bytes_per_peer
         ),
+        OpenError::FairShare { holds, free } => {
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .fair_share_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "node {} is near its limit of {} concurrent calls and this connection holds \
+                 {holds} of them, too many for the {free} still free",
+                shared.name, shared.config.max_concurrent_calls
+            );
+            control.send_err(route, request, RefusalClass::Load, "Overloaded", &message);
+            return;
+        }
         OpenError::Duplicate => {
             let message = "a call with this message_id is already running";
             control.send_err(

@@ -94,6 +94,9 @@ pub(crate) struct Counters {
     pub(crate) refusals_suppressed: AtomicU64,
     /// Connections closed for sending bad requests without pause.
     pub(crate) garbage_disconnects: AtomicU64,
+    /// Requests refused because the node was near its limit and their connection held its
+    /// fair share (also counted in `overloaded`).
+    pub(crate) fair_share_refused: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -106,8 +109,12 @@ pub struct NodeStats {
     pub malformed: u64,
     /// Messages over the size limit.
     pub oversized: u64,
-    /// Requests refused with `ERR Overloaded` (the node-wide bound on calls).
+    /// Requests refused with `ERR Overloaded` (the node-wide bound on calls, including
+    /// `fair_share_refused`).
     pub overloaded: u64,
+    /// Requests refused with `ERR Overloaded` because the node was near its bound on calls
+    /// and their connection held at least its fair share of them.
+    pub fair_share_refused: u64,
     /// Requests refused with `ERR PeerOverloaded` (their connection's bound on in-flight
     /// calls or bytes).
     pub peer_overloaded: u64,
@@ -482,6 +489,7 @@ fn stats_of(shared: &Shared) -> NodeStats {
         malformed: c.malformed.load(Ordering::Relaxed),
         oversized: c.oversized.load(Ordering::Relaxed),
         overloaded: c.overloaded.load(Ordering::Relaxed),
+        fair_share_refused: c.fair_share_refused.load(Ordering::Relaxed),
         peer_overloaded: c.peer_overloaded.load(Ordering::Relaxed),
         peers_in_flight: shared.registry.peers(),
         expired: c.expired.load(Ordering::Relaxed),
