@@ -274,3 +274,43 @@ async fn connections_holding_the_most_calls_are_refused_first() {
     assert!(refused > 0);
     drop(hogs);
 }
+
+/// A result over the node's message size limit is answered `ERR MessageTooLarge` naming
+/// the method and the size, instead of being queued (and refused by the caller anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_result_is_a_clear_error() {
+    const LIMIT: usize = 64 * 1024;
+    let node = common::net(
+        "node starts",
+        Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(zmesh_echo::service())
+            .config(NodeConfig::default().max_message_size(LIMIT))
+            .start(),
+    )
+    .await
+    .expect("node starts");
+    let client = Client::new(node.endpoint());
+    // The request fits, but echo.echo of a string just under the limit, plus the reply's
+    // header, does not.
+    let big = "x".repeat(LIMIT - 100);
+    let err = common::net(
+        "the oversized echo",
+        client.call::<String>("echo.echo", (&big,)),
+    )
+    .await
+    .expect_err("the result is over the limit");
+    let remote = err.remote().expect("a remote error");
+    assert_eq!(remote.name, "MessageTooLarge");
+    assert!(
+        remote.message.contains("echo.echo") && remote.message.contains(&LIMIT.to_string()),
+        "{}",
+        remote.message
+    );
+    assert_eq!(node.stats().oversized_replies, 1);
+    // A result that fits is still served.
+    let small: String = common::net("a small echo", client.call("echo.echo", ("ok",)))
+        .await
+        .expect("served");
+    assert_eq!(small, "ok");
+}

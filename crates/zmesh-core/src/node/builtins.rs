@@ -171,6 +171,7 @@ fn stats_report(
         count("calls", &counters.calls),
         count("malformed", &counters.malformed),
         count("oversized", &counters.oversized),
+        count("oversized_replies", &counters.oversized_replies),
         count("overloaded", &counters.overloaded),
         count("fair_share_refused", &counters.fair_share_refused),
         count("peer_overloaded", &counters.peer_overloaded),

@@ -598,7 +598,7 @@ fn open_call(
     });
     let future = match first_poll {
         Ok(Ok(Ok(Reply::Value(value)))) => {
-            send_now(shared, reply_to.ok(&value));
+            send_now(shared, reply_to.ok(shared, &event.name, &value));
             record(&span, &method.stats, Outcome::Ok, started);
             return;
         }
@@ -737,11 +737,43 @@ impl ReplyTo {
         wire::join_frames(&self.route, Bytes::from(out))
     }
 
-    fn ok(&self, value: &[u8]) -> ZmqMessage {
+    /// The `OK` carrying `value`, or an `ERR MessageTooLarge` when the reply would be over
+    /// the node's message size limit (the caller could not take it either, and queueing it
+    /// would cost the node that much memory per unread reply).
+    fn ok(&self, shared: &Shared, method: &str, value: &[u8]) -> ZmqMessage {
+        if let Some(too_large) = self.too_large(shared, method, 1 + value.len()) {
+            return too_large;
+        }
         self.message(names::OK, 1 + value.len(), |out| {
             out.push(0x91);
             out.extend_from_slice(value);
         })
+    }
+
+    /// The `ERR MessageTooLarge` that replaces a result or stream item whose args take
+    /// `args_len` bytes, if that is over the node's limit (counted).
+    fn too_large(&self, shared: &Shared, method: &str, args_len: usize) -> Option<ZmqMessage> {
+        let limit = shared.config.max_message_size;
+        // The hot path: a reply header and event name take far less than this.
+        if args_len < limit.saturating_sub(1024) {
+            return None;
+        }
+        let header = Header::zmesh(Some(self.request_id.clone()));
+        let size = wire::encoded_len(&header, names::OK, args_len);
+        if size <= limit {
+            return None;
+        }
+        shared
+            .counters
+            .oversized_replies
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(method, size, limit, "result over the message size limit");
+        Some(self.err(
+            "MessageTooLarge",
+            &format!(
+                "the result of {method} is {size} bytes, over the node's limit of {limit} bytes"
+            ),
+        ))
     }
 
     fn err(&self, name: &str, message: &str) -> ZmqMessage {
@@ -930,7 +962,8 @@ impl Call {
         };
         match result {
             Ok(Ok(Reply::Value(value))) => {
-                self.send(self.reply_to.ok(&value)).await;
+                let reply = self.reply_to.ok(&self.shared, &self.method_name, &value);
+                self.send(reply).await;
                 Outcome::Ok
             }
             // Boxed: streams are the rare case, and inline they would make every slow call's
@@ -962,6 +995,13 @@ impl Call {
             credit.take().await;
             match AssertUnwindSafe(stream.next()).catch_unwind().await {
                 Ok(Some(Ok(item))) => {
+                    if let Some(too_large) =
+                        self.reply_to
+                            .too_large(&self.shared, &self.method_name, item.len())
+                    {
+                        self.send(too_large).await;
+                        return Outcome::Error;
+                    }
                     let message = self.reply_to.message(names::STREAM, item.len(), |out| {
                         out.extend_from_slice(&item)
                     });

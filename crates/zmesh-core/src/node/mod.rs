@@ -97,6 +97,8 @@ pub(crate) struct Counters {
     /// Requests refused because the node was near its limit and their connection held its
     /// fair share (also counted in `overloaded`).
     pub(crate) fair_share_refused: AtomicU64,
+    /// Results and stream items over the message size limit, answered `MessageTooLarge`.
+    pub(crate) oversized_replies: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -109,6 +111,9 @@ pub struct NodeStats {
     pub malformed: u64,
     /// Messages over the size limit.
     pub oversized: u64,
+    /// Results and stream items over the size limit, answered with
+    /// `ERR MessageTooLarge` instead.
+    pub oversized_replies: u64,
     /// Requests refused with `ERR Overloaded` (the node-wide bound on calls, including
     /// `fair_share_refused`).
     pub overloaded: u64,
@@ -488,6 +493,7 @@ fn stats_of(shared: &Shared) -> NodeStats {
         calls: c.calls.load(Ordering::Relaxed),
         malformed: c.malformed.load(Ordering::Relaxed),
         oversized: c.oversized.load(Ordering::Relaxed),
+        oversized_replies: c.oversized_replies.load(Ordering::Relaxed),
         overloaded: c.overloaded.load(Ordering::Relaxed),
         fair_share_refused: c.fair_share_refused.load(Ordering::Relaxed),
         peer_overloaded: c.peer_overloaded.load(Ordering::Relaxed),
