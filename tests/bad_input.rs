@@ -687,11 +687,14 @@ async fn wrong_shape_with_readable_header_gets_protocol_error() {
     assert_serves(&node).await;
 }
 
-/// A burst of readable-header garbage: every one is answered, each with its own id.
+/// A burst of readable-header garbage: every one is answered, each with its own id, while
+/// the burst is within the connection's refusal rate (here raised above the burst; past the
+/// rate refusals are suppressed, see `refusals_past_the_rate_are_suppressed_and_counted`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_protocol_errors_is_answered_one_to_one() {
     const N: usize = 1000;
-    let node = tcp_node().await;
+    let config = NodeConfig::default().refusal_rate(N as u32, 100);
+    let node = start_node_with("tcp://127.0.0.1:0", config).await;
     let mut peer = RawPeer::connect(node.endpoint()).await;
     let mut pending = std::collections::HashSet::new();
     for _ in 0..N {
@@ -714,6 +717,40 @@ async fn burst_of_protocol_errors_is_answered_one_to_one() {
     assert!(pending.is_empty());
     peer.ping_then_silence().await;
     assert_eq!(node.stats().malformed, N as u64);
+    assert_serves(&node).await;
+}
+
+/// Past its burst, a connection's refusals are suppressed (counted), and a connection that
+/// sends nothing but garbage for long enough is closed; another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_past_the_rate_are_suppressed_and_counted() {
+    const BURST: u32 = 20;
+    const N: usize = 200;
+    let config = NodeConfig::default().refusal_rate(BURST, 1);
+    let node = start_node_with("tcp://127.0.0.1:0", config).await;
+    let mut peer = RawPeer::connect(node.endpoint()).await;
+    for _ in 0..N {
+        peer.send(event(hdr(&next_id()), Value::from(1), Value::Nil))
+            .await;
+    }
+    // The burst is answered...
+    for _ in 0..BURST {
+        let reply = peer.recv_event().await;
+        assert_eq!(reply.name, "ERR");
+    }
+    // ... and the rest is not, but counted (at most a couple were earned back by the rate
+    // of one a second while the test ran).
+    let started = std::time::Instant::now();
+    while node.stats().malformed < N as u64 {
+        assert!(started.elapsed() < T, "the node handled every request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = node.stats();
+    let suppressed = stats.refusals_suppressed;
+    assert!(
+        suppressed >= (N as u64 - u64::from(BURST)) - 5 && suppressed <= N as u64,
+        "suppressed {suppressed} of {N}: {stats:?}"
+    );
     assert_serves(&node).await;
 }
 

@@ -8,6 +8,8 @@
 //! The node runs on its own 2-thread runtime on its own OS thread, so that if it wedges,
 //! the test's own timeouts still fire and report it.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,28 +27,13 @@ fn request(method: &str, args: &[u8]) -> ZmqMessage {
     ZmqMessage::try_from(vec![Bytes::new(), event]).expect("two frames")
 }
 
-/// Starts an echo node on a runtime of its own; returns its endpoint. The runtime's thread
-/// runs until the test process exits.
+/// Starts an echo node on a runtime of its own; returns its endpoint.
 fn node_on_own_runtime() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let node = Node::builder()
-                .bind("tcp://127.0.0.1:0")
-                .service(zmesh_echo::service())
-                .start()
-                .await
-                .expect("node starts");
-            tx.send(node.endpoint().to_owned()).expect("test waits");
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv_timeout(T).expect("node started")
+    common::node_on_own_runtime(|| {
+        Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(zmesh_echo::service())
+    })
 }
 
 /// Connects, sends `count` requests without reading a reply, and hangs up.

@@ -107,7 +107,11 @@ async fn restart_loop(
     clients: Vec<Arc<Tally>>,
     stop_at: Instant,
 ) -> (SoakNode, Restarts) {
-    let (bind, plain) = (node.endpoint.clone(), node.plain_endpoint.clone());
+    let (bind, plain, events) = (
+        node.endpoint.clone(),
+        node.plain_endpoint.clone(),
+        node.events_endpoint.clone(),
+    );
     let mut restarts = Restarts {
         incarnations: Vec::new(),
         without_recovery: Vec::new(),
@@ -128,7 +132,7 @@ async fn restart_loop(
         node.kill().await;
         // Down for a while, as a crashed host is: clients see it gone.
         tokio::time::sleep(DOWN_FOR).await;
-        node = SoakNode::spawn("restarted", &bind, &plain).await;
+        node = SoakNode::spawn("restarted", &bind, &plain, &events).await;
         let before: Vec<u64> = clients
             .iter()
             .map(|t| t.expected.load(Ordering::Relaxed))
@@ -154,12 +158,16 @@ async fn restart_loop(
 async fn soak_under_hostile_load_and_restarts() {
     let length = soak_length();
     let any = "tcp://127.0.0.1:0";
-    let mut steady = SoakNode::spawn("steady", any, any).await;
-    let restarted = SoakNode::spawn("restarted", any, any).await;
+    let mut steady = SoakNode::spawn("steady", any, any, any).await;
+    let restarted = SoakNode::spawn("restarted", any, any, any).await;
     let endpoints = [steady.endpoint.clone(), restarted.endpoint.clone()];
     let plain_endpoints = [
         steady.plain_endpoint.clone(),
         restarted.plain_endpoint.clone(),
+    ];
+    let events_endpoints = [
+        steady.events_endpoint.clone(),
+        restarted.events_endpoint.clone(),
     ];
     let idle_steady = steady.memory();
     let idle_restarted = restarted.memory();
@@ -210,7 +218,9 @@ async fn soak_under_hostile_load_and_restarts() {
             let seed = class as u64 * 100 + n as u64;
             // Peers that speak plain zerorpc use the plain endpoint (on the keyed one their
             // requests would only be refused unread); the rest hit the keyed endpoint.
-            let target = if class.speaks_zerorpc() {
+            let target = if class == Class::SlowSubscriber {
+                &events_endpoints[n]
+            } else if class.speaks_zerorpc() {
                 &plain_endpoints[n]
             } else {
                 endpoint

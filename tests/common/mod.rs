@@ -83,6 +83,28 @@ pub async fn start_node(
 pub const CHILD_ENDPOINT_VAR: &str = "ZMESH_TEST_CHILD_ENDPOINT";
 pub const CHILD_HEARTBEAT_VAR: &str = "ZMESH_TEST_CHILD_HEARTBEAT_MS";
 
+/// Starts the node `builder` makes on a 2-thread runtime of its own, on an OS thread of its
+/// own, as another process would run it: if the node wedges, the test's own timeouts still
+/// fire. Returns its endpoint; the runtime runs until the test process exits.
+pub fn node_on_own_runtime(
+    builder: impl FnOnce() -> zmesh::NodeBuilder + Send + 'static,
+) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let node = builder().start().await.expect("node starts");
+            tx.send(node.endpoint().to_owned()).expect("test waits");
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv_timeout(NET_TIMEOUT).expect("node started")
+}
+
 /// Called from a `#[test]` named `child_server_entry`: when the binary was launched by
 /// [`spawn_child_server`], serve the echo service forever and print `READY <endpoint>`;
 /// otherwise return at once.

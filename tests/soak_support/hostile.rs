@@ -11,7 +11,11 @@
 //!   connection (`ERR Overloaded` for the rest), reading every reply;
 //! - `churn`: connections that open a long call and vanish at once;
 //! - `zmtp-garbage`: raw TCP connections that break the ZMTP handshake or send a frame
-//!   announcing 1 TiB and then hang up.
+//!   announcing 1 TiB and then hang up;
+//! - `non-reader`: a raw DEALER that sends a burst of requests for an unknown method (each
+//!   earns an `ERR`) and then two a second, never reading a reply;
+//! - `slow-subscriber`: a raw SUB on the node's publisher, subscribed to everything, that
+//!   never reads an event.
 //!
 //! The wrong-key class uses `zmesh::Client`s (with a wrong key, or none) and lives in
 //! `polite.rs`, where calls are counted as succeeded, failed or lost.
@@ -47,17 +51,21 @@ pub enum Class {
     Overload,
     Churn,
     ZmtpGarbage,
+    NonReader,
+    SlowSubscriber,
 }
 
 impl Class {
     /// Every class the soak runs.
-    pub const ALL: [Class; 6] = [
+    pub const ALL: [Class; 8] = [
         Class::Garbage,
         Class::Oversized,
         Class::Flood,
         Class::Overload,
         Class::Churn,
         Class::ZmtpGarbage,
+        Class::NonReader,
+        Class::SlowSubscriber,
     ];
 
     /// Its name in the report.
@@ -69,6 +77,8 @@ impl Class {
             Class::Overload => "overload",
             Class::Churn => "churn",
             Class::ZmtpGarbage => "zmtp-garbage",
+            Class::NonReader => "non-reader",
+            Class::SlowSubscriber => "slow-subscriber",
         }
     }
 
@@ -76,7 +86,7 @@ impl Class {
     /// on the keyed one they would only be refused before decoding (which the wrong-key
     /// class covers). ZMTP garbage never gets that far and uses the keyed endpoint.
     pub fn speaks_zerorpc(self) -> bool {
-        !matches!(self, Class::ZmtpGarbage)
+        !matches!(self, Class::ZmtpGarbage | Class::SlowSubscriber)
     }
 
     /// What its probes are, for the report.
@@ -84,7 +94,7 @@ impl Class {
         match self {
             Class::Garbage => "ping after each burst",
             Class::Oversized => "ERR MessageTooLarge per request",
-            Class::Flood => "none (never reads)",
+            Class::Flood | Class::NonReader | Class::SlowSubscriber => "none (never reads)",
             Class::Overload => "a reply per request",
             Class::Churn | Class::ZmtpGarbage => "none (hangs up)",
         }
@@ -108,6 +118,8 @@ pub async fn run(
             Class::Overload => overload_session(&endpoint, &tally).await,
             Class::Churn => churn_session(&endpoint, &tally).await,
             Class::ZmtpGarbage => zmtp_garbage_session(&endpoint, &tally, &mut rng).await,
+            Class::NonReader => non_reader_session(&endpoint, &tally, stop_at).await,
+            Class::SlowSubscriber => slow_subscriber_session(&endpoint, &tally, stop_at).await,
         };
         if ran {
             tally.sessions.fetch_add(1, Ordering::Relaxed);
@@ -347,6 +359,58 @@ async fn flood_session(endpoint: &str, tally: &RawTally, stop_at: Instant) -> bo
         tokio::time::sleep(FLOOD_PAUSE).await;
     }
     // Dropped without ever reading: the node is left with replies nobody takes.
+    true
+}
+
+/// Requests in the non-reader's burst, how long a session trickles after it, and how often.
+const NON_READER_BURST: usize = 50_000;
+const NON_READER_SESSION: Duration = Duration::from_secs(15);
+const NON_READER_TRICKLE: Duration = Duration::from_millis(500);
+
+async fn non_reader_session(endpoint: &str, tally: &RawTally, stop_at: Instant) -> bool {
+    let Some(mut sock) = connect(endpoint).await else {
+        return false;
+    };
+    let (_, frames) = request("soak.no_such_method", &Value::Array(vec![]));
+    for _ in 0..NON_READER_BURST {
+        if Instant::now() >= stop_at || !send(&mut sock, frames.clone()).await {
+            return true;
+        }
+        tally.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    let until = (Instant::now() + NON_READER_SESSION).min(stop_at);
+    while Instant::now() < until {
+        tokio::time::sleep(NON_READER_TRICKLE).await;
+        if !send(&mut sock, frames.clone()).await {
+            return true;
+        }
+        tally.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    // Dropped without ever reading.
+    true
+}
+
+/// How long a slow subscriber stays connected without reading.
+const SLOW_SUBSCRIBER_SESSION: Duration = Duration::from_secs(20);
+
+async fn slow_subscriber_session(endpoint: &str, tally: &RawTally, stop_at: Instant) -> bool {
+    let mut sock = zeromq::SubSocket::new();
+    if !matches!(
+        tokio::time::timeout(STEP, sock.connect(endpoint)).await,
+        Ok(Ok(()))
+    ) {
+        return false;
+    }
+    if !matches!(
+        tokio::time::timeout(STEP, sock.subscribe("")).await,
+        Ok(Ok(()))
+    ) {
+        return false;
+    }
+    tally.sent.fetch_add(1, Ordering::Relaxed);
+    // Never polled for input: the publisher's events back up towards it.
+    let until = (Instant::now() + SLOW_SUBSCRIBER_SESSION).min(stop_at);
+    tokio::time::sleep_until(until.into()).await;
     true
 }
 

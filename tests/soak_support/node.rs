@@ -13,12 +13,18 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use zmesh::{MeshKey, Node, NodeConfig};
+use zmesh::{MeshKey, Node, NodeConfig, Publisher};
 
 /// Environment of a child node: the endpoints to bind and the node's name.
 const BIND_VAR: &str = "ZMESH_SOAK_NODE_BIND";
 const PLAIN_VAR: &str = "ZMESH_SOAK_NODE_PLAIN";
 const NAME_VAR: &str = "ZMESH_SOAK_NODE_NAME";
+const EVENTS_VAR: &str = "ZMESH_SOAK_NODE_EVENTS";
+
+/// The node's publisher sends one event of this many bytes every [`TICK_EVERY`], so a
+/// subscriber that never reads has a steady stream backing up into the publisher.
+pub const TICK_BYTES: usize = 1024;
+const TICK_EVERY: Duration = Duration::from_millis(1);
 
 /// The soak mesh's key, and one that is not it.
 pub const MESH_SECRET: &str = "zmesh soak mesh key, 32 bytes!!!";
@@ -51,12 +57,28 @@ pub fn serve_if_child() {
     };
     let plain = std::env::var(PLAIN_VAR).expect("plain endpoint set by the parent");
     let name = std::env::var(NAME_VAR).unwrap_or_else(|_| "soak".to_owned());
+    let events = std::env::var(EVENTS_VAR).expect("events endpoint set by the parent");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        let publisher = Publisher::builder()
+            .bind(events)
+            .mesh_key(key(MESH_SECRET))
+            .start()
+            .await
+            .expect("soak publisher binds");
+        let ticks = publisher.clone();
+        tokio::spawn(async move {
+            let payload = rmpv::Value::Binary(vec![7u8; TICK_BYTES]);
+            let mut every = tokio::time::interval(TICK_EVERY);
+            loop {
+                every.tick().await;
+                let _ = ticks.publish("soak.tick", &payload).await;
+            }
+        });
         let node = Node::builder()
             .name(name)
             .bind(bind)
@@ -67,7 +89,11 @@ pub fn serve_if_child() {
             .start()
             .await
             .expect("soak node starts");
-        println!("READY {}", node.endpoints().join(" "));
+        println!(
+            "READY {} {}",
+            node.endpoints().join(" "),
+            publisher.endpoint()
+        );
         // Serve until the parent kills this process.
         std::future::pending::<()>().await;
     });
@@ -107,6 +133,8 @@ pub struct SoakNode {
     pub endpoint: String,
     /// Its plain endpoint (likewise).
     pub plain_endpoint: String,
+    /// Its publisher's endpoint (likewise).
+    pub events_endpoint: String,
     /// Lines of its stderr that report a panic.
     pub panics: Arc<AtomicU64>,
 }
@@ -114,7 +142,7 @@ pub struct SoakNode {
 impl SoakNode {
     /// Starts a node bound to `bind` and `plain` (`tcp://127.0.0.1:0` the first time, then
     /// the ports it got, so clients find a restarted node where they left it).
-    pub async fn spawn(name: &str, bind: &str, plain: &str) -> Self {
+    pub async fn spawn(name: &str, bind: &str, plain: &str, events: &str) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
@@ -126,6 +154,7 @@ impl SoakNode {
             .env(BIND_VAR, bind)
             .env(PLAIN_VAR, plain)
             .env(NAME_VAR, name)
+            .env(EVENTS_VAR, events)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // A failing soak unwinds and drops its nodes: they must not outlive it.
@@ -150,20 +179,22 @@ impl SoakNode {
         });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (endpoint, plain_endpoint) = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await.expect("child stdout readable") {
-                // The harness prints "test soak_node_entry ... " on the same line.
-                if let Some((_, endpoints)) = line.split_once("READY ") {
-                    let mut endpoints = endpoints.split_whitespace().map(str::to_owned);
-                    let keyed = endpoints.next().expect("a keyed endpoint");
-                    let plain = endpoints.next().expect("a plain endpoint");
-                    return (keyed, plain);
+        let (endpoint, plain_endpoint, events_endpoint) =
+            tokio::time::timeout(START_TIMEOUT, async {
+                while let Some(line) = lines.next_line().await.expect("child stdout readable") {
+                    // The harness prints "test soak_node_entry ... " on the same line.
+                    if let Some((_, endpoints)) = line.split_once("READY ") {
+                        let mut endpoints = endpoints.split_whitespace().map(str::to_owned);
+                        let keyed = endpoints.next().expect("a keyed endpoint");
+                        let plain = endpoints.next().expect("a plain endpoint");
+                        let events = endpoints.next().expect("an events endpoint");
+                        return (keyed, plain, events);
+                    }
                 }
-            }
-            panic!("soak node {name} exited before it was ready");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("soak node {name} not ready within {START_TIMEOUT:?}"));
+                panic!("soak node {name} exited before it was ready");
+            })
+            .await
+            .unwrap_or_else(|_| panic!("soak node {name} not ready within {START_TIMEOUT:?}"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
@@ -171,6 +202,7 @@ impl SoakNode {
             pid,
             endpoint,
             plain_endpoint,
+            events_endpoint,
             panics,
         }
     }

@@ -7,6 +7,7 @@
 //! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
 //! shows as a ratio to raw and tcp in the same run.
 
+use crate::output::outln;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -654,7 +655,7 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .start()
                 .await
                 .map_err(|e| CliError::Other(format!("cannot start the device: {e}")))?;
-            println!("READY {} {}", device.frontend(), device.backend());
+            outln!("READY {} {}", device.frontend(), device.backend());
             device.run_until(async { drop(parent_gone.await) }).await;
         }
         "zmesh" | "worker" | "keyed" => {
@@ -676,9 +677,9 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Other(format!("cannot start the {kind} node: {e}")))?;
             if worker {
-                println!("READY {bind}");
+                outln!("READY {bind}");
             } else {
-                println!("READY {}", node.endpoint());
+                outln!("READY {}", node.endpoint());
             }
             let _ = parent_gone.await;
             node.shutdown(Duration::from_millis(200)).await;
@@ -689,7 +690,7 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .bind(bind)
                 .await
                 .map_err(|e| CliError::Other(format!("cannot bind {bind}: {e}")))?;
-            println!("READY {endpoint}");
+            outln!("READY {endpoint}");
             let echo = async move {
                 while let Ok(message) = router.recv().await {
                     if router.send(message).await.is_err() {
@@ -707,14 +708,14 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
 }
 
 /// The human-readable table.
-pub(crate) fn print_table(report: &BenchReport) {
-    println!(
+pub(crate) fn print_table(report: &BenchReport) -> Result<(), crate::output::OutputError> {
+    outln!(
         "zmesh bench: {} B payload, {} in flight, {} runtime, servers in separate processes",
         report.payload,
         report.in_flight,
         report.runtime.arg()
     );
-    println!(
+    outln!(
         "{:<6} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
         "mode",
         "calls",
@@ -729,7 +730,7 @@ pub(crate) fn print_table(report: &BenchReport) {
     );
     for m in &report.modes {
         let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
-        println!(
+        outln!(
             "{:<6} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11}",
             m.mode.name(),
             m.calls,
@@ -743,6 +744,7 @@ pub(crate) fn print_table(report: &BenchReport) {
             ratio(m.calls_per_sec_vs_raw),
         );
     }
+    Ok(())
 }
 
 /// Draws the latency distribution of every mode (latency against percentile) as SVG.

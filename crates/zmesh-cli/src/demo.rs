@@ -4,6 +4,7 @@
 //! change events arriving, kills one node mid-load to show failover, prints a summary table
 //! and stops every process it started (also on Ctrl-C, an error or a panic).
 
+use crate::output::outln;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,11 +63,11 @@ pub(crate) async fn run(args: DemoArgs, signal: impl Future<Output = ()>) -> Res
         () = signal => Err(CliError::Other("interrupted".into())),
     };
     if outcome.is_err() {
-        println!();
-        println!("stopping the mesh after an error or interruption");
+        outln!();
+        outln!("stopping the mesh after an error or interruption");
     }
     let (graceful, killed, gone) = fleet.shutdown(STOP_GRACE).await;
-    println!(
+    outln!(
         "cleanup: {graceful} processes stopped gracefully, {killed} killed after {STOP_GRACE:?}, \
          {gone} already gone; none left running"
     );
@@ -119,10 +120,10 @@ struct Mesh {
 
 async fn demo(fleet: &mut Fleet, args: &DemoArgs) -> Result<(), CliError> {
     let started = Instant::now();
-    println!("zmesh demo: a small mesh on 127.0.0.1, every node a process of its own");
-    println!();
+    outln!("zmesh demo: a small mesh on 127.0.0.1, every node a process of its own");
+    outln!();
     let mesh = start_mesh(fleet).await?;
-    println!();
+    outln!();
 
     // The caller's view of the mesh: beacons on the shared port, plus one seed so gossip
     // fills in whatever a lost beacon missed.
@@ -143,29 +144,33 @@ async fn demo(fleet: &mut Fleet, args: &DemoArgs) -> Result<(), CliError> {
     );
     let waited = Instant::now();
     converge(&mesh_client, &mesh.frontend).await?;
-    println!(
+    outln!(
         "discovery: echo on 2 peers, kv on 1 peer (found by beacons in {:.0} ms); \
          proxy has 2 echo workers",
         waited.elapsed().as_secs_f64() * 1e3
     );
-    println!();
+    outln!();
 
     let mut direct = PathFigures::default();
     let events = direct_calls(&mesh, args, &mut direct).await?;
-    println!();
+    outln!();
     let mut by_name = PathFigures::default();
     mesh_calls(&mesh, &mesh_client, args, &mut by_name).await?;
-    println!();
+    outln!();
     let mut device = PathFigures::default();
     device_calls(&mesh, args, &mut device).await?;
-    println!();
+    outln!();
     let mut failover = PathFigures::default();
     let failed_over = failover_calls(fleet, &mesh, &mesh_client, args, &mut failover).await?;
-    println!();
+    outln!();
 
-    println!(
+    outln!(
         "{:<38} {:>7} {:>7} {:>10} {:>10}",
-        "path", "calls", "errors", "p50 us", "p99 us"
+        "path",
+        "calls",
+        "errors",
+        "p50 us",
+        "p99 us"
     );
     for (label, figures) in [
         ("direct     Client -> kv-1 (kv)", &mut direct),
@@ -174,22 +179,25 @@ async fn demo(fleet: &mut Fleet, args: &DemoArgs) -> Result<(), CliError> {
         ("failover   MeshClient, node-b killed", &mut failover),
     ] {
         let (p50, p99) = (figures.percentile_us(50.0), figures.percentile_us(99.0));
-        println!(
+        outln!(
             "{label:<38} {:>7} {:>7} {p50:>10.1} {p99:>10.1}",
             figures.calls(),
             figures.errors,
         );
     }
-    println!(
+    outln!(
         "events     kv.changed.*: {} published, {} received, {} gaps",
-        events.published, events.received, events.gaps
+        events.published,
+        events.received,
+        events.gaps
     );
-    println!(
+    outln!(
         "failover: {} calls retried on the surviving node, {} idempotent calls failed",
-        failed_over.retries, failover.errors
+        failed_over.retries,
+        failover.errors
     );
-    println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
-    println!();
+    outln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    outln!();
     Ok(())
 }
 
@@ -220,7 +228,7 @@ async fn start_mesh(fleet: &mut Fleet) -> Result<Mesh, CliError> {
         argv.extend(services.iter().map(|s| (*s).to_owned()));
         argv
     };
-    println!("starting (mesh {name:?}, beacons on udp port {beacon_port}):");
+    outln!("starting (mesh {name:?}, beacons on udp port {beacon_port}):");
     let mut mesh_nodes = Vec::new();
     for node in ["node-a", "node-b"] {
         let index = fleet.spawn(node, &serve(node, &[], &["echo"]))?;
@@ -245,9 +253,10 @@ async fn start_mesh(fleet: &mut Fleet) -> Result<Mesh, CliError> {
         let child = fleet.get(index);
         let endpoint = served_endpoint(&child.expect("serving", ANNOUNCE).await?);
         child.expect("mesh", ANNOUNCE).await?;
-        println!(
+        outln!(
             "  {:<9} pid {:<7} echo service, mesh member          {endpoint}",
-            child.name, child.pid
+            child.name,
+            child.pid
         );
         endpoints.push(endpoint);
     }
@@ -255,16 +264,18 @@ async fn start_mesh(fleet: &mut Fleet) -> Result<Mesh, CliError> {
     let kv = served_endpoint(&child.expect("serving", ANNOUNCE).await?);
     let kv_events = child.expect("events", ANNOUNCE).await?;
     child.expect("mesh", ANNOUNCE).await?;
-    println!(
+    outln!(
         "  {:<9} pid {:<7} kv service, mesh member, publisher {kv} (events {kv_events})",
-        child.name, child.pid
+        child.name,
+        child.pid
     );
     let child = fleet.get(proxy_index);
     let frontend = child.expect("frontend", ANNOUNCE).await?;
     let backend = child.expect("backend", ANNOUNCE).await?;
-    println!(
+    outln!(
         "  {:<9} pid {:<7} proxy device                       {frontend} (workers connect to {backend})",
-        child.name, child.pid
+        child.name,
+        child.pid
     );
     for worker in ["worker-1", "worker-2"] {
         let argv: Vec<String> = ["serve", "--worker-of", &backend, "--name", worker, "echo"]
@@ -274,9 +285,10 @@ async fn start_mesh(fleet: &mut Fleet) -> Result<Mesh, CliError> {
         let index = fleet.spawn(worker, &argv)?;
         let child = fleet.get(index);
         child.expect("serving", ANNOUNCE).await?;
-        println!(
+        outln!(
             "  {:<9} pid {:<7} echo service, worker of the proxy",
-            child.name, child.pid
+            child.name,
+            child.pid
         );
     }
     let node_b = endpoints.pop().unwrap_or_default();
@@ -374,7 +386,7 @@ async fn direct_calls(
     args: &DemoArgs,
     figures: &mut PathFigures,
 ) -> Result<EventFigures, CliError> {
-    println!("1. direct: a Client calls kv-1 at {}", mesh.kv);
+    outln!("1. direct: a Client calls kv-1 at {}", mesh.kv);
     let client = Client::new(mesh.kv.clone());
     let mut events = Subscriber::builder()
         .connect(mesh.kv_events.clone())
@@ -408,7 +420,7 @@ async fn direct_calls(
             .await;
         figures.record(t, &result);
     }
-    println!(
+    outln!(
         "   {puts} kv.put and {} kv.get calls, {} errors",
         args.calls - puts,
         figures.errors
@@ -418,20 +430,21 @@ async fn direct_calls(
         .await
         .map_err(CliError::from)?;
     let keys: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
-    println!("   kv.scan(\"user:\", 3)      -> {keys:?}");
+    outln!("   kv.scan(\"user:\", 3)      -> {keys:?}");
     let removed: bool = client
         .call("kv.delete", ("user:000",))
         .await
         .map_err(CliError::from)?;
-    println!("   kv.delete(\"user:000\")    -> {removed}");
+    outln!("   kv.delete(\"user:000\")    -> {removed}");
     match client
         .call::<u64>("kv.put", ("big", "x".repeat(100_000)))
         .await
     {
         Err(CallError::Remote(e)) => {
-            println!(
+            outln!(
                 "   kv.put(\"big\", 100 kB)    -> refused as expected: {}: {}",
-                e.name, e.message
+                e.name,
+                e.message
             );
         }
         other => {
@@ -454,7 +467,7 @@ async fn direct_calls(
                 received += 1;
                 if shown < 3 || event.payload.op == "delete" {
                     shown += 1;
-                    println!(
+                    outln!(
                         "   event {} #{} {} rev {}: {}",
                         event.topic,
                         event.seq.unwrap_or_default(),
@@ -464,14 +477,14 @@ async fn direct_calls(
                     );
                 } else if shown == 3 {
                     shown += 1;
-                    println!("   ...");
+                    outln!("   ...");
                 }
             }
-            Delivery::Gap(gap) => println!("   gap: {gap:?}"),
+            Delivery::Gap(gap) => outln!("   gap: {gap:?}"),
         }
     }
     let gaps = events.stats().gaps;
-    println!("   events: {received} of {published} kv.changed.* received, {gaps} gaps");
+    outln!("   events: {received} of {published} kv.changed.* received, {gaps} gaps");
     Ok(EventFigures {
         published,
         received,
@@ -486,7 +499,7 @@ async fn mesh_calls(
     args: &DemoArgs,
     figures: &mut PathFigures,
 ) -> Result<(), CliError> {
-    println!(
+    outln!(
         "2. by name: a MeshClient calls \"echo.upper\"; no endpoint given, discovery finds them"
     );
     let before = (
@@ -502,7 +515,7 @@ async fn mesh_calls(
     }
     let a = upper_calls(&mesh.node_a).await.saturating_sub(before.0);
     let b = upper_calls(&mesh.node_b).await.saturating_sub(before.1);
-    println!(
+    outln!(
         "   {} calls, {} errors; served by node-a {a}, node-b {b} (from each node's _zmesh_stats)",
         figures.calls(),
         figures.errors
@@ -526,7 +539,7 @@ async fn device_calls(
     args: &DemoArgs,
     figures: &mut PathFigures,
 ) -> Result<(), CliError> {
-    println!(
+    outln!(
         "3. device: a Client calls the proxy at {}; it routes to its workers",
         mesh.frontend
     );
@@ -548,7 +561,7 @@ async fn device_calls(
             .map(text)
             .unwrap_or_default()
     };
-    println!(
+    outln!(
         "   {} calls, {} errors; device: {} workers, {} dispatched, {} completed",
         figures.calls(),
         figures.errors,
@@ -574,10 +587,11 @@ async fn failover_calls(
     args: &DemoArgs,
     figures: &mut PathFigures,
 ) -> Result<Failover, CliError> {
-    println!(
+    outln!(
         "4. failover: {} callers make {} \"echo.echo\" calls by name; node-b is killed a \
          third of the way in",
-        args.concurrency, args.calls
+        args.concurrency,
+        args.calls
     );
     let stats_before = client.stats();
     let next = Arc::new(AtomicU64::new(0));
@@ -625,7 +639,7 @@ async fn failover_calls(
     let victim = fleet.get(mesh.node_b_index);
     let killed_at = done.load(Ordering::Relaxed);
     victim.kill().await;
-    println!(
+    outln!(
         "   killed node-b (pid {}, SIGKILL) after {killed_at} calls",
         victim.pid
     );
@@ -638,7 +652,7 @@ async fn failover_calls(
     }
     let stats = client.stats();
     let retries = stats.retries - stats_before.retries;
-    println!(
+    outln!(
         "   {} calls, {} errors; {retries} retried on node-a, node-b taken out of rotation \
          ({} peer down); echo peers now {}",
         figures.calls(),

@@ -1,6 +1,7 @@
 //! Runs `zmesh sub` (print a publisher's events as JSON lines) and `zmesh pub` (publish one
 //! event, delivered to the subscribers present, not lost to ZeroMQ's slow-joiner problem).
 
+use crate::output::outln;
 use std::future::Future;
 use std::time::Duration;
 
@@ -133,11 +134,15 @@ pub(crate) async fn sub(args: SubArgs, signal: impl Future<Output = ()>) -> Resu
             if matches!(delivery, Delivery::Event(_)) {
                 events += 1;
             }
-            println!("{}", delivery_json(&delivery));
+            outln!("{}", delivery_json(&delivery));
         }
+        Ok::<(), crate::output::OutputError>(())
     };
     let timed_out = tokio::select! {
-        () = done => false,
+        written = done => {
+            written?;
+            false
+        }
         () = signal => false,
         () = sleep_until(deadline) => true,
     };
@@ -259,7 +264,7 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Other(format!("cannot bind {endpoint}: {e}")))?;
         // The real port, for subscribers of a `tcp://…:0` publisher.
         endpoint = bound.to_string();
-        println!("bound {endpoint}");
+        outln!("bound {endpoint}");
     } else {
         match timeout_at(deadline, socket.connect(&endpoint)).await {
             Ok(Ok(())) => {}

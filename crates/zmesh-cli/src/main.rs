@@ -7,9 +7,11 @@ mod demo;
 mod events_cmd;
 mod json;
 mod mesh_key;
+mod output;
 mod proxy_cmd;
 mod serve_cmd;
 
+use crate::output::outln;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -177,6 +179,9 @@ enum CliError {
     /// as clap's usage errors.
     #[error("{0}")]
     Usage(String),
+    /// A result could not be written (or nobody reads them any more).
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
 }
 
 impl From<CallError> for CliError {
@@ -223,6 +228,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Like standard tools: whoever read the output has what they wanted.
+        Err(CliError::Output(output::OutputError::Closed)) => ExitCode::SUCCESS,
         Err(error @ CliError::Remote { .. }) => {
             eprintln!("{error}");
             ExitCode::from(EXIT_REMOTE_ERROR)
@@ -300,14 +307,14 @@ async fn run(command: Command) -> Result<(), CliError> {
             if json {
                 let text = serde_json::to_string_pretty(&report)
                     .map_err(|e| CliError::Other(format!("cannot write JSON: {e}")))?;
-                println!("{text}");
+                outln!("{text}");
             } else {
-                bench::print_table(&report);
+                bench::print_table(&report)?;
             }
             if let Some(path) = plot {
                 bench::plot(&report, &path)?;
                 if !json {
-                    println!("latency plot written to {}", path.display());
+                    outln!("latency plot written to {}", path.display());
                 }
             }
             Ok(())
@@ -354,11 +361,11 @@ async fn call(
         Response::Value(bytes) => {
             let value = rmpv::decode::read_value(&mut &bytes[..])
                 .map_err(|e| CliError::Other(format!("undecodable result: {e}")))?;
-            println!("{}", json::to_json(&value));
+            outln!("{}", json::to_json(&value));
         }
         Response::Stream(mut items) => {
             while let Some(item) = items.next().await {
-                println!("{}", json::to_json(&item?));
+                outln!("{}", json::to_json(&item?));
             }
         }
     }
@@ -381,7 +388,7 @@ async fn list(client: &Client) -> Result<(), CliError> {
     };
     lines.sort();
     for line in lines {
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }
@@ -459,7 +466,7 @@ async fn ping(client: &Client) -> Result<(), CliError> {
         .and_then(|a| a.get(1))
         .map(json::to_json)
         .unwrap_or(serde_json::Value::Null);
-    println!(
+    outln!(
         "pong from {} in {:.1} us",
         name.as_str()
             .map_or_else(|| name.to_string(), str::to_owned),
@@ -471,7 +478,7 @@ async fn ping(client: &Client) -> Result<(), CliError> {
 async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError> {
     let report: rmpv::Value = client.call("_zmesh_stats", ()).await?;
     if as_json {
-        println!("{}", json::to_json(&report));
+        outln!("{}", json::to_json(&report));
         return Ok(());
     }
     let node = map_get(&report, "node").map(text).unwrap_or_default();
@@ -488,7 +495,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
                 .collect()
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "node {node}, up {uptime:.1} s; {}",
         if counters.is_empty() {
             "no calls yet".to_owned()
@@ -499,9 +506,17 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
     let columns = [
         "calls", "errors", "aborted", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
     ];
-    println!(
+    outln!(
         "{:<28} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "method", "calls", "errors", "aborted", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+        "method",
+        "calls",
+        "errors",
+        "aborted",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us"
     );
     let methods = map_get(&report, "methods")
         .and_then(rmpv::Value::as_map)
@@ -518,7 +533,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         if !all && values[..3].iter().all(|&n| n == 0) {
             continue;
         }
-        println!(
+        outln!(
             "{:<28} {:>9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
             text(name),
             values[0],

@@ -3,6 +3,7 @@
 //! rotation), and runs `zmesh keygen`. A key that cannot be loaded is a usage error (exit 2):
 //! nothing was attempted, and the fix is in the command line or the environment.
 
+use crate::output::outln;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -214,7 +215,7 @@ pub(crate) fn keygen(args: &KeygenArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(e.to_string()))?
         .key_id();
     let Some(path) = &args.out else {
-        println!("{text}");
+        outln!("{text}");
         return Ok(());
     };
     let mut options = std::fs::OpenOptions::new();

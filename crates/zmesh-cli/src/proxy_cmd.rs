@@ -1,6 +1,7 @@
 //! Runs `zmesh proxy`: the proxy device of `zmesh-device` until Ctrl-C or SIGTERM, printing
 //! its resolved endpoints on stdout so a parent process can use port 0.
 
+use crate::output::outln;
 use std::time::Duration;
 
 use zmesh_device::{Device, DeviceConfig};
@@ -79,7 +80,7 @@ pub(crate) async fn run(
         .map_err(|e| CliError::Other(format!("cannot start the proxy: {e}")))?;
     for line in endpoint_lines(&device) {
         // stdout is line-buffered: each line reaches a reading parent at once.
-        println!("{line}");
+        outln!("{line}");
     }
     device.run_until(signal).await;
     eprintln!("zmesh: proxy stopped");

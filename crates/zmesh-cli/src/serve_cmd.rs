@@ -2,6 +2,7 @@
 //! proxy device, or a member of a mesh found by beacons and seeds), optionally publishing
 //! their events, until Ctrl-C or SIGTERM; then shuts down gracefully.
 
+use crate::output::outln;
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -160,7 +161,7 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
             .start()
             .await
             .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
-        println!("serving {listing} on {}", node.node().endpoints().join(" "));
+        outln!("serving {listing} on {}", node.node().endpoints().join(" "));
         Running::Mesh(node)
     } else {
         let mut builder = Node::builder();
@@ -194,25 +195,25 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
             .await
             .map_err(|e| CliError::Other(format!("cannot start the node: {e}")))?;
         match &args.worker_of {
-            Some(backend) => println!("serving {listing} as a worker of {backend}"),
+            Some(backend) => outln!("serving {listing} as a worker of {backend}"),
             None => {
                 // The node lists the --bind endpoints first, then the --plain-bind ones.
                 let (keyed, plain) = node
                     .endpoints()
                     .split_at(keyed_binds.min(node.endpoints().len()));
-                println!("serving {listing} on {}", keyed.join(" "));
+                outln!("serving {listing} on {}", keyed.join(" "));
                 if has_plain {
-                    println!("plain {}", plain.join(" "));
+                    outln!("plain {}", plain.join(" "));
                 }
             }
         }
         Running::Plain(node)
     };
     if let Some(publisher) = &publisher {
-        println!("events {}", publisher.endpoints().join(" "));
+        outln!("events {}", publisher.endpoints().join(" "));
     }
     if let Running::Mesh(node) = &running {
-        println!("mesh {} peer {}", node.discovery().mesh(), node.record().id);
+        outln!("mesh {} peer {}", node.discovery().mesh(), node.record().id);
     }
     signal.await;
     let aborted = match running {

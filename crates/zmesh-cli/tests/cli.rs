@@ -343,3 +343,49 @@ async fn bench_pipelines_calls_and_prints_a_table() {
         assert_eq!(row.split_whitespace().nth(1), Some("2000"), "{row}");
     }
 }
+
+/// `zmesh call ... | head -1`: the reader goes away after one line of a long stream. The
+/// command ends quietly with exit 0 (no panic on the closed pipe); and with stdout on a full
+/// disk (`/dev/full`) it fails with a clear message and exit 3.
+#[tokio::test]
+async fn a_closed_or_full_stdout_ends_the_command_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let ep = server.endpoint.as_str();
+
+    let mut child = common::zmesh()
+        .args(["call", ep, "echo.count", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zmesh starts");
+    let out = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let first = timeout(common::LIMIT, lines.next_line())
+        .await
+        .expect("a first line in time")
+        .expect("readable");
+    assert_eq!(first.as_deref(), Some("0"));
+    drop(lines);
+    let output = common::finish(child, "zmesh call | head -1").await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let child = common::zmesh()
+        .args(["call", ep, "echo.upper", "hi"])
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zmesh starts");
+    let output = common::finish(child, "zmesh call > /dev/full").await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("cannot write to standard output") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@
 //! | `kv.get(key)` | the value stored under `key`, or nil (idempotent) |
 //! | `kv.put(key, value)` | stores any msgpack `value` under `key`; returns the store's new revision |
 //! | `kv.delete(key)` | removes `key`; returns whether it was there |
-//! | `kv.scan(prefix, limit)` | up to `limit` `[key, value]` pairs whose key starts with `prefix`, in key order (idempotent) |
+//! | `kv.scan(prefix, limit)` | up to `limit` `[key, value]` pairs whose key starts with `prefix`, in key order, and no more than [`KvConfig::max_scan_bytes`] of them (idempotent) |
 //!
 //! Every `put`, and every `delete` that removed something, publishes a [`Change`] on topic
 //! `kv.changed.<key>` through the publisher the service was built with (normally the node's
@@ -15,7 +15,10 @@
 //! changes of a key in the order they were made.
 //!
 //! Bounds ([`KvConfig`]): key length, value size (its msgpack encoding), number of keys,
-//! total bytes, and scan length. Breaking one is a typed error with a clear message:
+//! total bytes, and scan length in pairs and in bytes. A scan stops at whichever of its
+//! bounds comes first (always returning at least one pair when one matches), so its reply
+//! stays well under the message size limits of the node and its callers: a short result
+//! means no more keys match, or that the next pair would have passed the bytes bound. Breaking one is a typed error with a clear message:
 //! `InvalidKey`, `ValueTooLarge`, `StoreFull`, `InvalidLimit` (see [`KvError`]).
 //!
 //! Only the reads are marked idempotent. `put` and `delete` leave the same state when run
@@ -52,6 +55,8 @@ pub struct KvConfig {
     pub max_total_bytes: usize,
     /// Largest `limit` a scan may ask for (default 1,000).
     pub max_scan: usize,
+    /// Most bytes of keys and values one scan returns (default 4 MiB).
+    pub max_scan_bytes: usize,
 }
 
 impl Default for KvConfig {
@@ -62,6 +67,7 @@ impl Default for KvConfig {
             max_keys: 100_000,
             max_total_bytes: 64 * 1024 * 1024,
             max_scan: 1_000,
+            max_scan_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -99,6 +105,13 @@ impl KvConfig {
     #[must_use]
     pub fn max_scan(mut self, n: usize) -> Self {
         self.max_scan = n;
+        self
+    }
+
+    /// Sets the most bytes of keys and values one scan returns.
+    #[must_use]
+    pub fn max_scan_bytes(mut self, n: usize) -> Self {
+        self.max_scan_bytes = n;
         self
     }
 }
@@ -284,13 +297,22 @@ impl Kv {
             return Err(KvError::BadLimit { limit, max });
         }
         let store = self.store.lock().await;
-        Ok(store
+        let mut budget = self.config.max_scan_bytes;
+        let mut pairs = Vec::new();
+        for (k, (v, size)) in store
             .entries
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .take(n)
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect())
+        {
+            let cost = k.len() + size;
+            if cost > budget && !pairs.is_empty() {
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            pairs.push((k.clone(), v.clone()));
+        }
+        Ok(pairs)
     }
 
     /// Publishes a change. The change is made whatever happens here: a publisher that was

@@ -249,3 +249,51 @@ async fn a_node_takes_either_a_publisher_or_event_endpoints() {
             .contains("not both")
     );
 }
+
+/// A scan stops at its bytes bound as well as its count, so a full store of large values
+/// answers `kv.scan("", 1000)` with a reply the client can take (it used to be 54 MB, over
+/// the client's 16 MiB limit, for 900 x 60 kB values).
+#[tokio::test]
+async fn a_scan_is_bounded_in_bytes_as_well_as_count() {
+    const VALUE: usize = 60_000;
+    let config = KvConfig::default().max_scan_bytes(1_000_000);
+    let Fixture { node, client, .. } = start(config).await;
+    for n in 0..40 {
+        let value = serde_bytes_value(VALUE, n);
+        timeout(
+            LIMIT,
+            client.call::<u64>("kv.put", (format!("k{n:03}"), value)),
+        )
+        .await
+        .expect("in time")
+        .expect("stored");
+    }
+    let pairs: Vec<(String, Value)> = timeout(LIMIT, client.call("kv.scan", ("", 1000)))
+        .await
+        .expect("in time")
+        .expect("a bounded scan succeeds");
+    // 1,000,000 / ~60,006 bytes a pair: 16 pairs, the first 16 keys in order.
+    assert_eq!(pairs.len(), 16);
+    let keys: Vec<_> = pairs.iter().map(|(k, _)| k.clone()).collect();
+    let expected: Vec<_> = (0..16).map(|n| format!("k{n:03}")).collect();
+    assert_eq!(keys, expected);
+    // A count below the bytes bound is still honoured, and one pair always comes back even
+    // when it alone is over the bound.
+    let few: Vec<(String, Value)> = client.call("kv.scan", ("", 3)).await.expect("scan");
+    assert_eq!(few.len(), 3);
+    node.shutdown(Duration::from_secs(1)).await;
+    let tight = KvConfig::default().max_scan_bytes(10);
+    let Fixture { node, client, .. } = start(tight).await;
+    client
+        .call::<u64>("kv.put", ("big", serde_bytes_value(VALUE, 0)))
+        .await
+        .expect("stored");
+    let one: Vec<(String, Value)> = client.call("kv.scan", ("", 10)).await.expect("scan");
+    assert_eq!(one.len(), 1);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A binary msgpack value of `len` bytes.
+fn serde_bytes_value(len: usize, seed: u8) -> Value {
+    Value::Binary(vec![seed; len])
+}

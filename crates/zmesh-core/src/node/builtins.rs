@@ -171,7 +171,9 @@ fn stats_report(
         count("calls", &counters.calls),
         count("malformed", &counters.malformed),
         count("oversized", &counters.oversized),
+        count("oversized_replies", &counters.oversized_replies),
         count("overloaded", &counters.overloaded),
+        count("fair_share_refused", &counters.fair_share_refused),
         count("peer_overloaded", &counters.peer_overloaded),
         count("expired", &counters.expired),
         count("unknown_channel", &counters.unknown_channel),
@@ -180,6 +182,10 @@ fn stats_report(
         count("replies_dropped", &counters.replies_dropped),
         count("unauthenticated", &counters.unauthenticated),
         count("replay_rejected", &counters.replayed_messages),
+        count("control_dropped_full", &counters.control_dropped_full),
+        count("control_dropped_gone", &counters.control_dropped_gone),
+        count("refusals_suppressed", &counters.refusals_suppressed),
+        count("garbage_disconnects", &counters.garbage_disconnects),
     ];
     // The sockets' limit counters (see `NodeStats`), under the same names.
     let zmtp = counters.zmtp();

@@ -31,6 +31,22 @@ pub struct NodeConfig {
     pub reply_cache_size: usize,
     /// How long such a reply is remembered (default 60 s).
     pub reply_cache_ttl: Duration,
+    /// Bytes of replies that may wait, in all, for clients whose send queues are full;
+    /// beyond it such replies are dropped and counted (default 64 MiB; at least
+    /// `max_message_size`).
+    pub max_stalled_bytes: usize,
+    /// Refusals of bad requests (`ERR`s for malformed requests, unknown methods, messages
+    /// over the limit, unsealed or replayed messages) one connection may receive in a burst;
+    /// beyond it they are suppressed and counted (default 256). Refusals for load are
+    /// always sent.
+    pub refusal_burst: u32,
+    /// Refusals of bad requests per second one connection may receive after its burst
+    /// (default 100).
+    pub refusals_per_second: u32,
+    /// Bad requests in a row (malformed, unknown method, over the size limit, unsealed or
+    /// replayed), with no accepted call between, after which the node closes the
+    /// connection (default 10,000; 0 never closes).
+    pub disconnect_after_bad_requests: u32,
     /// Frames a message from a client may have (default 128; at least 4). The frame
     /// header of one more closes the connection while it is being read, as does a message
     /// over twice `max_message_size` plus 1 MiB (one up to that size is read and refused
@@ -44,8 +60,8 @@ pub struct NodeConfig {
     /// warning, to what the descriptor limit (`RLIMIT_NOFILE`) allows with 64 to spare.
     pub max_connections_per_endpoint: usize,
     /// Bytes of replies queued for one client connection that it has not read yet
-    /// (default 16 MiB; at least 64 KiB). Past it further replies wait, and beyond a
-    /// node-wide allowance of the same size they are dropped and counted in
+    /// (default 16 MiB; at least 64 KiB). Past it further replies wait, and beyond
+    /// `max_stalled_bytes` of waiting replies in all they are dropped and counted in
     /// [`NodeStats::replies_dropped`](super::NodeStats::replies_dropped).
     pub send_queue_bytes_per_peer: usize,
 }
@@ -61,6 +77,10 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(10),
             reply_cache_size: 10_000,
             reply_cache_ttl: Duration::from_secs(60),
+            max_stalled_bytes: 64 * 1024 * 1024,
+            refusal_burst: 256,
+            refusals_per_second: 100,
+            disconnect_after_bad_requests: 10_000,
             max_frames: crate::zmtp::MAX_FRAMES,
             handshake_timeout: zeromq::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections_per_endpoint: 4096,
@@ -117,6 +137,28 @@ impl NodeConfig {
     pub fn reply_cache(mut self, size: usize, ttl: Duration) -> Self {
         self.reply_cache_size = size;
         self.reply_cache_ttl = ttl;
+        self
+    }
+
+    /// Sets the bound on bytes of replies waiting for clients that do not read.
+    #[must_use]
+    pub fn max_stalled_bytes(mut self, bytes: usize) -> Self {
+        self.max_stalled_bytes = bytes;
+        self
+    }
+
+    /// Sets how many refusals one connection may receive: a burst, then a rate per second.
+    #[must_use]
+    pub fn refusal_rate(mut self, burst: u32, per_second: u32) -> Self {
+        self.refusal_burst = burst;
+        self.refusals_per_second = per_second;
+        self
+    }
+
+    /// Sets after how many bad requests in a row a connection is closed (0: never).
+    #[must_use]
+    pub fn disconnect_after_bad_requests(mut self, n: u32) -> Self {
+        self.disconnect_after_bad_requests = n;
         self
     }
 
@@ -180,6 +222,14 @@ impl NodeConfig {
                 "max_bytes_per_peer must be at least max_message_size",
             ));
         }
+        if self.max_stalled_bytes < self.max_message_size {
+            return Err(NodeError::Config(
+                "max_stalled_bytes must be at least max_message_size",
+            ));
+        }
+        if self.refusal_burst == 0 {
+            return Err(NodeError::Config("refusal_burst must be at least 1"));
+        }
         if self.max_frames < 4 {
             return Err(NodeError::Config("max_frames must be at least 4"));
         }
@@ -199,6 +249,15 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    pub(crate) fn refusal_policy(&self) -> super::refusals::RefusalPolicy {
+        super::refusals::RefusalPolicy {
+            burst: self.refusal_burst,
+            per_second: self.refusals_per_second,
+            disconnect_after: self.disconnect_after_bad_requests,
+            ..Default::default()
+        }
     }
 
     pub(crate) fn peer_limits(&self) -> super::registry::PeerLimits {

@@ -11,21 +11,22 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
 use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 
 use super::Shared;
-use super::registry::{Channel, Credit, OpenError};
-use super::sender::{Keyed, Sender};
+use super::refusals::{RefusalClass, RefusalGate, Verdict};
+use super::registry::{Channel, Credit, NodeLoad, OpenError};
+use super::sender::{Keyed, Seal, Sender};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
@@ -34,13 +35,12 @@ use crate::wire::{
     self, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names,
 };
 
-/// Replies queued by the reader and heartbeats queued by the sweeper; beyond this they are
-/// dropped (and counted) rather than buffered without bound during a flood.
-const CONTROL_QUEUE: usize = 8192;
 /// Replies that may wait at once for a client's full send queue (see [`send_now`]).
 const MAX_STALLED_SENDS: usize = 10_000;
-/// How long the control writer waits on one client's full send queue before dropping.
-const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long shutdown waits on one client's full send queue to tell it its call was aborted.
+const ABORT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Refusal state of connections not refused for this long is dropped by the sweeper.
+const REFUSAL_IDLE: Duration = Duration::from_secs(30);
 
 /// One bound ROUTER's receive side and how its messages are to be read.
 pub(super) struct Inlet {
@@ -75,7 +75,7 @@ pub(super) fn spawn_tasks(
             stop.clone(),
         )));
         tasks.push(tokio::spawn(watch_disconnects(
-            shared.clone(),
+            control.clone(),
             inlet.monitor,
             inlet.inbound,
         )));
@@ -83,73 +83,174 @@ pub(super) fn spawn_tasks(
     tasks
 }
 
-/// Starts the tasks every node runs whatever socket it serves from (the control writer and
-/// the heartbeat sweeper) and returns the queue to the writer.
+/// Starts the task every node runs whatever socket it serves from (the heartbeat sweeper)
+/// and returns the node's [`Control`].
 pub(super) fn spawn_support(
     shared: &Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) -> (Control, Vec<JoinHandle<()>>) {
-    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let control = Control {
-        tx: control_tx,
-        dropped: Arc::new(AtomicU64::new(0)),
+        shared: shared.clone(),
+        gate: Arc::new(std::sync::Mutex::new(RefusalGate::new(
+            shared.config.refusal_policy(),
+        ))),
+        gate_in_use: Arc::new(AtomicBool::new(false)),
     };
-    let tasks = vec![
-        tokio::spawn(write_control(shared.clone(), control_rx)),
-        tokio::spawn(sweep_loop(shared.clone(), control.clone(), stop)),
-    ];
+    let tasks = vec![tokio::spawn(sweep_loop(control.clone(), stop))];
     (control, tasks)
 }
 
-/// The queue to the control writer.
+/// How the node sends what it originates itself: refusals (`ERR`s for bad or unroutable
+/// requests), heartbeats and a worker's messages to its device.
+///
+/// None of these ever waits. Each goes straight to its peer's send queue with `try_send`,
+/// from whichever task produced it; when that peer's queue is full the message is dropped
+/// for that peer alone and counted (`control_dropped_full`). There is no shared queue, so a
+/// client that stops reading cannot delay another client's heartbeats or errors, and error
+/// traffic cannot starve heartbeats. Refusals also pass a per-connection [`RefusalGate`].
 #[derive(Clone)]
 pub(super) struct Control {
-    /// Messages with whether to seal them (only a keyed node's sender looks at it).
-    tx: mpsc::Sender<(ZmqMessage, bool)>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    gate: Arc<std::sync::Mutex<RefusalGate>>,
+    /// Whether the gate tracks any connection (so accepted calls need not lock it).
+    gate_in_use: Arc<AtomicBool>,
 }
 
 impl Control {
+    /// Sends a node-originated message (a heartbeat, a message to the device) now or not
+    /// at all.
     pub(super) fn send(&self, message: ZmqMessage) {
-        self.queue(message, true);
+        self.try_send(message, Seal::AsUsual);
     }
 
-    fn queue(&self, message: ZmqMessage, seal: bool) {
-        if self.tx.try_send((message, seal)).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "node control queue full; dropping replies");
+    fn try_send(&self, message: ZmqMessage, seal: Seal) {
+        let counters = &self.shared.counters;
+        match self.shared.sender.try_send(message, seal) {
+            Ok(()) => {}
+            Err(TrySendError::WouldBlock(_)) => {
+                let n = counters
+                    .control_dropped_full
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n,
+                        "a peer is not reading; dropping the node's messages to it"
+                    );
+                }
+            }
+            Err(TrySendError::Failed(e)) => {
+                counters
+                    .control_dropped_gone
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "control message not delivered");
             }
         }
     }
 
-    fn send_err(&self, route: &[Bytes], request: &MessageId, name: &str, message: &str) {
-        let header = Header::zmesh(Some(request.clone()));
-        let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
-        self.send(wire::join_frames(route, event));
+    fn gate(&self) -> std::sync::MutexGuard<'_, RefusalGate> {
+        // Poisoning only means a panic elsewhere while updating counts; they are still valid.
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a bad message from `peer` that gets no reply; closes the connection when it
+    /// has sent garbage for too long.
+    fn unanswered_garbage(&self, peer: &Bytes) {
+        self.judge(peer, |gate, now| gate.note_garbage(peer, now));
+    }
+
+    /// Whether a refusal to `route`'s connection goes out, after the gate's verdict; closes
+    /// the connection when it has sent garbage for too long.
+    fn admit_refusal(&self, route: &[Bytes], class: RefusalClass) -> bool {
+        match route.first() {
+            Some(peer) => self.judge(peer, |gate, now| gate.refuse(peer, class, now)),
+            None => true,
+        }
+    }
+
+    /// Applies the gate's verdict on `peer`: whether to send.
+    fn judge(
+        &self,
+        peer: &Bytes,
+        decide: impl FnOnce(&mut RefusalGate, Instant) -> Verdict,
+    ) -> bool {
+        let verdict = {
+            let mut gate = self.gate();
+            let verdict = decide(&mut gate, Instant::now());
+            self.gate_in_use.store(!gate.is_empty(), Ordering::Relaxed);
+            verdict
+        };
+        let counters = &self.shared.counters;
+        match verdict {
+            Verdict::Send => true,
+            Verdict::Suppress => {
+                counters.refusals_suppressed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Verdict::Disconnect => {
+                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %PeerId(peer), "closing a connection that keeps sending bad requests");
+                self.shared.sender.disconnect(peer);
+                false
+            }
+        }
+    }
+
+    /// A call from `peer` was accepted: it is not (only) sending garbage. One atomic load
+    /// on the hot path while no connection has been refused lately.
+    fn accepted(&self, peer: &Bytes) {
+        if self.gate_in_use.load(Ordering::Relaxed) {
+            let mut gate = self.gate();
+            gate.accepted(peer);
+            self.gate_in_use.store(!gate.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// The connection closed: forget its refusal state.
+    pub(super) fn forget(&self, peer: &Bytes) {
+        self.gate().forget(peer);
+    }
+
+    fn send_err(
+        &self,
+        route: &[Bytes],
+        request: &MessageId,
+        class: RefusalClass,
+        name: &str,
+        message: &str,
+    ) {
+        self.refuse(route, request, class, name, message, Seal::AsUsual);
     }
 
     /// An `ERR` that goes out unsealed, to a peer refused for not holding the mesh key.
     fn send_unsealed_err(&self, route: &[Bytes], request: &MessageId, name: &str, message: &str) {
+        self.refuse(
+            route,
+            request,
+            RefusalClass::Garbage,
+            name,
+            message,
+            Seal::Never,
+        );
+    }
+
+    fn refuse(
+        &self,
+        route: &[Bytes],
+        request: &MessageId,
+        class: RefusalClass,
+        name: &str,
+        message: &str,
+        seal: Seal,
+    ) {
+        if !self.admit_refusal(route, class) {
+            return;
+        }
         let header = Header::zmesh(Some(request.clone()));
         let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
-        self.queue(wire::join_frames(route, event), false);
-    }
-}
-
-async fn write_control(shared: Arc<Shared>, mut rx: mpsc::Receiver<(ZmqMessage, bool)>) {
-    let mut sender = shared.sender.clone();
-    while let Some((message, seal)) = rx.recv().await {
-        let sent = if seal {
-            Either::Left(sender.send(message))
-        } else {
-            Either::Right(sender.send_unsealed(message))
-        };
-        match tokio::time::timeout(CONTROL_SEND_TIMEOUT, sent).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "control reply not delivered"),
-            Err(_) => tracing::debug!("control reply dropped: client send queue full"),
-        }
+        self.try_send(wire::join_frames(route, event), seal);
     }
 }
 
@@ -253,15 +354,15 @@ pub(super) fn handle_message(
             envelope.event.len()
         );
         warn.bad_input(&peer, &problem);
-        if let Ok(header) = wire::decode_header(&envelope.event) {
-            if header.response_to.is_none() {
-                control.send_err(
-                    &envelope.route,
-                    &header.message_id,
-                    "MessageTooLarge",
-                    &problem,
-                );
-            }
+        match wire::decode_header(&envelope.event) {
+            Ok(header) if header.response_to.is_none() => control.send_err(
+                &envelope.route,
+                &header.message_id,
+                RefusalClass::Garbage,
+                "MessageTooLarge",
+                &problem,
+            ),
+            _ => control.unanswered_garbage(&peer),
         }
         return;
     }
@@ -284,14 +385,15 @@ pub(super) fn handle_message(
         Err(EventDecodeError { error, header }) => {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
             warn.bad_input(&peer, &error);
-            if let Some(header) = header.filter(|h| h.response_to.is_none()) {
-                let message = format!("malformed request: {error}");
-                control.send_err(
+            match header.filter(|h| h.response_to.is_none()) {
+                Some(header) => control.send_err(
                     &envelope.route,
                     &header.message_id,
+                    RefusalClass::Garbage,
                     "ProtocolError",
-                    &message,
-                );
+                    &format!("malformed request: {error}"),
+                ),
+                None => control.unanswered_garbage(&peer),
             }
             return;
         }
@@ -323,14 +425,14 @@ fn reject(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     warn.bad_input(peer, rejection);
-    let request = trust::refused_request(&envelope.event);
-    if let Some(request) = request {
-        control.send_unsealed_err(
+    match trust::refused_request(&envelope.event) {
+        Some(request) => control.send_unsealed_err(
             &envelope.route,
             &request,
             rejection.err_name(),
             &rejection.to_string(),
-        );
+        ),
+        None => control.unanswered_garbage(peer),
     }
 }
 
@@ -388,6 +490,7 @@ fn open_call(
         control.send_err(
             &route,
             &header.message_id,
+            RefusalClass::Load,
             "Unavailable",
             wire::worker::SHUTTING_DOWN,
         );
@@ -395,7 +498,13 @@ fn open_call(
     }
     let Some(method) = shared.methods.get(event.name.as_ref()) else {
         warn.bad_input(&peer, &format_args!("unknown method {:?}", event.name));
-        control.send_err(&route, &header.message_id, "NameError", &event.name);
+        control.send_err(
+            &route,
+            &header.message_id,
+            RefusalClass::Garbage,
+            "NameError",
+            &event.name,
+        );
         return;
     };
     // A repeat of a request that already ran here is answered from the reply cache.
@@ -427,13 +536,27 @@ fn open_call(
                 "node {} is at its limit of {} concurrent calls",
                 shared.name, shared.config.max_concurrent_calls
             );
-            control.send_err(&route, &header.message_id, "Overloaded", &message);
+            control.send_err(
+                &route,
+                &header.message_id,
+                RefusalClass::Load,
+                "Overloaded",
+                &message,
+            );
             return;
         };
-        let admitted =
-            shared
-                .registry
-                .admit(&peer, &header.message_id, size, shared.config.peer_limits());
+        let load = NodeLoad {
+            // The permit just taken included: it is this call's.
+            in_flight: shared.config.max_concurrent_calls - shared.concurrency.available_permits(),
+            limit: shared.config.max_concurrent_calls,
+        };
+        let admitted = shared.registry.admit(
+            &peer,
+            &header.message_id,
+            size,
+            shared.config.peer_limits(),
+            load,
+        );
         if let Err(refusal) = admitted {
             refuse(shared, control, &route, &header.message_id, refusal);
             return;
@@ -441,6 +564,7 @@ fn open_call(
         Some(permit)
     };
     shared.counters.calls.fetch_add(1, Ordering::Relaxed);
+    control.accepted(&peer);
 
     let reply_to = ReplyTo {
         route,
@@ -474,7 +598,7 @@ fn open_call(
     });
     let future = match first_poll {
         Ok(Ok(Ok(Reply::Value(value)))) => {
-            send_now(shared, reply_to.ok(&value));
+            send_now(shared, reply_to.ok(shared, &event.name, &value));
             record(&span, &method.stats, Outcome::Ok, started);
             return;
         }
@@ -551,9 +675,29 @@ fn refuse(
             "{} bytes of requests in flight",
             shared.config.max_bytes_per_peer
         ),
+        OpenError::FairShare { holds, free } => {
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .fair_share_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "node {} is near its limit of {} concurrent calls and this connection holds \
+                 {holds} of them, too many for the {free} still free",
+                shared.name, shared.config.max_concurrent_calls
+            );
+            control.send_err(route, request, RefusalClass::Load, "Overloaded", &message);
+            return;
+        }
         OpenError::Duplicate => {
             let message = "a call with this message_id is already running";
-            control.send_err(route, request, "ProtocolError", message);
+            control.send_err(
+                route,
+                request,
+                RefusalClass::Garbage,
+                "ProtocolError",
+                message,
+            );
             return;
         }
     };
@@ -562,7 +706,13 @@ fn refuse(
         .peer_overloaded
         .fetch_add(1, Ordering::Relaxed);
     let message = format!("this connection is at its limit of {limit}");
-    control.send_err(route, request, "PeerOverloaded", &message);
+    control.send_err(
+        route,
+        request,
+        RefusalClass::Load,
+        "PeerOverloaded",
+        &message,
+    );
 }
 
 /// Where and to which request a reply goes, and how each kind of reply is built.
@@ -587,11 +737,43 @@ impl ReplyTo {
         wire::join_frames(&self.route, Bytes::from(out))
     }
 
-    fn ok(&self, value: &[u8]) -> ZmqMessage {
+    /// The `OK` carrying `value`, or an `ERR MessageTooLarge` when the reply would be over
+    /// the node's message size limit (the caller could not take it either, and queueing it
+    /// would cost the node that much memory per unread reply).
+    fn ok(&self, shared: &Shared, method: &str, value: &[u8]) -> ZmqMessage {
+        if let Some(too_large) = self.too_large(shared, method, 1 + value.len()) {
+            return too_large;
+        }
         self.message(names::OK, 1 + value.len(), |out| {
             out.push(0x91);
             out.extend_from_slice(value);
         })
+    }
+
+    /// The `ERR MessageTooLarge` that replaces a result or stream item whose args take
+    /// `args_len` bytes, if that is over the node's limit (counted).
+    fn too_large(&self, shared: &Shared, method: &str, args_len: usize) -> Option<ZmqMessage> {
+        let limit = shared.config.max_message_size;
+        // The hot path: a reply header and event name take far less than this.
+        if args_len < limit.saturating_sub(1024) {
+            return None;
+        }
+        let header = Header::zmesh(Some(self.request_id.clone()));
+        let size = wire::encoded_len(&header, names::OK, args_len);
+        if size <= limit {
+            return None;
+        }
+        shared
+            .counters
+            .oversized_replies
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(method, size, limit, "result over the message size limit");
+        Some(self.err(
+            "MessageTooLarge",
+            &format!(
+                "the result of {method} is {size} bytes, over the node's limit of {limit} bytes"
+            ),
+        ))
     }
 
     fn err(&self, name: &str, message: &str) -> ZmqMessage {
@@ -620,13 +802,13 @@ impl ReplyTo {
 /// async send, and if that queue is full, a task finishes the send so the reply is not lost
 /// and the reader moves on.
 ///
-/// A send only stalls when that client has left about 100,000 replies or
-/// `send_queue_bytes_per_peer` bytes unread (the `zeromq` per-peer queue's bounds); at most
-/// [`MAX_STALLED_SENDS`] such sends, and that many bytes again, wait at once, beyond that
-/// the reply is dropped and counted, so a client that never reads cannot grow the node's
-/// memory.
+/// A send only stalls when that client has left its `zeromq` send queue full (bounded in
+/// messages and bytes); at most [`MAX_STALLED_SENDS`] such sends, holding at most
+/// `max_stalled_bytes` in all, wait at once. Beyond that the reply is dropped and counted,
+/// so clients that never read cannot grow the node's memory.
 fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
-    let message = match shared.sender.try_send(message) {
+    let message = shared.sender.seal(message, Seal::AsUsual);
+    let message = match shared.sender.try_send_sealed(message) {
         Ok(()) => return,
         Err(TrySendError::Failed(e)) => {
             tracing::debug!(error = %e, "reply not delivered");
@@ -634,19 +816,17 @@ fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
         }
         Err(TrySendError::WouldBlock(message)) => message,
     };
-    let size: usize = message.iter().map(Bytes::len).sum();
-    let mut send = send_owned(shared.sender.clone(), message).boxed();
+    let size = wire::message_len(&message);
+    let mut send = send_sealed_owned(shared.sender.clone(), message).boxed();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     if send.as_mut().poll(&mut cx).is_ready() {
         return;
     }
     let counters = &shared.counters;
-    // Waiting replies are bounded in bytes too (one always may wait): the client's queue
-    // is full by its byte bound long before its 100,000 messages when replies are large.
-    let stalled_bytes = counters.stalled_bytes.fetch_add(size, Ordering::AcqRel) + size;
-    let over_bytes =
-        stalled_bytes > shared.config.send_queue_bytes_per_peer && stalled_bytes != size;
-    if counters.stalled_sends.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS || over_bytes {
+    let max_bytes = shared.config.max_stalled_bytes;
+    let count = counters.stalled_sends.fetch_add(1, Ordering::AcqRel);
+    let bytes = counters.stalled_bytes.fetch_add(size, Ordering::AcqRel);
+    if count >= MAX_STALLED_SENDS || bytes + size > max_bytes {
         counters.stalled_sends.fetch_sub(1, Ordering::AcqRel);
         counters.stalled_bytes.fetch_sub(size, Ordering::AcqRel);
         let dropped = counters.replies_dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -672,6 +852,12 @@ fn send_now(shared: &Arc<Shared>, message: ZmqMessage) {
 async fn send_owned(mut sender: Sender, message: ZmqMessage) {
     if let Err(e) = sender.send(message).await {
         // The client went away; there is nobody left to tell.
+        tracing::debug!(error = %e, "reply not delivered");
+    }
+}
+
+async fn send_sealed_owned(mut sender: Sender, message: ZmqMessage) {
+    if let Err(e) = sender.send_sealed(message).await {
         tracing::debug!(error = %e, "reply not delivered");
     }
 }
@@ -776,7 +962,8 @@ impl Call {
         };
         match result {
             Ok(Ok(Reply::Value(value))) => {
-                self.send(self.reply_to.ok(&value)).await;
+                let reply = self.reply_to.ok(&self.shared, &self.method_name, &value);
+                self.send(reply).await;
                 Outcome::Ok
             }
             // Boxed: streams are the rare case, and inline they would make every slow call's
@@ -808,6 +995,13 @@ impl Call {
             credit.take().await;
             match AssertUnwindSafe(stream.next()).catch_unwind().await {
                 Ok(Some(Ok(item))) => {
+                    if let Some(too_large) =
+                        self.reply_to
+                            .too_large(&self.shared, &self.method_name, item.len())
+                    {
+                        self.send(too_large).await;
+                        return Outcome::Error;
+                    }
                     let message = self.reply_to.message(names::STREAM, item.len(), |out| {
                         out.extend_from_slice(&item)
                     });
@@ -842,7 +1036,11 @@ impl Call {
 }
 
 /// Sends heartbeats on open channels and closes channels whose client went silent.
-async fn sweep_loop(shared: Arc<Shared>, control: Control, mut stop: watch::Receiver<bool>) {
+///
+/// Heartbeats go out with [`Control::send`]: never waiting, so one client that stops
+/// reading cannot delay the heartbeats of the others.
+async fn sweep_loop(control: Control, mut stop: watch::Receiver<bool>) {
+    let shared = control.shared.clone();
     let period = shared.config.heartbeat;
     // Quarter-period ticks keep heartbeats and loss detection within a quarter period of due.
     let mut ticker = tokio::time::interval(period / 4);
@@ -852,7 +1050,8 @@ async fn sweep_loop(shared: Arc<Shared>, control: Control, mut stop: watch::Rece
             _ = stop.changed() => break,
             _ = ticker.tick() => {}
         }
-        let (due, lost) = shared.registry.sweep(Instant::now(), period);
+        let now = Instant::now();
+        let (due, lost) = shared.registry.sweep(now, period);
         for channel in lost {
             shared.counters.peers_lost.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %channel.route.first().map(|p| PeerId(p).to_string()).unwrap_or_default(),
@@ -866,18 +1065,27 @@ async fn sweep_loop(shared: Arc<Shared>, control: Control, mut stop: watch::Rece
             let event = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
             control.send(wire::join_frames(&d.route, event));
         }
+        if control.gate_in_use.load(Ordering::Relaxed) {
+            let mut gate = control.gate();
+            gate.sweep(now, REFUSAL_IDLE);
+            control
+                .gate_in_use
+                .store(!gate.is_empty(), Ordering::Relaxed);
+        }
     }
 }
 
 /// Aborts the calls of a client connection as soon as the socket reports it gone.
 async fn watch_disconnects(
-    shared: Arc<Shared>,
+    control: Control,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     inbound: Inbound,
 ) {
+    let shared = &control.shared;
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(peer_id) = event {
             let peer: Bytes = peer_id.into();
+            control.forget(&peer);
             if let Inbound::PlainOfKeyed(keyed) | Inbound::Sealed(keyed) = &inbound {
                 keyed.forget_peer(&peer);
             }
@@ -911,7 +1119,7 @@ pub(super) async fn abort_all(shared: &Shared, message: &str) -> usize {
         let event =
             wire::encode_event(&header, names::ERR, &err_args("Unavailable", message, None));
         let _ = tokio::time::timeout(
-            CONTROL_SEND_TIMEOUT,
+            ABORT_SEND_TIMEOUT,
             sender.send(wire::join_frames(&channel.route, event)),
         )
         .await;

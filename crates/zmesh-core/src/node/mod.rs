@@ -12,6 +12,7 @@ mod config;
 mod dispatch;
 #[doc(hidden)]
 pub mod harness;
+mod refusals;
 mod registry;
 mod reply_cache;
 mod sender;
@@ -83,8 +84,21 @@ pub(crate) struct Counters {
     pub(crate) unauthenticated: AtomicU64,
     pub(crate) replayed_messages: AtomicU64,
     pub(crate) stalled_sends: std::sync::atomic::AtomicUsize,
-    /// Bytes of the replies in `stalled_sends`, bounded by the per-peer send-queue bytes.
+    /// Bytes held by the stalled sends.
     pub(crate) stalled_bytes: std::sync::atomic::AtomicUsize,
+    /// Node-originated messages (refusals, heartbeats) dropped: their peer's queue was full.
+    pub(crate) control_dropped_full: AtomicU64,
+    /// Node-originated messages dropped: their peer had gone.
+    pub(crate) control_dropped_gone: AtomicU64,
+    /// Refusals not sent: their connection was over its refusal rate.
+    pub(crate) refusals_suppressed: AtomicU64,
+    /// Connections closed for sending bad requests without pause.
+    pub(crate) garbage_disconnects: AtomicU64,
+    /// Requests refused because the node was near its limit and their connection held its
+    /// fair share (also counted in `overloaded`).
+    pub(crate) fair_share_refused: AtomicU64,
+    /// Results and stream items over the message size limit, answered `MessageTooLarge`.
+    pub(crate) oversized_replies: AtomicU64,
     /// The limit counters of the node's sockets (see [`crate::zmtp`]).
     pub(crate) zmtp: std::sync::Mutex<Vec<Arc<zeromq::SocketStats>>>,
 }
@@ -117,8 +131,15 @@ pub struct NodeStats {
     pub malformed: u64,
     /// Messages over the size limit.
     pub oversized: u64,
-    /// Requests refused with `ERR Overloaded` (the node-wide bound on calls).
+    /// Results and stream items over the size limit, answered with
+    /// `ERR MessageTooLarge` instead.
+    pub oversized_replies: u64,
+    /// Requests refused with `ERR Overloaded` (the node-wide bound on calls, including
+    /// `fair_share_refused`).
     pub overloaded: u64,
+    /// Requests refused with `ERR Overloaded` because the node was near its bound on calls
+    /// and their connection held at least its fair share of them.
+    pub fair_share_refused: u64,
     /// Requests refused with `ERR PeerOverloaded` (their connection's bound on in-flight
     /// calls or bytes).
     pub peer_overloaded: u64,
@@ -144,6 +165,16 @@ pub struct NodeStats {
     pub unauthenticated: u64,
     /// Sealed messages refused as replays: seen before, or outside the time window.
     pub replay_rejected: u64,
+    /// Messages the node originated (refusals, heartbeats) and dropped because their
+    /// peer's send queue was full: never waited for.
+    pub control_dropped_full: u64,
+    /// Messages the node originated and dropped because their peer had gone.
+    pub control_dropped_gone: u64,
+    /// Refusals (`ERR`s for bad or unservable requests) not sent because their connection
+    /// was over its refusal rate.
+    pub refusals_suppressed: u64,
+    /// Connections the node closed for sending bad requests without pause.
+    pub garbage_disconnects: u64,
     /// Connections closed while a message was being read because it would have exceeded
     /// the wire limit (twice `max_message_size` plus 1 MiB): cut before it was buffered.
     pub conn_oversized: u64,
@@ -158,7 +189,7 @@ pub struct NodeStats {
     /// Failed `accept` calls (out of descriptors, among others), each followed by a pause.
     pub accept_errors: u64,
     /// Replies that found their client's queue at `send_queue_bytes_per_peer` (they waited,
-    /// and were dropped past the node-wide allowance; see `replies_dropped`).
+    /// and were dropped past `max_stalled_bytes`; see `replies_dropped`).
     pub send_queue_full: u64,
     /// Connections the node closed itself (`disconnect_peer`).
     pub peers_disconnected: u64,
@@ -515,7 +546,9 @@ fn stats_of(shared: &Shared) -> NodeStats {
         calls: c.calls.load(Ordering::Relaxed),
         malformed: c.malformed.load(Ordering::Relaxed),
         oversized: c.oversized.load(Ordering::Relaxed),
+        oversized_replies: c.oversized_replies.load(Ordering::Relaxed),
         overloaded: c.overloaded.load(Ordering::Relaxed),
+        fair_share_refused: c.fair_share_refused.load(Ordering::Relaxed),
         peer_overloaded: c.peer_overloaded.load(Ordering::Relaxed),
         peers_in_flight: shared.registry.peers(),
         expired: c.expired.load(Ordering::Relaxed),
@@ -527,6 +560,10 @@ fn stats_of(shared: &Shared) -> NodeStats {
         replayed: shared.replies.replayed(),
         unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
         replay_rejected: c.replayed_messages.load(Ordering::Relaxed),
+        control_dropped_full: c.control_dropped_full.load(Ordering::Relaxed),
+        control_dropped_gone: c.control_dropped_gone.load(Ordering::Relaxed),
+        refusals_suppressed: c.refusals_suppressed.load(Ordering::Relaxed),
+        garbage_disconnects: c.garbage_disconnects.load(Ordering::Relaxed),
         conn_oversized: zmtp.oversized,
         conn_too_many_frames: zmtp.too_many_frames,
         handshake_timeouts: zmtp.handshake_timeouts,

@@ -131,7 +131,41 @@ pub(crate) enum OpenError {
     PeerCalls,
     /// The request would take the connection over its bound on in-flight bytes.
     PeerBytes,
+    /// The node is past half its bound on concurrent calls and this connection holds at
+    /// least half as many calls as there are free slots.
+    FairShare {
+        /// The connection's calls in flight.
+        holds: u32,
+        /// The node's free call slots.
+        free: u32,
+    },
     Duplicate,
+}
+
+/// The node-wide picture [`Registry::admit`] needs to share the node fairly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeLoad {
+    /// Calls running on the node now.
+    pub(crate) in_flight: usize,
+    /// The node's bound on concurrent calls.
+    pub(crate) limit: usize,
+}
+
+impl NodeLoad {
+    /// Whether a connection holding `holds` calls is refused a new one.
+    ///
+    /// Past half its limit the node is under pressure, and a connection may then hold
+    /// fewer calls than half the free slots: the more a connection holds, the sooner it
+    /// is refused, and what is left can never be taken by connections already holding
+    /// calls (each may take at most half of it), so a connection with none is served
+    /// while any slot is free. Below half the limit only the per-connection bounds apply,
+    /// and so they do while this connection is the only one holding calls (there is nobody
+    /// to be fair to: a newcomer holds none).
+    fn refuses(self, holds: usize, others_hold_calls: bool) -> Option<usize> {
+        let free = self.limit.saturating_sub(self.in_flight);
+        let under_pressure = self.in_flight >= self.limit / 2;
+        (under_pressure && others_hold_calls && holds > 0 && holds * 2 >= free).then_some(free)
+    }
 }
 
 impl Registry {
@@ -174,20 +208,34 @@ impl Registry {
     /// Checks that a request of `size` bytes may open a channel: its connection is under
     /// its bounds on calls and bytes, and the id is not already running. One lock, no
     /// allocation: this runs for every request.
+    ///
+    /// Under pressure (`load` past half its limit) the connections that hold the most
+    /// running calls are refused first, so one that holds few is still served (see
+    /// [`NodeLoad`]).
     pub(crate) fn admit(
         &self,
         peer: &Bytes,
         id: &MessageId,
         size: usize,
         limits: PeerLimits,
+        load: NodeLoad,
     ) -> Result<(), OpenError> {
         let peers = self.lock();
-        match peers
-            .get(peer)
-            .and_then(|calls| calls.refusal(id, size, limits))
-        {
-            Some(refusal) => Err(refusal),
-            None if size > limits.bytes => Err(OpenError::PeerBytes),
+        let calls = peers.get(peer);
+        if let Some(refusal) = calls.and_then(|calls| calls.refusal(id, size, limits)) {
+            return Err(refusal);
+        }
+        if size > limits.bytes {
+            return Err(OpenError::PeerBytes);
+        }
+        let holds = calls.map_or(0, |calls| calls.channels.len());
+        let others_hold_calls = peers.len() > usize::from(calls.is_some());
+        match load.refuses(holds, others_hold_calls) {
+            // Both below the node's bound, which is at most u32::MAX (NodeConfig::validate).
+            Some(free) => Err(OpenError::FairShare {
+                holds: holds as u32,
+                free: free as u32,
+            }),
             None => Ok(()),
         }
     }
@@ -339,6 +387,63 @@ mod tests {
         );
     }
 
+    const IDLE: NodeLoad = NodeLoad {
+        in_flight: 0,
+        limit: 100,
+    };
+
+    #[test]
+    fn under_pressure_the_connections_holding_the_most_are_refused_first() {
+        let reg = Registry::default();
+        let now = Instant::now();
+        let l = limits(1000, usize::MAX);
+        let (heavy, light, new) = (
+            Bytes::from_static(b"heavy"),
+            Bytes::from_static(b"light"),
+            Bytes::from_static(b"new"),
+        );
+        for n in 0..60u32 {
+            let id = MessageId::from_bin(&n.to_be_bytes());
+            reg.open(&heavy, id, channel(now), l, dummy_abort)
+                .expect("under the per-connection bound");
+        }
+        for n in 0..10u32 {
+            let id = MessageId::from_bin(&(1000 + n).to_be_bytes());
+            reg.open(&light, id, channel(now), l, dummy_abort)
+                .expect("under the per-connection bound");
+        }
+        let next = MessageId::from_bin(b"next");
+        // Below half the limit nobody is refused for fairness.
+        let calm = NodeLoad {
+            in_flight: 49,
+            limit: 200,
+        };
+        assert_eq!(reg.admit(&heavy, &next, 1, l, calm), Ok(()));
+        // Under pressure, 30 slots free: 60 >= 15, 10 < 15.
+        let pressed = NodeLoad {
+            in_flight: 70,
+            limit: 100,
+        };
+        assert_eq!(
+            reg.admit(&heavy, &next, 1, l, pressed),
+            Err(OpenError::FairShare {
+                holds: 60,
+                free: 30
+            })
+        );
+        assert_eq!(reg.admit(&light, &next, 1, l, pressed), Ok(()));
+        // With 2 slots free, only a connection holding nothing gets one.
+        let nearly_full = NodeLoad {
+            in_flight: 98,
+            limit: 100,
+        };
+        assert!(reg.admit(&light, &next, 1, l, nearly_full).is_err());
+        assert_eq!(reg.admit(&new, &next, 1, l, nearly_full), Ok(()));
+        // A connection alone in holding calls may use the whole node.
+        reg.close_peer(&light);
+        assert_eq!(reg.admit(&heavy, &next, 1, l, nearly_full), Ok(()));
+    }
+
     #[test]
     fn per_peer_bytes_are_counted_and_released() {
         let reg = Registry::default();
@@ -354,8 +459,8 @@ mod tests {
             .expect("10 of 25");
         reg.open(&p, b.clone(), channel(now), l, dummy_abort)
             .expect("20 of 25");
-        assert_eq!(reg.admit(&p, &c, 10, l), Err(OpenError::PeerBytes));
-        assert_eq!(reg.admit(&p, &c, 5, l), Ok(()));
+        assert_eq!(reg.admit(&p, &c, 10, l, IDLE), Err(OpenError::PeerBytes));
+        assert_eq!(reg.admit(&p, &c, 5, l, IDLE), Ok(()));
         assert!(matches!(
             reg.open(&p, c.clone(), channel(now), l, dummy_abort),
             Err((OpenError::PeerBytes, _))
@@ -368,7 +473,7 @@ mod tests {
         let idle = Bytes::from_static(b"idle");
         let mut big = channel(now);
         big.size = 26;
-        assert_eq!(reg.admit(&idle, &a, 26, l), Err(OpenError::PeerBytes));
+        assert_eq!(reg.admit(&idle, &a, 26, l, IDLE), Err(OpenError::PeerBytes));
         assert!(reg.open(&idle, a.clone(), big, l, dummy_abort).is_err());
         assert_eq!(reg.peers(), 2);
         reg.close(&p, &a);

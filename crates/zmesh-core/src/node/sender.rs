@@ -34,8 +34,84 @@ pub(crate) enum Sender {
     Capture(tokio::sync::mpsc::UnboundedSender<ZmqMessage>),
 }
 
+/// Whether a keyed sender seals an event frame. Refusals to peers without the key go out
+/// plain: they could not open a sealed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seal {
+    /// Seal where the socket is keyed (every reply, item and heartbeat).
+    AsUsual,
+    /// Never seal (the `ERR` that tells an unkeyed peer why it was refused).
+    Never,
+}
+
 impl Sender {
+    /// Sends from a task that may wait: a full client queue delays only this send.
     pub(crate) async fn send(&mut self, message: ZmqMessage) -> ZmqResult<()> {
+        let message = self.seal(message, Seal::AsUsual);
+        self.send_sealed(message).await
+    }
+
+    /// Sends at once when that needs no waiting (the client has room in its queue, the
+    /// usual case), with no future or allocation; otherwise hands the message back,
+    /// already sealed, for [`Sender::send_sealed`] or to be dropped. Never waits.
+    pub(crate) fn try_send(&self, message: ZmqMessage, seal: Seal) -> Result<(), TrySendError> {
+        self.try_send_sealed(self.seal(message, seal))
+    }
+
+    /// Seals the event frame (the last) of `message` where this socket is keyed, with the
+    /// key slot its client last used; a keyed node's plain-endpoint peers get it as is.
+    pub(crate) fn seal(&self, message: ZmqMessage, seal: Seal) -> ZmqMessage {
+        let keyed = match self {
+            Self::Keyed { keyed, plain, .. } => {
+                if seal == Seal::Never
+                    || (plain.is_some() && message.get(0).is_some_and(|p| keyed.is_plain_peer(p)))
+                {
+                    return message;
+                }
+                keyed
+            }
+            Self::Worker(outlet) => match &outlet.keyed {
+                // The device, the only peer of this socket, holds the key and drops anything
+                // unsealed, so a worker seals refusals too.
+                Some(keyed) => keyed,
+                None => return message,
+            },
+            Self::Router(_) | Self::Capture(_) => return message,
+        };
+        let mut frames = message.into_vec();
+        if let Some(event) = frames.pop() {
+            // `[client_id, .., "", event]`; a worker's control events are `["", event]`.
+            let slot = keyed.reply_slot(frames.first().filter(|f| !f.is_empty()));
+            frames.push(keyed.trust.seal_with(slot, Kind::Reply, &event, &[]));
+        }
+        to_message(frames)
+    }
+
+    /// Closes the client connection `peer` (one that keeps sending garbage).
+    pub(crate) fn disconnect(&self, peer: &Bytes) {
+        // Wired to the socket by the ZMTP-limits change; until then the connection stays
+        // open and only its refusals are suppressed.
+        tracing::debug!(peer_len = peer.len(), "disconnect requested");
+    }
+
+    /// [`Sender::try_send`] of a message already through [`Sender::seal`].
+    pub(crate) fn try_send_sealed(&self, message: ZmqMessage) -> Result<(), TrySendError> {
+        match self {
+            Self::Router(router) => router.try_send(message),
+            Self::Worker(outlet) => outlet.try_send(message),
+            Self::Keyed {
+                sealed,
+                plain,
+                keyed,
+            } => keyed_socket(sealed, plain, keyed, &message).try_send(message),
+            Self::Capture(out) => out
+                .send(message)
+                .map_err(|_| TrySendError::Failed(ZmqError::Other("capture receiver dropped"))),
+        }
+    }
+
+    /// The async send of a message already through [`Sender::seal`].
+    pub(crate) async fn send_sealed(&mut self, message: ZmqMessage) -> ZmqResult<()> {
         match self {
             Self::Router(router) => router.send(message).await,
             Self::Worker(outlet) => outlet.send(message).await,
@@ -44,48 +120,27 @@ impl Sender {
                 plain,
                 keyed,
             } => {
-                let mut frames = message.into_vec();
-                // The plain-peer set (a lock) is consulted only when plain endpoints exist.
-                let plain = plain
-                    .as_mut()
-                    .filter(|_| frames.first().is_some_and(|peer| keyed.is_plain_peer(peer)));
-                match plain {
-                    Some(plain) => plain.send(to_message(frames)).await,
-                    _ => {
-                        if let Some(event) = frames.pop() {
-                            let slot = keyed.reply_slot(frames.first());
-                            frames.push(keyed.trust.seal_with(slot, Kind::Reply, &event, &[]));
-                        }
-                        sealed.send(to_message(frames)).await
-                    }
-                }
+                let mut socket = keyed_socket(sealed, plain, keyed, &message).clone();
+                socket.send(message).await
             }
             Self::Capture(out) => out
                 .send(message)
                 .map_err(|_| ZmqError::Other("capture receiver dropped")),
         }
     }
+}
 
-    /// Sends at once when that needs no waiting (a bound ROUTER whose client has room in its
-    /// queue, the usual case), with no future or allocation; otherwise hands the message back
-    /// unchanged for [`Sender::send`]. Keyed and worker senders always take that path.
-    pub(crate) fn try_send(&self, message: ZmqMessage) -> Result<(), TrySendError> {
-        match self {
-            Self::Router(router) => router.try_send(message),
-            Self::Capture(out) => out
-                .send(message)
-                .map_err(|_| TrySendError::Failed(ZmqError::Other("capture receiver dropped"))),
-            Self::Worker(_) | Self::Keyed { .. } => Err(TrySendError::WouldBlock(message)),
-        }
-    }
-
-    /// Sends without sealing: the `ERR` that tells a peer without the key why it was
-    /// refused (it could not open a sealed one).
-    pub(crate) async fn send_unsealed(&mut self, message: ZmqMessage) -> ZmqResult<()> {
-        match self {
-            Self::Keyed { sealed, .. } => sealed.send(message).await,
-            other => other.send(message).await,
-        }
+/// A keyed node's socket for `message`: the plain one for its plain-endpoint peers.
+fn keyed_socket<'a>(
+    sealed: &'a RouterSendHalf,
+    plain: &'a Option<RouterSendHalf>,
+    keyed: &Keyed,
+    message: &ZmqMessage,
+) -> &'a RouterSendHalf {
+    // The plain-peer set (a lock) is consulted only when plain endpoints exist.
+    match plain {
+        Some(plain) if message.get(0).is_some_and(|p| keyed.is_plain_peer(p)) => plain,
+        _ => sealed,
     }
 }
 
@@ -179,14 +234,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The send half of a worker's current link to its device.
 ///
 /// Each link has its own lock, so a send stuck on a dead link (the `zeromq` DEALER blocks
-/// when a peer stops reading) never holds up the link that replaces it.
-///
-/// With a mesh key every event frame is sealed as a reply, refusals included: the device,
-/// the only peer of this socket, holds the key and drops anything unsealed.
+/// when a peer stops reading) never holds up the link that replaces it. Sends that must not
+/// wait go through a clone of the half that needs no lock.
 #[derive(Default)]
 pub(crate) struct WorkerOutlet {
-    current: Mutex<Option<Arc<tokio::sync::Mutex<DealerSendHalf>>>>,
+    current: Mutex<Option<Arc<Link>>>,
     keyed: Option<Arc<Keyed>>,
+}
+
+/// One link's send half: a lock-free clone for `try_send`, and the locked one for sends
+/// that wait (the async send takes `&mut`).
+struct Link {
+    now: DealerSendHalf,
+    waiting: tokio::sync::Mutex<DealerSendHalf>,
 }
 
 impl WorkerOutlet {
@@ -197,7 +257,7 @@ impl WorkerOutlet {
         }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<tokio::sync::Mutex<DealerSendHalf>>>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Link>>> {
         // Poisoning only means a panic elsewhere while swapping an Option; it is still valid.
         self.current
             .lock()
@@ -206,27 +266,28 @@ impl WorkerOutlet {
 
     /// Installs a new link (or none while reconnecting).
     pub(crate) fn set(&self, link: Option<DealerSendHalf>) {
-        *self.slot() = link.map(|half| Arc::new(tokio::sync::Mutex::new(half)));
+        *self.slot() = link.map(|half| {
+            Arc::new(Link {
+                now: half.clone(),
+                waiting: tokio::sync::Mutex::new(half),
+            })
+        });
+    }
+
+    fn try_send(&self, message: ZmqMessage) -> Result<(), TrySendError> {
+        match self.slot().as_ref() {
+            Some(link) => link.now.try_send(message),
+            None => Err(TrySendError::Failed(ZmqError::Other(NOT_CONNECTED))),
+        }
     }
 
     async fn send(&self, message: ZmqMessage) -> ZmqResult<()> {
-        let message = match &self.keyed {
-            None => message,
-            Some(keyed) => {
-                let mut frames = message.into_vec();
-                if let Some(event) = frames.pop() {
-                    // `[client_id, "", event]`: the first frame names the client whose key
-                    // slot (rotation) the reply follows; `["", event]` is control.
-                    let slot = keyed.reply_slot(frames.first().filter(|f| !f.is_empty()));
-                    frames.push(keyed.trust.seal_with(slot, Kind::Reply, &event, &[]));
-                }
-                to_message(frames)
-            }
-        };
         let link = self.slot().clone();
         match link {
-            Some(link) => link.lock().await.send(message).await,
-            None => Err(ZmqError::Other("worker is not connected to its device")),
+            Some(link) => link.waiting.lock().await.send(message).await,
+            None => Err(ZmqError::Other(NOT_CONNECTED)),
         }
     }
 }
+
+const NOT_CONNECTED: &str = "worker is not connected to its device";

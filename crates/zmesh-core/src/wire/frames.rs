@@ -41,6 +41,11 @@ pub fn join_frames(route: &[Bytes], event: Bytes) -> ZmqMessage {
     ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
 }
 
+/// The bytes a message's frames carry, for byte bounds on queues.
+pub fn message_len(message: &ZmqMessage) -> usize {
+    message.iter().map(Bytes::len).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ pub use event::{
     decode_header, decode_reply, encode_event, encode_event_into, encoded_len, err_args, keys,
     more_args, names, parse_err_args, parse_more_args,
 };
-pub use frames::{Envelope, join_frames, split_frames};
+pub use frames::{Envelope, join_frames, message_len, split_frames};
 
 /// Deepest nesting of arrays and maps zmesh decodes into values. serde decoding recurses
 /// once per level, and a few KiB of stack per level (debug builds) times rmp-serde's own
