@@ -545,14 +545,15 @@ async fn a_client_that_never_reads_1_mib_replies_is_bounded_in_bytes() {
     .await;
     // Once it has left, what was queued for it is released.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // The configured bounds: 16 MiB of queue and 16 MiB of waiting replies.
+    // The configured bounds: 16 MiB of queue (`send_queue_bytes_per_peer`) and 64 MiB of
+    // replies waiting for room (`max_stalled_bytes`).
     after_attack(
         "client never reads 300 x 1 MiB",
         &node,
         idle,
         peak,
         good,
-        32,
+        16 + 64,
     )
     .await;
     node.kill();
