@@ -417,8 +417,13 @@ fn classify(error: &CallError) -> Failure {
             // aborted after its grace period may have.
             "Unavailable" if e.message == "node is shutting down" => Failure::NotRun,
             "Unavailable" | "RequestAborted" => Failure::MaybeRan,
+            // Includes the refusals a keyed client takes unsealed (`Unauthenticated`,
+            // `Replayed`): anyone on the path could send them, so they never count as
+            // "did not run" (a keyed client drops every other unsealed event).
             _ => Failure::Final,
         },
+        // The replies were tampered with on the way: the call may have run.
+        CallError::Integrity(_) => Failure::Final,
         _ => Failure::Final,
     }
 }
