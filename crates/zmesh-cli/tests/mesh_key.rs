@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{LIMIT, Lines, Server, run, stderr, stdout, zmesh};
+use common::{LIMIT, Lines, Server, dead_endpoint, exit_status, run, stderr, stdout, zmesh};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -272,8 +273,8 @@ async fn bad_keys_are_usage_errors() {
             "serve",
             "--previous-key-file",
             key,
-            "--previous-grace",
-            "5",
+            "--previous-until",
+            "@4102444800",
             "echo",
         ],
     ] {
@@ -282,8 +283,19 @@ async fn bad_keys_are_usage_errors() {
     }
 }
 
+/// `@SECONDS` since the Unix epoch, `from_now` from now (rounded up to a second).
+fn epoch_arg(from_now: Duration) -> String {
+    let at = std::time::SystemTime::now() + from_now;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs()
+        + 1;
+    format!("@{secs}")
+}
+
 #[tokio::test]
-async fn rotation_accepts_the_previous_key_during_its_grace() {
+async fn rotation_accepts_the_previous_key_until_an_absolute_time_that_restarts_keep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = keygen(dir.path(), "old.key").await;
     let new = keygen(dir.path(), "new.key").await;
@@ -293,14 +305,15 @@ async fn rotation_accepts_the_previous_key_during_its_grace() {
         new.to_str().expect("utf-8"),
         stranger.to_str().expect("utf-8"),
     );
+    let far = epoch_arg(Duration::from_secs(600));
     let server = serve(
         &[
             "--mesh-key-file",
             new,
             "--previous-key-file",
             old,
-            "--previous-grace",
-            "600",
+            "--previous-until",
+            &far,
         ],
         &["echo"],
     )
@@ -321,42 +334,108 @@ async fn rotation_accepts_the_previous_key_during_its_grace() {
     )
     .await;
     assert_refused(&out, "a key that is neither");
+    drop(server);
 
-    // After a (short) grace the old key is refused as such. Bounded by LIMIT.
-    let expiring = serve(
+    // The attack on the old `--previous-grace SECS`: it counted from each start, so a node
+    // restarted by its supervisor accepted the retired key again for a whole new grace.
+    // Now the end is a wall-clock time: a node killed (-9) and started again with the same
+    // command line after that time refuses the old key at once.
+    let until = epoch_arg(Duration::from_secs(1));
+    let args = [
+        "--mesh-key-file",
+        new,
+        "--previous-key-file",
+        old,
+        "--previous-until",
+        &until,
+    ];
+    let mut first = serve(&args, &["echo"]).await;
+    let out = run_env(
         &[
+            "call",
+            &first.endpoint,
+            "echo.upper",
+            "r",
             "--mesh-key-file",
-            new,
-            "--previous-key-file",
             old,
-            "--previous-grace",
-            "0.05",
         ],
-        &["echo"],
+        None,
     )
     .await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    let args = [
-        "call",
-        &expiring.endpoint,
-        "echo.upper",
-        "r",
-        "--mesh-key-file",
-        old,
-    ];
-    let out = loop {
-        let out = run_env(&args, None).await;
-        if !out.status.success() || tokio::time::Instant::now() > deadline {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_refused(&out, "the previous key after its grace");
+    assert!(out.status.success(), "before the time: {}", stderr(&out));
+    first.child.start_kill().expect("kill -9");
+    let _ = exit_status(&mut first.child, "the killed node").await;
+    let end = parse_epoch(&until);
+    // Waiting for a wall-clock time is the point of this check; bounded (2 s at most).
+    while std::time::SystemTime::now() <= end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = serve(&args, &["echo"]).await;
+    let out = run_env(
+        &[
+            "call",
+            &restarted.endpoint,
+            "echo.upper",
+            "r",
+            "--mesh-key-file",
+            old,
+        ],
+        None,
+    )
+    .await;
+    assert_refused(&out, "the previous key after its time, across a restart");
     assert!(
         stderr(&out).contains("grace period is over"),
         "{}",
         stderr(&out)
     );
+    let out = run_env(
+        &[
+            "call",
+            &restarted.endpoint,
+            "echo.upper",
+            "r",
+            "--mesh-key-file",
+            new,
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "the new key: {}", stderr(&out));
+}
+
+fn parse_epoch(arg: &str) -> std::time::SystemTime {
+    let secs: u64 = arg.trim_start_matches('@').parse().expect("seconds");
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[tokio::test]
+async fn mesh_without_a_key_warns_that_discovery_is_unauthenticated() {
+    let mut command = zmesh();
+    command.env_remove(ENV);
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--mesh",
+        "open",
+        "--seed",
+        &dead_endpoint(),
+        "echo",
+    ]);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("zmesh serve starts");
+    let mut err = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let line = tokio::time::timeout(LIMIT, err.next_line())
+        .await
+        .expect("a line within the limit")
+        .expect("stderr readable")
+        .expect("a warning line");
+    assert!(line.contains("discovery is unauthenticated"), "{line}");
 }
 
 /// The interop venv's python when it is there with zerorpc (other tests build it).
