@@ -256,7 +256,12 @@ async fn count_six(endpoint: &str) -> (Vec<u64>, Option<CallError>) {
     while let Some(item) = net("next item", stream.next()).await {
         match item {
             Ok(n) => items.push(n),
-            Err(e) => return (items, Some(e)),
+            Err(e) => {
+                if matches!(e, CallError::Integrity(_)) {
+                    assert_eq!(client.integrity_failures(), 1, "counted");
+                }
+                return (items, Some(e));
+            }
         }
     }
     (items, None)

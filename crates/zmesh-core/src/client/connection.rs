@@ -274,6 +274,7 @@ impl Wake for Readers {
 pub(crate) struct TrustState {
     trust: Option<Arc<Trust>>,
     rejected: Arc<AtomicU64>,
+    integrity_failures: Arc<AtomicU64>,
 }
 
 impl TrustState {
@@ -281,11 +282,16 @@ impl TrustState {
         Self {
             trust: key.map(|k| Arc::new(Trust::new(k))),
             rejected: Arc::default(),
+            integrity_failures: Arc::default(),
         }
     }
 
     pub(crate) fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn integrity_failures(&self) -> u64 {
+        self.integrity_failures.load(Ordering::Relaxed)
     }
 }
 
@@ -721,6 +727,9 @@ impl ConnShared {
             if let Err(why) = order {
                 let entry = pending.remove(&channel);
                 drop(pending);
+                self.trust
+                    .integrity_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(endpoint = %self.endpoint, %channel, problem = %why, "reply stream tampered with");
                 if let Some(entry) = entry {
                     entry.fail(CallError::Integrity(why));

@@ -302,9 +302,16 @@ impl Client {
     }
 
     /// Replies dropped because they did not open with the mesh key (unsealed and not an
-    /// `ERR`, wrong key, tampered or replayed); always 0 without a key.
+    /// `ERR Unauthenticated` / `ERR Replayed`, wrong key, tampered or replayed); always 0
+    /// without a key.
     pub fn rejected_replies(&self) -> u64 {
         self.inner.trust.rejected()
+    }
+
+    /// Calls failed with [`CallError::Integrity`]: their sealed replies arrived lost,
+    /// reordered, repeated or cut short (see [`ClientConfig::mesh_key`]).
+    pub fn integrity_failures(&self) -> u64 {
+        self.inner.trust.integrity_failures()
     }
 
     /// Whether the current connection's peer speaks zmesh's extensions (`None` when not

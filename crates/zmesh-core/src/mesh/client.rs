@@ -920,3 +920,38 @@ async fn probe_loop(inner: Arc<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::RemoteError;
+
+    fn remote(name: &str, message: &str) -> CallError {
+        CallError::Remote(RemoteError {
+            name: name.into(),
+            message: message.into(),
+            traceback: None,
+        })
+    }
+
+    #[test]
+    fn only_refusals_a_node_seals_count_as_not_run() {
+        assert_eq!(classify(&remote("Overloaded", "full")), Failure::NotRun);
+        assert_eq!(
+            classify(&remote("Unavailable", "node is shutting down")),
+            Failure::NotRun
+        );
+        // The refusals a keyed client takes unsealed may be forged on the path: final.
+        assert_eq!(classify(&remote("Unauthenticated", "x")), Failure::Final);
+        assert_eq!(classify(&remote("Replayed", "x")), Failure::Final);
+        // Tampered replies: the call may have run, and a retry cannot help.
+        assert_eq!(
+            classify(&CallError::Integrity("reply 2 lost".into())),
+            Failure::Final
+        );
+        assert_eq!(
+            classify(&CallError::PeerLost("x".into())),
+            Failure::MaybeRan
+        );
+    }
+}
