@@ -283,6 +283,15 @@ async fn bad_keys_are_usage_errors() {
     }
 }
 
+/// `zmesh call EP echo.upper r --mesh-key-file KEY`.
+async fn upper_with(ep: &str, key: &str) -> Output {
+    run_env(
+        &["call", ep, "echo.upper", "r", "--mesh-key-file", key],
+        None,
+    )
+    .await
+}
+
 /// `@SECONDS` since the Unix epoch, `from_now` from now (rounded up to a second).
 fn epoch_arg(from_now: Duration) -> String {
     let at = std::time::SystemTime::now() + from_now;
@@ -320,19 +329,11 @@ async fn rotation_accepts_the_previous_key_until_an_absolute_time_that_restarts_
     .await;
     let ep = server.endpoint.as_str();
     for key in [new, old] {
-        let out = run_env(
-            &["call", ep, "echo.upper", "r", "--mesh-key-file", key],
-            None,
-        )
-        .await;
+        let out = upper_with(ep, key).await;
         assert!(out.status.success(), "{key}: {}", stderr(&out));
         assert_eq!(stdout(&out), "\"R\"\n");
     }
-    let out = run_env(
-        &["call", ep, "echo.upper", "r", "--mesh-key-file", stranger],
-        None,
-    )
-    .await;
+    let out = upper_with(ep, stranger).await;
     assert_refused(&out, "a key that is neither");
     drop(server);
 
@@ -340,7 +341,8 @@ async fn rotation_accepts_the_previous_key_until_an_absolute_time_that_restarts_
     // restarted by its supervisor accepted the retired key again for a whole new grace.
     // Now the end is a wall-clock time: a node killed (-9) and started again with the same
     // command line after that time refuses the old key at once.
-    let until = epoch_arg(Duration::from_secs(1));
+    // Far enough ahead for a slow machine to start the node and call it before.
+    let until = epoch_arg(Duration::from_secs(3));
     let args = [
         "--mesh-key-file",
         new,
@@ -350,57 +352,24 @@ async fn rotation_accepts_the_previous_key_until_an_absolute_time_that_restarts_
         &until,
     ];
     let mut first = serve(&args, &["echo"]).await;
-    let out = run_env(
-        &[
-            "call",
-            &first.endpoint,
-            "echo.upper",
-            "r",
-            "--mesh-key-file",
-            old,
-        ],
-        None,
-    )
-    .await;
+    let out = upper_with(&first.endpoint, old).await;
     assert!(out.status.success(), "before the time: {}", stderr(&out));
     first.child.start_kill().expect("kill -9");
     let _ = exit_status(&mut first.child, "the killed node").await;
     let end = parse_epoch(&until);
-    // Waiting for a wall-clock time is the point of this check; bounded (2 s at most).
+    // Waiting for a wall-clock time is the point of this check; bounded (4 s at most).
     while std::time::SystemTime::now() <= end {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let restarted = serve(&args, &["echo"]).await;
-    let out = run_env(
-        &[
-            "call",
-            &restarted.endpoint,
-            "echo.upper",
-            "r",
-            "--mesh-key-file",
-            old,
-        ],
-        None,
-    )
-    .await;
+    let out = upper_with(&restarted.endpoint, old).await;
     assert_refused(&out, "the previous key after its time, across a restart");
     assert!(
         stderr(&out).contains("grace period is over"),
         "{}",
         stderr(&out)
     );
-    let out = run_env(
-        &[
-            "call",
-            &restarted.endpoint,
-            "echo.upper",
-            "r",
-            "--mesh-key-file",
-            new,
-        ],
-        None,
-    )
-    .await;
+    let out = upper_with(&restarted.endpoint, new).await;
     assert!(out.status.success(), "the new key: {}", stderr(&out));
 }
 
