@@ -153,9 +153,10 @@ impl MeshKey {
     /// end once, with [`with_previous_until`](Self::with_previous_until).
     #[must_use]
     pub fn with_previous(self, previous: &MeshKey, grace: Duration) -> Self {
-        let until = SystemTime::now()
-            .checked_add(grace)
-            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)));
+        // A grace too long for the clock to add (`Duration::MAX`) ends in the year 2106:
+        // as good as never.
+        let never = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+        let until = SystemTime::now().checked_add(grace).unwrap_or(never);
         self.with_previous_until(previous, until)
     }
 
