@@ -378,6 +378,105 @@ fn parse_epoch(arg: &str) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// The event inside a sealed `frame`, opened with the secret in `key_file`.
+fn open_with(key_file: &str, frame: &bytes::Bytes) -> zmesh_core::wire::Event {
+    use zmesh_core::trust::envelope;
+    let text = std::fs::read_to_string(key_file).expect("key file");
+    let key = envelope::SealKey::derive(text.trim().as_bytes());
+    let parsed = envelope::parse(frame).expect("sealed");
+    let event = envelope::open(&key, frame, &parsed).expect("opens with the key");
+    zmesh_core::wire::decode_event(&event).expect("decodes")
+}
+
+/// Sends `frame` to `endpoint` from a raw DEALER and returns the reply's event frame.
+async fn raw_exchange(endpoint: &str, frame: bytes::Bytes) -> bytes::Bytes {
+    use zeromq::{Socket, SocketRecv, SocketSend};
+    let mut dealer = zeromq::DealerSocket::new();
+    timeout(LIMIT, dealer.connect(endpoint))
+        .await
+        .expect("connect within the limit")
+        .expect("connects");
+    let message = zeromq::ZmqMessage::try_from(vec![bytes::Bytes::new(), frame]).expect("frames");
+    timeout(LIMIT, dealer.send(message))
+        .await
+        .expect("send within the limit")
+        .expect("sent");
+    let reply = timeout(LIMIT, dealer.recv())
+        .await
+        .expect("a reply within the limit")
+        .expect("recv");
+    reply.into_vec().pop().expect("event frame")
+}
+
+#[tokio::test]
+async fn a_request_captured_before_a_kill_9_is_refused_by_the_restarted_node() {
+    use zeromq::{Socket, SocketRecv};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path(), "mesh.key").await;
+    let key = key.to_str().expect("utf-8");
+    // Capture: `zmesh call` with the key, pointed at a trap that records what it sends.
+    let mut trap = zeromq::RouterSocket::new();
+    let trap_ep = timeout(LIMIT, trap.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind within the limit")
+        .expect("binds")
+        .to_string();
+    let mut call = zmesh();
+    call.env_remove(ENV)
+        .args([
+            "call",
+            &trap_ep,
+            "echo.upper",
+            "captured",
+            "--mesh-key-file",
+            key,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _caller = call.spawn().expect("zmesh call starts");
+    let captured = loop {
+        let message = timeout(LIMIT, trap.recv())
+            .await
+            .expect("a request within the limit")
+            .expect("recv");
+        let frame = message.into_vec().pop().expect("event frame");
+        // Skip the client's `_zerorpc_ping` probe.
+        if open_with(key, &frame).name.as_ref() == "echo.upper" {
+            break frame;
+        }
+    };
+    let captured_at = std::time::Instant::now();
+    let mut node = serve(&["--mesh-key-file", key], &["echo"]).await;
+    let reply = raw_exchange(&node.endpoint, captured.clone()).await;
+    assert_eq!(open_with(key, &reply).name.as_ref(), "OK", "served once");
+    node.child.start_kill().expect("kill -9");
+    let _ = exit_status(&mut node.child, "the killed node").await;
+    // The restarted node refuses what was sealed before it started, less the default clock
+    // skew (2 s): waiting that out is the point of this check (bounded, about 3 s).
+    while captured_at.elapsed() < Duration::from_millis(2_500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = serve(&["--mesh-key-file", key], &["echo"]).await;
+    let reply = raw_exchange(&restarted.endpoint, captured).await;
+    let event = open_or_plain(&reply);
+    assert_eq!(event.name.as_ref(), "ERR", "the replay is refused");
+    let (name, message, _) = zmesh_core::wire::parse_err_args(&event.args);
+    assert_eq!(name, "Replayed");
+    assert!(
+        message.contains("before this receiver started"),
+        "{message}"
+    );
+}
+
+/// A refusal goes out unsealed: decode it as it is.
+fn open_or_plain(frame: &bytes::Bytes) -> zmesh_core::wire::Event {
+    assert!(
+        !zmesh_core::trust::envelope::is_sealed(frame),
+        "refusals are unsealed"
+    );
+    zmesh_core::wire::decode_event(frame).expect("decodes")
+}
+
 #[tokio::test]
 async fn mesh_without_a_key_warns_that_discovery_is_unauthenticated() {
     let mut command = zmesh();
