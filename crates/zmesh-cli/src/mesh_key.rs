@@ -44,14 +44,83 @@ pub(crate) struct KeyArgs {
 pub(crate) struct ServeKeyArgs {
     #[command(flatten)]
     key: KeyArgs,
-    /// Rotation: also accept messages sealed with the (old) key in FILE, for
-    /// --previous-grace seconds from start (answering such callers in the old key); the node
+    /// Rotation: also accept messages sealed with the (old) key in FILE until the time
+    /// given with --previous-until (answering such callers in the old key); the node
     /// otherwise seals with the new key.
-    #[arg(long, value_name = "FILE", requires = "previous_grace")]
+    #[arg(long, value_name = "FILE", requires = "previous_until")]
     previous_key_file: Option<PathBuf>,
-    /// How long the previous key stays accepted, in seconds.
-    #[arg(long, value_name = "SECS", requires = "previous_key_file", value_parser = crate::positive_seconds)]
-    previous_grace: Option<f64>,
+    /// When the previous key stops being accepted: a wall-clock time, as UTC
+    /// `YYYY-MM-DDTHH:MM:SSZ` or `@SECONDS` since the Unix epoch (e.g. `@$(date -d '+1 day'
+    /// +%s)`). An absolute time, so restarting the node does not extend the grace.
+    #[arg(long, value_name = "TIME", requires = "previous_key_file", value_parser = parse_wall_time)]
+    previous_until: Option<SystemTime>,
+}
+
+/// A wall-clock time from the command line: `@SECONDS` since the Unix epoch, or UTC
+/// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339 with a `Z` or `+00:00` offset, no fractions).
+pub(crate) fn parse_wall_time(text: &str) -> Result<SystemTime, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not a time: give @SECONDS since the Unix epoch or YYYY-MM-DDTHH:MM:SSZ (UTC)"
+        )
+    };
+    if let Some(secs) = text.strip_prefix('@') {
+        let secs: u64 = secs.parse().map_err(|_| bad())?;
+        return UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(bad);
+    }
+    let stamp = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))
+        .ok_or_else(bad)?;
+    let (date, time) = stamp.split_once(['T', ' ']).ok_or_else(bad)?;
+    let numbers = |part: &str, sep: char| -> Result<Vec<u64>, String> {
+        part.split(sep)
+            .map(|n| {
+                if n.is_empty() || n.len() > 4 {
+                    Err(bad())
+                } else {
+                    n.parse().map_err(|_| bad())
+                }
+            })
+            .collect()
+    };
+    let (date, time) = (numbers(date, '-')?, numbers(time, ':')?);
+    let [year, month, day] = <[u64; 3]>::try_from(date).map_err(|_| bad())?;
+    let [hour, minute, second] = <[u64; 3]>::try_from(time).map_err(|_| bad())?;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if !(1970..=9999).contains(&year)
+        || day == 0
+        || day > days_in_month
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return Err(bad());
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .ok_or_else(bad)
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year >= 1970), after
+/// Howard Hinnant's `days_from_civil`.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let year_of_era = year - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// A secret as loaded, before it becomes a [`MeshKey`]; never printed.
@@ -102,8 +171,8 @@ impl ServeKeyArgs {
     /// The node's key, with the previous one accepted for its grace when given.
     pub(crate) fn load(&self) -> Result<Option<MeshKey>, CliError> {
         let key = self.key.load()?;
-        match (key, &self.previous_key_file, self.previous_grace) {
-            (Some(key), Some(path), Some(grace)) => {
+        match (key, &self.previous_key_file, self.previous_until) {
+            (Some(key), Some(path), Some(until)) => {
                 let previous = read_key_file(path)?.mesh_key()?;
                 if previous.key_id() == key.key_id() {
                     return Err(CliError::Usage(format!(
@@ -111,9 +180,13 @@ impl ServeKeyArgs {
                         path.display()
                     )));
                 }
-                Ok(Some(
-                    key.with_previous(&previous, Duration::from_secs_f64(grace)),
-                ))
+                if until <= SystemTime::now() {
+                    eprintln!(
+                        "zmesh: warning: --previous-until is in the past: the previous key in {} is refused",
+                        path.display()
+                    );
+                }
+                Ok(Some(key.with_previous_until(&previous, until)))
             }
             (None, Some(_), _) => Err(CliError::Usage(
                 "--previous-key-file needs a current key (--mesh-key-file or ZMESH_MESH_KEY)"
@@ -303,5 +376,45 @@ mod tests {
         );
         let other = SealKey::derive(b"another secret, long enough");
         assert!(envelope::open(&other, &frame, &parsed).is_err());
+    }
+
+    #[test]
+    fn wall_times_parse_as_utc_or_epoch_seconds() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(parse_wall_time("@0"), Ok(at(0)));
+        assert_eq!(parse_wall_time("@1700000000"), Ok(at(1_700_000_000)));
+        assert_eq!(parse_wall_time("1970-01-01T00:00:00Z"), Ok(at(0)));
+        // `date -u -d 2023-11-14T22:13:20Z +%s` = 1700000000.
+        assert_eq!(
+            parse_wall_time("2023-11-14T22:13:20Z"),
+            Ok(at(1_700_000_000))
+        );
+        assert_eq!(
+            parse_wall_time("2023-11-14 22:13:20+00:00"),
+            Ok(at(1_700_000_000))
+        );
+        // 2024-02-29 is a leap day; 2024-03-01T00:00:00Z = 1709251200.
+        assert_eq!(
+            parse_wall_time("2024-03-01T00:00:00Z"),
+            Ok(at(1_709_251_200))
+        );
+        assert!(parse_wall_time("2024-02-29T12:00:00Z").is_ok());
+        for bad in [
+            "",
+            "@",
+            "@-1",
+            "@1.5",
+            "tomorrow",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20+01:00",
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13Z",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14",
+        ] {
+            assert!(parse_wall_time(bad).is_err(), "{bad:?}");
+        }
     }
 }

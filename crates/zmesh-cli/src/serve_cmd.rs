@@ -133,6 +133,14 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         .map(|name| reference_service(name, publisher.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let listing = args.services.join(", ");
+    if args.mesh.is_some() && key.is_none() {
+        // Open by design without a key, and easy to miss: say so where the operator looks.
+        eprintln!(
+            "zmesh: warning: --mesh without a mesh key: discovery is unauthenticated (anyone on \
+             the network can announce peers and receive calls); give --mesh-key-file or \
+             ZMESH_MESH_KEY to seal beacons and gossip"
+        );
+    }
     let running = if let Some(mesh) = args.mesh {
         let mut builder = MeshNode::builder(mesh.clone());
         if let Some(name) = args.name {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{LIMIT, Lines, Server, run, stderr, stdout, zmesh};
+use common::{LIMIT, Lines, Server, dead_endpoint, exit_status, run, stderr, stdout, zmesh};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -272,8 +273,8 @@ async fn bad_keys_are_usage_errors() {
             "serve",
             "--previous-key-file",
             key,
-            "--previous-grace",
-            "5",
+            "--previous-until",
+            "@4102444800",
             "echo",
         ],
     ] {
@@ -282,8 +283,28 @@ async fn bad_keys_are_usage_errors() {
     }
 }
 
+/// `zmesh call EP echo.upper r --mesh-key-file KEY`.
+async fn upper_with(ep: &str, key: &str) -> Output {
+    run_env(
+        &["call", ep, "echo.upper", "r", "--mesh-key-file", key],
+        None,
+    )
+    .await
+}
+
+/// `@SECONDS` since the Unix epoch, `from_now` from now (rounded up to a second).
+fn epoch_arg(from_now: Duration) -> String {
+    let at = std::time::SystemTime::now() + from_now;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs()
+        + 1;
+    format!("@{secs}")
+}
+
 #[tokio::test]
-async fn rotation_accepts_the_previous_key_during_its_grace() {
+async fn rotation_accepts_the_previous_key_until_an_absolute_time_that_restarts_keep() {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = keygen(dir.path(), "old.key").await;
     let new = keygen(dir.path(), "new.key").await;
@@ -293,70 +314,196 @@ async fn rotation_accepts_the_previous_key_during_its_grace() {
         new.to_str().expect("utf-8"),
         stranger.to_str().expect("utf-8"),
     );
+    let far = epoch_arg(Duration::from_secs(600));
     let server = serve(
         &[
             "--mesh-key-file",
             new,
             "--previous-key-file",
             old,
-            "--previous-grace",
-            "600",
+            "--previous-until",
+            &far,
         ],
         &["echo"],
     )
     .await;
     let ep = server.endpoint.as_str();
     for key in [new, old] {
-        let out = run_env(
-            &["call", ep, "echo.upper", "r", "--mesh-key-file", key],
-            None,
-        )
-        .await;
+        let out = upper_with(ep, key).await;
         assert!(out.status.success(), "{key}: {}", stderr(&out));
         assert_eq!(stdout(&out), "\"R\"\n");
     }
-    let out = run_env(
-        &["call", ep, "echo.upper", "r", "--mesh-key-file", stranger],
-        None,
-    )
-    .await;
+    let out = upper_with(ep, stranger).await;
     assert_refused(&out, "a key that is neither");
+    drop(server);
 
-    // After a (short) grace the old key is refused as such. Bounded by LIMIT.
-    let expiring = serve(
-        &[
-            "--mesh-key-file",
-            new,
-            "--previous-key-file",
-            old,
-            "--previous-grace",
-            "0.05",
-        ],
-        &["echo"],
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
+    // The attack on the old `--previous-grace SECS`: it counted from each start, so a node
+    // restarted by its supervisor accepted the retired key again for a whole new grace.
+    // Now the end is a wall-clock time: a node killed (-9) and started again with the same
+    // command line after that time refuses the old key at once.
+    // Far enough ahead for a slow machine to start the node and call it before.
+    let until = epoch_arg(Duration::from_secs(3));
     let args = [
-        "call",
-        &expiring.endpoint,
-        "echo.upper",
-        "r",
         "--mesh-key-file",
+        new,
+        "--previous-key-file",
         old,
+        "--previous-until",
+        &until,
     ];
-    let out = loop {
-        let out = run_env(&args, None).await;
-        if !out.status.success() || tokio::time::Instant::now() > deadline {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_refused(&out, "the previous key after its grace");
+    let mut first = serve(&args, &["echo"]).await;
+    let out = upper_with(&first.endpoint, old).await;
+    assert!(out.status.success(), "before the time: {}", stderr(&out));
+    first.child.start_kill().expect("kill -9");
+    let _ = exit_status(&mut first.child, "the killed node").await;
+    let end = parse_epoch(&until);
+    // Waiting for a wall-clock time is the point of this check; bounded (4 s at most).
+    while std::time::SystemTime::now() <= end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = serve(&args, &["echo"]).await;
+    let out = upper_with(&restarted.endpoint, old).await;
+    assert_refused(&out, "the previous key after its time, across a restart");
     assert!(
         stderr(&out).contains("grace period is over"),
         "{}",
         stderr(&out)
     );
+    let out = upper_with(&restarted.endpoint, new).await;
+    assert!(out.status.success(), "the new key: {}", stderr(&out));
+}
+
+fn parse_epoch(arg: &str) -> std::time::SystemTime {
+    let secs: u64 = arg.trim_start_matches('@').parse().expect("seconds");
+    std::time::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// The event inside a sealed `frame`, opened with the secret in `key_file`.
+fn open_with(key_file: &str, frame: &bytes::Bytes) -> zmesh_core::wire::Event {
+    use zmesh_core::trust::envelope;
+    let text = std::fs::read_to_string(key_file).expect("key file");
+    let key = envelope::SealKey::derive(text.trim().as_bytes());
+    let parsed = envelope::parse(frame).expect("sealed");
+    let event = envelope::open(&key, frame, &parsed).expect("opens with the key");
+    zmesh_core::wire::decode_event(&event).expect("decodes")
+}
+
+/// Sends `frame` to `endpoint` from a raw DEALER and returns the reply's event frame.
+async fn raw_exchange(endpoint: &str, frame: bytes::Bytes) -> bytes::Bytes {
+    use zeromq::{Socket, SocketRecv, SocketSend};
+    let mut dealer = zeromq::DealerSocket::new();
+    timeout(LIMIT, dealer.connect(endpoint))
+        .await
+        .expect("connect within the limit")
+        .expect("connects");
+    let message = zeromq::ZmqMessage::try_from(vec![bytes::Bytes::new(), frame]).expect("frames");
+    timeout(LIMIT, dealer.send(message))
+        .await
+        .expect("send within the limit")
+        .expect("sent");
+    let reply = timeout(LIMIT, dealer.recv())
+        .await
+        .expect("a reply within the limit")
+        .expect("recv");
+    reply.into_vec().pop().expect("event frame")
+}
+
+#[tokio::test]
+async fn a_request_captured_before_a_kill_9_is_refused_by_the_restarted_node() {
+    use zeromq::{Socket, SocketRecv};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = keygen(dir.path(), "mesh.key").await;
+    let key = key.to_str().expect("utf-8");
+    // Capture: `zmesh call` with the key, pointed at a trap that records what it sends.
+    let mut trap = zeromq::RouterSocket::new();
+    let trap_ep = timeout(LIMIT, trap.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind within the limit")
+        .expect("binds")
+        .to_string();
+    let mut call = zmesh();
+    call.env_remove(ENV)
+        .args([
+            "call",
+            &trap_ep,
+            "echo.upper",
+            "captured",
+            "--mesh-key-file",
+            key,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _caller = call.spawn().expect("zmesh call starts");
+    let captured = loop {
+        let message = timeout(LIMIT, trap.recv())
+            .await
+            .expect("a request within the limit")
+            .expect("recv");
+        let frame = message.into_vec().pop().expect("event frame");
+        // Skip the client's `_zerorpc_ping` probe.
+        if open_with(key, &frame).name.as_ref() == "echo.upper" {
+            break frame;
+        }
+    };
+    let captured_at = std::time::Instant::now();
+    let mut node = serve(&["--mesh-key-file", key], &["echo"]).await;
+    let reply = raw_exchange(&node.endpoint, captured.clone()).await;
+    assert_eq!(open_with(key, &reply).name.as_ref(), "OK", "served once");
+    node.child.start_kill().expect("kill -9");
+    let _ = exit_status(&mut node.child, "the killed node").await;
+    // The restarted node refuses what was sealed before it started, less the default clock
+    // skew (2 s): waiting that out is the point of this check (bounded, about 3 s).
+    while captured_at.elapsed() < Duration::from_millis(2_500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = serve(&["--mesh-key-file", key], &["echo"]).await;
+    let reply = raw_exchange(&restarted.endpoint, captured).await;
+    let event = open_or_plain(&reply);
+    assert_eq!(event.name.as_ref(), "ERR", "the replay is refused");
+    let (name, message, _) = zmesh_core::wire::parse_err_args(&event.args);
+    assert_eq!(name, "Replayed");
+    assert!(
+        message.contains("before this receiver started"),
+        "{message}"
+    );
+}
+
+/// A refusal goes out unsealed: decode it as it is.
+fn open_or_plain(frame: &bytes::Bytes) -> zmesh_core::wire::Event {
+    assert!(
+        !zmesh_core::trust::envelope::is_sealed(frame),
+        "refusals are unsealed"
+    );
+    zmesh_core::wire::decode_event(frame).expect("decodes")
+}
+
+#[tokio::test]
+async fn mesh_without_a_key_warns_that_discovery_is_unauthenticated() {
+    let mut command = zmesh();
+    command.env_remove(ENV);
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--mesh",
+        "open",
+        "--seed",
+        &dead_endpoint(),
+        "echo",
+    ]);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("zmesh serve starts");
+    let mut err = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let line = tokio::time::timeout(LIMIT, err.next_line())
+        .await
+        .expect("a line within the limit")
+        .expect("stderr readable")
+        .expect("a warning line");
+    assert!(line.contains("discovery is unauthenticated"), "{line}");
 }
 
 /// The interop venv's python when it is there with zerorpc (other tests build it).

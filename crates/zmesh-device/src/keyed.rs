@@ -92,11 +92,22 @@ pub(crate) fn refuse(
 
 /// Seals the event frame of a message the router produced, unless it is already sealed
 /// (a client's or worker's frame forwarded unchanged: it opened, so it is sealed).
+///
+/// A keyed client takes an `OK` only with its number in the call (see
+/// [`Trust::seal_reply`]). The device's own `OK`s (built-ins it answers) are always a
+/// call's first and only reply, number 0; its `ERR`s (`NameError`, `Overloaded`, a worker
+/// lost mid-stream) and heartbeats go unnumbered, which a client accepts wherever they
+/// come because an `ERR` fails the call anyway.
 pub(crate) fn seal_outgoing(trust: &Trust, kind: Kind, message: ZmqMessage) -> ZmqMessage {
     let mut frames = message.into_vec();
     if let Some(event) = frames.pop() {
         let sealed = if trust::envelope::is_sealed(&event) {
             event
+        } else if kind == Kind::Reply {
+            let first_and_only = wire::decode_reply(&event)
+                .is_ok_and(|e| e.name.as_ref() == names::OK)
+                .then_some(0);
+            trust.seal_reply(&event, first_and_only)
         } else {
             trust.seal(kind, &event, &[])
         };

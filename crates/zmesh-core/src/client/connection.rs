@@ -32,7 +32,7 @@ use zeromq::{
 
 use super::{CallError, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
-use crate::trust::{Kind, Trust};
+use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 
 /// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
@@ -61,11 +61,33 @@ pub(crate) struct Reply {
     pub(crate) args: Bytes,
 }
 
+/// What the mesh key said about a received event, for [`Pending::check_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sealing {
+    /// This client has no mesh key: nothing to check.
+    Unkeyed,
+    /// Opened with the key; the reply's number within its call, if it has one.
+    Sealed(Option<u32>),
+    /// Authentic, but received before: a copy made on the way.
+    Duplicate(Option<u32>),
+    /// An unsealed refusal (`ERR Unauthenticated` or `ERR Replayed`, how a node answers a
+    /// peer it cannot seal for): anyone on the path could have sent it.
+    Unsealed,
+}
+
+/// Event names a keyed client takes only with the reply number it expects next: the ones
+/// that carry a result or continue a call.
+fn needs_number(name: &str) -> bool {
+    matches!(name, names::OK | names::STREAM | names::STREAM_DONE)
+}
+
 /// One open call on this connection. Plain calls only ever need the one-shot slot; the
 /// bounded queue is made when the first reply turns out to be a stream item.
 struct Pending {
     first: Option<oneshot::Sender<Inbound>>,
     stream: Option<mpsc::Sender<Inbound>>,
+    /// The number the call's next sealed reply must carry (keyed clients only).
+    next_seq: u32,
     /// When the caller stops waiting for the first reply (enforced by [`deadline_loop`]).
     deadline: Option<Instant>,
     opened: Instant,
@@ -75,6 +97,48 @@ struct Pending {
 }
 
 impl Pending {
+    /// Checks a keyed reply's place in its call: an `OK`, `STREAM` or `STREAM_DONE` must
+    /// carry the next number (so a `STREAM_DONE` carries the count of items), and a
+    /// numbered `ERR` too. An unnumbered `ERR` (a refusal sent before the call ran, a
+    /// device's own error) or an unsealed refusal ends the call as a failure wherever it
+    /// comes, so its place cannot turn a loss into a success. Heartbeats are not numbered.
+    ///
+    /// # Errors
+    /// What went wrong on the way, for [`CallError::Integrity`].
+    fn check_order(&mut self, name: &str, sealing: Sealing) -> Result<(), String> {
+        let expected = self.next_seq;
+        let seq = match sealing {
+            Sealing::Unkeyed | Sealing::Unsealed => return Ok(()),
+            Sealing::Duplicate(Some(seq)) => {
+                return Err(format!("reply {seq} of the call arrived twice"));
+            }
+            Sealing::Duplicate(None) | Sealing::Sealed(None) if !needs_number(name) => {
+                return Ok(());
+            }
+            Sealing::Duplicate(None) | Sealing::Sealed(None) => {
+                return Err(format!(
+                    "{name} reply carries no number (expected {expected})"
+                ));
+            }
+            Sealing::Sealed(Some(seq)) => seq,
+        };
+        if name == names::HEARTBEAT || name == names::MORE {
+            return Ok(());
+        }
+        if seq != expected {
+            let what = if seq > expected {
+                "replies were lost or reordered on the way"
+            } else {
+                "a reply was repeated or reordered on the way"
+            };
+            return Err(format!(
+                "{name} reply {seq} arrived where reply {expected} was expected: {what}"
+            ));
+        }
+        self.next_seq = expected.wrapping_add(1);
+        Ok(())
+    }
+
     /// Ends the call with an error, through whichever slot the caller is waiting on.
     fn fail(mut self, error: CallError) {
         if let Some(first) = self.first.take() {
@@ -210,6 +274,7 @@ impl Wake for Readers {
 pub(crate) struct TrustState {
     trust: Option<Arc<Trust>>,
     rejected: Arc<AtomicU64>,
+    integrity_failures: Arc<AtomicU64>,
 }
 
 impl TrustState {
@@ -217,11 +282,16 @@ impl TrustState {
         Self {
             trust: key.map(|k| Arc::new(Trust::new(k))),
             rejected: Arc::default(),
+            integrity_failures: Arc::default(),
         }
     }
 
     pub(crate) fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn integrity_failures(&self) -> u64 {
+        self.integrity_failures.load(Ordering::Relaxed)
     }
 }
 
@@ -271,6 +341,7 @@ impl ConnShared {
             Pending {
                 first: Some(first),
                 stream: None,
+                next_seq: 0,
                 deadline,
                 opened: now,
                 last_heard: now,
@@ -367,26 +438,47 @@ impl ConnShared {
 
     /// Opens an incoming frame with the mesh key; `None` (counted and traced) when it must
     /// not be delivered.
-    fn incoming(&self, frame: Bytes) -> Option<Bytes> {
+    ///
+    /// Unsealed, only the refusals a node sends a peer it cannot seal for are taken
+    /// (`ERR Unauthenticated`, `ERR Replayed`); they fail the call as not retryable
+    /// ([`CallError::Remote`] under those names), never as "did not run", because anyone on
+    /// the path could have sent them. Anything else unsealed (an `OK`, or an `ERR
+    /// Overloaded` that would have the call retried elsewhere) is dropped, and the call
+    /// waits for the real, sealed reply. An authentic reply received twice is handed on as
+    /// a duplicate, so its call fails as tampered with.
+    fn incoming(&self, frame: Bytes) -> Option<(Bytes, Sealing)> {
         let Some(trust) = &self.trust.trust else {
-            return Some(frame);
+            return Some((frame, Sealing::Unkeyed));
         };
         if !crate::trust::envelope::is_sealed(&frame) {
-            // Only a refusal may come unsealed: a node without our key cannot seal it.
-            let is_err = wire::decode_event(&frame).is_ok_and(|e| e.name.as_ref() == names::ERR);
-            if !is_err {
+            let refusal = wire::decode_event(&frame).is_ok_and(|e| {
+                e.name.as_ref() == names::ERR
+                    && matches!(
+                        wire::parse_err_args(&e.args).0.as_str(),
+                        "Unauthenticated" | "Replayed"
+                    )
+            });
+            if !refusal {
                 self.trust.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(endpoint = %self.endpoint, "dropping unsealed reply");
                 return None;
             }
-            return Some(frame);
+            return Some((frame, Sealing::Unsealed));
         }
-        match trust.open(&frame, Kind::Reply) {
-            Ok(event) => Some(event),
-            Err(rejection) => {
+        match trust.open_detailed(&frame, Kind::Reply) {
+            Ok(opened) => Some((opened.event, Sealing::Sealed(opened.seq))),
+            Err(Refusal {
+                rejection,
+                authentic,
+            }) => {
                 self.trust.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint = %self.endpoint, %rejection, "dropping reply refused by the mesh key");
-                None
+                tracing::warn!(endpoint = %self.endpoint, %rejection, "reply refused by the mesh key");
+                match (rejection, authentic) {
+                    (Rejection::Replayed(ReplayError::Replayed), Some(opened)) => {
+                        Some((opened.event, Sealing::Duplicate(opened.seq)))
+                    }
+                    _ => None,
+                }
             }
         }
     }
@@ -582,18 +674,19 @@ impl ConnShared {
             }
             return None;
         }
-        if self.trust.trust.is_some() {
-            match self.incoming(envelope.event) {
-                Some(event) => envelope.event = event,
-                None => return None,
-            }
-        }
+        let sealing = if self.trust.trust.is_some() {
+            let (event, sealing) = self.incoming(envelope.event)?;
+            envelope.event = event;
+            sealing
+        } else {
+            Sealing::Unkeyed
+        };
         match wire::decode_reply(&envelope.event) {
             Ok(event) => {
                 if event.zmesh && !self.zmesh_peer.load(Ordering::Relaxed) {
                     self.zmesh_peer.store(true, Ordering::Release);
                 }
-                self.deliver(event, own)
+                self.deliver(event, own, sealing)
             }
             Err(e) => {
                 tracing::warn!(endpoint = %self.endpoint, error = %e.error, "undecodable reply");
@@ -607,8 +700,14 @@ impl ConnShared {
     }
 
     /// Hands an event to the call it answers. A first reply for `own` (the call of a caller
-    /// reading the socket itself) is returned instead of sent: see [`OwnReply`].
-    fn deliver(&self, event: ReplyEvent, own: Option<&MessageId>) -> Option<OwnReply> {
+    /// reading the socket itself) is returned instead of sent: see [`OwnReply`]. With a mesh
+    /// key, a reply out of its place in the call fails the call ([`Pending::check_order`]).
+    fn deliver(
+        &self,
+        event: ReplyEvent,
+        own: Option<&MessageId>,
+        sealing: Sealing,
+    ) -> Option<OwnReply> {
         let ReplyEvent {
             response_to,
             name,
@@ -623,6 +722,26 @@ impl ConnShared {
         let name = event.name.as_ref();
         let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
         let mut pending = self.pending();
+        if sealing != Sealing::Unkeyed {
+            let order = pending.get_mut(&channel)?.check_order(name, sealing);
+            if let Err(why) = order {
+                let entry = pending.remove(&channel);
+                drop(pending);
+                self.trust
+                    .integrity_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(endpoint = %self.endpoint, %channel, problem = %why, "reply stream tampered with");
+                if let Some(entry) = entry {
+                    entry.fail(CallError::Integrity(why));
+                }
+                self.cancel(&channel);
+                return None;
+            }
+            // A copy of a heartbeat changes nothing.
+            if matches!(sealing, Sealing::Duplicate(_)) {
+                return None;
+            }
+        }
         if terminal {
             // The common case, a call's one reply: a single lookup that also closes the call.
             let Some(mut entry) = pending.remove(&channel) else {

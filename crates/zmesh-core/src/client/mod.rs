@@ -75,6 +75,12 @@ pub enum CallError {
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// With a mesh key: the call's sealed replies did not arrive as the server sent them
+    /// (one lost, reordered, repeated, or the stream cut short before its `STREAM_DONE`),
+    /// which only something on the path between the two does. The call may have run, and
+    /// what was received of it cannot be trusted to be complete: not retried.
+    #[error("integrity error: {0}")]
+    Integrity(String),
 }
 
 impl CallError {
@@ -112,8 +118,11 @@ pub struct ClientConfig {
     /// Largest accepted reply frame and request args in bytes (default 16 MiB).
     pub max_message_size: usize,
     /// The mesh key to seal requests with and to require on replies (default none: plain
-    /// zerorpc). A keyed client only accepts unsealed events that are `ERR`s, which is how a
-    /// node tells a peer with a wrong key why it was refused.
+    /// zerorpc). A keyed client only accepts unsealed events that are `ERR Unauthenticated`
+    /// or `ERR Replayed`, which is how a node tells a peer with a wrong key (or a stale
+    /// request) why it was refused; they fail the call as [`CallError::Remote`], never as a
+    /// refusal to retry elsewhere. Sealed replies must arrive in order, each in its place
+    /// in the call, or the call fails with [`CallError::Integrity`].
     pub mesh_key: Option<crate::trust::MeshKey>,
 }
 
@@ -293,9 +302,16 @@ impl Client {
     }
 
     /// Replies dropped because they did not open with the mesh key (unsealed and not an
-    /// `ERR`, wrong key, tampered or replayed); always 0 without a key.
+    /// `ERR Unauthenticated` / `ERR Replayed`, wrong key, tampered or replayed); always 0
+    /// without a key.
     pub fn rejected_replies(&self) -> u64 {
         self.inner.trust.rejected()
+    }
+
+    /// Calls failed with [`CallError::Integrity`]: their sealed replies arrived lost,
+    /// reordered, repeated or cut short (see [`ClientConfig::mesh_key`]).
+    pub fn integrity_failures(&self) -> u64 {
+        self.inner.trust.integrity_failures()
     }
 
     /// Whether the current connection's peer speaks zmesh's extensions (`None` when not

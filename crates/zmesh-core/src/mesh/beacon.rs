@@ -8,7 +8,7 @@
 //! the port on that host hears it, no interface flags needed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -86,6 +86,23 @@ pub(crate) struct Beacon {
     pub(crate) mesh: String,
     /// The sender.
     pub(crate) peer: PeerRecord,
+    /// The beacon's number among its sender's beacons, from 1 (the sender's id is new at
+    /// every start). A keyed receiver takes each number once and in increasing order, so a
+    /// recorded beacon replayed later is ignored. Absent (0) from older senders.
+    #[serde(default)]
+    pub(crate) seq: u64,
+}
+
+/// When a sealed beacon was sent, on this host's monotonic clock: `now` less the beacon's
+/// age by the sender's clock (`sealed_ms`, the envelope's timestamp; never taken as later
+/// than now). `None` when that is before this host's monotonic clock began: older than
+/// anything a directory keeps.
+///
+/// A keyed directory counts a peer's silence from here, not from when the datagram was
+/// heard, so a recorded beacon replayed later cannot make a peer look fresher than its
+/// last real beacon: a killed node leaves every directory one expiry period after it died.
+pub(crate) fn sent_at(now: Instant, now_ms: u64, sealed_ms: u64) -> Option<Instant> {
+    now.checked_sub(Duration::from_millis(now_ms.saturating_sub(sealed_ms)))
 }
 
 /// Why a datagram was not taken as a beacon.
@@ -115,6 +132,7 @@ impl Beacon {
             zmesh_beacon: BEACON_VERSION,
             mesh: mesh.to_owned(),
             peer,
+            seq: 0,
         }
     }
 
@@ -219,5 +237,45 @@ mod tests {
             Beacon::decode(&vec![0u8; MAX_BEACON_BYTES + 1], "prod"),
             Err(BeaconError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn sequence_numbers_travel_and_older_beacons_read_as_zero() {
+        let mut b = Beacon::new("prod", peer());
+        b.seq = 42;
+        let back = Beacon::decode(&b.encode().expect("encodes"), "prod").expect("decodes");
+        assert_eq!(back.seq, 42);
+        // A beacon of a build without the number still decodes.
+        #[derive(Serialize)]
+        struct Old {
+            zmesh_beacon: u8,
+            mesh: String,
+            peer: PeerRecord,
+        }
+        let old = rmp_serde::to_vec_named(&Old {
+            zmesh_beacon: BEACON_VERSION,
+            mesh: "prod".into(),
+            peer: peer(),
+        })
+        .expect("encodes");
+        assert_eq!(Beacon::decode(&old, "prod").expect("decodes").seq, 0);
+    }
+
+    #[test]
+    fn a_beacon_is_as_old_as_its_sender_says() {
+        let now = Instant::now();
+        let now_ms = 1_700_000_010_000;
+        assert_eq!(sent_at(now, now_ms, now_ms), Some(now));
+        assert_eq!(
+            sent_at(now, now_ms, now_ms - 4_000),
+            now.checked_sub(Duration::from_secs(4))
+        );
+        // A sender a little ahead is not taken as later than now.
+        assert_eq!(sent_at(now, now_ms, now_ms + 500), Some(now));
+        // Older than this host's monotonic clock: too old for anything.
+        assert_eq!(
+            sent_at(now, now_ms, 0),
+            now.checked_sub(Duration::from_millis(now_ms))
+        );
     }
 }

@@ -417,8 +417,13 @@ fn classify(error: &CallError) -> Failure {
             // aborted after its grace period may have.
             "Unavailable" if e.message == "node is shutting down" => Failure::NotRun,
             "Unavailable" | "RequestAborted" => Failure::MaybeRan,
+            // Includes the refusals a keyed client takes unsealed (`Unauthenticated`,
+            // `Replayed`): anyone on the path could send them, so they never count as
+            // "did not run" (a keyed client drops every other unsealed event).
             _ => Failure::Final,
         },
+        // The replies were tampered with on the way: the call may have run.
+        CallError::Integrity(_) => Failure::Final,
         _ => Failure::Final,
     }
 }
@@ -913,5 +918,40 @@ async fn probe_loop(inner: Arc<Inner>) {
                 link.probing.store(false, Ordering::Release);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::RemoteError;
+
+    fn remote(name: &str, message: &str) -> CallError {
+        CallError::Remote(RemoteError {
+            name: name.into(),
+            message: message.into(),
+            traceback: None,
+        })
+    }
+
+    #[test]
+    fn only_refusals_a_node_seals_count_as_not_run() {
+        assert_eq!(classify(&remote("Overloaded", "full")), Failure::NotRun);
+        assert_eq!(
+            classify(&remote("Unavailable", "node is shutting down")),
+            Failure::NotRun
+        );
+        // The refusals a keyed client takes unsealed may be forged on the path: final.
+        assert_eq!(classify(&remote("Unauthenticated", "x")), Failure::Final);
+        assert_eq!(classify(&remote("Replayed", "x")), Failure::Final);
+        // Tampered replies: the call may have run, and a retry cannot help.
+        assert_eq!(
+            classify(&CallError::Integrity("reply 2 lost".into())),
+            Failure::Final
+        );
+        assert_eq!(
+            classify(&CallError::PeerLost("x".into())),
+            Failure::MaybeRan
+        );
     }
 }

@@ -124,6 +124,8 @@ pub enum Presence {
 struct Entry {
     record: PeerRecord,
     last_seen: Instant,
+    /// The highest beacon number taken from this peer (0: none).
+    beacon_seq: u64,
 }
 
 /// The known peers of one mesh, as seen by one process.
@@ -152,6 +154,8 @@ pub(crate) enum Refused {
     Stale,
     /// The directory is full.
     Full,
+    /// A beacon whose number was already taken from this peer: a repeat or a replay.
+    Repeated,
 }
 
 impl Directory {
@@ -203,11 +207,36 @@ impl Directory {
                 let entry = Entry {
                     record: record.clone(),
                     last_seen: seen,
+                    beacon_seq: 0,
                 };
                 self.peers.insert(record.id.clone(), entry);
                 Ok(Some(Presence::Joined(record)))
             }
         }
+    }
+
+    /// Takes note of a sealed beacon numbered `seq` that its sender sealed at `seen`: as
+    /// [`observe`](Self::observe), but a number already taken from this peer (or a lower
+    /// one) is refused as [`Refused::Repeated`], so a recorded beacon replayed within the
+    /// key's window changes nothing.
+    pub(crate) fn observe_beacon(
+        &mut self,
+        record: PeerRecord,
+        seq: u64,
+        seen: Instant,
+        now: Instant,
+    ) -> Result<Option<Presence>, Refused> {
+        let id = record.id.clone();
+        if let Some(entry) = self.peers.get(&id) {
+            if seq <= entry.beacon_seq {
+                return Err(Refused::Repeated);
+            }
+        }
+        let observed = self.observe(record, seen, now);
+        if let Some(entry) = self.peers.get_mut(&id) {
+            entry.beacon_seq = entry.beacon_seq.max(seq);
+        }
+        observed
     }
 
     /// Removes peers not heard of for the expiry period.
@@ -335,5 +364,39 @@ mod tests {
         r = rec("a", 1, &[]);
         r.services = vec![ServiceInfo::new("x".repeat(300), Vec::new())];
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn replayed_and_stale_beacons_change_nothing() {
+        let mut d = Directory::new(None, Duration::from_secs(5), 16);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let a = rec("a", 1, &["svc"]);
+        // Beacons 1..=3, one a second; the node then dies after beacon 3 (sent at 2 s).
+        for (seq, ms) in [(1, 0), (2, 1_000), (3, 2_000)] {
+            d.observe_beacon(a.clone(), seq, at(ms), at(ms))
+                .expect("taken");
+        }
+        // A recorded beacon replayed later, inside the key's 30 s window: refused by number.
+        assert_eq!(
+            d.observe_beacon(a.clone(), 3, at(2_000), at(6_000)),
+            Err(Refused::Repeated)
+        );
+        assert_eq!(
+            d.observe_beacon(a.clone(), 1, at(0), at(6_000)),
+            Err(Refused::Repeated)
+        );
+        // It leaves one expiry period after its last real beacon, not after the replays.
+        assert!(d.expire(at(6_999)).is_empty());
+        assert_eq!(d.expire(at(7_000)).len(), 1);
+        // Replayed once it has left: its sealed time is older than the expiry period.
+        assert_eq!(
+            d.observe_beacon(a.clone(), 3, at(2_000), at(9_000)),
+            Err(Refused::Stale)
+        );
+        assert_eq!(d.len(), 0);
+        // A new start of the node (a new id) is taken at once.
+        let a2 = rec("a-restarted", 1, &["svc"]);
+        assert!(d.observe_beacon(a2, 1, at(9_000), at(9_000)).is_ok());
     }
 }

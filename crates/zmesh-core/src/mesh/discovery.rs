@@ -146,8 +146,12 @@ pub struct DiscoveryStats {
     /// Datagrams on the beacon port that were not valid beacons.
     pub beacons_malformed: u64,
     /// Beacons ignored by a keyed mesh: unsealed, sealed with another key, tampered, or
-    /// sealed longer ago than the key's replay window.
+    /// sealed longer ago than the key's replay window (or ahead of its clock skew).
     pub beacons_unauthenticated: u64,
+    /// Sealed beacons ignored as repeats (a number already taken from that peer: one
+    /// datagram heard twice, or a recorded one replayed) or as too old for the directory
+    /// (sealed longer ago than the expiry period).
+    pub beacons_stale: u64,
     /// Gossip exchanges that succeeded.
     pub gossip_ok: u64,
     /// Gossip exchanges that failed (peer unreachable, wrong mesh, bad reply).
@@ -165,6 +169,7 @@ struct Counters {
     beacons_foreign: AtomicU64,
     beacons_malformed: AtomicU64,
     beacons_unauthenticated: AtomicU64,
+    beacons_stale: AtomicU64,
     gossip_ok: AtomicU64,
     gossip_failed: AtomicU64,
     refused_full: AtomicU64,
@@ -278,7 +283,9 @@ impl Discovery {
                 tokio::spawn(hear_beacons(self.inner.clone(), socket.clone())).abort_handle(),
             );
             if let Some(me) = me {
-                let beacon = Beacon::new(&self.inner.config.mesh, me);
+                let mut beacon = Beacon::new(&self.inner.config.mesh, me);
+                // Sized with the largest number it will carry.
+                beacon.seq = u64::MAX;
                 let bytes = beacon
                     .encode()
                     .map_err(|e| MeshError::BeaconTooLarge(e.to_string()))?;
@@ -294,7 +301,7 @@ impl Discovery {
                     tokio::spawn(send_beacons(
                         self.inner.clone(),
                         socket,
-                        bytes,
+                        beacon,
                         config.clone(),
                     ))
                     .abort_handle(),
@@ -340,6 +347,7 @@ impl Discovery {
             beacons_foreign: c.beacons_foreign.load(Ordering::Relaxed),
             beacons_malformed: c.beacons_malformed.load(Ordering::Relaxed),
             beacons_unauthenticated: c.beacons_unauthenticated.load(Ordering::Relaxed),
+            beacons_stale: c.beacons_stale.load(Ordering::Relaxed),
             gossip_ok: c.gossip_ok.load(Ordering::Relaxed),
             gossip_failed: c.gossip_failed.load(Ordering::Relaxed),
             refused_full: c.refused_full.load(Ordering::Relaxed),
@@ -383,9 +391,26 @@ impl Inner {
     /// Records an observation and announces what changed.
     fn observe(&self, record: PeerRecord, seen: Instant, now: Instant) {
         let result = self.directory().observe(record, seen, now);
+        self.took(result);
+    }
+
+    /// Takes a sealed beacon numbered `seq`, sealed at `sealed_ms` by its sender's clock.
+    fn observe_beacon(&self, record: PeerRecord, seq: u64, sealed_ms: u64) {
+        let now = Instant::now();
+        let result = match beacon::sent_at(now, crate::trust::now_ms(), sealed_ms) {
+            Some(seen) => self.directory().observe_beacon(record, seq, seen, now),
+            None => Err(Refused::Stale),
+        };
+        if matches!(result, Err(Refused::Repeated | Refused::Stale)) {
+            self.counters.beacons_stale.fetch_add(1, Ordering::Relaxed);
+        }
+        self.took(result);
+    }
+
+    fn took(&self, result: Result<Option<Presence>, Refused>) {
         match result {
             Ok(Some(change)) => self.announce(vec![change]),
-            Ok(None) | Err(Refused::Myself | Refused::Stale) => {}
+            Ok(None) | Err(Refused::Myself | Refused::Stale | Refused::Repeated) => {}
             Err(Refused::Full) => {
                 let n = self.counters.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
@@ -489,14 +514,15 @@ async fn hear_beacons(inner: Arc<Inner>, socket: Arc<tokio::net::UdpSocket>) {
         };
         let datagram = buf.get(..len).unwrap_or_default();
         let opened;
-        let datagram = match &inner.beacon_trust {
-            None => datagram,
+        let (datagram, sealed_ms) = match &inner.beacon_trust {
+            None => (datagram, None),
             Some(trust) => {
-                // Time-windowed, no nonce cache: see `Trust::open_windowed`.
+                // Time-checked, no nonce cache (see `Trust::open_windowed`): repeats are
+                // refused by the beacon's number, stale ones by its sealed time.
                 match trust.open_windowed(&Bytes::copy_from_slice(datagram), Kind::Beacon) {
                     Ok(beacon) => {
                         opened = beacon;
-                        &opened[..]
+                        (&opened.event[..], Some(opened.timestamp_ms))
                     }
                     Err(rejection) => {
                         let n = inner
@@ -519,8 +545,14 @@ async fn hear_beacons(inner: Arc<Inner>, socket: Arc<tokio::net::UdpSocket>) {
             Ok(beacon) => {
                 inner.counters.beacons_heard.fetch_add(1, Ordering::Relaxed);
                 if me.as_deref() != Some(beacon.peer.id.as_str()) {
-                    let now = Instant::now();
-                    inner.observe(beacon.peer, now, now);
+                    match sealed_ms {
+                        Some(sealed_ms) => inner.observe_beacon(beacon.peer, beacon.seq, sealed_ms),
+                        // Without a key discovery is open by design: heard is current.
+                        None => {
+                            let now = Instant::now();
+                            inner.observe(beacon.peer, now, now);
+                        }
+                    }
                 }
             }
             Err(BeaconError::OtherMesh(mesh)) => {
@@ -549,14 +581,25 @@ async fn hear_beacons(inner: Arc<Inner>, socket: Arc<tokio::net::UdpSocket>) {
 async fn send_beacons(
     inner: Arc<Inner>,
     socket: Arc<tokio::net::UdpSocket>,
-    bytes: Vec<u8>,
+    mut beacon: Beacon,
     config: BeaconConfig,
 ) {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beacon.seq = 0;
     loop {
         ticker.tick().await;
-        // Sealed afresh on every tick: the timestamp inside is what limits replays.
+        // Numbered and sealed afresh on every tick: the number and the sealed time are
+        // what receivers refuse replays by.
+        beacon.seq += 1;
+        let bytes = match beacon.encode() {
+            Ok(bytes) => bytes,
+            // Checked at start with the largest number: cannot happen.
+            Err(e) => {
+                tracing::warn!(error = %e, "beacon not encoded");
+                continue;
+            }
+        };
         let sealed = inner
             .beacon_trust
             .as_ref()

@@ -11,7 +11,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 use super::Shared;
 use super::refusals::{RefusalClass, RefusalGate, Verdict};
 use super::registry::{Channel, Credit, NodeLoad, OpenError};
-use super::sender::{Keyed, Seal, Sender};
+use super::sender::{self, Keyed, Seal, Sender};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
@@ -55,7 +55,7 @@ pub(super) enum Inbound {
     /// A node without a mesh key: plain zerorpc events.
     Plain,
     /// A keyed node's plain endpoint: plain events, and replies go back unsealed.
-    PlainOfKeyed(Arc<Keyed>),
+    PlainOfKeyed,
     /// A keyed endpoint: every event must open with the mesh key.
     Sealed(Arc<Keyed>),
 }
@@ -341,11 +341,17 @@ pub(super) fn handle_message(
         return;
     };
     // A connection to a plain endpoint is plain from its first message on, whatever that
-    // message is: replies to it (an `ERR` for an oversized first message included) go out
-    // on the plain socket, where it can receive them.
-    if let Inbound::PlainOfKeyed(keyed) = inbound {
-        keyed.note_plain_peer(&peer);
-    }
+    // message is: its route names the plain socket, so replies to it (an `ERR` for an
+    // oversized first message included) go out there, and it never shares an identity with
+    // a keyed connection (see `sender::plain_route_id`).
+    let peer = match inbound {
+        Inbound::PlainOfKeyed => {
+            let id = sender::plain_route_id(&peer);
+            envelope.route[0] = id.clone();
+            id
+        }
+        _ => peer,
+    };
     let limit = shared.config.max_message_size;
     if envelope.event.len() > limit {
         shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +374,7 @@ pub(super) fn handle_message(
     }
     match inbound {
         Inbound::Plain => {}
-        Inbound::PlainOfKeyed(_) => {}
+        Inbound::PlainOfKeyed => {}
         Inbound::Sealed(keyed) => match keyed.trust.open_slot(&envelope.event, Kind::Request) {
             Ok((event, slot)) => {
                 keyed.note_key_slot(&peer, slot);
@@ -567,6 +573,8 @@ fn open_call(
     control.accepted(&peer);
 
     let reply_to = ReplyTo {
+        sealer: shared.sender.sealer_for(&route),
+        next_seq: AtomicU32::new(0),
         route,
         request_id: header.message_id,
     };
@@ -719,6 +727,11 @@ fn refuse(
 struct ReplyTo {
     route: Vec<Bytes>,
     request_id: MessageId,
+    /// With a mesh key: every reply is sealed here, numbered in the order it is built (the
+    /// call's replies are built one after the other), so the client notices a reply lost,
+    /// reordered or repeated on the way.
+    sealer: Option<Arc<Keyed>>,
+    next_seq: AtomicU32,
 }
 
 impl ReplyTo {
@@ -734,7 +747,14 @@ impl ReplyTo {
         // buffer becomes `Bytes`.
         let mut out = Vec::with_capacity(wire::encoded_len(&header, name, args_len));
         wire::encode_event_into(&mut out, &header, name, write_args);
-        wire::join_frames(&self.route, Bytes::from(out))
+        let event = match &self.sealer {
+            None => Bytes::from(out),
+            Some(keyed) => {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                keyed.seal(self.route.first(), &out, Some(seq))
+            }
+        };
+        wire::join_frames(&self.route, event)
     }
 
     /// The `OK` carrying `value`, or an `ERR MessageTooLarge` when the reply would be over
@@ -1084,11 +1104,16 @@ async fn watch_disconnects(
     let shared = &control.shared;
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(peer_id) = event {
-            let peer: Bytes = peer_id.into();
+            let peer: Bytes = match &inbound {
+                Inbound::PlainOfKeyed => sender::plain_route_id(&peer_id),
+                Inbound::Sealed(keyed) => {
+                    let peer = peer_id.into();
+                    keyed.forget_peer(&peer);
+                    peer
+                }
+                Inbound::Plain => peer_id.into(),
+            };
             control.forget(&peer);
-            if let Inbound::PlainOfKeyed(keyed) | Inbound::Sealed(keyed) = &inbound {
-                keyed.forget_peer(&peer);
-            }
             let channels = shared.registry.close_peer(&peer);
             if !channels.is_empty() {
                 shared

@@ -435,7 +435,7 @@ impl NodeBuilder {
                     inlets.push(dispatch::Inlet {
                         recv,
                         monitor,
-                        inbound: dispatch::Inbound::PlainOfKeyed(keyed.clone()),
+                        inbound: dispatch::Inbound::PlainOfKeyed,
                     });
                     send
                 });
@@ -445,8 +445,13 @@ impl NodeBuilder {
                         plain,
                         keyed,
                     },
-                    // Only plain endpoints: nothing to seal.
-                    (None, Some(plain)) => Sender::Router(plain),
+                    // Only plain endpoints: nothing to seal, and one identity namespace.
+                    (None, Some(plain)) => {
+                        for inlet in &mut inlets {
+                            inlet.inbound = dispatch::Inbound::Plain;
+                        }
+                        Sender::Router(plain)
+                    }
                     (None, None) => return Err(NodeError::NoEndpoint),
                 };
                 (sender, inlets)

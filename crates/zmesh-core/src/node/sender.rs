@@ -2,18 +2,21 @@
 //! or the DEALER a worker connects to its proxy device (replaced on every reconnect). Both
 //! carry the same `[route.., "", event]` messages, so the dispatcher does not care which.
 //! With a mesh key, the send side also seals each event frame, except to the connections of
-//! endpoints that allow plain zerorpc (see [`Keyed`]).
+//! endpoints that allow plain zerorpc (see [`Keyed`]). [`Keyed::seal`] is the one place a
+//! keyed node seals: replies numbered within their call are sealed by the dispatcher with it
+//! (it knows each reply's place), everything else here; frames that arrive sealed pass on.
 //! A third, socket-free variant collects messages for the node's fuzzing harness.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use zeromq::util::PeerIdentity;
 use zeromq::{
     DealerSendHalf, RouterSendHalf, SocketSend, TrySendError, ZmqError, ZmqMessage, ZmqResult,
 };
 
-use crate::trust::{KeySlot, Kind, Trust};
+use crate::trust::{KeySlot, Trust, envelope};
 
 /// Where a node's replies, stream items and heartbeats go. Cheap to clone.
 #[derive(Clone)]
@@ -24,7 +27,8 @@ pub(crate) enum Sender {
     /// uses to pass the event on.
     Worker(Arc<WorkerOutlet>),
     /// A node with a mesh key: a ROUTER on its keyed endpoints and, when it has any, one on
-    /// its plain endpoints.
+    /// its plain endpoints. A route whose first frame is a [`plain_route_id`] goes to the
+    /// plain ROUTER, any other to the keyed one.
     Keyed {
         sealed: RouterSendHalf,
         plain: Option<RouterSendHalf>,
@@ -62,9 +66,10 @@ impl Sender {
     /// key slot its client last used; a keyed node's plain-endpoint peers get it as is.
     pub(crate) fn seal(&self, message: ZmqMessage, seal: Seal) -> ZmqMessage {
         let keyed = match self {
-            Self::Keyed { keyed, plain, .. } => {
+            Self::Keyed { keyed, .. } => {
+                // A plain-endpoint connection gets its replies as they are.
                 if seal == Seal::Never
-                    || (plain.is_some() && message.get(0).is_some_and(|p| keyed.is_plain_peer(p)))
+                    || message.get(0).is_some_and(|p| plain_identity(p).is_some())
                 {
                     return message;
                 }
@@ -79,11 +84,7 @@ impl Sender {
             Self::Router(_) | Self::Capture(_) => return message,
         };
         let mut frames = message.into_vec();
-        if let Some(event) = frames.pop() {
-            // `[client_id, .., "", event]`; a worker's control events are `["", event]`.
-            let slot = keyed.reply_slot(frames.first().filter(|f| !f.is_empty()));
-            frames.push(keyed.trust.seal_with(slot, Kind::Reply, &event, &[]));
-        }
+        keyed.seal_last(&mut frames);
         to_message(frames)
     }
 
@@ -99,11 +100,14 @@ impl Sender {
         match self {
             Self::Router(router) => router.try_send(message),
             Self::Worker(outlet) => outlet.try_send(message),
-            Self::Keyed {
-                sealed,
-                plain,
-                keyed,
-            } => keyed_socket(sealed, plain, keyed, &message).try_send(message),
+            Self::Keyed { sealed, plain, .. } => match to_plain(message) {
+                Ok(message) => match plain {
+                    // Handed back as it came, with its plain route id, for `send_sealed`.
+                    Some(plain) => plain.try_send(message).map_err(back_to_plain_route),
+                    None => Err(TrySendError::Failed(ZmqError::Other(NO_PLAIN_ENDPOINT))),
+                },
+                Err(message) => sealed.try_send(message),
+            },
             Self::Capture(out) => out
                 .send(message)
                 .map_err(|_| TrySendError::Failed(ZmqError::Other("capture receiver dropped"))),
@@ -115,33 +119,83 @@ impl Sender {
         match self {
             Self::Router(router) => router.send(message).await,
             Self::Worker(outlet) => outlet.send(message).await,
-            Self::Keyed {
-                sealed,
-                plain,
-                keyed,
-            } => {
-                let mut socket = keyed_socket(sealed, plain, keyed, &message).clone();
-                socket.send(message).await
-            }
+            Self::Keyed { sealed, plain, .. } => match to_plain(message) {
+                Ok(message) => match plain {
+                    Some(plain) => plain.send(message).await,
+                    None => Err(ZmqError::Other(NO_PLAIN_ENDPOINT)),
+                },
+                Err(message) => sealed.send(message).await,
+            },
             Self::Capture(out) => out
                 .send(message)
                 .map_err(|_| ZmqError::Other("capture receiver dropped")),
         }
     }
+
+    /// The key a reply to `route` is sealed with, if it is sealed: not for a node without a
+    /// key, nor for a connection of a keyed node's plain endpoint.
+    pub(crate) fn sealer_for(&self, route: &[Bytes]) -> Option<Arc<Keyed>> {
+        match self {
+            Self::Keyed { keyed, .. } => route
+                .first()
+                .is_none_or(|id| plain_identity(id).is_none())
+                .then(|| keyed.clone()),
+            Self::Worker(outlet) => outlet.keyed.clone(),
+            Self::Router(_) | Self::Capture(_) => None,
+        }
+    }
 }
 
-/// A keyed node's socket for `message`: the plain one for its plain-endpoint peers.
-fn keyed_socket<'a>(
-    sealed: &'a RouterSendHalf,
-    plain: &'a Option<RouterSendHalf>,
-    keyed: &Keyed,
-    message: &ZmqMessage,
-) -> &'a RouterSendHalf {
-    // The plain-peer set (a lock) is consulted only when plain endpoints exist.
-    match plain {
-        Some(plain) if message.get(0).is_some_and(|p| keyed.is_plain_peer(p)) => plain,
-        _ => sealed,
+const NO_PLAIN_ENDPOINT: &str = "no plain endpoint for a plain route";
+
+/// A message to a keyed node's plain-endpoint connection, with the connection's identity in
+/// place of its plain route id (`Ok`); a message to a keyed connection as is (`Err`).
+fn to_plain(message: ZmqMessage) -> Result<ZmqMessage, ZmqMessage> {
+    match message.get(0).and_then(plain_identity) {
+        Some(identity) => {
+            let mut frames = message.into_vec();
+            frames[0] = identity;
+            Ok(to_message(frames))
+        }
+        None => Err(message),
     }
+}
+
+/// Puts the plain route id back into a message [`to_plain`] took it out of, when the plain
+/// socket hands it back for a send that waits.
+fn back_to_plain_route(error: TrySendError) -> TrySendError {
+    match error {
+        TrySendError::WouldBlock(message) => {
+            let mut frames = message.into_vec();
+            if let Some(identity) = frames.first_mut() {
+                *identity = plain_route_id(identity);
+            }
+            TrySendError::WouldBlock(to_message(frames))
+        }
+        failed => failed,
+    }
+}
+
+/// Marks the routes of a keyed node's plain endpoint: their first frame is the connection
+/// identity behind this prefix. ZMTP identities are at most 255 bytes
+/// ([`PeerIdentity::MAX_LENGTH`]), so a longer frame can only have been made here: the plain
+/// and the keyed endpoint have separate identity namespaces, and a peer of the plain
+/// endpoint that takes a keyed client's identity shares nothing with it (not its replies,
+/// not its channels for heartbeats, credit and cancels).
+const PLAIN_ROUTE_PREFIX: [u8; PeerIdentity::MAX_LENGTH + 1] = [0; PeerIdentity::MAX_LENGTH + 1];
+
+/// The route id of a connection of a keyed node's plain endpoint (see [`PLAIN_ROUTE_PREFIX`]).
+pub(crate) fn plain_route_id(identity: &[u8]) -> Bytes {
+    let mut id = Vec::with_capacity(PLAIN_ROUTE_PREFIX.len() + identity.len());
+    id.extend_from_slice(&PLAIN_ROUTE_PREFIX);
+    id.extend_from_slice(identity);
+    Bytes::from(id)
+}
+
+/// The plain endpoint's connection identity behind a [`plain_route_id`], if it is one.
+fn plain_identity(route_id: &Bytes) -> Option<Bytes> {
+    (route_id.len() > PLAIN_ROUTE_PREFIX.len() && route_id.starts_with(&PLAIN_ROUTE_PREFIX))
+        .then(|| route_id.slice(PLAIN_ROUTE_PREFIX.len()..))
 }
 
 fn to_message(frames: Vec<Bytes>) -> ZmqMessage {
@@ -150,12 +204,10 @@ fn to_message(frames: Vec<Bytes>) -> ZmqMessage {
 }
 
 /// A keyed node's trust state: the key (with the receive side's replay guard) and the
-/// connections that came in on a plain endpoint, whose replies go out unsealed on the
-/// plain socket.
+/// connections that use the previous key during a rotation.
 #[derive(Debug)]
 pub(crate) struct Keyed {
     pub(crate) trust: Trust,
-    plain_peers: Mutex<HashSet<Bytes>>,
     /// Connections whose last message used the previous key (rotation): they get replies
     /// sealed with it while its grace lasts.
     previous_peers: Mutex<HashSet<Bytes>>,
@@ -165,8 +217,29 @@ impl Keyed {
     pub(crate) fn new(trust: Trust) -> Self {
         Self {
             trust,
-            plain_peers: Mutex::new(HashSet::new()),
             previous_peers: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Seals a reply event to the connection `peer` (the route's first frame): the one
+    /// place a keyed node seals, in the key that connection uses (rotation), numbered
+    /// within its call when `seq` is given (see [`Trust::seal_reply`]).
+    pub(crate) fn seal(&self, peer: Option<&Bytes>, event: &[u8], seq: Option<u32>) -> Bytes {
+        self.trust
+            .seal_reply_with(self.reply_slot(peer), event, seq)
+    }
+
+    /// Seals the last frame of a message unnumbered, unless the dispatcher sealed it
+    /// already (a numbered reply). `[client_id, "", event]` names the client whose key
+    /// slot the reply follows; a worker's control events (`["", event]`) have none.
+    fn seal_last(&self, frames: &mut Vec<Bytes>) {
+        if let Some(event) = frames.pop() {
+            let sealed = if envelope::is_sealed(&event) {
+                event
+            } else {
+                self.seal(frames.first().filter(|f| !f.is_empty()), &event, None)
+            };
+            frames.push(sealed);
         }
     }
 
@@ -199,25 +272,8 @@ impl Keyed {
         }
     }
 
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashSet<Bytes>> {
-        lock(&self.plain_peers)
-    }
-
-    fn is_plain_peer(&self, peer: &Bytes) -> bool {
-        self.peers().contains(peer)
-    }
-
-    /// Records a connection of a plain endpoint (called for each of its messages).
-    pub(crate) fn note_plain_peer(&self, peer: &Bytes) {
-        let mut peers = self.peers();
-        if !peers.contains(peer) {
-            peers.insert(peer.clone());
-        }
-    }
-
     /// Forgets a connection when it closes.
     pub(crate) fn forget_peer(&self, peer: &Bytes) {
-        self.peers().remove(peer);
         if self.trust.has_previous() {
             lock(&self.previous_peers).remove(peer);
         }

@@ -9,8 +9,9 @@
 //! 5   4  key id   first 4 bytes of HKDF(key, "zmesh trust v1 key id")
 //! 9   8  time     sender's clock, milliseconds since the Unix epoch
 //! 17  12 nonce    random; ChaCha20-Poly1305 nonce and replay-cache entry
-//! 29  1  L        length of the clear id (0..=64)
-//! 30  L  clear id the request's msgpack-encoded message_id, so an ERR stays addressable
+//! 29  1  L        length of the clear field (0..=64)
+//! 30  L  clear    on a request: its msgpack-encoded message_id, so an ERR stays addressable;
+//!                 on a reply: its number within the call (4 bytes), or empty (heartbeats)
 //! ..  N  body     the zerorpc event, encrypted or in the clear
 //! ..  16 tag      Poly1305 tag over the header (and the clear body when not encrypted)
 //! ```
@@ -27,6 +28,8 @@ pub(crate) const FIXED_HEADER: usize = 30;
 pub(crate) const TAG_LEN: usize = 16;
 /// Longest clear id carried (a zerorpc id is 34 bytes).
 pub const MAX_CLEAR_ID: usize = 64;
+/// Length of a reply's number in its clear field.
+pub const REPLY_SEQ_LEN: usize = 4;
 /// Smallest possible sealed frame.
 pub const MIN_SEALED: usize = FIXED_HEADER + TAG_LEN;
 
@@ -101,9 +104,25 @@ pub struct Parsed<'a> {
     pub timestamp_ms: u64,
     /// The nonce.
     pub nonce: [u8; 12],
-    /// The clear id (empty when none was sent).
+    /// The clear field: a request's clear id, a reply's number (see
+    /// [`reply_seq`](Self::reply_seq)); empty when none was sent.
     pub clear_id: &'a [u8],
     header_len: usize,
+}
+
+impl Parsed<'_> {
+    /// A reply's number within its call (0 for the first reply, counting every `OK`,
+    /// `ERR`, `STREAM` and `STREAM_DONE`, so a `STREAM_DONE`'s number is the count of items
+    /// before it); `None` for an unnumbered reply (a heartbeat) or another kind.
+    pub fn reply_seq(&self) -> Option<u32> {
+        let bytes: [u8; REPLY_SEQ_LEN] = self.clear_id.try_into().ok()?;
+        (self.kind == Kind::Reply).then(|| u32::from_be_bytes(bytes))
+    }
+}
+
+/// The clear field that numbers a reply.
+pub fn reply_seq_field(seq: u32) -> [u8; REPLY_SEQ_LEN] {
+    seq.to_be_bytes()
 }
 
 /// One derived sealing key.
@@ -222,6 +241,11 @@ pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, OpenError> {
     let id_len = usize::from(frame[29]);
     if id_len > MAX_CLEAR_ID {
         return Err(OpenError::Malformed("clear id too long"));
+    }
+    if kind == Kind::Reply && id_len != 0 && id_len != REPLY_SEQ_LEN {
+        return Err(OpenError::Malformed(
+            "a reply's clear field is not its number",
+        ));
     }
     let header_len = FIXED_HEADER + id_len;
     if frame.len() < header_len + TAG_LEN {
@@ -394,5 +418,55 @@ mod tests {
             let parsed = parse(&frame).expect("parses");
             prop_assert_eq!(open(&key, &frame, &parsed).expect("opens"), Bytes::from(event));
         }
+    }
+
+    #[test]
+    fn a_reply_number_is_read_from_the_clear_field_and_covered_by_the_tag() {
+        let key = SealKey::derive(b"a mesh key of some length");
+        let field = reply_seq_field(7);
+        let p = SealParams {
+            clear_id: &field,
+            ..params(Kind::Reply, true)
+        };
+        let frame = seal(&key, &p, b"STREAM item");
+        let parsed = parse(&frame).expect("parses");
+        assert_eq!(parsed.reply_seq(), Some(7));
+        assert!(open(&key, &frame, &parsed).is_ok());
+        // Renumbering on the way (item 7 passed off as item 8) breaks the tag.
+        let mut renumbered = frame.to_vec();
+        renumbered[FIXED_HEADER + REPLY_SEQ_LEN - 1] = 8;
+        let renumbered = Bytes::from(renumbered);
+        let parsed = parse(&renumbered).expect("parses");
+        assert_eq!(parsed.reply_seq(), Some(8));
+        assert_eq!(open(&key, &renumbered, &parsed), Err(OpenError::BadTag));
+        // Unnumbered (a heartbeat), and a request's clear id is no number.
+        let hb = seal(
+            &key,
+            &SealParams {
+                clear_id: &[],
+                ..params(Kind::Reply, true)
+            },
+            b"hb",
+        );
+        assert_eq!(parse(&hb).expect("parses").reply_seq(), None);
+        let request = seal(
+            &key,
+            &SealParams {
+                clear_id: &field,
+                ..params(Kind::Request, true)
+            },
+            b"r",
+        );
+        assert_eq!(parse(&request).expect("parses").reply_seq(), None);
+        // A reply's clear field is its number or nothing.
+        let odd = seal(
+            &key,
+            &SealParams {
+                clear_id: b"abc",
+                ..params(Kind::Reply, true)
+            },
+            b"x",
+        );
+        assert!(matches!(parse(&odd), Err(OpenError::Malformed(_))));
     }
 }

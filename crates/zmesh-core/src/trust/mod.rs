@@ -13,7 +13,7 @@ pub mod replay;
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chacha20poly1305::aead::OsRng;
@@ -30,6 +30,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(30);
 /// Default of [`MeshKey::replay_cache`].
 pub const DEFAULT_REPLAY_CACHE: usize = 200_000;
+/// Default of [`MeshKey::clock_skew`].
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(2);
 /// The environment variable [`MeshKey::from_default_env`] reads.
 pub const MESH_KEY_ENV: &str = "ZMESH_MESH_KEY";
 
@@ -54,16 +56,19 @@ pub enum KeyError {
     Env(String),
 }
 
-/// A pre-shared mesh key with its options: whether to encrypt, the replay window and cache
-/// size, and an optional previous key still accepted for a grace period (rotation).
+/// A pre-shared mesh key with its options: whether to encrypt, the replay window, clock
+/// skew and cache size, and an optional previous key still accepted until a wall-clock
+/// time (rotation).
 ///
 /// Cheap to clone. Its `Debug` form shows only the key ids.
 #[derive(Clone)]
 pub struct MeshKey {
     current: SealKey,
-    previous: Option<(SealKey, Instant)>,
+    /// The previous key and the wall-clock time its acceptance ends.
+    previous: Option<(SealKey, SystemTime)>,
     encrypt: bool,
     replay_window: Duration,
+    clock_skew: Duration,
     replay_cache: usize,
 }
 
@@ -78,8 +83,13 @@ impl std::fmt::Debug for MeshKey {
                     .as_ref()
                     .map(|(k, _)| format!("{:08x}", k.id())),
             )
+            .field(
+                "previous_until",
+                &self.previous.as_ref().map(|(_, until)| until),
+            )
             .field("encrypt", &self.encrypt)
             .field("replay_window", &self.replay_window)
+            .field("clock_skew", &self.clock_skew)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +109,7 @@ impl MeshKey {
             previous: None,
             encrypt: true,
             replay_window: DEFAULT_REPLAY_WINDOW,
+            clock_skew: DEFAULT_CLOCK_SKEW,
             replay_cache: DEFAULT_REPLAY_CACHE,
         })
     }
@@ -136,10 +147,31 @@ impl MeshKey {
 
     /// Also accepts messages sealed with `previous` (its current key) for `grace` from now,
     /// so peers can be moved to the new key one by one. Everything sent uses this key.
+    ///
+    /// The grace is counted from this call: a service that builds its key at every start
+    /// would give the old key a fresh grace at every restart. Such services should fix the
+    /// end once, with [`with_previous_until`](Self::with_previous_until).
     #[must_use]
-    pub fn with_previous(mut self, previous: &MeshKey, grace: Duration) -> Self {
-        self.previous = Some((previous.current.clone(), Instant::now() + grace));
+    pub fn with_previous(self, previous: &MeshKey, grace: Duration) -> Self {
+        // A grace too long for the clock to add (`Duration::MAX`) ends in the year 2106:
+        // as good as never.
+        let never = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX));
+        let until = SystemTime::now().checked_add(grace).unwrap_or(never);
+        self.with_previous_until(previous, until)
+    }
+
+    /// Also accepts messages sealed with `previous` (its current key) until the wall-clock
+    /// time `until`, whenever this process started: a restart does not extend the grace.
+    /// Everything sent uses this key.
+    #[must_use]
+    pub fn with_previous_until(mut self, previous: &MeshKey, until: SystemTime) -> Self {
+        self.previous = Some((previous.current.clone(), until));
         self
+    }
+
+    /// When the previous key stops being accepted, if there is one.
+    pub fn previous_until(&self) -> Option<SystemTime> {
+        self.previous.as_ref().map(|(_, until)| *until)
     }
 
     /// Encrypts payloads (default) or only authenticates them. Receivers open both.
@@ -154,6 +186,18 @@ impl MeshKey {
     #[must_use]
     pub fn replay_window(mut self, window: Duration) -> Self {
         self.replay_window = window;
+        self
+    }
+
+    /// Largest accepted distance of a sender's clock *ahead* of ours, and how long before
+    /// this receiver's start a message may have been sealed (default 2 s). Small on purpose:
+    /// a message stamped further ahead is refused (it would otherwise be remembered, and
+    /// accepted, longer than the window), and a message sealed before the receiver started
+    /// is refused, because the fresh nonce cache cannot know whether it was received before
+    /// a restart. Keep the mesh's clocks (NTP) well within it.
+    #[must_use]
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew;
         self
     }
 
@@ -198,11 +242,36 @@ impl Rejection {
     }
 }
 
+/// A received frame that opened: the event inside, with what the envelope said about it.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The zerorpc event.
+    pub event: Bytes,
+    /// A reply's number within its call (see [`envelope::Parsed::reply_seq`]).
+    pub seq: Option<u32>,
+    /// The sender's clock when it sealed the frame, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    slot: KeySlot,
+}
+
+/// Why a received frame was refused, with the frame's content when it was authentic but not
+/// fresh (a duplicate, or stale): the receiver may still attribute it to the call it belongs
+/// to, which it could not do for a forgery.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why.
+    pub rejection: Rejection,
+    /// The content, when the tag verified and only a freshness check failed.
+    pub authentic: Option<Opened>,
+}
+
 /// A mesh key in use by one receiving socket: the key ring plus that socket's replay guard.
 ///
 /// Seal what you send with [`seal`](Self::seal) and open what you receive with
 /// [`open`](Self::open); each `Trust` remembers the nonces it opened, so a frame is
-/// accepted at most once per `Trust`.
+/// accepted at most once per `Trust`, and refuses frames sealed before it was made (less
+/// the key's [`clock_skew`](MeshKey::clock_skew)), so a process that restarts does not
+/// accept again what it accepted before.
 #[derive(Debug)]
 pub struct Trust {
     key: MeshKey,
@@ -249,8 +318,10 @@ impl NonceSource {
 impl Trust {
     /// Starts using `key` with an empty replay guard.
     pub fn new(key: MeshKey) -> Self {
-        let window = u64::try_from(key.replay_window.as_millis()).unwrap_or(u64::MAX);
-        let guard = Mutex::new(replay::ReplayGuard::new(window, key.replay_cache));
+        let window = millis(key.replay_window);
+        let skew = millis(key.clock_skew);
+        let guard = replay::ReplayGuard::new(window, skew, key.replay_cache).started_at(now_ms());
+        let guard = Mutex::new(guard);
         Self {
             key,
             guard,
@@ -261,6 +332,24 @@ impl Trust {
     /// Seals an event frame, carrying `clear_id` (a request's encoded message id) outside.
     pub fn seal(&self, kind: Kind, event: &[u8], clear_id: &[u8]) -> Bytes {
         self.seal_with(KeySlot::Current, kind, event, clear_id)
+    }
+
+    /// Seals a reply, numbered within its call when `seq` is given (every `OK`, `ERR`,
+    /// `STREAM` and `STREAM_DONE` of a call, from 0) and unnumbered otherwise (heartbeats;
+    /// a refusal sent before the call ran). A keyed client takes an `OK`, `STREAM` or
+    /// `STREAM_DONE` only with the number it expects next.
+    pub fn seal_reply(&self, event: &[u8], seq: Option<u32>) -> Bytes {
+        self.seal_reply_with(KeySlot::Current, event, seq)
+    }
+
+    pub(crate) fn seal_reply_with(&self, slot: KeySlot, event: &[u8], seq: Option<u32>) -> Bytes {
+        match seq {
+            Some(seq) => {
+                let field = envelope::reply_seq_field(seq);
+                self.seal_with(slot, Kind::Reply, event, &field)
+            }
+            None => self.seal_with(slot, Kind::Reply, event, &[]),
+        }
     }
 
     /// True when a previous key is configured (whether or not its grace is over).
@@ -279,7 +368,7 @@ impl Trust {
         clear_id: &[u8],
     ) -> Bytes {
         let key = match (&self.key.previous, slot) {
-            (Some((previous, until)), KeySlot::Previous) if Instant::now() <= *until => previous,
+            (Some((previous, until)), KeySlot::Previous) if SystemTime::now() <= *until => previous,
             _ => &self.key.current,
         };
         let nonce = self.nonces.next();
@@ -309,43 +398,58 @@ impl Trust {
         frame: &Bytes,
         kind: Kind,
     ) -> Result<(Bytes, KeySlot), Rejection> {
-        let (event, slot, timestamp_ms, nonce) = self.authenticate(frame, kind)?;
+        self.open_detailed(frame, kind)
+            .map(|opened| (opened.event, opened.slot))
+            .map_err(|refusal| refusal.rejection)
+    }
+
+    /// As [`open`](Self::open), with the envelope's reply number and timestamp, and on a
+    /// refusal the content of an authentic frame that was only not fresh (see [`Refusal`]).
+    ///
+    /// # Errors
+    /// A [`Refusal`].
+    pub fn open_detailed(&self, frame: &Bytes, kind: Kind) -> Result<Opened, Refusal> {
+        let (opened, nonce) = self
+            .authenticate(frame, kind)
+            .map_err(|rejection| Refusal {
+                rejection,
+                authentic: None,
+            })?;
+        let fresh = self
+            .guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(now_ms(), opened.timestamp_ms, nonce);
+        match fresh {
+            Ok(()) => Ok(opened),
+            Err(e) => Err(Refusal {
+                rejection: Rejection::Replayed(e),
+                authentic: Some(opened),
+            }),
+        }
+    }
+
+    /// Opens a frame checking the key, the tag and the time (window, clock skew, start),
+    /// but not the nonce cache: for announcements (beacons) that may legitimately arrive
+    /// twice (one datagram heard on two interfaces). Their receiver refuses repeats and
+    /// stale ones itself, by the sender's sequence number and the returned timestamp
+    /// (see `mesh::discovery`).
+    ///
+    /// # Errors
+    /// [`Rejection::Unauthenticated`], or [`Rejection::Replayed`] when the time is refused.
+    pub fn open_windowed(&self, frame: &Bytes, kind: Kind) -> Result<Opened, Rejection> {
+        let (opened, _) = self.authenticate(frame, kind)?;
         self.guard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(now_ms(), timestamp_ms, nonce)
+            .check_time(now_ms(), opened.timestamp_ms)
             .map_err(Rejection::Replayed)?;
-        Ok((event, slot))
+        Ok(opened)
     }
 
-    /// Opens a frame checking the key, the tag and the time window, but not the nonce
-    /// cache: for idempotent announcements (beacons) that may legitimately arrive twice
-    /// (one datagram heard on two interfaces) and whose replay within the window only
-    /// repeats what the sender said anyway. A recorded one is refused once the window
-    /// (the key's [`replay_window`](MeshKey::replay_window)) has passed.
-    ///
-    /// # Errors
-    /// [`Rejection::Unauthenticated`], or [`Rejection::Replayed`] when outside the window.
-    pub fn open_windowed(&self, frame: &Bytes, kind: Kind) -> Result<Bytes, Rejection> {
-        let (event, _, timestamp_ms, _) = self.authenticate(frame, kind)?;
-        let window_ms = u64::try_from(self.key.replay_window.as_millis()).unwrap_or(u64::MAX);
-        let skew_ms = now_ms().abs_diff(timestamp_ms);
-        if skew_ms > window_ms {
-            return Err(Rejection::Replayed(ReplayError::OutsideWindow {
-                skew_ms,
-                window_ms,
-            }));
-        }
-        Ok(event)
-    }
-
-    /// Checks the kind, key and tag; returns the event, the key used, and the sender's
-    /// timestamp and nonce for the replay checks.
-    fn authenticate(
-        &self,
-        frame: &Bytes,
-        kind: Kind,
-    ) -> Result<(Bytes, KeySlot, u64, [u8; 12]), Rejection> {
+    /// Checks the kind, key and tag; returns what opened, and the nonce for the replay
+    /// checks.
+    fn authenticate(&self, frame: &Bytes, kind: Kind) -> Result<(Opened, [u8; 12]), Rejection> {
         let unauth = |e: &dyn std::fmt::Display| Rejection::Unauthenticated(e.to_string());
         let parsed = envelope::parse(frame).map_err(|e| unauth(&e))?;
         if parsed.kind != kind {
@@ -359,7 +463,7 @@ impl Trust {
         } else {
             match &self.key.previous {
                 Some((previous, until)) if parsed.key_id == previous.id() => {
-                    if Instant::now() > *until {
+                    if SystemTime::now() > *until {
                         return Err(Rejection::Unauthenticated(format!(
                             "sealed with the previous mesh key (id {:08x}), whose grace period is over",
                             parsed.key_id
@@ -371,7 +475,13 @@ impl Trust {
             }
         };
         let event = envelope::open(key, frame, &parsed).map_err(|e| unauth(&e))?;
-        Ok((event, slot, parsed.timestamp_ms, parsed.nonce))
+        let opened = Opened {
+            event,
+            seq: parsed.reply_seq(),
+            timestamp_ms: parsed.timestamp_ms,
+            slot,
+        };
+        Ok((opened, parsed.nonce))
     }
 }
 
@@ -406,7 +516,12 @@ pub(crate) fn clear_id(frame: &[u8]) -> Option<&[u8]> {
         .filter(|id| !id.is_empty())
 }
 
-fn now_ms() -> u64 {
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// This host's clock in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -536,5 +651,97 @@ mod tests {
         let frame = t.seal(Kind::Request, b"e", b"\xc4\x01z");
         assert_eq!(clear_id(&frame), Some(&b"\xc4\x01z"[..]));
         assert_eq!(clear_id(b"\x93"), None);
+    }
+
+    #[test]
+    fn a_restarted_receiver_refuses_what_was_sealed_before_it_started() {
+        let sender = Trust::new(key("alpha"));
+        let skew = Duration::from_millis(50);
+        let captured = sender.seal(Kind::Request, b"event", b"");
+        let before = Trust::new(key("alpha").clock_skew(skew));
+        assert!(before.open(&captured, Kind::Request).is_ok());
+        std::thread::sleep(skew * 3);
+        // The same process "restarted": a fresh Trust, an empty nonce cache.
+        let after = Trust::new(key("alpha").clock_skew(skew));
+        assert!(matches!(
+            after.open(&captured, Kind::Request),
+            Err(Rejection::Replayed(ReplayError::BeforeStart { .. }))
+        ));
+        // What is sealed after the start opens as usual.
+        let fresh = sender.seal(Kind::Request, b"event", b"");
+        assert!(after.open(&fresh, Kind::Request).is_ok());
+    }
+
+    #[test]
+    fn previous_key_grace_is_a_wall_clock_time_that_restarts_do_not_extend() {
+        let old = Trust::new(key("alpha"));
+        let until = SystemTime::now() + Duration::from_millis(100);
+        let ring = || key("bravo").with_previous_until(&key("alpha"), until);
+        assert_eq!(ring().previous_until(), Some(until));
+        assert!(
+            Trust::new(ring())
+                .open(&old.seal(Kind::Request, b"e", b""), Kind::Request)
+                .is_ok()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        // A key ring built after the time (a restart) refuses the old key at once.
+        let restarted = Trust::new(ring());
+        assert!(matches!(
+            restarted.open(&old.seal(Kind::Request, b"e", b""), Kind::Request),
+            Err(Rejection::Unauthenticated(m)) if m.contains("grace")
+        ));
+    }
+
+    #[test]
+    fn replies_carry_their_number_and_duplicates_stay_attributable() {
+        let node = Trust::new(key("alpha"));
+        let client = Trust::new(key("alpha"));
+        let item = node.seal_reply(b"item", Some(3));
+        let opened = client.open_detailed(&item, Kind::Reply).expect("opens");
+        assert_eq!((opened.seq, &opened.event[..]), (Some(3), &b"item"[..]));
+        let refusal = client
+            .open_detailed(&item, Kind::Reply)
+            .expect_err("a duplicate");
+        assert!(matches!(
+            refusal.rejection,
+            Rejection::Replayed(ReplayError::Replayed)
+        ));
+        assert_eq!(refusal.authentic.map(|o| o.seq), Some(Some(3)));
+        assert_eq!(
+            client
+                .open_detailed(&node.seal_reply(b"hb", None), Kind::Reply)
+                .expect("opens")
+                .seq,
+            None
+        );
+        // A forgery is never attributed.
+        let forged = Trust::new(key("bravo")).seal_reply(b"item", Some(4));
+        assert!(
+            client
+                .open_detailed(&forged, Kind::Reply)
+                .expect_err("forged")
+                .authentic
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn windowed_open_refuses_future_stamps() {
+        let t = Trust::new(key("alpha"));
+        let ahead = envelope::seal(
+            &t.key.current,
+            &SealParams {
+                kind: Kind::Beacon,
+                encrypt: true,
+                timestamp_ms: now_ms() + 25_000,
+                nonce: t.nonces.next(),
+                clear_id: b"",
+            },
+            b"beacon",
+        );
+        assert!(matches!(
+            t.open_windowed(&ahead, Kind::Beacon),
+            Err(Rejection::Replayed(ReplayError::FromTheFuture { .. }))
+        ));
     }
 }
