@@ -24,10 +24,10 @@
 use bytes::Bytes;
 use zeromq::ZmqMessage;
 use zmesh_core::trust::{self, Kind, Rejection, Trust};
-use zmesh_core::wire::{self, Header, names, worker as proto};
+use zmesh_core::wire::{self, Header, worker as proto};
 
 use crate::Side;
-use crate::router::{Outbox, Router};
+use crate::router::{Outbox, Outgoing, Router, Sent};
 
 /// The event inside a received frame: opened with the key when the device has one.
 ///
@@ -51,12 +51,14 @@ pub(crate) fn open_event(
     }
 }
 
-/// Counts a refused message, logs it (rate-limited) and queues the refusal in `out`.
+/// Counts a refused message, logs it (rate-limited) and queues the refusal in `out` (to a
+/// client, within its connection's refusal rate).
 pub(crate) fn refuse(
     router: &mut Router,
     side: Side,
     envelope: &wire::Envelope,
     rejection: &Rejection,
+    now: std::time::Instant,
     out: &mut Outbox,
 ) {
     let frame = &envelope.event;
@@ -70,11 +72,16 @@ pub(crate) fn refuse(
     match side {
         Side::Client => {
             if let Some(request) = trust::refused_request(frame) {
-                let header = Header::zmesh(Some(request));
-                let args = wire::err_args(rejection.err_name(), &rejection.to_string(), None);
-                let event = wire::encode_event(&header, names::ERR, &args);
-                out.unsealed_frontend
-                    .push(wire::join_frames(&envelope.route, event));
+                let message = rejection.to_string();
+                router.refuse_request(
+                    &envelope.route,
+                    &request,
+                    rejection.err_name(),
+                    &message,
+                    false,
+                    now,
+                    out,
+                );
             }
         }
         // Only the worker's own control events (`[worker_id]` route) are answered: a reply
@@ -83,19 +90,29 @@ pub(crate) fn refuse(
             let reason = format!("{}: {rejection}", rejection.err_name());
             let args = rmp_serde::to_vec(&(reason,)).unwrap_or_default();
             let event = wire::encode_event(&Header::zmesh(None), proto::REFUSED, &args);
-            out.unsealed_backend
-                .push(wire::join_frames(&envelope.route, event));
+            out.unsealed_backend.push(Outgoing {
+                what: Sent::Control,
+                message: wire::join_frames(&envelope.route, event),
+            });
         }
         Side::Worker => {}
     }
 }
 
-/// Seals the event frame of a message the router produced, unless it is already sealed
-/// (a client's or worker's frame forwarded unchanged: it opened, so it is sealed).
-pub(crate) fn seal_outgoing(trust: &Trust, kind: Kind, message: ZmqMessage) -> ZmqMessage {
+/// Seals the event frame of a message the router produced, unless `passthrough` and it is
+/// already sealed (with one key on both sockets, a client's or worker's frame is forwarded
+/// unchanged: it opened, so it is sealed). Without `passthrough` (a key on one socket only,
+/// or a different key on each) the router only ever holds opened frames, so everything is
+/// sealed here.
+pub(crate) fn seal_outgoing(
+    trust: &Trust,
+    kind: Kind,
+    passthrough: bool,
+    message: ZmqMessage,
+) -> ZmqMessage {
     let mut frames = message.into_vec();
     if let Some(event) = frames.pop() {
-        let sealed = if trust::envelope::is_sealed(&event) {
+        let sealed = if passthrough && trust::envelope::is_sealed(&event) {
             event
         } else {
             trust.seal(kind, &event, &[])
