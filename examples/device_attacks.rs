@@ -18,9 +18,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
-use zmesh::wire::worker::{self as proto, AnnouncedMethod};
-use zmesh::wire::{self, Header, MessageId, names};
+use zmesh::wire::worker as proto;
+use zmesh::wire::{self, Header, names};
 use zmesh::{CallError, CallOptions, Client, HandlerError, Node, NodeConfig, Service};
+
+#[path = "../tests/common/hostile.rs"]
+mod hostile;
+
+use hostile::{flood_readies, message, raw_request, ready_event, rss_kib};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -75,19 +80,6 @@ impl Proxy {
     }
 }
 
-fn msg(frames: Vec<Bytes>) -> ZmqMessage {
-    ZmqMessage::try_from(frames).expect("frames")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn real_worker(backend: &str, name: &str, service: Service) -> Result<Node, Error> {
     Ok(Node::builder()
         .name(name)
@@ -96,15 +88,6 @@ async fn real_worker(backend: &str, name: &str, service: Service) -> Result<Node
         .config(NodeConfig::default().heartbeat(Duration::from_millis(500)))
         .start()
         .await?)
-}
-
-fn ready_event(capacity: u32, methods: &[(String, String)]) -> Bytes {
-    let methods: Vec<AnnouncedMethod> = methods
-        .iter()
-        .map(|(m, s)| AnnouncedMethod::new(m.clone(), s.clone(), false))
-        .collect();
-    let args = rmp_serde::to_vec_named(&(("rogue", capacity, 1000u64, methods),)).expect("encodes");
-    wire::encode_event(&Header::zmesh(None), proto::READY, &args)
 }
 
 /// A raw DEALER on the backend that announces `methods` and heartbeats; with `forge`, it
@@ -120,7 +103,7 @@ async fn rogue(
     socket.connect(&backend).await?;
     let (mut send, mut recv) = socket.split();
     for event in ready {
-        send.send(msg(vec![Bytes::new(), event])).await?;
+        send.send(message(vec![Bytes::new(), event])).await?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ZmqMessage>();
     let mut got = 0u64;
@@ -132,11 +115,11 @@ async fn rogue(
                     return Ok(got);
                 }
                 let hb = wire::encode_event(&Header::zmesh(None), proto::WORKER_HEARTBEAT, wire::HEARTBEAT_ARGS);
-                send.send(msg(vec![Bytes::new(), hb])).await?;
+                send.send(message(vec![Bytes::new(), hb])).await?;
             }
             Some(reply) = rx.recv() => send.send(reply).await?,
-            message = recv.recv() => {
-                let mut frames = message?.into_vec();
+            received = recv.recv() => {
+                let mut frames = received?.into_vec();
                 if frames.len() < 3 {
                     continue;
                 }
@@ -151,7 +134,7 @@ async fn rogue(
                     let args = rmp_serde::to_vec(&("FORGED",)).expect("encodes");
                     let ok = wire::encode_event(&header, names::OK, &args);
                     frames.push(ok);
-                    let reply = msg(frames);
+                    let reply = message(frames);
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
@@ -253,6 +236,36 @@ fn kv_service() -> Service {
     })
 }
 
+/// `kv.get("a")` through the device: its value or its error.
+async fn kv_get(client: &Client) -> String {
+    match client
+        .call_with::<String>(
+            "kv.get",
+            ("a",),
+            CallOptions::timeout(Duration::from_secs(3)),
+        )
+        .await
+    {
+        Ok(v) => format!("ok {v}"),
+        Err(e) => err_name(&e),
+    }
+}
+
+/// How many services the device routes, from its stats (slow to answer when flooded).
+async fn services_routed(client: &Client) -> String {
+    match client
+        .call_with::<rmpv::Value>(
+            "_zmesh_device_stats",
+            (),
+            CallOptions::timeout(Duration::from_secs(900)),
+        )
+        .await
+    {
+        Ok(stats) => stats["services"].as_map().map_or(0, Vec::len).to_string(),
+        Err(e) => format!("(stats unreadable: {})", err_name(&e)),
+    }
+}
+
 async fn flood(bin: &str, extra: &[String]) -> Result<(), Error> {
     let proxy = Proxy::spawn(bin, extra).await?;
     let client = Client::with_config(
@@ -265,14 +278,7 @@ async fn flood(bin: &str, extra: &[String]) -> Result<(), Error> {
     let _worker = real_worker(&proxy.backend, "real", zmesh_echo::service()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = proxy.rss_mib();
-    let readies: Vec<Bytes> = (0..40)
-        .map(|i| {
-            let methods: Vec<(String, String)> = (0..65_536)
-                .map(|j| (format!("f{i}x{j}.m"), format!("f{i}x{j}")))
-                .collect();
-            ready_event(1, &methods)
-        })
-        .collect();
+    let readies: Vec<Bytes> = flood_readies();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let rogue = tokio::spawn(rogue(
         proxy.backend.clone(),
@@ -294,54 +300,22 @@ async fn flood(bin: &str, extra: &[String]) -> Result<(), Error> {
             last = now;
         }
     }
-    let services = match client
-        .call_with::<rmpv::Value>("_zmesh_device_stats", (), slow())
-        .await
-    {
-        Ok(stats) => stats["services"].as_map().map_or(0, Vec::len).to_string(),
-        Err(e) => format!("(stats unreadable: {})", err_name(&e)),
-    };
+    let services = services_routed(&client).await;
     let took = started.elapsed();
     let rss_flooded = proxy.rss_mib();
     let _kv = real_worker(&proxy.backend, "kv", kv_service()).await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let kv = match client
-        .call_with::<String>(
-            "kv.get",
-            ("a",),
-            CallOptions::timeout(Duration::from_secs(3)),
-        )
-        .await
-    {
-        Ok(v) => format!("ok {v}"),
-        Err(e) => err_name(&e),
-    };
+    let kv = kv_get(&client).await;
     let _ = stop_tx.send(true);
     let _ = rogue.await?;
     // The rogue's socket is closed now.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let after = match client
-        .call_with::<rmpv::Value>("_zmesh_device_stats", (), slow())
-        .await
-    {
-        Ok(stats) => stats["services"].as_map().map_or(0, Vec::len).to_string(),
-        Err(e) => format!("(stats unreadable: {})", err_name(&e)),
-    };
+    let after = services_routed(&client).await;
     let methods: Vec<String> = client
         .call_with("_zerorpc_list", (), slow())
         .await
         .unwrap_or_default();
-    let kv_after = match client
-        .call_with::<String>(
-            "kv.get",
-            ("a",),
-            CallOptions::timeout(Duration::from_secs(3)),
-        )
-        .await
-    {
-        Ok(v) => format!("ok {v}"),
-        Err(e) => err_name(&e),
-    };
+    let kv_after = kv_get(&client).await;
     println!(
         "flood: 40 READYs x 65,536 names: device RSS {rss_before:.0} -> {rss_flooded:.0} MiB, {services} services after {took:.1?}; new worker's kv.get: {kv}; after the rogue left: {after} services, {} methods listed, RSS {:.0} MiB, kv.get: {kv_after}",
         methods.len(),
@@ -423,15 +397,6 @@ async fn bigqueue(bin: &str, extra: &[String]) -> Result<(), Error> {
         }
     );
     Ok(())
-}
-
-fn raw_request(method: &str) -> ZmqMessage {
-    let frame = wire::encode_event(
-        &Header::zmesh_with_id(MessageId::generate(), None),
-        method,
-        &[0x90],
-    );
-    ZmqMessage::try_from(vec![Bytes::new(), frame]).expect("two frames")
 }
 
 async fn nonreader(bin: &str, extra: &[String], call_ms: u64) -> Result<(), Error> {
