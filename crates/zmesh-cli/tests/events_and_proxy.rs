@@ -581,6 +581,28 @@ async fn an_unkeyed_backend_is_warned_about_and_a_backend_key_admits_only_keyed_
     }
     let out = served.expect("the keyed worker never served through the backend-keyed proxy");
     assert_eq!(stdout(&out), "\"HI\"\n");
+    // An unkeyed worker is refused; `zmesh stats` on the device shows it.
+    let unkeyed = zmesh()
+        .env_remove("ZMESH_MESH_KEY")
+        .args(["serve", "--worker-of", &backend, "echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zmesh serve starts");
+    let mut report = String::new();
+    for _ in 0..100 {
+        let out = run(&["stats", &frontend, "--no-mesh-key"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        report = stdout(&out);
+        if report.contains("unauthenticated") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(report.starts_with("device: 1 workers"), "{report}");
+    assert!(report.contains("unauthenticated"), "{report}");
+    assert!(report.lines().any(|l| l.starts_with("echo ")), "{report}");
+    drop(unkeyed);
     drop(worker);
     common::terminate(&child);
     let out = finish(child, "backend-keyed proxy").await;
