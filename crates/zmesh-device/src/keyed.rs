@@ -17,6 +17,12 @@
 //! `_zmesh_device_refused` control event to a worker whose message was refused (it is not
 //! registered and gets no request).
 //!
+//! With a key on the backend only (`DeviceBuilder::backend_key`), or a different key on each
+//! socket, forwarding unchanged is impossible (the other side could not open the frame): the
+//! device opens what it receives on a keyed socket and seals what it forwards for the other
+//! one (a request when it dispatches it, so a re-dispatched one is sealed afresh; a reply as
+//! a node would). Workers then check the device's seal, not the client's.
+//!
 //! One consequence of forwarding unchanged: a request re-dispatched (its worker was lost)
 //! or queued for longer than the key's replay window reaches its worker sealed at the
 //! client's send time; a worker refuses one older than the window (`ERR Replayed`).

@@ -18,7 +18,11 @@
 //!
 //! With a mesh key ([`DeviceBuilder::mesh_key`]) the device refuses anything not sealed
 //! with it, from clients and workers alike. It opens each request to route it (so it must
-//! hold the key) and forwards the sealed frames unchanged; see the `keyed` module.
+//! hold the key) and forwards the sealed frames unchanged; see the `keyed` module. A
+//! backend key ([`DeviceBuilder::backend_key`]) makes workers prove a key while clients call
+//! unkeyed. Without either, any process that reaches the backend is trusted as a worker,
+//! which the device warns about at start; what a worker may announce is bounded either way
+//! (capacity, heartbeat period, table sizes: [`DeviceConfig`]).
 //!
 //! ```no_run
 //! use zmesh_device::Device;
