@@ -602,7 +602,7 @@ async fn stock_zerorpc_client_calls_through_the_device() {
     assert!(line.contains(r#""echo.upper": "HI""#), "{line}");
     zerorpc_venv::py_check(endpoint, "echo", limit).await;
     zerorpc_venv::py_check(endpoint, "fail", limit).await;
-    zerorpc_venv::py_check(endpoint, "unknown", limit).await;
+    zerorpc_venv::py_check(endpoint, "unknown_via_device", limit).await;
     // 1,000 items to a slow consumer: credit flows from the stock client to the worker.
     let line = zerorpc_venv::py_check(endpoint, "stream_slow", limit).await;
     assert!(line.contains(r#""items": 1000"#), "{line}");

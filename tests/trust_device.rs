@@ -144,6 +144,57 @@ async fn keyed_client_device_and_worker_serve_calls_and_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_key_on_each_socket_re_seals_replies_with_their_numbers() {
+    // Clients prove ALPHA, workers BRAVO: the device opens each reply and seals it afresh
+    // for the frontend, keeping its number within the call, so a keyed client's integrity
+    // check on stream items still holds.
+    let device = net(
+        "device start",
+        Device::builder()
+            .frontend("tcp://127.0.0.1:0")
+            .backend("tcp://127.0.0.1:0")
+            .mesh_key(key(ALPHA))
+            .backend_key(key(BRAVO))
+            .config(DeviceConfig::default().heartbeat(HB))
+            .start(),
+    )
+    .await
+    .expect("device starts");
+    let node = worker(
+        device.backend(),
+        "w1",
+        zmesh_echo::service(),
+        Some(key(BRAVO)),
+    )
+    .await;
+    eventually(
+        NET_TIMEOUT,
+        "worker with the backend key registered",
+        || device.stats().workers == 1,
+    )
+    .await;
+    let client = client(device.frontend(), Some(key(ALPHA)));
+    let up: String = net("call", client.call("echo.upper", ("hi",)))
+        .await
+        .expect("served through the device");
+    assert_eq!(up, "HI");
+    let stream = net("stream", client.call_stream::<u64>("echo.count", (30,)))
+        .await
+        .expect("stream opens");
+    let items: Vec<u64> = net("stream items", stream.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|r| r.expect("item"))
+        .collect();
+    assert_eq!(items, (0..30).collect::<Vec<_>>());
+    assert_eq!(client.integrity_failures(), 0);
+    let stats = device.stats();
+    assert_eq!((stats.unauthenticated, stats.replay_rejected), (0, 0));
+    node.shutdown(Duration::from_secs(1)).await;
+    device.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_the_key_get_unauthenticated_from_the_device() {
     let calls = Arc::new(AtomicU64::new(0));
     let (device, node) = keyed_device_and_worker(counted(calls.clone())).await;

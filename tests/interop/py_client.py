@@ -59,6 +59,15 @@ def check_unknown(c):
     return expect_remote_error(lambda: c("no_such_method", 1), "NameError", "no_such_method")
 
 
+def check_unknown_via_device(c):
+    # A proxy device keeps the name a stock client expects and says why in the message.
+    return expect_remote_error(
+        lambda: c("no_such_method", 1),
+        "NameError",
+        "no worker connected to the device serves no_such_method",
+    )
+
+
 def check_stream_slow(c):
     n = 1000
     got = []
@@ -116,6 +125,7 @@ CHECKS = {
     "echo": check_echo,
     "fail": check_fail,
     "unknown": check_unknown,
+    "unknown_via_device": check_unknown_via_device,
     "unauthenticated": check_unauthenticated,
     "stream_slow": check_stream_slow,
     "long_call": check_long_call,

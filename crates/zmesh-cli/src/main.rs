@@ -75,7 +75,8 @@ enum Command {
         key: mesh_key::KeyArgs,
     },
     /// Show a node's per-method calls, errors and latency percentiles, and its counters
-    /// (from the `_zmesh_stats` method every zmesh node answers).
+    /// (from the `_zmesh_stats` method every zmesh node answers); for a proxy device, its
+    /// per-service figures and what it refused and dropped, by reason (`_zmesh_device_stats`).
     #[command(after_help = mesh_key::KEY_HELP)]
     Stats {
         /// The node's endpoint.
@@ -476,7 +477,15 @@ async fn ping(client: &Client) -> Result<(), CliError> {
 }
 
 async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError> {
-    let report: rmpv::Value = client.call("_zmesh_stats", ()).await?;
+    let report: rmpv::Value = match client.call("_zmesh_stats", ()).await {
+        Ok(report) => report,
+        // A proxy device answers its own figures instead.
+        Err(e) if e.remote().is_some_and(|r| r.name == "NameError") => {
+            let report: rmpv::Value = client.call(zmesh_device::STATS_METHOD, ()).await?;
+            return device_stats(&report, all, as_json);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if as_json {
         outln!("{}", json::to_json(&report));
         return Ok(());
@@ -557,6 +566,115 @@ fn raise_descriptor_limit() {
         Ok(limit) => eprintln!("zmesh: descriptor limit (RLIMIT_NOFILE) {limit}"),
         Err(e) => eprintln!("zmesh: cannot raise the descriptor limit: {e}"),
     }
+}
+
+/// `zmesh stats` for a proxy device: its totals and non-zero counters, what it refused and
+/// dropped by reason, and one line per service.
+fn device_stats(report: &rmpv::Value, all: bool, as_json: bool) -> Result<(), CliError> {
+    if as_json {
+        outln!("{}", json::to_json(report));
+        return Ok(());
+    }
+    let number = |key: &str| {
+        map_get(report, key)
+            .and_then(rmpv::Value::as_u64)
+            .unwrap_or(0)
+    };
+    outln!(
+        "device: {} workers, {} open calls, {} methods routed, {} request bytes held",
+        number("workers"),
+        number("open_calls"),
+        number("methods"),
+        number("request_bytes")
+    );
+    let nonzero = |value: Option<&rmpv::Value>| -> Vec<String> {
+        value
+            .and_then(rmpv::Value::as_map)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
+                    .map(|(k, v)| format!("{} {}", text(k), text(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let counters: Vec<String> = report
+        .as_map()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|(k, v)| {
+                    let key = text(k);
+                    !matches!(
+                        key.as_str(),
+                        "workers" | "open_calls" | "methods" | "request_bytes"
+                    ) && v.as_u64().is_some_and(|n| n > 0)
+                })
+                .map(|(k, v)| format!("{} {}", text(k), text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (label, items) in [
+        ("counters", counters),
+        ("refused", nonzero(map_get(report, "refused"))),
+        ("dropped", nonzero(map_get(report, "dropped"))),
+    ] {
+        if !items.is_empty() {
+            outln!("{label}: {}", items.join(", "));
+        }
+    }
+    let columns = [
+        "workers",
+        "queued",
+        "in_flight",
+        "dispatched",
+        "completed",
+        "failed",
+        "overloaded",
+        "redispatched",
+    ];
+    outln!(
+        "{:<28} {:>7} {:>7} {:>9} {:>10} {:>10} {:>7} {:>10} {:>12}",
+        "service",
+        "workers",
+        "queued",
+        "in flight",
+        "dispatched",
+        "completed",
+        "failed",
+        "overloaded",
+        "redispatched"
+    );
+    let services = map_get(report, "services")
+        .and_then(rmpv::Value::as_map)
+        .ok_or_else(|| CliError::Other("_zmesh_device_stats answered without services".into()))?;
+    for (name, figures) in services {
+        let v: Vec<u64> = columns
+            .iter()
+            .map(|c| {
+                map_get(figures, c)
+                    .and_then(rmpv::Value::as_u64)
+                    .unwrap_or(0)
+            })
+            .collect();
+        if !all && v.iter().all(|&n| n == 0) {
+            continue;
+        }
+        outln!(
+            "{:<28} {:>7} {:>7} {:>9} {:>10} {:>10} {:>7} {:>10} {:>12}",
+            text(name),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7]
+        );
+    }
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the

@@ -226,7 +226,7 @@ impl Secret {
 
 /// A key file's secret, as [`MeshKey::from_file`] reads it (surrounding ASCII whitespace
 /// trimmed), with a warning when others may read the file.
-fn read_key_file(path: &Path) -> Result<Secret, CliError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Secret, CliError> {
     let bytes = std::fs::read(path).map_err(|e| {
         CliError::Usage(format!("cannot read mesh key file {}: {e}", path.display()))
     })?;

@@ -39,6 +39,18 @@ pub(crate) struct ProxyArgs {
     /// Calls queued per service before callers get ERR Overloaded [default: 1000].
     #[arg(long)]
     max_queue: Option<usize>,
+    /// Bytes of requests the device holds at once (queued or running) before callers get
+    /// ERR Overloaded [default: 268435456, 256 MiB].
+    #[arg(long)]
+    max_request_bytes: Option<usize>,
+    /// Most calls the device sends one worker at once, whatever it announces [default: 1024].
+    #[arg(long)]
+    max_worker_capacity: Option<u32>,
+    /// Workers must seal with the key in FILE (on the backend only; clients keep the mesh
+    /// key options below, or call unkeyed without one). Without this or a mesh key, any
+    /// process that can reach the backend is trusted as a worker.
+    #[arg(long, value_name = "FILE")]
+    backend_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
 }
@@ -57,10 +69,21 @@ pub(crate) async fn run(
     if let Some(n) = options.max_queue {
         config = config.max_queue(n);
     }
+    if let Some(n) = options.max_request_bytes {
+        config = config.max_request_bytes(n);
+    }
+    if let Some(n) = options.max_worker_capacity {
+        config = config.max_worker_capacity(n);
+    }
     // A keyed device opens requests (it routes by method) and worker control messages;
     // clients and workers must hold the same key. Its event forwarder passes sealed events
     // through unopened.
     let key = options.key.load()?;
+    let backend_key = options
+        .backend_key_file
+        .as_deref()
+        .map(|path| crate::mesh_key::read_key_file(path)?.mesh_key())
+        .transpose()?;
     let mut builder = Device::builder()
         .frontend(options.frontend)
         .backend(options.backend)
@@ -71,6 +94,9 @@ pub(crate) async fn run(
     if let Some(key) = key {
         builder = builder.mesh_key(key);
     }
+    if let Some(key) = backend_key {
+        builder = builder.backend_key(key);
+    }
     if let (Some(events_in), Some(events_out)) = (options.events_in, options.events_out) {
         builder = builder.events(events_in, events_out);
     }
@@ -78,6 +104,14 @@ pub(crate) async fn run(
         .start()
         .await
         .map_err(|e| CliError::Other(format!("cannot start the proxy: {e}")))?;
+    if !device.backend_keyed() {
+        eprintln!(
+            "zmesh: warning: the backend {} has no key: any process that can connect to it is \
+             trusted as a worker (it is sent calls and its answers reach clients); pass \
+             --backend-key-file or a mesh key",
+            device.backend()
+        );
+    }
     for line in endpoint_lines(&device) {
         // stdout is line-buffered: each line reaches a reading parent at once.
         outln!("{line}");

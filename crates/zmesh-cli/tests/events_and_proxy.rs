@@ -2,7 +2,9 @@
 //! proxy's announced endpoints, calls through it and its shutdown on SIGTERM; events through
 //! its forwarder, topic filtering, a publisher that starts before its subscriber, events with
 //! sequence numbers and a publisher restart from an in-process `Publisher`; and the exit
-//! codes and messages of every failure. Children are killed when their test ends.
+//! codes and messages of every failure; the warning an unkeyed backend prints, and a
+//! `--backend-key-file` proxy serving unkeyed clients from a keyed worker. Children are
+//! killed when their test ends.
 
 mod common;
 
@@ -506,4 +508,103 @@ async fn help_documents_the_verbs() {
         "{}",
         stdout(&out)
     );
+}
+
+/// Starts `zmesh proxy ARGS...` on port 0 without a mesh key in the environment, stdout
+/// and stderr piped, and waits for its frontend and backend lines.
+async fn start_proxy(args: &[&str]) -> (Child, String, String) {
+    let mut child = zmesh()
+        .env_remove("ZMESH_MESH_KEY")
+        .args(["proxy", "--frontend", "tcp://127.0.0.1:0"])
+        .args(["--backend", "tcp://127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zmesh proxy starts");
+    let mut lines = Lines::new(child.stdout.take().expect("piped"));
+    let frontend = lines.next("the frontend line").await;
+    let backend = lines.next("the backend line").await;
+    let last = |line: String| line.rsplit(' ').next().unwrap_or_default().to_owned();
+    (child, last(frontend), last(backend))
+}
+
+#[tokio::test]
+async fn an_unkeyed_backend_is_warned_about_and_a_backend_key_admits_only_keyed_workers() {
+    // Without a key: the warning that any process reaching the backend is trusted.
+    let (child, _, _) = start_proxy(&[]).await;
+    common::terminate(&child);
+    let out = finish(child, "unkeyed proxy").await;
+    assert!(
+        stderr(&out).contains("has no key: any process that can connect to it is trusted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With --backend-key-file: no warning, a keyed worker serves unkeyed clients.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("backend.key");
+    std::fs::write(&key, "backend key for the cli test, 32+ bytes").expect("key written");
+    let key = key.to_str().expect("utf-8");
+    let (child, frontend, backend) = start_proxy(&["--backend-key-file", key]).await;
+    let worker = zmesh()
+        .env_remove("ZMESH_MESH_KEY")
+        .args([
+            "serve",
+            "--worker-of",
+            &backend,
+            "--mesh-key-file",
+            key,
+            "echo",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zmesh serve starts");
+    let mut served = None;
+    for _ in 0..100 {
+        let out = run(&[
+            "call",
+            &frontend,
+            "echo.upper",
+            "hi",
+            "--no-mesh-key",
+            "--timeout",
+            "2",
+        ])
+        .await;
+        if out.status.success() {
+            served = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = served.expect("the keyed worker never served through the backend-keyed proxy");
+    assert_eq!(stdout(&out), "\"HI\"\n");
+    // An unkeyed worker is refused; `zmesh stats` on the device shows it.
+    let unkeyed = zmesh()
+        .env_remove("ZMESH_MESH_KEY")
+        .args(["serve", "--worker-of", &backend, "echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("zmesh serve starts");
+    let mut report = String::new();
+    for _ in 0..100 {
+        let out = run(&["stats", &frontend, "--no-mesh-key"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        report = stdout(&out);
+        if report.contains("unauthenticated") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(report.starts_with("device: 1 workers"), "{report}");
+    assert!(report.contains("unauthenticated"), "{report}");
+    assert!(report.lines().any(|l| l.starts_with("echo ")), "{report}");
+    drop(unkeyed);
+    drop(worker);
+    common::terminate(&child);
+    let out = finish(child, "backend-keyed proxy").await;
+    assert!(!stderr(&out).contains("has no key"), "{}", stderr(&out));
 }

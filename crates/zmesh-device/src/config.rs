@@ -15,11 +15,40 @@ pub struct DeviceConfig {
     /// Calls that may wait per service when none of its workers has a free slot; beyond it
     /// callers get `ERR Overloaded` at once (default 1,000).
     pub max_queue: usize,
+    /// Bytes of request frames the device may hold at once, over every service: queued
+    /// calls, and running ones (each is kept to re-dispatch it if its worker is lost).
+    /// A request that would pass it gets `ERR Overloaded` at once (default 256 MiB).
+    pub max_request_bytes: usize,
     /// Largest accepted event frame in bytes, from clients and from workers (default 16 MiB).
     pub max_message_size: usize,
-    /// Distinct method names the device routes; names announced beyond it are ignored with
-    /// a warning, so workers cannot grow the table without bound (default 100,000).
+    /// Distinct method names the device routes, over all workers; a worker announcement
+    /// that would pass it is refused (default 100,000).
     pub max_methods: usize,
+    /// Distinct services the device routes, over all workers; a worker announcement that
+    /// would pass it is refused (default 10,000).
+    pub max_services: usize,
+    /// Methods one worker may announce; a larger announcement is refused (default 4,096).
+    pub max_methods_per_worker: usize,
+    /// Services one worker may announce; a larger announcement is refused (default 256).
+    pub max_services_per_worker: usize,
+    /// Longest method or service name a worker may announce, in bytes (default 256).
+    pub max_name_len: usize,
+    /// Most capacity (calls open at once) the device gives one worker, whatever it announces:
+    /// a larger announcement is lowered to it (default 1,024; a node announces 128 unless
+    /// told otherwise).
+    pub max_worker_capacity: u32,
+    /// The heartbeat periods a worker may announce, shortest and longest; an announcement
+    /// outside them is refused (default 20 ms to 60 s). Too short a period costs the device
+    /// a timer pass per period; too long a one leaves a frozen worker undetected.
+    pub worker_heartbeat: (Duration, Duration),
+    /// Refusals (`ERR NameError`, `ProtocolError`, `MessageTooLarge`, `Unauthenticated`,
+    /// `Replayed`) the device sends one client connection in a burst, and per second after
+    /// it; beyond them a refused request gets no answer (counted in
+    /// [`DeviceStats::refused`](crate::DeviceStats::refused) as `suppressed`), so a peer that
+    /// sends garbage without reading cannot fill its queue with answers (default 1,000 and
+    /// 100 per second). `Overloaded` and `Unavailable`, the answers to valid calls, are not
+    /// limited.
+    pub refusals: (u32, u32),
 }
 
 impl Default for DeviceConfig {
@@ -28,7 +57,15 @@ impl Default for DeviceConfig {
             heartbeat: Duration::from_secs(5),
             max_queue: 1_000,
             max_message_size: 16 * 1024 * 1024,
+            max_request_bytes: 256 * 1024 * 1024,
             max_methods: 100_000,
+            max_services: 10_000,
+            max_methods_per_worker: 4_096,
+            max_services_per_worker: 256,
+            max_name_len: 256,
+            max_worker_capacity: 1_024,
+            worker_heartbeat: (Duration::from_millis(20), Duration::from_secs(60)),
+            refusals: (1_000, 100),
         }
     }
 }
@@ -62,6 +99,56 @@ impl DeviceConfig {
         self
     }
 
+    /// Sets the bound on the bytes of requests held (queued or running).
+    #[must_use]
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
+    }
+
+    /// Sets the bounds on routed services, in total and per worker.
+    #[must_use]
+    pub fn max_services(mut self, total: usize, per_worker: usize) -> Self {
+        self.max_services = total;
+        self.max_services_per_worker = per_worker;
+        self
+    }
+
+    /// Sets the bound on the methods one worker may announce.
+    #[must_use]
+    pub fn max_methods_per_worker(mut self, n: usize) -> Self {
+        self.max_methods_per_worker = n;
+        self
+    }
+
+    /// Sets the longest announced method or service name, in bytes.
+    #[must_use]
+    pub fn max_name_len(mut self, bytes: usize) -> Self {
+        self.max_name_len = bytes;
+        self
+    }
+
+    /// Sets the most capacity the device gives one worker.
+    #[must_use]
+    pub fn max_worker_capacity(mut self, capacity: u32) -> Self {
+        self.max_worker_capacity = capacity;
+        self
+    }
+
+    /// Sets the range of heartbeat periods a worker may announce.
+    #[must_use]
+    pub fn worker_heartbeat(mut self, shortest: Duration, longest: Duration) -> Self {
+        self.worker_heartbeat = (shortest, longest);
+        self
+    }
+
+    /// Sets the refusals one client connection gets in a burst and per second after it.
+    #[must_use]
+    pub fn refusals(mut self, burst: u32, per_second: u32) -> Self {
+        self.refusals = (burst, per_second);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), DeviceError> {
         if self.heartbeat < Duration::from_millis(10) {
             return Err(DeviceError::Config("heartbeat must be at least 10 ms"));
@@ -69,6 +156,21 @@ impl DeviceConfig {
         if self.max_message_size < 64 {
             return Err(DeviceError::Config(
                 "max_message_size must be at least 64 bytes",
+            ));
+        }
+        if self.max_worker_capacity == 0 {
+            return Err(DeviceError::Config(
+                "max_worker_capacity must be at least 1",
+            ));
+        }
+        if self.worker_heartbeat.0 > self.worker_heartbeat.1 {
+            return Err(DeviceError::Config(
+                "the shortest worker heartbeat must not exceed the longest",
+            ));
+        }
+        if self.max_request_bytes < self.max_message_size {
+            return Err(DeviceError::Config(
+                "max_request_bytes must be at least max_message_size",
             ));
         }
         Ok(())

@@ -18,7 +18,11 @@
 //!
 //! With a mesh key ([`DeviceBuilder::mesh_key`]) the device refuses anything not sealed
 //! with it, from clients and workers alike. It opens each request to route it (so it must
-//! hold the key) and forwards the sealed frames unchanged; see the `keyed` module.
+//! hold the key) and forwards the sealed frames unchanged; see the `keyed` module. A
+//! backend key ([`DeviceBuilder::backend_key`]) makes workers prove a key while clients call
+//! unkeyed. Without either, any process that reaches the backend is trusted as a worker,
+//! which the device warns about at start; what a worker may announce is bounded either way
+//! (capacity, heartbeat period, table sizes: [`DeviceConfig`]).
 //!
 //! ```no_run
 //! use zmesh_device::Device;
@@ -40,30 +44,22 @@ mod router;
 mod stats;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Context;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zeromq::{
-    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, SocketSend, ZmqMessage,
-};
+use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, TrySendError};
 use zmesh_core::read_turns::ReadTurns;
-use zmesh_core::wire::{self, EventDecodeError, Header, names};
+use zmesh_core::wire::{self, EventDecodeError};
 
 pub use config::DeviceConfig;
 pub use router::STATS_METHOD;
 pub use stats::{DeviceStats, ServiceStats};
 
-use router::{Outbox, Router};
-
-/// Sends that may wait at once for a peer's full queue; beyond it messages are dropped and
-/// counted, so a peer that stops reading cannot grow the device's memory.
-const MAX_STALLED_SENDS: usize = 10_000;
+use router::{Drops, Outbox, Outgoing, Router, Sent};
 
 /// Why a device could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +99,7 @@ pub struct DeviceBuilder {
     events_out: Option<String>,
     config: DeviceConfig,
     mesh_key: Option<zmesh_core::MeshKey>,
+    backend_key: Option<zmesh_core::MeshKey>,
 }
 
 impl DeviceBuilder {
@@ -145,6 +142,21 @@ impl DeviceBuilder {
         self
     }
 
+    /// Requires a key from workers only, on the backend: every worker control event and
+    /// reply must be sealed with it, and the device seals what it sends them (requests
+    /// included, which it seals itself when it dispatches them). The frontend keeps the
+    /// [`mesh_key`](Self::mesh_key) if one is given (then requests are opened with it and
+    /// sealed again with this one, and replies the other way), else takes unsealed calls
+    /// from any client. Give this key to the worker nodes
+    /// ([`NodeBuilder::mesh_key`](zmesh_core::NodeBuilder::mesh_key)).
+    ///
+    /// Without a backend key (this or a mesh key) any process that can connect to the
+    /// backend is trusted as a worker: it is sent calls and its answers reach the clients.
+    pub fn backend_key(mut self, key: zmesh_core::MeshKey) -> Self {
+        self.backend_key = Some(key);
+        self
+    }
+
     /// Replaces the configuration.
     pub fn config(mut self, config: DeviceConfig) -> Self {
         self.config = config;
@@ -180,14 +192,30 @@ impl DeviceBuilder {
         let (back_send, back_recv) = back.split();
 
         let name = self.name.unwrap_or_else(|| "zmesh-device".to_owned());
+        let router = Router::new(name.clone(), self.config.clone());
+        let drops = router.drops();
+        let front_trust = self
+            .mesh_key
+            .map(|k| Arc::new(zmesh_core::trust::Trust::new(k)));
+        let (back_trust, passthrough) = match self.backend_key {
+            Some(key) => (Some(Arc::new(zmesh_core::trust::Trust::new(key))), false),
+            None => (front_trust.clone(), true),
+        };
+        if back_trust.is_none() {
+            tracing::warn!(
+                %backend,
+                "the backend has no key: any process that can connect to it is trusted as a worker (it is sent calls and its answers reach clients); give the device a backend key or a mesh key"
+            );
+        }
         let shared = Arc::new(Shared {
-            router: Mutex::new(Router::new(name.clone(), self.config.clone())),
+            router: Mutex::new(router),
             config: self.config,
             front: front_send,
             back: back_send,
-            stalled: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-            trust: self.mesh_key.map(zmesh_core::trust::Trust::new),
+            drops,
+            front_trust,
+            back_trust,
+            passthrough,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = vec![
@@ -272,11 +300,19 @@ impl Device {
             .unwrap_or_default()
     }
 
-    /// Messages dropped because a peer had stopped reading (see `MAX_STALLED_SENDS`).
+    /// Messages dropped because their peer's queue was full (it had stopped reading); by
+    /// kind in [`DeviceStats::dropped`].
     pub fn dropped_messages(&self) -> u64 {
         self.shared
             .as_ref()
-            .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
+            .map_or(0, |shared| shared.drops.total())
+    }
+
+    /// Whether workers must prove a key on the backend (a backend key or a mesh key).
+    pub fn backend_keyed(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.back_trust.is_some())
     }
 
     /// Serves until `signal` completes, then stops.
@@ -324,10 +360,13 @@ struct Shared {
     config: DeviceConfig,
     front: RouterSendHalf,
     back: RouterSendHalf,
-    stalled: AtomicUsize,
-    dropped: AtomicU64,
-    /// The mesh key with the device's replay guard (both sockets), when it has one.
-    trust: Option<zmesh_core::trust::Trust>,
+    drops: Arc<Drops>,
+    /// The key (with its replay guard) clients must use, when the frontend has one.
+    front_trust: Option<Arc<zmesh_core::trust::Trust>>,
+    /// The key workers must use, when the backend has one: the mesh key, or a backend key.
+    back_trust: Option<Arc<zmesh_core::trust::Trust>>,
+    /// One key on both sockets: frames are forwarded as sealed (see `keyed`).
+    passthrough: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -344,58 +383,61 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends what the router produced, backend first (requests before the replies they
-    /// free slots for), without ever waiting in the reader (see [`send_now`]).
-    fn flush(self: &Arc<Self>, out: &mut Outbox) {
-        use zmesh_core::trust::Kind;
-        // With a key, what the device says is sealed: to workers as a client would, to
-        // clients as a node would (forwarded frames are sealed already).
-        let seal = |kind, message| match &self.trust {
-            Some(trust) => keyed::seal_outgoing(trust, kind, message),
-            None => message,
-        };
-        for message in out.backend.drain(..) {
-            self.send_now(&self.back, seal(Kind::Request, message));
-        }
-        for message in out.unsealed_backend.drain(..) {
-            self.send_now(&self.back, message);
-        }
-        for message in out.frontend.drain(..) {
-            self.send_now(&self.front, seal(Kind::Reply, message));
-        }
-        for message in out.unsealed_frontend.drain(..) {
-            self.send_now(&self.front, message);
+    fn trust(&self, side: Side) -> Option<&zmesh_core::trust::Trust> {
+        match side {
+            Side::Client => self.front_trust.as_deref(),
+            Side::Worker => self.back_trust.as_deref(),
         }
     }
 
-    /// One poll normally hands the message to the peer's queue; if that queue is full, a
-    /// task finishes the send so the reader moves on. Bounded by [`MAX_STALLED_SENDS`].
-    fn send_now(self: &Arc<Self>, socket: &RouterSendHalf, message: ZmqMessage) {
-        let mut sender = socket.clone();
-        let mut send = async move {
-            if let Err(e) = sender.send(message).await {
+    /// Sends what the router produced, backend first (requests before the replies they
+    /// free slots for). Never waits: see [`Shared::send_now`].
+    fn flush(&self, out: &mut Outbox) {
+        use zmesh_core::trust::Kind;
+        // With a key, what goes out is sealed: to workers as a client would, to clients as
+        // a node would (frames forwarded unchanged are sealed already).
+        let seal = |trust: Option<&zmesh_core::trust::Trust>, kind, message| match trust {
+            Some(trust) => keyed::seal_outgoing(trust, kind, self.passthrough, message),
+            None => message,
+        };
+        for Outgoing { what, message } in out.backend.drain(..) {
+            let message = seal(self.back_trust.as_deref(), Kind::Request, message);
+            self.send_now(&self.back, what, message);
+        }
+        for Outgoing { what, message } in out.unsealed_backend.drain(..) {
+            self.send_now(&self.back, what, message);
+        }
+        for Outgoing { what, message } in out.frontend.drain(..) {
+            let message = seal(self.front_trust.as_deref(), Kind::Reply, message);
+            self.send_now(&self.front, what, message);
+        }
+        for Outgoing { what, message } in out.unsealed_frontend.drain(..) {
+            self.send_now(&self.front, what, message);
+        }
+    }
+
+    /// Hands the message to its peer's queue without waiting. A full queue (the peer has
+    /// stopped reading: 100,000 messages wait for it) drops the message for that peer
+    /// only, counted by kind; nothing the device sends ever waits on one peer, so one that
+    /// does not read cannot hold up what goes to the others, nor grow without bound.
+    fn send_now(&self, socket: &RouterSendHalf, what: Sent, message: zeromq::ZmqMessage) {
+        match socket.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::WouldBlock(_)) => {
+                let dropped = self.drops.count(what);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped,
+                        kind = what.name(),
+                        "a peer is not reading; dropping messages for it"
+                    );
+                }
+            }
+            Err(TrySendError::Failed(e)) => {
                 // The peer went away; its loss is handled through the monitor.
                 tracing::debug!(error = %e, "message not delivered");
             }
         }
-        .boxed();
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        if send.as_mut().poll(&mut cx).is_ready() {
-            return;
-        }
-        if self.stalled.fetch_add(1, Ordering::AcqRel) >= MAX_STALLED_SENDS {
-            self.stalled.fetch_sub(1, Ordering::AcqRel);
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "peers are not reading; dropping messages");
-            }
-            return;
-        }
-        let shared = self.clone();
-        tokio::spawn(async move {
-            send.await;
-            shared.stalled.fetch_sub(1, Ordering::AcqRel);
-        });
     }
 }
 
@@ -429,30 +471,42 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
         if side == Side::Client {
             if let Ok(header) = wire::decode_header(&envelope.event) {
                 if header.response_to.is_none() {
-                    reply_err(&envelope.route, &header, "MessageTooLarge", &problem, out);
+                    shared.lock().refuse_request(
+                        &envelope.route,
+                        &header.message_id,
+                        "MessageTooLarge",
+                        &problem,
+                        true,
+                        now,
+                        out,
+                    );
                 }
             }
         }
         return;
     }
-    let opened = match keyed::open_event(shared.trust.as_ref(), side, &envelope.event) {
+    let (opened, seq) = match keyed::open_event(shared.trust(side), side, &envelope.event) {
         Ok(opened) => opened,
         Err(rejection) => {
-            keyed::refuse(&mut shared.lock(), side, &envelope, &rejection, out);
+            keyed::refuse(&mut shared.lock(), side, &envelope, &rejection, now, out);
             return;
         }
     };
-    // The router gets the frame as received (forwarded unchanged) and its decoding.
+    // The router gets the frame to forward and its decoding: with one key on both sockets
+    // the frame as received (forwarded unchanged, still sealed), else the opened one (the
+    // other side has no key or another one; `flush` seals it for that side, but a worker's
+    // reply is sealed for a keyed frontend here, while its number within the call is known).
+    let forwarded = match (shared.passthrough, side, shared.front_trust.as_deref()) {
+        (true, _, _) => envelope.event,
+        (false, Side::Worker, Some(front)) => keyed::reseal_reply(front, &opened, seq),
+        (false, _, _) => opened.clone(),
+    };
     match wire::decode_event(&opened) {
         Ok(event) => {
             let mut router = shared.lock();
             match side {
-                Side::Client => {
-                    router.handle_client(envelope.route, envelope.event, event, now, out)
-                }
-                Side::Worker => {
-                    router.handle_worker(envelope.route, envelope.event, event, now, out)
-                }
+                Side::Client => router.handle_client(envelope.route, forwarded, event, now, out),
+                Side::Worker => router.handle_worker(envelope.route, forwarded, event, now, out),
             }
         }
         Err(EventDecodeError { error, header }) => {
@@ -461,17 +515,19 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
             if side == Side::Client {
                 if let Some(header) = header.filter(|h| h.response_to.is_none()) {
                     let message = format!("malformed request: {error}");
-                    reply_err(&envelope.route, &header, "ProtocolError", &message, out);
+                    shared.lock().refuse_request(
+                        &envelope.route,
+                        &header.message_id,
+                        "ProtocolError",
+                        &message,
+                        true,
+                        now,
+                        out,
+                    );
                 }
             }
         }
     }
-}
-
-fn reply_err(route: &[Bytes], request: &Header, name: &str, message: &str, out: &mut Outbox) {
-    let header = Header::zmesh(Some(request.message_id.clone()));
-    let event = wire::encode_event(&header, names::ERR, &wire::err_args(name, message, None));
-    out.frontend.push(wire::join_frames(route, event));
 }
 
 async fn read_frontend(shared: Arc<Shared>, recv: RouterRecvHalf, stop: watch::Receiver<bool>) {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,15 +27,104 @@ pub(crate) const WORKER_LIVENESS: u32 = 3;
 /// The pseudo-service of forwarded `_zerorpc_*` built-ins (any worker answers them).
 const BUILTINS: &str = "_zerorpc";
 
+/// What a message the device sends is, for the drop counters (see [`Drops`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// A heartbeat the device makes, on a call's leg or to a worker.
+    Heartbeat,
+    /// An `ERR` the device makes for a request it will not route.
+    Refusal,
+    /// A built-in's `OK` the device answers itself.
+    Answer,
+    /// A worker protocol event (`RESET`, `REFUSED`).
+    Control,
+    /// A worker's reply, stream item or event, forwarded to its client.
+    Reply,
+    /// A client's request or event, forwarded to a worker.
+    Request,
+    /// A cancel for a worker (the client's, or one the device makes).
+    Cancel,
+}
+
+impl Sent {
+    const ALL: [Sent; 7] = [
+        Sent::Heartbeat,
+        Sent::Refusal,
+        Sent::Answer,
+        Sent::Control,
+        Sent::Reply,
+        Sent::Request,
+        Sent::Cancel,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Sent::Heartbeat => "heartbeat",
+            Sent::Refusal => "refusal",
+            Sent::Answer => "answer",
+            Sent::Control => "control",
+            Sent::Reply => "reply",
+            Sent::Request => "request",
+            Sent::Cancel => "cancel",
+        }
+    }
+}
+
+/// Messages dropped because their peer's queue was full, by [`Sent`]; shared by the
+/// sending code (which never waits) and the router's figures.
+#[derive(Debug, Default)]
+pub(crate) struct Drops([AtomicU64; 7]);
+
+impl Drops {
+    /// Counts one drop; returns the drops of that kind so far.
+    pub(crate) fn count(&self, what: Sent) -> u64 {
+        self.0[what as usize].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    fn figures(&self) -> BTreeMap<String, u64> {
+        Sent::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.name().to_owned(),
+                    self.0[*s as usize].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// One message to send, and what it is.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) what: Sent,
+    pub(crate) message: ZmqMessage,
+}
+
 /// Messages the state machine wants sent, per socket.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    pub(crate) frontend: Vec<ZmqMessage>,
-    pub(crate) backend: Vec<ZmqMessage>,
+    pub(crate) frontend: Vec<Outgoing>,
+    pub(crate) backend: Vec<Outgoing>,
     /// Refusals for peers without the mesh key: sent as they are, never sealed (the peer
     /// could not open them), on the frontend (`ERR`) or backend (`REFUSED`).
-    pub(crate) unsealed_frontend: Vec<ZmqMessage>,
-    pub(crate) unsealed_backend: Vec<ZmqMessage>,
+    pub(crate) unsealed_frontend: Vec<Outgoing>,
+    pub(crate) unsealed_backend: Vec<Outgoing>,
+}
+
+impl Outbox {
+    fn front(&mut self, what: Sent, message: ZmqMessage) {
+        self.frontend.push(Outgoing { what, message });
+    }
+
+    fn back(&mut self, what: Sent, message: ZmqMessage) {
+        self.backend.push(Outgoing { what, message });
+    }
 }
 
 /// A call: the client connection and the request's `message_id`.
@@ -43,12 +133,17 @@ type Key = (Bytes, MessageId);
 struct MethodRoute {
     service: Arc<str>,
     idempotent: bool,
+    /// Live workers announcing it; the route goes with the last of them.
+    workers: u32,
 }
 
 #[derive(Default)]
 struct ServiceState {
     queue: VecDeque<Key>,
     workers: Vec<Bytes>,
+    /// Open calls (queued or running) of the service; it is forgotten once it has neither
+    /// workers nor open calls.
+    open: usize,
     dispatched: u64,
     completed: u64,
     failed: u64,
@@ -59,6 +154,8 @@ struct ServiceState {
 struct Worker {
     name: String,
     services: Vec<Arc<str>>,
+    /// The method names it announced (it holds one reference on each route).
+    methods: Vec<String>,
     capacity: u32,
     channels: HashSet<Key>,
     heartbeat: Duration,
@@ -110,6 +207,15 @@ struct Counters {
     workers_lost: u64,
     unauthenticated: u64,
     replay_rejected: u64,
+    /// By reason; see [`DeviceStats::refused`].
+    refused: BTreeMap<&'static str, u64>,
+}
+
+/// A client connection's refusal budget (a token bucket).
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
 }
 
 /// The routing state. One per device, behind a lock shared by its socket tasks.
@@ -120,8 +226,22 @@ pub(crate) struct Router {
     services: HashMap<Arc<str>, ServiceState>,
     workers: HashMap<Bytes, Worker>,
     channels: HashMap<Key, Channel>,
+    /// Bytes of the request frames of every open call.
+    request_bytes: usize,
+    buckets: HashMap<Bytes, Bucket>,
+    last_prune: Instant,
     seq: u64,
     counters: Counters,
+    drops: Arc<Drops>,
+}
+
+/// Why a worker's `READY` was refused: the counter's name and the message for the log and
+/// the worker.
+type ReadyRefusal = (&'static str, String);
+
+/// Method names a worker may not announce: the device answers or forwards them itself.
+fn reserved(name: &str) -> bool {
+    name.starts_with("_zerorpc_") || name.starts_with("_zmesh_")
 }
 
 /// `[route.., "", event]`.
@@ -153,6 +273,11 @@ fn ok_event(request: &MessageId, value: &[u8]) -> Bytes {
         out.extend_from_slice(value);
     });
     Bytes::from(out)
+}
+
+/// A worker's name for the logs: at most 64 characters of what it announced.
+fn short_name(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 fn control_event(name: &str, args: &[u8]) -> Bytes {
@@ -193,8 +318,84 @@ impl Router {
             services: HashMap::new(),
             workers: HashMap::new(),
             channels: HashMap::new(),
+            request_bytes: 0,
+            buckets: HashMap::new(),
+            last_prune: Instant::now(),
             seq: 0,
             counters: Counters::default(),
+            drops: Arc::new(Drops::default()),
+        }
+    }
+
+    /// The drop counters, shared with the code that sends.
+    pub(crate) fn drops(&self) -> Arc<Drops> {
+        self.drops.clone()
+    }
+
+    fn count_refusal(&mut self, reason: &'static str) -> u64 {
+        let n = self.counters.refused.entry(reason).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Whether one more refusal may be sent to client connection `peer` now (its token
+    /// bucket, see [`DeviceConfig::refusals`]); counts a suppressed one.
+    fn may_refuse(&mut self, peer: &Bytes, now: Instant) -> bool {
+        let (burst, rate) = self.config.refusals;
+        let bucket = self.buckets.entry(peer.clone()).or_insert(Bucket {
+            tokens: f64::from(burst),
+            at: now,
+            suppressed: 0,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return true;
+        }
+        bucket.suppressed += 1;
+        let suppressed = bucket.suppressed;
+        self.count_refusal("suppressed");
+        if suppressed.is_power_of_two() && suppressed >= 64 {
+            // The vendored ROUTER has no way to drop one connection, so a peer that keeps
+            // sending garbage is only silenced, never disconnected.
+            tracing::warn!(
+                suppressed,
+                "a client connection keeps sending requests the device refuses; no longer answering them"
+            );
+        }
+        false
+    }
+
+    /// Answers a request the device will not route with `ERR name message`, within the
+    /// connection's refusal rate (`sealed`: sealed when the device has a key; refusals for
+    /// the mesh key go out unsealed).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn refuse_request(
+        &mut self,
+        route: &[Bytes],
+        request: &MessageId,
+        name: &str,
+        message: &str,
+        sealed: bool,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        let Some(peer) = route.first() else {
+            return;
+        };
+        if !self.may_refuse(peer, now) {
+            return;
+        }
+        let outgoing = Outgoing {
+            what: Sent::Refusal,
+            message: to_route(route, err_event(request, name, message)),
+        };
+        if sealed {
+            out.frontend.push(outgoing);
+        } else {
+            out.unsealed_frontend.push(outgoing);
         }
     }
 
@@ -265,7 +466,7 @@ impl Router {
         let id = event.header.message_id;
         let name = event.name.as_ref();
         if let Some(value) = self.answer_builtin(name) {
-            out.frontend.push(to_route(&route, ok_event(&id, &value)));
+            out.front(Sent::Answer, to_route(&route, ok_event(&id, &value)));
             return;
         }
         let deadline = match event.header.deadline_ms {
@@ -282,17 +483,37 @@ impl Router {
             None if name.starts_with("_zerorpc_") => (Arc::from(BUILTINS), true),
             None => {
                 self.counters.unknown_method += 1;
-                tracing::debug!(method = name, "unknown method");
-                out.frontend
-                    .push(to_route(&route, err_event(&id, "NameError", name)));
+                tracing::debug!(method = name, "no worker serves this method");
+                // The name stays NameError (what a node answers for a method it does not
+                // have, and what zerorpc clients expect); the message says why.
+                let message = format!("no worker connected to the device serves {name}");
+                self.refuse_request(&route, &id, "NameError", &message, true, now, out);
                 return;
             }
         };
         let key = (route[0].clone(), id.clone());
         if self.channels.contains_key(&key) {
             let message = "a call with this message_id is already running";
-            out.frontend
-                .push(to_route(&route, err_event(&id, "ProtocolError", message)));
+            self.refuse_request(&route, &id, "ProtocolError", message, true, now, out);
+            return;
+        }
+        let size = frame.len();
+        if self.request_bytes.saturating_add(size) > self.config.max_request_bytes {
+            let n = self.count_refusal("request_bytes");
+            if let Some(svc) = self.services.get_mut(&service) {
+                svc.overloaded += 1;
+            }
+            let message = format!(
+                "the device holds {} bytes of requests and this one has {size}; its limit is {} bytes",
+                self.request_bytes, self.config.max_request_bytes
+            );
+            if n.is_power_of_two() {
+                tracing::warn!(refused = n, "{message}; refusing requests (Overloaded)");
+            }
+            out.front(
+                Sent::Refusal,
+                to_route(&route, err_event(&id, "Overloaded", &message)),
+            );
             return;
         }
         let worker = if &*service == BUILTINS {
@@ -303,8 +524,10 @@ impl Router {
                 Some(w) => Some(w),
                 None => {
                     let message = "no worker is connected to the device";
-                    out.frontend
-                        .push(to_route(&route, err_event(&id, "Unavailable", message)));
+                    out.front(
+                        Sent::Refusal,
+                        to_route(&route, err_event(&id, "Unavailable", message)),
+                    );
                     return;
                 }
             }
@@ -321,13 +544,15 @@ impl Router {
                         "service {service} has no free worker and {} calls queued",
                         svc.queue.len()
                     );
-                    out.frontend
-                        .push(to_route(&route, err_event(&id, "Overloaded", &message)));
+                    out.front(
+                        Sent::Refusal,
+                        to_route(&route, err_event(&id, "Overloaded", &message)),
+                    );
                     return;
                 }
             }
         };
-        self.channels.insert(
+        self.insert_channel(
             key.clone(),
             Channel {
                 route,
@@ -351,6 +576,41 @@ impl Router {
                     svc.queue.push_back(key);
                 }
             }
+        }
+    }
+
+    /// Opens a call: counts its request's bytes and its service's open calls.
+    fn insert_channel(&mut self, key: Key, channel: Channel) {
+        self.request_bytes += channel.request.len();
+        if let Some(svc) = self.services.get_mut(&channel.service) {
+            svc.open += 1;
+        }
+        self.channels.insert(key, channel);
+    }
+
+    /// Closes a call (its bytes and its service's count go with it; a service left with
+    /// neither workers nor calls is forgotten). Its worker slot is the caller's business.
+    fn remove_channel(&mut self, key: &Key) -> Option<Channel> {
+        let c = self.channels.remove(key)?;
+        self.request_bytes = self.request_bytes.saturating_sub(c.request.len());
+        if let Some(svc) = self.services.get_mut(&c.service) {
+            svc.open = svc.open.saturating_sub(1);
+            if c.worker.is_none() {
+                svc.queue.retain(|k| k != key);
+            }
+        }
+        self.forget_if_unused(&c.service);
+        Some(c)
+    }
+
+    /// Forgets a service with no worker and no open call.
+    fn forget_if_unused(&mut self, service: &Arc<str>) {
+        if self
+            .services
+            .get(service)
+            .is_some_and(|svc| svc.workers.is_empty() && svc.open == 0)
+        {
+            self.services.remove(service);
         }
     }
 
@@ -400,7 +660,7 @@ impl Router {
             // client has seen no stream item, so it has no credit to grant yet.
             _ => {
                 if let Some(w) = &c.worker {
-                    out.backend.push(to_worker(w, &c.route, frame));
+                    out.back(Sent::Request, to_worker(w, &c.route, frame));
                 }
             }
         }
@@ -424,28 +684,22 @@ impl Router {
             self.counters.clients_lost += 1;
             self.drop_channel(&key, None, now, out);
         }
+        self.buckets.remove(peer);
     }
 
     /// Ends a call the client abandoned; its worker (if any) gets a cancel (`cancel` is the
     /// client's own cancel event, else one is made).
     fn drop_channel(&mut self, key: &Key, cancel: Option<Bytes>, now: Instant, out: &mut Outbox) {
-        let Some(c) = self.channels.remove(key) else {
+        let Some(c) = self.remove_channel(key) else {
             return;
         };
-        match &c.worker {
-            Some(w) => {
-                let cancel = cancel.unwrap_or_else(|| {
-                    let header = Header::zmesh(Some(key.1.clone()));
-                    wire::encode_event(&header, names::CANCEL, wire::EMPTY_ARRAY_ARGS)
-                });
-                out.backend.push(to_worker(w, &c.route, cancel));
-                self.release(key, w, now, out);
-            }
-            None => {
-                if let Some(svc) = self.services.get_mut(&c.service) {
-                    svc.queue.retain(|k| k != key);
-                }
-            }
+        if let Some(w) = &c.worker {
+            let cancel = cancel.unwrap_or_else(|| {
+                let header = Header::zmesh(Some(key.1.clone()));
+                wire::encode_event(&header, names::CANCEL, wire::EMPTY_ARRAY_ARGS)
+            });
+            out.back(Sent::Cancel, to_worker(w, &c.route, cancel));
+            self.release(key, w, now, out);
         }
     }
 
@@ -472,10 +726,13 @@ impl Router {
         }
         let Some(w) = self.workers.get_mut(worker) else {
             // Declared dead, or from before a device restart: make it start over.
-            out.backend.push(to_route(
-                std::slice::from_ref(worker),
-                control_event(proto::RESET, wire::EMPTY_ARRAY_ARGS),
-            ));
+            out.back(
+                Sent::Control,
+                to_route(
+                    std::slice::from_ref(worker),
+                    control_event(proto::RESET, wire::EMPTY_ARRAY_ARGS),
+                ),
+            );
             return;
         };
         w.last_heard = now;
@@ -505,18 +762,18 @@ impl Router {
                     self.requeue(&key, worker, now, out);
                     return;
                 }
-                out.frontend.push(to_route(client_route, frame));
+                out.front(Sent::Reply, to_route(client_route, frame));
                 if let Some(svc) = self.services.get_mut(&c.service) {
                     svc.completed += 1;
                 }
-                self.channels.remove(&key);
+                self.remove_channel(&key);
                 self.release(&key, worker, now, out);
             }
             _ => {
                 if event.name == names::STREAM {
                     c.replied = true;
                 }
-                out.frontend.push(to_route(client_route, frame));
+                out.front(Sent::Reply, to_route(client_route, frame));
             }
         }
     }
@@ -538,10 +795,13 @@ impl Router {
             },
             proto::WORKER_HEARTBEAT => match self.workers.get_mut(worker) {
                 Some(w) => w.last_heard = now,
-                None => out.backend.push(to_route(
-                    std::slice::from_ref(worker),
-                    control_event(proto::RESET, wire::EMPTY_ARRAY_ARGS),
-                )),
+                None => out.back(
+                    Sent::Control,
+                    to_route(
+                        std::slice::from_ref(worker),
+                        control_event(proto::RESET, wire::EMPTY_ARRAY_ARGS),
+                    ),
+                ),
             },
             proto::BYE => {
                 if let Some(w) = self.workers.get_mut(worker) {
@@ -557,9 +817,55 @@ impl Router {
         }
     }
 
-    fn register(&mut self, id: Bytes, ready: Ready, now: Instant, out: &mut Outbox) {
+    /// A worker's announcement. Checked against the bounds and the routes of the other
+    /// live workers first: a refused one is logged, counted, answered `REFUSED`, and (when
+    /// the connection was registered) ends the worker as if it had left.
+    pub(crate) fn register(&mut self, id: Bytes, mut ready: Ready, now: Instant, out: &mut Outbox) {
+        // Announced again on the same connection: the new announcement replaces the old one
+        // (its calls are kept), so the old one's routes are withdrawn before checking.
+        let old = self.workers.remove(&id);
+        if let Some(old) = &old {
+            self.withdraw(&id, old);
+        }
+        if let Err((reason, message)) = self.check_ready(&ready) {
+            let refused = self.count_refusal(reason);
+            // Rate-limited: a warning at 1, 2, 4, 8, ... refusals of this reason.
+            if refused.is_power_of_two() {
+                tracing::warn!(worker = %short_name(&ready.name), reason, refused, "refusing a worker announcement: {message}");
+            } else {
+                tracing::debug!(worker = %short_name(&ready.name), reason, "refusing a worker announcement: {message}");
+            }
+            let args = rmp_serde::to_vec(&(format!("{reason}: {message}"),)).unwrap_or_default();
+            out.unsealed_backend.push(Outgoing {
+                what: Sent::Control,
+                message: to_route(
+                    std::slice::from_ref(&id),
+                    control_event(proto::REFUSED, &args),
+                ),
+            });
+            if let Some(old) = old {
+                let reason = format!("its new announcement was refused ({reason})");
+                self.lose_worker(&id, old, &reason, now, out);
+            }
+            return;
+        }
+        if ready.capacity > self.config.max_worker_capacity {
+            self.count_refusal("capacity_capped");
+            tracing::info!(
+                worker = %short_name(&ready.name),
+                announced = ready.capacity,
+                capacity = self.config.max_worker_capacity,
+                "worker announced more capacity than the device gives one worker; lowered"
+            );
+            ready.capacity = self.config.max_worker_capacity;
+        }
+        // A name announced twice (for one service, checked) is routed once.
+        let mut seen = HashSet::with_capacity(ready.methods.len());
+        ready.methods.retain(|m| seen.insert(m.name.clone()));
+        drop(seen);
         let mut services: Vec<Arc<str>> = Vec::new();
-        for m in &ready.methods {
+        let mut methods: Vec<String> = Vec::with_capacity(ready.methods.len());
+        for m in ready.methods {
             let service = match self.services.get_key_value(m.service.as_str()) {
                 Some((name, _)) => name.clone(),
                 None => {
@@ -568,41 +874,39 @@ impl Router {
                     name
                 }
             };
-            if !services.contains(&service) {
+            if services.last() != Some(&service) && !services.contains(&service) {
                 services.push(service.clone());
             }
-            if self.methods.len() >= self.config.max_methods && !self.methods.contains_key(&m.name)
-            {
-                tracing::warn!(method = %m.name, "method table full; not routing this method");
-                continue;
+            match self.methods.get_mut(&m.name) {
+                // Same service (checked): the first announcer's idempotent flag stands.
+                Some(route) => route.workers += 1,
+                None => {
+                    self.methods.insert(
+                        m.name.clone(),
+                        MethodRoute {
+                            service,
+                            idempotent: m.idempotent,
+                            workers: 1,
+                        },
+                    );
+                }
             }
-            self.methods.insert(
-                m.name.clone(),
-                MethodRoute {
-                    service,
-                    idempotent: m.idempotent,
-                },
-            );
+            methods.push(m.name);
         }
-        let channels = match self.workers.remove(&id) {
-            // Announced again on the same connection: keep its calls.
-            Some(old) => {
-                self.unlist(&id, &old.services);
-                old.channels
-            }
-            None => HashSet::new(),
-        };
+        let channels = old.map(|old| old.channels).unwrap_or_default();
         for service in &services {
             if let Some(svc) = self.services.get_mut(service) {
                 svc.workers.push(id.clone());
             }
         }
-        tracing::info!(worker = %ready.name, services = ?services, capacity = ready.capacity, "worker ready");
+        let name = short_name(&ready.name);
+        tracing::info!(worker = %name, services = ?services, capacity = ready.capacity, "worker ready");
         self.workers.insert(
             id,
             Worker {
-                name: ready.name,
+                name,
                 services: services.clone(),
+                methods,
                 capacity: ready.capacity,
                 channels,
                 heartbeat: Duration::from_millis(ready.heartbeat_ms),
@@ -617,11 +921,131 @@ impl Router {
         }
     }
 
-    fn unlist(&mut self, id: &Bytes, services: &[Arc<str>]) {
-        for service in services {
-            if let Some(svc) = self.services.get_mut(service) {
-                svc.workers.retain(|w| w != id);
+    /// Why `ready` cannot be accepted, if it cannot (the announcing worker's own previous
+    /// routes are already withdrawn).
+    fn check_ready(&self, ready: &Ready) -> Result<(), ReadyRefusal> {
+        let config = &self.config;
+        let heartbeat = Duration::from_millis(ready.heartbeat_ms);
+        let (shortest, longest) = config.worker_heartbeat;
+        if heartbeat < shortest || heartbeat > longest {
+            return Err((
+                "ready_heartbeat",
+                format!(
+                    "heartbeat period {heartbeat:?} is outside the {shortest:?} to {longest:?} this device accepts"
+                ),
+            ));
+        }
+        if ready.methods.len() > config.max_methods_per_worker {
+            return Err((
+                "ready_worker_bounds",
+                format!(
+                    "{} methods announced; one worker may announce {}",
+                    ready.methods.len(),
+                    config.max_methods_per_worker
+                ),
+            ));
+        }
+        let mut announced: HashMap<&str, &str> = HashMap::with_capacity(ready.methods.len());
+        let mut services: HashSet<&str> = HashSet::new();
+        for m in &ready.methods {
+            let (name, service) = (m.name.as_str(), m.service.as_str());
+            if name.is_empty() || service.is_empty() {
+                return Err(("ready_name", "an empty method or service name".to_owned()));
             }
+            if name.len() > config.max_name_len || service.len() > config.max_name_len {
+                return Err((
+                    "ready_name",
+                    format!(
+                        "a method or service name over {} bytes",
+                        config.max_name_len
+                    ),
+                ));
+            }
+            if reserved(name) {
+                return Err((
+                    "ready_name",
+                    format!("{name} is reserved for the device and its built-ins"),
+                ));
+            }
+            if let Some(previous) = announced.insert(name, service) {
+                if previous != service {
+                    return Err((
+                        "ready_remap",
+                        format!("{name} announced for two services, {previous} and {service}"),
+                    ));
+                }
+            }
+            if let Some(route) = self.methods.get(name) {
+                if &*route.service != service {
+                    return Err((
+                        "ready_remap",
+                        format!(
+                            "{name} is served by service {} ({} live workers); a worker may not move it to {service}",
+                            route.service, route.workers
+                        ),
+                    ));
+                }
+            }
+            services.insert(service);
+        }
+        if services.len() > config.max_services_per_worker {
+            return Err((
+                "ready_worker_bounds",
+                format!(
+                    "{} services announced; one worker may announce {}",
+                    services.len(),
+                    config.max_services_per_worker
+                ),
+            ));
+        }
+        let new_methods = announced
+            .keys()
+            .filter(|m| !self.methods.contains_key(**m))
+            .count();
+        if self.methods.len() + new_methods > config.max_methods {
+            return Err((
+                "ready_table_full",
+                format!(
+                    "{new_methods} new methods would pass the device's bound of {} ({} routed)",
+                    config.max_methods,
+                    self.methods.len()
+                ),
+            ));
+        }
+        let new_services = services
+            .iter()
+            .filter(|s| !self.services.contains_key(**s))
+            .count();
+        if self.services.len() + new_services > config.max_services {
+            return Err((
+                "ready_table_full",
+                format!(
+                    "{new_services} new services would pass the device's bound of {} ({} routed)",
+                    config.max_services,
+                    self.services.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes a worker's announcement back: its references on its methods (a method with no
+    /// worker left is no longer routed) and its place in its services' lists (a service
+    /// with no worker and no open call is forgotten).
+    fn withdraw(&mut self, id: &Bytes, w: &Worker) {
+        for name in &w.methods {
+            if let Some(route) = self.methods.get_mut(name) {
+                route.workers = route.workers.saturating_sub(1);
+                if route.workers == 0 {
+                    self.methods.remove(name);
+                }
+            }
+        }
+        for service in &w.services {
+            if let Some(svc) = self.services.get_mut(service) {
+                svc.workers.retain(|x| x != id);
+            }
+            self.forget_if_unused(service);
         }
     }
 
@@ -637,8 +1061,20 @@ impl Router {
         let Some(w) = self.workers.remove(id) else {
             return;
         };
+        self.withdraw(id, &w);
+        self.lose_worker(id, w, reason, now, out);
+    }
+
+    /// The calls of a worker that is gone (removed and withdrawn already).
+    fn lose_worker(
+        &mut self,
+        _id: &Bytes,
+        w: Worker,
+        reason: &str,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
         self.counters.workers_lost += 1;
-        self.unlist(id, &w.services);
         let mut requeued = 0usize;
         let mut failed = 0usize;
         for key in &w.channels {
@@ -648,21 +1084,23 @@ impl Router {
             c.worker = None;
             if c.idempotent && !c.replied {
                 requeued += 1;
-                if let Some(svc) = self.services.get_mut(&c.service) {
-                    svc.redispatched += 1;
-                    svc.queue.push_front(key.clone());
-                } else {
+                if &*c.service == BUILTINS {
                     // A forwarded built-in: any other worker will do.
                     self.retry_builtin(key, now, out);
+                } else if let Some(svc) = self.services.get_mut(&c.service) {
+                    svc.redispatched += 1;
+                    svc.queue.push_front(key.clone());
                 }
-            } else if let Some(c) = self.channels.remove(key) {
+            } else if let Some(c) = self.remove_channel(key) {
                 failed += 1;
                 if let Some(svc) = self.services.get_mut(&c.service) {
                     svc.failed += 1;
                 }
                 let message = format!("worker {} was lost during the call: {reason}", w.name);
-                out.frontend
-                    .push(to_route(&c.route, err_event(&key.1, "PeerLost", &message)));
+                out.front(
+                    Sent::Refusal,
+                    to_route(&c.route, err_event(&key.1, "PeerLost", &message)),
+                );
             }
         }
         tracing::warn!(worker = %w.name, reason, requeued, failed, "worker lost");
@@ -676,12 +1114,12 @@ impl Router {
         match pick_any(&self.workers, &all) {
             Some(w) => self.assign(key.clone(), &w, now, out),
             None => {
-                if let Some(c) = self.channels.remove(key) {
+                if let Some(c) = self.remove_channel(key) {
                     let message = "no worker is connected to the device";
-                    out.frontend.push(to_route(
-                        &c.route,
-                        err_event(&key.1, "Unavailable", message),
-                    ));
+                    out.front(
+                        Sent::Refusal,
+                        to_route(&c.route, err_event(&key.1, "Unavailable", message)),
+                    );
                 }
             }
         }
@@ -697,13 +1135,12 @@ impl Router {
         };
         c.worker = None;
         let service = c.service.clone();
-        match self.services.get_mut(&service) {
-            Some(svc) => {
-                svc.redispatched += 1;
-                svc.queue.push_front(key.clone());
-                self.pump(&service, now, out);
-            }
-            None => self.retry_builtin(key, now, out),
+        if &*service == BUILTINS {
+            self.retry_builtin(key, now, out);
+        } else if let Some(svc) = self.services.get_mut(&service) {
+            svc.redispatched += 1;
+            svc.queue.push_front(key.clone());
+            self.pump(&service, now, out);
         }
     }
 
@@ -718,8 +1155,10 @@ impl Router {
         c.last_hb_worker = now;
         self.seq += 1;
         w.last_used = self.seq;
-        out.backend
-            .push(to_worker(worker, &c.route, c.request.clone()));
+        out.back(
+            Sent::Request,
+            to_worker(worker, &c.route, c.request.clone()),
+        );
         if let Some(svc) = self.services.get_mut(&c.service) {
             svc.dispatched += 1;
         }
@@ -784,14 +1223,25 @@ impl Router {
         for (id, w) in &mut self.workers {
             if now.saturating_duration_since(w.last_hb_sent) >= w.heartbeat {
                 w.last_hb_sent = now;
-                out.backend.push(to_route(
-                    std::slice::from_ref(id),
-                    control_event(proto::DEVICE_HEARTBEAT, HEARTBEAT_ARGS),
-                ));
+                out.back(
+                    Sent::Heartbeat,
+                    to_route(
+                        std::slice::from_ref(id),
+                        control_event(proto::DEVICE_HEARTBEAT, HEARTBEAT_ARGS),
+                    ),
+                );
             }
         }
 
         let period = self.config.heartbeat;
+        if now.saturating_duration_since(self.last_prune) >= period {
+            // Forget the refusal budgets that have refilled: nothing to remember there.
+            self.last_prune = now;
+            let (burst, rate) = self.config.refusals;
+            let full = Duration::from_secs_f64(f64::from(burst) / f64::from(rate.max(1)));
+            self.buckets
+                .retain(|_, b| now.saturating_duration_since(b.at) < full);
+        }
         let mut silent = Vec::new();
         let mut expired = Vec::new();
         for (key, c) in &mut self.channels {
@@ -812,7 +1262,7 @@ impl Router {
                 c.last_hb_client = now;
                 let header = Header::zmesh(Some(key.1.clone()));
                 let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
-                out.frontend.push(to_route(&c.route, hb));
+                out.front(Sent::Heartbeat, to_route(&c.route, hb));
             }
             if let Some(w) = c
                 .worker
@@ -823,7 +1273,7 @@ impl Router {
                     c.last_hb_worker = now;
                     let header = Header::zmesh(Some(key.1.clone()));
                     let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
-                    out.backend.push(to_worker(w.0, &c.route, hb));
+                    out.back(Sent::Heartbeat, to_worker(w.0, &c.route, hb));
                 }
             }
         }
@@ -886,6 +1336,15 @@ impl Router {
             workers_lost: self.counters.workers_lost,
             unauthenticated: self.counters.unauthenticated,
             replay_rejected: self.counters.replay_rejected,
+            methods: self.methods.len(),
+            request_bytes: self.request_bytes as u64,
+            refused: self
+                .counters
+                .refused
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            dropped: self.drops.figures(),
         }
     }
 }
@@ -942,13 +1401,13 @@ mod tests {
         let workers = out
             .backend
             .drain(..)
-            .map(|m| m.into_vec().remove(0))
+            .map(|m| m.message.into_vec().remove(0))
             .collect();
         let replies = out
             .frontend
             .drain(..)
             .map(|m| {
-                let frame = m.into_vec().pop().expect("event frame");
+                let frame = m.message.into_vec().pop().expect("event frame");
                 let event = wire::decode_event(&frame).expect("decodes");
                 match event.name.as_ref() {
                     names::ERR => wire::parse_err_args(&event.args).0,
@@ -1031,5 +1490,364 @@ mod tests {
         );
         router.poll_timers(now + Duration::from_millis(301), &mut out);
         assert_eq!(router.stats().workers, 0);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Hostile workers and clients
+    // ---------------------------------------------------------------------------------
+
+    /// A READY from `name` with `capacity`, heartbeat `hb_ms` and `(method, service)`s.
+    fn announce(name: &str, capacity: u32, hb_ms: u64, methods: &[(&str, &str)]) -> Ready {
+        let methods: Vec<AnnouncedMethod> = methods
+            .iter()
+            .map(|(m, s)| AnnouncedMethod::new(*m, *s, false))
+            .collect();
+        let args = rmp_serde::to_vec_named(&((name, capacity, hb_ms, methods),)).expect("encodes");
+        Ready::decode_args(&args).expect("valid READY")
+    }
+
+    /// A request for `method` from `client` (its frame padded to `size` bytes of args).
+    fn call(
+        router: &mut Router,
+        client: &str,
+        method: &str,
+        size: usize,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> MessageId {
+        let id = MessageId::generate();
+        let mut args = vec![0x91, 0xc6];
+        args.extend_from_slice(&u32::try_from(size).expect("small").to_be_bytes());
+        args.resize(args.len() + size, 0);
+        let frame = wire::encode_event(&Header::zmesh_with_id(id.clone(), None), method, &args);
+        let event = wire::decode_event(&frame).expect("decodes");
+        router.handle_client(vec![b(client)], frame, event, now, out);
+        id
+    }
+
+    /// The `(name, message)` of every ERR sent to clients, and the other events' names.
+    fn client_errors(out: &mut Outbox) -> Vec<(String, String)> {
+        out.frontend
+            .drain(..)
+            .chain(out.unsealed_frontend.drain(..))
+            .map(|m| {
+                let frame = m.message.into_vec().pop().expect("event frame");
+                let event = wire::decode_event(&frame).expect("decodes");
+                if event.name == names::ERR {
+                    let (name, message, _) = wire::parse_err_args(&event.args);
+                    (name, message)
+                } else {
+                    (event.name.to_string(), String::new())
+                }
+            })
+            .collect()
+    }
+
+    /// Names of the worker-protocol events sent unsealed to workers (`REFUSED`).
+    fn refusals_to_workers(out: &mut Outbox) -> Vec<Bytes> {
+        out.unsealed_backend
+            .drain(..)
+            .map(|m| m.message.into_vec().remove(0))
+            .collect()
+    }
+
+    fn refused(router: &Router, reason: &str) -> u64 {
+        router.stats().refused.get(reason).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn announced_capacity_is_capped_so_a_rogue_gets_at_most_its_capped_slots() {
+        let now = Instant::now();
+        let config = DeviceConfig::default().max_worker_capacity(64);
+        let mut router = Router::new("d".into(), config);
+        let mut out = Outbox::default();
+        router.register(
+            b("real"),
+            announce("real", 32, 100, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        router.register(
+            b("rogue"),
+            announce("rogue", u32::MAX, 100, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            refused(&router, "capacity_capped"),
+            1,
+            "only the rogue's was lowered"
+        );
+        // 400 pipelined calls, none answered yet: the rogue holds at most its 64 slots.
+        for _ in 0..400 {
+            request(&mut router, "c", now, &mut out);
+        }
+        let (sent, _) = drain(&mut out);
+        let to_rogue = sent.iter().filter(|w| *w == &b("rogue")).count();
+        let to_real = sent.iter().filter(|w| *w == &b("real")).count();
+        assert_eq!((to_rogue, to_real), (64, 32), "slots by capped capacity");
+        assert_eq!(router.stats().services["svc"].queued, 400 - 96);
+    }
+
+    #[test]
+    fn heartbeat_outside_the_accepted_range_is_refused() {
+        let now = Instant::now();
+        let config = DeviceConfig::default()
+            .worker_heartbeat(Duration::from_millis(20), Duration::from_secs(60));
+        let mut router = Router::new("d".into(), config);
+        let mut out = Outbox::default();
+        router.register(
+            b("w1"),
+            announce("w1", 4, 10, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        router.register(
+            b("w2"),
+            announce("w2", 4, 3_600_000, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            refusals_to_workers(&mut out),
+            vec![b("w1"), b("w2")],
+            "REFUSED to both"
+        );
+        assert_eq!(refused(&router, "ready_heartbeat"), 2);
+        assert_eq!(router.stats().workers, 0);
+        assert_eq!(router.stats().methods, 0, "nothing routed");
+        router.register(
+            b("w3"),
+            announce("w3", 4, 20, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(
+            router.stats().workers,
+            1,
+            "the shortest accepted period is accepted"
+        );
+    }
+
+    #[test]
+    fn a_method_is_never_moved_to_another_service_while_its_worker_lives() {
+        let (mut router, now) = router_with(&[("real", 4, false)], 10);
+        let mut out = Outbox::default();
+        router.register(
+            b("rogue"),
+            announce("rogue", 1, 100, &[("svc.m", "evil")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(refusals_to_workers(&mut out), vec![b("rogue")]);
+        assert_eq!(refused(&router, "ready_remap"), 1);
+        assert!(
+            !router.stats().services.contains_key("evil"),
+            "no service made for it"
+        );
+        // svc.m still goes to the real worker.
+        request(&mut router, "c", now, &mut out);
+        assert_eq!(drain(&mut out).0, vec![b("real")]);
+        // A READY that contradicts itself is refused too.
+        let torn = announce("w", 1, 100, &[("x.m", "x"), ("x.m", "y")]);
+        router.register(b("w"), torn, now, &mut out);
+        assert_eq!(refused(&router, "ready_remap"), 2);
+        // Once the real worker is gone the name is free again.
+        router.handle_worker_gone(&b("real"), "test", now, &mut out);
+        router.register(
+            b("new"),
+            announce("new", 1, 100, &[("svc.m", "other")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(router.stats().workers, 1);
+        assert!(router.stats().services.contains_key("other"));
+    }
+
+    #[test]
+    fn a_refused_reannouncement_unregisters_the_worker() {
+        let (mut router, now) = router_with(&[("a", 4, false), ("b", 4, false)], 10);
+        let mut out = Outbox::default();
+        request(&mut router, "c", now, &mut out);
+        let (sent, _) = drain(&mut out);
+        let busy = sent[0].clone();
+        // The busy worker now claims svc.m for another service: refused (b still serves
+        // svc.m as svc), and the worker is dropped; its non-idempotent call fails.
+        router.register(
+            busy.clone(),
+            announce("x", 4, 100, &[("svc.m", "evil")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(router.stats().workers, 1);
+        assert_eq!(client_errors(&mut out)[0].0, "PeerLost");
+    }
+
+    #[test]
+    fn methods_and_services_go_with_their_last_worker() {
+        let now = Instant::now();
+        let mut router = Router::new("d".into(), DeviceConfig::default());
+        let mut out = Outbox::default();
+        let both = [("svc.m", "svc"), ("svc.n", "svc")];
+        router.register(b("a"), announce("a", 1, 100, &both), now, &mut out);
+        router.register(
+            b("b"),
+            announce("b", 1, 100, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(router.stats().methods, 2);
+        router.handle_worker_gone(&b("a"), "test", now, &mut out);
+        assert_eq!(router.stats().methods, 1, "svc.n had only a");
+        call(&mut router, "c", "svc.n", 0, now, &mut out);
+        let errors = client_errors(&mut out);
+        assert_eq!(errors[0].0, "NameError", "name kept for clients");
+        assert_eq!(
+            errors[0].1,
+            "no worker connected to the device serves svc.n"
+        );
+        // A call queued when the last worker goes keeps its service until it ends.
+        call(&mut router, "c", "svc.m", 0, now, &mut out);
+        call(&mut router, "c", "svc.m", 0, now, &mut out);
+        drain(&mut out);
+        router.handle_worker_gone(&b("b"), "test", now, &mut out);
+        // The running call failed (not idempotent); the queued one waits for a worker, so
+        // its service is kept (with no worker) while the method is no longer routed.
+        let stats = router.stats();
+        assert_eq!((stats.methods, stats.open_calls), (0, 1));
+        assert_eq!(stats.services["svc"].workers, 0);
+        // The client goes: its queued call ends and nothing is left.
+        router.handle_client_gone(&b("c"), now, &mut out);
+        let stats = router.stats();
+        assert_eq!((stats.open_calls, stats.request_bytes), (0, 0));
+        assert!(router.services.is_empty() && router.methods.is_empty());
+    }
+
+    #[test]
+    fn announcements_past_the_table_bounds_are_refused_and_reannouncing_does_not_grow() {
+        let now = Instant::now();
+        let config = DeviceConfig::default()
+            .max_methods(6)
+            .max_methods_per_worker(4)
+            .max_services(100, 3);
+        let mut router = Router::new("d".into(), config);
+        let mut out = Outbox::default();
+        let names: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("s{i}.m"), format!("s{i}")))
+            .collect();
+        let refs = |r: std::ops::Range<usize>| -> Vec<(&str, &str)> {
+            names[r]
+                .iter()
+                .map(|(m, s)| (m.as_str(), s.as_str()))
+                .collect()
+        };
+        router.register(b("a"), announce("a", 1, 100, &refs(0..5)), now, &mut out);
+        assert_eq!(
+            refused(&router, "ready_worker_bounds"),
+            1,
+            "5 methods > 4 per worker"
+        );
+        let four: Vec<(&str, &str)> = vec![
+            ("s0.m", "s0"),
+            ("s0.n", "s0"),
+            ("s1.m", "s1"),
+            ("s1.n", "s1"),
+        ];
+        router.register(b("a"), announce("a", 1, 100, &four), now, &mut out);
+        assert_eq!(router.stats().methods, 4);
+        // Announcing again on the same connection replaces: the table does not grow.
+        for _ in 0..10 {
+            router.register(b("a"), announce("a", 1, 100, &four), now, &mut out);
+        }
+        assert_eq!(router.stats().methods, 4);
+        let other: Vec<(&str, &str)> = vec![("t.a", "t"), ("t.b", "t"), ("t.c", "t")];
+        router.register(b("b"), announce("b", 1, 100, &other), now, &mut out);
+        assert_eq!(refused(&router, "ready_table_full"), 1, "4 + 3 > 6");
+        router.register(b("b"), announce("b", 1, 100, &other[..2]), now, &mut out);
+        assert_eq!(router.stats().methods, 6);
+        let services = refs(0..4);
+        router.register(b("c"), announce("c", 1, 100, &services), now, &mut out);
+        assert_eq!(
+            refused(&router, "ready_worker_bounds"),
+            2,
+            "4 services > 3 per worker"
+        );
+        let long = "x".repeat(300);
+        router.register(
+            b("d"),
+            announce("d", 1, 100, &[(long.as_str(), "x")]),
+            now,
+            &mut out,
+        );
+        router.register(
+            b("e"),
+            announce("e", 1, 100, &[("_zerorpc_inspect", "x")]),
+            now,
+            &mut out,
+        );
+        assert_eq!(refused(&router, "ready_name"), 2);
+        // Leaving frees the table.
+        router.handle_worker_gone(&b("a"), "test", now, &mut out);
+        router.handle_worker_gone(&b("b"), "test", now, &mut out);
+        assert_eq!(router.stats().methods, 0);
+        assert!(router.services.is_empty());
+    }
+
+    #[test]
+    fn held_request_bytes_are_bounded_and_freed_when_calls_end() {
+        let now = Instant::now();
+        let config = DeviceConfig::default()
+            .max_message_size(1 << 20)
+            .max_request_bytes(3 << 20);
+        let mut router = Router::new("d".into(), config);
+        let mut out = Outbox::default();
+        router.register(
+            b("w"),
+            announce("w", 1, 100, &[("svc.m", "svc")]),
+            now,
+            &mut out,
+        );
+        // One running, two queued, the fourth passes 3 MiB.
+        for _ in 0..4 {
+            call(&mut router, "c", "svc.m", 1_000_000, now, &mut out);
+        }
+        let errors = client_errors(&mut out);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "Overloaded");
+        assert!(
+            errors[0].1.contains("limit is 3145728 bytes"),
+            "{}",
+            errors[0].1
+        );
+        assert_eq!(refused(&router, "request_bytes"), 1);
+        let held = router.stats().request_bytes;
+        assert!((3_000_000..3 << 20).contains(&held), "{held}");
+        router.handle_client_gone(&b("c"), now, &mut out);
+        assert_eq!(router.stats().request_bytes, 0);
+    }
+
+    #[test]
+    fn refusals_to_one_connection_are_rate_limited() {
+        let now = Instant::now();
+        let config = DeviceConfig::default().refusals(10, 2);
+        let mut router = Router::new("d".into(), config);
+        let mut out = Outbox::default();
+        for _ in 0..100 {
+            call(&mut router, "flood", "nope", 0, now, &mut out);
+        }
+        assert_eq!(client_errors(&mut out).len(), 10, "the burst");
+        assert_eq!(refused(&router, "suppressed"), 90);
+        // Another connection has its own budget.
+        call(&mut router, "other", "nope", 0, now, &mut out);
+        assert_eq!(client_errors(&mut out)[0].0, "NameError");
+        // Two a second come back after the burst.
+        let later = now + Duration::from_secs(1);
+        for _ in 0..5 {
+            call(&mut router, "flood", "nope", 0, later, &mut out);
+        }
+        assert_eq!(client_errors(&mut out).len(), 2);
+        // Full budgets are forgotten in a timer pass.
+        router.poll_timers(now + Duration::from_secs(60), &mut out);
+        assert!(router.buckets.is_empty());
     }
 }

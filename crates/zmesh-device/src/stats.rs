@@ -64,4 +64,25 @@ pub struct DeviceStats {
     /// Messages refused as replays: seen before, or outside the replay window.
     #[serde(default)]
     pub replay_rejected: u64,
+    /// Method names routed now (every live worker's announcements, each name once).
+    #[serde(default)]
+    pub methods: usize,
+    /// Bytes of request frames held now (queued calls and running ones).
+    #[serde(default)]
+    pub request_bytes: u64,
+    /// What the device refused, by reason: worker announcements (`ready_heartbeat`,
+    /// `ready_remap`, `ready_worker_bounds`, `ready_table_full`, `ready_name`), requests
+    /// (`request_bytes`: the byte bound; `queue_full`: a service's queue;
+    /// `no_worker`: no worker serves the method), and `suppressed`: refusals not sent
+    /// because their connection passed its refusal rate. `capacity_capped` counts
+    /// announcements whose capacity was lowered to the bound (accepted).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Messages the device dropped because their peer's queue was full (it is not
+    /// reading), by what they were: `heartbeat`, `refusal` (an `ERR` the device made),
+    /// `answer` (a built-in's `OK`), `control` (worker protocol), `reply` (a worker's reply
+    /// or stream item for a client), `request` (a client's request or event for a worker),
+    /// `cancel`. A drop never waits and only concerns that peer.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
 }
