@@ -10,14 +10,17 @@
 //!   used to share one queue and one writer with every other client's errors and heartbeats,
 //!   and that writer waited up to a second on each: other clients' long calls were lost for
 //!   want of heartbeats and their errors never arrived. Now the node never waits to send what
-//!   it originates: messages to a full queue are dropped for that peer alone, and refusals to
-//!   one connection are rate-limited.
+//!   it originates: messages to a full queue are dropped for that peer alone, refusals to
+//!   one connection are rate-limited, and a connection that sends nothing but bad requests
+//!   (10,000 in a row by default) is closed.
 
 mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
 use zmesh::wire::{self, Header, MessageId};
 use zmesh::{CallError, CallOptions, Client, ClientConfig, MeshKey, Node, NodeConfig};
@@ -58,24 +61,31 @@ fn unknown_method_request() -> ZmqMessage {
 
 /// Connects a DEALER that never reads, sends [`BURST`] requests, then two a second until
 /// the task is aborted. The socket is never polled for input, so its replies back up into
-/// the node.
+/// the node. Closed by the node (it sends nothing but bad requests), it connects again and
+/// goes on, as a persistent attacker would.
 async fn non_reader(endpoint: String, burst_sent: tokio::sync::oneshot::Sender<()>) {
-    let mut sock = DealerSocket::new();
-    common::net("the non-reader connects", sock.connect(&endpoint))
-        .await
-        .expect("connects");
+    async fn connect(endpoint: &str) -> DealerSocket {
+        let mut sock = DealerSocket::new();
+        common::net("the non-reader connects", sock.connect(endpoint))
+            .await
+            .expect("connects");
+        sock
+    }
+    async fn send(sock: &mut DealerSocket, endpoint: &str, request: &ZmqMessage) {
+        let sent = common::net("a request is sent", sock.send(request.clone())).await;
+        if sent.is_err() {
+            *sock = connect(endpoint).await;
+        }
+    }
+    let mut sock = connect(&endpoint).await;
     let request = unknown_method_request();
     for _ in 0..BURST {
-        common::net("a burst request is sent", sock.send(request.clone()))
-            .await
-            .expect("sent");
+        send(&mut sock, &endpoint, &request).await;
     }
     let _ = burst_sent.send(());
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        common::net("a trickle request is sent", sock.send(request.clone()))
-            .await
-            .expect("sent");
+        send(&mut sock, &endpoint, &request).await;
     }
 }
 
@@ -83,10 +93,10 @@ async fn non_reader(endpoint: String, burst_sent: tokio::sync::oneshot::Sender<(
 #[derive(Debug, Clone, Copy)]
 enum Defence {
     /// The defaults: the connection's refusals are rate-limited, so most `ERR`s are never
-    /// written at all.
-    RateLimit,
-    /// No effective rate limit, so the `ERR`s fill the non-reader's queue and the node must
-    /// drop them there without waiting.
+    /// written at all, and after 10,000 bad requests in a row it is closed.
+    Defaults,
+    /// No effective rate limit and no disconnect, so the `ERR`s fill the non-reader's queue
+    /// and the node must drop them there without waiting.
     DropWhenFull,
 }
 
@@ -94,18 +104,18 @@ impl Defence {
     fn config(self) -> NodeConfig {
         let config = NodeConfig::default().heartbeat(HEARTBEAT);
         match self {
-            Defence::RateLimit => config,
+            Defence::Defaults => config,
             Defence::DropWhenFull => config
                 .refusal_rate(u32::MAX / 2, u32::MAX / 2)
                 .disconnect_after_bad_requests(0),
         }
     }
 
-    /// The counter that shows this defence at work.
-    fn counter(self) -> &'static str {
+    /// The counters that show this defence at work.
+    fn counters(self) -> &'static [&'static str] {
         match self {
-            Defence::RateLimit => "refusals_suppressed",
-            Defence::DropWhenFull => "control_dropped_full",
+            Defence::Defaults => &["refusals_suppressed", "garbage_disconnects"],
+            Defence::DropWhenFull => &["control_dropped_full"],
         }
     }
 }
@@ -146,14 +156,15 @@ async fn non_reader_costs_others_nothing(defence: Defence, key: Option<MeshKey>)
         .await
         .expect("the non-reader sent its burst");
     // The node has met the attack with the defence under test.
-    let counter_name = defence.counter();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while counter(&good, counter_name).await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{counter_name} stayed at 0 through the attack"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for &counter_name in defence.counters() {
+        while counter(&good, counter_name).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{counter_name} stayed at 0 through the attack"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // A call of 15 heartbeat periods, kept alive by heartbeats that must get through.
@@ -178,21 +189,18 @@ async fn non_reader_costs_others_nothing(defence: Defence, key: Option<MeshKey>)
         CallError::Remote(remote) => assert_eq!(remote.name, "NameError"),
         other => panic!("expected NameError, got {other}"),
     }
-    assert!(
-        !attack.is_finished(),
-        "the attacker is still connected and trickling"
-    );
+    assert!(!attack.is_finished(), "the attacker is still trickling");
     attack.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_costs_other_clients_nothing() {
-    non_reader_costs_others_nothing(Defence::RateLimit, None).await;
+    non_reader_costs_others_nothing(Defence::Defaults, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_costs_other_clients_nothing_keyed() {
-    non_reader_costs_others_nothing(Defence::RateLimit, Some(key())).await;
+    non_reader_costs_others_nothing(Defence::Defaults, Some(key())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,4 +321,100 @@ async fn an_oversized_result_is_a_clear_error() {
         .await
         .expect("served");
     assert_eq!(small, "ok");
+}
+
+/// A connection that sends nothing but bad requests is closed after
+/// `disconnect_after_bad_requests` of them in a row (counted), and the node goes on serving
+/// everyone else; a connection whose bad requests are broken by good calls is not.
+async fn garbage_in_a_row_is_disconnected(key: Option<MeshKey>) {
+    const AFTER: u32 = 50;
+    let mut builder = Node::builder()
+        .bind("tcp://127.0.0.1:0")
+        .service(zmesh_echo::service())
+        .config(NodeConfig::default().disconnect_after_bad_requests(AFTER));
+    let mut client_config = ClientConfig::default();
+    if let Some(key) = key {
+        builder = builder.mesh_key(key.clone());
+        client_config = client_config.mesh_key(key);
+    }
+    let node = common::net("node starts", builder.start())
+        .await
+        .expect("node starts");
+    let good = Client::with_config(node.endpoint(), client_config);
+    // A client that makes mistakes between good calls keeps its connection.
+    for _ in 0..3 {
+        for _ in 0..AFTER / 2 {
+            let err = common::net("a mistaken call", good.call::<()>("no.such_method", ()))
+                .await
+                .expect_err("unknown method");
+            assert_eq!(err.remote().map(|r| r.name.as_str()), Some("NameError"));
+        }
+        let up: String = common::net("a good call", good.call("echo.upper", ("a",)))
+            .await
+            .expect("served");
+        assert_eq!(up, "A");
+    }
+    assert_eq!(node.stats().garbage_disconnects, 0);
+
+    // A raw ZMTP DEALER over TCP, so that the node's close is seen as the end of the stream.
+    let address = node.endpoint().trim_start_matches("tcp://").to_owned();
+    let mut raw = common::net("the garbage sender connects", TcpStream::connect(address))
+        .await
+        .expect("connects");
+    let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
+    greeting.extend_from_slice(b"NULL");
+    greeting.resize(64, 0);
+    let mut ready = vec![0x04, 0, 0x05];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&6u32.to_be_bytes());
+    ready.extend_from_slice(b"DEALER");
+    ready[1] = u8::try_from(ready.len() - 2).expect("short");
+    // Unknown methods on a plain node; on a keyed one, unsealed requests (Unauthenticated).
+    let event = unknown_method_request().get(1).expect("event").clone();
+    let mut bad = vec![0x01, 0];
+    bad.push(0x02);
+    bad.extend_from_slice(&u64::try_from(event.len()).expect("len").to_be_bytes());
+    bad.extend_from_slice(&event);
+    let mut wire_bytes = greeting;
+    wire_bytes.extend_from_slice(&ready);
+    for _ in 0..AFTER * 2 {
+        wire_bytes.extend_from_slice(&bad);
+    }
+    common::net("the bad requests are sent", raw.write_all(&wire_bytes))
+        .await
+        .expect("sent");
+    common::net("the node closes the connection", async {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match raw.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    // The socket counts the close just after it ends the connection.
+    common::eventually(T, "the socket counts the close", || {
+        node.stats().peers_disconnected == 1
+    })
+    .await;
+    assert_eq!(node.stats().garbage_disconnects, 1);
+    // Everyone else is still served, on the same connection as before.
+    let up: String = common::net("after the disconnect", good.call("echo.upper", ("b",)))
+        .await
+        .expect("served");
+    assert_eq!(up, "B");
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_sending_garbage_is_closed() {
+    garbage_in_a_row_is_disconnected(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_sending_garbage_is_closed_keyed() {
+    garbage_in_a_row_is_disconnected(Some(key())).await;
 }

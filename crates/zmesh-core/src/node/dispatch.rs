@@ -191,8 +191,8 @@ impl Control {
             }
             Verdict::Disconnect => {
                 counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %PeerId(peer), "closing a connection that keeps sending bad requests");
-                self.shared.sender.disconnect(peer);
+                let closed = self.shared.sender.disconnect(peer);
+                tracing::warn!(peer = %PeerId(peer), closed, "closing a connection that keeps sending bad requests");
                 false
             }
         }

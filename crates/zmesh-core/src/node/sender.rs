@@ -88,11 +88,21 @@ impl Sender {
         to_message(frames)
     }
 
-    /// Closes the client connection `peer` (one that keeps sending garbage).
-    pub(crate) fn disconnect(&self, peer: &Bytes) {
-        // Wired to the socket by the ZMTP-limits change; until then the connection stays
-        // open and only its refusals are suppressed.
-        tracing::debug!(peer_len = peer.len(), "disconnect requested");
+    /// Closes the client connection `peer` (one that keeps sending garbage); true when it
+    /// was open. A worker cannot: its clients are the device's connections, not its own.
+    pub(crate) fn disconnect(&self, peer: &Bytes) -> bool {
+        let close = |router: &RouterSendHalf, id: Bytes| {
+            PeerIdentity::try_from(id).is_ok_and(|id| router.disconnect_peer(&id))
+        };
+        match self {
+            Self::Router(router) => close(router, peer.clone()),
+            Self::Keyed { sealed, plain, .. } => match (plain_identity(peer), plain) {
+                (Some(identity), Some(plain)) => close(plain, identity),
+                (Some(_), None) => false,
+                (None, _) => close(sealed, peer.clone()),
+            },
+            Self::Worker(_) | Self::Capture(_) => false,
+        }
     }
 
     /// [`Sender::try_send`] of a message already through [`Sender::seal`].
