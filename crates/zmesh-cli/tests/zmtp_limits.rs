@@ -512,35 +512,9 @@ async fn a_client_that_never_reads_1_mib_replies_is_bounded_in_bytes() {
     let plain = node.plain.clone();
     let peak = peak_during(&node, async {
         // 300 echo.echo calls of 1 MiB on the plain endpoint, from a raw DEALER that
-        // never reads a reply (its socket is never polled for reading).
-        use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
-        let mut attacker = DealerSocket::new();
-        tokio::time::timeout(Duration::from_secs(10), attacker.connect(&plain))
-            .await
-            .expect("connect in time")
-            .expect("connects");
-        use zmesh_core::wire::{self, Header, MessageId};
-        let mut args = Vec::new();
-        rmpv::encode::write_value(
-            &mut args,
-            &rmpv::Value::Array(vec![rmpv::Value::Binary(vec![0x61; 1024 * 1024])]),
-        )
-        .expect("encode");
-        for _ in 0..300u32 {
-            let mut header = Header::zmesh_with_id(MessageId::generate(), None);
-            header.zmesh = None;
-            let bytes = wire::encode_event(&header, "echo.echo", &args);
-            let message = ZmqMessage::try_from(vec![bytes::Bytes::new(), bytes]).expect("frames");
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(10), attacker.send(message)).await,
-                Ok(Ok(()))
-            ) {
-                break;
-            }
-        }
-        // Let the node answer all it has read, then hold the connection a while unread.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        drop(attacker);
+        // never reads a reply.
+        let args = rmpv::Value::Array(vec![rmpv::Value::Binary(vec![0x61; 1024 * 1024])]);
+        never_reading(&plain, (0..300).map(|_| plain_request("echo.echo", &args))).await;
     })
     .await;
     // Once it has left, what was queued for it is released.
@@ -615,6 +589,101 @@ async fn a_subscriber_that_never_reads_costs_the_publisher_its_byte_bound() {
         received < PUTS,
         "every event was kept for the stalled subscriber"
     );
+    node.kill();
+}
+
+/// A raw plain zerorpc request (no zmesh header key) for `method` with msgpack `args`.
+fn plain_request(method: &str, args: &rmpv::Value) -> zeromq::ZmqMessage {
+    use zmesh_core::wire::{self, Header, MessageId};
+    let mut encoded = Vec::new();
+    rmpv::encode::write_value(&mut encoded, args).expect("encode");
+    let mut header = Header::zmesh_with_id(MessageId::generate(), None);
+    header.zmesh = None;
+    let event = wire::encode_event(&header, method, &encoded);
+    zeromq::ZmqMessage::try_from(vec![bytes::Bytes::new(), event]).expect("frames")
+}
+
+/// Sends `requests` from a raw DEALER connected to `endpoint` whose socket is never polled
+/// for reading, lets the node answer what it has read, holds the connection 3 s unread,
+/// then leaves.
+async fn never_reading(endpoint: &str, requests: impl Iterator<Item = zeromq::ZmqMessage>) {
+    use zeromq::{DealerSocket, Socket, SocketSend};
+    let mut attacker = DealerSocket::new();
+    tokio::time::timeout(Duration::from_secs(10), attacker.connect(endpoint))
+        .await
+        .expect("connect in time")
+        .expect("connects");
+    for message in requests {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(10), attacker.send(message)).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(attacker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_kv_scans_and_gets_is_bounded_in_bytes() {
+    let node = Node::start_with(None, &["echo", "kv"]).await;
+    let writer = node.client();
+    let value = rmpv::Value::Binary(vec![0x5a; 60 * 1000]);
+    // 900 values of 60 kB: 54 MB, more than a scan may return (`max_scan_bytes`, 4 MiB).
+    for chunk in 0..18u32 {
+        let puts = (chunk * 50..(chunk + 1) * 50)
+            .map(|i| writer.call::<u64>("kv.put", (format!("key{i:04}"), &value)));
+        for put in tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(puts))
+            .await
+            .expect("puts in time")
+        {
+            put.expect("put");
+        }
+    }
+    let idle = warmed(&node).await;
+    let good = GoodClient::start(&node);
+    let plain = node.plain.clone();
+    let peak = peak_during(&node, async {
+        // 20 kv.scan("", 1000) and 10,000 kv.get of a 60 kB value from a raw DEALER on the
+        // plain endpoint that never reads a reply (about 1 MB of requests).
+        let scan = rmpv::Value::Array(vec!["".into(), 1000.into()]);
+        let get = rmpv::Value::Array(vec!["key0001".into()]);
+        let requests = (0..20)
+            .map(|_| plain_request("kv.scan", &scan))
+            .chain((0..10_000).map(|_| plain_request("kv.get", &get)));
+        never_reading(&plain, requests).await;
+    })
+    .await;
+    // Once it has left, what was queued for it is released.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A legitimate scan of everything succeeds: bounded to what fits the caller's limit.
+    let scanned: Vec<(String, rmpv::Value)> = tokio::time::timeout(
+        Duration::from_secs(20),
+        writer.call("kv.scan", ("", 1000u64)),
+    )
+    .await
+    .expect("scan in time")
+    .expect("the legitimate scan succeeds");
+    eprintln!(
+        "figure kv never read: legitimate kv.scan(\"\", 1000) returned {} pairs",
+        scanned.len()
+    );
+    assert!(
+        !scanned.is_empty() && scanned.len() < 900,
+        "{}",
+        scanned.len()
+    );
+    // The bounds: 16 MiB queued for the connection and 64 MiB of replies waiting for room.
+    after_attack(
+        "client never reads 20 kv.scan + 10,000 kv.get",
+        &node,
+        idle,
+        peak,
+        good,
+        16 + 64,
+    )
+    .await;
     node.kill();
 }
 
