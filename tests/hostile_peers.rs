@@ -189,6 +189,14 @@ async fn non_reader_costs_others_nothing(defence: Defence, key: Option<MeshKey>)
         CallError::Remote(remote) => assert_eq!(remote.name, "NameError"),
         other => panic!("expected NameError, got {other}"),
     }
+    let mut figures = Vec::new();
+    for &name in defence.counters() {
+        figures.push(format!("{name} {}", counter(&good, name).await));
+    }
+    eprintln!(
+        "figure non-reader ({defence:?}): {long_ms} ms call ok, NameError arrived; {}",
+        figures.join(", ")
+    );
     assert!(!attack.is_finished(), "the attacker is still trickling");
     attack.abort();
 }
@@ -263,6 +271,12 @@ async fn connections_holding_the_most_calls_are_refused_first() {
         .expect("a well-behaved client's slow call is served");
     assert_eq!(slept, 100);
 
+    eprintln!(
+        "figure fair admission: {} hog calls running of {}, {} refused for their share; the good client served",
+        stats.in_flight,
+        HOGS * CALLS_PER_HOG,
+        stats.fair_share_refused
+    );
     // The refused hog calls got a clear answer; the rest are still running.
     let mut refused = 0;
     for call in calls {
