@@ -9,6 +9,11 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use std::convert::TryFrom;
 
+/// zmesh patch: the most the decoder reserves beyond the bytes it holds. Frames up to
+/// this size are read as before (one reservation); longer ones grow the buffer as their
+/// bytes arrive, with the amortised doubling of `BytesMut`.
+const MAX_RESERVE_AHEAD: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     command: bool,
@@ -82,6 +87,11 @@ impl Decoder for ZmqCodec {
                 } else {
                     self.waiting_for
                 };
+                // zmesh patch: the frame length comes from the peer. Reserving all of it
+                // up front let 20 bytes announcing a 1 TiB frame abort the process on a
+                // failed allocation; reserve at most a bounded step ahead of the bytes
+                // already buffered and let the buffer grow as data really arrives.
+                let reserve_to = reserve_to.min(src.len().saturating_add(MAX_RESERVE_AHEAD));
                 src.reserve(reserve_to - src.len());
                 return Ok(None);
             }
