@@ -132,8 +132,9 @@ impl GenericSocketBackend {
                     }
                 },
             };
-            let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+            // zmesh patch: sync access, see `send_to_peer_queue`.
+            let send_result = match self.peers.get_sync(&next_peer_id) {
+                Some(peer) => send_to_peer_queue(peer, message).await,
                 None => continue,
             };
             return match send_result {
@@ -162,8 +163,9 @@ impl GenericSocketBackend {
             SendResolution::Miss(message) => message,
         };
 
-        let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+        // zmesh patch: sync access, see `send_to_peer_queue`.
+        let send_result = match self.peers.get_sync(peer_id) {
+            Some(peer) => send_to_peer_queue(peer, message).await,
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
         match send_result {
@@ -247,13 +249,28 @@ impl GenericSocketBackend {
     }
 }
 
-async fn send_to_peer_queue(
-    send_queue: &mut mpsc::Sender<Message>,
+/// Sends to a peer's queue; `peer` is its map entry.
+///
+/// zmesh patch: an entry of the peer map is a lock on its bucket (with few peers, on all of
+/// them). Two things together wedged a ROUTER for good under a client that never read its
+/// replies: a send waited for room in that client's full queue while holding its entry,
+/// and `peer_disconnected` takes the lock with a blocking `remove_sync` on a runtime thread,
+/// so once every runtime thread blocked there, the task holding (or being handed) the lock
+/// could never run to release it. Now the map is only ever locked synchronously and
+/// briefly (`get_sync`, `upsert_sync`, `remove_sync`: no lock is held across an await or
+/// handed to a task that is not running), and a send waits for room on a clone of the
+/// queue after releasing the entry.
+async fn send_to_peer_queue<E: std::ops::DerefMut<Target = Peer>>(
+    mut peer: E,
     message: Message,
 ) -> Result<(), mpsc::SendError> {
-    match send_queue.try_send(message) {
+    match peer.send_queue.try_send(message) {
         Ok(()) => Ok(()),
-        Err(error) if error.is_full() => send_queue.send(error.into_inner()).await,
+        Err(error) if error.is_full() => {
+            let mut send_queue = peer.send_queue.clone();
+            drop(peer);
+            send_queue.send(error.into_inner()).await
+        }
         Err(error) => Err(error.into_send_error()),
     }
 }
@@ -288,14 +305,13 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
-        self.peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue: queue_sender,
-                },
-            )
-            .await;
+        // zmesh patch: sync access, see `send_to_peer_queue`.
+        self.peers.upsert_sync(
+            peer_id.clone(),
+            Peer {
+                send_queue: queue_sender,
+            },
+        );
         self.refresh_single_peer_cache();
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
