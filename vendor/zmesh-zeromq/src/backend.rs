@@ -45,6 +45,14 @@ enum CachedSend {
     Miss(Message),
 }
 
+/// zmesh patch: why [`GenericSocketBackend::try_send_now`] did not send.
+pub(crate) enum TrySend {
+    /// Sending needs to wait (a full queue) or the async path; here is the message back.
+    WouldBlock(Message),
+    /// The peer is gone.
+    Failed(ZmqError),
+}
+
 enum SendResolution {
     Sent,
     Miss(Message),
@@ -173,6 +181,41 @@ impl GenericSocketBackend {
             Err(e) => {
                 self.peer_disconnected(peer_id);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// zmesh patch: sends without waiting when that needs no await (a peer to hand the
+    /// message to, room in its queue); otherwise gives the message back so the caller can
+    /// take the async path. Saves the boxed `async_trait` future, and the caller's lock
+    /// around the socket, on every message of a busy connection.
+    pub(crate) fn try_send_now(
+        &self,
+        message: Message,
+        peer_id: Option<&PeerIdentity>,
+    ) -> Result<(), TrySend> {
+        let message = match self.try_send_cached_single_peer(message, peer_id) {
+            CachedSend::Sent => return Ok(()),
+            CachedSend::Full { message, .. } | CachedSend::Miss(message) => message,
+            CachedSend::Disconnected { peer_id, error } => {
+                self.peer_disconnected(&peer_id);
+                return Err(TrySend::Failed(error.into()));
+            }
+        };
+        let Some(peer_id) = peer_id else {
+            // Round robin over several peers: left to the async path.
+            return Err(TrySend::WouldBlock(message));
+        };
+        let result = match self.peers.get_sync(peer_id) {
+            Some(mut peer) => peer.send_queue.try_send(message),
+            None => return Err(TrySend::Failed(ZmqError::Other("Destination client not found by identity"))),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_full() => Err(TrySend::WouldBlock(error.into_inner())),
+            Err(error) => {
+                self.peer_disconnected(peer_id);
+                Err(TrySend::Failed(error.into_send_error().into()))
             }
         }
     }

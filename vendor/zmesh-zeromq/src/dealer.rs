@@ -5,7 +5,7 @@ use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
 use crate::{
     CaptureSocket, Endpoint, MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketOptions,
-    SocketRecv, SocketSend, SocketType, ZmqError, ZmqMessage, ZmqResult,
+    SocketRecv, SocketSend, SocketType, TrySendError, ZmqError, ZmqMessage, ZmqResult,
 };
 
 use async_trait::async_trait;
@@ -152,6 +152,10 @@ impl Drop for DealerSocketInner {
 }
 
 /// The send half of a [`DealerSocket`] produced by [`DealerSocket::split`].
+///
+/// zmesh patch: cloneable (as `RouterSendHalf` is), so tasks can send concurrently without
+/// a lock around one half.
+#[derive(Clone)]
 pub struct DealerSendHalf {
     inner: Arc<DealerSocketInner>,
 }
@@ -174,6 +178,18 @@ impl SocketSend for DealerSendHalf {
 }
 
 impl CaptureSocket for DealerSendHalf {}
+
+impl DealerSendHalf {
+    /// zmesh patch: sends at once when that needs no waiting (one connected peer with room
+    /// in its queue), else hands the message back in [`TrySendError::WouldBlock`] for the
+    /// async `send`. No allocation and no `&mut`, so callers need no lock around the half.
+    pub fn try_send(&self, message: ZmqMessage) -> Result<(), TrySendError> {
+        self.inner
+            .backend
+            .try_send_now(Message::Message(message), None)
+            .map_err(TrySendError::from)
+    }
+}
 
 #[async_trait]
 impl SocketRecv for DealerRecvHalf {

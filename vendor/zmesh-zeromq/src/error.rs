@@ -53,6 +53,30 @@ pub enum ZmqError {
     ConnectTimeout(Duration),
 }
 
+/// zmesh patch: why a `try_send` (`DealerSendHalf`, `RouterSendHalf`) did not send.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// Sending would have to wait (the peer's queue is full, or the socket has several peers
+    /// to choose from); the message is handed back for the async `send`.
+    WouldBlock(ZmqMessage),
+    /// The message cannot be delivered (peer gone, bad envelope).
+    Failed(ZmqError),
+}
+
+impl From<crate::backend::TrySend> for TrySendError {
+    fn from(outcome: crate::backend::TrySend) -> Self {
+        match outcome {
+            crate::backend::TrySend::WouldBlock(Message::Message(message)) => {
+                Self::WouldBlock(message)
+            }
+            crate::backend::TrySend::WouldBlock(_) => {
+                Self::Failed(ZmqError::Socket("Sending commands is not supported"))
+            }
+            crate::backend::TrySend::Failed(error) => Self::Failed(error),
+        }
+    }
+}
+
 impl From<mpsc::TrySendError<Message>> for ZmqError {
     fn from(_: mpsc::TrySendError<Message>) -> Self {
         ZmqError::BufferFull("Failed to send message. Send queue full/broken")

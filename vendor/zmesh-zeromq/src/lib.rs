@@ -198,7 +198,7 @@ pub mod __bench {
 
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
-pub use crate::error::{ZmqError, ZmqResult};
+pub use crate::error::{TrySendError, ZmqError, ZmqResult};
 pub use crate::message::*;
 pub use crate::pull::*;
 pub use crate::push::*;

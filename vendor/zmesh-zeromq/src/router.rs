@@ -1,7 +1,7 @@
 use crate::backend::GenericSocketBackend;
 use crate::codec::*;
 use crate::endpoint::Endpoint;
-use crate::error::{ZmqError, ZmqResult};
+use crate::error::{TrySendError, ZmqError, ZmqResult};
 use crate::fair_queue::FairQueue;
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
@@ -180,6 +180,34 @@ impl SocketSend for RouterSendHalf {
             .backend
             .send_to_peer(&peer_id, Message::Message(message))
             .await
+    }
+}
+
+impl RouterSendHalf {
+    /// zmesh patch: sends at once when that needs no waiting (the addressed peer is
+    /// connected and has room in its queue), else hands the message back in
+    /// [`TrySendError::WouldBlock`] for the async `send`. No allocation and no `&mut`.
+    pub fn try_send(&self, mut message: ZmqMessage) -> Result<(), TrySendError> {
+        if message.len() <= 1 {
+            return Err(TrySendError::Failed(ZmqError::Socket(
+                "ROUTER send requires at least 2 frames: identity frame + message",
+            )));
+        }
+        let Some(frame) = message.pop_front() else {
+            return Err(TrySendError::Failed(ZmqError::Socket("empty message")));
+        };
+        let peer_id: PeerIdentity = frame.try_into().map_err(TrySendError::Failed)?;
+        self.inner
+            .backend
+            .try_send_now(Message::Message(message), Some(&peer_id))
+            .map_err(|outcome| match TrySendError::from(outcome) {
+                // Put the route back so the async `send` can be used as is.
+                TrySendError::WouldBlock(mut message) => {
+                    message.push_front(peer_id.into());
+                    TrySendError::WouldBlock(message)
+                }
+                failed => failed,
+            })
     }
 }
 
