@@ -194,17 +194,30 @@ impl DealerSendHalf {
 #[async_trait]
 impl SocketRecv for DealerRecvHalf {
     async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl DealerRecvHalf {
+    /// zmesh patch: [`SocketRecv::recv`] as a poll method, so a read loop can await it
+    /// without the boxed future `async_trait` makes for every message.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<ZmqResult<ZmqMessage>> {
+        use std::task::Poll;
         loop {
-            match self.fair_queue.next().await {
-                Some((_peer_id, Ok(Message::Message(message)))) => {
-                    return Ok(message);
+            match self.fair_queue.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some((_peer_id, Ok(Message::Message(message))))) => {
+                    return Poll::Ready(Ok(message));
                 }
-                Some((_peer_id, Ok(_))) => {}
-                Some((_peer_id, Err(e))) => {
-                    return Err(e.into());
+                Poll::Ready(Some((_peer_id, Ok(_)))) => {}
+                Poll::Ready(Some((_peer_id, Err(e)))) => {
+                    return Poll::Ready(Err(e.into()));
                 }
-                None => {
-                    return Err(ZmqError::NoMessage);
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(ZmqError::NoMessage));
                 }
             };
         }

@@ -214,18 +214,31 @@ impl RouterSendHalf {
 #[async_trait]
 impl SocketRecv for RouterRecvHalf {
     async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl RouterRecvHalf {
+    /// zmesh patch: [`SocketRecv::recv`] as a poll method, so a read loop can await it
+    /// without the boxed future `async_trait` makes for every message.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<ZmqResult<ZmqMessage>> {
+        use std::task::Poll;
         loop {
-            match self.fair_queue.next().await {
-                Some((peer_id, Ok(Message::Message(mut message)))) => {
+            match self.fair_queue.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some((peer_id, Ok(Message::Message(mut message))))) => {
                     message.push_front(peer_id.into());
-                    return Ok(message);
+                    return Poll::Ready(Ok(message));
                 }
-                Some((_peer_id, Ok(_))) => {}
-                Some((peer_id, Err(_e))) => {
+                Poll::Ready(Some((_peer_id, Ok(_)))) => {}
+                Poll::Ready(Some((peer_id, Err(_e)))) => {
                     self.inner.backend.peer_disconnected(&peer_id);
                 }
-                None => {
-                    return Err(ZmqError::NoMessage);
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(ZmqError::NoMessage));
                 }
             };
         }
