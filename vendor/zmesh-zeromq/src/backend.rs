@@ -2,14 +2,15 @@ use crate::async_rt;
 use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::limits::{message_cost, ByteBudget, SocketStats};
+use crate::write_queue::write_until_aborted;
 use crate::{
     MultiPeerBackend, SocketBackend, SocketEvent, SocketOptions, SocketType, ZmqError, ZmqResult,
 };
 
 use async_trait::async_trait;
 use crossbeam_queue::SegQueue;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 use parking_lot::Mutex;
 
@@ -22,25 +23,122 @@ pub(crate) type DisconnectNotifier = mpsc::Sender<PeerIdentity>;
 const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
 
 pub(crate) struct Peer {
-    pub(crate) send_queue: mpsc::Sender<Message>,
+    pub(crate) send_queue: PeerQueue,
+    /// zmesh patch: stops the peer's writer at once when sent (`disconnect_peer`, a limit
+    /// broken); dropped unsent (the peer forgotten otherwise), the writer drains its queue
+    /// first, as before the patch.
+    pub(crate) abort_writer: Option<oneshot::Sender<()>>,
+}
+
+impl Peer {
+    /// A peer whose queue is `send_queue` with the given byte bound and no writer to abort.
+    #[allow(dead_code)] // Used by the tests and the bench internals.
+    pub(crate) fn with_queue(send_queue: mpsc::Sender<Message>, bytes: usize) -> Self {
+        Self {
+            send_queue: PeerQueue {
+                messages: send_queue,
+                bytes: Arc::new(ByteBudget::new(bytes)),
+            },
+            abort_writer: None,
+        }
+    }
+}
+
+/// zmesh patch: a peer's send queue, bounded in messages (the channel) and in bytes
+/// (`SocketOptions::send_queue_bytes`, released by the writer as it writes).
+#[derive(Clone)]
+pub(crate) struct PeerQueue {
+    pub(crate) messages: mpsc::Sender<Message>,
+    pub(crate) bytes: Arc<ByteBudget>,
+}
+
+/// Why a message could not be queued without waiting.
+enum QueueTry {
+    /// No room (messages or bytes); the message back.
+    Full(Message),
+    /// The peer's writer is gone.
+    Closed(ZmqError),
+}
+
+impl PeerQueue {
+    /// Queues `message` if there is room now.
+    fn try_send(&mut self, message: Message, stats: &SocketStats) -> Result<(), QueueTry> {
+        let cost = message_cost(&message);
+        if !self.bytes.try_reserve(cost) {
+            if self.messages.is_closed() {
+                return Err(QueueTry::Closed(ZmqError::BufferFull(
+                    "Failed to send message. Send queue full/broken",
+                )));
+            }
+            stats.count_send_queue_full();
+            return Err(QueueTry::Full(message));
+        }
+        match self.messages.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.bytes.release(cost);
+                if error.is_full() {
+                    Err(QueueTry::Full(error.into_inner()))
+                } else {
+                    Err(QueueTry::Closed(error.into_send_error().into()))
+                }
+            }
+        }
+    }
+
+    /// Queues `message`, waiting for room in bytes and then in messages.
+    async fn send(&mut self, message: Message, stats: &SocketStats) -> ZmqResult<()> {
+        let cost = message_cost(&message);
+        if !self.bytes.try_reserve(cost) {
+            stats.count_send_queue_full();
+            std::future::poll_fn(|cx| self.bytes.poll_reserve(cx, cost))
+                .await
+                .map_err(|()| ZmqError::BufferFull("Failed to send message. Send queue full/broken"))?;
+        }
+        // Given back if this future is dropped before the message is queued.
+        let reservation = Reservation {
+            budget: &self.bytes,
+            bytes: cost,
+        };
+        let result = self.messages.send(message).await;
+        match result {
+            Ok(()) => {
+                std::mem::forget(reservation);
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Bytes reserved for a message not queued yet.
+struct Reservation<'a> {
+    budget: &'a ByteBudget,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 #[derive(Clone)]
 struct SinglePeer {
     peer_id: PeerIdentity,
-    send_queue: mpsc::Sender<Message>,
+    send_queue: PeerQueue,
 }
 
 enum CachedSend {
     Sent,
     Full {
         peer_id: PeerIdentity,
-        send_queue: mpsc::Sender<Message>,
+        send_queue: PeerQueue,
         message: Message,
     },
     Disconnected {
         peer_id: PeerIdentity,
-        error: mpsc::SendError,
+        error: ZmqError,
     },
     Miss(Message),
 }
@@ -142,7 +240,7 @@ impl GenericSocketBackend {
             };
             // zmesh patch: sync access, see `send_to_peer_queue`.
             let send_result = match self.peers.get_sync(&next_peer_id) {
-                Some(peer) => send_to_peer_queue(peer, message).await,
+                Some(peer) => send_to_peer_queue(peer, message, &self.socket_options.stats).await,
                 None => continue,
             };
             return match send_result {
@@ -152,7 +250,7 @@ impl GenericSocketBackend {
                 }
                 Err(e) => {
                     self.peer_disconnected(&next_peer_id);
-                    Err(e.into())
+                    Err(e)
                 }
             };
         }
@@ -173,14 +271,14 @@ impl GenericSocketBackend {
 
         // zmesh patch: sync access, see `send_to_peer_queue`.
         let send_result = match self.peers.get_sync(peer_id) {
-            Some(peer) => send_to_peer_queue(peer, message).await,
+            Some(peer) => send_to_peer_queue(peer, message, &self.socket_options.stats).await,
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
         match send_result {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.peer_disconnected(peer_id);
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -199,23 +297,24 @@ impl GenericSocketBackend {
             CachedSend::Full { message, .. } | CachedSend::Miss(message) => message,
             CachedSend::Disconnected { peer_id, error } => {
                 self.peer_disconnected(&peer_id);
-                return Err(TrySend::Failed(error.into()));
+                return Err(TrySend::Failed(error));
             }
         };
         let Some(peer_id) = peer_id else {
             // Round robin over several peers: left to the async path.
             return Err(TrySend::WouldBlock(message));
         };
+        let stats = &self.socket_options.stats;
         let result = match self.peers.get_sync(peer_id) {
-            Some(mut peer) => peer.send_queue.try_send(message),
+            Some(mut peer) => peer.send_queue.try_send(message, stats),
             None => return Err(TrySend::Failed(ZmqError::Other("Destination client not found by identity"))),
         };
         match result {
             Ok(()) => Ok(()),
-            Err(error) if error.is_full() => Err(TrySend::WouldBlock(error.into_inner())),
-            Err(error) => {
+            Err(QueueTry::Full(message)) => Err(TrySend::WouldBlock(message)),
+            Err(QueueTry::Closed(error)) => {
                 self.peer_disconnected(peer_id);
-                Err(TrySend::Failed(error.into_send_error().into()))
+                Err(TrySend::Failed(error))
             }
         }
     }
@@ -240,16 +339,19 @@ impl GenericSocketBackend {
             }
         }
 
-        match single_peer.send_queue.try_send(message) {
+        match single_peer
+            .send_queue
+            .try_send(message, &self.socket_options.stats)
+        {
             Ok(()) => CachedSend::Sent,
-            Err(error) if error.is_full() => CachedSend::Full {
+            Err(QueueTry::Full(message)) => CachedSend::Full {
                 peer_id: single_peer.peer_id.clone(),
                 send_queue: single_peer.send_queue.clone(),
-                message: error.into_inner(),
+                message,
             },
-            Err(error) => CachedSend::Disconnected {
+            Err(QueueTry::Closed(error)) => CachedSend::Disconnected {
                 peer_id: single_peer.peer_id.clone(),
-                error: error.into_send_error(),
+                error,
             },
         }
     }
@@ -261,16 +363,16 @@ impl GenericSocketBackend {
                 peer_id,
                 mut send_queue,
                 message,
-            } => match send_queue.send(message).await {
+            } => match send_queue.send(message, &self.socket_options.stats).await {
                 Ok(()) => Ok(SendResolution::Sent),
                 Err(e) => {
                     self.peer_disconnected(&peer_id);
-                    Err(e.into())
+                    Err(e)
                 }
             },
             CachedSend::Disconnected { peer_id, error } => {
                 self.peer_disconnected(&peer_id);
-                Err(error.into())
+                Err(error)
             }
             CachedSend::Miss(message) => Ok(SendResolution::Miss(message)),
         }
@@ -306,15 +408,16 @@ impl GenericSocketBackend {
 async fn send_to_peer_queue<E: std::ops::DerefMut<Target = Peer>>(
     mut peer: E,
     message: Message,
-) -> Result<(), mpsc::SendError> {
-    match peer.send_queue.try_send(message) {
+    stats: &SocketStats,
+) -> ZmqResult<()> {
+    match peer.send_queue.try_send(message, stats) {
         Ok(()) => Ok(()),
-        Err(error) if error.is_full() => {
+        Err(QueueTry::Full(message)) => {
             let mut send_queue = peer.send_queue.clone();
             drop(peer);
-            send_queue.send(error.into_inner()).await
+            send_queue.send(message, stats).await
         }
-        Err(error) => Err(error.into_send_error()),
+        Err(QueueTry::Closed(error)) => Err(error),
     }
 }
 
@@ -348,18 +451,27 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        // zmesh patch: the queue's byte bound, and the writer's abort signal.
+        let bytes = Arc::new(ByteBudget::new(self.socket_options.send_queue_bytes));
+        let (abort_writer, abort_received) = oneshot::channel();
         // zmesh patch: sync access, see `send_to_peer_queue`.
         self.peers.upsert_sync(
             peer_id.clone(),
             Peer {
-                send_queue: queue_sender,
+                send_queue: PeerQueue {
+                    messages: queue_sender,
+                    bytes: bytes.clone(),
+                },
+                abort_writer: Some(abort_writer),
             },
         );
         self.refresh_single_peer_cache();
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            let written =
+                write_until_aborted(queue_receiver, send_queue, bytes, abort_received).await;
+            if let Err(error) = written {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
                     writer_peer_id,
@@ -378,7 +490,40 @@ impl MultiPeerBackend for GenericSocketBackend {
     }
 
     fn peer_disconnected(&self, peer_id: &PeerIdentity) {
-        let peer_removed = self.peers.remove_sync(peer_id).is_some();
+        self.forget_peer(peer_id, false);
+    }
+}
+
+impl GenericSocketBackend {
+    /// zmesh patch: closes one peer's connection from the application: its writer stops
+    /// at once (what it had queued is dropped) and its reader is dropped, so the
+    /// descriptor is closed even if the peer reads nothing. Emits `Disconnected` as for any
+    /// lost peer. Returns whether the peer was connected.
+    pub(crate) fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
+        let removed = self.forget_peer(peer_id, true);
+        if removed {
+            self.socket_options.stats.count_disconnected();
+        }
+        removed
+    }
+
+    /// zmesh patch: forgets a peer after a read error (a limit broken among them): as
+    /// `disconnect_peer`, without counting it as the application's doing.
+    pub(crate) fn peer_failed(&self, peer_id: &PeerIdentity) {
+        self.forget_peer(peer_id, true);
+    }
+
+    /// Forgets a peer; `abort` stops its writer at once instead of letting it drain.
+    fn forget_peer(&self, peer_id: &PeerIdentity, abort: bool) -> bool {
+        let removed = self.peers.remove_sync(peer_id);
+        let peer_removed = removed.is_some();
+        if let Some((_, mut peer)) = removed {
+            if abort {
+                if let Some(abort_writer) = peer.abort_writer.take() {
+                    let _ = abort_writer.send(());
+                }
+            }
+        }
         self.refresh_single_peer_cache();
         match &self.fair_queue_inner {
             None => {}
@@ -399,6 +544,7 @@ impl MultiPeerBackend for GenericSocketBackend {
             // will eventually notice the peer is gone
             let _ = notifier.try_send(peer_id.clone());
         }
+        peer_removed
     }
 }
 
@@ -428,7 +574,7 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -512,7 +658,7 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -543,7 +689,7 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

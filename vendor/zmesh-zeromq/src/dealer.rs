@@ -78,8 +78,9 @@ impl SocketRecv for DealerSocket {
                 Some((_peer_id, Ok(_))) => {
                     // Ignore non-message frames
                 }
-                Some((_peer_id, Err(e))) => {
-                    // Handle potential errors from the fair queue
+                Some((peer_id, Err(e))) => {
+                    // zmesh patch: a read error closes that connection both ways at once.
+                    self.backend.peer_failed(&peer_id);
                     return Err(e.into());
                 }
                 None => {
@@ -180,6 +181,11 @@ impl SocketSend for DealerSendHalf {
 impl CaptureSocket for DealerSendHalf {}
 
 impl DealerSendHalf {
+    /// zmesh patch: the socket's limit counters (see [`Socket::stats`]).
+    pub fn stats(&self) -> Arc<crate::SocketStats> {
+        Arc::clone(&self.inner.backend.socket_options().stats)
+    }
+
     /// zmesh patch: sends at once when that needs no waiting (one connected peer with room
     /// in its queue), else hands the message back in [`TrySendError::WouldBlock`] for the
     /// async `send`. No allocation and no `&mut`, so callers need no lock around the half.
@@ -199,6 +205,11 @@ impl SocketRecv for DealerRecvHalf {
 }
 
 impl DealerRecvHalf {
+    /// zmesh patch: the socket's limit counters (see [`Socket::stats`]).
+    pub fn stats(&self) -> Arc<crate::SocketStats> {
+        Arc::clone(&self._inner.backend.socket_options().stats)
+    }
+
     /// zmesh patch: [`SocketRecv::recv`] as a poll method, so a read loop can await it
     /// without the boxed future `async_trait` makes for every message.
     pub fn poll_recv(
@@ -213,7 +224,10 @@ impl DealerRecvHalf {
                     return Poll::Ready(Ok(message));
                 }
                 Poll::Ready(Some((_peer_id, Ok(_)))) => {}
-                Poll::Ready(Some((_peer_id, Err(e)))) => {
+                Poll::Ready(Some((peer_id, Err(e)))) => {
+                    // zmesh patch: a read error (a broken limit among them) closes that
+                    // connection both ways at once; the error is still returned.
+                    self._inner.backend.peer_failed(&peer_id);
                     return Poll::Ready(Err(e.into()));
                 }
                 Poll::Ready(None) => {

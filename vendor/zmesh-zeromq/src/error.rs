@@ -51,6 +51,10 @@ pub enum ZmqError {
     UnsupportedVersion(ZmtpVersion),
     #[error("Connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// zmesh patch: the ZMTP handshake did not complete within
+    /// `SocketOptions::handshake_timeout`.
+    #[error("ZMTP handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
 }
 
 /// zmesh patch: why a `try_send` (`DealerSendHalf`, `RouterSendHalf`) did not send.

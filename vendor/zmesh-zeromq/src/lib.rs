@@ -7,6 +7,9 @@ mod dealer;
 mod endpoint;
 mod error;
 mod fair_queue;
+mod limits;
+#[cfg(test)]
+mod limits_tests;
 mod message;
 mod r#pub;
 mod pull;
@@ -71,7 +74,10 @@ pub mod __bench {
                 let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
                 backend
                     .peers
-                    .upsert_async(peer_id.clone(), Peer { send_queue })
+                    .upsert_async(
+                        peer_id.clone(),
+                        Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES),
+                    )
                     .await;
                 backend.round_robin.push(peer_id);
                 receivers.push(recv_queue);
@@ -127,6 +133,10 @@ pub mod __bench {
                         Subscriber {
                             subscriptions: subscriptions.clone(),
                             send_queue,
+                            send_bytes: Arc::new(super::limits::ByteBudget::new(
+                                super::DEFAULT_SEND_QUEUE_BYTES,
+                            )),
+                            abort_writer: None,
                             _subscription_coro_stop: stop_sender,
                         },
                     )
@@ -192,13 +202,18 @@ pub mod __bench {
         W: AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let send_queue = ZmqFramedWrite::new(Box::new(writer), ZmqCodec::new());
-        write_message_queue(receiver, send_queue).await
+        write_message_queue(receiver, send_queue, None).await
     }
 }
 
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
 pub use crate::error::{TrySendError, ZmqError, ZmqResult};
+// zmesh patch: the limits' counters and defaults (see `limits`).
+pub use crate::limits::{
+    SocketStats, SocketStatsSnapshot, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEND_QUEUE_BYTES, FRAME_OVERHEAD,
+};
 pub use crate::message::*;
 pub use crate::pull::*;
 pub use crate::push::*;
@@ -353,6 +368,15 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    // zmesh patch: the limits (see `limits` and the setters below).
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frames: usize,
+    pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) send_queue_bytes: usize,
+    /// zmesh patch: the counters of what the limits cut; one set per socket (a socket owns
+    /// its options), shared with every connection through the options' `Arc`.
+    pub(crate) stats: Arc<limits::SocketStats>,
 }
 
 impl Default for SocketOptions {
@@ -363,7 +387,26 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            max_message_size: limits::DEFAULT_MAX_MESSAGE_SIZE,
+            max_frames: limits::DEFAULT_MAX_FRAMES,
+            handshake_timeout: Some(limits::DEFAULT_HANDSHAKE_TIMEOUT),
+            max_connections: None,
+            send_queue_bytes: limits::DEFAULT_SEND_QUEUE_BYTES,
+            stats: Arc::default(),
         }
+    }
+}
+
+impl Debug for SocketOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_frames", &self.max_frames)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("send_queue_bytes", &self.send_queue_bytes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -432,6 +475,87 @@ impl SocketOptions {
     pub fn no_connect_timeout(&mut self) -> &mut Self {
         self.connect_timeout = None;
         self
+    }
+
+    /// zmesh patch: the largest message a peer may send, in bytes: the sum of its frames'
+    /// payloads plus [`FRAME_OVERHEAD`] per frame (default [`DEFAULT_MAX_MESSAGE_SIZE`],
+    /// 64 MiB). Enforced by the decoder while reading, before the bytes are buffered: the
+    /// frame header that announces too much closes the connection (counted in
+    /// [`SocketStatsSnapshot::oversized`]). A ZMTP command frame may not be larger either.
+    ///
+    /// # Panics
+    /// Panics if `bytes` is 0.
+    pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
+        assert!(bytes > 0, "maximum message size must be positive");
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// zmesh patch: the most frames a message from a peer may have (default
+    /// [`DEFAULT_MAX_FRAMES`], 1024). The header of one frame too many closes the
+    /// connection (counted in [`SocketStatsSnapshot::too_many_frames`]).
+    ///
+    /// # Panics
+    /// Panics if `frames` is 0.
+    pub fn max_frames(&mut self, frames: usize) -> &mut Self {
+        assert!(frames > 0, "maximum frame count must be positive");
+        self.max_frames = frames;
+        self
+    }
+
+    /// zmesh patch: how long the ZMTP greeting and READY exchange of a new connection may
+    /// take, accepted or connected (default [`DEFAULT_HANDSHAKE_TIMEOUT`], 5 s). A
+    /// connection whose handshake is not done by then is dropped (counted in
+    /// [`SocketStatsSnapshot::handshake_timeouts`]).
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// zmesh patch: no deadline on the handshake (the crate's behaviour before the patch).
+    pub fn no_handshake_timeout(&mut self) -> &mut Self {
+        self.handshake_timeout = None;
+        self
+    }
+
+    /// zmesh patch: the most connections each bound endpoint keeps open at once, counted
+    /// from `accept` until the connection is closed, handshake included (default: no cap).
+    /// Past it a new connection is accepted and closed at once (counted in
+    /// [`SocketStatsSnapshot::connections_refused`]), so existing peers keep their
+    /// connections and the process keeps descriptors to spare. Set it below the
+    /// descriptor limit (`RLIMIT_NOFILE`) less what the process needs besides.
+    ///
+    /// Whatever the cap, a failed `accept` (such as `EMFILE`) is retried after a pause of
+    /// 10 ms doubling to 1 s, not at once.
+    ///
+    /// # Panics
+    /// Panics if `connections` is 0.
+    pub fn max_connections(&mut self, connections: usize) -> &mut Self {
+        assert!(connections > 0, "connection cap must be positive");
+        self.max_connections = Some(connections);
+        self
+    }
+
+    /// zmesh patch: the bytes each peer's send queue may hold (payloads plus
+    /// [`FRAME_OVERHEAD`] per frame), besides its bound of 100,000 messages (default
+    /// [`DEFAULT_SEND_QUEUE_BYTES`], 16 MiB). Past it a ROUTER or DEALER `try_send` returns
+    /// `WouldBlock` and an async `send` waits, as for a full queue; a PUB socket drops the
+    /// message for that subscriber (counted in [`SocketStatsSnapshot::send_dropped`]). The
+    /// bytes come back as the peer's writer task writes them. A message is always let
+    /// into an empty queue, so one larger than the bound can still be sent.
+    ///
+    /// # Panics
+    /// Panics if `bytes` is 0.
+    pub fn send_queue_bytes(&mut self, bytes: usize) -> &mut Self {
+        assert!(bytes > 0, "send queue byte bound must be positive");
+        self.send_queue_bytes = bytes;
+        self
+    }
+
+    /// zmesh patch: the counters of the socket these options will configure (the same
+    /// [`SocketStats`] that [`Socket::stats`] returns once the socket is built).
+    pub fn stats(&self) -> Arc<SocketStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -539,6 +663,12 @@ pub trait Socket: Sized + Send {
     fn with_options(options: SocketOptions) -> Self;
 
     fn backend(&self) -> Arc<dyn MultiPeerBackend>;
+
+    /// zmesh patch: the counters of what this socket's limits cut (shared with its
+    /// connections, and kept by its split halves).
+    fn stats(&self) -> Arc<SocketStats> {
+        Arc::clone(&self.backend().socket_options().stats)
+    }
 
     /// Binds to the endpoint and starts a coroutine to accept new connections
     /// on it.

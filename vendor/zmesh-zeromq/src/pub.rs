@@ -4,7 +4,8 @@ use crate::error::ZmqResult;
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::limits::{message_cost, ByteBudget, SocketStats};
+use crate::write_queue::write_until_aborted;
 use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketSend, SocketType};
 
@@ -44,17 +45,26 @@ fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool 
         })
 }
 
-fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
+fn send_to_subscriber(subscriber: &mut Subscriber, message: &ZmqMessage, stats: &SocketStats) {
     let message = Message::Message(message.clone());
-    match send_queue.try_send(message) {
+    // zmesh patch: the subscriber's queue is bounded in bytes too; past the bound the
+    // message is dropped for this subscriber, as for a full queue (and counted).
+    let cost = message_cost(&message);
+    if !subscriber.send_bytes.try_reserve(cost) {
+        stats.count_send_dropped();
+        return;
+    }
+    match subscriber.send_queue.try_send(message) {
         Ok(()) => {}
         Err(error) if error.is_full() => {
             // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
+            subscriber.send_bytes.release(cost);
             drop(error.into_inner());
         }
         Err(error) => {
             // The writer task owns transport error detection and subscriber cleanup.
             // A closed local queue is treated as a dropped PUB message on this send path.
+            subscriber.send_bytes.release(cost);
             drop(error.into_inner());
         }
     }
@@ -63,6 +73,11 @@ fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
 pub(crate) struct Subscriber {
     pub(crate) subscriptions: Vec<Vec<u8>>,
     pub(crate) send_queue: PubSendQueue,
+    /// zmesh patch: the byte bound of `send_queue` (`SocketOptions::send_queue_bytes`).
+    pub(crate) send_bytes: Arc<ByteBudget>,
+    /// zmesh patch: stops the writer at once when the subscriber is forgotten (a PUB
+    /// drops freely); dropped unsent (socket shutdown) the writer drains first.
+    pub(crate) abort_writer: Option<oneshot::Sender<()>>,
     pub(crate) _subscription_coro_stop: oneshot::Sender<()>,
 }
 
@@ -135,9 +150,9 @@ impl PubSocketBackend {
         };
 
         let mut iter = self.subscribers.begin_async().await;
-        while let Some(subscriber) = iter {
+        while let Some(mut subscriber) = iter {
             if subscription_matches(&subscriber.subscriptions, first_frame) {
-                send_to_subscriber(subscriber.send_queue.clone(), &message);
+                send_to_subscriber(&mut subscriber, &message, &self.socket_options.stats);
             }
             iter = subscriber.next_async().await;
         }
@@ -209,6 +224,8 @@ impl MultiPeerBackend for PubSocketBackend {
         // TODO provide handling for recv_queue
         let (queue_sender, queue_receiver) = mpsc::channel(PUB_SEND_QUEUE_CAPACITY);
         let (sender, stop_receiver) = oneshot::channel();
+        let send_bytes = Arc::new(ByteBudget::new(self.socket_options.send_queue_bytes));
+        let (abort_writer, abort_received) = oneshot::channel();
         let old_subscriber = self
             .subscribers
             .upsert_async(
@@ -216,6 +233,8 @@ impl MultiPeerBackend for PubSocketBackend {
                 Subscriber {
                     subscriptions: vec![],
                     send_queue: queue_sender,
+                    send_bytes: send_bytes.clone(),
+                    abort_writer: Some(abort_writer),
                     _subscription_coro_stop: sender,
                 },
             )
@@ -226,7 +245,9 @@ impl MultiPeerBackend for PubSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            let written =
+                write_until_aborted(queue_receiver, send_queue, send_bytes, abort_received).await;
+            if let Err(error) = written {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
                     writer_peer_id,
@@ -269,8 +290,11 @@ impl MultiPeerBackend for PubSocketBackend {
         if let Some(monitor) = self.monitor().lock().as_mut() {
             let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
         }
-        if self.subscribers.remove_sync(peer_id).is_some() {
+        if let Some((_, mut subscriber)) = self.subscribers.remove_sync(peer_id) {
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+            if let Some(abort_writer) = subscriber.abort_writer.take() {
+                let _ = abort_writer.send(());
+            }
         }
     }
 }
@@ -369,6 +393,8 @@ mod tests {
                 Subscriber {
                     subscriptions,
                     send_queue: queue_sender,
+                    send_bytes: Arc::new(ByteBudget::new(crate::DEFAULT_SEND_QUEUE_BYTES)),
+                    abort_writer: None,
                     _subscription_coro_stop: stop_sender,
                 },
             )
@@ -386,6 +412,42 @@ mod tests {
             wake_pending: Arc::new(AtomicBool::new(false)),
         };
         (fanout_queue, wake_receiver)
+    }
+
+    fn test_subscriber(send_queue: PubSendQueue, bytes: usize) -> Subscriber {
+        Subscriber {
+            subscriptions: vec![vec![]],
+            send_queue,
+            send_bytes: Arc::new(ByteBudget::new(bytes)),
+            abort_writer: None,
+            _subscription_coro_stop: oneshot::channel().0,
+        }
+    }
+
+    /// zmesh patch: a subscriber whose queue is at its byte bound loses the message (the
+    /// drop is counted); once its writer releases the bytes, it gets messages again.
+    #[test]
+    fn test_send_to_subscriber_drops_past_the_byte_bound() {
+        let (queue_sender, mut queue_receiver) = mpsc::channel(1000);
+        let bound = 3 * (100 + crate::FRAME_OVERHEAD);
+        let mut subscriber = test_subscriber(queue_sender, bound);
+        let stats = SocketStats::default();
+        let event = ZmqMessage::from(vec![b'e'; 100]);
+        for _ in 0..5 {
+            send_to_subscriber(&mut subscriber, &event, &stats);
+        }
+        assert_eq!(stats.snapshot().send_dropped, 2);
+        let mut queued = 0;
+        while let Ok(message) = queue_receiver.try_recv() {
+            subscriber
+                .send_bytes
+                .release(crate::limits::message_cost(&message));
+            queued += 1;
+        }
+        assert_eq!(queued, 3);
+        send_to_subscriber(&mut subscriber, &event, &stats);
+        assert!(queue_receiver.try_recv().is_ok());
+        assert_eq!(stats.snapshot().send_dropped, 2);
     }
 
     fn queued_frame(message: ZmqMessage) -> Bytes {
@@ -582,7 +644,11 @@ mod tests {
         }
         assert!(prefilled_count > 0);
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("dropped payload"));
+        send_to_subscriber(
+            &mut test_subscriber(queue_sender, crate::DEFAULT_SEND_QUEUE_BYTES),
+            &ZmqMessage::from("dropped payload"),
+            &SocketStats::default(),
+        );
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
@@ -619,7 +685,11 @@ mod tests {
         )
         .await;
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("payload"));
+        send_to_subscriber(
+            &mut test_subscriber(queue_sender, crate::DEFAULT_SEND_QUEUE_BYTES),
+            &ZmqMessage::from("payload"),
+            &SocketStats::default(),
+        );
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);

@@ -83,7 +83,9 @@ impl SocketRecv for RouterSocket {
                     // tracing::warn!("Received unimplemented message type: {:?}", msg);
                 }
                 Some((peer_id, Err(_e))) => {
-                    self.backend.peer_disconnected(&peer_id);
+                    // zmesh patch: a read error (a broken limit among them) closes the
+                    // connection both ways at once.
+                    self.backend.peer_failed(&peer_id);
                     // We could take an approach of using `tracing` and have that be an optional feature
                     // tracing::error!("Error receiving message from peer {}: {:?}", peer_id, e);
                 }
@@ -112,6 +114,15 @@ impl SocketSend for RouterSocket {
 }
 
 impl RouterSocket {
+    /// zmesh patch: closes the connection of one peer, for example one that keeps sending
+    /// garbage. What was queued for it is dropped and the connection is closed at once,
+    /// whether or not the peer reads; the monitor reports `Disconnected` as for any lost
+    /// peer, and [`SocketStatsSnapshot::disconnected`](crate::SocketStatsSnapshot) counts
+    /// it. The peer may connect again (as a new peer). Returns whether it was connected.
+    pub fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
+        self.backend.disconnect_peer(peer_id)
+    }
+
     /// Splits the socket into separate send and recv halves, allowing concurrent
     /// sending and receiving from independent async tasks.
     ///
@@ -184,6 +195,16 @@ impl SocketSend for RouterSendHalf {
 }
 
 impl RouterSendHalf {
+    /// zmesh patch: closes one peer's connection, as [`RouterSocket::disconnect_peer`].
+    pub fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
+        self.inner.backend.disconnect_peer(peer_id)
+    }
+
+    /// zmesh patch: the socket's limit counters (see [`Socket::stats`]).
+    pub fn stats(&self) -> Arc<crate::SocketStats> {
+        Arc::clone(&self.inner.backend.socket_options().stats)
+    }
+
     /// zmesh patch: sends at once when that needs no waiting (the addressed peer is
     /// connected and has room in its queue), else hands the message back in
     /// [`TrySendError::WouldBlock`] for the async `send`. No allocation and no `&mut`.
@@ -219,6 +240,11 @@ impl SocketRecv for RouterRecvHalf {
 }
 
 impl RouterRecvHalf {
+    /// zmesh patch: the socket's limit counters (see [`Socket::stats`]).
+    pub fn stats(&self) -> Arc<crate::SocketStats> {
+        Arc::clone(&self.inner.backend.socket_options().stats)
+    }
+
     /// zmesh patch: [`SocketRecv::recv`] as a poll method, so a read loop can await it
     /// without the boxed future `async_trait` makes for every message.
     pub fn poll_recv(
@@ -235,7 +261,9 @@ impl RouterRecvHalf {
                 }
                 Poll::Ready(Some((_peer_id, Ok(_)))) => {}
                 Poll::Ready(Some((peer_id, Err(_e)))) => {
-                    self.inner.backend.peer_disconnected(&peer_id);
+                    // zmesh patch: a read error (a broken limit among them) closes the
+                    // connection both ways at once.
+                    self.inner.backend.peer_failed(&peer_id);
                 }
                 Poll::Ready(None) => {
                     return Poll::Ready(Err(ZmqError::NoMessage));

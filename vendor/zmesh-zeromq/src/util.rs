@@ -196,7 +196,30 @@ pub(crate) async fn peer_connected(
     Ok(peer_id)
 }
 
+/// The ZMTP greeting and READY exchange of a new connection (accepted, connected or
+/// reconnected).
+///
+/// zmesh patch: bounded by `SocketOptions::handshake_timeout`; a peer that connects and
+/// then sends nothing, or part of a greeting, no longer holds the connection open forever.
 pub(crate) async fn peer_handshake(
+    raw_socket: &mut FramedIo,
+    backend: Arc<dyn MultiPeerBackend>,
+) -> ZmqResult<PeerIdentity> {
+    let options = Arc::clone(backend.socket_options());
+    let Some(timeout) = options.handshake_timeout else {
+        return handshake(raw_socket, backend).await;
+    };
+    match async_rt::task::timeout(timeout, handshake(raw_socket, backend)).await {
+        Ok(result) => result,
+        Err(_) => {
+            options.stats.count_handshake_timeout();
+            log::debug!("dropping a connection: no ZMTP handshake within {timeout:?}");
+            Err(ZmqError::HandshakeTimeout(timeout))
+        }
+    }
+}
+
+async fn handshake(
     raw_socket: &mut FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {

@@ -1,32 +1,73 @@
 use crate::codec::{CodecResult, Message, ZmqFramedWrite};
+use crate::limits::{message_cost, ByteBudget, CloseOnDrop};
 
-use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, SinkExt, StreamExt};
+
+use std::sync::Arc;
 
 const WRITE_BATCH_LIMIT: usize = 128;
 
 /// Writes queued socket messages into the underlying framed sink in small batches.
+///
+/// zmesh patch: `bytes`, when given, is the queue's byte budget; each message's bytes are
+/// released once the message has been handed to the framed sink (whose own buffer is
+/// flushed when it passes its high-water mark), so senders see room as the writer writes.
 #[inline]
 pub(crate) async fn write_message_queue(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
+    bytes: Option<&ByteBudget>,
 ) -> CodecResult<()> {
+    let release = |cost: usize| {
+        if let Some(bytes) = bytes {
+            bytes.release(cost);
+        }
+    };
     while let Some(message) = queue_receiver.next().await {
         // When backlog already exists, feed a batch before flushing once to avoid per-message flush cost during bursts.
+        let cost = message_cost(&message);
         send_queue.feed(message).await?;
+        release(cost);
 
         for _ in 1..WRITE_BATCH_LIMIT {
             let message = match queue_receiver.try_recv() {
                 Ok(message) => message,
                 Err(_) => break,
             };
+            let cost = message_cost(&message);
             send_queue.feed(message).await?;
+            release(cost);
         }
 
         send_queue.flush().await?;
     }
 
     Ok(())
+}
+
+/// zmesh patch: a peer's writer task: [`write_message_queue`] until the queue is closed
+/// and drained, or at once when `abort` is sent (the peer disconnected by the application
+/// or for a broken limit: its queue is dropped and the write half closed, even if the peer
+/// reads nothing). `abort` dropped unsent means "drain first", as before the patch. The
+/// byte budget is closed when the writer ends, so waiting senders fail instead of hanging.
+pub(crate) async fn write_until_aborted(
+    queue_receiver: mpsc::Receiver<Message>,
+    send_queue: ZmqFramedWrite,
+    bytes: Arc<ByteBudget>,
+    abort: oneshot::Receiver<()>,
+) -> CodecResult<()> {
+    let _close = CloseOnDrop(bytes.clone());
+    let write = write_message_queue(queue_receiver, send_queue, Some(&bytes)).fuse();
+    futures::pin_mut!(write);
+    let mut abort = abort.fuse();
+    futures::select! {
+        written = write => written,
+        signal = abort => match signal {
+            Ok(()) => Ok(()),
+            Err(oneshot::Canceled) => write.await,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -122,7 +163,7 @@ mod tests {
         };
         let send_queue = ZmqFramedWrite::new(Box::new(writer), ZmqCodec::new());
 
-        write_message_queue(receiver, send_queue)
+        write_message_queue(receiver, send_queue, None)
             .await
             .expect("write queued messages");
 
@@ -144,7 +185,7 @@ mod tests {
         drop(sender);
 
         let send_queue = ZmqFramedWrite::new(Box::new(FailingWrite), ZmqCodec::new());
-        let error = write_message_queue(receiver, send_queue)
+        let error = write_message_queue(receiver, send_queue, None)
             .await
             .expect_err("write error");
 

@@ -35,6 +35,9 @@ pub struct ZmqFramedRead {
     // Configuration is shared; adaptation state belongs to this connection.
     options: Arc<SocketOptions>,
     short_reads: usize,
+    /// zmesh patch: set by the first error; the stream has ended since (a byte stream
+    /// cannot be resynchronised after a bad frame, and a limit closes the connection).
+    failed: bool,
 }
 
 impl ZmqFramedRead {
@@ -46,7 +49,25 @@ impl ZmqFramedRead {
             read_chunk_size: options.read_buffer_initial_size,
             options,
             short_reads: 0,
+            failed: false,
         }
+    }
+
+    /// zmesh patch: ends the stream after an error and counts the limits' closures.
+    fn fail(&mut self, error: CodecError) -> Poll<Option<CodecResult<Message>>> {
+        self.failed = true;
+        match &error {
+            CodecError::MessageTooLarge { size, limit } => {
+                self.options.stats.count_oversized();
+                log::debug!("closing a connection: message of {size} bytes over {limit}");
+            }
+            CodecError::TooManyFrames { limit } => {
+                self.options.stats.count_too_many_frames();
+                log::debug!("closing a connection: message of more than {limit} frames");
+            }
+            _ => {}
+        }
+        Poll::Ready(Some(Err(error)))
     }
 
     fn poll_read_into_buffer(
@@ -109,18 +130,33 @@ impl Stream for ZmqFramedRead {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        // zmesh patch: a decode error ends the stream (see `fail`).
+        macro_rules! decoded {
+            ($result:expr) => {
+                match $result {
+                    Ok(item) => item,
+                    Err(error) => return this.fail(error),
+                }
+            };
+        }
 
         // Consume buffered data first; read from the socket only when the
         // current buffer cannot produce a full message.
-        if let Some(item) = this.codec.decode(&mut this.buffer)? {
+        if let Some(item) = decoded!(this.codec.decode(&mut this.buffer)) {
             return Poll::Ready(Some(Ok(item)));
         }
 
         loop {
             let min_read_size = this.codec.bytes_needed(this.buffer.len());
-            let n = ready!(this.poll_read_into_buffer(cx, min_read_size))?;
+            let n = match ready!(this.poll_read_into_buffer(cx, min_read_size)) {
+                Ok(n) => n,
+                Err(error) => return this.fail(error.into()),
+            };
             let ended = n == 0;
-            match this.codec.decode(&mut this.buffer)? {
+            match decoded!(this.codec.decode(&mut this.buffer)) {
                 Some(item) => return Poll::Ready(Some(Ok(item))),
                 None if ended => {
                     // Give the decoder one final chance at EOF; leftover bytes
@@ -128,14 +164,14 @@ impl Stream for ZmqFramedRead {
                     if this.buffer.is_empty() {
                         return Poll::Ready(None);
                     }
-                    match this.codec.decode_eof(&mut this.buffer)? {
+                    match decoded!(this.codec.decode_eof(&mut this.buffer)) {
                         Some(item) => return Poll::Ready(Some(Ok(item))),
                         None if this.buffer.is_empty() => return Poll::Ready(None),
                         None => {
-                            return Poll::Ready(Some(Err(CodecError::Io(io::Error::new(
+                            return this.fail(CodecError::Io(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
                                 "bytes remaining in stream",
-                            )))));
+                            )));
                         }
                     }
                 }

@@ -38,6 +38,13 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    // zmesh patch: the limits, checked as each frame header is read (see `check_limits`).
+    max_message_size: usize,
+    max_frames: usize,
+    /// Size of the message being read so far (payloads plus frame overhead).
+    message_size: usize,
+    /// Frames of the message being read so far.
+    message_frames: usize,
 }
 
 impl ZmqCodec {
@@ -51,7 +58,43 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_message_size: options.max_message_size,
+            max_frames: options.max_frames,
+            message_size: 0,
+            message_frames: 0,
         }
+    }
+
+    /// zmesh patch: checks a frame about to be read against the limits, before any of its
+    /// bytes are buffered: a command alone against the size limit, a message frame with
+    /// the frames already read of its message against both. Counts the frame when it fits.
+    fn check_limits(&mut self, frame: Frame, len: u64) -> Result<(), CodecError> {
+        let cost = len.saturating_add(crate::limits::FRAME_OVERHEAD as u64);
+        if frame.command {
+            if cost > self.max_message_size as u64 {
+                return Err(CodecError::MessageTooLarge {
+                    size: cost,
+                    limit: self.max_message_size,
+                });
+            }
+            return Ok(());
+        }
+        if self.message_frames >= self.max_frames {
+            return Err(CodecError::TooManyFrames {
+                limit: self.max_frames,
+            });
+        }
+        let size = (self.message_size as u64).saturating_add(cost);
+        if size > self.max_message_size as u64 {
+            return Err(CodecError::MessageTooLarge {
+                size,
+                limit: self.max_message_size,
+            });
+        }
+        // Fits in usize: at most `max_message_size`.
+        self.message_size = size as usize;
+        self.message_frames += 1;
+        Ok(())
     }
 
     /// Returns the minimum additional bytes needed before decode can progress.
@@ -119,7 +162,11 @@ impl Decoder for ZmqCodec {
                 }
                 DecoderState::FrameLen(frame) => {
                     let frame_len = if frame.long {
-                        let len = usize::try_from(src.get_u64()).map_err(|_error| {
+                        let announced = src.get_u64();
+                        // zmesh patch: the limits come first, before the length is trusted
+                        // for anything (a reservation, a state waiting for that many bytes).
+                        self.check_limits(frame, announced)?;
+                        let len = usize::try_from(announced).map_err(|_error| {
                             CodecError::Decode("Frame length exceeds read buffer capacity")
                         })?;
                         // The reader may prepare a full read chunk at the frame tail.
@@ -131,7 +178,9 @@ impl Decoder for ZmqCodec {
                             ))?;
                         len
                     } else {
-                        usize::from(src.get_u8())
+                        let len = src.get_u8();
+                        self.check_limits(frame, u64::from(len))?;
+                        usize::from(len)
                     };
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
@@ -151,6 +200,8 @@ impl Decoder for ZmqCodec {
                     }
 
                     if !frame.more {
+                        self.message_size = 0;
+                        self.message_frames = 0;
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message
@@ -205,6 +256,7 @@ impl Encoder for ZmqCodec {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    mod limits;
     mod multipart;
     mod read_buffer;
 

@@ -19,6 +19,7 @@ use windows::{UnixListener, UnixStream};
 #[cfg(target_family = "unix")]
 use super::make_framed;
 use super::AcceptStopHandle;
+use super::{AcceptLimits, Admission};
 use crate::async_rt;
 use crate::codec::FramedIo;
 use crate::endpoint::Endpoint;
@@ -55,10 +56,19 @@ impl UnixSocketAddrExt for tokio::net::unix::SocketAddr {
 }
 
 #[cfg(windows)]
-fn make_framed(stream: UnixStream, options: Arc<crate::SocketOptions>) -> FramedIo {
+fn make_framed(
+    stream: UnixStream,
+    options: Arc<crate::SocketOptions>,
+    slot: Option<Arc<crate::limits::ConnectionSlot>>,
+) -> FramedIo {
+    use crate::limits::Slotted;
     use futures::AsyncReadExt;
     let (read, write) = stream.split();
-    FramedIo::new(Box::new(read), Box::new(write), options)
+    FramedIo::new(
+        Box::new(Slotted::new(read, slot.clone())),
+        Box::new(Slotted::new(write, slot)),
+        options,
+    )
 }
 
 pub(crate) async fn connect(
@@ -75,7 +85,7 @@ pub(crate) async fn connect(
     #[cfg(windows)]
     let peer_addr = Some(path.to_owned());
 
-    Ok((make_framed(raw_socket, options), Endpoint::Ipc(peer_addr)))
+    Ok((make_framed(raw_socket, options, None), Endpoint::Ipc(peer_addr)))
 }
 
 pub(crate) async fn begin_accept<T>(
@@ -143,9 +153,22 @@ where
     let (stop_channel, stop_callback) = oneshot::channel::<()>();
     let task_handle = async_rt::task::spawn(async move {
         let mut stop_callback = stop_callback.fuse();
+        // zmesh patch: the connection cap and the back-off after a failed accept.
+        let mut limits = AcceptLimits::new(&options);
         loop {
             select! {
                 incoming = listener.accept().fuse() => {
+                    let (incoming, slot) = match limits.admit(incoming) {
+                        Admission::Admitted(accepted, slot) => (Ok::<_, std::io::Error>(accepted), slot),
+                        Admission::Refused => continue,
+                        Admission::Failed(error, pause) => {
+                            async_rt::task::spawn(cback(Err(error.into())));
+                            select! {
+                                _ = async_rt::task::sleep(pause).fuse() => continue,
+                                _ = stop_callback => break,
+                            }
+                        }
+                    };
                     let maybe_accepted: Result<_, _> = incoming.map(|(raw_socket, peer_addr)| {
                         #[cfg(target_family = "unix")]
                         let peer_addr = pathname_from_unix_addr(peer_addr);
@@ -154,7 +177,7 @@ where
                             let _ = peer_addr;
                             None
                         };
-                        (make_framed(raw_socket, Arc::clone(&options)), Endpoint::Ipc(peer_addr))
+                        (make_framed(raw_socket, Arc::clone(&options), slot), Endpoint::Ipc(peer_addr))
                     }).map_err(|err| err.into());
                     async_rt::task::spawn(cback(maybe_accepted));
                 },

@@ -137,28 +137,97 @@ where
     }
 }
 
+/// Frames a stream. zmesh patch: an accepted stream carries its connection slot (see
+/// `SocketOptions::max_connections`) in both halves, so the slot is free again when the
+/// descriptor is closed.
 #[allow(unused)]
 #[cfg(feature = "tokio-runtime")]
-fn make_framed<T>(stream: T, options: Arc<crate::SocketOptions>) -> FramedIo
+fn make_framed<T>(
+    stream: T,
+    options: Arc<crate::SocketOptions>,
+    slot: Option<Arc<ConnectionSlot>>,
+) -> FramedIo
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + 'static,
 {
     use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
     let (read, write) = tokio::io::split(stream);
     FramedIo::new(
-        Box::new(read.compat()),
-        Box::new(write.compat_write()),
+        Box::new(Slotted::new(read.compat(), slot.clone())),
+        Box::new(Slotted::new(write.compat_write(), slot)),
         options,
     )
 }
 
 #[allow(unused)]
 #[cfg(any(feature = "async-std-runtime", feature = "async-dispatcher-runtime"))]
-fn make_framed<T>(stream: T, options: Arc<crate::SocketOptions>) -> FramedIo
+fn make_framed<T>(
+    stream: T,
+    options: Arc<crate::SocketOptions>,
+    slot: Option<Arc<ConnectionSlot>>,
+) -> FramedIo
 where
     T: futures::AsyncRead + futures::AsyncWrite + Send + Sync + 'static,
 {
     use futures::AsyncReadExt;
     let (read, write) = stream.split();
-    FramedIo::new(Box::new(read), Box::new(write), options)
+    FramedIo::new(
+        Box::new(Slotted::new(read, slot.clone())),
+        Box::new(Slotted::new(write, slot)),
+        options,
+    )
 }
+
+/// zmesh patch: what an accept loop does with the result of one `accept`. A connection
+/// beyond the endpoint's cap is closed at once (counted); a failed `accept` (`EMFILE`
+/// among others) is counted and followed by a back-off pause, which the loop takes while
+/// still listening for its stop signal.
+pub(crate) enum Admission<S> {
+    /// Accepted, with its slot.
+    Admitted(S, Option<Arc<ConnectionSlot>>),
+    /// Closed at once: the endpoint is at its cap.
+    Refused,
+    /// `accept` failed; pause this long before the next one.
+    Failed(std::io::Error, std::time::Duration),
+}
+
+/// The state an accept loop keeps for the limits.
+pub(crate) struct AcceptLimits {
+    slots: Arc<crate::limits::ConnectionSlots>,
+    backoff: crate::limits::AcceptBackoff,
+    options: Arc<crate::SocketOptions>,
+}
+
+impl AcceptLimits {
+    pub(crate) fn new(options: &Arc<crate::SocketOptions>) -> Self {
+        Self {
+            slots: crate::limits::ConnectionSlots::new(options.max_connections),
+            backoff: crate::limits::AcceptBackoff::new(),
+            options: Arc::clone(options),
+        }
+    }
+
+    pub(crate) fn admit<S>(&mut self, accepted: std::io::Result<S>) -> Admission<S> {
+        match accepted {
+            Ok(stream) => {
+                self.backoff.succeeded();
+                match self.slots.try_acquire() {
+                    Some(slot) => Admission::Admitted(stream, Some(slot)),
+                    None => {
+                        self.options.stats.count_connection_refused();
+                        drop(stream);
+                        Admission::Refused
+                    }
+                }
+            }
+            Err(error) => {
+                self.options.stats.count_accept_error();
+                let pause = self.backoff.failed();
+                log::warn!("accept failed: {error}; retrying in {pause:?}");
+                Admission::Failed(error, pause)
+            }
+        }
+    }
+}
+
+use crate::limits::{ConnectionSlot, Slotted};

@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use async_std::net::{TcpListener, TcpStream};
 
 use super::make_framed;
+use super::{AcceptLimits, Admission};
 use super::AcceptStopHandle;
 use crate::async_rt;
 use crate::codec::FramedIo;
@@ -33,7 +34,7 @@ pub(crate) async fn connect(
     let peer_addr = raw_socket.peer_addr()?;
 
     Ok((
-        make_framed(raw_socket, options),
+        make_framed(raw_socket, options, None),
         Endpoint::from_tcp_addr(peer_addr),
     ))
 }
@@ -91,9 +92,22 @@ where
     let (stop_channel, stop_callback) = futures::channel::oneshot::channel::<()>();
     let task_handle = async_rt::task::spawn(async move {
         let mut stop_callback = stop_callback.fuse();
+        // zmesh patch: the connection cap and the back-off after a failed accept.
+        let mut limits = AcceptLimits::new(&options);
         loop {
             select! {
                 incoming = listener.accept().fuse() => {
+                    let (incoming, slot) = match limits.admit(incoming) {
+                        Admission::Admitted(accepted, slot) => (Ok::<_, std::io::Error>(accepted), slot),
+                        Admission::Refused => continue,
+                        Admission::Failed(error, pause) => {
+                            async_rt::task::spawn(cback(Err(error.into())));
+                            select! {
+                                _ = async_rt::task::sleep(pause).fuse() => continue,
+                                _ = stop_callback => break,
+                            }
+                        }
+                    };
                     let maybe_accepted: Result<_, _> = incoming
                         .and_then(|(raw_socket, remote_addr)| {
                             raw_socket
@@ -105,7 +119,7 @@ where
                         })
                         .map(|(raw_socket, remote_addr)| {
                             (
-                                make_framed(raw_socket, Arc::clone(&options)),
+                                make_framed(raw_socket, Arc::clone(&options), slot),
                                 Endpoint::from_tcp_addr(remote_addr),
                             )
                         })

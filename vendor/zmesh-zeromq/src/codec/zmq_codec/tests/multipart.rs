@@ -1,5 +1,13 @@
 use super::*;
 
+/// zmesh patch: a decoder that takes the 7,001 frames these tests send (the default limit
+/// is 1,024; `limits.rs` tests it).
+fn many_frames_codec() -> ZmqCodec {
+    let mut options = SocketOptions::default();
+    options.max_frames(10_000);
+    ZmqCodec::with_options(&options)
+}
+
 #[test]
 fn many_empty_frames_decode_on_a_bounded_stack() {
     const CHILD_ENV: &str = "ZEROMQ_MULTIPART_STACK_TEST_CHILD";
@@ -27,7 +35,7 @@ fn many_empty_frames_decode_on_a_bounded_stack() {
     std::thread::Builder::new()
         .stack_size(2 * 1024 * 1024)
         .spawn(|| {
-            let mut codec = ZmqCodec::new();
+            let mut codec = many_frames_codec();
             codec.state = DecoderState::FrameHeader;
             codec.waiting_for = 1;
             let mut input = BytesMut::from([1, 0].repeat(7_000).as_slice());
@@ -49,7 +57,7 @@ fn many_empty_frames_decode_on_a_bounded_stack() {
 
 #[test]
 fn fragmented_multipart_preserves_empty_frames_and_following_message() {
-    let mut codec = ZmqCodec::new();
+    let mut codec = many_frames_codec();
     codec.state = DecoderState::FrameHeader;
     codec.waiting_for = 1;
     let mut wire = [1, 0].repeat(7_000);
