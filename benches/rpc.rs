@@ -916,10 +916,10 @@ impl Drop for ServerThread {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                eprintln!("a server thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            eprintln!("a server thread panicked");
         }
     }
 }

@@ -298,7 +298,7 @@ async fn a_node_killed_during_10k_calls() {
                         break;
                     }
                     let options = MeshCallOptions::timeout(deadline);
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         let started = Instant::now();
                         let r = client
                             .call_with::<(String, u64)>("billing.quote", (i,), options)

@@ -3,7 +3,7 @@
 //! map asynchronously to send and synchronously (blocking a runtime thread) to forget a
 //! disconnected peer; once both runtime threads blocked there, the task holding the lock
 //! could never run, and the node stopped serving and accepting for good (see
-//! `vendor/zeromq/PATCHED.md`).
+//! `vendor/zmesh-zeromq/PATCHED.md`, change 2).
 //!
 //! The node runs on its own 2-thread runtime on its own OS thread, so that if it wedges,
 //! the test's own timeouts still fire and report it.

@@ -160,7 +160,7 @@ async fn slow_consumer_applies_backpressure_and_memory_stays_bounded() {
             consumed += 1;
             let ahead = produced.load(Ordering::SeqCst) - consumed;
             assert!(ahead <= WINDOW + 1, "{transport:?}: {ahead} items ahead");
-            if consumed % 100 == 0 {
+            if consumed.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }

@@ -2,8 +2,8 @@
 //! reserve a frame's announced length before any of it arrived, so about 80 bytes (a
 //! greeting and a long-frame header announcing 1 TiB) made the allocation fail and abort
 //! the process: a node from any client, a client from any server (see
-//! `vendor/zeromq/PATCHED.md`). Found by the fault soak. If this regresses, the test
-//! binary aborts.
+//! `vendor/zmesh-zeromq/PATCHED.md`, change 1). Found by the fault soak. If this
+//! regresses, the test binary aborts.
 
 use std::time::Duration;
 

@@ -439,12 +439,12 @@ async fn overload_session(endpoint: &str, tally: &RawTally) -> bool {
             Ok(Ok(message)) => message,
             _ => break,
         };
-        if let Some((_, Some(id))) = count_reply(message, tally) {
-            if open.remove(&id) {
-                tally.probes_answered.fetch_add(1, Ordering::Relaxed);
-                if sent_at.elapsed() > PROBE_LATE {
-                    tally.probes_late.fetch_add(1, Ordering::Relaxed);
-                }
+        if let Some((_, Some(id))) = count_reply(message, tally)
+            && open.remove(&id)
+        {
+            tally.probes_answered.fetch_add(1, Ordering::Relaxed);
+            if sent_at.elapsed() > PROBE_LATE {
+                tally.probes_late.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -51,7 +51,11 @@ pub async fn wrong_key_caller(endpoint: String, tally: Arc<Tally>, stop_at: Inst
     while Instant::now() < stop_at {
         i += 1;
         tally.calls.fetch_add(1, Ordering::Relaxed);
-        let client = if i % 2 == 0 { &wrong } else { &unkeyed };
+        let client = if i.is_multiple_of(2) {
+            &wrong
+        } else {
+            &unkeyed
+        };
         let call = client.call_with::<String>(
             "echo.upper",
             ("intruder",),

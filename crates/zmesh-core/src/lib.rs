@@ -1,5 +1,6 @@
 //! zmesh core: the zerorpc v3 wire protocol, the node (server) and the client, over the
-//! native-Rust `zeromq` crate.
+//! native-Rust `zeromq` crate, in zmesh's fork `zmesh-zeromq` (its `PATCHED.md` lists the
+//! changes).
 //!
 //! - [`wire`]: the pure codec (events, ids, headers, framing); no sockets, no clocks.
 //! - [`Service`]: typed async handlers registered by name.

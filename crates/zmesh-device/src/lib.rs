@@ -468,20 +468,19 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
             envelope.event.len()
         );
         tracing::debug!(problem, "oversized message");
-        if side == Side::Client {
-            if let Ok(header) = wire::decode_header(&envelope.event) {
-                if header.response_to.is_none() {
-                    shared.lock().refuse_request(
-                        &envelope.route,
-                        &header.message_id,
-                        "MessageTooLarge",
-                        &problem,
-                        true,
-                        now,
-                        out,
-                    );
-                }
-            }
+        if side == Side::Client
+            && let Ok(header) = wire::decode_header(&envelope.event)
+            && header.response_to.is_none()
+        {
+            shared.lock().refuse_request(
+                &envelope.route,
+                &header.message_id,
+                "MessageTooLarge",
+                &problem,
+                true,
+                now,
+                out,
+            );
         }
         return;
     }
@@ -512,19 +511,19 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
         Err(EventDecodeError { error, header }) => {
             shared.lock().count_malformed();
             tracing::debug!(%error, "undecodable event");
-            if side == Side::Client {
-                if let Some(header) = header.filter(|h| h.response_to.is_none()) {
-                    let message = format!("malformed request: {error}");
-                    shared.lock().refuse_request(
-                        &envelope.route,
-                        &header.message_id,
-                        "ProtocolError",
-                        &message,
-                        true,
-                        now,
-                        out,
-                    );
-                }
+            if side == Side::Client
+                && let Some(header) = header.filter(|h| h.response_to.is_none())
+            {
+                let message = format!("malformed request: {error}");
+                shared.lock().refuse_request(
+                    &envelope.route,
+                    &header.message_id,
+                    "ProtocolError",
+                    &message,
+                    true,
+                    now,
+                    out,
+                );
             }
         }
     }

@@ -967,24 +967,24 @@ impl Router {
                     format!("{name} is reserved for the device and its built-ins"),
                 ));
             }
-            if let Some(previous) = announced.insert(name, service) {
-                if previous != service {
-                    return Err((
-                        "ready_remap",
-                        format!("{name} announced for two services, {previous} and {service}"),
-                    ));
-                }
+            if let Some(previous) = announced.insert(name, service)
+                && previous != service
+            {
+                return Err((
+                    "ready_remap",
+                    format!("{name} announced for two services, {previous} and {service}"),
+                ));
             }
-            if let Some(route) = self.methods.get(name) {
-                if &*route.service != service {
-                    return Err((
-                        "ready_remap",
-                        format!(
-                            "{name} is served by service {} ({} live workers); a worker may not move it to {service}",
-                            route.service, route.workers
-                        ),
-                    ));
-                }
+            if let Some(route) = self.methods.get(name)
+                && &*route.service != service
+            {
+                return Err((
+                    "ready_remap",
+                    format!(
+                        "{name} is served by service {} ({} live workers); a worker may not move it to {service}",
+                        route.service, route.workers
+                    ),
+                ));
             }
             services.insert(service);
         }
@@ -1268,13 +1268,12 @@ impl Router {
                 .worker
                 .as_ref()
                 .and_then(|id| self.workers.get(id).map(|w| (id, w)))
+                && now.saturating_duration_since(c.last_hb_worker) >= w.1.heartbeat
             {
-                if now.saturating_duration_since(c.last_hb_worker) >= w.1.heartbeat {
-                    c.last_hb_worker = now;
-                    let header = Header::zmesh(Some(key.1.clone()));
-                    let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
-                    out.back(Sent::Heartbeat, to_worker(w.0, &c.route, hb));
-                }
+                c.last_hb_worker = now;
+                let header = Header::zmesh(Some(key.1.clone()));
+                let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
+                out.back(Sent::Heartbeat, to_worker(w.0, &c.route, hb));
             }
         }
         for key in silent {

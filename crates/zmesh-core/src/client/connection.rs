@@ -256,11 +256,11 @@ impl Wake for Readers {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.alone.load(Ordering::Acquire) {
-            if let Some(caller) = self.caller.take() {
-                caller.wake();
-                return;
-            }
+        if self.alone.load(Ordering::Acquire)
+            && let Some(caller) = self.caller.take()
+        {
+            caller.wake();
+            return;
         }
         // The caller first: woken first, it is polled first.
         self.caller.wake();

@@ -132,14 +132,14 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
         };
         // The consumer wants another item: top the server's credit up once it falls below
         // half the window, as the Python client does.
-        if this.reserved < this.window / 2 {
-            if let Some(guard) = &this.guard {
-                let grant = this.window - this.reserved;
-                guard
-                    .conn
-                    .send_control(&guard.id, names::MORE, &more_args(grant));
-                this.reserved = this.window;
-            }
+        if this.reserved < this.window / 2
+            && let Some(guard) = &this.guard
+        {
+            let grant = this.window - this.reserved;
+            guard
+                .conn
+                .send_control(&guard.id, names::MORE, &more_args(grant));
+            this.reserved = this.window;
         }
         match rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,

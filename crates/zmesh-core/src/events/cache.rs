@@ -42,10 +42,10 @@ impl TopicTable {
 
     /// Remembers the payload of the event just numbered (a no-op without the cache).
     pub(super) fn store(&mut self, topic: &str, payload: impl FnOnce() -> Bytes) {
-        if self.keep_values {
-            if let Some(state) = self.topics.get_mut(topic) {
-                state.last = Some(payload());
-            }
+        if self.keep_values
+            && let Some(state) = self.topics.get_mut(topic)
+        {
+            state.last = Some(payload());
         }
     }
 

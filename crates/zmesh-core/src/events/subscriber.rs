@@ -789,10 +789,10 @@ impl<T: DeserializeOwned> Subscriber<T> {
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let synced = tokio::time::timeout(wait.min(remaining), &mut rx).await;
-            if let Ok(Ok(publisher)) = synced {
-                if *publisher == *reply.publisher {
-                    return self.apply(publisher, reply);
-                }
+            if let Ok(Ok(publisher)) = synced
+                && *publisher == *reply.publisher
+            {
+                return self.apply(publisher, reply);
             }
             self.core.shared.waiters().remove(&token);
             if Instant::now() >= deadline {
@@ -870,10 +870,10 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                     return Poll::Ready(Some(Delivery::Gap(gap)));
                 }
                 Item::Event(raw) => {
-                    if let (Some(publisher), Some(seq)) = (&raw.publisher, raw.seq) {
-                        if this.superseded(publisher, &raw.topic, seq) {
-                            continue;
-                        }
+                    if let (Some(publisher), Some(seq)) = (&raw.publisher, raw.seq)
+                        && this.superseded(publisher, &raw.topic, seq)
+                    {
+                        continue;
                     }
                     match codec::decode_payload(&raw.args) {
                         Ok(payload) => {

@@ -227,10 +227,10 @@ impl Directory {
         now: Instant,
     ) -> Result<Option<Presence>, Refused> {
         let id = record.id.clone();
-        if let Some(entry) = self.peers.get(&id) {
-            if seq <= entry.beacon_seq {
-                return Err(Refused::Repeated);
-            }
+        if let Some(entry) = self.peers.get(&id)
+            && seq <= entry.beacon_seq
+        {
+            return Err(Refused::Repeated);
         }
         let observed = self.observe(record, seen, now);
         if let Some(entry) = self.peers.get_mut(&id) {

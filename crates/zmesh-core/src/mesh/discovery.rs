@@ -122,12 +122,12 @@ impl DiscoveryConfig {
                 "expire_after must be longer than gossip_interval",
             ));
         }
-        if let Some(b) = &self.beacon {
-            if b.interval < Duration::from_millis(10) || b.interval >= self.expire_after {
-                return Err(MeshError::Config(
-                    "beacon interval must be at least 10 ms and shorter than expire_after",
-                ));
-            }
+        if let Some(b) = &self.beacon
+            && (b.interval < Duration::from_millis(10) || b.interval >= self.expire_after)
+        {
+            return Err(MeshError::Config(
+                "beacon interval must be at least 10 ms and shorter than expire_after",
+            ));
         }
         Ok(())
     }

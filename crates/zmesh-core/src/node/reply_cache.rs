@@ -191,10 +191,10 @@ impl Inner {
             if !(over || expired) {
                 break;
             }
-            if let Some((key, _)) = state.order.pop_front() {
-                if entry_at.is_some() {
-                    state.entries.remove(&key);
-                }
+            if let Some((key, _)) = state.order.pop_front()
+                && entry_at.is_some()
+            {
+                state.entries.remove(&key);
             }
         }
     }

@@ -1,10 +1,10 @@
 use crate::codec::*;
 use crate::endpoint::Endpoint;
 use crate::error::ZmqResult;
+use crate::limits::{message_cost, ByteBudget, SocketStats};
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::limits::{message_cost, ByteBudget, SocketStats};
 use crate::write_queue::write_until_aborted;
 use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketSend, SocketType};

@@ -102,7 +102,10 @@ async fn expect_closed(stream: &mut TcpStream, within: Duration) {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the connection was not closed within {within:?}");
+    assert!(
+        closed.is_ok(),
+        "the connection was not closed within {within:?}"
+    );
 }
 
 /// Panics if the connection is closed within `window`.
@@ -127,10 +130,7 @@ async fn still_serves(router: &mut Router) {
         .connect(&format!("tcp://127.0.0.1:{}", router.port))
         .await
         .expect("a good peer connects");
-    dealer
-        .send(ZmqMessage::from("hello"))
-        .await
-        .expect("send");
+    dealer.send(ZmqMessage::from("hello")).await.expect("send");
     let message = router.recv().await;
     assert_eq!(message.get(1), Some(&Bytes::from_static(b"hello")));
 }
@@ -209,7 +209,10 @@ async fn a_handshake_that_does_not_finish_in_time_is_dropped() {
     expect_closed(&mut silent, T).await;
     expect_closed(&mut partial, T).await;
     assert!(started.elapsed() >= Duration::from_millis(250));
-    wait_for("the timeouts count", || stats.snapshot().handshake_timeouts == 2).await;
+    wait_for("the timeouts count", || {
+        stats.snapshot().handshake_timeouts == 2
+    })
+    .await;
 
     // A complete handshake is not affected, however long the peer then stays quiet.
     let mut quiet = raw_peer(port, SocketType::DEALER).await;
@@ -249,7 +252,10 @@ async fn connections_past_the_cap_are_closed_at_once_and_the_slot_comes_back() {
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    assert!(monitor_free, "the freed slot was never given to a new connection");
+    assert!(
+        monitor_free,
+        "the freed slot was never given to a new connection"
+    );
     drop(second);
     // The node notices those two ends when it next reads them.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -278,8 +284,7 @@ async fn a_peer_that_never_reads_fills_its_byte_bound_then_try_send_would_block(
     let reply = Bytes::from(vec![0x42u8; 1024 * 1024]);
     let mut queued = 0;
     let blocked = loop {
-        let message =
-            ZmqMessage::try_from(vec![peer.clone(), reply.clone()]).expect("frames");
+        let message = ZmqMessage::try_from(vec![peer.clone(), reply.clone()]).expect("frames");
         match send.try_send(message) {
             Ok(()) => queued += 1,
             Err(TrySendError::WouldBlock(message)) => break message,
@@ -378,7 +383,10 @@ async fn accept_backs_off_when_the_process_is_out_of_descriptors() {
     let before = stats.snapshot().accept_errors;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failed = stats.snapshot().accept_errors - before;
-    eprintln!("{} connections held; {failed} failed accepts in 2 s", held.len());
+    eprintln!(
+        "{} connections held; {failed} failed accepts in 2 s",
+        held.len()
+    );
     // 10 + 20 + ... + 640 ms + 1 s: about eight in two seconds; a spinning loop makes
     // thousands.
     assert!(failed <= 20, "{failed} failed accepts in 2 s");
@@ -386,12 +394,17 @@ async fn accept_backs_off_when_the_process_is_out_of_descriptors() {
     held.truncate(held.len() / 2);
     let mut fresh = None;
     for _ in 0..50 {
-        if let Ok(Ok(stream)) = tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", router.port))).await {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(T, TcpStream::connect(("127.0.0.1", router.port))).await
+        {
             fresh = Some(stream);
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(fresh.is_some(), "no connection after descriptors were freed");
+    assert!(
+        fresh.is_some(),
+        "no connection after descriptors were freed"
+    );
     eprintln!("emfile test completed");
 }

@@ -7,8 +7,8 @@ use tokio::net::{TcpListener, TcpStream};
 use async_std::net::{TcpListener, TcpStream};
 
 use super::make_framed;
-use super::{AcceptLimits, Admission};
 use super::AcceptStopHandle;
+use super::{AcceptLimits, Admission};
 use crate::async_rt;
 use crate::codec::FramedIo;
 use crate::endpoint::{Endpoint, Host, Port};

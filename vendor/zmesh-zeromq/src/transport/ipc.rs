@@ -85,7 +85,10 @@ pub(crate) async fn connect(
     #[cfg(windows)]
     let peer_addr = Some(path.to_owned());
 
-    Ok((make_framed(raw_socket, options, None), Endpoint::Ipc(peer_addr)))
+    Ok((
+        make_framed(raw_socket, options, None),
+        Endpoint::Ipc(peer_addr),
+    ))
 }
 
 pub(crate) async fn begin_accept<T>(

@@ -111,7 +111,10 @@ fn exactly_max_frames_decode_and_the_count_starts_again() {
     for _ in 0..3 {
         let mut input = BytesMut::from([1u8, 0].repeat(3).as_slice());
         input.extend_from_slice(&[0, 0]);
-        assert_eq!(message(codec.decode(&mut input).expect("4 frames")).len(), 4);
+        assert_eq!(
+            message(codec.decode(&mut input).expect("4 frames")).len(),
+            4
+        );
     }
 }
 

@@ -1,8 +1,8 @@
 use crate::async_rt;
 use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
-use crate::util::PeerIdentity;
 use crate::limits::{message_cost, ByteBudget, SocketStats};
+use crate::util::PeerIdentity;
 use crate::write_queue::write_until_aborted;
 use crate::{
     MultiPeerBackend, SocketBackend, SocketEvent, SocketOptions, SocketType, ZmqError, ZmqResult,
@@ -93,7 +93,9 @@ impl PeerQueue {
             stats.count_send_queue_full();
             std::future::poll_fn(|cx| self.bytes.poll_reserve(cx, cost))
                 .await
-                .map_err(|()| ZmqError::BufferFull("Failed to send message. Send queue full/broken"))?;
+                .map_err(|()| {
+                    ZmqError::BufferFull("Failed to send message. Send queue full/broken")
+                })?;
         }
         // Given back if this future is dropped before the message is queued.
         let reservation = Reservation {
@@ -307,7 +309,11 @@ impl GenericSocketBackend {
         let stats = &self.socket_options.stats;
         let result = match self.peers.get_sync(peer_id) {
             Some(mut peer) => peer.send_queue.try_send(message, stats),
-            None => return Err(TrySend::Failed(ZmqError::Other("Destination client not found by identity"))),
+            None => {
+                return Err(TrySend::Failed(ZmqError::Other(
+                    "Destination client not found by identity",
+                )))
+            }
         };
         match result {
             Ok(()) => Ok(()),
@@ -574,7 +580,10 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
+            .upsert_async(
+                peer_id.clone(),
+                Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES),
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -658,7 +667,10 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
+            .upsert_async(
+                peer_id.clone(),
+                Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES),
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -689,7 +701,10 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES))
+            .upsert_async(
+                peer_id.clone(),
+                Peer::with_queue(send_queue, crate::DEFAULT_SEND_QUEUE_BYTES),
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
