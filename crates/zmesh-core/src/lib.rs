@@ -1,7 +1,8 @@
 //! zmesh core: the zerorpc v3 wire protocol, the node (server) and the client, over the
 //! native-Rust `zeromq` crate.
 //!
-//! - [`wire`]: the pure codec (events, ids, headers, framing); no sockets, no clocks.
+//! - [`wire`]: the pure codec (events, ids, headers, framing) from the `zmesh-proto` crate,
+//!   re-exported, plus its conversion to zeromq messages.
 //! - [`Service`]: typed async handlers registered by name.
 //! - [`Node`]: binds a ROUTER on tcp/ipc endpoints and serves services to zmesh and stock
 //!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.

@@ -87,6 +87,22 @@ pub enum ReadyError {
 }
 
 impl Ready {
+    /// Describes a worker: its name, capacity, heartbeat period (ms) and methods. Not
+    /// checked here; [`Ready::decode_args`] checks what a peer sends.
+    pub fn new(
+        name: impl Into<String>,
+        capacity: u32,
+        heartbeat_ms: u64,
+        methods: Vec<AnnouncedMethod>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            capacity,
+            heartbeat_ms,
+            methods,
+        }
+    }
+
     /// Encodes the args array `[ready]`.
     ///
     /// # Errors
