@@ -49,3 +49,4 @@ pub use service::{Handler, HandlerError, Service, StreamHandler};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;
+pub use zmesh_proto::{ErrorKind, Retry};

@@ -29,10 +29,6 @@ pub const REFUSED: &str = "_zmesh_device_refused";
 /// worker dead); the worker must reconnect and announce itself again; args `[]`.
 pub const RESET: &str = "_zmesh_device_reset";
 
-/// The message of the `ERR Unavailable` a node answers, without running the call, to a
-/// request that arrives while it shuts down; a device may safely run such a call elsewhere.
-pub const SHUTTING_DOWN: &str = "node is shutting down";
-
 /// Most methods one `READY` may announce; a larger announcement is refused.
 pub const MAX_ANNOUNCED_METHODS: usize = 65_536;
 
