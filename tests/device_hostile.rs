@@ -603,10 +603,10 @@ async fn big_queued_requests_past_the_byte_bound_are_overloaded_and_rss_stays_bo
             loop {
                 let stats: Result<DeviceStats, _> =
                     client.call(zmesh::device::STATS_METHOD, ()).await;
-                if let Some(echo) = stats.ok().and_then(|s| s.services.get("echo").cloned()) {
-                    if echo.queued as u64 + echo.overloaded == 60 {
-                        return;
-                    }
+                if let Some(echo) = stats.ok().and_then(|s| s.services.get("echo").cloned())
+                    && echo.queued as u64 + echo.overloaded == 60
+                {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -2,7 +2,8 @@
 //! native-Rust `zeromq` crate, in zmesh's fork `zmesh-zeromq` (its `PATCHED.md` lists the
 //! changes).
 //!
-//! - [`wire`]: the pure codec (events, ids, headers, framing); no sockets, no clocks.
+//! - [`wire`]: the pure codec (events, ids, headers, framing) from the `zmesh-proto` crate,
+//!   re-exported, plus its conversion to zeromq messages.
 //! - [`Service`]: typed async handlers registered by name.
 //! - [`Node`]: binds a ROUTER on tcp/ipc endpoints and serves services to zmesh and stock
 //!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.
@@ -49,3 +50,4 @@ pub use service::{Handler, HandlerError, Service, StreamHandler};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;
+pub use zmesh_proto::{ErrorKind, Retry};

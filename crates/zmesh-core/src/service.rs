@@ -13,6 +13,7 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zmesh_proto::ErrorKind;
 
 use crate::stats::MethodStats;
 use crate::wire::msgpack::Cursor;
@@ -61,7 +62,7 @@ impl HandlerError {
     }
 
     pub(crate) fn type_error(message: impl Into<String>) -> Self {
-        Self::new("TypeError", message)
+        Self::new(ErrorKind::TypeError.as_str(), message)
     }
 }
 
@@ -108,8 +109,12 @@ pub(crate) type ErasedHandler = Arc<dyn Fn(Bytes) -> HandlerFuture + Send + Sync
 /// Encodes a result the way Python peers expect it: structs as maps with field names.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, HandlerError> {
     let mut out = Vec::with_capacity(crate::wire::ENCODE_START_CAPACITY);
-    rmp_serde::encode::write_named(&mut out, value)
-        .map_err(|e| HandlerError::new("EncodeError", format!("cannot encode result: {e}")))?;
+    rmp_serde::encode::write_named(&mut out, value).map_err(|e| {
+        HandlerError::new(
+            ErrorKind::EncodeError.as_str(),
+            format!("cannot encode result: {e}"),
+        )
+    })?;
     Ok(out)
 }
 

@@ -1361,7 +1361,7 @@ fn pick_any(workers: &HashMap<Bytes, Worker>, candidates: &[Bytes]) -> Option<By
 /// call (not the one it sends for a call it aborted at the end of its grace period).
 fn refused_unrun(args: &[u8]) -> bool {
     let (name, message, _) = wire::parse_err_args(args);
-    name == "Unavailable" && message == proto::SHUTTING_DOWN
+    zmesh_core::ErrorKind::of_err(&name, &message) == Some(zmesh_core::ErrorKind::ShuttingDown)
 }
 
 #[cfg(test)]

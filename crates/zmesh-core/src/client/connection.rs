@@ -29,6 +29,7 @@ use zeromq::{
     DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketSend, TrySendError,
     ZmqMessage, ZmqResult,
 };
+use zmesh_proto::ErrorKind;
 
 use super::{CallError, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
@@ -453,10 +454,10 @@ impl ConnShared {
         if !crate::trust::envelope::is_sealed(&frame) {
             let refusal = wire::decode_event(&frame).is_ok_and(|e| {
                 e.name.as_ref() == names::ERR
-                    && matches!(
-                        wire::parse_err_args(&e.args).0.as_str(),
-                        "Unauthenticated" | "Replayed"
-                    )
+                    && wire::parse_err_args(&e.args)
+                        .0
+                        .parse()
+                        .is_ok_and(ErrorKind::is_trust_refusal)
             });
             if !refusal {
                 self.trust.rejected.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::field;
+use zmesh_proto::ErrorKind;
 
 pub use stream::CallStream;
 
@@ -81,6 +82,14 @@ pub enum CallError {
     /// what was received of it cannot be trusted to be complete: not retried.
     #[error("integrity error: {0}")]
     Integrity(String),
+}
+
+impl RemoteError {
+    /// The error's kind when it is one zmesh itself sends (`Overloaded`, `NameError`, ...);
+    /// `None` for a handler's own error name.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        ErrorKind::of_err(&self.name, &self.message)
+    }
 }
 
 impl CallError {
@@ -584,6 +593,7 @@ impl Client {
                     guard,
                     Some(first.args),
                     window,
+                    timeout,
                     permit,
                 )));
             }
@@ -596,25 +606,10 @@ impl Client {
             }
             names::ERR => {
                 guard.complete();
-                let (name, message, traceback) = parse_err_args(&event.args);
-                // The server enforces the same deadline we sent; its verdict and our timer
-                // race, and both mean the same thing to the caller.
-                if name == "DeadlineExceeded" {
-                    return Err(CallError::DeadlineExceeded(timeout));
-                }
-                // A proxy device reports a worker lost mid-call as `ERR PeerLost`: the same
-                // verdict the client reaches when its own peer dies.
-                if name == PEER_LOST {
-                    return Err(CallError::PeerLost(message));
-                }
-                Err(CallError::Remote(RemoteError {
-                    name,
-                    message,
-                    traceback,
-                }))
+                Err(err_reply(&event.args, timeout))
             }
             names::STREAM_DONE => Ok(Response::Stream(CallStream::new(
-                None, guard, None, window, permit,
+                None, guard, None, window, timeout, permit,
             ))),
             other => Err(CallError::Protocol(format!("unexpected reply {other:?}"))),
         }
@@ -671,8 +666,24 @@ impl Client {
     }
 }
 
-/// The `ERR` name a proxy device uses when the worker running a call was lost.
-pub(crate) const PEER_LOST: &str = "PeerLost";
+/// What an `ERR` reply with these args means for a call whose deadline was `timeout`; the
+/// same whether it ends the call or a stream.
+pub(crate) fn err_reply(args: &[u8], timeout: Duration) -> CallError {
+    let (name, message, traceback) = parse_err_args(args);
+    match name.parse() {
+        // The server enforces the same deadline we sent; its verdict and our timer race,
+        // and both mean the same thing to the caller.
+        Ok(ErrorKind::DeadlineExceeded) => CallError::DeadlineExceeded(timeout),
+        // A proxy device reports a worker lost mid-call as `ERR PeerLost`: the same verdict
+        // the client reaches when its own peer dies.
+        Ok(ErrorKind::PeerLost) => CallError::PeerLost(message),
+        _ => CallError::Remote(RemoteError {
+            name,
+            message,
+            traceback,
+        }),
+    }
+}
 
 /// A call in progress: the future [`Client::request`] returns (and the one inside
 /// [`Client::call`]'s). Written out as a small state machine rather than nested `async fn`s:

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -13,8 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::connection::{ConnShared, Inbound};
-use super::{CallError, RemoteError, decode_result};
-use crate::wire::{MessageId, more_args, names, parse_err_args};
+use super::{CallError, decode_result, err_reply};
+use crate::wire::{MessageId, more_args, names};
 
 /// Keeps a call registered while it is open; when dropped early it unregisters the call and
 /// asks a zmesh server to abort the handler.
@@ -53,6 +54,8 @@ pub struct CallStream<T = rmpv::Value> {
     /// Items the server may still send without new credit (zerorpc's "reserved").
     reserved: u64,
     window: u64,
+    /// The call's deadline, reported by a server's `ERR DeadlineExceeded` as by the call's.
+    timeout: Duration,
     _permit: Option<OwnedSemaphorePermit>,
     _item: PhantomData<fn() -> T>,
 }
@@ -73,6 +76,7 @@ impl<T> CallStream<T> {
         guard: CallGuard,
         first: Option<Bytes>,
         window: u64,
+        timeout: Duration,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let done = first.is_none();
@@ -83,6 +87,7 @@ impl<T> CallStream<T> {
             // The server starts with one unit of credit, spent on the first item.
             reserved: 0,
             window,
+            timeout,
             _permit: Some(permit),
             _item: PhantomData,
         };
@@ -100,6 +105,7 @@ impl<T> CallStream<T> {
             first: self.first.take(),
             reserved: self.reserved,
             window: self.window,
+            timeout: self.timeout,
             _permit: self._permit.take(),
             _item: PhantomData,
         }
@@ -160,15 +166,8 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                     Poll::Ready(None)
                 }
                 names::ERR => {
-                    let (name, message, traceback) = parse_err_args(&event.args);
-                    if name == super::PEER_LOST {
-                        return this.fail(CallError::PeerLost(message));
-                    }
-                    this.fail(CallError::Remote(RemoteError {
-                        name,
-                        message,
-                        traceback,
-                    }))
+                    let error = err_reply(&event.args, this.timeout);
+                    this.fail(error)
                 }
                 other => {
                     let why = format!("unexpected {other} event in a stream");

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use zmesh_proto::ErrorKind;
 
 use super::subscriber::{Core, Item, RawEvent};
 use super::{
@@ -232,7 +233,9 @@ fn snapshot_service(publisher: Publisher) -> Service {
                 publisher
                     .sync_snapshot(&prefix, &marker_topic, &token)
                     .await
-                    .map_err(|e| HandlerError::new("SnapshotError", e.to_string()))
+                    .map_err(|e| {
+                        HandlerError::new(ErrorKind::SnapshotError.as_str(), e.to_string())
+                    })
             }
         },
     )

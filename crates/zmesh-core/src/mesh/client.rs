@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
+use zmesh_proto::{ErrorKind, Retry};
 
 use super::balance::{RetryBudget, backoff, pick_two};
 use super::directory::PeerRecord;
@@ -393,38 +394,17 @@ impl Drop for Outstanding<'_> {
     }
 }
 
-/// What a failed attempt means for retrying it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// The request certainly did not run (not delivered, or refused before running): any
-    /// method may go to another peer.
-    NotRun,
-    /// The request may have run: only idempotent calls go to another peer; others may be
-    /// repeated on the same peer with the same request id (its reply cache answers).
-    MaybeRan,
-    /// Retrying cannot help (a handler's own error, a deadline, a codec problem).
-    Final,
-}
-
-fn classify(error: &CallError) -> Failure {
+/// What a failed attempt means for retrying it. A remote error's class is its
+/// [`ErrorKind`]'s (see [`ErrorKind::retry`]): a handler's own error name is final.
+fn classify(error: &CallError) -> Retry {
     match error {
-        CallError::Connect { .. } => Failure::NotRun,
-        CallError::PeerLost(_) => Failure::MaybeRan,
-        CallError::Remote(e) => match e.name.as_str() {
-            // Refused before running: by the node as a whole, or this connection's bounds.
-            "Overloaded" | "PeerOverloaded" => Failure::NotRun,
-            // New calls refused by a node that is shutting down did not run; calls it
-            // aborted after its grace period may have.
-            "Unavailable" if e.message == "node is shutting down" => Failure::NotRun,
-            "Unavailable" | "RequestAborted" => Failure::MaybeRan,
-            // Includes the refusals a keyed client takes unsealed (`Unauthenticated`,
-            // `Replayed`): anyone on the path could send them, so they never count as
-            // "did not run" (a keyed client drops every other unsealed event).
-            _ => Failure::Final,
-        },
-        // The replies were tampered with on the way: the call may have run.
-        CallError::Integrity(_) => Failure::Final,
-        _ => Failure::Final,
+        CallError::Connect { .. } => Retry::NotRun,
+        CallError::PeerLost(_) => Retry::MayHaveRun,
+        CallError::Remote(e) => e.kind().map_or(Retry::Final, ErrorKind::retry),
+        // The replies were tampered with on the way: the call may have run, and a retry
+        // cannot help.
+        CallError::Integrity(_) => Retry::Final,
+        _ => Retry::Final,
     }
 }
 
@@ -598,15 +578,15 @@ impl MeshClient {
             };
             let give_up = |error| Err(MeshCallError::Call { attempts, error });
             match (classify(&error), idempotent, pinned.is_some()) {
-                (Failure::Final, ..) => return give_up(error),
+                (Retry::Final, ..) => return give_up(error),
                 // A non-idempotent request that may have run goes to the same peer only,
                 // once, with the same request id.
-                (Failure::MaybeRan, false, false) => pinned = Some(link.clone()),
+                (Retry::MayHaveRun, false, false) => pinned = Some(link.clone()),
                 (_, false, true) => {
                     inner.take_down(&link, "repeat of a request failed");
                     return give_up(error);
                 }
-                (Failure::NotRun | Failure::MaybeRan, ..) => tried.push(link.clone()),
+                (Retry::NotRun | Retry::MayHaveRun, ..) => tried.push(link.clone()),
             }
             let now = Instant::now();
             if attempts > inner.config.max_retries || now >= deadline {
@@ -936,22 +916,22 @@ mod tests {
 
     #[test]
     fn only_refusals_a_node_seals_count_as_not_run() {
-        assert_eq!(classify(&remote("Overloaded", "full")), Failure::NotRun);
+        assert_eq!(classify(&remote("Overloaded", "full")), Retry::NotRun);
         assert_eq!(
             classify(&remote("Unavailable", "node is shutting down")),
-            Failure::NotRun
+            Retry::NotRun
         );
         // The refusals a keyed client takes unsealed may be forged on the path: final.
-        assert_eq!(classify(&remote("Unauthenticated", "x")), Failure::Final);
-        assert_eq!(classify(&remote("Replayed", "x")), Failure::Final);
+        assert_eq!(classify(&remote("Unauthenticated", "x")), Retry::Final);
+        assert_eq!(classify(&remote("Replayed", "x")), Retry::Final);
         // Tampered replies: the call may have run, and a retry cannot help.
         assert_eq!(
             classify(&CallError::Integrity("reply 2 lost".into())),
-            Failure::Final
+            Retry::Final
         );
         assert_eq!(
             classify(&CallError::PeerLost("x".into())),
-            Failure::MaybeRan
+            Retry::MayHaveRun
         );
     }
 }

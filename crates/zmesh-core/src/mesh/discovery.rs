@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
+use zmesh_proto::ErrorKind;
 
 use super::MeshError;
 use super::beacon::{self, Beacon, BeaconConfig, BeaconError, MAX_BEACON_BYTES};
@@ -449,7 +450,7 @@ impl Inner {
     ) -> Result<GossipReply, HandlerError> {
         if mesh != self.config.mesh {
             return Err(HandlerError::new(
-                "WrongMesh",
+                ErrorKind::WrongMesh.as_str(),
                 format!("this node is in mesh {:?}, not {mesh:?}", self.config.mesh),
             ));
         }

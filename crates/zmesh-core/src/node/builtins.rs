@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rmpv::Value;
+use zmesh_proto::ErrorKind;
 
 use super::Counters;
 use crate::service::{HandlerError, Method, Service};
@@ -63,10 +64,9 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
     let lookup = {
         let public = public.clone();
         move |method: &str| {
-            public
-                .get(method)
-                .cloned()
-                .ok_or_else(|| HandlerError::new("KeyError", format!("'{method}'")))
+            public.get(method).cloned().ok_or_else(|| {
+                HandlerError::new(ErrorKind::KeyError.as_str(), format!("'{method}'"))
+            })
         }
     };
 

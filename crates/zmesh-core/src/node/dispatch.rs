@@ -22,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
 use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
+use zmesh_proto::ErrorKind;
+use zmesh_proto::error::SHUTTING_DOWN;
 
 use super::Shared;
 use super::refusals::{RefusalClass, RefusalGate, Verdict};
@@ -218,19 +220,25 @@ impl Control {
         route: &[Bytes],
         request: &MessageId,
         class: RefusalClass,
-        name: &str,
+        kind: ErrorKind,
         message: &str,
     ) {
-        self.refuse(route, request, class, name, message, Seal::AsUsual);
+        self.refuse(route, request, class, kind, message, Seal::AsUsual);
     }
 
     /// An `ERR` that goes out unsealed, to a peer refused for not holding the mesh key.
-    fn send_unsealed_err(&self, route: &[Bytes], request: &MessageId, name: &str, message: &str) {
+    fn send_unsealed_err(
+        &self,
+        route: &[Bytes],
+        request: &MessageId,
+        kind: ErrorKind,
+        message: &str,
+    ) {
         self.refuse(
             route,
             request,
             RefusalClass::Garbage,
-            name,
+            kind,
             message,
             Seal::Never,
         );
@@ -241,7 +249,7 @@ impl Control {
         route: &[Bytes],
         request: &MessageId,
         class: RefusalClass,
-        name: &str,
+        kind: ErrorKind,
         message: &str,
         seal: Seal,
     ) {
@@ -249,7 +257,8 @@ impl Control {
             return;
         }
         let header = Header::zmesh(Some(request.clone()));
-        let event = wire::encode_event(&header, names::ERR, &err_args(name, message, None));
+        let event =
+            wire::encode_event(&header, names::ERR, &err_args(kind.as_str(), message, None));
         self.try_send(wire::join_frames(route, event), seal);
     }
 }
@@ -365,7 +374,7 @@ pub(super) fn handle_message(
                 &envelope.route,
                 &header.message_id,
                 RefusalClass::Garbage,
-                "MessageTooLarge",
+                ErrorKind::MessageTooLarge,
                 &problem,
             ),
             _ => control.unanswered_garbage(&peer),
@@ -396,7 +405,7 @@ pub(super) fn handle_message(
                     &envelope.route,
                     &header.message_id,
                     RefusalClass::Garbage,
-                    "ProtocolError",
+                    ErrorKind::ProtocolError,
                     &format!("malformed request: {error}"),
                 ),
                 None => control.unanswered_garbage(&peer),
@@ -435,7 +444,7 @@ fn reject(
         Some(request) => control.send_unsealed_err(
             &envelope.route,
             &request,
-            rejection.err_name(),
+            rejection.kind(),
             &rejection.to_string(),
         ),
         None => control.unanswered_garbage(peer),
@@ -497,8 +506,8 @@ fn open_call(
             &route,
             &header.message_id,
             RefusalClass::Load,
-            "Unavailable",
-            wire::worker::SHUTTING_DOWN,
+            ErrorKind::ShuttingDown,
+            SHUTTING_DOWN,
         );
         return;
     }
@@ -508,7 +517,7 @@ fn open_call(
             &route,
             &header.message_id,
             RefusalClass::Garbage,
-            "NameError",
+            ErrorKind::NameError,
             &event.name,
         );
         return;
@@ -546,7 +555,7 @@ fn open_call(
                 &route,
                 &header.message_id,
                 RefusalClass::Load,
-                "Overloaded",
+                ErrorKind::Overloaded,
                 &message,
             );
             return;
@@ -694,7 +703,13 @@ fn refuse(
                  {holds} of them, too many for the {free} still free",
                 shared.name, shared.config.max_concurrent_calls
             );
-            control.send_err(route, request, RefusalClass::Load, "Overloaded", &message);
+            control.send_err(
+                route,
+                request,
+                RefusalClass::Load,
+                ErrorKind::Overloaded,
+                &message,
+            );
             return;
         }
         OpenError::Duplicate => {
@@ -703,7 +718,7 @@ fn refuse(
                 route,
                 request,
                 RefusalClass::Garbage,
-                "ProtocolError",
+                ErrorKind::ProtocolError,
                 message,
             );
             return;
@@ -718,7 +733,7 @@ fn refuse(
         route,
         request,
         RefusalClass::Load,
-        "PeerOverloaded",
+        ErrorKind::PeerOverloaded,
         &message,
     );
 }
@@ -789,15 +804,15 @@ impl ReplyTo {
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(method, size, limit, "result over the message size limit");
         Some(self.err(
-            "MessageTooLarge",
+            ErrorKind::MessageTooLarge,
             &format!(
                 "the result of {method} is {size} bytes, over the node's limit of {limit} bytes"
             ),
         ))
     }
 
-    fn err(&self, name: &str, message: &str) -> ZmqMessage {
-        let args = err_args(name, message, None);
+    fn err(&self, kind: ErrorKind, message: &str) -> ZmqMessage {
+        let args = err_args(kind.as_str(), message, None);
         self.message(names::ERR, args.len(), |out| out.extend_from_slice(&args))
     }
 
@@ -813,7 +828,10 @@ impl ReplyTo {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "handler panicked".to_owned());
         tracing::error!(method, panic = %detail, "handler panicked");
-        self.err("HandlerPanic", &format!("{method} panicked: {detail}"))
+        self.err(
+            ErrorKind::HandlerPanic,
+            &format!("{method} panicked: {detail}"),
+        )
     }
 }
 
@@ -972,7 +990,7 @@ impl Call {
                         self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                         let message =
                             format!("{} did not finish within its deadline", self.method_name);
-                        self.send(self.reply_to.err("DeadlineExceeded", &message))
+                        self.send(self.reply_to.err(ErrorKind::DeadlineExceeded, &message))
                             .await;
                         return Outcome::DeadlineExceeded;
                     }
@@ -1141,8 +1159,11 @@ pub(super) async fn abort_all(shared: &Shared, message: &str) -> usize {
             abort.abort();
         }
         let header = Header::zmesh(Some(id));
-        let event =
-            wire::encode_event(&header, names::ERR, &err_args("Unavailable", message, None));
+        let event = wire::encode_event(
+            &header,
+            names::ERR,
+            &err_args(ErrorKind::Unavailable.as_str(), message, None),
+        );
         let _ = tokio::time::timeout(
             ABORT_SEND_TIMEOUT,
             sender.send(wire::join_frames(&channel.route, event)),

@@ -370,12 +370,12 @@ impl NodeBuilder {
                 .worker_capacity
                 .unwrap_or(DEFAULT_WORKER_CAPACITY)
                 .min(u32::try_from(self.config.max_concurrent_calls).unwrap_or(u32::MAX));
-            let ready = Ready {
-                name: name.clone(),
+            let ready = Ready::new(
+                name.clone(),
                 capacity,
-                heartbeat_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
-                methods: announced,
-            };
+                u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                announced,
+            );
             return Ok(Self::start_worker(
                 WorkerParts {
                     name,

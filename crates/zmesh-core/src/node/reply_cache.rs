@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use tokio::sync::watch;
+use zmesh_proto::ErrorKind;
 
 use crate::service::{HandlerError, HandlerFuture, Reply};
 use crate::wire::{Header, keys};
@@ -209,7 +210,7 @@ impl Inner {
 
 fn aborted() -> Result<Reply, HandlerError> {
     Err(HandlerError::new(
-        "RequestAborted",
+        ErrorKind::RequestAborted.as_str(),
         "the first run of this request was aborted before it finished; it may have partly run",
     ))
 }

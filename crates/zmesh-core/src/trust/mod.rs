@@ -23,6 +23,7 @@ pub use envelope::{Kind, OpenError};
 pub use replay::ReplayError;
 
 use envelope::{SealKey, SealParams};
+use zmesh_proto::ErrorKind;
 
 /// Shortest accepted secret: 16 bytes (128 bits) of key material.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -233,12 +234,17 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The error sent back where a reply is addressable.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Self::Replayed(_) => ErrorKind::Replayed,
+        }
+    }
+
     /// The zerorpc error name sent back where a reply is addressable.
     pub fn err_name(&self) -> &'static str {
-        match self {
-            Self::Unauthenticated(_) => "Unauthenticated",
-            Self::Replayed(_) => "Replayed",
-        }
+        self.kind().as_str()
     }
 }
 

@@ -10,17 +10,19 @@ use super::DecodeError;
 
 /// A read position over a borrowed byte slice.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Cursor<'a> {
+pub struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    /// A cursor at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
-    pub(crate) fn position(&self) -> usize {
+    /// Bytes read so far: the offset of the next value in the buffer.
+    pub fn position(&self) -> usize {
         self.pos
     }
 
@@ -46,12 +48,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads an array header; `None` (position unchanged) when the next value is not an array.
-    pub(crate) fn array_len(&mut self) -> Result<Option<u64>, DecodeError> {
+    pub fn array_len(&mut self) -> Result<Option<u64>, DecodeError> {
         self.container_len(0x90, 0xdc, 0xdd)
     }
 
     /// Reads a map header; `None` (position unchanged) when the next value is not a map.
-    pub(crate) fn map_len(&mut self) -> Result<Option<u64>, DecodeError> {
+    pub fn map_len(&mut self) -> Result<Option<u64>, DecodeError> {
         self.container_len(0x80, 0xde, 0xdf)
     }
 
@@ -79,7 +81,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a msgpack str; `None` (position unchanged) when the next value is not a str.
-    pub(crate) fn str(&mut self) -> Result<Option<&'a str>, DecodeError> {
+    pub fn str(&mut self) -> Result<Option<&'a str>, DecodeError> {
         match self.str_bytes()? {
             Some(bytes) => std::str::from_utf8(bytes)
                 .map(Some)
@@ -90,7 +92,7 @@ impl<'a> Cursor<'a> {
 
     /// Reads a str's bytes without checking that they are UTF-8 (`None` if the next value
     /// is not a str), for comparing against known ASCII names before paying for the check.
-    pub(crate) fn str_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
+    pub fn str_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
         let m = self.peek()?;
         let len = match m {
             0xa0..=0xbf => {
@@ -116,7 +118,7 @@ impl<'a> Cursor<'a> {
 
     /// Reads a non-negative integer; `None` (position unchanged) for any other value,
     /// including negative integers.
-    pub(crate) fn uint(&mut self) -> Result<Option<u64>, DecodeError> {
+    pub fn uint(&mut self) -> Result<Option<u64>, DecodeError> {
         let m = self.peek()?;
         let value = match m {
             0x00..=0x7f => {
@@ -147,7 +149,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips one complete value and returns the slice it occupied.
-    pub(crate) fn value(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub fn value(&mut self) -> Result<&'a [u8], DecodeError> {
         let start = self.pos;
         self.pos = skip_value(self.buf, self.pos)?;
         Ok(&self.buf[start..self.pos])
@@ -155,7 +157,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Kind of the msgpack value starting at `buf[0]`, as far as message ids care.
-pub(crate) fn is_id_kind(value: &[u8]) -> bool {
+pub fn is_id_kind(value: &[u8]) -> bool {
     matches!(
         value.first(),
         Some(0x00..=0x7f | 0xe0..=0xff | 0xcc..=0xd3 | 0xa0..=0xbf | 0xd9..=0xdb | 0xc4..=0xc6)
@@ -168,7 +170,7 @@ pub(crate) fn is_id_kind(value: &[u8]) -> bool {
 /// so adversarial nesting costs one byte per level and never touches the stack. Every length
 /// is checked against the buffer before it is used, so truncated input is `Truncated`, never
 /// a panic or an out-of-bounds slice.
-pub(crate) fn skip_value(buf: &[u8], mut pos: usize) -> Result<usize, DecodeError> {
+pub fn skip_value(buf: &[u8], mut pos: usize) -> Result<usize, DecodeError> {
     let mut pending: u64 = 1;
     let read_be = |pos: usize, n: usize| -> Result<u64, DecodeError> {
         let bytes = buf.get(pos..pos + n).ok_or(DecodeError::Truncated)?;
@@ -269,7 +271,7 @@ pub(crate) fn skip_value(buf: &[u8], mut pos: usize) -> Result<usize, DecodeErro
 }
 
 /// Appends a msgpack str header and the text.
-pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let len = s.len();
     if len < 32 {
         out.push(0xa0 | len as u8);
@@ -286,7 +288,7 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Bytes [`write_str`] appends for a str of `len` bytes.
-pub(crate) fn str_encoded_len(len: usize) -> usize {
+pub fn str_encoded_len(len: usize) -> usize {
     len + match len {
         0..32 => 1,
         32..256 => 2,
@@ -296,7 +298,7 @@ pub(crate) fn str_encoded_len(len: usize) -> usize {
 }
 
 /// Bytes [`write_uint`] appends for `v`.
-pub(crate) fn uint_encoded_len(v: u64) -> usize {
+pub fn uint_encoded_len(v: u64) -> usize {
     match v {
         0..128 => 1,
         128..256 => 2,
@@ -307,7 +309,7 @@ pub(crate) fn uint_encoded_len(v: u64) -> usize {
 }
 
 /// Appends a non-negative integer in its smallest encoding (as msgpack-python does).
-pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
+pub fn write_uint(out: &mut Vec<u8>, v: u64) {
     if v < 128 {
         out.push(v as u8);
     } else if v < 256 {
@@ -325,7 +327,7 @@ pub(crate) fn write_uint(out: &mut Vec<u8>, v: u64) {
 }
 
 /// Appends a map header for `n` entries.
-pub(crate) fn write_map_len(out: &mut Vec<u8>, n: usize) {
+pub fn write_map_len(out: &mut Vec<u8>, n: usize) {
     if n < 16 {
         out.push(0x80 | n as u8);
     } else {
@@ -335,7 +337,7 @@ pub(crate) fn write_map_len(out: &mut Vec<u8>, n: usize) {
 }
 
 /// Appends a msgpack bin header and the bytes.
-pub(crate) fn write_bin(out: &mut Vec<u8>, b: &[u8]) {
+pub fn write_bin(out: &mut Vec<u8>, b: &[u8]) {
     let len = b.len();
     if len < 256 {
         out.extend_from_slice(&[0xc4, len as u8]);

@@ -1,9 +1,10 @@
 //! Provides the zerorpc v3 wire format, pure: events, headers, ids and multipart framing.
 //! No sockets, no clocks, no tasks; everything here is unit-tested against real captures.
+//! zmesh-core re-exports it as `zmesh_core::wire`, adding the conversion to `ZmqMessage`.
 
 mod event;
 mod frames;
-pub(crate) mod msgpack;
+pub mod msgpack;
 pub mod worker;
 
 pub use event::{
@@ -12,7 +13,7 @@ pub use event::{
     decode_header, decode_reply, encode_event, encode_event_into, encoded_len, err_args, keys,
     more_args, names, parse_err_args, parse_more_args,
 };
-pub use frames::{Envelope, join_frames, message_len, split_frames};
+pub use frames::{Envelope, join_route, split_frames};
 
 /// Deepest nesting of arrays and maps zmesh decodes into values. serde decoding recurses
 /// once per level, and a few KiB of stack per level (debug builds) times rmp-serde's own
@@ -23,7 +24,7 @@ pub const MAX_VALUE_DEPTH: usize = 128;
 /// Starting capacity of buffers that args and results are serialized into. rmp-serde grows
 /// an empty `Vec` by doubling from a few bytes, and those reallocations cost more than the
 /// encoding itself for typical small payloads.
-pub(crate) const ENCODE_START_CAPACITY: usize = 128;
+pub const ENCODE_START_CAPACITY: usize = 128;
 
 /// Why bytes from a peer are not a valid zerorpc event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,10 +29,6 @@ pub const REFUSED: &str = "_zmesh_device_refused";
 /// worker dead); the worker must reconnect and announce itself again; args `[]`.
 pub const RESET: &str = "_zmesh_device_reset";
 
-/// The message of the `ERR Unavailable` a node answers, without running the call, to a
-/// request that arrives while it shuts down; a device may safely run such a call elsewhere.
-pub const SHUTTING_DOWN: &str = "node is shutting down";
-
 /// Most methods one `READY` may announce; a larger announcement is refused.
 pub const MAX_ANNOUNCED_METHODS: usize = 65_536;
 
@@ -87,6 +83,22 @@ pub enum ReadyError {
 }
 
 impl Ready {
+    /// Describes a worker: its name, capacity, heartbeat period (ms) and methods. Not
+    /// checked here; [`Ready::decode_args`] checks what a peer sends.
+    pub fn new(
+        name: impl Into<String>,
+        capacity: u32,
+        heartbeat_ms: u64,
+        methods: Vec<AnnouncedMethod>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            capacity,
+            heartbeat_ms,
+            methods,
+        }
+    }
+
     /// Encodes the args array `[ready]`.
     ///
     /// # Errors

@@ -1,8 +1,9 @@
 //! Provides the multipart framing around an event: the identity envelope, the empty
 //! delimiter and the event in the last frame, split and joined the way zerorpc does it.
+//! Frames are plain `Bytes`; turning them into a socket library's message type is the
+//! caller's business (zmesh-core's `wire::join_frames`).
 
 use bytes::Bytes;
-use zeromq::ZmqMessage;
 
 /// A received multipart message split into its routing envelope and its event frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,19 +32,14 @@ pub fn split_frames(mut frames: Vec<Bytes>) -> Option<Envelope> {
     })
 }
 
-/// Joins a route, the empty delimiter and an event into one message.
-pub fn join_frames(route: &[Bytes], event: Bytes) -> ZmqMessage {
+/// Joins a route, the empty delimiter and an event into the frames of one message: the
+/// inverse of [`split_frames`]. Never empty (the event is always the last frame).
+pub fn join_route(route: &[Bytes], event: Bytes) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(route.len() + 2);
     frames.extend_from_slice(route);
     frames.push(Bytes::new());
     frames.push(event);
-    // A non-empty Vec always converts; fall back to the bare event just in case.
-    ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
-}
-
-/// The bytes a message's frames carry, for byte bounds on queues.
-pub fn message_len(message: &ZmqMessage) -> usize {
-    message.iter().map(Bytes::len).sum()
+    frames
 }
 
 #[cfg(test)]
@@ -71,8 +67,8 @@ mod tests {
     fn keeps_multi_hop_envelopes() {
         let env = split_frames(vec![b("a"), b("b"), b(""), b("ev")]).expect("has frames");
         assert_eq!(env.route, vec![b("a"), b("b")]);
-        let joined = join_frames(&env.route, env.event);
-        assert_eq!(joined.into_vec(), vec![b("a"), b("b"), b(""), b("ev")]);
+        let joined = join_route(&env.route, env.event);
+        assert_eq!(joined, vec![b("a"), b("b"), b(""), b("ev")]);
     }
 
     #[test]
