@@ -21,8 +21,8 @@
 //! (`ZMESH_BENCH_PIN=split`, the default; `same` puts all on CPU 0, `off` disables it):
 //! unpinned, thread placement on a small VM swings results by up to 4x (see [`Placement`]).
 //! `ZMESH_BENCH_PIN=process` runs every server in a child process (this binary started
-//! again) with nothing pinned: the layout `../shared/baselines.md` measures its reference
-//! figures in, and the one `zmesh bench` uses.
+//! again) with nothing pinned: the layout the reference figures are measured in, and the
+//! one `zmesh bench` uses (docs/PERFORMANCE.md, "Pinning and process layout").
 //!
 //! The multi-thread group is the exception: the client and each server get their own
 //! multi-thread runtime, the timed loops run in a task spawned on a worker (not in the
@@ -820,8 +820,8 @@ impl ServerThread {
     }
 
     /// The server `kind` in a child process: this bench binary started again with
-    /// [`SERVE_ENV`] set (see [`serve_as_child`]), as `../shared/baselines.md` measures
-    /// (client and server in separate processes, nothing pinned). The child prints its
+    /// [`SERVE_ENV`] set (see [`serve_as_child`]), the layout of the reference figures
+    /// (client and server in separate processes, nothing pinned; docs/PERFORMANCE.md). The child prints its
     /// endpoint on stdout and stops when its stdin closes, which dropping this does.
     fn child(kind: &str, bind: &str, flavour: Flavour) -> Self {
         use std::io::BufRead;
@@ -1156,8 +1156,8 @@ enum Placement {
     Same,
     /// No pinning.
     Off,
-    /// Every server in its own child process, nothing pinned: the layout of
-    /// `../shared/baselines.md` and of `zmesh bench`.
+    /// Every server in its own child process, nothing pinned: the layout of the reference
+    /// figures (docs/PERFORMANCE.md) and of `zmesh bench`.
     Process,
 }
 

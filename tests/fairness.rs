@@ -271,7 +271,7 @@ const POLITE_CALLS: usize = 400;
 const ABUSIVE_CALLS: usize = 20_000;
 const ABUSIVE_CONCURRENCY: usize = 64;
 /// The stated bound: the polite peer's p99 under the flood is at most this many times its
-/// p99 alone. Measured on a shared 2-core machine (debug build): see README "Per-peer limits".
+/// p99 alone. Measured on a shared 2-core machine (debug build): see docs/RELIABILITY.md, "Per-peer limits and fairness".
 const P99_RATIO_BOUND: f64 = 50.0;
 
 async fn polite_p99(client: &Client) -> Duration {

@@ -294,7 +294,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A Markdown table (pastes into the README as it is), ratios to the raw row.
+/// A Markdown table (pastes into docs/COMPARISON.md as it is), ratios to the raw row.
 fn print_table(rows: &[Row]) {
     let raw = rows.iter().find(|r| r.system == System::Raw);
     let ratio = |value: f64, base: Option<f64>| {
