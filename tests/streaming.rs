@@ -200,3 +200,60 @@ async fn dropping_a_stream_cancels_the_producer() {
         assert!(produced.load(Ordering::SeqCst) < 1_000_000);
     }
 }
+
+/// A server's `ERR DeadlineExceeded` in the middle of a stream is the same error as on a
+/// plain call, `CallError::DeadlineExceeded`, not a remote error (a raw ROUTER plays the
+/// server: zmesh's node never sends that mid-stream itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_error_mid_stream_is_deadline_exceeded() {
+    use bytes::Bytes;
+    use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+    use zmesh::wire::{self, Header, names};
+
+    let mut server = RouterSocket::new();
+    let endpoint = net("bind", server.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("binds")
+        .to_string();
+    let client = Client::new(endpoint.as_str());
+    let stream = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let stream = client.call_stream::<u64>("slow.count", (3u64,)).await?;
+            Ok::<_, CallError>(stream.collect::<Vec<_>>().await)
+        }
+    });
+    // The request: [identity, "", event]; answer one item, then the deadline error.
+    let request = loop {
+        let message = net("the request", server.recv()).await.expect("received");
+        let frames = message.into_vec();
+        let event = wire::decode_event(frames.last().expect("frames")).expect("an event");
+        if event.name == "slow.count" {
+            break (frames[0].clone(), event.header.message_id);
+        }
+    };
+    let (identity, id) = request;
+    let reply = |name: &str, args: Vec<u8>| {
+        let event = wire::encode_event(&Header::zmesh(Some(id.clone())), name, &args);
+        ZmqMessage::try_from(vec![identity.clone(), Bytes::new(), event]).expect("frames")
+    };
+    let item = rmp_serde::to_vec(&7u64).expect("encodes");
+    net("the item", server.send(reply(names::STREAM, item)))
+        .await
+        .expect("sent");
+    let err = wire::err_args("DeadlineExceeded", "the call's deadline passed", None);
+    net("the error", server.send(reply(names::ERR, err.to_vec())))
+        .await
+        .expect("sent");
+    let results = net("the stream ends", stream)
+        .await
+        .expect("joins")
+        .expect("the stream opens");
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[0].as_ref().expect("the item"), &7);
+    assert!(
+        matches!(results[1], Err(CallError::DeadlineExceeded(_))),
+        "{:?}",
+        results[1]
+    );
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use zmesh_core::{CallError, CallOptions, Client, ClientConfig, Response};
+use zmesh_core::{CallError, CallOptions, Client, ClientConfig, ErrorKind, Response};
 
 /// Exit status when the remote side answered `ERR`.
 const EXIT_REMOTE_ERROR: u8 = 1;
@@ -380,7 +380,10 @@ async fn list(client: &Client) -> Result<(), CliError> {
         // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work. A node
         // that refused us (mesh key) would refuse those too.
         Err(CallError::Remote(remote))
-            if !matches!(remote.name.as_str(), "Unauthenticated" | "Replayed") =>
+            if !matches!(
+                remote.name.parse(),
+                Ok(ErrorKind::Unauthenticated | ErrorKind::Replayed)
+            ) =>
         {
             tracing::debug!(error = %remote, "_zerorpc_inspect failed; using _zerorpc_list");
             list_and_help_lines(client).await?
@@ -480,7 +483,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
     let report: rmpv::Value = match client.call("_zmesh_stats", ()).await {
         Ok(report) => report,
         // A proxy device answers its own figures instead.
-        Err(e) if e.remote().is_some_and(|r| r.name == "NameError") => {
+        Err(e) if e.remote().and_then(|r| r.kind()) == Some(ErrorKind::NameError) => {
             let report: rmpv::Value = client.call(zmesh_device::STATS_METHOD, ()).await?;
             return device_stats(&report, all, as_json);
         }

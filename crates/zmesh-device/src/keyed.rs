@@ -92,7 +92,7 @@ pub(crate) fn refuse(
                 router.refuse_request(
                     &envelope.route,
                     &request,
-                    rejection.err_name(),
+                    rejection.kind(),
                     &message,
                     false,
                     now,

@@ -475,7 +475,7 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
             shared.lock().refuse_request(
                 &envelope.route,
                 &header.message_id,
-                "MessageTooLarge",
+                zmesh_core::ErrorKind::MessageTooLarge,
                 &problem,
                 true,
                 now,
@@ -518,7 +518,7 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
                 shared.lock().refuse_request(
                     &envelope.route,
                     &header.message_id,
-                    "ProtocolError",
+                    zmesh_core::ErrorKind::ProtocolError,
                     &message,
                     true,
                     now,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use zeromq::ZmqMessage;
+use zmesh_core::ErrorKind;
 use zmesh_core::wire::worker::{self as proto, Ready};
 use zmesh_core::wire::{self, HEARTBEAT_ARGS, Header, MessageId, names};
 
@@ -260,9 +261,13 @@ fn to_worker(worker: &Bytes, route: &[Bytes], event: Bytes) -> ZmqMessage {
     ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Bytes::new()))
 }
 
-fn err_event(request: &MessageId, name: &str, message: &str) -> Bytes {
+fn err_event(request: &MessageId, kind: ErrorKind, message: &str) -> Bytes {
     let header = Header::zmesh(Some(request.clone()));
-    wire::encode_event(&header, names::ERR, &wire::err_args(name, message, None))
+    wire::encode_event(
+        &header,
+        names::ERR,
+        &wire::err_args(kind.as_str(), message, None),
+    )
 }
 
 fn ok_event(request: &MessageId, value: &[u8]) -> Bytes {
@@ -376,7 +381,7 @@ impl Router {
         &mut self,
         route: &[Bytes],
         request: &MessageId,
-        name: &str,
+        kind: ErrorKind,
         message: &str,
         sealed: bool,
         now: Instant,
@@ -390,7 +395,7 @@ impl Router {
         }
         let outgoing = Outgoing {
             what: Sent::Refusal,
-            message: to_route(route, err_event(request, name, message)),
+            message: to_route(route, err_event(request, kind, message)),
         };
         if sealed {
             out.frontend.push(outgoing);
@@ -487,14 +492,22 @@ impl Router {
                 // The name stays NameError (what a node answers for a method it does not
                 // have, and what zerorpc clients expect); the message says why.
                 let message = format!("no worker connected to the device serves {name}");
-                self.refuse_request(&route, &id, "NameError", &message, true, now, out);
+                self.refuse_request(&route, &id, ErrorKind::NameError, &message, true, now, out);
                 return;
             }
         };
         let key = (route[0].clone(), id.clone());
         if self.channels.contains_key(&key) {
             let message = "a call with this message_id is already running";
-            self.refuse_request(&route, &id, "ProtocolError", message, true, now, out);
+            self.refuse_request(
+                &route,
+                &id,
+                ErrorKind::ProtocolError,
+                message,
+                true,
+                now,
+                out,
+            );
             return;
         }
         let size = frame.len();
@@ -512,7 +525,7 @@ impl Router {
             }
             out.front(
                 Sent::Refusal,
-                to_route(&route, err_event(&id, "Overloaded", &message)),
+                to_route(&route, err_event(&id, ErrorKind::Overloaded, &message)),
             );
             return;
         }
@@ -526,7 +539,7 @@ impl Router {
                     let message = "no worker is connected to the device";
                     out.front(
                         Sent::Refusal,
-                        to_route(&route, err_event(&id, "Unavailable", message)),
+                        to_route(&route, err_event(&id, ErrorKind::Unavailable, message)),
                     );
                     return;
                 }
@@ -546,7 +559,7 @@ impl Router {
                     );
                     out.front(
                         Sent::Refusal,
-                        to_route(&route, err_event(&id, "Overloaded", &message)),
+                        to_route(&route, err_event(&id, ErrorKind::Overloaded, &message)),
                     );
                     return;
                 }
@@ -1099,7 +1112,7 @@ impl Router {
                 let message = format!("worker {} was lost during the call: {reason}", w.name);
                 out.front(
                     Sent::Refusal,
-                    to_route(&c.route, err_event(&key.1, "PeerLost", &message)),
+                    to_route(&c.route, err_event(&key.1, ErrorKind::PeerLost, &message)),
                 );
             }
         }
@@ -1118,7 +1131,7 @@ impl Router {
                     let message = "no worker is connected to the device";
                     out.front(
                         Sent::Refusal,
-                        to_route(&c.route, err_event(&key.1, "Unavailable", message)),
+                        to_route(&c.route, err_event(&key.1, ErrorKind::Unavailable, message)),
                     );
                 }
             }
