@@ -446,6 +446,18 @@ fn text(value: &rmpv::Value) -> String {
         .map_or_else(|| json.to_string(), str::to_owned)
 }
 
+/// The figures of one stats row, in `columns` order (0 where the report has none).
+fn columns_of(figures: &rmpv::Value, columns: &[&str]) -> Vec<u64> {
+    columns
+        .iter()
+        .map(|c| {
+            map_get(figures, c)
+                .and_then(rmpv::Value::as_u64)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 fn map_get<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
     value
         .as_map()?
@@ -534,14 +546,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         .and_then(rmpv::Value::as_map)
         .ok_or_else(|| CliError::Other("_zmesh_stats answered without methods".into()))?;
     for (name, figures) in methods {
-        let values: Vec<u64> = columns
-            .iter()
-            .map(|c| {
-                map_get(figures, c)
-                    .and_then(rmpv::Value::as_u64)
-                    .unwrap_or(0)
-            })
-            .collect();
+        let values = columns_of(figures, &columns);
         if !all && values[..3].iter().all(|&n| n == 0) {
             continue;
         }
@@ -653,14 +658,7 @@ fn device_stats(report: &rmpv::Value, all: bool, as_json: bool) -> Result<(), Cl
         .and_then(rmpv::Value::as_map)
         .ok_or_else(|| CliError::Other("_zmesh_device_stats answered without services".into()))?;
     for (name, figures) in services {
-        let v: Vec<u64> = columns
-            .iter()
-            .map(|c| {
-                map_get(figures, c)
-                    .and_then(rmpv::Value::as_u64)
-                    .unwrap_or(0)
-            })
-            .collect();
+        let v = columns_of(figures, &columns);
         if !all && v.iter().all(|&n| n == 0) {
             continue;
         }
