@@ -609,3 +609,72 @@ async fn reserved_topics_and_closed_publishers_are_errors() {
         .expect_err("inproc is not supported");
     assert!(matches!(err, zmesh::EventsError::UnsupportedEndpoint(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_waits_for_its_subscribers_before_the_first_event() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = events_node(transport, &dir, "waits", false).await;
+        let publisher = publisher(&node);
+        let endpoint = node.events_endpoint().expect("events");
+
+        // Nobody subscribed yet: the wait says how many came.
+        let err = publisher
+            .wait_for_subscribers("orders.created", 1, Duration::from_millis(50))
+            .await
+            .expect_err("no subscriber");
+        assert_eq!(
+            err,
+            zmesh::WaitError::TimedOut {
+                waited_for: "subscribers to \"orders.created\"".into(),
+                wanted: 1,
+                seen: 0
+            }
+        );
+
+        let mut other = Subscriber::builder()
+            .connect(endpoint)
+            .subscribe("stock.")
+            .start::<Order>()
+            .await
+            .expect("subscriber starts");
+        let mut orders = Subscriber::builder()
+            .connect(endpoint)
+            .subscribe("orders.")
+            .start::<Order>()
+            .await
+            .expect("subscriber starts");
+        let seen = net(
+            "subscription arrives",
+            publisher.wait_for_subscribers("orders.created", 1, Duration::from_secs(10)),
+        )
+        .await
+        .expect("the subscription arrives");
+        // The stock subscriber does not count for orders.
+        assert_eq!(seen, 1);
+
+        // Published at once after the wait, the first event is not lost.
+        let order = Order {
+            id: 1,
+            item: "book".into(),
+        };
+        assert_eq!(
+            publisher
+                .publish("orders.created", &order)
+                .await
+                .expect("publish"),
+            1
+        );
+        let event = next_event(&mut orders).await;
+        assert_eq!((event.seq, event.payload), (Some(1), order));
+        sync(&mut other, &node).await;
+
+        publisher.close().await;
+        assert_eq!(
+            publisher
+                .wait_for_subscribers("orders.created", 1, Duration::from_secs(1))
+                .await,
+            Err(zmesh::WaitError::Closed)
+        );
+    }
+}

@@ -30,6 +30,8 @@ pub mod read_turns;
 mod service;
 mod stats;
 pub mod trust;
+#[doc(hidden)]
+pub mod wait;
 pub mod wire;
 pub mod zmtp;
 
@@ -50,4 +52,5 @@ pub use service::{Handler, HandlerError, Service, StreamHandler};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;
+pub use wait::WaitError;
 pub use zmesh_proto::{ErrorKind, Retry};

@@ -143,6 +143,19 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
 }
 
 impl PubSocketBackend {
+    /// zmesh patch: see [`PubSocket::subscribers_matching`].
+    fn subscribers_matching(&self, topic: &[u8]) -> usize {
+        let frame = Bytes::copy_from_slice(topic);
+        let mut matching = 0;
+        self.subscribers.iter_sync(|_, subscriber| {
+            if subscription_matches(&subscriber.subscriptions, &frame) {
+                matching += 1;
+            }
+            true
+        });
+        matching
+    }
+
     pub(crate) async fn fanout_message(&self, message: ZmqMessage) {
         let first_frame = match message.get(0) {
             Some(frame) => frame,
@@ -303,6 +316,18 @@ pub struct PubSocket {
     pub(crate) backend: Arc<PubSocketBackend>,
     fanout_queue: PubFanoutQueue,
     binds: HashMap<Endpoint, AcceptStopHandle>,
+}
+
+impl PubSocket {
+    /// zmesh patch: how many connected subscribers hold a subscription that a message whose
+    /// first frame is `topic` would match, i.e. would receive it if it were sent now.
+    ///
+    /// A PUB drops what it sends before a subscription has arrived (ZeroMQ's "slow joiner"),
+    /// and nothing in upstream's API tells when one has: this lets a publisher wait for its
+    /// subscribers before its first message.
+    pub fn subscribers_matching(&self, topic: &[u8]) -> usize {
+        self.backend.subscribers_matching(topic)
+    }
 }
 
 impl Drop for PubSocket {
@@ -532,6 +557,27 @@ mod tests {
 
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
         assert_eq!(backend.subscribers.len(), 1);
+    }
+
+    /// zmesh patch: only subscribers whose subscriptions cover the topic are counted.
+    #[async_rt::test]
+    async fn test_subscribers_matching_counts_covering_subscriptions() {
+        let backend = test_backend();
+        assert_eq!(backend.subscribers_matching(b"orders.created"), 0);
+        let subscriptions = [
+            vec![b"orders.".to_vec()],
+            vec![b"stock.".to_vec(), b"orders.created".to_vec()],
+            vec![b"orders.deleted".to_vec()],
+            vec![vec![]],
+        ];
+        for subscription in subscriptions {
+            let (sender, _receiver) = mpsc::channel(1);
+            insert_test_subscriber(&backend, PeerIdentity::new(), subscription, sender).await;
+        }
+        // "orders.", "orders.created" and the empty (everything) subscription match.
+        assert_eq!(backend.subscribers_matching(b"orders.created"), 3);
+        assert_eq!(backend.subscribers_matching(b"stock.x"), 2);
+        assert_eq!(backend.subscribers_matching(b"other"), 1);
     }
 
     #[async_rt::test]

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -16,6 +17,7 @@ use zeromq::{PubSocket, Socket, SocketSend};
 use super::cache::TopicTable;
 use super::codec;
 use super::{EventsError, PublishError, RESERVED_TOPIC_PREFIX};
+use crate::WaitError;
 use crate::node::check_endpoint;
 
 /// Builds a [`Publisher`].
@@ -245,6 +247,32 @@ impl Publisher {
             .await?;
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
+    }
+
+    /// Waits until at least `count` subscribers would receive an event published on `topic`
+    /// now, for at most `timeout`; returns how many there are.
+    ///
+    /// A subscription reaches the publisher some time after the subscriber connected, and
+    /// events published before it arrives are not delivered to that subscriber (ZeroMQ's
+    /// "slow joiner"). Publishing never waits, so a program that publishes right after its
+    /// subscribers start calls this first.
+    ///
+    /// # Errors
+    /// [`WaitError::TimedOut`] (with the number seen) when fewer subscribers than `count`
+    /// arrived in time; [`WaitError::Closed`] for a closed publisher.
+    pub async fn wait_for_subscribers(
+        &self,
+        topic: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<usize, WaitError> {
+        crate::wait::until_count(count, timeout, || async {
+            let state = self.inner.state.lock().await;
+            let socket = state.socket.as_ref().ok_or(WaitError::Closed)?;
+            Ok(socket.subscribers_matching(topic.as_bytes()))
+        })
+        .await
+        .map_err(|e| e.waiting_for(|| format!("subscribers to {topic:?}")))
     }
 
     /// The last sequence number of every topic starting with `prefix`, sorted by topic.
