@@ -712,3 +712,41 @@ async fn forwarder_passes_events_from_every_publisher_to_subscribers() {
         assert_eq!(got.iter().collect::<Vec<_>>(), expected, "publisher {p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_can_wait_until_a_worker_serves_its_service() {
+    let device = start_device(fast()).await;
+    let err = device
+        .wait_for_workers("work", 1, Duration::from_millis(50))
+        .await
+        .expect_err("no worker yet");
+    assert_eq!(
+        err,
+        zmesh::WaitError::TimedOut {
+            waited_for: "workers for \"work\"".into(),
+            wanted: 1,
+            seen: 0
+        }
+    );
+    let counter = Arc::new(AtomicU64::new(0));
+    let _worker = start_worker(
+        device.backend(),
+        "w1",
+        vec![counted("w1", Duration::ZERO, counter.clone())],
+        None,
+    )
+    .await;
+    let seen = net(
+        "worker registers",
+        device.wait_for_workers("work", 1, Duration::from_secs(10)),
+    )
+    .await
+    .expect("the worker registers");
+    assert_eq!(seen, 1);
+    // The call right after the wait reaches the worker, rather than NameError.
+    let (worker, x): (String, u64) = net("call", client_of(&device).call("work.job", (7,)))
+        .await
+        .expect("the worker answers");
+    assert_eq!((worker.as_str(), x), ("w1", 7));
+    assert_eq!(counter.load(Ordering::Relaxed), 1);
+}

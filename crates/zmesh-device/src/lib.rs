@@ -300,6 +300,30 @@ impl Device {
             .unwrap_or_default()
     }
 
+    /// Waits until at least `count` workers offer `service` (a worker announces itself some
+    /// time after it starts, and until one has, the device answers calls of the service
+    /// that no worker serves them), for at most `timeout`; returns how many there are.
+    ///
+    /// # Errors
+    /// [`WaitError::TimedOut`](zmesh_core::WaitError::TimedOut) with the number seen.
+    pub async fn wait_for_workers(
+        &self,
+        service: &str,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Result<usize, zmesh_core::WaitError> {
+        zmesh_core::wait::until_count(count, timeout, || {
+            let workers = self
+                .stats()
+                .services
+                .get(service)
+                .map_or(0, |stats| stats.workers);
+            std::future::ready(Ok(workers))
+        })
+        .await
+        .map_err(|e| e.waiting_for(|| format!("workers for {service:?}")))
+    }
+
     /// Messages dropped because their peer's queue was full (it had stopped reading); by
     /// kind in [`DeviceStats::dropped`].
     pub fn dropped_messages(&self) -> u64 {
