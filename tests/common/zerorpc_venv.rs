@@ -16,16 +16,23 @@ use tokio::time::timeout;
 /// Longest wait for building the venv (pip downloads a few wheels).
 const VENV_BUILD_LIMIT: Duration = Duration::from_secs(600);
 
-fn interop_dir() -> PathBuf {
+/// The repository's root: this file is shared by the root package's tests and the CLI's
+/// (`crates/zmesh-cli`), so it is found from either manifest directory.
+fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("interop")
+        .ancestors()
+        .find(|dir| dir.join("tests/interop/zerorpc-venv.sh").exists())
+        .expect("the repository holds tests/interop/zerorpc-venv.sh")
+}
+
+fn interop_dir() -> PathBuf {
+    repo_root().join("tests").join("interop")
 }
 
 fn venv_dir() -> PathBuf {
     match std::env::var_os("ZMESH_ZERORPC_VENV") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-zerorpc"),
+        _ => repo_root().join(".venv-zerorpc"),
     }
 }
 
@@ -80,9 +87,22 @@ async fn ensure_venv() -> Result<PathBuf, String> {
 /// A command running one of the scripts in `tests/interop/` with the venv's python (stdout
 /// and stderr piped), building the venv first if needed.
 pub async fn python_script(script: &str) -> Command {
+    let mut cmd = venv_python().await;
+    cmd.arg(interop_dir().join(script));
+    cmd
+}
+
+/// A command running the Python program `code` with the venv's python, as
+/// [`python_script`] does a script.
+pub async fn python_code(code: &str) -> Command {
+    let mut cmd = venv_python().await;
+    cmd.arg("-c").arg(code);
+    cmd
+}
+
+async fn venv_python() -> Command {
     let mut cmd = Command::new(python().await);
-    cmd.arg(interop_dir().join(script))
-        .current_dir(interop_dir())
+    cmd.current_dir(interop_dir())
         // Keep the source tree clean (no __pycache__ next to the scripts).
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
