@@ -25,6 +25,12 @@ const EXIT_REMOTE_ERROR: u8 = 1;
 const EXIT_FAILURE: u8 = 3;
 /// Exit status for usage errors (as clap's): also a mesh key that cannot be loaded.
 const EXIT_USAGE: u8 = 2;
+/// Exit status after Ctrl-C (SIGINT), as shells report a process the signal ended (128 + 2),
+/// also when the verb then shut down gracefully.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Set when [`shutdown_signal`] saw SIGINT, so `main` exits with [`EXIT_INTERRUPTED`].
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// zmesh: a peer-to-peer RPC mesh speaking the zerorpc v3 protocol.
 #[derive(Debug, Parser)]
@@ -227,7 +233,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // Whatever the verb made of it (a graceful stop, or "interrupted"), the user asked.
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // Like standard tools: whoever read the output has what they wanted.
         Err(CliError::Output(output::OutputError::Closed)) => ExitCode::SUCCESS,
@@ -678,7 +689,7 @@ fn device_stats(report: &rmpv::Value, all: bool, as_json: bool) -> Result<(), Cl
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM. The handlers are installed by this call, not when the
+/// Completes on Ctrl-C (noting it for the exit status) or SIGTERM. The handlers are installed by this call, not when the
 /// future is first polled: a signal sent right after a verb announced itself (a parent
 /// reading the endpoint, then stopping the child) must not find the default action, which
 /// kills the process without a graceful shutdown.
@@ -697,7 +708,9 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             }
         };
         tokio::select! {
-            () = received(interrupt) => {}
+            () = received(interrupt) => {
+                INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             () = received(terminate) => {}
         }
     }

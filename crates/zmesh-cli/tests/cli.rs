@@ -163,6 +163,14 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
 }
 
 #[tokio::test]
+async fn serve_shuts_down_gracefully_on_ctrl_c_and_exits_130() {
+    let mut server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    common::send_signal(&server.child, "INT");
+    let status = common::exit_status(&mut server.child, "serve after SIGINT").await;
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[tokio::test]
 async fn usage_errors_and_help() {
     let out = run(&["call"]).await;
     assert_eq!(out.status.code(), Some(2));

@@ -326,8 +326,19 @@ async fn demo_runs_fails_over_and_leaves_nothing_running() {
     );
 }
 
+/// SIGTERM ends the demo as a failure (3), Ctrl-C as an interruption (130); either way it
+/// stops every process it started.
 #[tokio::test]
-async fn demo_stops_its_processes_when_interrupted() {
+async fn demo_stops_its_processes_when_terminated() {
+    demo_stops_its_processes_on("TERM", 3).await;
+}
+
+#[tokio::test]
+async fn demo_stops_its_processes_on_ctrl_c_and_exits_130() {
+    demo_stops_its_processes_on("INT", 130).await;
+}
+
+async fn demo_stops_its_processes_on(signal: &str, code: i32) {
     let mut child = zmesh()
         .args(["demo", "--calls", "1000000"])
         .stdout(Stdio::piped())
@@ -345,13 +356,13 @@ async fn demo_stops_its_processes_when_interrupted() {
             break;
         }
     }
-    common::terminate(&child);
-    let status = common::exit_status(&mut child, "demo after SIGTERM").await;
+    common::send_signal(&child, signal);
+    let status = common::exit_status(&mut child, &format!("demo after SIG{signal}")).await;
     while let Some(line) = lines.next_within(Duration::from_secs(5)).await {
         seen.push_str(&line);
         seen.push('\n');
     }
-    assert_eq!(status.code(), Some(3), "{seen}");
+    assert_eq!(status.code(), Some(code), "{seen}");
     assert!(seen.contains("cleanup: "), "{seen}");
     let pids = demo_pids(&seen);
     assert_eq!(pids.len(), 6, "{seen}");

@@ -53,12 +53,17 @@ pub(crate) fn stderr(output: &Output) -> String {
 
 /// Sends SIGTERM to a running child.
 pub(crate) fn terminate(child: &Child) {
+    send_signal(child, "TERM");
+}
+
+/// Sends `signal` (`TERM`, `INT`...) to a running child.
+pub(crate) fn send_signal(child: &Child, signal: &str) {
     let pid = child.id().expect("the child is running").to_string();
     let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .expect("kill runs");
-    assert!(kill.success(), "kill -TERM {pid}");
+    assert!(kill.success(), "kill -{signal} {pid}");
 }
 
 /// Waits within [`LIMIT`] for a child to exit.
