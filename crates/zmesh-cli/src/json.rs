@@ -6,11 +6,16 @@ use serde_json::{Map, Number, Value as Json};
 
 /// Reads one command-line argument the way the zerorpc tool does: JSON when it parses as
 /// JSON, otherwise the word itself as a string (so `zmesh call EP echo.upper hi` works
-/// without quoting `"hi"`).
-pub(crate) fn parse_arg(arg: &str) -> Value {
+/// without quoting `"hi"`). An argument that starts like a JSON object, array or string
+/// (`{`, `[`, `"`) but does not parse is a mistake, not a word: it is refused with the
+/// parser's message rather than sent as a string nobody meant.
+pub(crate) fn parse_arg(arg: &str) -> Result<Value, String> {
     match serde_json::from_str::<Json>(arg) {
-        Ok(json) => from_json(&json),
-        Err(_) => Value::from(arg),
+        Ok(json) => Ok(from_json(&json)),
+        Err(e) if arg.trim_start().starts_with(['{', '[', '"']) => {
+            Err(format!("argument {arg:?} is not valid JSON: {e}"))
+        }
+        Err(_) => Ok(Value::from(arg)),
     }
 }
 
@@ -104,24 +109,35 @@ mod tests {
 
     #[test]
     fn json_words_parse_as_json_and_other_words_as_strings() {
-        assert_eq!(parse_arg("42"), Value::from(42u64));
-        assert_eq!(parse_arg("-3"), Value::from(-3i64));
-        assert_eq!(parse_arg("1.5"), Value::F64(1.5));
-        assert_eq!(parse_arg("true"), Value::Boolean(true));
-        assert_eq!(parse_arg("null"), Value::Nil);
-        assert_eq!(parse_arg("\"quoted\""), Value::from("quoted"));
-        assert_eq!(parse_arg("hello"), Value::from("hello"));
-        assert_eq!(parse_arg("{not json"), Value::from("{not json"));
+        assert_eq!(parse_arg("42"), Ok(Value::from(42u64)));
+        assert_eq!(parse_arg("-3"), Ok(Value::from(-3i64)));
+        assert_eq!(parse_arg("1.5"), Ok(Value::F64(1.5)));
+        assert_eq!(parse_arg("true"), Ok(Value::Boolean(true)));
+        assert_eq!(parse_arg("null"), Ok(Value::Nil));
+        assert_eq!(parse_arg("\"quoted\""), Ok(Value::from("quoted")));
+        assert_eq!(parse_arg("hello"), Ok(Value::from("hello")));
+        // Started like JSON but broken: refused, not sent as a string.
+        for broken in [
+            "{not json",
+            "{\"a\": [1, 2.5, null",
+            "[1, 2",
+            "\"open",
+            " [x",
+        ] {
+            let error = parse_arg(broken).expect_err(broken);
+            assert!(error.contains("is not valid JSON"), "{error}");
+        }
+        assert_eq!(parse_arg("a{b"), Ok(Value::from("a{b")));
         assert_eq!(
             parse_arg("[1, \"a\", {\"k\": [true]}]"),
-            Value::Array(vec![
+            Ok(Value::Array(vec![
                 Value::from(1u64),
                 Value::from("a"),
                 Value::Map(vec![(
                     Value::from("k"),
                     Value::Array(vec![Value::Boolean(true)])
                 )]),
-            ])
+            ]))
         );
     }
 

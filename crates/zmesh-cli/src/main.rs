@@ -363,7 +363,11 @@ async fn call(
     args: &[String],
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let args: Vec<rmpv::Value> = args.iter().map(|a| json::parse_arg(a)).collect();
+    let args = args
+        .iter()
+        .map(|a| json::parse_arg(a))
+        .collect::<Result<Vec<rmpv::Value>, String>>()
+        .map_err(CliError::Usage)?;
     let encoded = rmp_serde::to_vec(&args)
         .map_err(|e| CliError::Other(format!("cannot encode the arguments: {e}")))?;
     match client

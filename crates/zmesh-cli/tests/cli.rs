@@ -182,6 +182,16 @@ async fn usage_errors_and_help() {
     }
     let out = run(&["serve", "nosuchservice"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // An argument that starts like JSON and does not parse is refused before any connection
+    // (the endpoint has nobody listening), not sent as a string.
+    let dead = common::dead_endpoint();
+    let out = run(&["call", &dead, "echo.echo", r#"{"a": [1, 2.5, null"#]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // --- a stock Python zerorpc server --------------------------------------------------------
