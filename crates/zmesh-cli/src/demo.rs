@@ -38,7 +38,7 @@ pub(crate) struct DemoArgs {
     /// Calls per path (direct, by service name, through the device, during failover).
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     calls: u64,
-    /// kv puts on the direct path (each publishes a kv.changed.<key> event); the rest of
+    /// kv puts on the direct path (each publishes a `kv.changed.<key>` event); the rest of
     /// its calls are gets.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     puts: u64,

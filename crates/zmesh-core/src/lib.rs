@@ -13,19 +13,21 @@
 //!   with health-aware balancing, failover and duplicate suppression, and [`MeshNode`].
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
-//! - [`read_turns`]: how socket read loops share their thread with the writers.
-//! - [`zmtp`]: the ZMTP-level limits on zmesh's sockets (wire size, frames, descriptors).
-//! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
-//!   listener has let go of its address so a restart can bind it).
+//! - [`trust`]: the optional pre-shared mesh key ([`MeshKey`]).
+//!
+//! The `endpoint`, `read_turns`, `wait` and `zmtp` modules are public for zmesh's own crates
+//! (the device, the CLI) and hidden from the documentation: they are not a stable API.
 //!
 //! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
 pub mod client;
+#[doc(hidden)]
 pub mod endpoint;
 pub mod events;
 pub mod mesh;
 pub mod node;
+#[doc(hidden)]
 pub mod read_turns;
 mod service;
 mod stats;
@@ -33,6 +35,7 @@ pub mod trust;
 #[doc(hidden)]
 pub mod wait;
 pub mod wire;
+#[doc(hidden)]
 pub mod zmtp;
 
 pub use client::{

@@ -686,11 +686,16 @@ pub(crate) fn err_reply(args: &[u8], timeout: Duration) -> CallError {
 }
 
 /// A call in progress: the future [`Client::request`] returns (and the one inside
-/// [`Client::call`]'s). Written out as a small state machine rather than nested `async fn`s:
-/// every concurrent call is one such future, copied into its task and allocated there, and
-/// an `async fn` keeps its parameters beside the future it awaits, so the layers of the
-/// call path stored the arguments and options again and again (the call future had grown
-/// to 1,000 bytes, past the allocator's small-chunk cache).
+/// [`Client::call`]'s), resolving to the first reply.
+///
+/// Nothing is sent before it is first polled. Dropping it before the reply cancels the call:
+/// its registration is removed and a zmesh peer is told to stop the handler. The deadline
+/// (from [`CallOptions`] or the client's default) covers connecting, waiting for a slot
+/// and the reply.
+// A hand-written state machine rather than nested `async fn`s: every concurrent call is one
+// such future, and an `async fn` keeps its parameters beside the future it awaits, so the
+// layers stored the arguments again and again (1,000 bytes, past the allocator's
+// small-chunk cache; a unit test bounds it now).
 #[must_use = "futures do nothing unless polled"]
 pub struct Request<'a> {
     client: &'a Client,
