@@ -152,6 +152,8 @@ fn child_worker_entry() {
 
 struct ChildWorker {
     child: Child,
+    /// Its stderr, shown only if the test fails.
+    _log: common::child_log::ChildLog,
 }
 
 impl ChildWorker {
@@ -166,10 +168,11 @@ impl ChildWorker {
             ])
             .env(CHILD_BACKEND_VAR, backend)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("child worker spawns");
+        let log = common::child_log::ChildLog::capture(&mut child, "the child worker");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         net("child worker READY line", async {
@@ -182,7 +185,7 @@ impl ChildWorker {
         })
         .await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child }
+        Self { child, _log: log }
     }
 
     fn signal(&self, name: &str) {

@@ -510,10 +510,11 @@ async fn big_queued_requests_past_the_byte_bound_are_overloaded_and_rss_stays_bo
         // (docs/RELIABILITY.md). A fixed threshold measures what the device holds.
         .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("child device spawns");
+    let _log = common::child_log::ChildLog::capture(&mut child, "the child device");
     let pid = child.id().expect("running");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let (frontend, backend) = net("child device line", async {

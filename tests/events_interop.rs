@@ -13,7 +13,6 @@ mod common;
 #[path = "common/zerorpc_venv.rs"]
 mod zerorpc_venv;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{net, within};
@@ -42,11 +41,10 @@ async fn stock_subscriber_receives_zmesh_events() {
     let node = net("node start", node).await.expect("node starts");
     let publisher = node.publisher().expect("events").clone();
     let mut cmd = python_script("py_subscriber.py").await;
-    // Its diagnostics go straight to the test output (nothing reads a pipe for them).
-    cmd.stderr(Stdio::inherit());
     cmd.arg(node.events_endpoint().expect("events"))
         .arg(COUNT.to_string());
     let mut child = cmd.spawn().expect("py_subscriber.py starts");
+    let _log = common::child_log::ChildLog::capture(&mut child, "py_subscriber.py");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let first = within(PY_LIMIT, "py_subscriber start", lines.next_line()).await;
     assert_eq!(first.expect("readable").as_deref(), Some("SUBSCRIBED"));
@@ -93,9 +91,9 @@ async fn stock_subscriber_receives_zmesh_events() {
 async fn zmesh_subscriber_receives_stock_publisher_events() {
     let mut child = python_script("py_publisher.py")
         .await
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("py_publisher.py starts");
+    let _log = common::child_log::ChildLog::capture(&mut child, "py_publisher.py");
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let ready = within(PY_LIMIT, "py_publisher READY", lines.next_line())
         .await

@@ -135,6 +135,8 @@ fn skip_reason() -> Option<String> {
 /// The caller process, driven line by line over stdin/stdout.
 struct Caller {
     child: Child,
+    /// Its stderr, shown only if the test fails.
+    _log: common::child_log::ChildLog,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
@@ -154,14 +156,16 @@ impl Caller {
             .env(caller::CALLER_VAR, mesh)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("caller spawns");
+        let log = common::child_log::ChildLog::capture(&mut child, "the caller");
         let stdin = child.stdin.take().expect("piped stdin");
         let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         Self {
             child,
+            _log: log,
             stdin,
             lines,
         }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child_log;
+
 use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;

@@ -15,11 +15,13 @@ use serde_json::{Value as Json, json};
 use tokio::process::Child;
 use zmesh_core::{Client, Node, Publisher};
 
-use common::{LIMIT, Lines, dead_endpoint, finish, run, stderr, stdout, zmesh};
+use common::{ChildLog, LIMIT, Lines, dead_endpoint, finish, run, stderr, stdout, zmesh};
 
 /// A running `zmesh proxy` and the endpoints it announced.
 struct Proxy {
     child: Child,
+    /// Its stderr, shown only if the test fails.
+    _log: ChildLog,
     frontend: String,
     backend: String,
     events_in: String,
@@ -39,9 +41,10 @@ impl Proxy {
             .args(["--events-in", "tcp://127.0.0.1:0"])
             .args(["--events-out", "tcp://127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("zmesh proxy starts");
+        let log = ChildLog::capture(&mut child, "zmesh proxy");
         let mut lines = Lines::new(child.stdout.take().expect("piped"));
         let mut endpoint = async |role: &str| {
             let line = lines.next("zmesh proxy announcing its endpoints").await;
@@ -57,6 +60,7 @@ impl Proxy {
         let events_out = endpoint("events-out").await;
         Self {
             child,
+            _log: log,
             frontend,
             backend,
             events_in,
@@ -269,9 +273,10 @@ async fn pub_with_bind_waits_for_a_connecting_subscriber() {
             "[1,2]",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("zmesh pub starts");
+    let _log = ChildLog::capture(&mut publisher, "zmesh pub --bind");
     let mut lines = Lines::new(publisher.stdout.take().expect("piped"));
     let line = lines.next("pub --bind announcing its endpoint").await;
     let endpoint = line

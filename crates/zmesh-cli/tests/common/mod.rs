@@ -6,6 +6,10 @@
 // Each test crate uses its own subset of these helpers.
 #![allow(dead_code)]
 
+#[path = "../../../../tests/common/child_log.rs"]
+pub(crate) mod child_log;
+pub(crate) use child_log::ChildLog;
+
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
@@ -113,6 +117,8 @@ impl Lines {
 /// A child process that announced its endpoint on its first stdout line.
 pub(crate) struct Server {
     pub(crate) child: Child,
+    /// Its stderr, shown only if the test fails.
+    _log: ChildLog,
     /// The last word of the first line.
     pub(crate) endpoint: String,
     /// The rest of its stdout.
@@ -124,10 +130,11 @@ impl Server {
     pub(crate) async fn start(mut command: Command, what: &str) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let log = ChildLog::capture(&mut child, what);
         let mut lines = Lines::new(child.stdout.take().expect("stdout is piped"));
         let line = lines.next(&format!("{what} announcing its endpoint")).await;
         let endpoint = line
@@ -137,6 +144,7 @@ impl Server {
             .to_owned();
         Self {
             child,
+            _log: log,
             endpoint,
             lines,
         }
