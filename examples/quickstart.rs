@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(()) => println!("echo.fail unexpectedly succeeded"),
     }
 
-    let methods: Vec<String> = client.call("_zerorpc_list", ()).await?;
+    let methods: Vec<String> = client.call(zmesh::reserved::ZERORPC_LIST, ()).await?;
     println!("_zerorpc_list              -> {methods:?}");
 
     let calls = 10_000;

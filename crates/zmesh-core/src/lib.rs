@@ -15,8 +15,11 @@
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //! - [`read_turns`]: how socket read loops share their thread with the writers.
 //! - [`zmtp`]: the ZMTP-level limits on zmesh's sockets (wire size, frames, descriptors).
-//! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
+//! - [`endpoint`]: [`Endpoint`], every tcp/ipc endpoint parsed once with one error type
+//!   ([`EndpointError`]), and the housekeeping (stale ipc files, waiting until a closed
 //!   listener has let go of its address so a restart can bind it).
+//! - [`reserved`]: the method names and topic prefixes zmesh reserves (`_zerorpc_*`,
+//!   `_zmesh.*`, and the aliases `_zmesh_stats`, `_zmesh_device_stats`).
 //!
 //! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
 //! ignore; see `docs/PROTOCOL.md` in the repository.
@@ -32,6 +35,10 @@ mod stats;
 pub mod trust;
 pub mod wire;
 pub mod zmtp;
+
+pub use endpoint::{Endpoint, EndpointError};
+/// Every method name and topic prefix zmesh reserves (from zmesh-proto).
+pub use zmesh_proto::reserved;
 
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
