@@ -255,7 +255,7 @@ async fn kv_get(client: &Client) -> String {
 async fn services_routed(client: &Client) -> String {
     match client
         .call_with::<rmpv::Value>(
-            "_zmesh_device_stats",
+            zmesh::reserved::DEVICE_STATS,
             (),
             CallOptions::timeout(Duration::from_secs(900)),
         )

@@ -753,3 +753,84 @@ async fn a_program_can_wait_until_a_worker_serves_its_service() {
     assert_eq!((worker.as_str(), x), ("w1", 7));
     assert_eq!(counter.load(Ordering::Relaxed), 1);
 }
+
+/// Deployed `zmesh stats` and tooling call the device's former stats name: it still answers,
+/// with the same figures as `_zmesh.device_stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_device_stats_name_still_answers() {
+    let device = start_device(fast()).await;
+    let _worker = start_worker(device.backend(), "w", vec![jobs("w")], None).await;
+    wait_workers(&device, 1).await;
+    let client = client_of(&device);
+    let new: DeviceStats = net("stats", client.call(zmesh::reserved::DEVICE_STATS, ()))
+        .await
+        .expect("_zmesh.device_stats answers");
+    let legacy: DeviceStats = net(
+        "legacy stats",
+        client.call(zmesh::reserved::LEGACY_DEVICE_STATS, ()),
+    )
+    .await
+    .expect("_zmesh_device_stats answers");
+    assert_eq!(new.workers, 1);
+    assert_eq!(legacy.workers, new.workers);
+    let names = |stats: &DeviceStats| {
+        let mut names: Vec<String> = stats.services.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&legacy), names(&new));
+    assert_eq!(STATS_METHOD, zmesh::reserved::DEVICE_STATS);
+}
+
+/// A worker with events hosts `_zmesh.snapshot`, one of zmesh's reserved names: it does not
+/// announce it (the device would refuse the whole announcement), so it registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_events_registers_without_announcing_zmesh_methods() {
+    let device = start_device(fast()).await;
+    let publisher = net("publisher", zmesh::Publisher::bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("binds");
+    let worker = net(
+        "worker start",
+        Node::builder()
+            .name("w")
+            .worker_of(device.backend())
+            .service(jobs("w"))
+            .publisher(publisher)
+            .config(NodeConfig::default().heartbeat(HB))
+            .start(),
+    )
+    .await
+    .expect("worker starts");
+    wait_workers(&device, 1).await;
+    assert_eq!(
+        device.stats().methods,
+        2,
+        "jobs.idem and jobs.once: {:?}",
+        device.stats()
+    );
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refuses_an_invalid_endpoint_before_binding() {
+    let err = net(
+        "start",
+        Device::builder()
+            .frontend("tcp://127.0.0.1:0")
+            .backend("127.0.0.1:4243")
+            .start(),
+    )
+    .await
+    .expect_err("no scheme");
+    assert!(
+        matches!(
+            &err,
+            zmesh::device::DeviceError::InvalidEndpoint {
+                endpoint,
+                source: zmesh::EndpointError::NoScheme,
+            } if endpoint == "127.0.0.1:4243"
+        ),
+        "{err:?}"
+    );
+}

@@ -607,7 +607,26 @@ async fn reserved_topics_and_closed_publishers_are_errors() {
         .start::<u32>()
         .await
         .expect_err("inproc is not supported");
-    assert!(matches!(err, zmesh::EventsError::UnsupportedEndpoint(_)));
+    assert!(matches!(
+        err,
+        zmesh::EventsError::InvalidEndpoint {
+            source: zmesh::EndpointError::UnsupportedScheme(_),
+            ..
+        }
+    ));
+    let err = Publisher::bind("127.0.0.1:4250")
+        .await
+        .expect_err("no scheme");
+    assert!(
+        matches!(
+            &err,
+            zmesh::EventsError::InvalidEndpoint {
+                endpoint,
+                source: zmesh::EndpointError::NoScheme,
+            } if endpoint == "127.0.0.1:4250"
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,7 +121,7 @@ impl Defence {
 }
 
 async fn counter(client: &Client, name: &str) -> u64 {
-    let stats: rmpv::Value = common::net("stats", client.call("_zmesh_stats", ()))
+    let stats: rmpv::Value = common::net("stats", client.call(zmesh::reserved::STATS, ()))
         .await
         .expect("stats");
     let counters = stats

@@ -674,7 +674,145 @@ async fn node_binds_several_endpoints_and_serves_all() {
     )
     .await
     .expect_err("inproc is unsupported");
-    assert!(err.to_string().contains("unsupported endpoint"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            zmesh::NodeError::InvalidEndpoint { endpoint, source: zmesh::EndpointError::UnsupportedScheme(scheme) }
+                if endpoint == "inproc://x" && scheme == "inproc"
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("invalid endpoint \"inproc://x\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_endpoint_is_refused_before_anything_is_bound() {
+    // The good endpoint first: the bad one must stop the node before it binds anything.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let good = format!("tcp://{}", free.local_addr().expect("addr"));
+    drop(free);
+    for (bad, expected) in [
+        ("127.0.0.1:4242", zmesh::EndpointError::NoScheme),
+        ("tcp://127.0.0.1", zmesh::EndpointError::MissingPort),
+        ("tcp://:1", zmesh::EndpointError::EmptyHost),
+        ("ipc://", zmesh::EndpointError::EmptyPath),
+        ("ipc://*", zmesh::EndpointError::WildcardPath("*".into())),
+    ] {
+        let err = net(
+            "bad endpoint",
+            zmesh::Node::builder()
+                .bind(&good)
+                .bind(bad)
+                .service(zmesh_echo::service())
+                .start(),
+        )
+        .await
+        .expect_err(bad);
+        match err {
+            zmesh::NodeError::InvalidEndpoint { endpoint, source } => {
+                assert_eq!(endpoint, bad);
+                assert_eq!(source, expected, "{bad}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+        let address = good.strip_prefix("tcp://").expect("tcp");
+        std::net::TcpListener::bind(address).expect("the good endpoint was never bound");
+    }
+    let err = net(
+        "bad device backend",
+        zmesh::Node::builder()
+            .worker_of("localhost:4243")
+            .service(zmesh_echo::service())
+            .start(),
+    )
+    .await
+    .expect_err("no scheme");
+    assert!(
+        matches!(
+            err,
+            zmesh::NodeError::InvalidEndpoint {
+                source: zmesh::EndpointError::NoScheme,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_bad_endpoint_fails_its_first_call_at_once() {
+    // A deadline far beyond the test's patience: the failure must not wait for it.
+    let config = zmesh::ClientConfig::default()
+        .default_timeout(Duration::from_secs(300))
+        .connect_timeout(Duration::from_secs(300));
+    let client = Client::with_config("127.0.0.1:4242", config.clone());
+    assert_eq!(client.endpoint(), "127.0.0.1:4242");
+    for _ in 0..2 {
+        let err = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.call::<String>("echo.upper", ("x",)),
+        )
+        .await
+        .expect("fails at once, not at the deadline")
+        .expect_err("invalid endpoint");
+        match &err {
+            CallError::InvalidEndpoint { endpoint, source } => {
+                assert_eq!(endpoint, "127.0.0.1:4242");
+                assert_eq!(*source, zmesh::EndpointError::NoScheme);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            "invalid endpoint \"127.0.0.1:4242\": no scheme: use tcp://host:port or ipc:///path"
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the EndpointError is its source"
+        );
+    }
+    let err = tokio::time::timeout(
+        Duration::from_secs(2),
+        Client::connect("inproc://x", config),
+    )
+    .await
+    .expect("fails at once")
+    .expect_err("invalid endpoint");
+    assert!(
+        matches!(
+            err,
+            CallError::InvalidEndpoint {
+                source: zmesh::EndpointError::UnsupportedScheme(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_may_not_take_a_reserved_name() {
+    for (service, method, unprefixed, name) in [
+        ("_zmesh", "stats", false, "_zmesh.stats"),
+        ("_zmesh", "anything", false, "_zmesh.anything"),
+        ("x", "_zerorpc_ping", true, "_zerorpc_ping"),
+        ("x", "_zmesh_stats", true, "_zmesh_stats"),
+    ] {
+        let mut builder = zmesh::Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(Service::new(service).method(method, || async { Ok::<_, HandlerError>(1u8) }));
+        if unprefixed {
+            builder = builder.export_unprefixed(service);
+        }
+        let err = net("start", builder.start()).await.expect_err("reserved");
+        match err {
+            zmesh::NodeError::ReservedMethod(found) if found == name => {}
+            other => panic!("{service}.{method}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

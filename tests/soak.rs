@@ -520,10 +520,10 @@ async fn still_serves(endpoint: &str) -> bool {
     )
 }
 
-/// The node's counters from `_zmesh_stats` (empty if it cannot be read).
+/// The node's counters from `_zmesh.stats` (empty if it cannot be read).
 async fn node_counters(endpoint: &str) -> BTreeMap<String, u64> {
     let client = polite::client(endpoint);
-    let call = client.call::<rmpv::Value>("_zmesh_stats", ());
+    let call = client.call::<rmpv::Value>(zmesh::reserved::STATS, ());
     let Ok(Ok(report)) = tokio::time::timeout(CALL_DEADLINE + GRACE, call).await else {
         return BTreeMap::new();
     };

@@ -1,5 +1,6 @@
-//! The `_zmesh_stats` built-in over real sockets: per-method calls, errors, aborted calls and
-//! latency percentiles, counted per node, with a method exported under two names counted once.
+//! The `_zmesh.stats` built-in over real sockets: per-method calls, errors, aborted calls and
+//! latency percentiles, counted per node, with a method exported under two names counted once;
+//! and its former name `_zmesh_stats`, still answered.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use common::{TRANSPORTS, net, start_node};
 use rmpv::Value;
-use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service};
+use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service, reserved};
 
 /// `stats.methods[name][field]` as u64.
 fn figure(stats: &Value, method: &str, field: &str) -> u64 {
@@ -25,9 +26,9 @@ fn figure(stats: &Value, method: &str, field: &str) -> u64 {
 }
 
 async fn stats(client: &Client) -> Value {
-    net("_zmesh_stats", client.call::<Value>("_zmesh_stats", ()))
+    net(reserved::STATS, client.call::<Value>(reserved::STATS, ()))
         .await
-        .expect("_zmesh_stats answers")
+        .expect("_zmesh.stats answers")
 }
 
 #[tokio::test]
@@ -130,8 +131,44 @@ async fn each_node_counts_only_its_own_calls() {
     assert_eq!(figure(&stats(&cb).await, "echo.upper", "calls"), 1);
     let own = stats(&cb).await;
     assert_eq!(
-        figure(&own, "_zmesh_stats", "calls"),
+        figure(&own, reserved::STATS, "calls"),
         1,
         "the stats method counts its own finished calls (one before this one): {own}"
+    );
+}
+
+/// Deployed `zmesh stats` and tooling call the former name: the node still answers it, with
+/// the same report, as one method with `_zmesh.stats` (counted and listed under the new name).
+#[tokio::test]
+async fn the_legacy_stats_name_still_answers() {
+    let (node, _dir) = start_node(common::Transport::Tcp, NodeConfig::default(), vec![]).await;
+    let client = Client::new(node.endpoint());
+    let _: String = net("upper", client.call("echo.upper", ("a",)))
+        .await
+        .expect("upper");
+    let legacy: Value = net(
+        reserved::LEGACY_STATS,
+        client.call(reserved::LEGACY_STATS, ()),
+    )
+    .await
+    .expect("_zmesh_stats answers");
+    assert_eq!(figure(&legacy, "echo.upper", "calls"), 1, "{legacy}");
+    let new = stats(&client).await;
+    assert_eq!(
+        figure(&new, reserved::STATS, "calls"),
+        1,
+        "the legacy call counts as a call of _zmesh.stats: {new}"
+    );
+    let listed = |report: &Value, name: &str| {
+        report
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("methods")))
+            .and_then(|(_, methods)| methods.as_map())
+            .is_some_and(|methods| methods.iter().any(|(k, _)| k.as_str() == Some(name)))
+    };
+    assert!(listed(&new, reserved::STATS), "{new}");
+    assert!(
+        !listed(&new, reserved::LEGACY_STATS),
+        "one method, one row: {new}"
     );
 }

@@ -120,9 +120,9 @@ async fn wrong_key_and_no_key_get_unauthenticated() {
     let stats = node.stats();
     assert_eq!(stats.calls, 0, "no refused request reached a handler");
     assert!(stats.unauthenticated >= 2, "{stats:?}");
-    // The counters are in `_zmesh_stats` too.
+    // The counters are in `_zmesh.stats` too.
     let right = keyed_client(node.endpoint(), key(ALPHA));
-    let report: rmpv::Value = net("stats", right.call("_zmesh_stats", ()))
+    let report: rmpv::Value = net("stats", right.call(zmesh::reserved::STATS, ()))
         .await
         .expect("stats");
     let text = report.to_string();

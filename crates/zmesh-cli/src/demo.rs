@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use zmesh_core::mesh::{
     BeaconConfig, Discovery, DiscoveryConfig, MeshCallOptions, MeshClient, MeshClientConfig,
 };
-use zmesh_core::{CallError, Client, Delivery, Subscriber};
+use zmesh_core::{CallError, Client, Delivery, Subscriber, reserved};
 
 use crate::children::Fleet;
 use crate::{CliError, map_get, text};
@@ -351,7 +351,7 @@ async fn converge(client: &MeshClient, frontend: &str) -> Result<(), CliError> {
 async fn device_workers(device: &Client) -> u64 {
     figure(
         device,
-        "_zmesh_device_stats",
+        reserved::DEVICE_STATS,
         ["services", "echo", "workers"],
     )
     .await
@@ -516,7 +516,7 @@ async fn mesh_calls(
     let a = upper_calls(&mesh.node_a).await.saturating_sub(before.0);
     let b = upper_calls(&mesh.node_b).await.saturating_sub(before.1);
     outln!(
-        "   {} calls, {} errors; served by node-a {a}, node-b {b} (from each node's _zmesh_stats)",
+        "   {} calls, {} errors; served by node-a {a}, node-b {b} (from each node's _zmesh.stats)",
         figures.calls(),
         figures.errors
     );
@@ -527,7 +527,7 @@ async fn mesh_calls(
 async fn upper_calls(endpoint: &str) -> u64 {
     figure(
         &Client::new(endpoint),
-        "_zmesh_stats",
+        reserved::STATS,
         ["methods", "echo.upper", "calls"],
     )
     .await
@@ -552,7 +552,7 @@ async fn device_calls(
         figures.record(t, &result);
     }
     let stats: Value = client
-        .call("_zmesh_device_stats", ())
+        .call(reserved::DEVICE_STATS, ())
         .await
         .map_err(CliError::from)?;
     let echo = map_get(&stats, "services").and_then(|s| map_get(s, "echo"));

@@ -10,8 +10,10 @@ use futures::StreamExt;
 use serde_json::{Value as Json, json};
 use tokio::time::{Instant, timeout_at};
 use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
-use zmesh_core::events::RESERVED_TOPIC_PREFIX;
-use zmesh_core::{Delivery, Gap, GapReason, Received, Subscriber, SubscriberConfig, wire};
+use zmesh_core::reserved;
+use zmesh_core::{
+    Delivery, Endpoint, Gap, GapReason, Received, Subscriber, SubscriberConfig, wire,
+};
 
 use crate::{CliError, json};
 
@@ -39,7 +41,7 @@ cannot be read, or a key under 16 bytes, exits 2.")]
 pub(crate) struct SubArgs {
     /// The publisher to connect to: a node's events endpoint (`Node::builder().events`), a
     /// bound Publisher, or a proxy's --events-out.
-    endpoint: String,
+    endpoint: Endpoint,
     /// Receive topics starting with this prefix (default: every topic).
     #[arg(default_value = "")]
     prefix: String,
@@ -82,7 +84,7 @@ publisher's; keyed subscribers refuse unsealed events. A bad key exits 2.")]
 pub(crate) struct PubArgs {
     /// Where to publish: a proxy's --events-in (connected to), or with --bind the endpoint to
     /// bind.
-    endpoint: String,
+    endpoint: Endpoint,
     /// The topic, such as orders.created (subscribers filter on its prefix).
     topic: String,
     /// The payload: one JSON value, sent as msgpack.
@@ -235,13 +237,13 @@ async fn drain_until_quiet(socket: &mut XPubSocket) {
 /// `zmesh pub`: connects (or binds), waits for a subscription covering the topic, sends the
 /// event once and closes.
 pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
-    if args.topic.starts_with(RESERVED_TOPIC_PREFIX) {
+    if reserved::is_reserved_topic(&args.topic) {
         return Err(CliError::Other(format!(
-            "topic {:?} is reserved (prefix {RESERVED_TOPIC_PREFIX:?})",
-            args.topic
+            "topic {:?} is reserved (prefix {:?})",
+            args.topic,
+            reserved::TOPIC_PREFIX
         )));
     }
-    check_endpoint(&args.endpoint)?;
     let limit = Duration::from_secs_f64(args.timeout);
     let deadline = Instant::now() + limit;
     let secret = args.key.secret()?;
@@ -256,7 +258,7 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
     let mut options = SocketOptions::default();
     options.connect_timeout(limit);
     let mut socket = XPubSocket::with_options(options);
-    let mut endpoint = args.endpoint.clone();
+    let mut endpoint = args.endpoint.to_string();
     if args.bind {
         let bound = socket
             .bind(&endpoint)
@@ -345,18 +347,6 @@ fn event_message(
     let mut message = ZmqMessage::from(Bytes::copy_from_slice(topic.as_bytes()));
     message.push_back(event);
     Ok(message)
-}
-
-/// Rejects what the `zeromq` crate cannot connect to, with the same words as the library.
-fn check_endpoint(endpoint: &str) -> Result<(), CliError> {
-    let supported = zmesh_core::endpoint::is_supported(endpoint);
-    if supported {
-        Ok(())
-    } else {
-        Err(CliError::Other(format!(
-            "unsupported endpoint {endpoint}: use tcp://host:port or ipc:///path"
-        )))
-    }
 }
 
 #[cfg(test)]

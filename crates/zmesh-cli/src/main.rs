@@ -17,13 +17,17 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use zmesh_core::{CallError, CallOptions, Client, ClientConfig, ErrorKind, Response};
+use zmesh_core::{
+    CallError, CallOptions, Client, ClientConfig, Endpoint, ErrorKind, Response, reserved,
+};
 
 /// Exit status when the remote side answered `ERR`.
 const EXIT_REMOTE_ERROR: u8 = 1;
 /// Exit status for local failures: unreachable endpoint, deadline, undecodable reply.
 const EXIT_FAILURE: u8 = 3;
-/// Exit status for usage errors (as clap's): also a mesh key that cannot be loaded.
+/// Exit status for usage errors (as clap's): also a mesh key that cannot be loaded. An
+/// invalid endpoint is one too: every endpoint argument is parsed as an [`Endpoint`] with the
+/// other arguments, before the verb starts.
 const EXIT_USAGE: u8 = 2;
 /// Exit status after Ctrl-C (SIGINT), as shells report a process the signal ended (128 + 2),
 /// also when the verb then shut down gracefully.
@@ -47,7 +51,7 @@ enum Command {
     #[command(after_help = mesh_key::KEY_HELP)]
     Call {
         /// The node's endpoint, such as tcp://127.0.0.1:4242 or ipc:///tmp/node.sock.
-        endpoint: String,
+        endpoint: Endpoint,
         /// The method, such as echo.upper (or upper on a node exporting echo unprefixed).
         method: String,
         /// Positional arguments: JSON values, or plain words taken as strings.
@@ -62,7 +66,7 @@ enum Command {
     #[command(after_help = mesh_key::KEY_HELP)]
     List {
         /// The node's endpoint.
-        endpoint: String,
+        endpoint: Endpoint,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
@@ -73,7 +77,7 @@ enum Command {
     #[command(after_help = mesh_key::KEY_HELP)]
     Ping {
         /// The node's endpoint.
-        endpoint: String,
+        endpoint: Endpoint,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
@@ -81,12 +85,12 @@ enum Command {
         key: mesh_key::KeyArgs,
     },
     /// Show a node's per-method calls, errors and latency percentiles, and its counters
-    /// (from the `_zmesh_stats` method every zmesh node answers); for a proxy device, its
-    /// per-service figures and what it refused and dropped, by reason (`_zmesh_device_stats`).
+    /// (from the `_zmesh.stats` method every zmesh node answers); for a proxy device, its
+    /// per-service figures and what it refused and dropped, by reason (`_zmesh.device_stats`).
     #[command(after_help = mesh_key::KEY_HELP)]
     Stats {
         /// The node's endpoint.
-        endpoint: String,
+        endpoint: Endpoint,
         /// Also list methods that have not been called.
         #[arg(long)]
         all: bool,
@@ -163,7 +167,7 @@ enum Command {
         kind: String,
         /// Where to bind (for `worker`: the device backend to connect to).
         #[arg(long)]
-        bind: String,
+        bind: Endpoint,
         #[arg(long, value_enum, default_value = "current-thread")]
         runtime: bench::Flavour,
     },
@@ -331,7 +335,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind).await,
+        Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind.to_string()).await,
         Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
         Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => {
@@ -347,7 +351,11 @@ fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn client(endpoint: &str, timeout: Duration, key: &mesh_key::KeyArgs) -> Result<Client, CliError> {
+fn client(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    key: &mesh_key::KeyArgs,
+) -> Result<Client, CliError> {
     let mut config = ClientConfig::default()
         .default_timeout(timeout)
         .connect_timeout(timeout);
@@ -389,7 +397,10 @@ async fn call(
 }
 
 async fn list(client: &Client) -> Result<(), CliError> {
-    let mut lines = match client.call::<rmpv::Value>("_zerorpc_inspect", ()).await {
+    let mut lines = match client
+        .call::<rmpv::Value>(reserved::ZERORPC_INSPECT, ())
+        .await
+    {
         Ok(inspect) => inspect_lines(&inspect)?,
         // Stock zerorpc 0.6.3 on Python 3.11+ fails its own _zerorpc_inspect (it calls the
         // removed inspect.getargspec); _zerorpc_list and _zerorpc_help still work. A node
@@ -437,10 +448,10 @@ fn inspect_lines(inspect: &rmpv::Value) -> Result<Vec<String>, CliError> {
 
 /// The listing from `_zerorpc_list` and one `_zerorpc_help` per method (no argument names).
 async fn list_and_help_lines(client: &Client) -> Result<Vec<String>, CliError> {
-    let names: Vec<rmpv::Value> = client.call("_zerorpc_list", ()).await?;
+    let names: Vec<rmpv::Value> = client.call(reserved::ZERORPC_LIST, ()).await?;
     let mut lines = Vec::with_capacity(names.len());
     for name in names.iter().map(text) {
-        let doc: Option<String> = client.call("_zerorpc_help", (&name,)).await?;
+        let doc: Option<String> = client.call(reserved::ZERORPC_HELP, (&name,)).await?;
         lines.push(method_line(&name, "...", doc.as_deref()));
     }
     Ok(lines)
@@ -487,9 +498,9 @@ fn map_get<'a>(value: &'a rmpv::Value, key: &str) -> Option<&'a rmpv::Value> {
 
 async fn ping(client: &Client) -> Result<(), CliError> {
     // The first call pays for the connection; the second is the round trip.
-    let _: rmpv::Value = client.call("_zerorpc_ping", ()).await?;
+    let _: rmpv::Value = client.call(reserved::ZERORPC_PING, ()).await?;
     let started = Instant::now();
-    let answer: rmpv::Value = client.call("_zerorpc_ping", ()).await?;
+    let answer: rmpv::Value = client.call(reserved::ZERORPC_PING, ()).await?;
     let rtt = started.elapsed();
     // zerorpc answers ["pong", name].
     let name = answer
@@ -507,11 +518,11 @@ async fn ping(client: &Client) -> Result<(), CliError> {
 }
 
 async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError> {
-    let report: rmpv::Value = match client.call("_zmesh_stats", ()).await {
+    let report: rmpv::Value = match client.call(reserved::STATS, ()).await {
         Ok(report) => report,
         // A proxy device answers its own figures instead.
         Err(e) if e.remote().and_then(|r| r.kind()) == Some(ErrorKind::NameError) => {
-            let report: rmpv::Value = client.call(zmesh_device::STATS_METHOD, ()).await?;
+            let report: rmpv::Value = client.call(reserved::DEVICE_STATS, ()).await?;
             return device_stats(&report, all, as_json);
         }
         Err(e) => return Err(e.into()),
@@ -559,7 +570,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
     );
     let methods = map_get(&report, "methods")
         .and_then(rmpv::Value::as_map)
-        .ok_or_else(|| CliError::Other("_zmesh_stats answered without methods".into()))?;
+        .ok_or_else(|| CliError::Other(format!("{} answered without methods", reserved::STATS)))?;
     for (name, figures) in methods {
         let values = columns_of(figures, &columns);
         if !all && values[..3].iter().all(|&n| n == 0) {
@@ -671,7 +682,12 @@ fn device_stats(report: &rmpv::Value, all: bool, as_json: bool) -> Result<(), Cl
     );
     let services = map_get(report, "services")
         .and_then(rmpv::Value::as_map)
-        .ok_or_else(|| CliError::Other("_zmesh_device_stats answered without services".into()))?;
+        .ok_or_else(|| {
+            CliError::Other(format!(
+                "{} answered without services",
+                reserved::DEVICE_STATS
+            ))
+        })?;
     for (name, figures) in services {
         let v = columns_of(figures, &columns);
         if !all && v.iter().all(|&n| n == 0) {

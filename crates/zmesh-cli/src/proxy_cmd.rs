@@ -4,6 +4,7 @@
 use crate::output::outln;
 use std::time::Duration;
 
+use zmesh_core::Endpoint;
 use zmesh_device::{Device, DeviceConfig};
 
 use crate::CliError;
@@ -20,16 +21,16 @@ Port 0 picks a free port; the lines show the real one.")]
 pub(crate) struct ProxyArgs {
     /// Endpoint clients call (zmesh and stock zerorpc clients), e.g. tcp://127.0.0.1:4242.
     #[arg(long)]
-    frontend: String,
+    frontend: Endpoint,
     /// Endpoint worker nodes connect to (`zmesh serve --worker-of`, NodeBuilder::worker_of).
     #[arg(long)]
-    backend: String,
+    backend: Endpoint,
     /// Event forwarder: endpoint publishers connect to (XSUB), e.g. `zmesh pub`.
     #[arg(long, requires = "events_out")]
-    events_in: Option<String>,
+    events_in: Option<Endpoint>,
     /// Event forwarder: endpoint subscribers connect to (XPUB), e.g. `zmesh sub`.
     #[arg(long, requires = "events_in")]
-    events_out: Option<String>,
+    events_out: Option<Endpoint>,
     /// The device's name, answered by _zerorpc_name and _zerorpc_ping.
     #[arg(long)]
     name: Option<String>,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use zmesh_core::mesh::{BeaconConfig, MeshNode};
-use zmesh_core::{MeshKey, Node, Publisher, Service};
+use zmesh_core::{Endpoint, MeshKey, Node, Publisher, Service};
 
 use crate::CliError;
 
@@ -41,12 +41,16 @@ device reads requests to route them). A key file that cannot be read, or is unde
 exits 2.")]
 pub(crate) struct ServeArgs {
     /// Endpoint to bind (repeatable); port 0 picks a free port, printed at start.
-    #[arg(long = "bind", default_value = "tcp://127.0.0.1:4242")]
-    binds: Vec<String>,
+    #[arg(
+        long = "bind",
+        value_name = "ENDPOINT",
+        default_value = "tcp://127.0.0.1:4242"
+    )]
+    binds: Vec<Endpoint>,
     /// Also bind this endpoint for plain zerorpc, unsealed, beside the keyed --bind ones
     /// (repeatable; printed on a `plain ENDPOINT...` line). Not with --mesh or --worker-of.
     #[arg(long = "plain-bind", value_name = "ENDPOINT", conflicts_with_all = ["mesh", "worker_of"])]
-    plain_binds: Vec<String>,
+    plain_binds: Vec<Endpoint>,
     /// The node's name (answered by _zerorpc_name).
     #[arg(long)]
     name: Option<String>,
@@ -59,13 +63,13 @@ pub(crate) struct ServeArgs {
     /// Bind an events publisher here (kv publishes its changes through it) and serve
     /// _zmesh.snapshot for it.
     #[arg(long, value_name = "ENDPOINT")]
-    events: Option<String>,
+    events: Option<Endpoint>,
     /// Keep the last event of every topic for snapshots (with --events).
     #[arg(long, requires = "events")]
     last_value_cache: bool,
     /// Serve as a worker of a proxy device: connect to its backend instead of binding.
     #[arg(long, value_name = "BACKEND", conflicts_with_all = ["binds", "mesh"])]
-    worker_of: Option<String>,
+    worker_of: Option<Endpoint>,
     /// Join this mesh: announce the node (by beacons with --beacon-port, and gossip with
     /// --seed) so mesh clients find it by service name.
     #[arg(long, value_name = "NAME")]
@@ -82,7 +86,7 @@ pub(crate) struct ServeArgs {
     beacon_interval: f64,
     /// Another member's endpoint to gossip with (repeatable).
     #[arg(long = "seed", value_name = "ENDPOINT", requires = "mesh")]
-    seeds: Vec<String>,
+    seeds: Vec<Endpoint>,
     #[command(flatten)]
     key: crate::mesh_key::ServeKeyArgs,
     /// Services to host.

@@ -92,6 +92,133 @@ async fn deadline_and_unreachable_endpoint_fail_locally() {
     assert!(stderr(&out).contains(&dead), "{}", stderr(&out));
 }
 
+/// Well below any verb's deadline (`call` waits 30 s by default): an invalid endpoint must
+/// be refused before anything waits.
+const USAGE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] naming the bad endpoint
+/// and saying what is wrong with it, having printed nothing on stdout.
+async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
+    let child = common::zmesh()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start zmesh");
+    let out = timeout(USAGE_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("zmesh {args:?} did not exit within {USAGE_LIMIT:?}"))
+        .expect("the child ran");
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("invalid value '{endpoint}'")),
+        "{args:?}: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    assert_eq!(stdout(&out), "", "{args:?}");
+}
+
+#[tokio::test]
+async fn a_missing_scheme_is_a_usage_error_at_once() {
+    const NO_SCHEME: &str = "no scheme: use tcp://host:port or ipc:///path";
+    refused_as_usage(
+        &["call", "127.0.0.1:4242", "echo.upper", "hi"],
+        "127.0.0.1:4242",
+        NO_SCHEME,
+    )
+    .await;
+    refused_as_usage(&["sub", "127.0.0.1:4245"], "127.0.0.1:4245", NO_SCHEME).await;
+    refused_as_usage(
+        &["serve", "--bind", "127.0.0.1:4242", "echo"],
+        "127.0.0.1:4242",
+        NO_SCHEME,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_endpoint_argument_is_parsed_before_the_verb_runs() {
+    // A valid endpoint nobody listens on beside each bad one: the verb would wait on it.
+    let live = "tcp://127.0.0.1:1";
+    for (args, bad, says) in [
+        (
+            vec!["list", "localhost:4242"],
+            "localhost:4242",
+            "no scheme",
+        ),
+        (
+            vec!["ping", "inproc://x"],
+            "inproc://x",
+            "unsupported scheme \"inproc\"",
+        ),
+        (
+            vec!["stats", "tcp://127.0.0.1"],
+            "tcp://127.0.0.1",
+            "no port",
+        ),
+        (
+            vec!["call", "tcp://:4242", "m"],
+            "tcp://:4242",
+            "empty host",
+        ),
+        (
+            vec!["pub", "tcp://127.0.0.1:99999", "t", "1"],
+            "tcp://127.0.0.1:99999",
+            "bad port",
+        ),
+        (vec!["sub", "ipc://"], "ipc://", "empty path"),
+        (vec!["sub", "ipc://*"], "ipc://*", "wildcard path"),
+        (
+            vec!["serve", "--bind", live, "--plain-bind", "x", "echo"],
+            "x",
+            "no scheme",
+        ),
+        (
+            vec!["serve", "--bind", live, "--events", "inproc://e", "kv"],
+            "inproc://e",
+            "unsupported scheme",
+        ),
+        (
+            vec!["serve", "--worker-of", "host:1", "echo"],
+            "host:1",
+            "no scheme",
+        ),
+        (
+            vec!["serve", "--mesh", "m", "--seed", "udp://x:1", "echo"],
+            "udp://x:1",
+            "unsupported scheme",
+        ),
+        (
+            vec!["proxy", "--frontend", "nonsense", "--backend", live],
+            "nonsense",
+            "no scheme",
+        ),
+        (
+            vec!["proxy", "--frontend", live, "--backend", "tcp://b"],
+            "tcp://b",
+            "no port",
+        ),
+        (
+            vec![
+                "proxy",
+                "--frontend",
+                live,
+                "--backend",
+                live,
+                "--events-in",
+                "in",
+                "--events-out",
+                live,
+            ],
+            "in",
+            "no scheme",
+        ),
+    ] {
+        refused_as_usage(&args, bad, says).await;
+    }
+}
+
 #[tokio::test]
 async fn list_and_ping_use_introspection() {
     let server = Server::serve_echo("tcp://127.0.0.1:0").await;

@@ -239,13 +239,31 @@ async fn serve_refuses_bad_combinations_with_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
-    // An unusable events endpoint is a clear runtime error.
+    // An invalid events endpoint is a usage error, found before anything starts.
     let out = run(&[
         "serve",
         "--bind",
         "tcp://127.0.0.1:0",
         "--events",
         "inproc://x",
+        "kv",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'inproc://x' for '--events <ENDPOINT>'"),
+        "{}",
+        stderr(&out)
+    );
+    // One that parses but cannot be bound stays a runtime error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = format!("tcp://{}", taken.local_addr().expect("addr"));
+    let out = run(&[
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--events",
+        &taken,
         "kv",
     ])
     .await;

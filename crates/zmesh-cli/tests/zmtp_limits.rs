@@ -133,11 +133,11 @@ impl Node {
         Client::with_config(self.keyed.clone(), config)
     }
 
-    /// The node's stats counters, through `_zmesh_stats`.
+    /// The node's stats counters, through `_zmesh.stats`.
     async fn counter(&self, name: &str) -> u64 {
         let report: rmpv::Value = tokio::time::timeout(
             Duration::from_secs(20),
-            self.client().call("_zmesh_stats", ()),
+            self.client().call(zmesh_core::reserved::STATS, ()),
         )
         .await
         .expect("stats in time")

@@ -14,9 +14,14 @@
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //! - [`trust`]: the optional pre-shared mesh key ([`MeshKey`]).
+//! - [`Endpoint`]: every tcp/ipc endpoint parsed once, with one error type
+//!   ([`EndpointError`]).
+//! - [`reserved`]: the method names and topic prefixes zmesh reserves (`_zerorpc_*`,
+//!   `_zmesh.*`, and the aliases `_zmesh_stats`, `_zmesh_device_stats`).
 //!
-//! The `endpoint`, `read_turns`, `wait` and `zmtp` modules are public for zmesh's own crates
-//! (the device, the CLI) and hidden from the documentation: they are not a stable API.
+//! The `endpoint` (housekeeping), `read_turns`, `wait` and `zmtp` modules are public for
+//! zmesh's own crates (the device, the CLI) and hidden from the documentation: they are not
+//! a stable API.
 //!
 //! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
 //! ignore; see `docs/PROTOCOL.md` in the repository.
@@ -37,6 +42,10 @@ pub mod wait;
 pub mod wire;
 #[doc(hidden)]
 pub mod zmtp;
+
+pub use endpoint::{Endpoint, EndpointError};
+/// Every method name and topic prefix zmesh reserves (from zmesh-proto).
+pub use zmesh_proto::reserved;
 
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,

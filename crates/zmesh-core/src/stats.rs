@@ -1,5 +1,5 @@
 //! Keeps per-method call statistics cheaply on the hot path: completed, failed and aborted
-//! counts and a lock-free log-linear latency histogram, read by the `_zmesh_stats` built-in.
+//! counts and a lock-free log-linear latency histogram, read by the `_zmesh.stats` built-in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

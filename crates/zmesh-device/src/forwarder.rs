@@ -21,7 +21,10 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    pub(crate) async fn bind(events_in: &str, events_out: &str) -> Result<Self, DeviceError> {
+    pub(crate) async fn bind(
+        events_in: &zmesh_core::Endpoint,
+        events_out: &zmesh_core::Endpoint,
+    ) -> Result<Self, DeviceError> {
         let mut xsub = XSubSocket::new();
         let bound_in = crate::bind(&mut xsub, events_in).await?;
         let mut xpub = XPubSocket::new();

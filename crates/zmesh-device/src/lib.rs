@@ -11,7 +11,7 @@
 //!
 //! - [`Device`] / [`DeviceBuilder`]: bind and run.
 //! - [`DeviceConfig`]: heartbeat, queue bound, size limits.
-//! - [`DeviceStats`] / [`ServiceStats`]: figures, also answered by the `_zmesh_device_stats`
+//! - [`DeviceStats`] / [`ServiceStats`]: figures, also answered by the `_zmesh.device_stats`
 //!   method on the frontend.
 //!
 //! The worker protocol is described in `docs/PROTOCOL.md` ("Worker protocol").
@@ -52,6 +52,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, TrySendError};
+use zmesh_core::Endpoint;
 use zmesh_core::read_turns::ReadTurns;
 use zmesh_core::wire::{self, EventDecodeError};
 
@@ -71,9 +72,16 @@ pub enum DeviceError {
     /// Only one of the two event forwarder endpoints was given.
     #[error("the event forwarder needs both events_in and events_out")]
     HalfForwarder,
-    /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
-    #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
-    UnsupportedEndpoint(String),
+    /// An endpoint is not a valid `tcp://host:port` or `ipc://path` (`inproc://`, a missing
+    /// scheme or port, a wildcard `ipc://` path...).
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        #[source]
+        source: zmesh_core::EndpointError,
+    },
     /// An endpoint could not be bound.
     #[error("cannot bind {endpoint}: {source}")]
     Bind {
@@ -176,10 +184,17 @@ impl DeviceBuilder {
         let backend = self
             .backend
             .ok_or(DeviceError::MissingEndpoint("backend"))?;
-        let forwarder = match (&self.events_in, &self.events_out) {
-            (Some(i), Some(o)) => Some(forwarder::Forwarder::bind(i, o).await?),
+        // Every endpoint is checked before any is bound.
+        let frontend = parse_endpoint(&frontend)?;
+        let backend = parse_endpoint(&backend)?;
+        let events = match (&self.events_in, &self.events_out) {
+            (Some(i), Some(o)) => Some((parse_endpoint(i)?, parse_endpoint(o)?)),
             (None, None) => None,
             _ => return Err(DeviceError::HalfForwarder),
+        };
+        let forwarder = match &events {
+            Some((i, o)) => Some(forwarder::Forwarder::bind(i, o).await?),
+            None => None,
         };
 
         let mut front = RouterSocket::new();
@@ -242,21 +257,25 @@ impl DeviceBuilder {
     }
 }
 
-/// Binds one socket, after checking the endpoint and removing a stale ipc socket file.
-async fn bind(socket: &mut impl Socket, endpoint: &str) -> Result<String, DeviceError> {
-    let supported = zmesh_core::endpoint::is_supported(endpoint);
-    if !supported {
-        return Err(DeviceError::UnsupportedEndpoint(endpoint.to_owned()));
-    }
-    zmesh_core::endpoint::remove_stale_ipc_socket(endpoint);
-    socket
-        .bind(endpoint)
-        .await
-        .map(|resolved| resolved.to_string())
-        .map_err(|source| DeviceError::Bind {
+/// Parses an endpoint the device was given.
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint, DeviceError> {
+    endpoint
+        .parse()
+        .map_err(|source| DeviceError::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
             source,
         })
+}
+
+/// Binds one socket, after removing a stale ipc socket file.
+async fn bind(socket: &mut impl Socket, endpoint: &Endpoint) -> Result<String, DeviceError> {
+    zmesh_core::endpoint::remove_stale_ipc_socket(endpoint);
+    let endpoint = endpoint.to_string();
+    socket
+        .bind(&endpoint)
+        .await
+        .map(|resolved| resolved.to_string())
+        .map_err(|source| DeviceError::Bind { endpoint, source })
 }
 
 /// A running device. Dropping it stops it at once.
@@ -363,9 +382,7 @@ impl Device {
         if let Some((events_in, events_out)) = &self.events {
             endpoints.extend([events_in.clone(), events_out.clone()]);
         }
-        for endpoint in &endpoints {
-            zmesh_core::endpoint::wait_released(endpoint).await;
-        }
+        zmesh_core::endpoint::wait_all_released(&endpoints).await;
         tracing::info!(frontend = %self.frontend, "device shut down");
     }
 }

@@ -15,18 +15,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use zeromq::ZmqMessage;
 use zmesh_core::ErrorKind;
+use zmesh_core::reserved;
 use zmesh_core::wire::worker::{self as proto, Ready};
 use zmesh_core::wire::{self, HEARTBEAT_ARGS, Header, MessageId, names};
 
 use crate::config::DeviceConfig;
 use crate::stats::{DeviceStats, ServiceStats};
 
-/// The introspection method the device answers itself.
-pub const STATS_METHOD: &str = "_zmesh_device_stats";
+/// The introspection method the device answers itself, `_zmesh.device_stats`
+/// ([`reserved::DEVICE_STATS`]); it answers its former name `_zmesh_device_stats`
+/// ([`reserved::LEGACY_DEVICE_STATS`]) too.
+pub const STATS_METHOD: &str = reserved::DEVICE_STATS;
 /// Silent heartbeat periods after which a worker is dead.
 pub(crate) const WORKER_LIVENESS: u32 = 3;
 /// The pseudo-service of forwarded `_zerorpc_*` built-ins (any worker answers them).
-const BUILTINS: &str = "_zerorpc";
+const BUILTINS: &str = reserved::ZERORPC_SERVICE;
 
 /// What a message the device sends is, for the drop counters (see [`Drops`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,11 +242,6 @@ pub(crate) struct Router {
 /// Why a worker's `READY` was refused: the counter's name and the message for the log and
 /// the worker.
 type ReadyRefusal = (&'static str, String);
-
-/// Method names a worker may not announce: the device answers or forwards them itself.
-fn reserved(name: &str) -> bool {
-    name.starts_with("_zerorpc_") || name.starts_with("_zmesh_")
-}
 
 /// `[route.., "", event]`.
 fn to_route(route: &[Bytes], event: Bytes) -> ZmqMessage {
@@ -485,7 +483,7 @@ impl Router {
         };
         let (service, idempotent) = match self.methods.get(name) {
             Some(m) => (m.service.clone(), m.idempotent),
-            None if name.starts_with("_zerorpc_") => (Arc::from(BUILTINS), true),
+            None if reserved::is_zerorpc_builtin(name) => (Arc::from(BUILTINS), true),
             None => {
                 self.counters.unknown_method += 1;
                 tracing::debug!(method = name, "no worker serves this method");
@@ -630,9 +628,9 @@ impl Router {
     /// The value of a built-in the device answers itself.
     fn answer_builtin(&self, name: &str) -> Option<Vec<u8>> {
         let encoded = match name {
-            "_zerorpc_ping" => rmp_serde::to_vec(&("pong", &self.name)),
-            "_zerorpc_name" => rmp_serde::to_vec(&self.name),
-            "_zerorpc_list" => {
+            reserved::ZERORPC_PING => rmp_serde::to_vec(&("pong", &self.name)),
+            reserved::ZERORPC_NAME => rmp_serde::to_vec(&self.name),
+            reserved::ZERORPC_LIST => {
                 let mut list: Vec<&str> = self
                     .methods
                     .keys()
@@ -642,7 +640,9 @@ impl Router {
                 list.sort_unstable();
                 rmp_serde::to_vec(&list)
             }
-            STATS_METHOD => rmp_serde::to_vec_named(&self.stats()),
+            reserved::DEVICE_STATS | reserved::LEGACY_DEVICE_STATS => {
+                rmp_serde::to_vec_named(&self.stats())
+            }
             _ => return None,
         };
         encoded.ok()
@@ -974,7 +974,9 @@ impl Router {
                     ),
                 ));
             }
-            if reserved(name) {
+            // Method names a worker may not announce: the device answers or forwards them
+            // itself, and workers do not announce zmesh's own.
+            if reserved::is_reserved_method(name) {
                 return Err((
                     "ready_name",
                     format!("{name} is reserved for the device and its built-ins"),
@@ -1798,6 +1800,20 @@ mod tests {
             &mut out,
         );
         assert_eq!(refused(&router, "ready_name"), 2);
+        // zmesh's own names, new and legacy, are reserved alike.
+        for (worker, name) in [
+            ("f", reserved::DEVICE_STATS),
+            ("g", reserved::LEGACY_DEVICE_STATS),
+            ("h", reserved::SNAPSHOT),
+        ] {
+            router.register(
+                b(worker),
+                announce(worker, 1, 100, &[(name, "x")]),
+                now,
+                &mut out,
+            );
+        }
+        assert_eq!(refused(&router, "ready_name"), 5);
         // Leaving frees the table.
         router.handle_worker_gone(&b("a"), "test", now, &mut out);
         router.handle_worker_gone(&b("b"), "test", now, &mut out);

@@ -1,5 +1,5 @@
 //! Provides the device's figures: per service and device-wide, as returned by
-//! [`Device::stats`](crate::Device::stats) and by the `_zmesh_device_stats` method (msgpack
+//! [`Device::stats`](crate::Device::stats) and by the `_zmesh.device_stats` method (msgpack
 //! maps with these field names, so any zerorpc client can read them).
 
 use std::collections::BTreeMap;

@@ -5,11 +5,18 @@
 //!   worker protocol between a worker node and a device.
 //! - [`error`]: the error names zmesh sends and matches in `ERR`, as [`ErrorKind`], and
 //!   what each means for retrying ([`Retry`]).
+//! - [`endpoint`]: the endpoints zmesh binds and connects to, parsed once ([`Endpoint`],
+//!   [`EndpointError`]).
+//! - [`reserved`]: every method name and topic prefix zmesh reserves, and the one check
+//!   for them ([`reserved::is_reserved_method`]).
 //!
 //! The crates that do IO (zmesh-core, zmesh-device, the CLI) drive these types from their
 //! sockets and timers; everything here is unit-tested on bytes and made-up instants.
 
+pub mod endpoint;
 pub mod error;
+pub mod reserved;
 pub mod wire;
 
+pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorKind, Retry, UnknownErrorName};

@@ -1039,7 +1039,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     shared.register(id.clone(), tx, None, Instant::now());
     // This call waits on its slot, never on the socket: the reader task must be reading.
     shared.readers.task.wake();
-    let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
+    let event = wire::encode_event(&header, crate::reserved::ZERORPC_PING, EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;
     }

@@ -51,6 +51,16 @@ pub enum CallError {
     /// The call's deadline passed before the (first) reply.
     #[error("deadline of {0:?} exceeded")]
     DeadlineExceeded(Duration),
+    /// The client's endpoint is not a valid `tcp://host:port` or `ipc://path`: every call
+    /// fails so at once, before any connection attempt.
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::EndpointError,
+    },
     /// The endpoint could not be reached.
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect {
@@ -255,6 +265,8 @@ pub struct Client {
 
 struct Inner {
     endpoint: String,
+    /// Why `endpoint` does not parse, if it does not (the client was built all the same).
+    invalid_endpoint: Option<crate::EndpointError>,
     config: ClientConfig,
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
@@ -278,10 +290,15 @@ impl Client {
     }
 
     /// A client with explicit settings. Connects on first use.
+    ///
+    /// The endpoint is parsed here; when it is invalid, every call fails at once with
+    /// [`CallError::InvalidEndpoint`].
     pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
+        let endpoint = endpoint.into();
         Self {
             inner: Arc::new(Inner {
-                endpoint: endpoint.into(),
+                invalid_endpoint: endpoint.parse::<crate::Endpoint>().err(),
+                endpoint,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
                 trust: connection::TrustState::new(config.mesh_key.clone()),
                 config,
@@ -294,7 +311,8 @@ impl Client {
     /// A client that is already connected.
     ///
     /// # Errors
-    /// [`CallError::Connect`] when the endpoint cannot be reached within the connect timeout.
+    /// [`CallError::InvalidEndpoint`] at once for an invalid endpoint, [`CallError::Connect`]
+    /// when the endpoint cannot be reached within the connect timeout.
     pub async fn connect(
         endpoint: impl Into<String>,
         config: ClientConfig,
@@ -633,6 +651,12 @@ impl Client {
     }
 
     async fn reconnect(&self, deadline: Instant) -> Result<Arc<Connection>, CallError> {
+        if let Some(source) = &self.inner.invalid_endpoint {
+            return Err(CallError::InvalidEndpoint {
+                endpoint: self.inner.endpoint.clone(),
+                source: source.clone(),
+            });
+        }
         let connect_error = |reason: &str| CallError::Connect {
             endpoint: self.inner.endpoint.clone(),
             reason: reason.to_owned(),

@@ -35,11 +35,23 @@ pub mod keys {
     pub const SEQ: &str = "zmesh_seq";
 }
 
-/// Topics starting with this prefix are zmesh's own (snapshot markers); `publish` refuses them.
-pub const RESERVED_TOPIC_PREFIX: &str = "_zmesh.";
+/// Topics starting with this prefix are zmesh's own (snapshot markers); `publish` refuses them
+/// ([`reserved::TOPIC_PREFIX`](crate::reserved::TOPIC_PREFIX)).
+pub const RESERVED_TOPIC_PREFIX: &str = crate::reserved::TOPIC_PREFIX;
 
-/// The name of the snapshot method every node with events serves.
-pub const SNAPSHOT_METHOD: &str = "_zmesh.snapshot";
+/// The name of the snapshot method every node with events serves
+/// ([`reserved::SNAPSHOT`](crate::reserved::SNAPSHOT)).
+pub const SNAPSHOT_METHOD: &str = crate::reserved::SNAPSHOT;
+
+/// Parses an endpoint given to a publisher or subscriber.
+fn parse_endpoint(endpoint: &str) -> Result<crate::Endpoint, EventsError> {
+    endpoint
+        .parse()
+        .map_err(|source| EventsError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
 
 /// A received event.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,9 +154,16 @@ pub enum EventsError {
     /// No topic prefix was given to subscribe to (use `""` for everything).
     #[error("no topic prefix given to subscribe to (use \"\" for every topic)")]
     NoSubscription,
-    /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
-    #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
-    UnsupportedEndpoint(String),
+    /// An endpoint is not a valid `tcp://host:port` or `ipc://path` (`inproc://`, a missing
+    /// scheme or port, a wildcard `ipc://` path...).
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::EndpointError,
+    },
     /// A node was given both endpoints to publish on and an already started publisher.
     #[error("a node publishes either on its own endpoints or through a given publisher, not both")]
     PublisherTwice,

@@ -225,8 +225,8 @@ impl Node {
 
 /// `_zmesh.snapshot(prefix, marker_topic, token)`.
 fn snapshot_service(publisher: Publisher) -> Service {
-    Service::new("_zmesh").method(
-        "snapshot",
+    Service::new(crate::reserved::ZMESH_SERVICE).method(
+        crate::reserved::SNAPSHOT_IN_SERVICE,
         move |prefix: String, marker_topic: String, token: String| {
             let publisher = publisher.clone();
             async move {

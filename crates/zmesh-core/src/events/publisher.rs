@@ -16,9 +16,8 @@ use zeromq::{PubSocket, Socket, SocketSend};
 
 use super::cache::TopicTable;
 use super::codec;
-use super::{EventsError, PublishError, RESERVED_TOPIC_PREFIX};
+use super::{EventsError, PublishError};
 use crate::WaitError;
-use crate::node::check_endpoint;
 
 /// Builds a [`Publisher`].
 #[derive(Debug, Default)]
@@ -60,6 +59,12 @@ impl PublisherBuilder {
         if self.endpoints.is_empty() {
             return Err(EventsError::NoEndpoint);
         }
+        // Every endpoint is checked before any is bound.
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| super::parse_endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
         // Subscribers only send subscriptions: a topic prefix each, one frame. Anything
         // larger closes the connection while it is read. Each subscriber's queue is
         // bounded in bytes (the crate's default, 16 MiB): past it its events are dropped,
@@ -68,17 +73,13 @@ impl PublisherBuilder {
         options.max_message_size(64 * 1024).max_frames(4);
         let mut socket = PubSocket::with_options(options);
         let mut bound = Vec::with_capacity(self.endpoints.len());
-        for endpoint in &self.endpoints {
-            check_endpoint(endpoint)
-                .map_err(|_| EventsError::UnsupportedEndpoint(endpoint.clone()))?;
+        for endpoint in &endpoints {
             crate::endpoint::remove_stale_ipc_socket(endpoint);
+            let endpoint = endpoint.to_string();
             let resolved = socket
-                .bind(endpoint)
+                .bind(&endpoint)
                 .await
-                .map_err(|source| EventsError::Bind {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
+                .map_err(|source| EventsError::Bind { endpoint, source })?;
             bound.push(resolved.to_string());
         }
         let id: Arc<str> = Arc::from(fresh_id().as_str());
@@ -230,7 +231,7 @@ impl Publisher {
         topic: &str,
         payload: &T,
     ) -> Result<u64, PublishError> {
-        if topic.starts_with(RESERVED_TOPIC_PREFIX) {
+        if crate::reserved::is_reserved_topic(topic) {
             return Err(PublishError::ReservedTopic(topic.to_owned()));
         }
         let payload = codec::encode_payload(payload).map_err(PublishError::Encode)?;

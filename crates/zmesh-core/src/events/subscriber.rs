@@ -32,14 +32,12 @@ use super::codec::{self, Incoming};
 use super::gap::{Check, Tracker};
 use super::publisher::SnapshotReply;
 use super::{
-    Delivery, EventsError, Gap, RESERVED_TOPIC_PREFIX, Received, SNAPSHOT_METHOD, Snapshot,
-    SnapshotEntry, SnapshotError,
+    Delivery, EventsError, Gap, Received, SNAPSHOT_METHOD, Snapshot, SnapshotEntry, SnapshotError,
 };
-use crate::node::check_endpoint;
 use crate::{CallOptions, Client};
 
 /// Topic prefix of sync markers; a subscriber's own marker topic is this plus its id.
-pub(super) const MARKER_PREFIX: &str = "_zmesh.sync.";
+pub(super) const MARKER_PREFIX: &str = crate::reserved::SYNC_TOPIC_PREFIX;
 
 /// Subscriber settings. Build with `SubscriberConfig::default()` and the chained setters.
 #[derive(Debug, Clone)]
@@ -311,8 +309,7 @@ impl SubscriberBuilder {
             return Err(EventsError::NoSubscription);
         }
         for endpoint in &self.endpoints {
-            check_endpoint(endpoint)
-                .map_err(|_| EventsError::UnsupportedEndpoint(endpoint.clone()))?;
+            super::parse_endpoint(endpoint)?;
         }
         let shared = Arc::new(Shared {
             marker_topic: format!("{MARKER_PREFIX}{}", crate::wire::MessageId::generate()),
@@ -534,7 +531,7 @@ impl Reader {
                 return Flow::Continue;
             }
         };
-        if incoming.topic.starts_with(RESERVED_TOPIC_PREFIX) {
+        if crate::reserved::is_reserved_topic(&incoming.topic) {
             if incoming.topic == self.shared.marker_topic {
                 self.marker(&incoming);
             }

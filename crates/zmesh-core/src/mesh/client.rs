@@ -398,7 +398,7 @@ impl Drop for Outstanding<'_> {
 /// [`ErrorKind`]'s (see [`ErrorKind::retry`]): a handler's own error name is final.
 fn classify(error: &CallError) -> Retry {
     match error {
-        CallError::Connect { .. } => Retry::NotRun,
+        CallError::Connect { .. } | CallError::InvalidEndpoint { .. } => Retry::NotRun,
         CallError::PeerLost(_) => Retry::MayHaveRun,
         CallError::Remote(e) => e.kind().map_or(Retry::Final, ErrorKind::retry),
         // The replies were tampered with on the way: the call may have run, and a retry
@@ -884,7 +884,7 @@ async fn probe_loop(inner: Arc<Inner>) {
             tokio::spawn(async move {
                 let client = link.client();
                 let ping = client.call_with::<rmpv::Value>(
-                    "_zerorpc_ping",
+                    crate::reserved::ZERORPC_PING,
                     (),
                     CallOptions::timeout(period),
                 );

@@ -90,9 +90,9 @@ impl PeerRecord {
         if !self
             .endpoints
             .iter()
-            .all(|e| name_ok(e) && crate::node::check_endpoint(e).is_ok())
+            .all(|e| name_ok(e) && e.parse::<crate::Endpoint>().is_ok())
         {
-            return Err("unsupported endpoint");
+            return Err("invalid endpoint");
         }
         if self.services.len() > MAX_SERVICES {
             return Err("too many services");

@@ -20,10 +20,13 @@ use crate::client::{CallOptions, Client, ClientConfig};
 use crate::service::{HandlerError, Service};
 use crate::trust::Kind;
 
-/// Name of the service that carries gossip; its one method is `_zmesh.peers`.
-pub const GOSSIP_SERVICE: &str = "_zmesh";
-/// The gossip method as called on the wire.
-pub const GOSSIP_METHOD: &str = "_zmesh.peers";
+/// Name of the service that carries gossip ([`reserved::ZMESH_SERVICE`]); its method is
+/// `_zmesh.peers`.
+///
+/// [`reserved::ZMESH_SERVICE`]: crate::reserved::ZMESH_SERVICE
+pub const GOSSIP_SERVICE: &str = crate::reserved::ZMESH_SERVICE;
+/// The gossip method as called on the wire ([`reserved::PEERS`](crate::reserved::PEERS)).
+pub const GOSSIP_METHOD: &str = crate::reserved::PEERS;
 /// Presence events buffered per subscriber before the slowest one starts missing events.
 const PRESENCE_BUFFER: usize = 1024;
 
@@ -365,7 +368,7 @@ impl Discovery {
     pub(crate) fn gossip_service(&self) -> Service {
         let inner = self.inner.clone();
         Service::new(GOSSIP_SERVICE).method(
-            "peers",
+            crate::reserved::PEERS_IN_SERVICE,
             move |mesh: String, caller: Option<PeerRecord>| {
                 let reply = inner.answer_gossip(&mesh, caller);
                 async move { reply }

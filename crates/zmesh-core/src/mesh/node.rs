@@ -137,7 +137,7 @@ impl MeshBuilder {
         if let Some(publisher) = self.publisher {
             builder = builder.publisher(publisher);
         }
-        builder = builder.service(discovery.gossip_service());
+        builder = builder.zmesh_service(discovery.gossip_service());
         let node = builder.start().await?;
         let endpoints = if self.advertise.is_empty() {
             node.endpoints().to_vec()

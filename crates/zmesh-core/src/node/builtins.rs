@@ -1,5 +1,6 @@
 //! Provides the methods every node answers by itself: the `_zerorpc_*` introspection
-//! methods, in the shapes the stock zerorpc client and CLI expect, and `_zmesh_stats`.
+//! methods, in the shapes the stock zerorpc client and CLI expect, and `_zmesh.stats` (also
+//! answered under its former name `_zmesh_stats`, see [`reserved::LEGACY_STATS`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use rmpv::Value;
 use zmesh_proto::ErrorKind;
 
 use super::Counters;
+use crate::reserved;
 use crate::service::{HandlerError, Method, Service};
 use crate::stats::MethodStats;
 
@@ -72,7 +74,7 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
 
     let ping_name = name.clone();
     let help_lookup = lookup.clone();
-    let builtins = Service::new("_zerorpc")
+    let builtins = Service::new(reserved::ZERORPC_SERVICE)
         .method("ping", move || {
             let n = ping_name.clone();
             async move { Ok::<_, HandlerError>(("pong", n)) }
@@ -102,18 +104,19 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
             async move { Ok::<_, HandlerError>(v) }
         });
     for (method, entry) in builtins.methods {
-        methods.insert(format!("_zerorpc_{method}"), Arc::new(entry));
+        methods.insert(
+            format!("{}{method}", reserved::ZERORPC_PREFIX),
+            Arc::new(entry),
+        );
     }
 }
 
-/// The name of the statistics built-in.
-pub(crate) const STATS_METHOD: &str = "_zmesh_stats";
-
-/// Adds `_zmesh_stats`: the node's name, uptime and counters, and per method its calls,
-/// errors, aborted calls and latency percentiles. Call last, on the complete method table,
-/// so every method (this one included) is reported. A method exported under two names
-/// (prefixed and unprefixed) is one method with one set of figures, reported under its
-/// prefixed name.
+/// Adds `_zmesh.stats` ([`reserved::STATS`]), also under its former name `_zmesh_stats`
+/// ([`reserved::LEGACY_STATS`]): the node's name, uptime and counters, and per method its
+/// calls, errors, aborted calls and latency percentiles. Call last, on the complete method
+/// table, so every method (this one included) is reported. A method exported under two
+/// names (prefixed and unprefixed) is one method with one set of figures, reported under
+/// its prefixed name; the two stats names are one method too, reported as `_zmesh.stats`.
 pub(super) fn register_stats(
     node_name: &str,
     methods: &mut HashMap<String, Arc<Method>>,
@@ -125,7 +128,7 @@ pub(super) fn register_stats(
     let all = methods
         .iter()
         .map(|(name, m)| (name.clone(), m.stats.clone()))
-        .chain([(STATS_METHOD.to_owned(), own_stats.clone())]);
+        .chain([(reserved::STATS.to_owned(), own_stats.clone())]);
     for (name, stats) in all {
         let key = Arc::as_ptr(&stats);
         match seen.get(&key) {
@@ -142,16 +145,18 @@ pub(super) fn register_stats(
     let node_name = node_name.to_owned();
     let started = std::time::Instant::now();
     let table = Arc::new(table);
-    let handler = Service::new("_zmesh").method("stats", move || {
-        let report = stats_report(&node_name, started, &counters, &table);
-        async move { Ok::<_, HandlerError>(report) }
-    });
-    if let Some(method) = handler.methods.get("stats") {
-        let method = Method {
+    let handler =
+        Service::new(reserved::ZMESH_SERVICE).method(reserved::STATS_IN_SERVICE, move || {
+            let report = stats_report(&node_name, started, &counters, &table);
+            async move { Ok::<_, HandlerError>(report) }
+        });
+    if let Some(method) = handler.methods.get(reserved::STATS_IN_SERVICE) {
+        let method = Arc::new(Method {
             stats: own_stats,
             ..method.clone()
-        };
-        methods.insert(STATS_METHOD.to_owned(), Arc::new(method));
+        });
+        methods.insert(reserved::STATS.to_owned(), method.clone());
+        methods.insert(reserved::LEGACY_STATS.to_owned(), method);
     }
 }
 

@@ -541,7 +541,7 @@ fn open_call(
     };
     // Built-ins answer from static data and bypass the limits, so a health check or a
     // client's connection ping is never refused (or counted) as load.
-    let builtin = event.name.starts_with("_zerorpc_");
+    let builtin = crate::reserved::is_zerorpc_builtin(&event.name);
     let permit = if builtin {
         None
     } else {

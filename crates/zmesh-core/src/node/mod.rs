@@ -51,9 +51,20 @@ pub enum NodeError {
         #[source]
         source: zeromq::ZmqError,
     },
-    /// The endpoint is not supported (`inproc://`, or a wildcard `ipc://` path).
-    #[error("unsupported endpoint {0}: use tcp://host:port or ipc:///path")]
-    UnsupportedEndpoint(String),
+    /// An endpoint (to bind, or the device's backend) is not a valid `tcp://host:port` or
+    /// `ipc://path` (`inproc://`, a missing scheme or port, a wildcard `ipc://` path...).
+    #[error("invalid endpoint {endpoint:?}: {source}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::EndpointError,
+    },
+    /// A service has a method under a name zmesh reserves (`_zerorpc_*`, `_zmesh.*`,
+    /// `_zmesh_*`: see [`reserved`](crate::reserved)).
+    #[error("method {0} has a reserved name (_zerorpc_*, _zmesh.* and _zmesh_* are zmesh's)")]
+    ReservedMethod(String),
     /// Two services expose the same method name.
     #[error("method {0} is registered twice")]
     DuplicateMethod(String),
@@ -244,6 +255,8 @@ pub struct NodeBuilder {
     worker_capacity: Option<u32>,
     mesh_key: Option<crate::trust::MeshKey>,
     plain_endpoints: Vec<String>,
+    /// zmesh's own services (the mesh's gossip), exempt from the reserved-name check.
+    zmesh_services: Vec<Service>,
 }
 
 impl NodeBuilder {
@@ -263,6 +276,12 @@ impl NodeBuilder {
     /// Hosts a service; its methods are called as `service.method`.
     pub fn service(mut self, service: Service) -> Self {
         self.services.push(service);
+        self
+    }
+
+    /// Hosts one of zmesh's own services, whose methods have reserved names (`_zmesh.*`).
+    pub(crate) fn zmesh_service(mut self, service: Service) -> Self {
+        self.zmesh_services.push(service);
         self
     }
 
@@ -336,9 +355,18 @@ impl NodeBuilder {
         if self.worker_capacity == Some(0) {
             return Err(NodeError::Config("worker_capacity must be at least 1"));
         }
+        // Every endpoint is checked before anything is bound or started.
+        let endpoints = parse_endpoints(&self.endpoints)?;
+        let plain_endpoints = parse_endpoints(&self.plain_endpoints)?;
+        if let Some(device) = &self.device {
+            parse_endpoint(device)?;
+        }
+        check_reserved(&self.services, self.unprefixed.as_deref())?;
         let (events, events_service) = std::mem::take(&mut self.events)
             .start(self.config.max_concurrent_calls, self.mesh_key.as_ref())
             .await?;
+        self.services
+            .extend(std::mem::take(&mut self.zmesh_services));
         self.services.extend(events_service);
         let name = self
             .name
@@ -365,7 +393,6 @@ impl NodeBuilder {
         builtins::register_stats(&name, &mut methods, counters.clone());
 
         if let Some(device) = self.device {
-            check_endpoint(&device)?;
             let capacity = self
                 .worker_capacity
                 .unwrap_or(DEFAULT_WORKER_CAPACITY)
@@ -396,20 +423,11 @@ impl NodeBuilder {
             self.config.max_connections_per_endpoint,
             self.endpoints.len() + self.plain_endpoints.len(),
         );
-        let main = bind_router(&self.endpoints, &mut bound, &self.config, cap, &counters).await?;
-        let plain = if self.plain_endpoints.is_empty() {
+        let main = bind_router(&endpoints, &mut bound, &self.config, cap, &counters).await?;
+        let plain = if plain_endpoints.is_empty() {
             None
         } else {
-            Some(
-                bind_router(
-                    &self.plain_endpoints,
-                    &mut bound,
-                    &self.config,
-                    cap,
-                    &counters,
-                )
-                .await?,
-            )
+            Some(bind_router(&plain_endpoints, &mut bound, &self.config, cap, &counters).await?)
         };
         let (sender, inlets) = match (main, self.mesh_key) {
             (Some((send, recv, monitor)), None) => (
@@ -583,12 +601,17 @@ fn stats_of(shared: &Shared) -> NodeStats {
 const DEFAULT_WORKER_CAPACITY: u32 = 128;
 
 /// The methods a worker announces to its device: every hosted method under its full name,
-/// and the unprefixed exports (built-ins are the device's business).
+/// and the unprefixed exports. Not zmesh's own (built-ins, and `_zmesh.snapshot` of a
+/// worker with events): the device refuses a worker announcing a reserved name, and
+/// answers or forwards those itself.
 fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<AnnouncedMethod> {
     let mut announced = Vec::new();
     for service in services {
         for (method, entry) in &service.methods {
             let full = format!("{}.{method}", service.name());
+            if crate::reserved::is_reserved_method(&full) {
+                continue;
+            }
             announced.push(AnnouncedMethod::new(full, service.name(), entry.idempotent));
             if unprefixed == Some(service.name()) {
                 announced.push(AnnouncedMethod::new(
@@ -612,7 +635,7 @@ type BoundRouter = (
 /// Binds one ROUTER on every endpoint given (none when the list is empty), recording the
 /// resolved endpoints in `bound`.
 async fn bind_router(
-    endpoints: &[String],
+    endpoints: &[crate::Endpoint],
     bound: &mut Vec<String>,
     config: &NodeConfig,
     max_connections: usize,
@@ -624,15 +647,12 @@ async fn bind_router(
     let mut socket = RouterSocket::with_options(config.socket_options(max_connections));
     counters.watch_socket(socket.stats());
     for endpoint in endpoints {
-        check_endpoint(endpoint)?;
         crate::endpoint::remove_stale_ipc_socket(endpoint);
+        let endpoint = endpoint.to_string();
         let resolved = socket
-            .bind(endpoint)
+            .bind(&endpoint)
             .await
-            .map_err(|source| NodeError::Bind {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+            .map_err(|source| NodeError::Bind { endpoint, source })?;
         bound.push(resolved.to_string());
     }
     let monitor = socket.monitor();
@@ -640,14 +660,36 @@ async fn bind_router(
     Ok(Some((send, recv, monitor)))
 }
 
-/// Rejects endpoints the `zeromq` crate cannot serve (and one it would panic on).
-pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), NodeError> {
-    let supported = crate::endpoint::is_supported(endpoint);
-    if supported {
-        Ok(())
-    } else {
-        Err(NodeError::UnsupportedEndpoint(endpoint.to_owned()))
+/// Parses an endpoint the node was given.
+fn parse_endpoint(endpoint: &str) -> Result<crate::Endpoint, NodeError> {
+    endpoint
+        .parse()
+        .map_err(|source| NodeError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
+
+/// Parses every endpoint, failing on the first invalid one.
+fn parse_endpoints(endpoints: &[String]) -> Result<Vec<crate::Endpoint>, NodeError> {
+    endpoints.iter().map(|e| parse_endpoint(e)).collect()
+}
+
+/// Refuses a service method (under its full name, or unprefixed when exported so) that
+/// takes one of zmesh's reserved names.
+fn check_reserved(services: &[Service], unprefixed: Option<&str>) -> Result<(), NodeError> {
+    for service in services {
+        for method in service.methods.keys() {
+            let full = format!("{}.{method}", service.name());
+            if crate::reserved::is_reserved_method(&full) {
+                return Err(NodeError::ReservedMethod(full));
+            }
+            if unprefixed == Some(service.name()) && crate::reserved::is_reserved_method(method) {
+                return Err(NodeError::ReservedMethod(method.clone()));
+            }
+        }
     }
+    Ok(())
 }
 
 /// A running node. Dropping it stops serving at once; [`Node::shutdown`] drains first.
@@ -740,9 +782,7 @@ impl Node {
         // send half: waiting for them while still holding it only ever ended by timing out
         // (every shutdown took `RELEASE_WAIT`, 2 s).
         drop(self);
-        for endpoint in &endpoints {
-            crate::endpoint::wait_released(endpoint).await;
-        }
+        crate::endpoint::wait_all_released(&endpoints).await;
         tracing::info!(node = %name, aborted, "node shut down");
         aborted
     }
