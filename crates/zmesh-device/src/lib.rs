@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 use zeromq::{RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketEvent, TrySendError};
 use zmesh_core::Endpoint;
 use zmesh_core::read_turns::ReadTurns;
-use zmesh_core::wire::{self, EventDecodeError};
+use zmesh_proto::admission::{self, Refusal};
 
 pub use config::DeviceConfig;
 pub use router::STATS_METHOD;
@@ -493,38 +493,13 @@ enum Side {
 /// give (`ERR MessageTooLarge` / `ERR ProtocolError` for a request) and is counted.
 fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox) {
     let now = Instant::now();
-    let Some(envelope) = wire::split_frames(frames) else {
-        shared.lock().count_malformed();
-        return;
-    };
-    if envelope.route.is_empty() {
-        shared.lock().count_malformed();
-        return;
-    }
-    let limit = shared.config.max_message_size;
-    if envelope.event.len() > limit {
-        shared.lock().count_malformed();
-        let problem = format!(
-            "message of {} bytes exceeds the limit of {limit} bytes",
-            envelope.event.len()
-        );
-        tracing::debug!(problem, "oversized message");
-        if side == Side::Client
-            && let Ok(header) = wire::decode_header(&envelope.event)
-            && header.response_to.is_none()
-        {
-            shared.lock().refuse_request(
-                &envelope.route,
-                &header.message_id,
-                zmesh_core::ErrorKind::MessageTooLarge,
-                &problem,
-                true,
-                now,
-                out,
-            );
+    let envelope = match admission::envelope(frames, shared.config.max_message_size) {
+        Ok(envelope) => envelope,
+        Err((refusal, route)) => {
+            refuse(shared, side, &route, &refusal, now, out);
+            return;
         }
-        return;
-    }
+    };
     let (opened, seq) = match keyed::open_event(shared.trust(side), side, &envelope.event) {
         Ok(opened) => opened,
         Err(rejection) => {
@@ -541,7 +516,7 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
         (false, Side::Worker, Some(front)) => keyed::reseal_reply(front, &opened, seq),
         (false, _, _) => opened.clone(),
     };
-    match wire::decode_event(&opened) {
+    match admission::decode(&opened) {
         Ok(event) => {
             let mut router = shared.lock();
             match side {
@@ -549,24 +524,36 @@ fn handle(shared: &Arc<Shared>, side: Side, frames: Vec<Bytes>, out: &mut Outbox
                 Side::Worker => router.handle_worker(envelope.route, forwarded, event, now, out),
             }
         }
-        Err(EventDecodeError { error, header }) => {
-            shared.lock().count_malformed();
-            tracing::debug!(%error, "undecodable event");
-            if side == Side::Client
-                && let Some(header) = header.filter(|h| h.response_to.is_none())
-            {
-                let message = format!("malformed request: {error}");
-                shared.lock().refuse_request(
-                    &envelope.route,
-                    &header.message_id,
-                    zmesh_core::ErrorKind::ProtocolError,
-                    &message,
-                    true,
-                    now,
-                    out,
-                );
-            }
-        }
+        Err(refusal) => refuse(shared, side, &envelope.route, &refusal, now, out),
+    }
+}
+
+/// Counts a message admission refused and, for a client's addressable request, answers it
+/// as a node would.
+#[cold]
+fn refuse(
+    shared: &Shared,
+    side: Side,
+    route: &[Bytes],
+    refusal: &Refusal,
+    now: Instant,
+    out: &mut Outbox,
+) {
+    let mut router = shared.lock();
+    router.count_inadmissible(refusal);
+    tracing::debug!(problem = %refusal, "inadmissible message");
+    if side == Side::Client
+        && let Some(answer) = refusal.answer()
+    {
+        router.refuse_request(
+            route,
+            answer.request,
+            answer.kind,
+            &answer.message,
+            true,
+            now,
+            out,
+        );
     }
 }
 

@@ -5,7 +5,8 @@
 //! Routing follows the ZeroMQ Guide's Majordomo pattern (per-service queues, workers
 //! announce what they serve) with least-loaded selection (in-flight calls relative to the
 //! announced capacity, least recently used first on a tie), and liveness follows Paranoid
-//! Pirate (heartbeats both ways, a worker silent for three of its periods is dead).
+//! Pirate (heartbeats both ways, a worker silent for three of its periods is dead), timed
+//! with the same `zmesh_proto::liveness` rules as a node's and a client's channels.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use zmesh_core::ErrorKind;
 use zmesh_core::reserved;
 use zmesh_core::wire::worker::{self as proto, Ready};
 use zmesh_core::wire::{self, HEARTBEAT_ARGS, Header, MessageId, names};
+use zmesh_proto::admission::{Counter, Refusal};
+use zmesh_proto::liveness::{Liveness, Pacer};
 
 use crate::config::DeviceConfig;
 use crate::stats::{DeviceStats, ServiceStats};
@@ -162,9 +165,8 @@ struct Worker {
     methods: Vec<String>,
     capacity: u32,
     channels: HashSet<Key>,
-    heartbeat: Duration,
-    last_heard: Instant,
-    last_hb_sent: Instant,
+    /// Its heartbeats (at the period it announced) and ours to it.
+    liveness: Liveness,
     last_used: u64,
     draining: bool,
 }
@@ -191,17 +193,18 @@ struct Channel {
     /// re-run transparently).
     replied: bool,
     deadline: Option<Instant>,
-    opened: Instant,
-    last_heard: Instant,
-    heard_any: bool,
-    last_hb_client: Instant,
-    last_hb_worker: Instant,
+    /// The client's heartbeats and ours to it on this call.
+    client: Liveness,
+    /// Our heartbeats to the worker on this call, at the worker's period (it heartbeats
+    /// the device on its link, so the call's leg needs no liveness of its own).
+    worker_heartbeats: Pacer,
 }
 
 /// Device-wide counters.
 #[derive(Debug, Default)]
 struct Counters {
     malformed: u64,
+    oversized: u64,
     oversized_events: u64,
     unknown_method: u64,
     unknown_channel: u64,
@@ -233,7 +236,8 @@ pub(crate) struct Router {
     /// Bytes of the request frames of every open call.
     request_bytes: usize,
     buckets: HashMap<Bytes, Bucket>,
-    last_prune: Instant,
+    /// When the refusal budgets are next pruned: every device heartbeat period.
+    prune: Pacer,
     seq: u64,
     counters: Counters,
     drops: Arc<Drops>,
@@ -323,7 +327,7 @@ impl Router {
             channels: HashMap::new(),
             request_bytes: 0,
             buckets: HashMap::new(),
-            last_prune: Instant::now(),
+            prune: Pacer::new(Instant::now()),
             seq: 0,
             counters: Counters::default(),
             drops: Arc::new(Drops::default()),
@@ -402,8 +406,12 @@ impl Router {
         }
     }
 
-    pub(crate) fn count_malformed(&mut self) {
-        self.counters.malformed += 1;
+    /// Counts a message admission refused, in the one counter of its reason.
+    pub(crate) fn count_inadmissible(&mut self, refusal: &Refusal) {
+        match refusal.counter() {
+            Counter::Malformed => self.counters.malformed += 1,
+            Counter::Oversized => self.counters.oversized += 1,
+        }
     }
 
     /// Counts a message refused by the mesh key; returns the refusals so far (for the
@@ -427,7 +435,7 @@ impl Router {
         let shortest = self
             .workers
             .values()
-            .map(|w| w.heartbeat)
+            .map(|w| w.liveness.period())
             .fold(self.config.heartbeat, Duration::min);
         (shortest / 4).max(Duration::from_millis(2))
     }
@@ -573,11 +581,8 @@ impl Router {
                 worker: None,
                 replied: false,
                 deadline,
-                opened: now,
-                last_heard: now,
-                heard_any: false,
-                last_hb_client: now,
-                last_hb_worker: now,
+                client: Liveness::channel(self.config.heartbeat, now),
+                worker_heartbeats: Pacer::new(now),
             },
         );
         match worker {
@@ -663,8 +668,7 @@ impl Router {
             self.counters.unknown_channel += 1;
             return;
         };
-        c.last_heard = now;
-        c.heard_any = true;
+        c.client.heard(now);
         match name {
             // The device heartbeats each leg itself.
             names::HEARTBEAT => {}
@@ -748,7 +752,7 @@ impl Router {
             );
             return;
         };
-        w.last_heard = now;
+        w.liveness.heard(now);
         let Some(channel) = event.header.response_to else {
             self.counters.malformed += 1;
             return;
@@ -807,7 +811,7 @@ impl Router {
                 }
             },
             proto::WORKER_HEARTBEAT => match self.workers.get_mut(worker) {
-                Some(w) => w.last_heard = now,
+                Some(w) => w.liveness.heard(now),
                 None => out.back(
                     Sent::Control,
                     to_route(
@@ -819,7 +823,7 @@ impl Router {
             proto::BYE => {
                 if let Some(w) = self.workers.get_mut(worker) {
                     tracing::info!(worker = %w.name, "worker is leaving; routing no new calls to it");
-                    w.last_heard = now;
+                    w.liveness.heard(now);
                     w.draining = true;
                 }
             }
@@ -922,9 +926,11 @@ impl Router {
                 methods,
                 capacity: ready.capacity,
                 channels,
-                heartbeat: Duration::from_millis(ready.heartbeat_ms),
-                last_heard: now,
-                last_hb_sent: now,
+                liveness: Liveness::link(
+                    Duration::from_millis(ready.heartbeat_ms),
+                    WORKER_LIVENESS,
+                    now,
+                ),
                 last_used: 0,
                 draining: false,
             },
@@ -1167,7 +1173,7 @@ impl Router {
             return;
         };
         c.worker = Some(worker.clone());
-        c.last_hb_worker = now;
+        c.worker_heartbeats = Pacer::new(now);
         self.seq += 1;
         w.last_used = self.seq;
         out.back(
@@ -1226,18 +1232,15 @@ impl Router {
         let dead: Vec<(Bytes, Duration)> = self
             .workers
             .iter()
-            .filter(|(_, w)| {
-                now.saturating_duration_since(w.last_heard) > w.heartbeat * WORKER_LIVENESS
-            })
-            .map(|(id, w)| (id.clone(), w.heartbeat * WORKER_LIVENESS))
+            .filter(|(_, w)| w.liveness.is_lost(now))
+            .map(|(id, w)| (id.clone(), w.liveness.silence_limit()))
             .collect();
         for (id, silence) in dead {
             let reason = format!("no heartbeat for {silence:?}");
             self.handle_worker_gone(&id, &reason, now, out);
         }
         for (id, w) in &mut self.workers {
-            if now.saturating_duration_since(w.last_hb_sent) >= w.heartbeat {
-                w.last_hb_sent = now;
+            if w.liveness.heartbeat_due(now) {
                 out.back(
                     Sent::Heartbeat,
                     to_route(
@@ -1248,10 +1251,8 @@ impl Router {
             }
         }
 
-        let period = self.config.heartbeat;
-        if now.saturating_duration_since(self.last_prune) >= period {
+        if self.prune.due(now, self.config.heartbeat) {
             // Forget the refusal budgets that have refilled: nothing to remember there.
-            self.last_prune = now;
             let (burst, rate) = self.config.refusals;
             let full = Duration::from_secs_f64(f64::from(burst) / f64::from(rate.max(1)));
             self.buckets
@@ -1260,12 +1261,7 @@ impl Router {
         let mut silent = Vec::new();
         let mut expired = Vec::new();
         for (key, c) in &mut self.channels {
-            let last = if c.heard_any {
-                c.last_heard
-            } else {
-                c.opened + period
-            };
-            if now.saturating_duration_since(last) > 2 * period {
+            if c.client.is_lost(now) {
                 silent.push(key.clone());
                 continue;
             }
@@ -1273,8 +1269,7 @@ impl Router {
                 expired.push(key.clone());
                 continue;
             }
-            if now.saturating_duration_since(c.last_hb_client) >= period {
-                c.last_hb_client = now;
+            if c.client.heartbeat_due(now) {
                 let header = Header::zmesh(Some(key.1.clone()));
                 let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
                 out.front(Sent::Heartbeat, to_route(&c.route, hb));
@@ -1283,9 +1278,8 @@ impl Router {
                 .worker
                 .as_ref()
                 .and_then(|id| self.workers.get(id).map(|w| (id, w)))
-                && now.saturating_duration_since(c.last_hb_worker) >= w.1.heartbeat
+                && c.worker_heartbeats.due(now, w.1.liveness.period())
             {
-                c.last_hb_worker = now;
                 let header = Header::zmesh(Some(key.1.clone()));
                 let hb = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
                 out.back(Sent::Heartbeat, to_worker(w.0, &c.route, hb));
@@ -1341,6 +1335,7 @@ impl Router {
             workers: self.workers.len(),
             open_calls: self.channels.len(),
             malformed: self.counters.malformed,
+            oversized: self.counters.oversized,
             oversized_events: self.counters.oversized_events,
             unknown_method: self.counters.unknown_method,
             unknown_channel: self.counters.unknown_channel,

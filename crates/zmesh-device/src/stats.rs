@@ -41,6 +41,10 @@ pub struct DeviceStats {
     pub open_calls: usize,
     /// Messages that were not valid events (from clients or workers).
     pub malformed: u64,
+    /// Messages over `max_message_size` (from clients or workers), refused before
+    /// decoding, as a node counts them.
+    #[serde(default)]
+    pub oversized: u64,
     /// Messages over `max_message_size` dropped by the event forwarder (events from
     /// publishers, or subscriptions from subscribers).
     #[serde(default)]

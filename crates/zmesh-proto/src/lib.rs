@@ -9,12 +9,20 @@
 //!   [`EndpointError`]).
 //! - [`reserved`]: every method name and topic prefix zmesh reserves, and the one check
 //!   for them ([`reserved::is_reserved_method`]).
+//! - [`admission`]: one message from a ROUTER to an envelope and an event, or a typed
+//!   refusal with its counter and its answer (node and device).
+//! - [`liveness`]: heartbeats due and peers lost, for a call's channel (node, client,
+//!   device) and a worker-device link.
+//! - [`credit`]: stream credit (`_zpc_more`), the producer's and the consumer's side.
 //!
 //! The crates that do IO (zmesh-core, zmesh-device, the CLI) drive these types from their
 //! sockets and timers; everything here is unit-tested on bytes and made-up instants.
 
+pub mod admission;
+pub mod credit;
 pub mod endpoint;
 pub mod error;
+pub mod liveness;
 pub mod reserved;
 pub mod wire;
 

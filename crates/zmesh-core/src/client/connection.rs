@@ -30,6 +30,7 @@ use zeromq::{
     ZmqMessage, ZmqResult,
 };
 use zmesh_proto::ErrorKind;
+use zmesh_proto::liveness::{Liveness, Verdict};
 
 use super::{CallError, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
@@ -91,10 +92,8 @@ struct Pending {
     next_seq: u32,
     /// When the caller stops waiting for the first reply (enforced by [`deadline_loop`]).
     deadline: Option<Instant>,
-    opened: Instant,
-    last_heard: Instant,
-    heard_any: bool,
-    last_hb_sent: Instant,
+    /// The server's heartbeats and ours.
+    liveness: Liveness,
 }
 
 impl Pending {
@@ -344,10 +343,7 @@ impl ConnShared {
                 stream: None,
                 next_seq: 0,
                 deadline,
-                opened: now,
-                last_heard: now,
-                heard_any: false,
-                last_hb_sent: now,
+                liveness: Liveness::channel(self.config.heartbeat, now),
             },
         );
         if let Some(deadline) = deadline {
@@ -762,8 +758,7 @@ impl ConnShared {
             tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
             return None;
         };
-        entry.last_heard = Instant::now();
-        entry.heard_any = true;
+        entry.liveness.heard(Instant::now());
         if name == names::HEARTBEAT || name == names::MORE {
             return None;
         }
@@ -967,9 +962,8 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-/// Heartbeats every open call and fails calls whose server went silent (zerorpc timing:
-/// first heartbeat one period after the request, lost after two silent periods, with one
-/// period of grace before the first heartbeat is expected).
+/// Heartbeats every open call and fails calls whose server went silent
+/// ([`Liveness::channel`]: zerorpc's timing).
 async fn sweep_loop(shared: Arc<ConnShared>) {
     let period = shared.config.heartbeat;
     let mut ticker = tokio::time::interval(period / 4);
@@ -979,31 +973,26 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
         let now = Instant::now();
         let mut due = Vec::new();
         let mut lost = Vec::new();
-        shared.pending().retain(|id, p| {
-            let last = if p.heard_any {
-                p.last_heard
-            } else {
-                p.opened + period
-            };
-            if now.saturating_duration_since(last) > 2 * period {
+        shared.pending().retain(|id, p| match p.liveness.poll(now) {
+            Verdict::Lost => {
                 lost.push(Pending {
                     first: p.first.take(),
                     stream: p.stream.take(),
                     ..*p
                 });
-                return false;
+                false
             }
-            if now.saturating_duration_since(p.last_hb_sent) >= period {
-                p.last_hb_sent = now;
+            Verdict::Heartbeat => {
                 due.push(id.clone());
+                true
             }
-            true
+            Verdict::Quiet => true,
         });
         for p in lost {
             let reason = format!(
                 "no heartbeat from {} for more than {:?}",
                 shared.endpoint,
-                2 * period
+                p.liveness.silence_limit()
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
             p.fail(CallError::PeerLost(reason));

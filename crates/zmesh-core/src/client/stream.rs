@@ -13,6 +13,8 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use zmesh_proto::credit::Window;
+
 use super::connection::{ConnShared, Inbound};
 use super::{CallError, decode_result, err_reply};
 use crate::wire::{MessageId, more_args, names};
@@ -51,9 +53,8 @@ pub struct CallStream<T = rmpv::Value> {
     rx: Option<mpsc::Receiver<Inbound>>,
     guard: Option<CallGuard>,
     first: Option<Bytes>,
-    /// Items the server may still send without new credit (zerorpc's "reserved").
-    reserved: u64,
-    window: u64,
+    /// The credit the server has been granted.
+    credit: Window,
     /// The call's deadline, reported by a server's `ERR DeadlineExceeded` as by the call's.
     timeout: Duration,
     _permit: Option<OwnedSemaphorePermit>,
@@ -64,8 +65,8 @@ impl<T> std::fmt::Debug for CallStream<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallStream")
             .field("open", &self.rx.is_some())
-            .field("reserved", &self.reserved)
-            .field("window", &self.window)
+            .field("reserved", &self.credit.reserved())
+            .field("window", &self.credit.window())
             .finish()
     }
 }
@@ -84,9 +85,7 @@ impl<T> CallStream<T> {
             rx,
             guard: Some(guard),
             first,
-            // The server starts with one unit of credit, spent on the first item.
-            reserved: 0,
-            window,
+            credit: Window::new(window),
             timeout,
             _permit: Some(permit),
             _item: PhantomData,
@@ -103,8 +102,7 @@ impl<T> CallStream<T> {
             rx: self.rx.take(),
             guard: self.guard.take(),
             first: self.first.take(),
-            reserved: self.reserved,
-            window: self.window,
+            credit: self.credit,
             timeout: self.timeout,
             _permit: self._permit.take(),
             _item: PhantomData,
@@ -138,14 +136,12 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
         };
         // The consumer wants another item: top the server's credit up once it falls below
         // half the window, as the Python client does.
-        if this.reserved < this.window / 2
-            && let Some(guard) = &this.guard
+        if let Some(guard) = &this.guard
+            && let Some(grant) = this.credit.wants_item()
         {
-            let grant = this.window - this.reserved;
             guard
                 .conn
                 .send_control(&guard.id, names::MORE, &more_args(grant));
-            this.reserved = this.window;
         }
         match rx.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
@@ -158,7 +154,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
             }
             Poll::Ready(Some(Inbound::Event(event))) => match event.name.as_ref() {
                 names::STREAM => {
-                    this.reserved = this.reserved.saturating_sub(1);
+                    this.credit.received();
                     Poll::Ready(Some(decode_result(&event.args)))
                 }
                 names::STREAM_DONE => {

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
 use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 use zmesh_proto::ErrorKind;
+use zmesh_proto::admission::{self, Counter, Refusal};
 use zmesh_proto::error::SHUTTING_DOWN;
+use zmesh_proto::liveness::Liveness;
 
 use super::Shared;
 use super::refusals::{RefusalClass, RefusalGate, Verdict};
@@ -33,9 +35,7 @@ use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
 use crate::trust::{self, Kind, Rejection};
-use crate::wire::{
-    self, EventDecodeError, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names,
-};
+use crate::wire::{self, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names};
 
 /// Replies that may wait at once for a client's full send queue (see [`send_now`]).
 const MAX_STALLED_SENDS: usize = 10_000;
@@ -340,47 +340,21 @@ pub(super) fn handle_message(
     frames: Vec<Bytes>,
     inbound: &Inbound,
 ) {
-    let Some(mut envelope) = wire::split_frames(frames) else {
-        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // The ROUTER always puts the connection identity first.
-    let Some(peer) = envelope.route.first().cloned() else {
-        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // A connection to a plain endpoint is plain from its first message on, whatever that
-    // message is: its route names the plain socket, so replies to it (an `ERR` for an
-    // oversized first message included) go out there, and it never shares an identity with
-    // a keyed connection (see `sender::plain_route_id`).
-    let peer = match inbound {
-        Inbound::PlainOfKeyed => {
-            let id = sender::plain_route_id(&peer);
-            envelope.route[0] = id.clone();
-            id
+    let mut envelope = match admission::envelope(frames, shared.config.max_message_size) {
+        Ok(envelope) => envelope,
+        Err((refusal, mut route)) => {
+            if let Some(peer) = local_peer(inbound, &mut route) {
+                refuse_admission(shared, control, warn, &peer, &route, &refusal);
+            } else {
+                count(shared, &refusal);
+            }
+            return;
         }
-        _ => peer,
     };
-    let limit = shared.config.max_message_size;
-    if envelope.event.len() > limit {
-        shared.counters.oversized.fetch_add(1, Ordering::Relaxed);
-        let problem = format!(
-            "message of {} bytes exceeds the limit of {limit} bytes",
-            envelope.event.len()
-        );
-        warn.bad_input(&peer, &problem);
-        match wire::decode_header(&envelope.event) {
-            Ok(header) if header.response_to.is_none() => control.send_err(
-                &envelope.route,
-                &header.message_id,
-                RefusalClass::Garbage,
-                ErrorKind::MessageTooLarge,
-                &problem,
-            ),
-            _ => control.unanswered_garbage(&peer),
-        }
+    // Admission refuses a message without a route, so there always is a peer here.
+    let Some(peer) = local_peer(inbound, &mut envelope.route) else {
         return;
-    }
+    };
     match inbound {
         Inbound::Plain => {}
         Inbound::PlainOfKeyed => {}
@@ -395,21 +369,10 @@ pub(super) fn handle_message(
             }
         },
     }
-    let event = match wire::decode_event(&envelope.event) {
+    let event = match admission::decode(&envelope.event) {
         Ok(event) => event,
-        Err(EventDecodeError { error, header }) => {
-            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            warn.bad_input(&peer, &error);
-            match header.filter(|h| h.response_to.is_none()) {
-                Some(header) => control.send_err(
-                    &envelope.route,
-                    &header.message_id,
-                    RefusalClass::Garbage,
-                    ErrorKind::ProtocolError,
-                    &format!("malformed request: {error}"),
-                ),
-                None => control.unanswered_garbage(&peer),
-            }
+        Err(refusal) => {
+            refuse_admission(shared, control, warn, &peer, &envelope.route, &refusal);
             return;
         }
     };
@@ -419,6 +382,53 @@ pub(super) fn handle_message(
             let size = envelope.event.len();
             open_call(shared, control, warn, peer, envelope.route, event, size)
         }
+    }
+}
+
+/// The connection a message came from, the first routing frame (the ROUTER puts the
+/// connection's identity there). A connection to a plain endpoint is plain from its first
+/// message on, whatever that message is: its route names the plain socket, so replies to it
+/// (an `ERR` for an oversized first message included) go out there, and it never shares an
+/// identity with a keyed connection (see `sender::plain_route_id`).
+fn local_peer(inbound: &Inbound, route: &mut [Bytes]) -> Option<Bytes> {
+    let first = route.first_mut()?;
+    if let Inbound::PlainOfKeyed = inbound {
+        *first = sender::plain_route_id(first);
+    }
+    Some(first.clone())
+}
+
+/// Counts a message admission refused in the one counter of its reason.
+fn count(shared: &Shared, refusal: &Refusal) {
+    let counter = match refusal.counter() {
+        Counter::Malformed => &shared.counters.malformed,
+        Counter::Oversized => &shared.counters.oversized,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts and traces a message admission refused, and answers it when it is an
+/// addressable request.
+#[cold]
+fn refuse_admission(
+    shared: &Shared,
+    control: &Control,
+    warn: &RateLimitedWarn,
+    peer: &Bytes,
+    route: &[Bytes],
+    refusal: &Refusal,
+) {
+    count(shared, refusal);
+    warn.bad_input(peer, refusal);
+    match refusal.answer() {
+        Some(answer) => control.send_err(
+            route,
+            answer.request,
+            RefusalClass::Garbage,
+            answer.kind,
+            &answer.message,
+        ),
+        None => control.unanswered_garbage(peer),
     }
 }
 
@@ -642,10 +652,7 @@ fn open_call(
         route: reply_to.route.clone(),
         abort: None,
         credit: credit.clone(),
-        opened: now,
-        last_heard: now,
-        last_hb_sent: now,
-        heard_any: false,
+        liveness: Liveness::channel(shared.config.heartbeat, now),
         size,
     };
     let request_id = reply_to.request_id.clone();
@@ -1089,7 +1096,7 @@ async fn sweep_loop(control: Control, mut stop: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
-        let (due, lost) = shared.registry.sweep(now, period);
+        let (due, lost) = shared.registry.sweep(now);
         for channel in lost {
             shared.counters.peers_lost.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %channel.route.first().map(|p| PeerId(p).to_string()).unwrap_or_default(),

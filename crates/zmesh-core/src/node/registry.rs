@@ -5,44 +5,32 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::wire::MessageId;
+use zmesh_proto::credit::SendCredit;
+use zmesh_proto::liveness::{Liveness, Verdict};
 
-/// Send credit of one streaming channel (`_zpc_more`), starting at 1 as zerorpc does.
-#[derive(Debug)]
+/// Send credit of one streaming channel (`_zpc_more`): the rule is
+/// [`SendCredit`]'s, this adds the wait for a grant.
+#[derive(Debug, Default)]
 pub(crate) struct Credit {
-    available: AtomicU64,
+    credit: SendCredit,
     notify: Notify,
 }
 
 impl Credit {
     pub(crate) fn new() -> Self {
-        Self {
-            available: AtomicU64::new(1),
-            notify: Notify::new(),
-        }
+        Self::default()
     }
 
     /// Waits for one unit of credit and takes it.
     pub(crate) async fn take(&self) {
-        loop {
-            let current = self.available.load(Ordering::Acquire);
-            if current > 0 {
-                if self
-                    .available
-                    .compare_exchange(current, current - 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return;
-                }
-                continue;
-            }
+        while !self.credit.try_take() {
             // notify_one stores a permit when nobody waits, so a grant that lands between
             // the check above and this await is not lost.
             self.notify.notified().await;
@@ -50,11 +38,7 @@ impl Credit {
     }
 
     pub(crate) fn grant(&self, n: u64) {
-        let _ = self
-            .available
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                Some(c.saturating_add(n))
-            });
+        self.credit.grant(n);
         self.notify.notify_one();
     }
 }
@@ -65,10 +49,8 @@ pub(crate) struct Channel {
     pub(crate) route: Vec<Bytes>,
     pub(crate) abort: Option<AbortHandle>,
     pub(crate) credit: Option<Arc<Credit>>,
-    pub(crate) opened: Instant,
-    pub(crate) last_heard: Instant,
-    pub(crate) last_hb_sent: Instant,
-    pub(crate) heard_any: bool,
+    /// The client's heartbeats and ours.
+    pub(crate) liveness: Liveness,
     /// Bytes of the request that opened the channel, counted against the connection's
     /// in-flight bytes until the channel closes.
     pub(crate) size: usize,
@@ -261,8 +243,7 @@ impl Registry {
         let mut peers = self.lock();
         match peers.get_mut(peer).and_then(|c| c.channels.get_mut(id)) {
             Some(channel) => {
-                channel.last_heard = now;
-                channel.heard_any = true;
+                channel.liveness.heard(now);
                 true
             }
             None => false,
@@ -295,21 +276,15 @@ impl Registry {
     }
 
     /// One heartbeat pass: returns the channels that are due a heartbeat and removes (and
-    /// returns) those whose client has been silent too long. zerorpc semantics: the first
-    /// heartbeat goes out one period after the channel opened, and a client that never
-    /// heartbeats gets one period of grace before the 2-period silence limit starts.
-    pub(crate) fn sweep(&self, now: Instant, period: Duration) -> (Vec<Due>, Vec<Channel>) {
+    /// returns) those whose client has been silent too long ([`Liveness::channel`]:
+    /// zerorpc's timing).
+    pub(crate) fn sweep(&self, now: Instant) -> (Vec<Due>, Vec<Channel>) {
         let mut due = Vec::new();
         let mut lost = Vec::new();
         let mut peers = self.lock();
         peers.retain(|_, calls| {
-            calls.channels.retain(|id, ch| {
-                let last = if ch.heard_any {
-                    ch.last_heard
-                } else {
-                    ch.opened + period
-                };
-                if now.saturating_duration_since(last) > 2 * period {
+            calls.channels.retain(|id, ch| match ch.liveness.poll(now) {
+                Verdict::Lost => {
                     let dead = Channel {
                         route: std::mem::take(&mut ch.route),
                         abort: ch.abort.take(),
@@ -318,16 +293,16 @@ impl Registry {
                     };
                     calls.bytes = calls.bytes.saturating_sub(dead.size);
                     lost.push(dead);
-                    return false;
+                    false
                 }
-                if now.saturating_duration_since(ch.last_hb_sent) >= period {
-                    ch.last_hb_sent = now;
+                Verdict::Heartbeat => {
                     due.push(Due {
                         route: ch.route.clone(),
                         channel: id.clone(),
                     });
+                    true
                 }
-                true
+                Verdict::Quiet => true,
             });
             !calls.channels.is_empty()
         });
@@ -338,18 +313,20 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn channel(now: Instant) -> Channel {
+    fn channel_every(now: Instant, period: Duration) -> Channel {
         Channel {
             route: vec![Bytes::from_static(b"peer")],
             abort: None,
             credit: None,
-            opened: now,
-            last_heard: now,
-            last_hb_sent: now,
-            heard_any: false,
+            liveness: Liveness::channel(period, now),
             size: 10,
         }
+    }
+
+    fn channel(now: Instant) -> Channel {
+        channel_every(now, Duration::from_secs(1))
     }
 
     fn limits(calls: usize, bytes: usize) -> PeerLimits {
@@ -480,7 +457,7 @@ mod tests {
         reg.open(&p, c, channel(now), l, dummy_abort)
             .expect("closing released 10 bytes");
         // Channels lost by the sweeper release their bytes and entries too.
-        let (_, lost) = reg.sweep(now + Duration::from_secs(60), Duration::from_secs(1));
+        let (_, lost) = reg.sweep(now + Duration::from_secs(60));
         assert_eq!(lost.len(), 3);
         assert_eq!(reg.peers(), 0);
         reg.open(&p, b, channel(now), l, dummy_abort)
@@ -496,19 +473,19 @@ mod tests {
         reg.open(
             &peer,
             MessageId::from_bin(b"a"),
-            channel(t0),
+            channel_every(t0, period),
             limits(10, 1000),
             dummy_abort,
         )
         .expect("opens");
-        let (due, lost) = reg.sweep(t0 + Duration::from_secs(4), period);
+        let (due, lost) = reg.sweep(t0 + Duration::from_secs(4));
         assert!(due.is_empty() && lost.is_empty());
-        let (due, lost) = reg.sweep(t0 + Duration::from_secs(5), period);
+        let (due, lost) = reg.sweep(t0 + Duration::from_secs(5));
         assert_eq!((due.len(), lost.len()), (1, 0));
         // Never heard: lost only after opened + period + 2 * period.
-        let (_, lost) = reg.sweep(t0 + Duration::from_secs(15), period);
+        let (_, lost) = reg.sweep(t0 + Duration::from_secs(15));
         assert!(lost.is_empty());
-        let (_, lost) = reg.sweep(t0 + Duration::from_millis(15_001), period);
+        let (_, lost) = reg.sweep(t0 + Duration::from_millis(15_001));
         assert_eq!(lost.len(), 1);
         assert_eq!(reg.open_channels(), 0);
     }

@@ -33,6 +33,7 @@ use crate::read_turns::ReadTurns;
 use crate::trust::{self, Kind, Rejection};
 use crate::wire::worker::{self as proto, Ready};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header};
+use zmesh_proto::liveness::Liveness;
 
 /// Silent heartbeat periods after which the device is considered lost.
 const DEVICE_LIVENESS: u32 = 3;
@@ -166,7 +167,7 @@ async fn serve_link(
     let period = shared.config.heartbeat;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    let mut device = Liveness::link(period, DEVICE_LIVENESS, Instant::now());
     let mut turns = ReadTurns::default();
     loop {
         turns.handled_one().await;
@@ -189,20 +190,21 @@ async fn serve_link(
                     let Some(event) = device_event(shared, warn, inbound, &frames) else {
                         continue;
                     };
-                    last_heard = Instant::now();
+                    device.heard(Instant::now());
                     if event.name == proto::RESET {
                         return Ended::Lost("the device asked for a reset".into());
                     }
                 } else {
-                    last_heard = Instant::now();
+                    device.heard(Instant::now());
                     dispatch::handle_message(shared, control, warn, frames, inbound);
                 }
             }
+            // The ticker paces the heartbeats: one as the link comes up, then every period.
             _ = ticker.tick() => {
-                if last_heard.elapsed() > period * DEVICE_LIVENESS {
+                if device.is_lost(Instant::now()) {
                     return Ended::Lost(format!(
                         "no heartbeat from the device for {:?}",
-                        period * DEVICE_LIVENESS
+                        device.silence_limit()
                     ));
                 }
                 let header = Header::zmesh(None);
