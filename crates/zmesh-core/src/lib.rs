@@ -13,6 +13,7 @@
 //!   with health-aware balancing, failover and duplicate suppression, and [`MeshNode`].
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
+//! - [`config`]: the one rule of every configuration, [`ConfigError`] and its checks.
 //! - [`read_turns`]: how socket read loops share their thread with the writers.
 //! - [`zmtp`]: the ZMTP-level limits on zmesh's sockets (wire size, frames, descriptors).
 //! - [`endpoint`]: ipc/tcp endpoint housekeeping (stale ipc files, waiting until a closed
@@ -22,6 +23,7 @@
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
 pub mod client;
+pub mod config;
 pub mod endpoint;
 pub mod events;
 pub mod mesh;
@@ -36,6 +38,7 @@ pub mod zmtp;
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
 };
+pub use config::ConfigError;
 pub use events::{
     Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
     PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,

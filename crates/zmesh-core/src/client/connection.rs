@@ -31,7 +31,7 @@ use zeromq::{
 };
 use zmesh_proto::ErrorKind;
 
-use super::{CallError, ClientConfig};
+use super::{CallError, Cause, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
@@ -500,20 +500,20 @@ impl ConnShared {
         match self.sender.try_send(message) {
             Ok(()) => Ok(None),
             Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
-            Err(TrySendError::Failed(e)) => Err(self.send_failed(&e)),
+            Err(TrySendError::Failed(e)) => Err(self.send_failed(e)),
         }
     }
 
     /// Sends a message [`ConnShared::try_send`] could not, waiting for room.
     pub(crate) async fn send_waiting(&self, message: ZmqMessage) -> Result<(), CallError> {
         let mut sender = self.sender.clone();
-        sender.send(message).await.map_err(|e| self.send_failed(&e))
+        sender.send(message).await.map_err(|e| self.send_failed(e))
     }
 
-    fn send_failed(&self, e: &zeromq::ZmqError) -> CallError {
-        let reason = format!("send to {} failed: {e}", self.endpoint);
-        self.mark_dead(&reason);
-        CallError::PeerLost(reason)
+    fn send_failed(&self, e: zeromq::ZmqError) -> CallError {
+        let cause = Cause::with_source(format!("send to {} failed: {e}", self.endpoint), e);
+        self.mark_dead(cause.clone());
+        CallError::PeerLost(cause)
     }
 
     /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
@@ -523,7 +523,7 @@ impl ConnShared {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.control.try_send(event) {
             // Heartbeats, credit and cancels queue up only while the socket cannot take
             // them: the peer has stopped reading. Give up on it rather than grow without bound.
-            self.mark_dead(&format!(
+            self.mark_dead(format!(
                 "{} stopped reading (control queue full)",
                 self.endpoint
             ));
@@ -537,15 +537,16 @@ impl ConnShared {
         }
     }
 
-    /// Marks the connection unusable and fails every open call with `PeerLost`.
-    pub(crate) fn mark_dead(&self, reason: &str) {
+    /// Marks the connection unusable and fails every open call with `PeerLost` for `cause`.
+    pub(crate) fn mark_dead(&self, cause: impl Into<Cause>) {
+        let cause = cause.into();
         let was_alive = self.alive.swap(false, Ordering::AcqRel);
         let failed: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
         if was_alive {
-            tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason, "connection lost");
+            tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason = %cause, "connection lost");
         }
         for p in failed {
-            p.fail(CallError::PeerLost(reason.to_owned()));
+            p.fail(CallError::PeerLost(cause.clone()));
         }
     }
 
@@ -629,7 +630,8 @@ impl ConnShared {
                         }
                     }
                     Poll::Ready(Err(e)) => {
-                        self.mark_dead(&format!("connection to {} failed: {e}", self.endpoint));
+                        let why = format!("connection to {} failed: {e}", self.endpoint);
+                        self.mark_dead(Cause::with_source(why, e));
                         break 'read std::pin::Pin::new(&mut *rx).poll(cx);
                     }
                 }
@@ -693,7 +695,10 @@ impl ConnShared {
                 tracing::warn!(endpoint = %self.endpoint, error = %e.error, "undecodable reply");
                 if let Some(channel) = e.response_to {
                     let why = format!("undecodable reply: {}", e.error);
-                    self.fail_call(&channel, CallError::Protocol(why));
+                    self.fail_call(
+                        &channel,
+                        CallError::Protocol(Cause::with_source(why, e.error)),
+                    );
                 }
                 None
             }
@@ -787,7 +792,7 @@ impl ConnShared {
             if let Some(entry) = pending.remove(&channel) {
                 drop(pending);
                 let why = "server sent more stream items than the credit it was granted";
-                entry.fail(CallError::Protocol(why.into()));
+                entry.fail(CallError::Protocol(Cause::new(why)));
             }
         } else {
             let _ = stream.try_send(Inbound::Event(event));
@@ -907,13 +912,13 @@ impl Connection {
         );
         let mut socket = DealerSocket::with_options(options);
         let monitor = socket.monitor();
-        let connect_error = |reason: String| CallError::Connect {
+        let connect_error = |reason: Cause| CallError::Connect {
             endpoint: endpoint.to_owned(),
             reason,
         };
         match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
             Ok(Ok(())) => Ok((socket, monitor)),
-            Ok(Err(e)) => Err(connect_error(e.to_string())),
+            Ok(Err(e)) => Err(connect_error(Cause::of(e))),
             Err(_) => Err(connect_error("deadline passed while connecting".into())),
         }
     }
@@ -930,7 +935,8 @@ async fn read_loop(shared: Arc<ConnShared>) {
                 shared.handle_incoming(message, None);
             }
             Err(e) => {
-                shared.mark_dead(&format!("connection to {} failed: {e}", shared.endpoint));
+                let why = format!("connection to {} failed: {e}", shared.endpoint);
+                shared.mark_dead(Cause::with_source(why, e));
                 return;
             }
         }
@@ -943,7 +949,7 @@ async fn watch_disconnect(
 ) {
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(_) = event {
-            shared.mark_dead(&format!("{} disconnected", shared.endpoint));
+            shared.mark_dead(format!("{} disconnected", shared.endpoint));
             return;
         }
     }
@@ -1006,7 +1012,7 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
                 2 * period
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            p.fail(CallError::PeerLost(reason));
+            p.fail(CallError::PeerLost(reason.into()));
         }
         for id in due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);

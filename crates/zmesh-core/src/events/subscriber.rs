@@ -35,6 +35,7 @@ use super::{
     Delivery, EventsError, Gap, RESERVED_TOPIC_PREFIX, Received, SNAPSHOT_METHOD, Snapshot,
     SnapshotEntry, SnapshotError,
 };
+use crate::config::{self, ConfigError};
 use crate::node::check_endpoint;
 use crate::{CallOptions, Client};
 
@@ -82,7 +83,7 @@ impl SubscriberConfig {
     /// Sets the queue bound (at least 2: a gap report and its event).
     #[must_use]
     pub fn queue(mut self, items: usize) -> Self {
-        self.queue = items.max(2);
+        self.queue = items;
         self
     }
 
@@ -103,7 +104,7 @@ impl SubscriberConfig {
     /// Sets the longest pause between reconnection attempts (at least 10 ms).
     #[must_use]
     pub fn reconnect_max(mut self, pause: Duration) -> Self {
-        self.reconnect_max = pause.max(Duration::from_millis(10));
+        self.reconnect_max = pause;
         self
     }
 
@@ -126,6 +127,21 @@ impl SubscriberConfig {
     pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
         self.mesh_key = Some(key);
         self
+    }
+
+    /// Checks every setting against its range (see [`crate::config`]); the subscriber's
+    /// start does.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::in_range("queue", self.queue, 2, tokio::sync::Semaphore::MAX_PERMITS)?;
+        config::at_least(
+            "reconnect_max",
+            self.reconnect_max,
+            Duration::from_millis(10),
+        )?;
+        Ok(())
     }
 }
 
@@ -304,6 +320,7 @@ impl SubscriberBuilder {
     }
 
     pub(super) async fn start_core(self) -> Result<Core, EventsError> {
+        self.config.validate()?;
         if self.endpoints.is_empty() {
             return Err(EventsError::NoEndpoint);
         }
@@ -320,7 +337,7 @@ impl SubscriberBuilder {
             trust: self.config.mesh_key.clone().map(crate::trust::Trust::new),
             waiters: Mutex::new(HashMap::new()),
         });
-        let (tx, rx) = mpsc::channel(self.config.queue.max(2));
+        let (tx, rx) = mpsc::channel(self.config.queue);
         let prefixes: Arc<[String]> = self.prefixes.into();
         let connects = self.endpoints.iter().map(|endpoint| {
             connect(
@@ -890,5 +907,26 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_validated_by_name() {
+        assert!(SubscriberConfig::default().validate().is_ok());
+        for (config, field) in [
+            (SubscriberConfig::default().queue(1), "queue"),
+            (SubscriberConfig::default().queue(usize::MAX), "queue"),
+            (
+                SubscriberConfig::default().reconnect_max(Duration::from_millis(9)),
+                "reconnect_max",
+            ),
+        ] {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
+        assert_eq!(SubscriberConfig::default().queue(1).queue, 1);
     }
 }

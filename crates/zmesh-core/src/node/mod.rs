@@ -60,9 +60,12 @@ pub enum NodeError {
     /// `export_unprefixed` names a service the node does not host.
     #[error("export_unprefixed names unknown service {0}")]
     UnknownService(String),
-    /// The configuration is out of range.
+    /// A setting is out of range.
     #[error("invalid node configuration: {0}")]
-    Config(&'static str),
+    Config(#[from] crate::config::ConfigError),
+    /// The socket-free harness could not build its runtime.
+    #[error("cannot build a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The events publisher or subscriber could not start.
     #[error("events: {0}")]
     Events(#[from] crate::events::EventsError),
@@ -329,12 +332,14 @@ impl NodeBuilder {
             return Err(NodeError::NoEndpoint);
         }
         if !self.endpoints.is_empty() && self.device.is_some() {
-            return Err(NodeError::Config(
-                "a node either binds endpoints or works for a device, not both",
-            ));
+            return Err(NodeError::Config(crate::config::ConfigError::new(
+                "worker_of",
+                "cannot be combined with endpoints to bind: a node either binds endpoints or \
+                 works for a device, not both",
+            )));
         }
-        if self.worker_capacity == Some(0) {
-            return Err(NodeError::Config("worker_capacity must be at least 1"));
+        if let Some(capacity) = self.worker_capacity {
+            crate::config::at_least("worker_capacity", capacity, 1)?;
         }
         let (events, events_service) = std::mem::take(&mut self.events)
             .start(self.config.max_concurrent_calls, self.mesh_key.as_ref())
