@@ -9,7 +9,7 @@
 //! `current_thread` runtime that hop costs a scheduler pass and an extra `epoll_wait` per
 //! sequential call, a large share of what zmesh adds to a raw round trip. While that caller
 //! is the connection's only open call, the socket wakes it alone, not the reader task too
-//! (see [`Readers`]).
+//! (the hand-off and its invariants are in `readers.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,12 +17,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
@@ -31,6 +30,7 @@ use zeromq::{
 };
 use zmesh_proto::ErrorKind;
 
+use super::readers::Readers;
 use super::{CallError, Cause, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
@@ -209,66 +209,6 @@ pub(crate) struct ConnShared {
     readers_waker: Waker,
 }
 
-/// Who is woken when the socket has a message: the reader task and the caller that last
-/// waited on the socket, if any; or that caller alone while it is the connection's only
-/// open call.
-///
-/// The `zeromq` crate keeps one waker per socket, the last poller's. Registering this one
-/// for every poll means the reader task never misses a message, so a caller that stops
-/// being polled (left in a `select!`, say) can never hold up other calls; the caller is
-/// woken too, and on a `current_thread` runtime it runs first, so its own reply usually
-/// reaches it without the reader task's help.
-///
-/// A caller alone on its connection (back-to-back calls) needs no reader task: only its
-/// own events can arrive. Waking the task anyway costs a task poll per call, and because
-/// that task then runs before the socket's writer task, it delays the next request's
-/// write. So while `alone` is set, a message wakes the caller only. Every way out of that
-/// state falls back to waking both: a second call registering clears it and wakes the task
-/// ([`ConnShared::register`]); the caller clears it when it stops reading, and a call
-/// dropped early clears it and wakes the task ([`ConnShared::unregister`]).
-///
-/// A caller that leaves with its own reply has not polled the socket since, so the socket
-/// has no waker registered (it is `unarmed`). With other calls open it wakes the task,
-/// which polls on; with none it leaves the flag instead, and the next call reads for itself
-/// or, if it shares the socket with another, wakes the task when it registers.
-#[derive(Default)]
-struct Readers {
-    task: AtomicWaker,
-    caller: AtomicWaker,
-    /// Set (under the `pending` lock) only by a caller that is the only open call, holds
-    /// the socket and has registered in `caller`.
-    alone: AtomicBool,
-    /// Set (under the `pending` lock) when the last poll of the socket returned a message
-    /// and nobody will poll it again until a call needs it.
-    unarmed: AtomicBool,
-}
-
-/// Clears `flag`, returning whether it was set; the relaxed load spares the atomic swap
-/// (a write to a line every caller reads) when it is not. A caller that holds the
-/// `pending` lock, under which the flags are set, sees every set; one that set the flag
-/// itself sees its own.
-fn take_flag(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
-}
-
-impl Wake for Readers {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.alone.load(Ordering::Acquire)
-            && let Some(caller) = self.caller.take()
-        {
-            caller.wake();
-            return;
-        }
-        // The caller first: woken first, it is polled first.
-        self.caller.wake();
-        self.task.wake();
-    }
-}
-
 /// A client's mesh key with its replay guard, and the count of replies it refused; shared by
 /// the client's successive connections.
 #[derive(Debug, Clone, Default)]
@@ -329,13 +269,9 @@ impl ConnShared {
     ) {
         let mut pending = self.pending();
         // A call alone on the connection reads for itself; one that shares it relies on
-        // the reader task, which must be woken if a lone caller was reading (it may stop
-        // being polled now) or left the socket unarmed.
+        // the reader task.
         if !pending.is_empty() {
-            let was_alone = take_flag(&self.readers.alone);
-            if take_flag(&self.readers.unarmed) || was_alone {
-                self.readers.task.wake();
-            }
+            self.readers.call_joins();
         }
         pending.insert(
             id,
@@ -407,17 +343,8 @@ impl ConnShared {
     /// the socket alone may be this one: the reader task takes over.
     pub(crate) fn unregister(&self, id: &MessageId) -> bool {
         let removed = self.pending().remove(id).is_some();
-        self.stop_reading_alone();
+        self.readers.leave_alone();
         removed
-    }
-
-    /// Leaves the state in which a lone caller is woken instead of the reader task, and
-    /// wakes the task if it was in that state. Always safe: it restores the default.
-    fn stop_reading_alone(&self) {
-        if take_flag(&self.readers.alone) {
-            self.readers.caller.take();
-            self.readers.task.wake();
-        }
     }
 
     /// Seals an outgoing event when the client has a mesh key. A request carries its
@@ -564,7 +491,7 @@ impl ConnShared {
     /// caller wakes the reader task when it lets go after taking messages (more may be
     /// buffered), and otherwise left the socket's waker registered, which wakes it too.
     fn poll_reader(&self, cx: &mut Context<'_>) -> Poll<ZmqResult<ZmqMessage>> {
-        self.readers.task.register(cx.waker());
+        self.readers.register_task(cx.waker());
         let Some(mut recv) = self.try_lock_recv() else {
             return Poll::Pending;
         };
@@ -584,7 +511,7 @@ impl ConnShared {
     ) -> Poll<Result<Inbound, oneshot::error::RecvError>> {
         if let Poll::Ready(inbound) = std::pin::Pin::new(&mut *rx).poll(cx) {
             // Failed by another task (deadline, lost peer) or answered by the reader task.
-            self.stop_reading_alone();
+            self.readers.leave_alone();
             return Poll::Ready(inbound);
         }
         // With other calls open, the reader task reads: many callers taking turns would
@@ -599,12 +526,8 @@ impl ConnShared {
             // The reader (task or caller) now polling delivers this call's reply.
             return Poll::Pending;
         };
-        self.readers.caller.register(cx.waker());
-        // Under the `pending` lock: a call registering after this sees the flag and
-        // wakes the reader task; one registered before was counted above.
-        self.readers.alone.store(true, Ordering::Release);
-        // This caller polls the socket now, so it will be armed again or read on.
-        self.readers.unarmed.store(false, Ordering::Relaxed);
+        // Under the `pending` lock: one registered before was counted above.
+        self.readers.enter_alone(cx.waker());
         drop(pending);
         let mut socket_cx = Context::from_waker(&self.readers_waker);
         // A burst that does not contain this call's reply is left to the reader task after
@@ -640,23 +563,14 @@ impl ConnShared {
         };
         drop(recv);
         if outcome.is_ready() {
-            // This caller stops reading, and the socket is unarmed. Messages may be
-            // buffered behind the last one it took: with other calls open, the reader task
-            // takes them (and sees a failed socket for itself). With none, they can only be
-            // late events for closed calls, and whoever reads next takes them.
+            // This caller stops reading, and the socket is unarmed; the reader task takes
+            // what other calls' events may be buffered (and sees a failed socket for itself).
             let pending = self.pending();
-            self.readers.alone.store(false, Ordering::Release);
-            self.readers.caller.take();
-            if pending.is_empty() {
-                self.readers.unarmed.store(true, Ordering::Release);
-            } else {
-                drop(pending);
-                self.readers.task.wake();
-            }
+            let others_open = !pending.is_empty();
+            self.readers.leave_with_reply(pending, others_open);
         } else {
             // A turn's worth of other calls' events: the reader task reads on.
-            self.stop_reading_alone();
-            self.readers.task.wake();
+            self.readers.yield_to_task();
         }
         outcome
     }
@@ -1044,7 +958,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let (tx, rx) = oneshot::channel();
     shared.register(id.clone(), tx, None, Instant::now());
     // This call waits on its slot, never on the socket: the reader task must be reading.
-    shared.readers.task.wake();
+    shared.readers.wake_task();
     let event = wire::encode_event(&header, "_zerorpc_ping", EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;

@@ -3,6 +3,7 @@
 //! credit-based streams, heartbeat-based peer-loss detection and automatic reconnection.
 
 mod connection;
+mod readers;
 mod stream;
 
 use std::future::Future;
