@@ -14,6 +14,7 @@
 //! - [`Client`]: multiplexes concurrent calls over one DEALER connection, with deadlines,
 //!   streaming under credit, heartbeat-based peer-loss detection and reconnection.
 //! - [`trust`]: the optional pre-shared mesh key ([`MeshKey`]).
+//! - [`config`]: the one rule of every configuration, [`ConfigError`] and its checks.
 //! - [`Endpoint`]: every tcp/ipc endpoint parsed once, with one error type
 //!   ([`EndpointError`]).
 //! - [`reserved`]: the method names and topic prefixes zmesh reserves (`_zerorpc_*`,
@@ -27,6 +28,7 @@
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
 pub mod client;
+pub mod config;
 #[doc(hidden)]
 pub mod endpoint;
 pub mod events;
@@ -50,6 +52,7 @@ pub use zmesh_proto::reserved;
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
 };
+pub use config::ConfigError;
 pub use events::{
     Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
     PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,

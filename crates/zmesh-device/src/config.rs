@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::DeviceError;
+use zmesh_core::config::{self, ConfigError};
 
 /// Device settings. Build with `DeviceConfig::default()` and the chained setters.
 #[derive(Debug, Clone)]
@@ -149,30 +149,62 @@ impl DeviceConfig {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), DeviceError> {
-        if self.heartbeat < Duration::from_millis(10) {
-            return Err(DeviceError::Config("heartbeat must be at least 10 ms"));
-        }
-        if self.max_message_size < 64 {
-            return Err(DeviceError::Config(
-                "max_message_size must be at least 64 bytes",
-            ));
-        }
-        if self.max_worker_capacity == 0 {
-            return Err(DeviceError::Config(
-                "max_worker_capacity must be at least 1",
-            ));
-        }
+    /// Checks every setting against its range (see [`zmesh_core::config`]); the device's
+    /// start does.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::at_least("heartbeat", self.heartbeat, Duration::from_millis(10))?;
+        config::at_least("max_message_size", self.max_message_size, 64)?;
+        config::at_least("max_worker_capacity", self.max_worker_capacity, 1)?;
         if self.worker_heartbeat.0 > self.worker_heartbeat.1 {
-            return Err(DeviceError::Config(
-                "the shortest worker heartbeat must not exceed the longest",
+            return Err(ConfigError::new(
+                "worker_heartbeat",
+                "must not have its shortest period exceed its longest",
             ));
         }
-        if self.max_request_bytes < self.max_message_size {
-            return Err(DeviceError::Config(
-                "max_request_bytes must be at least max_message_size",
-            ));
-        }
+        config::at_least_field(
+            "max_request_bytes",
+            self.max_request_bytes,
+            "max_message_size",
+            self.max_message_size,
+        )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_validated_by_name() {
+        assert!(DeviceConfig::default().validate().is_ok());
+        for (config, field) in [
+            (
+                DeviceConfig::default().heartbeat(Duration::ZERO),
+                "heartbeat",
+            ),
+            (
+                DeviceConfig::default().max_message_size(63),
+                "max_message_size",
+            ),
+            (
+                DeviceConfig::default().max_worker_capacity(0),
+                "max_worker_capacity",
+            ),
+            (
+                DeviceConfig::default()
+                    .worker_heartbeat(Duration::from_secs(2), Duration::from_secs(1)),
+                "worker_heartbeat",
+            ),
+            (
+                DeviceConfig::default().max_request_bytes(1024),
+                "max_request_bytes",
+            ),
+        ] {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
     }
 }

@@ -91,9 +91,9 @@ pub enum DeviceError {
         #[source]
         source: zeromq::ZmqError,
     },
-    /// The configuration is out of range.
+    /// A setting is out of range.
     #[error("invalid device configuration: {0}")]
-    Config(&'static str),
+    Config(#[from] zmesh_core::ConfigError),
 }
 
 /// Builds and starts a [`Device`].

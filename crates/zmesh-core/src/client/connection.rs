@@ -9,7 +9,7 @@
 //! `current_thread` runtime that hop costs a scheduler pass and an extra `epoll_wait` per
 //! sequential call, a large share of what zmesh adds to a raw round trip. While that caller
 //! is the connection's only open call, the socket wakes it alone, not the reader task too
-//! (see [`Readers`]).
+//! (the hand-off and its invariants are in `readers.rs`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,12 +17,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use zeromq::{
@@ -32,7 +31,8 @@ use zeromq::{
 use zmesh_proto::ErrorKind;
 use zmesh_proto::liveness::{Liveness, Verdict};
 
-use super::{CallError, ClientConfig};
+use super::readers::Readers;
+use super::{CallError, Cause, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
@@ -208,66 +208,6 @@ pub(crate) struct ConnShared {
     readers_waker: Waker,
 }
 
-/// Who is woken when the socket has a message: the reader task and the caller that last
-/// waited on the socket, if any; or that caller alone while it is the connection's only
-/// open call.
-///
-/// The `zeromq` crate keeps one waker per socket, the last poller's. Registering this one
-/// for every poll means the reader task never misses a message, so a caller that stops
-/// being polled (left in a `select!`, say) can never hold up other calls; the caller is
-/// woken too, and on a `current_thread` runtime it runs first, so its own reply usually
-/// reaches it without the reader task's help.
-///
-/// A caller alone on its connection (back-to-back calls) needs no reader task: only its
-/// own events can arrive. Waking the task anyway costs a task poll per call, and because
-/// that task then runs before the socket's writer task, it delays the next request's
-/// write. So while `alone` is set, a message wakes the caller only. Every way out of that
-/// state falls back to waking both: a second call registering clears it and wakes the task
-/// ([`ConnShared::register`]); the caller clears it when it stops reading, and a call
-/// dropped early clears it and wakes the task ([`ConnShared::unregister`]).
-///
-/// A caller that leaves with its own reply has not polled the socket since, so the socket
-/// has no waker registered (it is `unarmed`). With other calls open it wakes the task,
-/// which polls on; with none it leaves the flag instead, and the next call reads for itself
-/// or, if it shares the socket with another, wakes the task when it registers.
-#[derive(Default)]
-struct Readers {
-    task: AtomicWaker,
-    caller: AtomicWaker,
-    /// Set (under the `pending` lock) only by a caller that is the only open call, holds
-    /// the socket and has registered in `caller`.
-    alone: AtomicBool,
-    /// Set (under the `pending` lock) when the last poll of the socket returned a message
-    /// and nobody will poll it again until a call needs it.
-    unarmed: AtomicBool,
-}
-
-/// Clears `flag`, returning whether it was set; the relaxed load spares the atomic swap
-/// (a write to a line every caller reads) when it is not. A caller that holds the
-/// `pending` lock, under which the flags are set, sees every set; one that set the flag
-/// itself sees its own.
-fn take_flag(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
-}
-
-impl Wake for Readers {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.alone.load(Ordering::Acquire)
-            && let Some(caller) = self.caller.take()
-        {
-            caller.wake();
-            return;
-        }
-        // The caller first: woken first, it is polled first.
-        self.caller.wake();
-        self.task.wake();
-    }
-}
-
 /// A client's mesh key with its replay guard, and the count of replies it refused; shared by
 /// the client's successive connections.
 #[derive(Debug, Clone, Default)]
@@ -328,13 +268,9 @@ impl ConnShared {
     ) {
         let mut pending = self.pending();
         // A call alone on the connection reads for itself; one that shares it relies on
-        // the reader task, which must be woken if a lone caller was reading (it may stop
-        // being polled now) or left the socket unarmed.
+        // the reader task.
         if !pending.is_empty() {
-            let was_alone = take_flag(&self.readers.alone);
-            if take_flag(&self.readers.unarmed) || was_alone {
-                self.readers.task.wake();
-            }
+            self.readers.call_joins();
         }
         pending.insert(
             id,
@@ -403,17 +339,8 @@ impl ConnShared {
     /// the socket alone may be this one: the reader task takes over.
     pub(crate) fn unregister(&self, id: &MessageId) -> bool {
         let removed = self.pending().remove(id).is_some();
-        self.stop_reading_alone();
+        self.readers.leave_alone();
         removed
-    }
-
-    /// Leaves the state in which a lone caller is woken instead of the reader task, and
-    /// wakes the task if it was in that state. Always safe: it restores the default.
-    fn stop_reading_alone(&self) {
-        if take_flag(&self.readers.alone) {
-            self.readers.caller.take();
-            self.readers.task.wake();
-        }
     }
 
     /// Seals an outgoing event when the client has a mesh key. A request carries its
@@ -496,20 +423,20 @@ impl ConnShared {
         match self.sender.try_send(message) {
             Ok(()) => Ok(None),
             Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
-            Err(TrySendError::Failed(e)) => Err(self.send_failed(&e)),
+            Err(TrySendError::Failed(e)) => Err(self.send_failed(e)),
         }
     }
 
     /// Sends a message [`ConnShared::try_send`] could not, waiting for room.
     pub(crate) async fn send_waiting(&self, message: ZmqMessage) -> Result<(), CallError> {
         let mut sender = self.sender.clone();
-        sender.send(message).await.map_err(|e| self.send_failed(&e))
+        sender.send(message).await.map_err(|e| self.send_failed(e))
     }
 
-    fn send_failed(&self, e: &zeromq::ZmqError) -> CallError {
-        let reason = format!("send to {} failed: {e}", self.endpoint);
-        self.mark_dead(&reason);
-        CallError::PeerLost(reason)
+    fn send_failed(&self, e: zeromq::ZmqError) -> CallError {
+        let cause = Cause::with_source(format!("send to {} failed: {e}", self.endpoint), e);
+        self.mark_dead(cause.clone());
+        CallError::PeerLost(cause)
     }
 
     /// Queues an event for the control writer (usable from `Drop` and `poll_next`).
@@ -519,7 +446,7 @@ impl ConnShared {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.control.try_send(event) {
             // Heartbeats, credit and cancels queue up only while the socket cannot take
             // them: the peer has stopped reading. Give up on it rather than grow without bound.
-            self.mark_dead(&format!(
+            self.mark_dead(format!(
                 "{} stopped reading (control queue full)",
                 self.endpoint
             ));
@@ -533,15 +460,16 @@ impl ConnShared {
         }
     }
 
-    /// Marks the connection unusable and fails every open call with `PeerLost`.
-    pub(crate) fn mark_dead(&self, reason: &str) {
+    /// Marks the connection unusable and fails every open call with `PeerLost` for `cause`.
+    pub(crate) fn mark_dead(&self, cause: impl Into<Cause>) {
+        let cause = cause.into();
         let was_alive = self.alive.swap(false, Ordering::AcqRel);
         let failed: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
         if was_alive {
-            tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason, "connection lost");
+            tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason = %cause, "connection lost");
         }
         for p in failed {
-            p.fail(CallError::PeerLost(reason.to_owned()));
+            p.fail(CallError::PeerLost(cause.clone()));
         }
     }
 
@@ -559,7 +487,7 @@ impl ConnShared {
     /// caller wakes the reader task when it lets go after taking messages (more may be
     /// buffered), and otherwise left the socket's waker registered, which wakes it too.
     fn poll_reader(&self, cx: &mut Context<'_>) -> Poll<ZmqResult<ZmqMessage>> {
-        self.readers.task.register(cx.waker());
+        self.readers.register_task(cx.waker());
         let Some(mut recv) = self.try_lock_recv() else {
             return Poll::Pending;
         };
@@ -579,7 +507,7 @@ impl ConnShared {
     ) -> Poll<Result<Inbound, oneshot::error::RecvError>> {
         if let Poll::Ready(inbound) = std::pin::Pin::new(&mut *rx).poll(cx) {
             // Failed by another task (deadline, lost peer) or answered by the reader task.
-            self.stop_reading_alone();
+            self.readers.leave_alone();
             return Poll::Ready(inbound);
         }
         // With other calls open, the reader task reads: many callers taking turns would
@@ -594,12 +522,8 @@ impl ConnShared {
             // The reader (task or caller) now polling delivers this call's reply.
             return Poll::Pending;
         };
-        self.readers.caller.register(cx.waker());
-        // Under the `pending` lock: a call registering after this sees the flag and
-        // wakes the reader task; one registered before was counted above.
-        self.readers.alone.store(true, Ordering::Release);
-        // This caller polls the socket now, so it will be armed again or read on.
-        self.readers.unarmed.store(false, Ordering::Relaxed);
+        // Under the `pending` lock: one registered before was counted above.
+        self.readers.enter_alone(cx.waker());
         drop(pending);
         let mut socket_cx = Context::from_waker(&self.readers_waker);
         // A burst that does not contain this call's reply is left to the reader task after
@@ -625,7 +549,8 @@ impl ConnShared {
                         }
                     }
                     Poll::Ready(Err(e)) => {
-                        self.mark_dead(&format!("connection to {} failed: {e}", self.endpoint));
+                        let why = format!("connection to {} failed: {e}", self.endpoint);
+                        self.mark_dead(Cause::with_source(why, e));
                         break 'read std::pin::Pin::new(&mut *rx).poll(cx);
                     }
                 }
@@ -634,23 +559,14 @@ impl ConnShared {
         };
         drop(recv);
         if outcome.is_ready() {
-            // This caller stops reading, and the socket is unarmed. Messages may be
-            // buffered behind the last one it took: with other calls open, the reader task
-            // takes them (and sees a failed socket for itself). With none, they can only be
-            // late events for closed calls, and whoever reads next takes them.
+            // This caller stops reading, and the socket is unarmed; the reader task takes
+            // what other calls' events may be buffered (and sees a failed socket for itself).
             let pending = self.pending();
-            self.readers.alone.store(false, Ordering::Release);
-            self.readers.caller.take();
-            if pending.is_empty() {
-                self.readers.unarmed.store(true, Ordering::Release);
-            } else {
-                drop(pending);
-                self.readers.task.wake();
-            }
+            let others_open = !pending.is_empty();
+            self.readers.leave_with_reply(pending, others_open);
         } else {
             // A turn's worth of other calls' events: the reader task reads on.
-            self.stop_reading_alone();
-            self.readers.task.wake();
+            self.readers.yield_to_task();
         }
         outcome
     }
@@ -689,7 +605,10 @@ impl ConnShared {
                 tracing::warn!(endpoint = %self.endpoint, error = %e.error, "undecodable reply");
                 if let Some(channel) = e.response_to {
                     let why = format!("undecodable reply: {}", e.error);
-                    self.fail_call(&channel, CallError::Protocol(why));
+                    self.fail_call(
+                        &channel,
+                        CallError::Protocol(Cause::with_source(why, e.error)),
+                    );
                 }
                 None
             }
@@ -782,7 +701,7 @@ impl ConnShared {
             if let Some(entry) = pending.remove(&channel) {
                 drop(pending);
                 let why = "server sent more stream items than the credit it was granted";
-                entry.fail(CallError::Protocol(why.into()));
+                entry.fail(CallError::Protocol(Cause::new(why)));
             }
         } else {
             let _ = stream.try_send(Inbound::Event(event));
@@ -902,13 +821,13 @@ impl Connection {
         );
         let mut socket = DealerSocket::with_options(options);
         let monitor = socket.monitor();
-        let connect_error = |reason: String| CallError::Connect {
+        let connect_error = |reason: Cause| CallError::Connect {
             endpoint: endpoint.to_owned(),
             reason,
         };
         match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
             Ok(Ok(())) => Ok((socket, monitor)),
-            Ok(Err(e)) => Err(connect_error(e.to_string())),
+            Ok(Err(e)) => Err(connect_error(Cause::of(e))),
             Err(_) => Err(connect_error("deadline passed while connecting".into())),
         }
     }
@@ -925,7 +844,8 @@ async fn read_loop(shared: Arc<ConnShared>) {
                 shared.handle_incoming(message, None);
             }
             Err(e) => {
-                shared.mark_dead(&format!("connection to {} failed: {e}", shared.endpoint));
+                let why = format!("connection to {} failed: {e}", shared.endpoint);
+                shared.mark_dead(Cause::with_source(why, e));
                 return;
             }
         }
@@ -938,7 +858,7 @@ async fn watch_disconnect(
 ) {
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(_) = event {
-            shared.mark_dead(&format!("{} disconnected", shared.endpoint));
+            shared.mark_dead(format!("{} disconnected", shared.endpoint));
             return;
         }
     }
@@ -995,7 +915,7 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
                 p.liveness.silence_limit()
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            p.fail(CallError::PeerLost(reason));
+            p.fail(CallError::PeerLost(reason.into()));
         }
         for id in due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);
@@ -1027,7 +947,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     let (tx, rx) = oneshot::channel();
     shared.register(id.clone(), tx, None, Instant::now());
     // This call waits on its slot, never on the socket: the reader task must be reading.
-    shared.readers.task.wake();
+    shared.readers.wake_task();
     let event = wire::encode_event(&header, crate::reserved::ZERORPC_PING, EMPTY_ARRAY_ARGS);
     if shared.send(event).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;

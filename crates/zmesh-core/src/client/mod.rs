@@ -3,6 +3,7 @@
 //! credit-based streams, heartbeat-based peer-loss detection and automatic reconnection.
 
 mod connection;
+mod readers;
 mod stream;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use zmesh_proto::ErrorKind;
 
 pub use stream::CallStream;
 
+use crate::config::{self, ConfigError};
 use crate::wire::{self, Header, MessageId, msgpack::Cursor, names, parse_err_args};
 use connection::{Connection, Inbound};
 use stream::CallGuard;
@@ -47,7 +49,7 @@ pub enum CallError {
     Remote(RemoteError),
     /// The connection died or the server stopped heartbeating while the call was open.
     #[error("peer lost: {0}")]
-    PeerLost(String),
+    PeerLost(#[source] Cause),
     /// The call's deadline passed before the (first) reply.
     #[error("deadline of {0:?} exceeded")]
     DeadlineExceeded(Duration),
@@ -67,7 +69,8 @@ pub enum CallError {
         /// The endpoint.
         endpoint: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        reason: Cause,
     },
     /// A message is over the configured size limit.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
@@ -79,19 +82,92 @@ pub enum CallError {
     },
     /// The arguments could not be encoded.
     #[error("cannot encode arguments: {0}")]
-    Encode(String),
+    Encode(#[source] Cause),
     /// The result could not be decoded into the requested type.
     #[error("cannot decode result: {0}")]
-    Decode(String),
+    Decode(#[source] Cause),
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[source] Cause),
+    /// A setting of the [`ClientConfig`] is out of range: every call fails with it.
+    #[error("invalid client configuration: {0}")]
+    Config(#[from] ConfigError),
     /// With a mesh key: the call's sealed replies did not arrive as the server sent them
     /// (one lost, reordered, repeated, or the stream cut short before its `STREAM_DONE`),
     /// which only something on the path between the two does. The call may have run, and
     /// what was received of it cannot be trusted to be complete: not retried.
     #[error("integrity error: {0}")]
     Integrity(String),
+}
+
+/// Why a call failed, in words, and the error value behind it when there is one (a socket
+/// error, a MessagePack encoding or decoding error, an undecodable event), which
+/// [`std::error::Error::source`] returns. Cheap to clone: one connection's failure is
+/// every open call's. Reads as its words (`Display`, `Deref<Target = str>`).
+#[derive(Debug, Clone)]
+pub struct Cause {
+    what: Box<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// A cause that is only words.
+    pub fn new(what: impl Into<Box<str>>) -> Self {
+        Self {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A cause in words with the error behind it.
+    pub fn with_source(
+        what: impl Into<Box<str>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The error as its own words, with itself as the source.
+    pub fn of(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::with_source(source.to_string(), source)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.what
+    }
+}
+
+impl From<String> for Cause {
+    fn from(what: String) -> Self {
+        Self::new(what)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(what: &str) -> Self {
+        Self::new(what)
+    }
 }
 
 impl RemoteError {
@@ -160,10 +236,10 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
-    /// Sets the heartbeat period.
+    /// Sets the heartbeat period (at least 10 ms).
     #[must_use]
     pub fn heartbeat(mut self, period: Duration) -> Self {
-        self.heartbeat = period.max(Duration::from_millis(10));
+        self.heartbeat = period;
         self
     }
 
@@ -184,14 +260,14 @@ impl ClientConfig {
     /// Sets the stream credit window (at least 2).
     #[must_use]
     pub fn stream_window(mut self, window: u64) -> Self {
-        self.stream_window = window.max(2);
+        self.stream_window = window;
         self
     }
 
-    /// Sets the bound on calls in flight.
+    /// Sets the bound on calls in flight (at least 1).
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = n;
         self
     }
 
@@ -207,6 +283,29 @@ impl ClientConfig {
     pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
         self.mesh_key = Some(key);
         self
+    }
+
+    /// Checks every setting against its range (see [`crate::config`]); a [`Client`] does
+    /// when it is made, and fails its calls with [`CallError::Config`] if a setting is out.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::at_least("heartbeat", self.heartbeat, Duration::from_millis(10))?;
+        // The stream's queue holds the window plus one spare slot.
+        config::in_range(
+            "stream_window",
+            self.stream_window,
+            2,
+            (Semaphore::MAX_PERMITS - 1) as u64,
+        )?;
+        config::in_range(
+            "max_in_flight",
+            self.max_in_flight,
+            1,
+            Semaphore::MAX_PERMITS,
+        )?;
+        Ok(())
     }
 }
 
@@ -271,6 +370,8 @@ struct Inner {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     in_flight: Arc<Semaphore>,
+    /// Why `config` cannot be used, if it cannot: every call fails with it at once.
+    invalid: Option<ConfigError>,
     /// The mesh key and replay guard shared by all of this client's connections.
     trust: connection::TrustState,
 }
@@ -291,15 +392,24 @@ impl Client {
 
     /// A client with explicit settings. Connects on first use.
     ///
-    /// The endpoint is parsed here; when it is invalid, every call fails at once with
-    /// [`CallError::InvalidEndpoint`].
+    /// The endpoint is parsed and the settings checked ([`ClientConfig::validate`]) here;
+    /// when either is invalid, every call fails at once with [`CallError::InvalidEndpoint`]
+    /// or [`CallError::Config`].
     pub fn with_config(endpoint: impl Into<String>, config: ClientConfig) -> Self {
         let endpoint = endpoint.into();
+        let invalid = config.validate().err();
+        // Never used when the config is invalid; a size out of range would panic here.
+        let permits = if invalid.is_some() {
+            0
+        } else {
+            config.max_in_flight
+        };
         Self {
             inner: Arc::new(Inner {
                 invalid_endpoint: endpoint.parse::<crate::Endpoint>().err(),
                 endpoint,
-                in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                in_flight: Arc::new(Semaphore::new(permits)),
+                invalid,
                 trust: connection::TrustState::new(config.mesh_key.clone()),
                 config,
                 current: Mutex::new(None),
@@ -311,12 +421,14 @@ impl Client {
     /// A client that is already connected.
     ///
     /// # Errors
-    /// [`CallError::InvalidEndpoint`] at once for an invalid endpoint, [`CallError::Connect`]
-    /// when the endpoint cannot be reached within the connect timeout.
+    /// [`CallError::InvalidEndpoint`] at once for an invalid endpoint, [`CallError::Config`]
+    /// for settings out of range, [`CallError::Connect`] when the endpoint cannot be reached
+    /// within the connect timeout.
     pub async fn connect(
         endpoint: impl Into<String>,
         config: ClientConfig,
     ) -> Result<Self, CallError> {
+        config.validate()?;
         let client = Self::with_config(endpoint, config);
         let deadline = Instant::now() + client.inner.config.connect_timeout;
         client.connection(deadline).await?;
@@ -376,9 +488,9 @@ impl Client {
         self.encoded_request(method, encode_args(&args), options)
             .map(move |response| match response? {
                 Response::Value(value) => decode_result(&value),
-                Response::Stream(_) => Err(CallError::Protocol(format!(
-                    "{method} answered with a stream; use call_stream"
-                ))),
+                Response::Stream(_) => Err(CallError::Protocol(
+                    format!("{method} answered with a stream; use call_stream").into(),
+                )),
             })
     }
 
@@ -407,9 +519,9 @@ impl Client {
         self.encoded_request(method, encode_args(&args), options)
             .map(move |response| match response? {
                 Response::Stream(stream) => Ok(stream.typed()),
-                Response::Value(_) => Err(CallError::Protocol(format!(
-                    "{method} answered with a single value; use call"
-                ))),
+                Response::Value(_) => Err(CallError::Protocol(
+                    format!("{method} answered with a single value; use call").into(),
+                )),
             })
     }
 
@@ -469,6 +581,9 @@ impl Client {
         options: CallOptions,
         timeout: Duration,
     ) -> Result<RequestState<'a>, CallError> {
+        if let Some(invalid) = &self.inner.invalid {
+            return Err(CallError::Config(invalid.clone()));
+        }
         let config = &self.inner.config;
         if args.len() > config.max_message_size {
             return Err(CallError::MessageTooLarge {
@@ -561,10 +676,9 @@ impl Client {
                 None => return Err(CallError::DeadlineExceeded(timeout)),
             }
         }
-        Err(CallError::PeerLost(format!(
-            "{} is unreachable",
-            self.inner.endpoint
-        )))
+        Err(CallError::PeerLost(
+            format!("{} is unreachable", self.inner.endpoint).into(),
+        ))
     }
 
     async fn wait_for_slot(
@@ -629,7 +743,9 @@ impl Client {
             names::STREAM_DONE => Ok(Response::Stream(CallStream::new(
                 None, guard, None, window, timeout, permit,
             ))),
-            other => Err(CallError::Protocol(format!("unexpected reply {other:?}"))),
+            other => Err(CallError::Protocol(
+                format!("unexpected reply {other:?}").into(),
+            )),
         }
     }
 
@@ -659,7 +775,7 @@ impl Client {
         }
         let connect_error = |reason: &str| CallError::Connect {
             endpoint: self.inner.endpoint.clone(),
-            reason: reason.to_owned(),
+            reason: reason.into(),
         };
         // Connecting gives up after the connect timeout even when the call has longer: a
         // caller with somewhere else to go (the mesh client, a failover list) must learn
@@ -700,7 +816,7 @@ pub(crate) fn err_reply(args: &[u8], timeout: Duration) -> CallError {
         Ok(ErrorKind::DeadlineExceeded) => CallError::DeadlineExceeded(timeout),
         // A proxy device reports a worker lost mid-call as `ERR PeerLost`: the same verdict
         // the client reaches when its own peer dies.
-        Ok(ErrorKind::PeerLost) => CallError::PeerLost(message),
+        Ok(ErrorKind::PeerLost) => CallError::PeerLost(message.into()),
         _ => CallError::Remote(RemoteError {
             name,
             message,
@@ -920,16 +1036,16 @@ async fn within<F: std::future::Future>(deadline: Instant, future: F) -> Option<
 pub(crate) fn encode_args(args: &impl Serialize) -> Result<Bytes, CallError> {
     let mut bytes = Vec::with_capacity(wire::ENCODE_START_CAPACITY);
     rmp_serde::encode::write_named(&mut bytes, args)
-        .map_err(|e| CallError::Encode(e.to_string()))?;
+        .map_err(|e| CallError::Encode(Cause::of(e)))?;
     // `()` encodes as nil; it means "no arguments".
     if bytes == [0xc0] {
         return Ok(Bytes::from_static(&[0x90]));
     }
     match Cursor::new(&bytes).array_len() {
         Ok(Some(_)) => Ok(Bytes::from(bytes)),
-        _ => Err(CallError::Encode(
-            "arguments must serialize as an array: pass a tuple such as (x,) or ()".into(),
-        )),
+        _ => Err(CallError::Encode(Cause::new(
+            "arguments must serialize as an array: pass a tuple such as (x,) or ()",
+        ))),
     }
 }
 
@@ -939,9 +1055,9 @@ fn first_element(args: &Bytes) -> Result<Bytes, CallError> {
     match cursor.array_len() {
         Ok(Some(n)) if n >= 1 => {
             let start = cursor.position();
-            cursor
-                .value()
-                .map_err(|e| CallError::Protocol(format!("bad OK reply: {e}")))?;
+            cursor.value().map_err(|e| {
+                CallError::Protocol(Cause::with_source(format!("bad OK reply: {e}"), e))
+            })?;
             Ok(args.slice(start..cursor.position()))
         }
         _ => Err(CallError::Protocol("OK reply args are not [result]".into())),
@@ -953,12 +1069,58 @@ fn first_element(args: &Bytes) -> Result<Bytes, CallError> {
 pub(crate) fn decode_result<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(wire::MAX_VALUE_DEPTH);
-    T::deserialize(&mut de).map_err(|e| CallError::Decode(e.to_string()))
+    T::deserialize(&mut de).map_err(|e| CallError::Decode(Cause::of(e)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_is_validated_by_name() {
+        assert!(ClientConfig::default().validate().is_ok());
+        for (config, field) in [
+            (
+                ClientConfig::default().heartbeat(Duration::ZERO),
+                "heartbeat",
+            ),
+            (
+                ClientConfig::default().heartbeat(Duration::from_millis(9)),
+                "heartbeat",
+            ),
+            (ClientConfig::default().stream_window(1), "stream_window"),
+            (
+                ClientConfig::default().stream_window(u64::MAX),
+                "stream_window",
+            ),
+            (ClientConfig::default().max_in_flight(0), "max_in_flight"),
+            (
+                ClientConfig::default().max_in_flight(usize::MAX),
+                "max_in_flight",
+            ),
+        ] {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
+        // Stored as given, not clamped.
+        assert_eq!(ClientConfig::default().stream_window(1).stream_window, 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_with_a_bad_setting_fails_its_first_call_with_it() {
+        let config = ClientConfig {
+            max_in_flight: usize::MAX,
+            ..ClientConfig::default()
+        };
+        let client = Client::with_config("tcp://127.0.0.1:1", config.clone());
+        match client.call::<()>("x", ()).await {
+            Err(CallError::Config(e)) => assert_eq!(e.field, "max_in_flight"),
+            other => panic!("{other:?}"),
+        }
+        match Client::connect("tcp://127.0.0.1:1", config).await {
+            Err(CallError::Config(e)) => assert_eq!(e.field, "max_in_flight"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// Every concurrent caller allocates this future and copies it into its task; past
     /// glibc's small-chunk limit (about 1 KiB) each call takes the allocator's slow path,

@@ -167,7 +167,7 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
                 }
                 other => {
                     let why = format!("unexpected {other} event in a stream");
-                    this.fail(CallError::Protocol(why))
+                    this.fail(CallError::Protocol(why.into()))
                 }
             },
         }

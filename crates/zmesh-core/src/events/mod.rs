@@ -148,6 +148,9 @@ pub struct SnapshotEntry<T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventsError {
+    /// A setting of the [`SubscriberConfig`] is out of range.
+    #[error("invalid events configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
     /// No endpoint was given.
     #[error("no endpoint given")]
     NoEndpoint,

@@ -1,6 +1,7 @@
 //! Provides events on a [`Node`]: the builder settings (`events`, `last_value_cache`,
 //! `subscribe`, `on_event`, `on_gap`), the `_zmesh.snapshot` service, and the task that runs
-//! event handlers concurrently, each on its own task, bounded like RPC calls.
+//! event handlers concurrently, each on its own task, bounded like RPC calls. They plug into
+//! the node as its [`Extension`] `NodeEvents`, whose [`Attachment`] is `RunningEvents`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use super::subscriber::{Core, Item, RawEvent};
 use super::{
     EventsError, Gap, Publisher, Received, SubscriberBuilder, SubscriberConfig, SubscriberStats,
 };
-use crate::node::{Node, NodeBuilder};
+use crate::node::{
+    Attached, Attachment, Extension, ExtensionError, Node, NodeBuilder, NodeContext,
+};
 use crate::service::{HandlerError, Service};
 
 /// A type-erased event handler: `None` when the payload does not decode.
@@ -26,7 +29,7 @@ type GapHandler = Arc<dyn Fn(&Gap) + Send + Sync>;
 
 /// What a node builder collected about events.
 #[derive(Default)]
-pub(crate) struct NodeEvents {
+struct NodeEvents {
     publish: Vec<String>,
     /// A publisher started before the node (see `NodeBuilder::publisher`).
     existing: Option<Publisher>,
@@ -56,7 +59,9 @@ impl NodeBuilder {
     /// Binds a PUB socket on `endpoint` (call again for more) and serves
     /// `_zmesh.snapshot`; publish with [`Node::publisher`].
     pub fn events(mut self, endpoint: impl Into<String>) -> Self {
-        self.events.publish.push(endpoint.into());
+        self.extension_mut::<NodeEvents>()
+            .publish
+            .push(endpoint.into());
         self
     }
 
@@ -66,20 +71,22 @@ impl NodeBuilder {
     /// Cannot be combined with [`events`](Self::events); the publisher's own
     /// last-value-cache setting applies.
     pub fn publisher(mut self, publisher: Publisher) -> Self {
-        self.events.existing = Some(publisher);
+        self.extension_mut::<NodeEvents>().existing = Some(publisher);
         self
     }
 
     /// Keeps the last payload of every topic for snapshots (default off).
     pub fn last_value_cache(mut self, on: bool) -> Self {
-        self.events.last_value_cache = on;
+        self.extension_mut::<NodeEvents>().last_value_cache = on;
         self
     }
 
     /// Connects to a publisher's endpoint for the [`on_event`](Self::on_event) handlers
     /// (call again for more publishers).
     pub fn subscribe(mut self, endpoint: impl Into<String>) -> Self {
-        self.events.subscribe.push(endpoint.into());
+        self.extension_mut::<NodeEvents>()
+            .subscribe
+            .push(endpoint.into());
         self
     }
 
@@ -103,27 +110,31 @@ impl NodeBuilder {
                 None
             }
         });
-        self.events.handlers.push((prefix.into(), erased));
+        self.extension_mut::<NodeEvents>()
+            .handlers
+            .push((prefix.into(), erased));
         self
     }
 
     /// Calls `handler` for every gap report of the subscribed publishers (gaps are also
     /// logged and counted in [`Node::event_stats`]).
     pub fn on_gap(mut self, handler: impl Fn(&Gap) + Send + Sync + 'static) -> Self {
-        self.events.gap_handlers.push(Arc::new(handler));
+        self.extension_mut::<NodeEvents>()
+            .gap_handlers
+            .push(Arc::new(handler));
         self
     }
 
     /// Sets the configuration of the node's subscriber.
     pub fn subscriber_config(mut self, config: SubscriberConfig) -> Self {
-        self.events.subscriber_config = config;
+        self.extension_mut::<NodeEvents>().subscriber_config = config;
         self
     }
 }
 
 /// A node's running events: its publisher and its handler dispatcher.
 #[derive(Debug, Default)]
-pub(crate) struct RunningEvents {
+struct RunningEvents {
     publisher: Option<Publisher>,
     subscriber: Option<Arc<super::subscriber::Shared>>,
     dispatcher: Option<JoinHandle<()>>,
@@ -132,7 +143,7 @@ pub(crate) struct RunningEvents {
 impl NodeEvents {
     /// Binds the publisher and connects the subscriber. Returns the running parts and the
     /// snapshot service to host.
-    pub(crate) async fn start(
+    async fn launch(
         mut self,
         max_concurrent: usize,
         mesh_key: Option<&crate::trust::MeshKey>,
@@ -185,9 +196,36 @@ impl NodeEvents {
     }
 }
 
+impl Extension for NodeEvents {
+    fn name(&self) -> &'static str {
+        "events"
+    }
+
+    fn start<'a>(
+        self: Box<Self>,
+        node: NodeContext<'a>,
+    ) -> BoxFuture<'a, Result<Attached, ExtensionError>> {
+        Box::pin(async move {
+            let (running, service) = self
+                .launch(node.max_concurrent_calls, node.mesh_key)
+                .await?;
+            Ok(Attached {
+                running: Box::new(running),
+                services: service.into_iter().collect(),
+            })
+        })
+    }
+}
+
+impl Attachment for RunningEvents {
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop())
+    }
+}
+
 impl RunningEvents {
     /// Stops the handlers' dispatcher and closes the publisher.
-    pub(crate) async fn shutdown(&mut self) {
+    async fn stop(&mut self) {
         if let Some(task) = self.dispatcher.take() {
             task.abort();
             let _ = task.await;
@@ -209,17 +247,20 @@ impl Drop for RunningEvents {
 impl Node {
     /// The node's publisher, when it was built with [`NodeBuilder::events`].
     pub fn publisher(&self) -> Option<&Publisher> {
-        self.events.publisher.as_ref()
+        self.attachment::<RunningEvents>()?.publisher.as_ref()
     }
 
     /// The endpoint the node publishes on, when it has events.
     pub fn events_endpoint(&self) -> Option<&str> {
-        self.events.publisher.as_ref().map(Publisher::endpoint)
+        self.publisher().map(Publisher::endpoint)
     }
 
     /// The counters of the node's subscriber, when it has event handlers.
     pub fn event_stats(&self) -> Option<SubscriberStats> {
-        self.events.subscriber.as_ref().map(|s| s.stats())
+        self.attachment::<RunningEvents>()?
+            .subscriber
+            .as_ref()
+            .map(|s| s.stats())
     }
 }
 

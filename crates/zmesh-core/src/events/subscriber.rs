@@ -34,6 +34,7 @@ use super::publisher::SnapshotReply;
 use super::{
     Delivery, EventsError, Gap, Received, SNAPSHOT_METHOD, Snapshot, SnapshotEntry, SnapshotError,
 };
+use crate::config::{self, ConfigError};
 use crate::{CallOptions, Client};
 
 /// Topic prefix of sync markers; a subscriber's own marker topic is this plus its id.
@@ -80,7 +81,7 @@ impl SubscriberConfig {
     /// Sets the queue bound (at least 2: a gap report and its event).
     #[must_use]
     pub fn queue(mut self, items: usize) -> Self {
-        self.queue = items.max(2);
+        self.queue = items;
         self
     }
 
@@ -101,7 +102,7 @@ impl SubscriberConfig {
     /// Sets the longest pause between reconnection attempts (at least 10 ms).
     #[must_use]
     pub fn reconnect_max(mut self, pause: Duration) -> Self {
-        self.reconnect_max = pause.max(Duration::from_millis(10));
+        self.reconnect_max = pause;
         self
     }
 
@@ -124,6 +125,21 @@ impl SubscriberConfig {
     pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
         self.mesh_key = Some(key);
         self
+    }
+
+    /// Checks every setting against its range (see [`crate::config`]); the subscriber's
+    /// start does.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::in_range("queue", self.queue, 2, tokio::sync::Semaphore::MAX_PERMITS)?;
+        config::at_least(
+            "reconnect_max",
+            self.reconnect_max,
+            Duration::from_millis(10),
+        )?;
+        Ok(())
     }
 }
 
@@ -302,6 +318,7 @@ impl SubscriberBuilder {
     }
 
     pub(super) async fn start_core(self) -> Result<Core, EventsError> {
+        self.config.validate()?;
         if self.endpoints.is_empty() {
             return Err(EventsError::NoEndpoint);
         }
@@ -317,7 +334,7 @@ impl SubscriberBuilder {
             trust: self.config.mesh_key.clone().map(crate::trust::Trust::new),
             waiters: Mutex::new(HashMap::new()),
         });
-        let (tx, rx) = mpsc::channel(self.config.queue.max(2));
+        let (tx, rx) = mpsc::channel(self.config.queue);
         let prefixes: Arc<[String]> = self.prefixes.into();
         let connects = self.endpoints.iter().map(|endpoint| {
             connect(
@@ -887,5 +904,26 @@ impl<T: DeserializeOwned> Stream for Subscriber<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_validated_by_name() {
+        assert!(SubscriberConfig::default().validate().is_ok());
+        for (config, field) in [
+            (SubscriberConfig::default().queue(1), "queue"),
+            (SubscriberConfig::default().queue(usize::MAX), "queue"),
+            (
+                SubscriberConfig::default().reconnect_max(Duration::from_millis(9)),
+                "reconnect_max",
+            ),
+        ] {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
+        assert_eq!(SubscriberConfig::default().queue(1).queue, 1);
     }
 }

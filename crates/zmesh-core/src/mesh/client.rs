@@ -23,12 +23,16 @@ use super::discovery::Discovery;
 use crate::client::{
     CallError, CallOptions, Client, ClientConfig, Response, decode_result, encode_args,
 };
+use crate::config::{self, ConfigError};
 use crate::wire::MessageId;
 
 /// Why a service-level call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeshCallError {
+    /// A setting of the [`MeshClientConfig`] is out of range: every call fails with it.
+    #[error("invalid mesh client configuration: {0}")]
+    Config(#[from] ConfigError),
     /// The method is not `service.method`.
     #[error("method {0:?} names no service: use service.method")]
     BadMethod(String),
@@ -88,7 +92,7 @@ impl HedgeConfig {
     /// Sets the percentile (0 to 100).
     #[must_use]
     pub fn percentile(mut self, percentile: f64) -> Self {
-        self.percentile = percentile.clamp(0.0, 100.0);
+        self.percentile = percentile;
         self
     }
 
@@ -153,7 +157,7 @@ impl MeshClientConfig {
     /// Sets the heartbeat period (at least 10 ms).
     #[must_use]
     pub fn heartbeat(mut self, period: Duration) -> Self {
-        self.heartbeat = period.max(Duration::from_millis(10));
+        self.heartbeat = period;
         self
     }
 
@@ -174,8 +178,8 @@ impl MeshClientConfig {
     /// Sets the retry budget: retries per call made, and per second.
     #[must_use]
     pub fn retry_budget(mut self, ratio: f64, per_second: f64) -> Self {
-        self.retry_ratio = ratio.max(0.0);
-        self.retries_per_second = per_second.max(0.0);
+        self.retry_ratio = ratio;
+        self.retries_per_second = per_second;
         self
     }
 
@@ -191,6 +195,22 @@ impl MeshClientConfig {
     pub fn hedge(mut self, hedge: HedgeConfig) -> Self {
         self.hedge = Some(hedge);
         self
+    }
+
+    /// Checks every setting against its range (see [`crate::config`]); a [`MeshClient`]
+    /// does when it is made, and fails its calls with [`MeshCallError::Config`] if a
+    /// setting is out.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::at_least("heartbeat", self.heartbeat, Duration::from_millis(10))?;
+        config::non_negative("retry_ratio", self.retry_ratio)?;
+        config::non_negative("retries_per_second", self.retries_per_second)?;
+        if let Some(hedge) = &self.hedge {
+            config::finite_in("hedge.percentile", hedge.percentile, 0.0, 100.0)?;
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +297,8 @@ struct Inner {
     /// wake on it.
     version: watch::Sender<u64>,
     budget: RetryBudget,
+    /// Why `config` cannot be used, if it cannot: every call fails with it at once.
+    invalid: Option<ConfigError>,
     latency: Mutex<HashMap<String, hdrhistogram::Histogram<u64>>>,
     counters: Counters,
 }
@@ -411,7 +433,11 @@ fn classify(error: &CallError) -> Retry {
 impl MeshClient {
     /// A service-level client over `discovery` (a [`MeshNode`](super::MeshNode)'s, or one
     /// started with [`Discovery::start`]). Must be called within a tokio runtime.
+    ///
+    /// Settings out of range ([`MeshClientConfig::validate`]) fail every call with
+    /// [`MeshCallError::Config`], and the client then runs no tasks.
     pub fn new(discovery: Discovery, config: MeshClientConfig) -> Self {
+        let invalid = config.validate().err();
         let mut client_config = ClientConfig::default()
             .heartbeat(config.heartbeat)
             .connect_timeout(config.heartbeat);
@@ -430,16 +456,23 @@ impl MeshClient {
             discovery,
             client_config,
             config,
+            invalid,
             routes: RwLock::new(Arc::new(Routes::default())),
             version,
             latency: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
-        inner.rebuild_routes();
-        let tasks = vec![
-            tokio::spawn(follow_directory(inner.clone())).abort_handle(),
-            tokio::spawn(probe_loop(inner.clone())).abort_handle(),
-        ];
+        // An invalid config's heartbeat may be zero, which no probe ticker takes; its
+        // calls fail before they need peers.
+        let tasks = if inner.invalid.is_none() {
+            inner.rebuild_routes();
+            vec![
+                tokio::spawn(follow_directory(inner.clone())).abort_handle(),
+                tokio::spawn(probe_loop(inner.clone())).abort_handle(),
+            ]
+        } else {
+            Vec::new()
+        };
         Self {
             inner,
             _tasks: Arc::new(Tasks(tasks)),
@@ -521,6 +554,9 @@ impl MeshClient {
         options: MeshCallOptions,
     ) -> Result<Bytes, MeshCallError> {
         let inner = &*self.inner;
+        if let Some(invalid) = &inner.invalid {
+            return Err(MeshCallError::Config(invalid.clone()));
+        }
         let timeout = options.timeout.unwrap_or(inner.config.default_timeout);
         let started = Instant::now();
         let deadline = started + timeout;
@@ -741,9 +777,9 @@ impl Inner {
             tokio::select! {
                 biased;
                 r = call => r,
-                () = down => Err(CallError::PeerLost(format!(
-                    "{} was taken out of rotation", link.endpoint
-                ))),
+                () = down => Err(CallError::PeerLost(
+                    format!("{} was taken out of rotation", link.endpoint).into(),
+                )),
             }
         } else {
             call.await
@@ -753,9 +789,10 @@ impl Inner {
                 link.heard();
                 Ok(value)
             }
-            Ok(Response::Stream(_)) => Err(CallError::Protocol(format!(
-                "{method} answered with a stream; the mesh client makes plain calls only"
-            ))),
+            Ok(Response::Stream(_)) => Err(CallError::Protocol(
+                format!("{method} answered with a stream; the mesh client makes plain calls only")
+                    .into(),
+            )),
             Err(e) => {
                 match &e {
                     CallError::PeerLost(why) => self.take_down(link, why),
@@ -905,6 +942,31 @@ async fn probe_loop(inner: Arc<Inner>) {
 mod tests {
     use super::*;
     use crate::client::RemoteError;
+
+    #[test]
+    fn every_setting_is_validated_by_name() {
+        assert!(MeshClientConfig::default().validate().is_ok());
+        let hedged = |p| MeshClientConfig::default().hedge(HedgeConfig::default().percentile(p));
+        assert!(hedged(100.0).validate().is_ok());
+        for (config, field) in [
+            (
+                MeshClientConfig::default().heartbeat(Duration::ZERO),
+                "heartbeat",
+            ),
+            (
+                MeshClientConfig::default().retry_budget(-0.1, 1.0),
+                "retry_ratio",
+            ),
+            (
+                MeshClientConfig::default().retry_budget(0.2, f64::NAN),
+                "retries_per_second",
+            ),
+            (hedged(100.5), "hedge.percentile"),
+            (hedged(f64::NAN), "hedge.percentile"),
+        ] {
+            assert_eq!(config.validate().map_err(|e| e.field), Err(field));
+        }
+    }
 
     fn remote(name: &str, message: &str) -> CallError {
         CallError::Remote(RemoteError {

@@ -17,6 +17,7 @@ use super::MeshError;
 use super::beacon::{self, Beacon, BeaconConfig, BeaconError, MAX_BEACON_BYTES};
 use super::directory::{Directory, PeerRecord, Presence, Refused};
 use crate::client::{CallOptions, Client, ClientConfig};
+use crate::config::{self, ConfigError};
 use crate::service::{HandlerError, Service};
 use crate::trust::Kind;
 
@@ -114,24 +115,31 @@ impl DiscoveryConfig {
         self
     }
 
-    fn validate(&self) -> Result<(), MeshError> {
-        if self.mesh.is_empty() || self.mesh.len() > super::directory::MAX_NAME {
-            return Err(MeshError::Config("mesh name must be 1 to 256 bytes"));
-        }
-        if self.gossip_interval < Duration::from_millis(10) {
-            return Err(MeshError::Config("gossip_interval must be at least 10 ms"));
-        }
+    /// Checks every setting against its range (see [`crate::config`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::in_range("mesh", self.mesh.len(), 1, super::directory::MAX_NAME)?;
+        config::at_least(
+            "gossip_interval",
+            self.gossip_interval,
+            Duration::from_millis(10),
+        )?;
         if self.expire_after <= self.gossip_interval {
-            return Err(MeshError::Config(
-                "expire_after must be longer than gossip_interval",
+            return Err(ConfigError::new(
+                "expire_after",
+                "must be longer than gossip_interval",
             ));
         }
-        if let Some(b) = &self.beacon
-            && (b.interval < Duration::from_millis(10) || b.interval >= self.expire_after)
-        {
-            return Err(MeshError::Config(
-                "beacon interval must be at least 10 ms and shorter than expire_after",
-            ));
+        if let Some(b) = &self.beacon {
+            config::at_least("beacon.interval", b.interval, Duration::from_millis(10))?;
+            if b.interval >= self.expire_after {
+                return Err(ConfigError::new(
+                    "beacon.interval",
+                    "must be shorter than expire_after",
+                ));
+            }
         }
         Ok(())
     }

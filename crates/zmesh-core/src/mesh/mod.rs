@@ -63,5 +63,5 @@ pub enum MeshError {
     BeaconTooLarge(String),
     /// A setting is out of range.
     #[error("invalid mesh configuration: {0}")]
-    Config(&'static str),
+    Config(#[from] crate::config::ConfigError),
 }

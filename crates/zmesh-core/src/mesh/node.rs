@@ -148,7 +148,9 @@ impl MeshBuilder {
         // the old process (whose calls and cached replies died with it).
         let id = format!("{}-{}", node.name(), MessageId::generate());
         let record = PeerRecord::new(id, node.name(), endpoints, services);
-        record.validate().map_err(MeshError::Config)?;
+        record
+            .validate()
+            .map_err(|why| crate::config::ConfigError::new("peer record", why))?;
         discovery.run(Some(record.clone()))?;
         Ok(MeshNode {
             node,

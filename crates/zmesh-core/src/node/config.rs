@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::NodeError;
+use crate::config::{self, ConfigError};
 
 /// Node settings. Build with `NodeConfig::default()` and the chained setters.
 #[derive(Debug, Clone)]
@@ -195,59 +195,54 @@ impl NodeConfig {
         let mut options = crate::zmtp::options(self.max_message_size, self.max_frames);
         options
             .handshake_timeout(self.handshake_timeout)
-            .max_connections(max_connections.max(1))
+            .max_connections(max_connections)
             .send_queue_bytes(self.send_queue_bytes_per_peer);
         options
     }
 
-    pub(crate) fn validate(&self) -> Result<(), NodeError> {
-        if self.heartbeat < Duration::from_millis(10) {
-            return Err(NodeError::Config("heartbeat must be at least 10 ms"));
-        }
-        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > u32::MAX as usize {
-            return Err(NodeError::Config(
-                "max_concurrent_calls must be in 1..=u32::MAX",
-            ));
-        }
-        if self.max_calls_per_peer == 0 {
-            return Err(NodeError::Config("max_calls_per_peer must be at least 1"));
-        }
-        if self.max_message_size < 64 {
-            return Err(NodeError::Config(
-                "max_message_size must be at least 64 bytes",
-            ));
-        }
-        if self.max_bytes_per_peer < self.max_message_size {
-            return Err(NodeError::Config(
-                "max_bytes_per_peer must be at least max_message_size",
-            ));
-        }
-        if self.max_stalled_bytes < self.max_message_size {
-            return Err(NodeError::Config(
-                "max_stalled_bytes must be at least max_message_size",
-            ));
-        }
-        if self.refusal_burst == 0 {
-            return Err(NodeError::Config("refusal_burst must be at least 1"));
-        }
-        if self.max_frames < 4 {
-            return Err(NodeError::Config("max_frames must be at least 4"));
-        }
-        if self.handshake_timeout < Duration::from_millis(10) {
-            return Err(NodeError::Config(
-                "handshake_timeout must be at least 10 ms",
-            ));
-        }
-        if self.max_connections_per_endpoint == 0 {
-            return Err(NodeError::Config(
-                "max_connections_per_endpoint must be at least 1",
-            ));
-        }
-        if self.send_queue_bytes_per_peer < 64 * 1024 {
-            return Err(NodeError::Config(
-                "send_queue_bytes_per_peer must be at least 64 KiB",
-            ));
-        }
+    /// Checks every setting against its range (see [`crate::config`]).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        config::at_least("heartbeat", self.heartbeat, Duration::from_millis(10))?;
+        config::in_range(
+            "max_concurrent_calls",
+            self.max_concurrent_calls,
+            1,
+            u32::MAX as usize,
+        )?;
+        config::at_least("max_calls_per_peer", self.max_calls_per_peer, 1)?;
+        config::at_least("max_message_size", self.max_message_size, 64)?;
+        config::at_least_field(
+            "max_bytes_per_peer",
+            self.max_bytes_per_peer,
+            "max_message_size",
+            self.max_message_size,
+        )?;
+        config::at_least_field(
+            "max_stalled_bytes",
+            self.max_stalled_bytes,
+            "max_message_size",
+            self.max_message_size,
+        )?;
+        config::at_least("refusal_burst", self.refusal_burst, 1)?;
+        config::at_least("max_frames", self.max_frames, 4)?;
+        config::at_least(
+            "handshake_timeout",
+            self.handshake_timeout,
+            Duration::from_millis(10),
+        )?;
+        config::at_least(
+            "max_connections_per_endpoint",
+            self.max_connections_per_endpoint,
+            1,
+        )?;
+        config::at_least(
+            "send_queue_bytes_per_peer",
+            self.send_queue_bytes_per_peer,
+            64 * 1024,
+        )?;
         Ok(())
     }
 
@@ -273,9 +268,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_zmtp_limits_are_validated() {
+    fn every_setting_is_validated_by_name() {
         assert!(NodeConfig::default().validate().is_ok());
         for (config, problem) in [
+            (NodeConfig::default().heartbeat(Duration::ZERO), "heartbeat"),
+            (
+                NodeConfig::default().max_concurrent_calls(0),
+                "max_concurrent_calls",
+            ),
+            (
+                NodeConfig::default().max_concurrent_calls(u32::MAX as usize + 1),
+                "max_concurrent_calls",
+            ),
+            (
+                NodeConfig::default().max_calls_per_peer(0),
+                "max_calls_per_peer",
+            ),
+            (
+                NodeConfig::default().max_message_size(63),
+                "max_message_size",
+            ),
+            (
+                NodeConfig::default().max_bytes_per_peer(1024),
+                "max_bytes_per_peer",
+            ),
+            (
+                NodeConfig::default().max_stalled_bytes(1024),
+                "max_stalled_bytes",
+            ),
+            (NodeConfig::default().refusal_rate(0, 1), "refusal_burst"),
             (NodeConfig::default().max_frames(3), "max_frames"),
             (
                 NodeConfig::default().handshake_timeout(Duration::from_millis(1)),
@@ -291,7 +312,7 @@ mod tests {
             ),
         ] {
             match config.validate() {
-                Err(NodeError::Config(message)) => assert!(message.starts_with(problem)),
+                Err(e) => assert_eq!(e.field, problem, "{e}"),
                 other => panic!("{problem}: {other:?}"),
             }
         }

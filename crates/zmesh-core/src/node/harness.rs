@@ -47,7 +47,7 @@ impl Harness {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|_| NodeError::Config("cannot build the harness runtime"))?;
+            .map_err(NodeError::Runtime)?;
         let name = "harness".to_owned();
         let mut methods = super::prefixed_methods(services)?;
         builtins::register(&name, &mut methods);

@@ -5,11 +5,13 @@
 //! Layout: `config` holds the knobs, `registry` the open channels, `dispatch` the one task
 //! that reads the socket and the per-call tasks it spawns, `builtins` the `_zerorpc_*`
 //! methods, `sender` the send side over either socket, `worker` the link of a node that
-//! serves behind a proxy device ([`NodeBuilder::worker_of`]).
+//! serves behind a proxy device ([`NodeBuilder::worker_of`]), `extension` the hook other
+//! components (events) plug into a node through.
 
 mod builtins;
 mod config;
 mod dispatch;
+mod extension;
 #[doc(hidden)]
 pub mod harness;
 mod refusals;
@@ -18,6 +20,7 @@ mod reply_cache;
 mod sender;
 mod worker;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use tokio::task::JoinHandle;
 use zeromq::{RouterSocket, Socket};
 
 pub use config::NodeConfig;
+pub use extension::{Attached, Attachment, Extension, ExtensionError, NodeContext};
 
 use crate::service::{Method, Service};
 use crate::wire::worker::{AnnouncedMethod, Ready};
@@ -71,12 +75,22 @@ pub enum NodeError {
     /// `export_unprefixed` names a service the node does not host.
     #[error("export_unprefixed names unknown service {0}")]
     UnknownService(String),
-    /// The configuration is out of range.
+    /// A setting is out of range.
     #[error("invalid node configuration: {0}")]
-    Config(&'static str),
-    /// The events publisher or subscriber could not start.
-    #[error("events: {0}")]
-    Events(#[from] crate::events::EventsError),
+    Config(#[from] crate::config::ConfigError),
+    /// The socket-free harness could not build its runtime.
+    #[error("cannot build a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A component plugged into the node (an [`Extension`], such as its events) could not
+    /// start.
+    #[error("{name}: {source}")]
+    Extension {
+        /// The extension's [`Extension::name`].
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: ExtensionError,
+    },
 }
 
 /// Counters a node keeps about what it refused or lost; read with [`Node::stats`].
@@ -250,7 +264,8 @@ pub struct NodeBuilder {
     services: Vec<Service>,
     unprefixed: Option<String>,
     config: NodeConfig,
-    pub(crate) events: crate::events::node::NodeEvents,
+    /// At most one of each type, in the order first asked for.
+    extensions: Vec<Box<dyn Extension>>,
     device: Option<String>,
     worker_capacity: Option<u32>,
     mesh_key: Option<crate::trust::MeshKey>,
@@ -333,6 +348,22 @@ impl NodeBuilder {
         self
     }
 
+    /// The builder's extension of type `E`, made with its default the first time it is
+    /// asked for; the node starts it with itself (see [`Extension`]).
+    pub fn extension_mut<E: Extension + Default>(&mut self) -> &mut E {
+        let is_e = |e: &dyn Extension| (e as &dyn Any).is::<E>();
+        if !self.extensions.iter().any(|e| is_e(&**e)) {
+            self.extensions.push(Box::new(E::default()));
+        }
+        self.extensions
+            .iter_mut()
+            .find_map(|e| {
+                let e: &mut dyn Extension = &mut **e;
+                (e as &mut dyn Any).downcast_mut()
+            })
+            .expect("an extension of this type was just ensured")
+    }
+
     /// Binds every endpoint and starts serving.
     ///
     /// # Errors
@@ -348,26 +379,39 @@ impl NodeBuilder {
             return Err(NodeError::NoEndpoint);
         }
         if !self.endpoints.is_empty() && self.device.is_some() {
-            return Err(NodeError::Config(
-                "a node either binds endpoints or works for a device, not both",
-            ));
+            return Err(NodeError::Config(crate::config::ConfigError::new(
+                "worker_of",
+                "cannot be combined with endpoints to bind: a node either binds endpoints or \
+                 works for a device, not both",
+            )));
         }
-        if self.worker_capacity == Some(0) {
-            return Err(NodeError::Config("worker_capacity must be at least 1"));
+        if let Some(capacity) = self.worker_capacity {
+            crate::config::at_least("worker_capacity", capacity, 1)?;
         }
-        // Every endpoint is checked before anything is bound or started.
+        // Every endpoint is checked before anything is bound or started, and the user's
+        // services before zmesh's own (which use reserved names) join them.
         let endpoints = parse_endpoints(&self.endpoints)?;
         let plain_endpoints = parse_endpoints(&self.plain_endpoints)?;
         if let Some(device) = &self.device {
             parse_endpoint(device)?;
         }
         check_reserved(&self.services, self.unprefixed.as_deref())?;
-        let (events, events_service) = std::mem::take(&mut self.events)
-            .start(self.config.max_concurrent_calls, self.mesh_key.as_ref())
-            .await?;
+        let mut attachments = Vec::with_capacity(self.extensions.len());
+        for extension in std::mem::take(&mut self.extensions) {
+            let name = extension.name();
+            let context = NodeContext {
+                max_concurrent_calls: self.config.max_concurrent_calls,
+                mesh_key: self.mesh_key.as_ref(),
+            };
+            let attached = extension
+                .start(context)
+                .await
+                .map_err(|source| NodeError::Extension { name, source })?;
+            self.services.extend(attached.services);
+            attachments.push(attached.running);
+        }
         self.services
             .extend(std::mem::take(&mut self.zmesh_services));
-        self.services.extend(events_service);
         let name = self
             .name
             .or_else(|| self.services.first().map(|s| s.name().to_owned()))
@@ -409,7 +453,7 @@ impl NodeBuilder {
                     methods,
                     config: self.config,
                     counters,
-                    events,
+                    attachments,
                     mesh_key: self.mesh_key,
                 },
                 device,
@@ -486,7 +530,7 @@ impl NodeBuilder {
             endpoints: bound,
             stop_tx,
             tasks,
-            events,
+            attachments,
         })
     }
 }
@@ -498,7 +542,7 @@ impl NodeBuilder {
             methods,
             config,
             counters,
-            events,
+            attachments,
             mesh_key,
         } = parts;
         // With a key, everything to the device is sealed and everything from it opened
@@ -529,7 +573,7 @@ impl NodeBuilder {
             endpoints: Vec::new(),
             stop_tx,
             tasks,
-            events,
+            attachments,
         }
     }
 }
@@ -540,7 +584,7 @@ struct WorkerParts {
     methods: HashMap<String, Arc<Method>>,
     config: NodeConfig,
     counters: Arc<Counters>,
-    events: crate::events::node::RunningEvents,
+    attachments: Vec<Box<dyn Attachment>>,
     mesh_key: Option<crate::trust::MeshKey>,
 }
 
@@ -699,7 +743,8 @@ pub struct Node {
     endpoints: Vec<String>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    pub(crate) events: crate::events::node::RunningEvents,
+    /// What the builder's extensions left running, shut down first.
+    attachments: Vec<Box<dyn Attachment>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -736,6 +781,14 @@ impl Node {
         &self.shared.name
     }
 
+    /// What the builder's extension of type `A`'s start left running, if any.
+    pub fn attachment<A: Attachment>(&self) -> Option<&A> {
+        self.attachments.iter().find_map(|a| {
+            let a: &dyn Attachment = &**a;
+            (a as &dyn Any).downcast_ref()
+        })
+    }
+
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         stats_of(&self.shared)
@@ -755,7 +808,9 @@ impl Node {
     /// process). Returns the number of calls that had to be aborted.
     pub async fn shutdown(mut self, grace: Duration) -> usize {
         self.shared.accepting.store(false, Ordering::SeqCst);
-        self.events.shutdown().await;
+        for attachment in &mut self.attachments {
+            attachment.shutdown().await;
+        }
         worker::say_bye(&self.shared).await;
         let all = u32::try_from(self.shared.config.max_concurrent_calls).unwrap_or(u32::MAX);
         // Every call holds one permit; owning all of them means nothing is in flight.
