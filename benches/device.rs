@@ -23,9 +23,8 @@
 //! cargo bench --bench device
 //! ```
 
-#[path = "support/affinity.rs"]
-mod affinity;
-use affinity::pin_current_thread;
+use zmesh_bench::affinity::pin_current_thread;
+use zmesh_bench::{Latencies, micros};
 
 use std::future::Future;
 use std::hint::black_box;
@@ -186,7 +185,7 @@ async fn paired_report(
     value: &Value,
     payload: &Bytes,
 ) {
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut times: [Latencies; 4] = Default::default();
     let mut pipelined: [Duration; 2] = [Duration::ZERO; 2];
     for round in 0..rounds {
         // Alternate which side goes first, so neither always runs on a warmer machine.
@@ -196,7 +195,7 @@ async fn paired_report(
             for _ in 0..block {
                 let started = Instant::now();
                 black_box(echo(client, value).await);
-                times[side].push(started.elapsed());
+                times[side].record(started.elapsed());
             }
         }
         for side in order {
@@ -208,7 +207,7 @@ async fn paired_report(
                 };
                 let started = Instant::now();
                 black_box(raw_echo(dealer, payload).await);
-                times[2 + side].push(started.elapsed());
+                times[2 + side].record(started.elapsed());
             }
         }
         for side in order {
@@ -216,10 +215,7 @@ async fn paired_report(
             pipelined[side] += bounded(pipelined_batch_timed(client, value)).await;
         }
     }
-    for t in &mut times {
-        t.sort_unstable();
-    }
-    let p = |t: &[Duration], q: f64| percentile(t, q).as_secs_f64() * 1e6;
+    let p = |t: &Latencies, q: f64| micros(t.at_quantile(q));
     println!(
         "\ninterleaved check: {rounds} rounds x {block} sequential calls per side, \
          plus {rounds} pipelined batches of {PIPELINE_BATCH} ({PIPELINE_WINDOW} in flight)"
@@ -338,14 +334,6 @@ async fn connect_raw(endpoint: &str, payload: &Bytes) -> DealerSocket {
         "the echo returns the payload"
     );
     dealer
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// Every server of the bench, each on its own thread.

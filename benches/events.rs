@@ -30,6 +30,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 use zmesh::{Client, Delivery, Node, Publisher, Subscriber, SubscriberConfig};
+use zmesh_bench::{Latencies, micros};
 
 /// Subscribers per publisher.
 const SUBSCRIBERS: usize = 4;
@@ -223,7 +224,7 @@ async fn batch(side: &mut impl Side, next: &mut u64) -> Duration {
 }
 
 /// Publishes one event and returns the publish-to-receive time of each subscriber.
-async fn one(side: &mut impl Side, next: &mut u64, out: &mut Vec<Duration>) {
+async fn one(side: &mut impl Side, next: &mut u64, out: &mut Latencies) {
     *next += 1;
     let start = Instant::now();
     side.publish(*next).await;
@@ -232,13 +233,8 @@ async fn one(side: &mut impl Side, next: &mut u64, out: &mut Vec<Duration>) {
             .await
             .expect("an event within the deadline")
             .expect("subscribers alive");
-        out.push(at.saturating_duration_since(start));
+        out.record(at.saturating_duration_since(start));
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -311,7 +307,7 @@ fn main() {
     let (raw_rate, zmesh_rate) = (median(raw_rates), median(zmesh_rates));
 
     // Interleaved latency, one event in flight at a time.
-    let (mut raw_lat, mut zmesh_lat) = (Vec::new(), Vec::new());
+    let (mut raw_lat, mut zmesh_lat) = (Latencies::new(), Latencies::new());
     rt.block_on(async {
         for _ in 0..LATENCY_EVENTS / LATENCY_BLOCK {
             for _ in 0..LATENCY_BLOCK {
@@ -322,10 +318,8 @@ fn main() {
             }
         }
     });
-    raw_lat.sort();
-    zmesh_lat.sort();
     let ratio = zmesh_rate / raw_rate;
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let us = micros;
     println!();
     println!(
         "events, 1 publisher -> {SUBSCRIBERS} subscribers, {PAYLOAD}-byte payload, tcp loopback"
@@ -340,14 +334,14 @@ fn main() {
     for (name, lat) in [("zmesh", &zmesh_lat), ("raw", &raw_lat)] {
         println!(
             "publish-to-receive latency {name}: p50 {:.1} us, p99 {:.1} us ({} samples)",
-            us(percentile(lat, 0.5)),
-            us(percentile(lat, 0.99)),
+            us(lat.p50()),
+            us(lat.p99()),
             lat.len()
         );
     }
     println!(
         "latency zmesh/raw: p50 {:.2}x, p99 {:.2}x",
-        us(percentile(&zmesh_lat, 0.5)) / us(percentile(&raw_lat, 0.5)),
-        us(percentile(&zmesh_lat, 0.99)) / us(percentile(&raw_lat, 0.99)),
+        us(zmesh_lat.p50()) / us(raw_lat.p50()),
+        us(zmesh_lat.p99()) / us(raw_lat.p99()),
     );
 }

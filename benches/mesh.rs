@@ -21,12 +21,8 @@
 //! cargo bench --bench mesh
 //! ```
 
-#[path = "support/affinity.rs"]
-mod affinity;
-use affinity::set_thread_affinity;
-
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::Criterion;
@@ -36,13 +32,15 @@ use tokio::sync::oneshot;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::mesh::{DiscoveryConfig, MeshCallOptions, MeshClient, MeshClientConfig, MeshNode};
 use zmesh::{Client, Discovery};
+use zmesh_bench::affinity::set_thread_affinity;
+use zmesh_bench::{Order, drive, micros};
 
 /// Payload bytes.
 const PAYLOAD: usize = 64;
 /// Rounds of the interleaved check.
-const ROUNDS: usize = 30;
+const ROUNDS: u64 = 30;
 /// Calls per side and round of the interleaved check.
-const BLOCK: usize = 300;
+const BLOCK: u64 = 300;
 /// Upper bound on setup steps and single calls; a stuck peer fails the bench.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -134,38 +132,29 @@ fn main() {
 
     // Interleaved check; short under `cargo test --benches`.
     let (rounds, block) = if bench_mode { (ROUNDS, BLOCK) } else { (2, 20) };
-    let mut times: [Vec<Duration>; 4] = Default::default();
-    rt.block_on(async {
-        for round in 0..rounds {
-            for k in 0..4 {
-                // Rotate the order each round so no side always follows the same one.
-                let side = (k + round) % 4;
-                for _ in 0..block {
-                    let started = Instant::now();
-                    match side {
-                        0 => {
-                            black_box(raw_call(&mut dealer, &raw_payload).await);
-                        }
-                        1 => {
-                            black_box(direct_call(&direct, &payload).await);
-                        }
-                        2 => {
-                            black_box(mesh_call(&mesh, &payload, true).await);
-                        }
-                        _ => {
-                            black_box(mesh_call(&mesh, &payload, false).await);
-                        }
-                    }
-                    times[side].push(started.elapsed());
-                }
+    // The order rotates each round so no side always follows the same one.
+    let times = rt.block_on(drive::interleaved(
+        4,
+        rounds,
+        block,
+        Order::Rotate,
+        async |side| match side {
+            0 => {
+                black_box(raw_call(&mut dealer, &raw_payload).await);
             }
-        }
-    });
-    for t in &mut times {
-        t.sort();
-    }
-    let p = |side: usize, q: f64| percentile(&times[side], q);
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
+            1 => {
+                black_box(direct_call(&direct, &payload).await);
+            }
+            2 => {
+                black_box(mesh_call(&mesh, &payload, true).await);
+            }
+            _ => {
+                black_box(mesh_call(&mesh, &payload, false).await);
+            }
+        },
+    ));
+    let p = |side: usize, q: f64| times[side].at_quantile(q);
+    let us = micros;
     println!(
         "\nbench mesh: interleaved check, {rounds} rounds x {block} calls per side ({}):",
         if pin {
@@ -288,12 +277,4 @@ impl Drop for ServerThread {
             let _ = thread.join();
         }
     }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }

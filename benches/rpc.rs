@@ -48,9 +48,8 @@
 //! cargo bench --bench rpc -- latency_tcp      # a subset (the table shows what ran)
 //! ```
 
-#[path = "support/affinity.rs"]
-mod affinity;
-use affinity::{pin_current_thread, process_cpus, unpin_current_thread};
+use zmesh_bench::affinity::{pin_current_thread, process_cpus, unpin_current_thread};
+use zmesh_bench::{Latencies, Order, Schedule, ServerChild, drive, micros};
 
 use std::future::Future;
 use std::hint::black_box;
@@ -85,9 +84,11 @@ const ECHO: &str = "echo.echo";
 
 /// Rounds of the interleaved check; each round runs one block of zmesh and one of raw, in
 /// alternating order, so both sides see the same machine state.
-const PAIRED_ROUNDS: usize = 30;
+const PAIRED_ROUNDS: u64 = 30;
 /// Sequential calls per side and round in the interleaved latency check.
-const PAIRED_BLOCK: usize = 300;
+const PAIRED_BLOCK: u64 = 300;
+/// Upper bound on one whole interleaved check (seconds at most when the servers answer).
+const CHECK_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Worker threads of each multi-thread runtime (client and server) of the flavour group.
 const MT_WORKERS: usize = 2;
@@ -347,9 +348,12 @@ fn bench_pipelined(
 struct Paired {
     label: String,
     pipelined: bool,
-    zmesh: Vec<Duration>,
-    raw: Vec<Duration>,
+    zmesh: Latencies,
+    raw: Latencies,
 }
+
+/// The mode number of zmesh in an interleaved check (raw is the other, 1).
+const ZMESH_SIDE: usize = 0;
 
 /// True when criterion wrote both estimates of `group` during this run (benchmark mode and
 /// not filtered out), which is when the interleaved check is worth its time.
@@ -358,6 +362,17 @@ fn measured_in_this_run(group: &str, since: SystemTime) -> bool {
         median_ns(&dir, group, "zmesh", since).is_some()
             && median_ns(&dir, group, "raw", since).is_some()
     })
+}
+
+/// Runs an interleaved check of the two sides under [`CHECK_DEADLINE`].
+async fn within_check(check: impl Future<Output = Vec<Latencies>>) -> [Latencies; 2] {
+    tokio::time::timeout(CHECK_DEADLINE, check)
+        .await
+        .expect(
+            "an interleaved check did not finish within CHECK_DEADLINE: a server stopped answering",
+        )
+        .try_into()
+        .expect("one set of latencies per side")
 }
 
 /// Times every call of [`PAIRED_ROUNDS`] alternating blocks of [`PAIRED_BLOCK`] sequential
@@ -370,26 +385,35 @@ async fn paired_latency(
     bytes: &Bytes,
 ) -> Paired {
     let mut dealer = dealer.lock().await;
-    let mut zmesh = Vec::with_capacity(PAIRED_ROUNDS * PAIRED_BLOCK);
-    let mut raw = Vec::with_capacity(PAIRED_ROUNDS * PAIRED_BLOCK);
-    for round in 0..PAIRED_ROUNDS {
-        for zmesh_turn in [round % 2 == 0, round % 2 != 0] {
-            bounded(async {
-                for _ in 0..PAIRED_BLOCK {
-                    let start = Instant::now();
-                    if zmesh_turn {
-                        black_box(zmesh_echo(client, value).await);
-                        zmesh.push(start.elapsed());
-                    } else {
-                        black_box(raw_echo(&mut dealer, bytes).await);
-                        raw.push(start.elapsed());
-                    }
+    // The schedule by hand rather than `drive::interleaved`: this future is spawned on the
+    // multi-thread runtime, and an async closure's future is not provably `Send`.
+    let mut schedule = Schedule::new(
+        2,
+        PAIRED_ROUNDS * PAIRED_BLOCK,
+        PAIRED_ROUNDS,
+        Duration::MAX,
+        Order::Rotate,
+    );
+    let mut sides = [Latencies::new(), Latencies::new()];
+    let check = async {
+        while let Some(turn) = schedule.next_turn() {
+            let started = Instant::now();
+            for _ in 0..turn.calls {
+                let call = Instant::now();
+                if turn.mode == ZMESH_SIDE {
+                    black_box(zmesh_echo(client, value).await);
+                } else {
+                    black_box(raw_echo(&mut dealer, bytes).await);
                 }
-                Duration::ZERO
-            })
-            .await;
+                sides[turn.mode].record(call.elapsed());
+            }
+            schedule.finish(&turn, turn.calls, started.elapsed());
         }
-    }
+    };
+    tokio::time::timeout(CHECK_DEADLINE, check).await.expect(
+        "an interleaved check did not finish within CHECK_DEADLINE: a server stopped answering",
+    );
+    let [zmesh, raw] = sides;
     Paired {
         label: label.to_owned(),
         pipelined: false,
@@ -407,31 +431,15 @@ async fn paired_pipelined(
     raw_load: &DealerLoad,
 ) -> Paired {
     let mut dealer = dealer.lock().await;
-    let mut zmesh = Vec::with_capacity(PAIRED_ROUNDS);
-    let mut raw = Vec::with_capacity(PAIRED_ROUNDS);
-    for round in 0..PAIRED_ROUNDS {
-        for zmesh_turn in [round % 2 == 0, round % 2 != 0] {
-            if zmesh_turn {
-                zmesh.push(
-                    bounded(async {
-                        let start = Instant::now();
-                        zmesh_pipelined_batch(client, value).await;
-                        start.elapsed()
-                    })
-                    .await,
-                );
-            } else {
-                raw.push(
-                    bounded(async {
-                        let start = Instant::now();
-                        dealer_pipelined_batch(&mut dealer, raw_load).await;
-                        start.elapsed()
-                    })
-                    .await,
-                );
-            }
+    // One "call" per block: a whole batch, timed as one.
+    let check = drive::interleaved(2, PAIRED_ROUNDS, 1, Order::Rotate, async |side| {
+        if side == ZMESH_SIDE {
+            zmesh_pipelined_batch(client, value).await;
+        } else {
+            dealer_pipelined_batch(&mut dealer, raw_load).await;
         }
-    }
+    });
+    let [zmesh, raw] = within_check(check).await;
     Paired {
         label: label.to_owned(),
         pipelined: true,
@@ -694,7 +702,7 @@ struct ServerThread {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// With `ZMESH_BENCH_PIN=process`, the server runs here instead of on `thread`.
-    child: Option<std::process::Child>,
+    child: Option<ServerChild>,
 }
 
 impl ServerThread {
@@ -824,37 +832,20 @@ impl ServerThread {
     /// (client and server in separate processes, nothing pinned; docs/PERFORMANCE.md). The child prints its
     /// endpoint on stdout and stops when its stdin closes, which dropping this does.
     fn child(kind: &str, bind: &str, flavour: Flavour) -> Self {
-        use std::io::BufRead;
         let exe = std::env::current_exe().expect("cannot find the bench binary");
         let flavour = match flavour {
             Flavour::CurrentThread => "current_thread",
             Flavour::MultiThread => "multi_thread",
         };
-        let mut child = std::process::Command::new(exe)
+        let mut command = std::process::Command::new(exe);
+        command
             .env(SERVE_ENV, kind)
             .env(SERVE_BIND_ENV, bind)
-            .env(SERVE_FLAVOUR_ENV, flavour)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("cannot start a server process");
-        let stdout = child.stdout.take().expect("the child's stdout is piped");
-        let (line_tx, line_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = line_tx.send(line);
-        });
-        let endpoint = match line_rx.recv_timeout(SETUP_DEADLINE) {
-            Ok(line) if !line.trim().is_empty() => line.trim().to_owned(),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the {kind} server process did not report its endpoint");
-            }
-        };
+            .env(SERVE_FLAVOUR_ENV, flavour);
+        let child = ServerChild::spawn(&format!("{kind} server process"), command, SETUP_DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
-            endpoint,
+            endpoint: child.endpoint().to_owned(),
             stop: None,
             thread: None,
             child: Some(child),
@@ -874,9 +865,8 @@ const SERVE_BIND_ENV: &str = "ZMESH_BENCH_SERVE_BIND";
 const SERVE_FLAVOUR_ENV: &str = "ZMESH_BENCH_SERVE_FLAVOUR";
 
 /// The child side of [`ServerThread::child`]: runs the server on a thread of this process,
-/// prints its endpoint, and stops it when stdin closes (the bench dropped it, or exited).
+/// announces its endpoint, and stops it when stdin closes (the bench dropped it, or exited).
 fn serve_as_child(kind: &str) {
-    use std::io::{Read, Write};
     let bind = std::env::var(SERVE_BIND_ENV).unwrap_or_else(|_| "tcp://127.0.0.1:0".into());
     let flavour = match std::env::var(SERVE_FLAVOUR_ENV).as_deref() {
         Ok("multi_thread") => Flavour::MultiThread,
@@ -888,31 +878,15 @@ fn serve_as_child(kind: &str) {
         "codec_floor" => ServerThread::codec_floor(&bind),
         other => panic!("unknown server kind {other:?}"),
     };
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "{}", server.endpoint()).expect("cannot report the endpoint");
-    stdout.flush().expect("cannot report the endpoint");
-    // Blocks until the parent closes our stdin; what it reads is irrelevant.
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    zmesh_bench::child::announce(server.endpoint()).expect("cannot report the endpoint");
+    zmesh_bench::child::wait_for_parent();
     drop(server);
 }
 
 impl Drop for ServerThread {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Closing stdin asks it to stop; the kill covers a child that does not.
-            drop(child.stdin.take());
-            let deadline = Instant::now() + SETUP_DEADLINE;
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-            if !matches!(child.try_wait(), Ok(Some(_))) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        // A server process is killed and reaped by its own drop.
+        drop(self.child.take());
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -1050,13 +1024,11 @@ fn print_paired(paired: &[Paired]) {
         "== interleaved check: {PAIRED_ROUNDS} rounds alternating zmesh and raw blocks (same machine state) =="
     );
     for p in paired {
-        let (mut zmesh, mut raw) = (p.zmesh.clone(), p.raw.clone());
-        zmesh.sort_unstable();
-        raw.sort_unstable();
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let (zmesh, raw) = (&p.zmesh, &p.raw);
+        let us = micros;
         if p.pipelined {
             let per_sec = |d: Duration| PIPELINE_BATCH as f64 / d.as_secs_f64();
-            let (z, r) = (percentile(&zmesh, 0.5), percentile(&raw, 0.5));
+            let (z, r) = (zmesh.p50(), raw.p50());
             let ratio = per_sec(z) / per_sec(r);
             println!(
                 "paired pipelined {} zmesh/raw throughput: {ratio:.2}x (target >= {THROUGHPUT_TARGET:.2}x) {}   \
@@ -1067,8 +1039,8 @@ fn print_paired(paired: &[Paired]) {
                 per_sec(r),
             );
         } else {
-            let (z50, r50) = (percentile(&zmesh, 0.5), percentile(&raw, 0.5));
-            let (z99, r99) = (percentile(&zmesh, 0.99), percentile(&raw, 0.99));
+            let (z50, r50) = (zmesh.p50(), raw.p50());
+            let (z99, r99) = (zmesh.p99(), raw.p99());
             let ratio = us(z50) / us(r50);
             println!(
                 "paired {} zmesh/raw p50: {ratio:.2}x (target <= {LATENCY_TARGET:.2}x) {}, p99: {:.2}x   \
@@ -1084,15 +1056,6 @@ fn print_paired(paired: &[Paired]) {
             );
         }
     }
-}
-
-/// The `q` quantile of sorted durations (nearest rank); zero when empty.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn verdict(ok: bool) -> &'static str {

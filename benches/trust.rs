@@ -13,12 +13,11 @@
 //! cargo bench --bench trust
 //! ```
 
-#[path = "support/affinity.rs"]
-mod affinity;
-use affinity::pin_current_thread;
+use zmesh_bench::affinity::pin_current_thread;
+use zmesh_bench::{Order, drive, micros};
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::Criterion;
@@ -30,9 +29,9 @@ use zmesh::{Client, ClientConfig, MeshKey, Node};
 /// Payload sizes: (label, bytes).
 const PAYLOADS: [(&str, usize); 2] = [("64B", 64), ("4KiB", 4096)];
 /// Rounds of the interleaved check.
-const PAIRED_ROUNDS: usize = 40;
+const PAIRED_ROUNDS: u64 = 40;
 /// Calls per kind per round of the interleaved check.
-const PAIRED_BLOCK: usize = 250;
+const PAIRED_BLOCK: u64 = 250;
 /// Upper bound on one call; a peer that stops answering fails the bench instead of hanging.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 const SECRET: &str = "a benchmark mesh key of 32 bytes";
@@ -159,11 +158,6 @@ mod serde_bytes_like {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     if bench_mode {
@@ -222,30 +216,22 @@ fn main() {
             continue;
         }
         // Interleaved check on the same connections.
-        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
-        rt.block_on(async {
+        let times = rt.block_on(async {
             for (_, client) in &clients {
                 for _ in 0..200 {
                     call(client, &payload).await;
                 }
             }
-            for _ in 0..PAIRED_ROUNDS {
-                for (i, (_, client)) in clients.iter().enumerate() {
-                    for _ in 0..PAIRED_BLOCK {
-                        let started = Instant::now();
-                        call(client, &payload).await;
-                        times[i].push(started.elapsed());
-                    }
-                }
-            }
+            drive::interleaved(
+                clients.len(),
+                PAIRED_ROUNDS,
+                PAIRED_BLOCK,
+                Order::Fixed,
+                async |i| call(&clients[i].1, &payload).await,
+            )
+            .await
         });
-        let p50s: Vec<Duration> = times
-            .iter_mut()
-            .map(|t| {
-                t.sort();
-                percentile(t, 0.5)
-            })
-            .collect();
+        let p50s: Vec<Duration> = times.iter().map(|t| t.p50()).collect();
         println!(
             "\ninterleaved check, {label}, {PAIRED_ROUNDS} rounds x {PAIRED_BLOCK} calls per kind:"
         );
@@ -253,8 +239,8 @@ fn main() {
             println!(
                 "  {:<16} p50 {:>7.1} us  p99 {:>7.1} us  p50 vs unkeyed {:.3}x",
                 kind.label(),
-                p50s[i].as_secs_f64() * 1e6,
-                percentile(&times[i], 0.99).as_secs_f64() * 1e6,
+                micros(p50s[i]),
+                micros(times[i].p99()),
                 p50s[i].as_secs_f64() / p50s[0].as_secs_f64()
             );
         }

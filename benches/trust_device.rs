@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use zmesh::device::Device;
 use zmesh::{Client, ClientConfig, MeshKey, Node, NodeConfig};
+use zmesh_bench::{Order, drive, micros};
 
 /// Rounds of the interleaved measurement.
-const ROUNDS: usize = 20;
+const ROUNDS: u64 = 20;
 /// Calls per kind per round.
-const BLOCK: usize = 200;
+const BLOCK: u64 = 200;
 /// Upper bound on one call or start; a peer that stops answering fails the bench.
 const DEADLINE: Duration = Duration::from_secs(10);
 const SECRET: &str = "a benchmark mesh key of 32 bytes";
@@ -69,11 +70,6 @@ async fn call(client: &Client, payload: &str) {
     assert_eq!(reply.len(), payload.len());
 }
 
-fn p50(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 fn main() {
     // `cargo test --all-targets` runs benches once without `--bench`: keep that cheap.
     let bench_mode = std::env::args().any(|a| a == "--bench");
@@ -92,22 +88,15 @@ fn main() {
                 call(&s.client, &payload).await;
             }
         }
-        let mut times = [Vec::new(), Vec::new()];
-        for _ in 0..rounds {
-            for (i, s) in setups.iter().enumerate() {
-                for _ in 0..block {
-                    let started = Instant::now();
-                    call(&s.client, &payload).await;
-                    times[i].push(started.elapsed());
-                }
-            }
-        }
-        let unkeyed = p50(&mut times[0]);
-        let keyed = p50(&mut times[1]);
+        let times = drive::interleaved(2, rounds, block, Order::Fixed, async |i| {
+            call(&setups[i].client, &payload).await;
+        })
+        .await;
+        let (unkeyed, keyed) = (times[0].p50(), times[1].p50());
         println!(
             "device, 64 B echo, {rounds} rounds x {block} calls: p50 unkeyed {:.1} us, keyed (encrypted) {:.1} us, ratio {:.2}x",
-            unkeyed.as_secs_f64() * 1e6,
-            keyed.as_secs_f64() * 1e6,
+            micros(unkeyed),
+            micros(keyed),
             keyed.as_secs_f64() / unkeyed.as_secs_f64()
         );
         for s in setups {

@@ -2,38 +2,37 @@
 //! `zeromq` DEALER/ROUTER baseline in the same run, with the servers in child processes
 //! (this binary's hidden `bench-server` verb) so client and server never share a runtime.
 //! The modes take turns in [`ROUNDS`] blocks each, so a change in the machine's state
-//! during the run weighs on every mode alike.
+//! during the run weighs on every mode alike. The machinery (server processes, the
+//! alternating blocks, timing, percentiles, the JSON figures) is `zmesh-bench`'s, shared
+//! with the criterion benches and the peer comparison; this module holds what the modes are.
 //! The `device` mode puts a proxy device and an echo worker in two more child processes;
 //! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
 //! shows as a ratio to raw and tcp in the same run.
 
 use crate::output::outln;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zmesh_bench::drive::{self, Measured};
+use zmesh_bench::{
+    Block, Figures, InOrder, Latencies, Order, Schedule, ServerChild, SpawnError, VsBaseline,
+};
 use zmesh_core::trust::MESH_KEY_ENV;
 use zmesh_core::{Client, ClientConfig, MeshKey, Node};
 
 use crate::CliError;
+pub(crate) use zmesh_bench::Flavour;
 
 /// Longest a bench server may take to start and announce its endpoint.
 const SERVER_START_LIMIT: Duration = Duration::from_secs(10);
 /// Longest one call may take before the run is declared broken.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
-/// Latencies above this are clamped into the histogram's last bucket.
-const MAX_RECORDED_NS: u64 = 60_000_000_000;
-/// Blocks each mode's measured calls are split into. The modes take turns block by block
-/// (raw, tcp, ipc, raw, tcp, ...): run one after the other, a mode measured while the
-/// machine was busier or its CPUs slower carried that into the ratios (runs of the same
-/// binary gave 1.00x-1.32x for tcp/raw p50 that way).
+/// Blocks each mode's measured calls are split into; the modes take turns block by block
+/// (raw, tcp, ipc, raw, tcp, ...; see `zmesh_bench::schedule` for why).
 const ROUNDS: u64 = 10;
 
 /// What one bench run measures.
@@ -76,53 +75,15 @@ pub(crate) enum Mode {
     Keyed,
 }
 
-/// The tokio runtime flavour of client and servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Flavour {
-    /// One `current_thread` runtime per process.
-    CurrentThread,
-    /// A 2-worker multi-thread runtime per process.
-    MultiThread,
-}
-
-impl Flavour {
-    pub(crate) fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            Self::CurrentThread => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            Self::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build(),
-        }
-    }
-
-    fn arg(self) -> &'static str {
-        match self {
-            Self::CurrentThread => "current-thread",
-            Self::MultiThread => "multi-thread",
-        }
-    }
-}
-
 /// The figures of one mode.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ModeReport {
     pub(crate) mode: Mode,
-    pub(crate) calls: u64,
-    pub(crate) seconds: f64,
-    pub(crate) calls_per_sec: f64,
-    pub(crate) p50_us: f64,
-    pub(crate) p90_us: f64,
-    pub(crate) p99_us: f64,
-    pub(crate) p999_us: f64,
-    pub(crate) max_us: f64,
-    /// p50 relative to the raw baseline's p50 (absent without a raw mode).
-    pub(crate) p50_vs_raw: Option<f64>,
-    /// Throughput relative to the raw baseline's.
-    pub(crate) calls_per_sec_vs_raw: Option<f64>,
+    #[serde(flatten)]
+    pub(crate) figures: Figures,
+    /// Relative to the raw baseline (absent without a raw mode).
+    #[serde(flatten)]
+    pub(crate) vs_raw: VsBaseline,
     /// (percentile, microseconds) points of the latency distribution, for plots.
     #[serde(skip)]
     pub(crate) curve: Vec<(f64, f64)>,
@@ -166,47 +127,37 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
             mode,
             _servers: servers,
             caller,
-            histogram: new_histogram(),
-            measured: Duration::ZERO,
-            calls: 0,
+            latencies: Latencies::new(),
         });
     }
     let bar = progress_bar(progress, options);
-    let per_block = options.count.div_ceil(ROUNDS).max(1);
-    loop {
-        let mut measured_any = false;
-        for run in &mut runs {
-            if run.calls >= options.count || run.measured >= options.duration {
-                continue;
-            }
-            let block = Block {
-                calls: per_block.min(options.count - run.calls),
-                in_flight: options.in_flight,
-                time: options.duration.saturating_sub(run.measured),
-            };
-            let (calls, elapsed) = run.caller.measure(&block, &mut run.histogram, &bar).await?;
-            run.calls += calls;
-            run.measured += elapsed;
-            measured_any = true;
-        }
-        if !measured_any {
-            break;
-        }
+    let mut schedule = Schedule::new(
+        runs.len(),
+        options.count,
+        ROUNDS,
+        options.duration,
+        Order::Fixed,
+    );
+    while let Some(turn) = schedule.next_turn() {
+        let run = &mut runs[turn.mode];
+        let block = Block::of(&turn, options.in_flight);
+        let measured = run.caller.measure(&block, &mut run.latencies, &bar).await?;
+        schedule.finish(&turn, measured.calls, measured.elapsed);
     }
     bar.finish_and_clear();
     let mut reports: Vec<ModeReport> = runs
         .iter()
-        .map(|run| report(run.mode, &run.histogram, run.measured))
+        .enumerate()
+        .map(|(i, run)| report(run.mode, &run.latencies, schedule.measured(i)))
         .collect();
     drop(runs);
-    let raw = reports
+    if let Some(raw) = reports
         .iter()
         .find(|r| r.mode == Mode::Raw)
-        .map(|r| (r.p50_us, r.calls_per_sec));
-    if let Some((raw_p50, raw_rate)) = raw {
+        .map(|r| r.figures)
+    {
         for r in &mut reports {
-            r.p50_vs_raw = Some(r.p50_us / raw_p50);
-            r.calls_per_sec_vs_raw = Some(r.calls_per_sec / raw_rate);
+            r.vs_raw = VsBaseline::of(&r.figures, &raw);
         }
     }
     Ok(BenchReport {
@@ -221,20 +172,9 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
 struct ModeRun {
     mode: Mode,
     /// Kept alive (and killed on drop) for the whole run.
-    _servers: Vec<BenchServer>,
+    _servers: Vec<ServerChild>,
     caller: Caller,
-    histogram: Histogram<u64>,
-    /// Sum of the mode's blocks' wall time.
-    measured: Duration,
-    calls: u64,
-}
-
-/// One turn of a mode: up to `calls` calls with `in_flight` at once, stopping early after
-/// `time`.
-struct Block {
-    calls: u64,
-    in_flight: usize,
-    time: Duration,
+    latencies: Latencies,
 }
 
 /// The client side of a mode, connected once for the whole run.
@@ -305,21 +245,48 @@ impl Caller {
         Ok(())
     }
 
-    /// Measures one block; returns the calls made and the block's wall time.
+    /// Measures one block: `in_flight` concurrent zmesh calls, or a raw DEALER keeping
+    /// `in_flight` requests ahead of the replies (the ROUTER echoes in order on one
+    /// connection).
     async fn measure(
         &mut self,
         block: &Block,
-        histogram: &mut Histogram<u64>,
+        latencies: &mut Latencies,
         bar: &indicatif::ProgressBar,
-    ) -> Result<(u64, Duration), CliError> {
+    ) -> Result<Measured, CliError> {
+        let tick = || bar.inc(1);
         match self {
             Self::Raw { dealer, payload } => {
-                measure_raw(dealer, payload, block, histogram, bar).await
+                let mut connection = RawConnection { dealer, payload };
+                drive::in_order(&mut connection, block, latencies, tick).await
             }
             Self::Zmesh { client, value } => {
-                measure_zmesh(client, value, block, histogram, bar).await
+                let call = || zmesh_call(client, value);
+                drive::concurrent(call, block, latencies, tick).await
             }
         }
+    }
+}
+
+/// The raw DEALER of a block, as `drive::in_order` sends and receives on it.
+struct RawConnection<'a> {
+    dealer: &'a mut DealerSocket,
+    payload: &'a Bytes,
+}
+
+impl InOrder for RawConnection<'_> {
+    type Error = CliError;
+
+    async fn send(&mut self) -> Result<(), CliError> {
+        raw_send(self.dealer, self.payload).await
+    }
+
+    async fn receive(&mut self) -> Result<(), CliError> {
+        let reply = within("a raw reply", self.dealer.recv())
+            .await?
+            .map_err(raw_error)?;
+        std::hint::black_box(reply);
+        Ok(())
     }
 }
 
@@ -337,44 +304,19 @@ fn progress_bar(show: bool, options: &BenchOptions) -> indicatif::ProgressBar {
     bar
 }
 
-fn report(mode: Mode, histogram: &Histogram<u64>, elapsed: Duration) -> ModeReport {
-    let us = |ns: u64| ns as f64 / 1e3;
-    let calls = histogram.len();
-    let seconds = elapsed.as_secs_f64();
+fn report(mode: Mode, latencies: &Latencies, elapsed: Duration) -> ModeReport {
     // Percentiles on a "nines" scale: dense where the tail is.
     let curve = (0..=40)
         .map(|i| 100.0 * (1.0 - 10f64.powf(-f64::from(i) / 10.0)))
         .chain([99.95, 99.99, 100.0])
-        .map(|q| (q, us(histogram.value_at_percentile(q))))
+        .map(|q| (q, zmesh_bench::micros(latencies.at_percentile(q))))
         .collect();
     ModeReport {
         mode,
-        calls,
-        seconds,
-        calls_per_sec: if seconds > 0.0 {
-            calls as f64 / seconds
-        } else {
-            0.0
-        },
-        p50_us: us(histogram.value_at_quantile(0.50)),
-        p90_us: us(histogram.value_at_quantile(0.90)),
-        p99_us: us(histogram.value_at_quantile(0.99)),
-        p999_us: us(histogram.value_at_quantile(0.999)),
-        max_us: us(histogram.max()),
-        p50_vs_raw: None,
-        calls_per_sec_vs_raw: None,
+        figures: Figures::new(latencies, elapsed),
+        vs_raw: VsBaseline::default(),
         curve,
     }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 3 significant digits from 1 ns to a minute: about 0.1% resolution everywhere.
-    Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("constant histogram bounds are valid")
-}
-
-fn record(histogram: &mut Histogram<u64>, latency: Duration) {
-    let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-    histogram.saturating_record(ns.clamp(1, MAX_RECORDED_NS));
 }
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, CliError> {
@@ -383,46 +325,15 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, Cli
         .map_err(|_| CliError::Other(format!("{what} took longer than {CALL_LIMIT:?}")))
 }
 
-/// One timed zmesh call of `echo.echo`.
-async fn zmesh_call(client: &Client, value: &rmpv::Value) -> Result<Duration, CliError> {
-    let started = Instant::now();
+/// One zmesh call of `echo.echo`.
+async fn zmesh_call(client: &Client, value: &rmpv::Value) -> Result<(), CliError> {
     let reply: rmpv::Value = within("a zmesh call", client.call("echo.echo", (value,)))
         .await?
         .map_err(CliError::from)?;
     if let rmpv::Value::Binary(bytes) = &reply {
         std::hint::black_box(bytes);
     }
-    Ok(started.elapsed())
-}
-
-/// `in_flight` callers each making sequential zmesh calls until the block's count or time
-/// is reached.
-async fn measure_zmesh(
-    client: &Client,
-    value: &rmpv::Value,
-    block: &Block,
-    histogram: &mut Histogram<u64>,
-    bar: &indicatif::ProgressBar,
-) -> Result<(u64, Duration), CliError> {
-    let started = Instant::now();
-    let stop_at = started + block.time;
-    let mut running = FuturesUnordered::new();
-    let mut issued = 0u64;
-    while issued < block.calls.min(block.in_flight as u64) {
-        running.push(zmesh_call(client, value));
-        issued += 1;
-    }
-    let mut done = 0u64;
-    while let Some(latency) = running.next().await {
-        record(histogram, latency?);
-        done += 1;
-        bar.inc(1);
-        if issued < block.calls && Instant::now() < stop_at {
-            running.push(zmesh_call(client, value));
-            issued += 1;
-        }
-    }
-    Ok((done, started.elapsed()))
+    Ok(())
 }
 
 fn raw_error(e: zeromq::ZmqError) -> CliError {
@@ -435,42 +346,6 @@ async fn raw_send(dealer: &mut DealerSocket, payload: &Bytes) -> Result<(), CliE
     within("a raw send", dealer.send(message))
         .await?
         .map_err(raw_error)
-}
-
-/// A raw DEALER keeping `in_flight` requests ahead of the replies. The ROUTER echoes in
-/// order on one connection, so a FIFO of send times gives each reply's latency.
-async fn measure_raw(
-    dealer: &mut DealerSocket,
-    payload: &Bytes,
-    block: &Block,
-    histogram: &mut Histogram<u64>,
-    bar: &indicatif::ProgressBar,
-) -> Result<(u64, Duration), CliError> {
-    let mut sent_at = std::collections::VecDeque::with_capacity(block.in_flight);
-    let started = Instant::now();
-    let stop_at = started + block.time;
-    let mut issued = 0u64;
-    while issued < block.calls.min(block.in_flight as u64) {
-        sent_at.push_back(Instant::now());
-        raw_send(dealer, payload).await?;
-        issued += 1;
-    }
-    let mut done = 0u64;
-    while let Some(sent) = sent_at.pop_front() {
-        let reply = within("a raw reply", dealer.recv())
-            .await?
-            .map_err(raw_error)?;
-        record(histogram, sent.elapsed());
-        std::hint::black_box(reply);
-        done += 1;
-        bar.inc(1);
-        if issued < block.calls && Instant::now() < stop_at {
-            sent_at.push_back(Instant::now());
-            raw_send(dealer, payload).await?;
-            issued += 1;
-        }
-    }
-    Ok((done, started.elapsed()))
 }
 
 impl Mode {
@@ -493,7 +368,7 @@ async fn start_servers(
     flavour: Flavour,
     dir: &Path,
     key: Option<&str>,
-) -> Result<(Vec<BenchServer>, String), CliError> {
+) -> Result<(Vec<ServerChild>, String), CliError> {
     let bind = match mode {
         Mode::Raw | Mode::Tcp | Mode::Device | Mode::Keyed => "tcp://127.0.0.1:0".to_owned(),
         Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
@@ -501,34 +376,34 @@ async fn start_servers(
     };
     match mode {
         Mode::Raw | Mode::RawIpc => {
-            let server = BenchServer::spawn("raw", &bind, flavour, None)?;
-            let endpoint = server.endpoint.clone();
+            let server = spawn_server("raw", &bind, flavour, None)?;
+            let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
         }
         Mode::Tcp | Mode::Ipc => {
-            let server = BenchServer::spawn("zmesh", &bind, flavour, None)?;
-            let endpoint = server.endpoint.clone();
+            let server = spawn_server("zmesh", &bind, flavour, None)?;
+            let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
         }
         Mode::Keyed => {
-            let server = BenchServer::spawn("keyed", &bind, flavour, key)?;
-            let endpoint = server.endpoint.clone();
+            let server = spawn_server("keyed", &bind, flavour, key)?;
+            let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
         }
         Mode::Device => {
-            let device = BenchServer::spawn("device", &bind, flavour, None)?;
+            let device = spawn_server("device", &bind, flavour, None)?;
             // The device announces `<frontend> <backend>`.
             let Some((frontend, backend)) = device
-                .endpoint
+                .endpoint()
                 .split_once(' ')
                 .map(|(f, b)| (f.to_owned(), b.to_owned()))
             else {
                 return Err(CliError::Other(format!(
                     "the device bench server announced {:?}, not two endpoints",
-                    device.endpoint
+                    device.endpoint()
                 )));
             };
-            let worker = BenchServer::spawn("worker", &backend, flavour, None)?;
+            let worker = spawn_server("worker", &backend, flavour, None)?;
             wait_for_worker(&frontend).await?;
             Ok((vec![device, worker], frontend))
         }
@@ -562,78 +437,31 @@ async fn wait_for_worker(frontend: &str) -> Result<(), CliError> {
         })?
 }
 
-/// A bench server in a child process; killed and reaped on drop.
-struct BenchServer {
-    child: Child,
-    endpoint: String,
-    // Kept open: the server exits when its stdin closes (see `serve`).
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl BenchServer {
-    /// Starts `bench-server --kind KIND --bind BIND` (for a worker, BIND is the device
-    /// backend it connects to) and waits for its `READY` line. `key` goes to the `keyed`
-    /// server in its environment; the others get none.
-    fn spawn(
-        kind: &str,
-        bind: &str,
-        flavour: Flavour,
-        key: Option<&str>,
-    ) -> Result<Self, CliError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
-        let mut command = Command::new(exe);
-        match key {
-            Some(key) => command.env(MESH_KEY_ENV, key),
-            None => command.env_remove(MESH_KEY_ENV),
-        };
-        let mut child = command
-            .args(["bench-server", "--kind", kind, "--bind", bind])
-            .args(["--runtime", flavour.arg()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| CliError::Other(format!("cannot start a bench server: {e}")))?;
-        let stdout = child.stdout.take();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Read the announcement on a thread so a server that never speaks cannot hang us.
-        std::thread::spawn(move || {
-            let Some(stdout) = stdout else { return };
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let read = reader.read_line(&mut line);
-            let _ = tx.send((read.map(|_| line), reader));
-        });
-        let announced = rx.recv_timeout(SERVER_START_LIMIT);
-        let (line, reader) = match announced {
-            Ok((Ok(line), reader)) => (line, reader),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(CliError::Other(format!(
-                    "the {kind} bench server did not start within {SERVER_START_LIMIT:?}"
-                )));
-            }
-        };
-        let Some(endpoint) = line.trim().strip_prefix("READY ").map(str::to_owned) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(CliError::Other(format!("bench server said {line:?}")));
-        };
-        Ok(Self {
-            child,
-            endpoint,
-            _stdout: reader,
-        })
-    }
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `bench-server --kind KIND --bind BIND` (for a worker, BIND is the device backend
+/// it connects to) and waits for its `READY` line. `key` goes to the `keyed` server in its
+/// environment; the others get none.
+fn spawn_server(
+    kind: &str,
+    bind: &str,
+    flavour: Flavour,
+    key: Option<&str>,
+) -> Result<ServerChild, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
+    let mut command = Command::new(exe);
+    match key {
+        Some(key) => command.env(MESH_KEY_ENV, key),
+        None => command.env_remove(MESH_KEY_ENV),
+    };
+    command
+        .args(["bench-server", "--kind", kind, "--bind", bind])
+        .args(["--runtime", flavour.arg()]);
+    ServerChild::spawn(&format!("{kind} bench server"), command, SERVER_START_LIMIT).map_err(|e| {
+        match &e {
+            SpawnError::Start { source, .. } => CliError::Other(format!("{e}: {source}")),
+            _ => CliError::Other(e.to_string()),
+        }
+    })
 }
 
 /// The hidden `bench-server` verb: an echo server announcing `READY <endpoint>`, running
@@ -643,10 +471,11 @@ impl Drop for BenchServer {
 /// <backend>`), `worker` (an echo node serving the device whose backend is BIND), `keyed` (as
 /// `zmesh`, requiring the mesh key in `ZMESH_MESH_KEY`).
 pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
-    let parent_gone = tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    });
+    let parent_gone = tokio::task::spawn_blocking(zmesh_bench::child::wait_for_parent);
+    let announce = |endpoint: &str| {
+        zmesh_bench::child::announce(endpoint)
+            .map_err(|e| CliError::Other(format!("cannot announce the endpoint: {e}")))
+    };
     match kind {
         "device" => {
             let device = zmesh_device::Device::builder()
@@ -655,7 +484,7 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .start()
                 .await
                 .map_err(|e| CliError::Other(format!("cannot start the device: {e}")))?;
-            outln!("READY {} {}", device.frontend(), device.backend());
+            announce(&format!("{} {}", device.frontend(), device.backend()))?;
             device.run_until(async { drop(parent_gone.await) }).await;
         }
         "zmesh" | "worker" | "keyed" => {
@@ -676,11 +505,7 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .start()
                 .await
                 .map_err(|e| CliError::Other(format!("cannot start the {kind} node: {e}")))?;
-            if worker {
-                outln!("READY {bind}");
-            } else {
-                outln!("READY {}", node.endpoint());
-            }
+            announce(if worker { bind } else { node.endpoint() })?;
             let _ = parent_gone.await;
             node.shutdown(Duration::from_millis(200)).await;
         }
@@ -690,7 +515,7 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
                 .bind(bind)
                 .await
                 .map_err(|e| CliError::Other(format!("cannot bind {bind}: {e}")))?;
-            outln!("READY {endpoint}");
+            announce(&endpoint.to_string())?;
             let echo = async move {
                 while let Ok(message) = router.recv().await {
                     if router.send(message).await.is_err() {
@@ -733,15 +558,15 @@ pub(crate) fn print_table(report: &BenchReport) -> Result<(), crate::output::Out
         outln!(
             "{:<6} {:>9} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>11}",
             m.mode.name(),
-            m.calls,
-            m.calls_per_sec,
-            m.p50_us,
-            m.p90_us,
-            m.p99_us,
-            m.p999_us,
-            m.max_us,
-            ratio(m.p50_vs_raw),
-            ratio(m.calls_per_sec_vs_raw),
+            m.figures.calls,
+            m.figures.calls_per_sec,
+            m.figures.p50_us,
+            m.figures.p90_us,
+            m.figures.p99_us,
+            m.figures.p999_us,
+            m.figures.max_us,
+            ratio(m.vs_raw.p50_vs_raw),
+            ratio(m.vs_raw.calls_per_sec_vs_raw),
         );
     }
     Ok(())

@@ -3,7 +3,9 @@
 
 use zmesh_core::{Client, Node};
 
-use crate::measure::{self, Sample};
+use zmesh_bench::Figures;
+
+use crate::measure;
 use crate::{Error, Plan};
 
 /// Starts a node with the echo service on a free loopback port; returns its endpoint and
@@ -19,7 +21,7 @@ pub(crate) async fn serve() -> Result<(String, Node), Error> {
 }
 
 /// Sequential and pipelined passes through one client (one connection).
-pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Sample, Sample), Error> {
+pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Figures, Figures), Error> {
     let client = Client::new(endpoint);
     let value = rmpv::Value::Binary(vec![0x5a; plan.payload]);
     let call = || {
@@ -34,8 +36,5 @@ pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Sample, Samp
             Ok(())
         }
     };
-    measure::warm_up(&call, plan.warmup).await?;
-    let sequential = measure::concurrent(&call, plan.sequential).await?;
-    let pipelined = measure::concurrent(&call, plan.pipelined).await?;
-    Ok((sequential, pipelined))
+    measure::passes(&call, plan).await
 }

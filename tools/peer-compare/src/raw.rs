@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::measure::{self, InOrder, Sample};
+use zmesh_bench::{Figures, InOrder};
+
+use crate::measure;
 use crate::{Error, Plan};
 
 /// Binds an echoing ROUTER on a free loopback port; returns its endpoint and the echo loop,
@@ -26,7 +28,7 @@ pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error>
 }
 
 /// Sequential and pipelined passes over one DEALER connection.
-pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Sample, Sample), Error> {
+pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Figures, Figures), Error> {
     let mut dealer = DealerSocket::new();
     measure::within("connecting the raw DEALER", dealer.connect(endpoint))
         .await?
@@ -50,6 +52,8 @@ struct Raw {
 }
 
 impl InOrder for Raw {
+    type Error = Error;
+
     async fn send(&mut self) -> Result<(), Error> {
         // An empty delimiter frame, as REQ would send, then the payload.
         let mut message = ZmqMessage::from(Bytes::new());

@@ -13,8 +13,6 @@
 //! cargo run --release -p zmesh-peer-compare
 //! ```
 
-#[path = "../../../benches/support/affinity.rs"]
-mod affinity;
 mod grpc;
 mod measure;
 mod raw;
@@ -26,8 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-use measure::{Pass, Sample};
+use zmesh_bench::{Block, Figures, Flavour, affinity, ratio};
 
 /// Echo round trips of zmesh beside raw zeromq, tarpc and tonic, in one run.
 #[derive(Debug, Parser)]
@@ -117,36 +114,6 @@ impl System {
     }
 }
 
-/// The tokio runtime flavour of client and servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Flavour {
-    /// One `current_thread` runtime per process.
-    CurrentThread,
-    /// A 2-worker multi-thread runtime per process.
-    MultiThread,
-}
-
-impl Flavour {
-    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            Self::CurrentThread => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            Self::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build(),
-        }
-    }
-
-    fn arg(self) -> &'static str {
-        match self {
-            Self::CurrentThread => "current-thread",
-            Self::MultiThread => "multi-thread",
-        }
-    }
-}
-
 /// Where client and servers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Pin {
@@ -174,16 +141,16 @@ enum Error {
 struct Plan {
     payload: usize,
     warmup: u64,
-    sequential: Pass,
-    pipelined: Pass,
+    sequential: Block,
+    pipelined: Block,
 }
 
 /// One system's figures.
 #[derive(Debug, Clone)]
 struct Row {
     system: System,
-    sequential: Sample,
-    pipelined: Sample,
+    sequential: Figures,
+    pipelined: Figures,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -236,15 +203,15 @@ fn main() -> ExitCode {
     let plan = Plan {
         payload: cli.payload,
         warmup: cli.warmup,
-        sequential: Pass {
+        sequential: Block {
+            calls: cli.count,
             in_flight: 1,
-            count: cli.count,
-            duration,
+            time: duration,
         },
-        pipelined: Pass {
+        pipelined: Block {
+            calls: cli.pipelined_count,
             in_flight: usize::try_from(cli.in_flight).unwrap_or(usize::MAX),
-            count: cli.pipelined_count,
-            duration,
+            time: duration,
         },
     };
     println!(
@@ -252,9 +219,9 @@ fn main() -> ExitCode {
          with {} in flight; each pass at most {:?}; {} runtime in client and server processes; \
          placement: {}",
         plan.payload,
-        plan.sequential.count,
+        plan.sequential.calls,
         plan.warmup,
-        plan.pipelined.count,
+        plan.pipelined.calls,
         plan.pipelined.in_flight,
         duration,
         cli.runtime.arg(),
@@ -268,12 +235,12 @@ fn main() -> ExitCode {
     for &system in &cli.systems {
         eprintln!("measuring {} ...", system.name());
         let measured = runtime.block_on(async {
-            let child = server::Child::spawn(system, cli.runtime, server_cpu)?;
+            let child = server::spawn(system, cli.runtime, server_cpu)?;
             let result = match system {
-                System::Raw => raw::measure(&child.address, &plan).await,
-                System::Zmesh => zmesh::measure(&child.address, &plan).await,
-                System::Tarpc => tarpc_echo::measure(&child.address, &plan).await,
-                System::Tonic => grpc::measure(&child.address, &plan).await,
+                System::Raw => raw::measure(child.endpoint(), &plan).await,
+                System::Zmesh => zmesh::measure(child.endpoint(), &plan).await,
+                System::Tarpc => tarpc_echo::measure(child.endpoint(), &plan).await,
+                System::Tonic => grpc::measure(child.endpoint(), &plan).await,
             };
             drop(child);
             result
@@ -297,9 +264,9 @@ fn main() -> ExitCode {
 /// A Markdown table (pastes into docs/COMPARISON.md as it is), ratios to the raw row.
 fn print_table(rows: &[Row]) {
     let raw = rows.iter().find(|r| r.system == System::Raw);
-    let ratio = |value: f64, base: Option<f64>| {
-        base.filter(|b| *b > 0.0)
-            .map_or_else(|| "-".to_owned(), |b| format!("{:.2}x", value / b))
+    let vs = |value: f64, base: Option<f64>| {
+        base.and_then(|base| ratio(value, base))
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))
     };
     println!();
     println!(
@@ -315,12 +282,12 @@ fn print_table(rows: &[Row]) {
             row.sequential.p99_us,
             row.sequential.calls_per_sec,
             row.pipelined.calls_per_sec,
-            ratio(row.sequential.p50_us, raw.map(|r| r.sequential.p50_us)),
-            ratio(
+            vs(row.sequential.p50_us, raw.map(|r| r.sequential.p50_us)),
+            vs(
                 row.sequential.calls_per_sec,
                 raw.map(|r| r.sequential.calls_per_sec)
             ),
-            ratio(
+            vs(
                 row.pipelined.calls_per_sec,
                 raw.map(|r| r.pipelined.calls_per_sec)
             ),

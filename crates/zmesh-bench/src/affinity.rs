@@ -1,21 +1,19 @@
-//! Thread-to-CPU pinning shared by the benches, so client and server threads sit on known
-//! CPUs and ratios measured in one run compare like with like.
+//! Thread-to-CPU pinning, so client and server threads sit on known CPUs and ratios
+//! measured in one run compare like with like.
 //!
 //! Uses `taskset -p` on the thread id read from `/proc/thread-self`, which needs neither
 //! `unsafe` nor another dependency. Failure only costs repeatability, so it is reported on
-//! stderr and otherwise ignored. Each bench includes this file with `#[path]`, and not every
-//! bench uses every function.
-#![allow(dead_code)]
+//! stderr (a bench's own output, read by whoever runs it) and otherwise ignored.
 
 /// Pins the calling thread to `cpu` (see [`set_thread_affinity`]).
-pub(crate) fn pin_current_thread(cpu: usize) {
+pub fn pin_current_thread(cpu: usize) {
     set_thread_affinity(&cpu.to_string());
 }
 
 /// Undoes a pin the calling thread inherited from the thread that spawned it: gives it back
 /// the CPUs the process started with. Decided from the thread's own affinity; a thread that
 /// is not pinned is left alone.
-pub(crate) fn unpin_current_thread() {
+pub fn unpin_current_thread() {
     let Some(cpus) = process_cpus() else {
         eprintln!("bench: cannot unpin a thread (CPU list of the process unknown)");
         return;
@@ -27,7 +25,7 @@ pub(crate) fn unpin_current_thread() {
 
 /// The CPUs the process may run on as it started; call it from `main` before pinning
 /// anything so the first reading is the unpinned one.
-pub(crate) fn process_cpus() -> Option<&'static str> {
+pub fn process_cpus() -> Option<&'static str> {
     static CPUS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     CPUS.get_or_init(|| allowed_cpus("/proc/self/status"))
         .as_deref()
@@ -44,7 +42,7 @@ fn allowed_cpus(status: &str) -> Option<String> {
 }
 
 /// Sets the calling thread's CPUs to `cpus` (a `taskset -c` list).
-pub(crate) fn set_thread_affinity(cpus: &str) {
+pub fn set_thread_affinity(cpus: &str) {
     let pinned = std::fs::read_link("/proc/thread-self")
         .map_err(|e| e.to_string())
         .and_then(|link| {

@@ -10,7 +10,9 @@ use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::measure::{self, Sample};
+use zmesh_bench::Figures;
+
+use crate::measure;
 use crate::{Error, Plan};
 
 /// The echo service, as tarpc defines one.
@@ -71,7 +73,7 @@ pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error>
 }
 
 /// Sequential and pipelined passes through one client (one connection).
-pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Sample, Sample), Error> {
+pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Figures, Figures), Error> {
     let stream = measure::within("connecting to tarpc", TcpStream::connect(address))
         .await?
         .map_err(|e| Error::Call(format!("tarpc connect: {e}")))?;
@@ -92,8 +94,5 @@ pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Sample, Sampl
             Ok(())
         }
     };
-    measure::warm_up(&call, plan.warmup).await?;
-    let sequential = measure::concurrent(&call, plan.sequential).await?;
-    let pipelined = measure::concurrent(&call, plan.pipelined).await?;
-    Ok((sequential, pipelined))
+    measure::passes(&call, plan).await
 }

@@ -20,7 +20,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_prost::ProstCodec;
 
-use crate::measure::{self, Sample};
+use zmesh_bench::Figures;
+
+use crate::measure;
 use crate::{Error, Plan};
 
 /// The service's gRPC name.
@@ -105,7 +107,7 @@ pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error>
 
 /// Sequential and pipelined passes through one channel (one HTTP/2 connection; pipelined
 /// calls are concurrent streams on it).
-pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Sample, Sample), Error> {
+pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Figures, Figures), Error> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| Error::Call(format!("tonic endpoint: {e}")))?
         .tcp_nodelay(true);
@@ -136,8 +138,5 @@ pub(crate) async fn measure(address: &str, plan: &Plan) -> Result<(Sample, Sampl
             Ok(())
         }
     };
-    measure::warm_up(&call, plan.warmup).await?;
-    let sequential = measure::concurrent(&call, plan.sequential).await?;
-    let pipelined = measure::concurrent(&call, plan.pipelined).await?;
-    Ok((sequential, pipelined))
+    measure::passes(&call, plan).await
 }
