@@ -24,7 +24,8 @@
 //! ```
 
 use zmesh_bench::affinity::pin_current_thread;
-use zmesh_bench::{Latencies, micros};
+use zmesh_bench::thread::{Ready, Stop};
+use zmesh_bench::{Latencies, ServerThread, micros, raw};
 
 use std::future::Future;
 use std::hint::black_box;
@@ -34,7 +35,6 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use futures::StreamExt;
 use rmpv::Value;
-use tokio::sync::oneshot;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::device::{Device, DeviceStats, STATS_METHOD};
 use zmesh::{Client, Node};
@@ -348,7 +348,7 @@ struct Servers {
 
 impl Servers {
     fn start(pin: Option<usize>) -> Self {
-        let node = ServerThread::spawn("zmesh-node", pin, |ready, stop| async move {
+        let node = spawn("zmesh-node", pin, |ready, stop| async move {
             let node = Node::builder()
                 .bind("tcp://127.0.0.1:0")
                 .service(zmesh_echo::service())
@@ -358,7 +358,7 @@ impl Servers {
             let _ = ready.send(node.endpoint().to_owned());
             let _ = stop.await;
         });
-        let device = ServerThread::spawn("zmesh-device", pin, |ready, stop| async move {
+        let device = spawn("zmesh-device", pin, |ready, stop| async move {
             let device = Device::builder()
                 .frontend("tcp://127.0.0.1:0")
                 .backend("tcp://127.0.0.1:0")
@@ -373,7 +373,7 @@ impl Servers {
             .split_once(' ')
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
-        let worker = ServerThread::spawn("zmesh-worker", pin, move |ready, stop| async move {
+        let worker = spawn("zmesh-worker", pin, move |ready, stop| async move {
             let _worker = Node::builder()
                 .worker_of(backend)
                 .service(zmesh_echo::service())
@@ -383,10 +383,10 @@ impl Servers {
             let _ = ready.send(String::new());
             let _ = stop.await;
         });
-        let raw_echo = ServerThread::raw_echo(pin);
-        let behind = ServerThread::raw_echo(pin);
+        let raw_echo = raw_echo_server(pin);
+        let behind = raw_echo_server(pin);
         let target = behind.endpoint().to_owned();
-        let raw_proxy = ServerThread::spawn("raw-proxy", pin, move |ready, stop| async move {
+        let raw_proxy = spawn("raw-proxy", pin, move |ready, stop| async move {
             let mut frontend = RouterSocket::new();
             let endpoint = frontend
                 .bind("tcp://127.0.0.1:0")
@@ -425,88 +425,26 @@ impl Servers {
     }
 }
 
-/// A server on its own OS thread with a `current_thread` runtime; dropping it stops it.
-struct ServerThread {
-    endpoint: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// A server on its own thread with a `current_thread` runtime, pinned to `pin` when given.
+fn spawn<F, Fut>(name: &str, pin: Option<usize>, serve: F) -> ServerThread
+where
+    F: FnOnce(Ready, Stop) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    ServerThread::spawn_current_thread(name, pin, SETUP_DEADLINE, serve)
+        .unwrap_or_else(|e| panic!("{e} (see its panic above)"))
 }
 
-impl ServerThread {
-    fn spawn<F, Fut>(name: &str, pin: Option<usize>, serve: F) -> Self
-    where
-        F: FnOnce(std::sync::mpsc::Sender<String>, oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                if let Some(cpu) = pin {
-                    pin_current_thread(cpu);
-                }
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("cannot build a server runtime");
-                rt.block_on(serve(ready_tx, stop_rx));
-            })
-            .expect("cannot spawn a server thread");
-        let endpoint = ready_rx
-            .recv_timeout(SETUP_DEADLINE)
-            .expect("the server did not start (see its panic above)");
-        Self {
-            endpoint,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+/// The raw `zeromq` ROUTER echo, the baseline of a direct call.
+fn raw_echo_server(pin: Option<usize>) -> ServerThread {
+    spawn("raw-echo", pin, |ready, stop| async move {
+        let (endpoint, echo) = raw::echo("tcp://127.0.0.1:0")
+            .await
+            .expect("cannot bind the raw echo");
+        let _ = ready.send(endpoint);
+        tokio::select! {
+            () = echo => {}
+            _ = stop => {}
         }
-    }
-
-    /// A raw ROUTER that sends every message back unchanged.
-    fn raw_echo(pin: Option<usize>) -> Self {
-        Self::spawn("raw-echo", pin, |ready, mut stop| async move {
-            let mut router = RouterSocket::new();
-            let endpoint = router
-                .bind("tcp://127.0.0.1:0")
-                .await
-                .expect("cannot bind the raw echo");
-            let _ = ready.send(endpoint.to_string());
-            loop {
-                let message = tokio::select! {
-                    biased;
-                    _ = &mut stop => break,
-                    m = router.recv() => m,
-                };
-                match message {
-                    Ok(m) => {
-                        if let Err(e) = router.send(m).await {
-                            eprintln!("raw echo: not sent: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("raw echo: recv failed, stopping: {e}");
-                        break;
-                    }
-                }
-            }
-        })
-    }
-
-    fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            eprintln!("a server thread panicked");
-        }
-    }
+    })
 }

@@ -27,13 +27,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::Criterion;
 use rmpv::Value;
-use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::mesh::{DiscoveryConfig, MeshCallOptions, MeshClient, MeshClientConfig, MeshNode};
 use zmesh::{Client, Discovery};
 use zmesh_bench::affinity::set_thread_affinity;
-use zmesh_bench::{Order, drive, micros};
+use zmesh_bench::{Flavour, Order, ServerThread, drive, micros, raw};
 
 /// Payload bytes.
 const PAYLOAD: usize = 64;
@@ -60,35 +58,48 @@ fn main() {
         .build()
         .expect("client runtime");
 
-    let node = ServerThread::spawn("zmesh-bench-mesh-node", pin, |ready| async move {
-        let service = zmesh_echo::service().idempotent("echo");
-        let node = MeshNode::builder("bench")
-            .bind("tcp://127.0.0.1:0")
-            .service(service)
-            .start()
-            .await
-            .expect("mesh node starts");
-        let _ = ready.send(node.node().endpoint().to_owned());
-        std::future::pending::<()>().await;
-    });
-    let raw = ServerThread::spawn("zmesh-bench-raw-router", pin, |ready| async move {
-        let mut router = RouterSocket::new();
-        let endpoint = router.bind("tcp://127.0.0.1:0").await.expect("raw bind");
-        let _ = ready.send(endpoint.to_string());
-        while let Ok(message) = router.recv().await {
-            if router.send(message).await.is_err() {
-                break;
+    let server_cpu = pin.then_some(1);
+    let node = ServerThread::spawn(
+        "zmesh-bench-mesh-node",
+        Flavour::CurrentThread,
+        server_cpu,
+        DEADLINE,
+        |ready, stop| async move {
+            let service = zmesh_echo::service().idempotent("echo");
+            let node = MeshNode::builder("bench")
+                .bind("tcp://127.0.0.1:0")
+                .service(service)
+                .start()
+                .await
+                .expect("mesh node starts");
+            let _ = ready.send(node.node().endpoint().to_owned());
+            let _ = stop.await;
+        },
+    )
+    .expect("the mesh node starts");
+    let raw = ServerThread::spawn(
+        "zmesh-bench-raw-router",
+        Flavour::CurrentThread,
+        server_cpu,
+        DEADLINE,
+        |ready, stop| async move {
+            let (endpoint, echo) = raw::echo("tcp://127.0.0.1:0").await.expect("raw bind");
+            let _ = ready.send(endpoint);
+            tokio::select! {
+                () = echo => {}
+                _ = stop => {}
             }
-        }
-    });
+        },
+    )
+    .expect("the raw echo starts");
 
     let payload = Value::Binary(vec![7u8; PAYLOAD]);
     let raw_payload = Bytes::from(vec![7u8; PAYLOAD]);
     let (direct, mesh, mut dealer) = rt.block_on(async {
-        let direct = Client::new(node.endpoint.clone());
+        let direct = Client::new(node.endpoint().to_owned());
         let discovery = Discovery::start(
             DiscoveryConfig::new("bench")
-                .seed(node.endpoint.clone())
+                .seed(node.endpoint().to_owned())
                 .gossip_interval(Duration::from_millis(100)),
         )
         .await
@@ -101,7 +112,7 @@ fn main() {
         })
         .await;
         let mut dealer = DealerSocket::new();
-        bounded(dealer.connect(&raw.endpoint))
+        bounded(dealer.connect(raw.endpoint()))
             .await
             .expect("raw connect");
         // Warm every path once, and check they answer what they should.
@@ -214,67 +225,4 @@ async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)
         .await
         .expect("bench step exceeded its deadline")
-}
-
-/// A server on its own OS thread with its own `current_thread` runtime.
-struct ServerThread {
-    endpoint: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ServerThread {
-    fn spawn<F, Fut>(name: &str, pin: bool, serve: F) -> Self
-    where
-        F: FnOnce(oneshot::Sender<String>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + 'static,
-    {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                if pin {
-                    set_thread_affinity("1");
-                }
-                let rt: Runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("server runtime");
-                rt.block_on(async move {
-                    let (tx, rx) = oneshot::channel();
-                    let serving = serve(tx);
-                    tokio::pin!(serving);
-                    let endpoint = tokio::select! {
-                        e = rx => e.expect("server reports its endpoint"),
-                        () = &mut serving => panic!("server ended before it was ready"),
-                    };
-                    let _ = ready_tx.send(endpoint);
-                    tokio::select! {
-                        () = serving => {}
-                        _ = stop_rx => {}
-                    }
-                });
-            })
-            .expect("server thread spawns");
-        let endpoint = ready_rx
-            .recv_timeout(DEADLINE)
-            .expect("server ready in time");
-        Self {
-            endpoint,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -12,7 +12,7 @@
 //!   framework adds (no correlation map, deadline, tasks or heartbeats). It measures how much
 //!   of zmesh's cost is the protocol's encoding rather than zmesh.
 //! - `latency_tcp_64B_mt`: the `latency_tcp_64B` benches with client and servers each on a
-//!   tokio multi-thread runtime of [`MT_WORKERS`] workers (the runtime flavour comparison).
+//!   tokio multi-thread runtime of [`MULTI_THREAD_WORKERS`] workers (the runtime flavour comparison).
 //!
 //! Runtimes: the client side runs on one tokio `current_thread` runtime (criterion's
 //! `to_async`); every server runs on its own OS thread with its own `current_thread` runtime,
@@ -49,7 +49,11 @@
 //! ```
 
 use zmesh_bench::affinity::{pin_current_thread, process_cpus, unpin_current_thread};
-use zmesh_bench::{Latencies, Order, Schedule, ServerChild, drive, micros};
+use zmesh_bench::thread::{Ready, Stop};
+use zmesh_bench::{
+    Flavour, Latencies, MULTI_THREAD_WORKERS, Order, Schedule, ServerChild, ServerThread, drive,
+    micros, raw,
+};
 
 use std::future::Future;
 use std::hint::black_box;
@@ -62,8 +66,7 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement
 use futures::StreamExt;
 use rmpv::Value;
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::{Client, Node, wire};
 
 /// Payload sizes of the latency groups: (label, bytes).
@@ -90,8 +93,6 @@ const PAIRED_BLOCK: u64 = 300;
 /// Upper bound on one whole interleaved check (seconds at most when the servers answer).
 const CHECK_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Worker threads of each multi-thread runtime (client and server) of the flavour group.
-const MT_WORKERS: usize = 2;
 /// Transport and payload of the flavour group: the `latency_tcp_64B` case.
 const MT_CASE: (&str, &str, usize) = ("tcp", "64B", 64);
 
@@ -164,7 +165,7 @@ fn main() {
     let current = format!("latency_{transport}_{payload}");
     let group = format!("{current}_mt");
     let base = format!("{transport}/{payload}");
-    let label = format!("{base} multi_thread({MT_WORKERS})");
+    let label = format!("{base} multi_thread({MULTI_THREAD_WORKERS})");
     paired.extend(bench_latency(
         &mut criterion,
         &mt_rt,
@@ -229,8 +230,8 @@ fn bench_latency(
     (zmesh_bind, raw_bind): (&str, &str),
     since: SystemTime,
 ) -> Option<Paired> {
-    let zmesh_server = ServerThread::zmesh(zmesh_bind, flavour);
-    let raw_server = ServerThread::raw(raw_bind, flavour);
+    let zmesh_server = Server::zmesh(zmesh_bind, flavour);
+    let raw_server = Server::raw(raw_bind, flavour);
     let value = Value::Binary(vec![0u8; size]);
     let bytes = Bytes::from(vec![0u8; size]);
     let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
@@ -297,9 +298,9 @@ fn bench_pipelined(
     (group_name, label): (&str, &str),
     since: SystemTime,
 ) -> Option<Paired> {
-    let zmesh_server = ServerThread::zmesh("tcp://127.0.0.1:0", Flavour::CurrentThread);
-    let raw_server = ServerThread::raw("tcp://127.0.0.1:0", Flavour::CurrentThread);
-    let floor_server = ServerThread::codec_floor("tcp://127.0.0.1:0");
+    let zmesh_server = Server::zmesh("tcp://127.0.0.1:0", Flavour::CurrentThread);
+    let raw_server = Server::raw("tcp://127.0.0.1:0", Flavour::CurrentThread);
+    let floor_server = Server::codec_floor("tcp://127.0.0.1:0");
     let value = Value::Binary(vec![0u8; PIPELINE_PAYLOAD]);
     let bytes = Bytes::from(vec![0u8; PIPELINE_PAYLOAD]);
     let client = rt.block_on(connect_zmesh(zmesh_server.endpoint(), &value));
@@ -625,37 +626,12 @@ async fn bounded(batch: impl Future<Output = Duration>) -> Duration {
         .expect("a timed batch did not finish within BATCH_DEADLINE: the server stopped answering")
 }
 
-/// The tokio runtime flavour of a latency group's client and servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavour {
-    /// One `current_thread` runtime per side; the client's timed loop is the `block_on`
-    /// future.
-    CurrentThread,
-    /// One multi-thread runtime of [`MT_WORKERS`] workers per side; timed loops and servers
-    /// run in spawned tasks, on the workers.
-    MultiThread,
-}
-
-impl Flavour {
-    /// Runs `work` where this flavour's client work runs: inline in the `block_on` future
-    /// (`current_thread`) or in a task spawned on a worker (multi-thread, where the
-    /// `block_on` future runs on the calling thread, outside the worker pool).
-    async fn run<T: Send + 'static>(self, work: impl Future<Output = T> + Send + 'static) -> T {
-        match self {
-            Self::CurrentThread => work.await,
-            Self::MultiThread => tokio::spawn(work).await.expect("a bench task panicked"),
-        }
-    }
-}
-
-/// A multi-thread runtime of [`MT_WORKERS`] workers whose threads are all unpinned (threads
-/// inherit the affinity of the thread that spawns them, here a pinned one).
+/// A multi-thread runtime of [`MULTI_THREAD_WORKERS`] workers whose threads are all unpinned
+/// (threads inherit the affinity of the thread that spawns them, here a pinned one).
 fn multi_thread_runtime(name: &str) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(MT_WORKERS)
+    Flavour::multi_thread_builder()
         .thread_name(name)
         .on_thread_start(unpin_current_thread)
-        .enable_all()
         .build()
         .expect("cannot build a multi-thread runtime")
 }
@@ -697,15 +673,14 @@ fn close_clients(rt: &Runtime, client: Client, dealer: Arc<tokio::sync::Mutex<De
 
 /// A server on its own OS thread with its own runtime (`current_thread`, or multi-thread
 /// with the server in a spawned task); dropping it stops the server and joins the thread.
-struct ServerThread {
-    endpoint: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// With `ZMESH_BENCH_PIN=process`, the server runs here instead of on `thread`.
-    child: Option<ServerChild>,
+enum Server {
+    /// On a thread of this process (placed by `ZMESH_BENCH_PIN`).
+    Thread(ServerThread),
+    /// With `ZMESH_BENCH_PIN=process`, in a child process.
+    Child(ServerChild),
 }
 
-impl ServerThread {
+impl Server {
     /// A zmesh node hosting the echo service.
     fn zmesh(bind: &str, flavour: Flavour) -> Self {
         if Placement::get() == Placement::Process {
@@ -756,75 +731,29 @@ impl ServerThread {
         answer: fn(ZmqMessage) -> Option<ZmqMessage>,
     ) -> Self {
         let bind = bind.to_owned();
-        Self::spawn(name, flavour, move |ready, mut stop| async move {
-            let mut router = RouterSocket::new();
-            let endpoint = router
-                .bind(&bind)
+        Self::spawn(name, flavour, move |ready, stop| async move {
+            let (endpoint, serve) = raw::router(&bind, name, answer)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: cannot bind: {e}"));
-            let _ = ready.send(endpoint.to_string());
+            let _ = ready.send(endpoint);
             // Ends when the bench drops the server (or the socket fails).
-            loop {
-                let message = tokio::select! {
-                    biased;
-                    _ = &mut stop => break,
-                    message = router.recv() => message,
-                };
-                let message = match message {
-                    Ok(message) => message,
-                    Err(e) => {
-                        eprintln!("{name}: recv failed, stopping: {e}");
-                        break;
-                    }
-                };
-                let Some(reply) = answer(message) else {
-                    eprintln!("{name}: undecodable request dropped");
-                    continue;
-                };
-                if let Err(e) = router.send(reply).await {
-                    eprintln!("{name}: reply not sent: {e}");
-                }
+            tokio::select! {
+                () = serve => {}
+                _ = stop => {}
             }
         })
     }
 
     fn spawn<F, Fut>(name: &str, flavour: Flavour, serve: F) -> Self
     where
-        F: FnOnce(std::sync::mpsc::Sender<String>, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        F: FnOnce(Ready, Stop) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let placement = Placement::get();
-        let thread_name = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || match flavour {
-                Flavour::CurrentThread => {
-                    placement.pin_server();
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("cannot build a server runtime");
-                    rt.block_on(serve(ready_tx, stop_rx));
-                }
-                Flavour::MultiThread => {
-                    unpin_current_thread();
-                    let rt = multi_thread_runtime(&thread_name);
-                    rt.block_on(Flavour::MultiThread.run(serve(ready_tx, stop_rx)));
-                }
-            })
-            .expect("cannot spawn a server thread");
-        // A server that fails to start panics on its thread, which drops `ready_tx`.
-        let endpoint = ready_rx
-            .recv_timeout(SETUP_DEADLINE)
-            .expect("the server did not report its endpoint (see its panic above)");
-        Self {
-            endpoint,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            child: None,
-        }
+        let cpu = Placement::get().server_cpu();
+        Self::Thread(
+            ServerThread::spawn(name, flavour, cpu, SETUP_DEADLINE, serve)
+                .unwrap_or_else(|e| panic!("{e} (see its panic above)")),
+        )
     }
 
     /// The server `kind` in a child process: this bench binary started again with
@@ -844,16 +773,14 @@ impl ServerThread {
             .env(SERVE_FLAVOUR_ENV, flavour);
         let child = ServerChild::spawn(&format!("{kind} server process"), command, SETUP_DEADLINE)
             .unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            endpoint: child.endpoint().to_owned(),
-            stop: None,
-            thread: None,
-            child: Some(child),
-        }
+        Self::Child(child)
     }
 
     fn endpoint(&self) -> &str {
-        &self.endpoint
+        match self {
+            Self::Thread(thread) => thread.endpoint(),
+            Self::Child(child) => child.endpoint(),
+        }
     }
 }
 
@@ -864,7 +791,7 @@ const SERVE_BIND_ENV: &str = "ZMESH_BENCH_SERVE_BIND";
 /// The child server's runtime flavour (`current_thread` or `multi_thread`).
 const SERVE_FLAVOUR_ENV: &str = "ZMESH_BENCH_SERVE_FLAVOUR";
 
-/// The child side of [`ServerThread::child`]: runs the server on a thread of this process,
+/// The child side of [`Server::child`]: runs the server on a thread of this process,
 /// announces its endpoint, and stops it when stdin closes (the bench dropped it, or exited).
 fn serve_as_child(kind: &str) {
     let bind = std::env::var(SERVE_BIND_ENV).unwrap_or_else(|_| "tcp://127.0.0.1:0".into());
@@ -873,29 +800,14 @@ fn serve_as_child(kind: &str) {
         _ => Flavour::CurrentThread,
     };
     let server = match kind {
-        "zmesh" => ServerThread::zmesh(&bind, flavour),
-        "raw" => ServerThread::raw(&bind, flavour),
-        "codec_floor" => ServerThread::codec_floor(&bind),
+        "zmesh" => Server::zmesh(&bind, flavour),
+        "raw" => Server::raw(&bind, flavour),
+        "codec_floor" => Server::codec_floor(&bind),
         other => panic!("unknown server kind {other:?}"),
     };
     zmesh_bench::child::announce(server.endpoint()).expect("cannot report the endpoint");
     zmesh_bench::child::wait_for_parent();
     drop(server);
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        // A server process is killed and reaped by its own drop.
-        drop(self.child.take());
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            eprintln!("a server thread panicked");
-        }
-    }
 }
 
 /// What the ratio table reports.
@@ -982,7 +894,7 @@ fn print_ratios(cases: &[Case], since: SystemTime) {
                     continue;
                 };
                 lines.push(format!(
-                    "runtime flavour {label}: multi_thread({MT_WORKERS}) vs current_thread p50: \
+                    "runtime flavour {label}: multi_thread({MULTI_THREAD_WORKERS}) vs current_thread p50: \
                      zmesh {:.2}x, raw {:.2}x   \
                      [zmesh {:.1} vs {:.1} us, raw {:.1} vs {:.1} us]",
                     zmesh_mt / zmesh_ct,
@@ -1165,11 +1077,12 @@ impl Placement {
         }
     }
 
-    fn pin_server(self) {
+    /// The CPU a server thread is pinned to (multi-thread servers are never pinned).
+    fn server_cpu(self) -> Option<usize> {
         match self {
-            Self::Split => pin_current_thread(1),
-            Self::Same => pin_current_thread(0),
-            Self::Off | Self::Process => {}
+            Self::Split => Some(1),
+            Self::Same => Some(0),
+            Self::Off | Self::Process => None,
         }
     }
 }

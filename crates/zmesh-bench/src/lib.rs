@@ -4,6 +4,8 @@
 //! - [`child`]: a server in a child process that announces its endpoint on stdout
 //!   (`READY <endpoint>`), waited for within a limit and killed on drop; and the child's
 //!   side of that (announce, then run until stdin closes).
+//! - [`thread`]: a server on its own thread and runtime, stopped and joined on drop.
+//! - [`raw`]: the raw `zeromq` ROUTER echo every mode is compared with.
 //! - [`affinity`]: pinning threads to CPUs.
 //! - [`schedule`]: the alternating blocks scheduler: the modes under comparison take turns
 //!   block by block, so a change in the machine's state weighs on every mode alike.
@@ -17,11 +19,14 @@ pub mod affinity;
 pub mod child;
 pub mod drive;
 pub mod latency;
+pub mod raw;
 pub mod report;
 pub mod schedule;
+pub mod thread;
 
 pub use child::{ServerChild, SpawnError};
 pub use drive::{Block, InOrder, Measured};
 pub use latency::{Latencies, micros, ratio};
-pub use report::{Figures, Flavour, VsBaseline};
+pub use report::{Figures, Flavour, MULTI_THREAD_WORKERS, VsBaseline};
 pub use schedule::{Order, Schedule, Turn};
+pub use thread::{ServerThread, ThreadError};

@@ -77,9 +77,13 @@ impl VsBaseline {
 pub enum Flavour {
     /// One `current_thread` runtime per process.
     CurrentThread,
-    /// A 2-worker multi-thread runtime per process.
+    /// A multi-thread runtime of [`MULTI_THREAD_WORKERS`] workers per process.
     MultiThread,
 }
+
+/// Workers of the multi-thread flavour: one per CPU of the 2-CPU machines the figures are
+/// taken on.
+pub const MULTI_THREAD_WORKERS: usize = 2;
 
 impl Flavour {
     /// A runtime of this flavour, with IO and time enabled.
@@ -88,10 +92,28 @@ impl Flavour {
             Self::CurrentThread => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
-            Self::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build(),
+            Self::MultiThread => Self::multi_thread_builder().build(),
+        }
+    }
+
+    /// The builder of the multi-thread flavour: [`MULTI_THREAD_WORKERS`] workers, IO and time
+    /// enabled (for callers that also name or unpin its threads).
+    pub fn multi_thread_builder() -> tokio::runtime::Builder {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(MULTI_THREAD_WORKERS).enable_all();
+        builder
+    }
+
+    /// Runs `work` where this flavour's client work runs: inline in the `block_on` future
+    /// (`current_thread`) or in a task spawned on a worker (multi-thread, where the
+    /// `block_on` future runs on the calling thread, outside the worker pool).
+    pub async fn run<T: Send + 'static>(
+        self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        match self {
+            Self::CurrentThread => work.await,
+            Self::MultiThread => tokio::spawn(work).await.expect("a bench task panicked"),
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh_bench::drive::{self, Measured};
 use zmesh_bench::{
     Block, Figures, InOrder, Latencies, Order, Schedule, ServerChild, SpawnError, VsBaseline,
@@ -510,19 +510,10 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
             node.shutdown(Duration::from_millis(200)).await;
         }
         _ => {
-            let mut router = RouterSocket::new();
-            let endpoint = router
-                .bind(bind)
+            let (endpoint, echo) = zmesh_bench::raw::echo(bind)
                 .await
                 .map_err(|e| CliError::Other(format!("cannot bind {bind}: {e}")))?;
-            announce(&endpoint.to_string())?;
-            let echo = async move {
-                while let Ok(message) = router.recv().await {
-                    if router.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            };
+            announce(&endpoint)?;
             tokio::select! {
                 _ = parent_gone => {}
                 () = echo => {}

@@ -2,29 +2,19 @@
 //! with no envelope, serialization or dispatch.
 
 use bytes::Bytes;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use zmesh_bench::{Figures, InOrder};
 
 use crate::measure;
 use crate::{Error, Plan};
 
-/// Binds an echoing ROUTER on a free loopback port; returns its endpoint and the echo loop,
-/// which ends when a send fails.
+/// Binds the shared raw echo ROUTER ([`zmesh_bench::raw::echo`]) on a free loopback port;
+/// returns its endpoint and the echo loop.
 pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error> {
-    let mut router = RouterSocket::new();
-    let endpoint = router
-        .bind("tcp://127.0.0.1:0")
+    zmesh_bench::raw::echo("tcp://127.0.0.1:0")
         .await
-        .map_err(|e| Error::Server(format!("raw ROUTER bind: {e}")))?;
-    let echo = async move {
-        while let Ok(message) = router.recv().await {
-            if router.send(message).await.is_err() {
-                break;
-            }
-        }
-    };
-    Ok((endpoint.to_string(), echo))
+        .map_err(|e| Error::Server(format!("raw ROUTER bind: {e}")))
 }
 
 /// Sequential and pipelined passes over one DEALER connection.
