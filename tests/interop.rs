@@ -218,6 +218,49 @@ async fn rust_client_plain_call() {
     assert_eq!(name, "interop");
 }
 
+/// tests/interop/py_server.py's methods as a `#[zmesh::service]` trait: `name = ""` keeps
+/// them unprefixed, as a stock zerorpc server's are, so the generated client calls it typed.
+#[zmesh::service(name = "")]
+trait StockInterop {
+    async fn hello(&self, name: String) -> Result<String, zmesh::HandlerError>;
+    async fn boom(&self, msg: String) -> Result<(), zmesh::HandlerError>;
+    #[zmesh(stream)]
+    async fn count(&self, n: u64) -> Result<zmesh::ItemStream<u64>, zmesh::HandlerError>;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_client_of_a_stock_zerorpc_server() {
+    let server = PyServer::start().await;
+    let stock = StockInteropClient::new(server.client(ClientConfig::default()));
+    let greeting = timeout(NET_LIMIT, stock.hello("typed".into()))
+        .await
+        .expect("call timed out")
+        .unwrap_or_else(|e| panic!("hello failed: {e}\n{}", server.log()));
+    assert_eq!(greeting, "Hello, typed");
+    let counted: Vec<u64> = timeout(NET_LIMIT, async {
+        stock
+            .count(4)
+            .await
+            .unwrap_or_else(|e| panic!("count failed: {e}\n{}", server.log()))
+            .map(|item| item.expect("an item"))
+            .collect()
+            .await
+    })
+    .await
+    .expect("stream timed out");
+    assert_eq!(counted, [0, 1, 2, 3]);
+    match timeout(NET_LIMIT, stock.boom("typed boom".into()))
+        .await
+        .expect("call timed out")
+    {
+        Err(CallError::Remote(e)) => {
+            assert_eq!(e.name, "ValueError");
+            assert_eq!(e.message, "typed boom");
+        }
+        other => panic!("boom should raise ValueError, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_client_remote_errors() {
     let server = PyServer::start().await;

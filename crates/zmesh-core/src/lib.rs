@@ -27,6 +27,7 @@
 //! zmesh's additions to the zerorpc protocol travel as extra header keys that stock peers
 //! ignore; see `docs/PROTOCOL.md` in the repository.
 
+mod call;
 pub mod client;
 pub mod config;
 #[doc(hidden)]
@@ -49,6 +50,7 @@ pub use endpoint::{Endpoint, EndpointError};
 /// Every method name and topic prefix zmesh reserves (from zmesh-proto).
 pub use zmesh_proto::reserved;
 
+pub use call::Call;
 pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
 };
@@ -63,7 +65,7 @@ pub use mesh::{
     MeshClientConfig, MeshNode, PeerRecord, Presence,
 };
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
-pub use service::{Handler, HandlerError, Service, StreamHandler};
+pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;

@@ -99,6 +99,10 @@ pub enum Reply {
     Stream(BoxStream<'static, Result<Vec<u8>, HandlerError>>),
 }
 
+/// The stream a streaming method of a `#[zmesh::service]` trait returns: its items, each
+/// a value or the error that ends the stream (build one with `futures::StreamExt::boxed`).
+pub type ItemStream<T> = BoxStream<'static, Result<T, HandlerError>>;
+
 /// The future a handler returns once erased.
 #[doc(hidden)]
 pub type HandlerFuture = BoxFuture<'static, Result<Reply, HandlerError>>;
@@ -352,6 +356,17 @@ impl Service {
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name a caller sends for `method`: `service.method`, or `method` alone when the
+    /// service's name is empty (a service that describes a stock zerorpc server's
+    /// unprefixed methods).
+    pub fn full_name(&self, method: &str) -> String {
+        if self.name.is_empty() {
+            method.to_owned()
+        } else {
+            format!("{}.{method}", self.name)
+        }
     }
 
     /// Names of the registered methods, without the service prefix.

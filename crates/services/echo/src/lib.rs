@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use rmpv::Value;
-use zmesh_core::{HandlerError, Service};
+use zmesh_core::{HandlerError, ItemStream, Service};
 
 /// The service name.
 pub const NAME: &str = "echo";
@@ -22,46 +23,66 @@ pub const NAME: &str = "echo";
 #[error("{0}")]
 pub struct EchoError(pub String);
 
-/// Builds the echo service.
+/// The echo service's contract, as a `#[zmesh::service]` trait: [`EchoClient`] calls it
+/// typed, [`EchoServer`] serves an implementation (this crate's is [`Reference`]).
+#[zmesh_macros::service(name = "echo", crate = "zmesh_core")]
+pub trait Echo {
+    /// Return the argument unchanged.
+    async fn echo(&self, x: Value) -> Result<Value, HandlerError>;
+    /// Return the string upper-cased.
+    async fn upper(&self, s: String) -> Result<String, HandlerError>;
+    /// Sleep for ms milliseconds, then return ms.
+    async fn sleep(&self, ms: u64) -> Result<u64, HandlerError>;
+    /// Fail with EchoError(msg).
+    async fn fail(&self, msg: String) -> Result<(), EchoError>;
+    /// Stream the integers 0..n.
+    #[zmesh(stream)]
+    async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError>;
+    /// Return the length of a bin or str argument.
+    async fn size(&self, b: Value) -> Result<usize, HandlerError>;
+}
+
+/// The reference implementation of [`Echo`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reference;
+
+impl Echo for Reference {
+    async fn echo(&self, x: Value) -> Result<Value, HandlerError> {
+        Ok(x)
+    }
+
+    async fn upper(&self, s: String) -> Result<String, HandlerError> {
+        Ok(s.to_uppercase())
+    }
+
+    async fn sleep(&self, ms: u64) -> Result<u64, HandlerError> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+
+    async fn fail(&self, msg: String) -> Result<(), EchoError> {
+        Err(EchoError(msg))
+    }
+
+    async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError> {
+        Ok(futures::stream::iter((0..n).map(Ok)).boxed())
+    }
+
+    async fn size(&self, b: Value) -> Result<usize, HandlerError> {
+        match b {
+            Value::Binary(bytes) => Ok(bytes.len()),
+            Value::String(s) => Ok(s.as_bytes().len()),
+            other => Err(HandlerError::new(
+                "TypeError",
+                format!("size expects bin or str, got {}", kind(&other)),
+            )),
+        }
+    }
+}
+
+/// Builds the echo service: [`Reference`] served by [`EchoServer`].
 pub fn service() -> Service {
-    Service::new(NAME)
-        .method("echo", |x: Value| async move { Ok::<_, HandlerError>(x) })
-        .doc("echo", "Return the argument unchanged.")
-        .arg_names("echo", ["x"])
-        .method("upper", |s: String| async move {
-            Ok::<_, HandlerError>(s.to_uppercase())
-        })
-        .doc("upper", "Return the string upper-cased.")
-        .arg_names("upper", ["s"])
-        .method("sleep", |ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, HandlerError>(ms)
-        })
-        .doc("sleep", "Sleep for ms milliseconds, then return ms.")
-        .arg_names("sleep", ["ms"])
-        .method(
-            "fail",
-            |msg: String| async move { Err::<(), _>(EchoError(msg)) },
-        )
-        .doc("fail", "Fail with EchoError(msg).")
-        .arg_names("fail", ["msg"])
-        .stream("count", |n: u64| async move {
-            Ok::<_, HandlerError>(futures::stream::iter((0..n).map(Ok::<u64, HandlerError>)))
-        })
-        .doc("count", "Stream the integers 0..n.")
-        .arg_names("count", ["n"])
-        .method("size", |b: Value| async move {
-            match b {
-                Value::Binary(bytes) => Ok(bytes.len()),
-                Value::String(s) => Ok(s.as_bytes().len()),
-                other => Err(HandlerError::new(
-                    "TypeError",
-                    format!("size expects bin or str, got {}", kind(&other)),
-                )),
-            }
-        })
-        .doc("size", "Return the length of a bin or str argument.")
-        .arg_names("size", ["b"])
+    EchoServer::new(Reference).into_service()
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -288,9 +288,11 @@ impl NodeBuilder {
         self
     }
 
-    /// Hosts a service; its methods are called as `service.method`.
-    pub fn service(mut self, service: Service) -> Self {
-        self.services.push(service);
+    /// Hosts a service (a [`Service`], or the `{Trait}Server` of a `#[zmesh::service]`
+    /// trait); its methods are called as `service.method`, or unprefixed when its name is
+    /// empty.
+    pub fn service(mut self, service: impl Into<Service>) -> Self {
+        self.services.push(service.into());
         self
     }
 
@@ -593,7 +595,7 @@ fn prefixed_methods(services: &[Service]) -> Result<HashMap<String, Arc<Method>>
     let mut methods = HashMap::new();
     for service in services {
         for (method, entry) in &service.methods {
-            let full = format!("{}.{method}", service.name());
+            let full = service.full_name(method);
             if methods
                 .insert(full.clone(), Arc::new(entry.for_node()))
                 .is_some()
@@ -652,12 +654,12 @@ fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<Anno
     let mut announced = Vec::new();
     for service in services {
         for (method, entry) in &service.methods {
-            let full = format!("{}.{method}", service.name());
+            let full = service.full_name(method);
             if crate::reserved::is_reserved_method(&full) {
                 continue;
             }
             announced.push(AnnouncedMethod::new(full, service.name(), entry.idempotent));
-            if unprefixed == Some(service.name()) {
+            if unprefixed == Some(service.name()) && !service.name().is_empty() {
                 announced.push(AnnouncedMethod::new(
                     method.clone(),
                     service.name(),
@@ -724,7 +726,7 @@ fn parse_endpoints(endpoints: &[String]) -> Result<Vec<crate::Endpoint>, NodeErr
 fn check_reserved(services: &[Service], unprefixed: Option<&str>) -> Result<(), NodeError> {
     for service in services {
         for method in service.methods.keys() {
-            let full = format!("{}.{method}", service.name());
+            let full = service.full_name(method);
             if crate::reserved::is_reserved_method(&full) {
                 return Err(NodeError::ReservedMethod(full));
             }

@@ -1,0 +1,246 @@
+//! Generates, from a checked [`Service`], the trait as implementors write it, the typed
+//! client `{Trait}Client` and the server `{Trait}Server`.
+//!
+//! The trait's `async fn`s become `fn .. -> impl Future<Output = ..> + Send`, so a server can
+//! run every call on any runtime thread; implementations still write `async fn`. The client
+//! sends `service.method` with positional arguments through `zmesh::Call`, and the server
+//! registers each method on a `zmesh::Service` with its doc, argument names and markers, so
+//! the wire is what a hand-written service puts on it.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::{TraitItem, parse_quote};
+
+use crate::model::{Method, Output, Service};
+
+pub(crate) fn expand(service: &Service) -> TokenStream {
+    let trait_item = service_trait(service);
+    let client = client(service);
+    let server = server(service);
+    quote! {
+        #trait_item
+        #client
+        #server
+    }
+}
+
+/// The trait with each `async fn` as a `Send` future, and `Send + Sync + 'static` on it.
+fn service_trait(service: &Service) -> TokenStream {
+    let mut item = service.item.clone();
+    item.supertraits = parse_quote!(::core::marker::Send + ::core::marker::Sync + 'static);
+    item.colon_token = Some(Default::default());
+    for trait_item in &mut item.items {
+        let TraitItem::Fn(function) = trait_item else {
+            continue;
+        };
+        let sig = &mut function.sig;
+        sig.asyncness = None;
+        let output = match &sig.output {
+            syn::ReturnType::Type(_, ty) => ty.clone(),
+            syn::ReturnType::Default => parse_quote!(()),
+        };
+        sig.output = parse_quote! {
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
+        };
+    }
+    quote!(#item)
+}
+
+fn client(service: &Service) -> TokenStream {
+    let krate = &service.krate;
+    let vis = &service.item.vis;
+    let trait_ident = &service.item.ident;
+    let ident = format_ident!("{}Client", trait_ident);
+    let name = &service.name;
+    let doc = format!(
+        "A typed client of the [`{trait_ident}`] service (`{}` on the wire), over any \
+         `zmesh::Call`: a `Client`, a `MeshClient`, or a `Client` of a device's frontend.",
+        if name.is_empty() {
+            "unprefixed methods".to_owned()
+        } else {
+            format!("{name}.*")
+        },
+    );
+    let methods = service.methods.iter().map(|m| client_method(service, m));
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone)]
+        #vis struct #ident<C = #krate::Client> {
+            call: C,
+            options: #krate::CallOptions,
+        }
+
+        impl<C> ::core::fmt::Debug for #ident<C> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#ident))
+                    .field("service", &#name)
+                    .field("options", &self.options)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl<C: #krate::Call> #ident<C> {
+            /// The service's name on the wire (empty when its methods are unprefixed).
+            pub const SERVICE: &'static str = #name;
+
+            /// A client calling through `call` (a `Client`, a `MeshClient`, a reference to
+            /// one, ...), with default call options.
+            pub fn new(call: C) -> Self {
+                Self {
+                    call,
+                    options: ::core::default::Default::default(),
+                }
+            }
+
+            /// This client with `options` (deadline, trace context, ...) on every call.
+            #[must_use]
+            pub fn with_options(mut self, options: #krate::CallOptions) -> Self {
+                self.options = options;
+                self
+            }
+
+            /// The connection calls go through.
+            pub fn inner(&self) -> &C {
+                &self.call
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
+fn client_method(service: &Service, method: &Method) -> TokenStream {
+    let krate = &service.krate;
+    let ident = &method.ident;
+    let full = method.full_name(&service.name);
+    let names: Vec<_> = method.params.iter().map(|(name, _)| name).collect();
+    let types: Vec<_> = method.params.iter().map(|(_, ty)| ty).collect();
+    let mut doc = format!("Calls `{full}`.");
+    if let Some(text) = &method.doc {
+        doc = format!("{text}\n\nCalls `{full}` on the wire.");
+    }
+    match &method.output {
+        Output::Value(ty) => quote! {
+            #[doc = #doc]
+            ///
+            /// # Errors
+            /// The call's `CallError`: the handler's error as `CallError::Remote`, the
+            /// deadline, a lost peer, a connection failure.
+            pub async fn #ident(&self, #(#names: #types),*)
+                -> ::core::result::Result<#ty, #krate::CallError>
+            {
+                #krate::Call::call_with(&self.call, #full, (#(#names,)*), self.options.clone())
+                    .await
+            }
+        },
+        Output::Stream(item) => quote! {
+            #[doc = #doc]
+            ///
+            /// # Errors
+            /// As a single-value call, for the first reply; later failures arrive as items.
+            pub async fn #ident(&self, #(#names: #types),*)
+                -> ::core::result::Result<#krate::CallStream<#item>, #krate::CallError>
+            {
+                #krate::Call::call_stream_with(
+                    &self.call,
+                    #full,
+                    (#(#names,)*),
+                    self.options.clone(),
+                )
+                .await
+            }
+        },
+    }
+}
+
+fn server(service: &Service) -> TokenStream {
+    let krate = &service.krate;
+    let vis = &service.item.vis;
+    let trait_ident = &service.item.ident;
+    let ident = format_ident!("{}Server", trait_ident);
+    let name = &service.name;
+    let doc = format!(
+        "Serves an implementation of [`{trait_ident}`]: `into_service()` (or `.into()`) gives \
+         the `Service` a node hosts."
+    );
+    let registrations = service.methods.iter().map(register);
+    quote! {
+        #[doc = #doc]
+        #vis struct #ident<T> {
+            imp: ::std::sync::Arc<T>,
+        }
+
+        impl<T> ::core::fmt::Debug for #ident<T> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#ident))
+                    .field("service", &#name)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl<T: #trait_ident> #ident<T> {
+            /// Serves `imp`; every call shares it.
+            pub fn new(imp: T) -> Self {
+                Self::from_arc(::std::sync::Arc::new(imp))
+            }
+
+            /// Serves an implementation the caller also keeps a handle on.
+            pub fn from_arc(imp: ::std::sync::Arc<T>) -> Self {
+                Self { imp }
+            }
+
+            /// The service, every method registered with its doc comment, argument names
+            /// and markers.
+            pub fn into_service(self) -> #krate::Service {
+                let imp = self.imp;
+                let service = #krate::Service::new(#name);
+                #(#registrations)*
+                service
+            }
+        }
+
+        impl<T: #trait_ident> ::core::convert::From<#ident<T>> for #krate::Service {
+            fn from(server: #ident<T>) -> Self {
+                server.into_service()
+            }
+        }
+    }
+}
+
+/// `let service = service.method(..)` (or `.stream(..)`) and its doc, names and marker.
+fn register(method: &Method) -> TokenStream {
+    let ident = &method.ident;
+    let wire = &method.wire;
+    let names: Vec<_> = method.params.iter().map(|(name, _)| name).collect();
+    let types: Vec<_> = method.params.iter().map(|(_, ty)| ty).collect();
+    let register = match method.output {
+        Output::Value(_) => quote!(method),
+        Output::Stream(_) => quote!(stream),
+    };
+    let doc = method
+        .doc
+        .as_ref()
+        .map(|doc| quote!(let service = service.doc(#wire, #doc);));
+    let arg_names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    // An empty list, not none, for a method without parameters: `zmesh list` shows `()`.
+    let arg_names = if arg_names.is_empty() {
+        quote!(let service = service.arg_names(#wire, ::core::iter::empty::<&'static str>());)
+    } else {
+        quote!(let service = service.arg_names(#wire, [#(#arg_names),*]);)
+    };
+    let idempotent = method
+        .idempotent
+        .then(|| quote!(let service = service.idempotent(#wire);));
+    quote! {
+        let service = {
+            let imp = ::std::sync::Arc::clone(&imp);
+            service.#register(#wire, move |#(#names: #types),*| {
+                let imp = ::std::sync::Arc::clone(&imp);
+                async move { imp.#ident(#(#names),*).await }
+            })
+        };
+        #doc
+        #arg_names
+        #idempotent
+    }
+}

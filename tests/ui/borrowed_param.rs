@@ -1,0 +1,8 @@
+use zmesh::HandlerError;
+
+#[zmesh::service]
+trait Greeter {
+    async fn hello(&self, name: &str) -> Result<String, HandlerError>;
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[zmesh::service]
+struct Greeter;
+
+fn main() {}
