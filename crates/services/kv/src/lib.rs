@@ -28,7 +28,6 @@
 //! cache make plain retries to the same node safe.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
@@ -226,7 +225,7 @@ impl Kv {
         Ok(())
     }
 
-    async fn get(&self, key: String) -> Result<Value, KvError> {
+    async fn read(&self, key: String) -> Result<Value, KvError> {
         self.check_key(&key)?;
         let store = self.store.lock().await;
         Ok(store
@@ -235,7 +234,7 @@ impl Kv {
             .map_or(Value::Nil, |(value, _)| value.clone()))
     }
 
-    async fn put(&self, key: String, value: Value) -> Result<u64, KvError> {
+    async fn write(&self, key: String, value: Value) -> Result<u64, KvError> {
         self.check_key(&key)?;
         let size = encoded_size(&value);
         if size > self.config.max_value_bytes {
@@ -271,7 +270,7 @@ impl Kv {
         Ok(revision)
     }
 
-    async fn delete(&self, key: String) -> Result<bool, KvError> {
+    async fn remove(&self, key: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
         let mut store = self.store.lock().await;
         let Some((_, size)) = store.entries.remove(&key) else {
@@ -290,7 +289,7 @@ impl Kv {
         Ok(true)
     }
 
-    async fn scan(&self, prefix: String, limit: u64) -> Result<Vec<(String, Value)>, KvError> {
+    async fn range(&self, prefix: String, limit: u64) -> Result<Vec<(String, Value)>, KvError> {
         let max = self.config.max_scan;
         let n = usize::try_from(limit).unwrap_or(usize::MAX);
         if n == 0 || n > max {
@@ -337,57 +336,53 @@ fn encoded_size(value: &Value) -> usize {
     out.len()
 }
 
+/// The kv service's contract, as a `#[zmesh::service]` trait: [`KeyValueClient`] calls it
+/// typed (`kv.get`, `kv.put`, ... on the wire).
+#[zmesh_macros::service(name = "kv", crate = "zmesh_core")]
+pub trait KeyValue {
+    /// Return the value stored under key, or nil.
+    #[zmesh(idempotent)]
+    async fn get(&self, key: String) -> Result<Value, HandlerError>;
+    /// Store value under key; return the new revision. Publishes kv.changed.<key>.
+    async fn put(&self, key: String, value: Value) -> Result<u64, HandlerError>;
+    /// Remove key; return whether it was there. Publishes kv.changed.<key> if it was.
+    async fn delete(&self, key: String) -> Result<bool, HandlerError>;
+    /// Return up to limit [key, value] pairs whose key starts with prefix, in key order.
+    #[zmesh(idempotent)]
+    async fn scan(&self, prefix: String, limit: u64) -> Result<Vec<(String, Value)>, HandlerError>;
+}
+
+// Each method's KvError becomes the HandlerError of its own wire name (`KeyTooLong`, `Full`,
+// ...): `?` would name them all after the type instead.
+impl KeyValue for Kv {
+    async fn get(&self, key: String) -> Result<Value, HandlerError> {
+        self.read(key).await.map_err(KvError::into_handler_error)
+    }
+
+    async fn put(&self, key: String, value: Value) -> Result<u64, HandlerError> {
+        self.write(key, value)
+            .await
+            .map_err(KvError::into_handler_error)
+    }
+
+    async fn delete(&self, key: String) -> Result<bool, HandlerError> {
+        self.remove(key).await.map_err(KvError::into_handler_error)
+    }
+
+    async fn scan(&self, prefix: String, limit: u64) -> Result<Vec<(String, Value)>, HandlerError> {
+        self.range(prefix, limit)
+            .await
+            .map_err(KvError::into_handler_error)
+    }
+}
+
 /// Builds the kv service with its own empty store. Changes are published through
 /// `publisher` when given (pass the node's, see the crate docs), else not at all.
 pub fn service(config: KvConfig, publisher: Option<Publisher>) -> Service {
-    let kv = Arc::new(Kv {
+    KeyValueServer::new(Kv {
         config,
         store: Mutex::new(Store::default()),
         publisher,
-    });
-    let (get, put, delete, scan) = (kv.clone(), kv.clone(), kv.clone(), kv);
-    Service::new(NAME)
-        .method("get", move |key: String| {
-            let kv = get.clone();
-            async move { kv.get(key).await.map_err(KvError::into_handler_error) }
-        })
-        .doc("get", "Return the value stored under key, or nil.")
-        .arg_names("get", ["key"])
-        .idempotent("get")
-        .method("put", move |key: String, value: Value| {
-            let kv = put.clone();
-            async move {
-                kv.put(key, value)
-                    .await
-                    .map_err(KvError::into_handler_error)
-            }
-        })
-        .doc(
-            "put",
-            "Store value under key; return the new revision. Publishes kv.changed.<key>.",
-        )
-        .arg_names("put", ["key", "value"])
-        .method("delete", move |key: String| {
-            let kv = delete.clone();
-            async move { kv.delete(key).await.map_err(KvError::into_handler_error) }
-        })
-        .doc(
-            "delete",
-            "Remove key; return whether it was there. Publishes kv.changed.<key> if it was.",
-        )
-        .arg_names("delete", ["key"])
-        .method("scan", move |prefix: String, limit: u64| {
-            let kv = scan.clone();
-            async move {
-                kv.scan(prefix, limit)
-                    .await
-                    .map_err(KvError::into_handler_error)
-            }
-        })
-        .doc(
-            "scan",
-            "Return up to limit [key, value] pairs whose key starts with prefix, in key order.",
-        )
-        .arg_names("scan", ["prefix", "limit"])
-        .idempotent("scan")
+    })
+    .into_service()
 }
