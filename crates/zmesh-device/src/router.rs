@@ -411,6 +411,7 @@ impl Router {
         match refusal.counter() {
             Counter::Malformed => self.counters.malformed += 1,
             Counter::Oversized => self.counters.oversized += 1,
+            Counter::Unauthenticated => self.counters.unauthenticated += 1,
         }
     }
 
