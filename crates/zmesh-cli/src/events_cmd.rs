@@ -17,9 +17,6 @@ use zmesh_core::{
 
 use crate::{CliError, json};
 
-/// Longest wait for the first connection when `--timeout` does not ask for less.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The options of `zmesh sub`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -51,6 +48,9 @@ pub(crate) struct SubArgs {
     /// Stop after this many seconds; a failure (exit 3) when --count events have not arrived.
     #[arg(long, value_parser = crate::positive_seconds)]
     timeout: Option<f64>,
+    // Longest wait for the first connection (when --timeout does not ask for less).
+    #[command(flatten)]
+    connect: crate::ConnectArgs,
     // With a key, events must be sealed with it (others are refused, counted in the summary).
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
@@ -96,6 +96,9 @@ pub(crate) struct PubArgs {
     /// Longest wait, in seconds, for the connection and for a subscriber of TOPIC.
     #[arg(long, default_value_t = 10.0, value_parser = crate::positive_seconds)]
     timeout: f64,
+    // Longest wait for the connection (when --timeout does not ask for less).
+    #[command(flatten)]
+    connect: crate::ConnectArgs,
     // With a key, the event is sealed with it, as a keyed publisher's.
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
@@ -109,8 +112,8 @@ fn parse_json(text: &str) -> Result<Json, String> {
 pub(crate) async fn sub(args: SubArgs, signal: impl Future<Output = ()>) -> Result<(), CliError> {
     let started = Instant::now();
     let deadline = args.timeout.map(|s| started + Duration::from_secs_f64(s));
-    let connect = args.timeout.map_or(CONNECT_TIMEOUT, |s| {
-        Duration::from_secs_f64(s).min(CONNECT_TIMEOUT)
+    let connect = args.timeout.map_or(args.connect.timeout(), |s| {
+        Duration::from_secs_f64(s).min(args.connect.timeout())
     });
     let mut config = SubscriberConfig::default().connect_timeout(connect);
     if let Some(key) = args.key.load()? {
@@ -255,8 +258,9 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
 
     // XPUB rather than PUB: it hands us the subscriptions it receives, which is how we know
     // a subscriber is there before sending.
+    let connect_limit = limit.min(args.connect.timeout());
     let mut options = SocketOptions::default();
-    options.connect_timeout(limit);
+    options.connect_timeout(connect_limit);
     let mut socket = XPubSocket::with_options(options);
     let mut endpoint = args.endpoint.to_string();
     if args.bind {
@@ -268,7 +272,18 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
         endpoint = bound.to_string();
         outln!("bound {endpoint}");
     } else {
-        match timeout_at(deadline, socket.connect(&endpoint)).await {
+        // The crate retries a refused connection in silence: the same probe as a client's
+        // says when nothing listens there.
+        let connected = tokio::select! {
+            connected = timeout_at(Instant::now() + connect_limit, socket.connect(&endpoint)) => connected,
+            _ = zmesh_core::endpoint::refused(&args.endpoint) => {
+                return Err(CliError::Other(format!(
+                    "cannot connect to {endpoint}: {}",
+                    zmesh_core::endpoint::REFUSED
+                )));
+            }
+        };
+        match connected {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return Err(CliError::Other(format!(
@@ -278,7 +293,7 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
             Err(_) => {
                 return Err(CliError::Other(format!(
                     "cannot connect to {endpoint} within {:.1} s",
-                    args.timeout
+                    connect_limit.as_secs_f64()
                 )));
             }
         }

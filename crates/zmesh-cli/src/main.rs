@@ -21,7 +21,8 @@ use zmesh_core::{
     CallError, CallOptions, Client, ClientConfig, Endpoint, ErrorKind, Response, reserved,
 };
 
-/// Exit status when the remote side answered `ERR`.
+/// Exit status when the remote side answered `ERR` (also `stats` of a peer that is not a zmesh
+/// node: it answered `NameError` to both stats methods).
 const EXIT_REMOTE_ERROR: u8 = 1;
 /// Exit status for local failures: unreachable endpoint, deadline, undecodable reply.
 const EXIT_FAILURE: u8 = 3;
@@ -60,6 +61,8 @@ enum Command {
         #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
         timeout: f64,
         #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(flatten)]
         key: mesh_key::KeyArgs,
     },
     /// List the methods a node offers, with their arguments and docs (from introspection).
@@ -71,6 +74,8 @@ enum Command {
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
         #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(flatten)]
         key: mesh_key::KeyArgs,
     },
     /// Ping a node: prints its name and the round-trip time.
@@ -81,6 +86,8 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        connect: ConnectArgs,
         #[command(flatten)]
         key: mesh_key::KeyArgs,
     },
@@ -100,6 +107,8 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
         timeout: f64,
+        #[command(flatten)]
+        connect: ConnectArgs,
         #[command(flatten)]
         key: mesh_key::KeyArgs,
     },
@@ -173,6 +182,25 @@ enum Command {
     },
 }
 
+/// Default of `--connect-timeout`, in seconds: short, because a connection on a working
+/// network takes milliseconds, and what is unreachable should be said soon.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_S: f64 = 5.0;
+
+/// The connect timeout of the verbs that connect to an endpoint.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ConnectArgs {
+    /// Give up connecting after this many seconds (apart from --timeout, which bounds the
+    /// whole call). Nothing listening at ENDPOINT is reported as refused after about a second.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CONNECT_TIMEOUT_S, value_parser = positive_seconds)]
+    pub(crate) connect_timeout: f64,
+}
+
+impl ConnectArgs {
+    pub(crate) fn timeout(&self) -> Duration {
+        seconds(self.connect_timeout)
+    }
+}
+
 /// Why a verb failed, and so the exit status.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -190,6 +218,10 @@ enum CliError {
     /// as clap's usage errors.
     #[error("{0}")]
     Usage(String),
+    /// The peer answered, but is not what the verb needs (`zmesh stats` of a stock zerorpc
+    /// server): exit 1, as for an answer that is an error.
+    #[error("{0}")]
+    NotZmesh(String),
     /// A result could not be written (or nobody reads them any more).
     #[error(transparent)]
     Output(#[from] output::OutputError),
@@ -250,6 +282,10 @@ fn main() -> ExitCode {
             eprintln!("{error}");
             ExitCode::from(EXIT_REMOTE_ERROR)
         }
+        Err(error @ CliError::NotZmesh(_)) => {
+            eprintln!("zmesh: {error}");
+            ExitCode::from(EXIT_REMOTE_ERROR)
+        }
         Err(error @ CliError::Usage(_)) => {
             eprintln!("zmesh: {error}");
             ExitCode::from(EXIT_USAGE)
@@ -268,10 +304,11 @@ async fn run(command: Command) -> Result<(), CliError> {
             method,
             args,
             timeout,
+            connect,
             key,
         } => {
             call(
-                &client(&endpoint, seconds(timeout), &key)?,
+                &client(&endpoint, seconds(timeout), &connect, &key)?,
                 &method,
                 &args,
                 seconds(timeout),
@@ -281,20 +318,26 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::List {
             endpoint,
             timeout,
+            connect,
             key,
-        } => list(&client(&endpoint, seconds(timeout), &key)?).await,
+        } => list(&client(&endpoint, seconds(timeout), &connect, &key)?).await,
         Command::Ping {
             endpoint,
             timeout,
+            connect,
             key,
-        } => ping(&client(&endpoint, seconds(timeout), &key)?).await,
+        } => ping(&client(&endpoint, seconds(timeout), &connect, &key)?).await,
         Command::Stats {
             endpoint,
             all,
             json,
             timeout,
+            connect,
             key,
-        } => stats(&client(&endpoint, seconds(timeout), &key)?, all, json).await,
+        } => {
+            let client = client(&endpoint, seconds(timeout), &connect, &key)?;
+            stats(&client, all, json).await
+        }
         Command::Serve(args) => {
             raise_descriptor_limit();
             serve_cmd::run(args, shutdown_signal()).await
@@ -354,11 +397,13 @@ fn seconds(s: f64) -> Duration {
 fn client(
     endpoint: &Endpoint,
     timeout: Duration,
+    connect: &ConnectArgs,
     key: &mesh_key::KeyArgs,
 ) -> Result<Client, CliError> {
+    // The call's deadline still bounds connecting when it is the shorter of the two.
     let mut config = ClientConfig::default()
         .default_timeout(timeout)
-        .connect_timeout(timeout);
+        .connect_timeout(connect.timeout());
     if let Some(key) = key.load()? {
         config = config.mesh_key(key);
     }
@@ -518,12 +563,25 @@ async fn ping(client: &Client) -> Result<(), CliError> {
 }
 
 async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError> {
+    let no_such_method =
+        |e: &CallError| e.remote().and_then(|r| r.kind()) == Some(ErrorKind::NameError);
     let report: rmpv::Value = match client.call(reserved::STATS, ()).await {
         Ok(report) => report,
         // A proxy device answers its own figures instead.
-        Err(e) if e.remote().and_then(|r| r.kind()) == Some(ErrorKind::NameError) => {
-            let report: rmpv::Value = client.call(reserved::DEVICE_STATS, ()).await?;
-            return device_stats(&report, all, as_json);
+        Err(e) if no_such_method(&e) => {
+            return match client.call::<rmpv::Value>(reserved::DEVICE_STATS, ()).await {
+                Ok(report) => device_stats(&report, all, as_json),
+                // Neither: a stock zerorpc server (or another implementation) answered.
+                Err(e) if no_such_method(&e) => Err(CliError::NotZmesh(format!(
+                    "{} is not a zmesh node or device: it answers neither {} nor {} \
+                     (a stock zerorpc server?); `zmesh list` and `zmesh ping` work with any \
+                     zerorpc server",
+                    client.endpoint(),
+                    reserved::STATS,
+                    reserved::DEVICE_STATS
+                ))),
+                Err(e) => Err(e.into()),
+            };
         }
         Err(e) => return Err(e.into()),
     };

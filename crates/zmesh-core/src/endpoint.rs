@@ -8,6 +8,10 @@
 //! asynchronously, and for ipc that loop deletes the socket *path* afterwards. A restart that
 //! binds the same path in between gets its fresh socket file deleted by the old loop, and
 //! nobody can connect to it again.
+//!
+//! It also holds the one rule for "nothing is listening there": the crate retries a refused
+//! connection silently until its connect timeout, so [`refused`] probes the address itself
+//! and reports the refusal once it has lasted [`REFUSED_GRACE`].
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +67,69 @@ pub async fn wait_all_released(endpoints: &[String]) {
     }
 }
 
+/// How long connections to an endpoint must keep being refused before [`refused`] reports
+/// it: long enough for a listener that is just starting (a node a test or script started a
+/// moment before) to bind, short enough that a user with a wrong port hears so at once.
+pub const REFUSED_GRACE: Duration = Duration::from_secs(1);
+
+/// How a refusal [`refused`] reported is put to the user, by every verb and the client.
+pub const REFUSED: &str = "connection refused: nothing is listening there";
+
+/// Pause between two probes of [`refused`]; also how long it waits before the first, so a
+/// connection to a live listener (done in a millisecond on loopback) costs no probe.
+const REFUSED_PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// Completes with the last refusal once every probe of `endpoint` for [`REFUSED_GRACE`]
+/// was refused (`tcp://`: `ConnectionRefused`; `ipc://`: no socket file, or nobody
+/// listening on it). Pending forever once a probe is accepted or fails otherwise: then
+/// something is there, and the connection attempt it races against decides. Each probe
+/// is a plain connection closed at once, which a ZMTP listener shrugs off.
+pub async fn refused(endpoint: &Endpoint) -> std::io::Error {
+    let mut first_refusal: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(REFUSED_PROBE_EVERY).await;
+        match probe(endpoint).await {
+            Err(e) if is_refusal(&e) => {
+                let since = *first_refusal.get_or_insert_with(Instant::now);
+                if since.elapsed() + REFUSED_PROBE_EVERY > REFUSED_GRACE {
+                    return e;
+                }
+            }
+            _ => return std::future::pending().await,
+        }
+    }
+}
+
+/// Whether a connect error means nobody listens at the address (as the `zeromq` crate,
+/// which retries exactly these).
+pub fn is_refusal(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+    )
+}
+
+async fn probe(endpoint: &Endpoint) -> std::io::Result<()> {
+    match endpoint {
+        #[cfg(unix)]
+        Endpoint::Ipc { path, .. } => tokio::net::UnixStream::connect(path).await.map(drop),
+        #[cfg(not(unix))]
+        Endpoint::Ipc { .. } => std::future::pending().await,
+        Endpoint::Tcp { host, port, .. } => {
+            // Bounded: an address that drops SYNs would otherwise hold a probe for minutes.
+            match tokio::time::timeout(
+                REFUSED_GRACE,
+                tokio::net::TcpStream::connect(format!("{host}:{port}")),
+            )
+            .await
+            {
+                Ok(result) => result.map(drop),
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+    }
+}
+
 async fn still_bound(endpoint: &Endpoint) -> bool {
     match endpoint {
         Endpoint::Ipc { path, .. } => std::fs::symlink_metadata(path).is_ok(),
@@ -93,6 +160,44 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), wait_released(&endpoint))
             .await
             .expect("returns at once for a released endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_is_reported_refused_after_the_grace() {
+        // A port that was just free: bind, read it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let endpoint: Endpoint = format!("tcp://127.0.0.1:{port}").parse().expect("valid");
+        let started = Instant::now();
+        let error = tokio::time::timeout(REFUSED_GRACE * 5, refused(&endpoint))
+            .await
+            .expect("a refusal is reported well within five graces");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(started.elapsed() >= REFUSED_GRACE, "not before the grace");
+    }
+
+    #[tokio::test]
+    async fn a_listening_endpoint_is_never_reported_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("up.sock");
+        let endpoint: Endpoint = format!("ipc://{}", path.display()).parse().expect("valid");
+        let _listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        assert!(
+            tokio::time::timeout(REFUSED_GRACE * 3, refused(&endpoint))
+                .await
+                .is_err(),
+            "something listens: the probe leaves the decision to the real connection"
+        );
+        // And a missing socket file is a refusal.
+        let missing: Endpoint = format!("ipc://{}", dir.path().join("none.sock").display())
+            .parse()
+            .expect("valid");
+        let error = tokio::time::timeout(REFUSED_GRACE * 5, refused(&missing))
+            .await
+            .expect("reported");
+        assert!(is_refusal(&error));
     }
 
     #[tokio::test]

@@ -168,6 +168,8 @@ struct Worker {
     /// Its heartbeats (at the period it announced) and ours to it.
     liveness: Liveness,
     last_used: u64,
+    /// It said it is shutting down (`BYE`, or a call refused as not run because it is):
+    /// no new calls go to it, and its disconnect is a departure, not a loss.
     draining: bool,
 }
 
@@ -200,6 +202,17 @@ struct Channel {
     worker_heartbeats: Pacer,
 }
 
+/// How a worker went, for its log line and its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Departure {
+    /// It said it was shutting down, then closed its connection: logged at INFO, counted
+    /// in `workers_left`.
+    Left,
+    /// Its connection dropped without a word, or it went silent: logged at WARN, counted
+    /// in `workers_lost`.
+    Lost,
+}
+
 /// Device-wide counters.
 #[derive(Debug, Default)]
 struct Counters {
@@ -212,6 +225,7 @@ struct Counters {
     expired: u64,
     clients_lost: u64,
     workers_lost: u64,
+    workers_left: u64,
     unauthenticated: u64,
     replay_rejected: u64,
     /// By reason; see [`DeviceStats::refused`].
@@ -411,6 +425,7 @@ impl Router {
         match refusal.counter() {
             Counter::Malformed => self.counters.malformed += 1,
             Counter::Oversized => self.counters.oversized += 1,
+            Counter::Unauthenticated => self.counters.unauthenticated += 1,
         }
     }
 
@@ -862,7 +877,7 @@ impl Router {
             });
             if let Some(old) = old {
                 let reason = format!("its new announcement was refused ({reason})");
-                self.lose_worker(&id, old, &reason, now, out);
+                self.lose_worker(&id, old, &reason, Departure::Lost, now, out);
             }
             return;
         }
@@ -1070,20 +1085,39 @@ impl Router {
         }
     }
 
-    /// A worker is gone (disconnected or silent): re-dispatch its idempotent calls that
-    /// have sent nothing yet, fail the others with `PeerLost`.
+    /// A worker's connection is gone: re-dispatch its idempotent calls that have sent
+    /// nothing yet, fail the others with `PeerLost`. A worker that said it was shutting
+    /// down has [`Departure::Left`]; any other has [`Departure::Lost`]. `None` for a
+    /// connection that was no (longer a) worker.
     pub(crate) fn handle_worker_gone(
         &mut self,
         id: &Bytes,
         reason: &str,
         now: Instant,
         out: &mut Outbox,
-    ) {
-        let Some(w) = self.workers.remove(id) else {
-            return;
-        };
+    ) -> Option<Departure> {
+        self.worker_gone(id, reason, false, now, out)
+    }
+
+    /// [`Self::handle_worker_gone`], and for a worker declared dead by its silence
+    /// (`silent`): lost, whatever it said before, as it did not close its connection.
+    fn worker_gone(
+        &mut self,
+        id: &Bytes,
+        reason: &str,
+        silent: bool,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<Departure> {
+        let w = self.workers.remove(id)?;
         self.withdraw(id, &w);
-        self.lose_worker(id, w, reason, now, out);
+        let departure = if w.draining && !silent {
+            Departure::Left
+        } else {
+            Departure::Lost
+        };
+        self.lose_worker(id, w, reason, departure, now, out);
+        Some(departure)
     }
 
     /// The calls of a worker that is gone (removed and withdrawn already).
@@ -1092,10 +1126,14 @@ impl Router {
         _id: &Bytes,
         w: Worker,
         reason: &str,
+        departure: Departure,
         now: Instant,
         out: &mut Outbox,
     ) {
-        self.counters.workers_lost += 1;
+        match departure {
+            Departure::Left => self.counters.workers_left += 1,
+            Departure::Lost => self.counters.workers_lost += 1,
+        }
         let mut requeued = 0usize;
         let mut failed = 0usize;
         for key in &w.channels {
@@ -1124,7 +1162,15 @@ impl Router {
                 );
             }
         }
-        tracing::warn!(worker = %w.name, reason, requeued, failed, "worker lost");
+        match departure {
+            // An ordinary event in a pool's life (a deploy, a scale-down): not a warning.
+            Departure::Left => {
+                tracing::info!(worker = %w.name, reason, requeued, failed, "worker left");
+            }
+            Departure::Lost => {
+                tracing::warn!(worker = %w.name, reason, requeued, failed, "worker lost");
+            }
+        }
         for service in &w.services {
             self.pump(service, now, out);
         }
@@ -1237,7 +1283,7 @@ impl Router {
             .collect();
         for (id, silence) in dead {
             let reason = format!("no heartbeat for {silence:?}");
-            self.handle_worker_gone(&id, &reason, now, out);
+            self.worker_gone(&id, &reason, true, now, out);
         }
         for (id, w) in &mut self.workers {
             if w.liveness.heartbeat_due(now) {
@@ -1343,6 +1389,7 @@ impl Router {
             expired: self.counters.expired,
             clients_lost: self.counters.clients_lost,
             workers_lost: self.counters.workers_lost,
+            workers_left: self.counters.workers_left,
             unauthenticated: self.counters.unauthenticated,
             replay_rejected: self.counters.replay_rejected,
             methods: self.methods.len(),
@@ -1459,6 +1506,55 @@ mod tests {
                 stats.services["svc"].overloaded
             ),
             (1, 1)
+        );
+    }
+
+    /// A worker's `BYE`, as it arrives on the backend.
+    fn bye(router: &mut Router, worker: &str, now: Instant, out: &mut Outbox) {
+        let frame = wire::encode_event(&Header::zmesh(None), proto::BYE, wire::EMPTY_ARRAY_ARGS);
+        let event = wire::decode_event(&frame).expect("decodes");
+        router.handle_worker(vec![b(worker)], frame, event, now, out);
+    }
+
+    #[test]
+    fn a_worker_that_says_bye_then_disconnects_has_left_not_been_lost() {
+        let (mut router, now) = router_with(&[("a", 4, true), ("b", 4, true)], 10);
+        let mut out = Outbox::default();
+        bye(&mut router, "a", now, &mut out);
+        assert_eq!(
+            router.handle_worker_gone(&b("a"), "disconnected", now, &mut out),
+            Some(Departure::Left)
+        );
+        // Without a BYE, a disconnect is a loss (a crash closes the connection too).
+        assert_eq!(
+            router.handle_worker_gone(&b("b"), "disconnected", now, &mut out),
+            Some(Departure::Lost)
+        );
+        assert_eq!(
+            router.handle_worker_gone(&b("b"), "again", now, &mut out),
+            None
+        );
+        let stats = router.stats();
+        assert_eq!(
+            (stats.workers_left, stats.workers_lost),
+            (1, 1),
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_says_bye_then_goes_silent_is_lost() {
+        let (mut router, now) = router_with(&[("a", 4, true)], 10);
+        let mut out = Outbox::default();
+        bye(&mut router, "a", now, &mut out);
+        // Far past three of its 100 ms periods, with no heartbeat.
+        router.poll_timers(now + Duration::from_secs(10), &mut out);
+        let stats = router.stats();
+        assert_eq!(stats.workers, 0, "declared dead");
+        assert_eq!(
+            (stats.workers_left, stats.workers_lost),
+            (0, 1),
+            "{stats:?}"
         );
     }
 

@@ -59,8 +59,13 @@ pub struct DeviceStats {
     pub expired: u64,
     /// Calls cancelled because their client stopped heartbeating or disconnected.
     pub clients_lost: u64,
-    /// Workers declared lost (disconnected or silent).
+    /// Workers declared lost: disconnected without saying they were shutting down, or
+    /// silent for three heartbeat periods.
     pub workers_lost: u64,
+    /// Workers that left gracefully: said they were shutting down (`BYE`), then
+    /// disconnected.
+    #[serde(default)]
+    pub workers_left: u64,
     /// Messages refused by the mesh key (from clients or workers): unsealed, sealed with
     /// another key, tampered, or sealed while the device has no key.
     #[serde(default)]

@@ -5,7 +5,8 @@
 //! Admission is two steps because the mesh key sits between them, and what a keyed
 //! receiver does there is its own: [`envelope`] takes the frames as received, the receiver
 //! opens the event frame when it has a key, and [`decode`] takes the opened bytes. A
-//! receiver without a key calls the two back to back.
+//! receiver without a key calls the two back to back, and refuses a sealed frame (which it
+//! cannot open) with [`sealed_without_key`].
 
 use bytes::Bytes;
 
@@ -20,6 +21,8 @@ pub enum Counter {
     Malformed,
     /// Messages over the size limit.
     Oversized,
+    /// Messages refused for their mesh key, or for having one where none is taken.
+    Unauthenticated,
 }
 
 impl Counter {
@@ -28,6 +31,7 @@ impl Counter {
         match self {
             Counter::Malformed => "malformed",
             Counter::Oversized => "oversized",
+            Counter::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -58,6 +62,14 @@ pub enum Refusal {
         /// The request to answer, when decoding got as far as a request's header.
         request: Option<MessageId>,
     },
+    /// A frame sealed with a mesh key reached a receiver that has none: a keyed client
+    /// pointed at a plain endpoint. Answered (unsealed, which a keyed client accepts for
+    /// this kind) so that the client learns why at once instead of at its deadline.
+    #[error("this endpoint takes no mesh key")]
+    SealedWithoutKey {
+        /// The request to answer: the sealed frame's clear id, when it carries one.
+        request: Option<MessageId>,
+    },
 }
 
 /// The `ERR` a refusal is answered with.
@@ -77,6 +89,7 @@ impl Refusal {
         match self {
             Refusal::Unrouted | Refusal::Malformed { .. } => Counter::Malformed,
             Refusal::Oversized { .. } => Counter::Oversized,
+            Refusal::SealedWithoutKey { .. } => Counter::Unauthenticated,
         }
     }
 
@@ -95,6 +108,11 @@ impl Refusal {
                 request,
                 kind: ErrorKind::ProtocolError,
                 message: format!("malformed request: {error}"),
+            }),
+            Refusal::SealedWithoutKey { request } => request.as_ref().map(|request| Answer {
+                request,
+                kind: ErrorKind::Unauthenticated,
+                message: self.to_string(),
             }),
         }
     }
@@ -140,6 +158,13 @@ pub fn decode(event: &Bytes) -> Result<wire::Event, Refusal> {
             .filter(|header| header.response_to.is_none())
             .map(|header| header.message_id),
     })
+}
+
+/// The refusal of a sealed frame by a receiver without a mesh key. Telling a sealed frame
+/// apart, and reading its clear id, is the envelope codec's (zmesh-core's `trust`); this is
+/// what the receiver does about it: count it as unauthenticated and answer the request.
+pub fn sealed_without_key(request: Option<MessageId>) -> Refusal {
+    Refusal::SealedWithoutKey { request }
 }
 
 #[cfg(test)]
@@ -270,6 +295,25 @@ mod tests {
             refusal.answer().map(|a| a.message),
             Some("malformed request: event name is not a string".to_string())
         );
+    }
+
+    #[test]
+    fn a_sealed_request_without_a_key_is_unauthenticated_and_answered() {
+        let refusal = sealed_without_key(Some(MessageId::from_bin(b"id")));
+        assert_eq!(refusal.counter(), Counter::Unauthenticated);
+        assert_eq!(refusal.counter().name(), "unauthenticated");
+        let answer = refusal.answer().expect("addressable by its clear id");
+        assert_eq!(answer.request, &MessageId::from_bin(b"id"));
+        assert_eq!(answer.kind, ErrorKind::Unauthenticated);
+        assert!(
+            answer.kind.is_trust_refusal(),
+            "a keyed client takes it unsealed"
+        );
+        assert_eq!(answer.message, "this endpoint takes no mesh key");
+        // A sealed channel event (no clear id) is counted, not answered.
+        let refusal = sealed_without_key(None);
+        assert_eq!(refusal.counter(), Counter::Unauthenticated);
+        assert_eq!(refusal.answer(), None);
     }
 
     #[test]

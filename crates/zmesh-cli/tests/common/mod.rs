@@ -14,7 +14,7 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -78,18 +78,18 @@ pub(crate) async fn exit_status(child: &mut Child, what: &str) -> ExitStatus {
         .expect("wait")
 }
 
-/// A child's stdout as lines, read by a task of its own so that waiting for a line can be
-/// given up (a timeout, a `select!`) without losing part of one.
+/// A child's stdout (or stderr) as lines, read by a task of its own so that waiting for a
+/// line can be given up (a timeout, a `select!`) without losing part of one.
 #[derive(Debug)]
 pub(crate) struct Lines {
     rx: mpsc::UnboundedReceiver<String>,
 }
 
 impl Lines {
-    pub(crate) fn new(stdout: ChildStdout) -> Self {
+    pub(crate) fn new(output: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
+            let mut lines = BufReader::new(output).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if tx.send(line).is_err() {
                     return;

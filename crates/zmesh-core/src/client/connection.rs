@@ -748,9 +748,10 @@ impl Drop for Connection {
 impl Connection {
     /// Connects (waiting for the ZMTP handshake) and starts the connection's tasks.
     ///
-    /// The `zeromq` crate retries a refused connection by itself, but a handshake cut short
-    /// (a peer restarting, a reset under load) fails at once; those are retried here with
-    /// backoff until the deadline.
+    /// The `zeromq` crate retries a refused connection by itself (until a refusal has
+    /// lasted `endpoint::REFUSED_GRACE`, when this fails with a refused
+    /// [`CallError::Connect`]), but a handshake cut short (a peer restarting, a reset under
+    /// load) fails at once; those are retried here with backoff until the deadline.
     pub(crate) async fn open(
         endpoint: &str,
         config: &ClientConfig,
@@ -763,7 +764,8 @@ impl Connection {
                 Ok(connected) => break connected,
                 Err(e) => {
                     let retry_at = Instant::now() + backoff;
-                    if retry_at >= deadline {
+                    // A refusal has been retried for its grace already.
+                    if retry_at >= deadline || e.is_refused() {
                         return Err(e);
                     }
                     tracing::debug!(endpoint, error = %e, "connect failed; retrying");
@@ -825,10 +827,26 @@ impl Connection {
             endpoint: endpoint.to_owned(),
             reason,
         };
-        match tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)).await {
-            Ok(Ok(())) => Ok((socket, monitor)),
-            Ok(Err(e)) => Err(connect_error(Cause::of(e))),
-            Err(_) => Err(connect_error("deadline passed while connecting".into())),
+        // The crate retries a refused connection until its timeout without a word; the
+        // probe is what tells "nothing listens there" from "slow" (one rule, in `endpoint`).
+        let refused = async {
+            match endpoint.parse::<crate::Endpoint>() {
+                Ok(parsed) => crate::endpoint::refused(&parsed).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            connected = tokio::time::timeout_at(deadline.into(), socket.connect(endpoint)) => {
+                match connected {
+                    Ok(Ok(())) => Ok((socket, monitor)),
+                    Ok(Err(e)) => Err(connect_error(Cause::of(e))),
+                    Err(_) => Err(connect_error("deadline passed while connecting".into())),
+                }
+            }
+            error = refused => Err(connect_error(Cause::with_source(
+                crate::endpoint::REFUSED,
+                error,
+            ))),
         }
     }
 }

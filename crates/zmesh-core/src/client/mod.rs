@@ -191,6 +191,18 @@ impl CallError {
     pub fn is_peer_lost(&self) -> bool {
         matches!(self, Self::PeerLost(_))
     }
+
+    /// True for a [`CallError::Connect`] because nothing listens at the endpoint (its
+    /// cause's source is the refusal, an [`std::io::Error`] of kind `ConnectionRefused`, or
+    /// `NotFound` for a missing ipc socket file), as opposed to one that was slow to answer.
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Self::Connect { reason, .. } => std::error::Error::source(reason)
+                .and_then(|e| e.downcast_ref::<std::io::Error>())
+                .is_some_and(crate::endpoint::is_refusal),
+            _ => false,
+        }
+    }
 }
 
 /// Client settings. Build with `ClientConfig::default()` and the chained setters.
@@ -1120,6 +1132,25 @@ mod tests {
             Err(CallError::Config(e)) => assert_eq!(e.field, "max_in_flight"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_fails_as_refused_long_before_the_connect_timeout() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let connect_timeout = Duration::from_secs(60);
+        let config = ClientConfig::default()
+            .connect_timeout(connect_timeout)
+            .default_timeout(connect_timeout);
+        let client = Client::with_config(format!("tcp://127.0.0.1:{port}"), config);
+        let error = tokio::time::timeout(connect_timeout / 4, client.call::<()>("x", ()))
+            .await
+            .expect("refused well before the connect timeout")
+            .expect_err("nothing listens");
+        assert!(error.is_refused(), "{error}");
+        assert!(error.to_string().contains("connection refused"), "{error}");
     }
 
     /// Every concurrent caller allocates this future and copies it into its task; past

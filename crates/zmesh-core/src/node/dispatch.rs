@@ -356,6 +356,11 @@ pub(super) fn handle_message(
         return;
     };
     match inbound {
+        Inbound::Plain if trust::envelope::is_sealed(&envelope.event) => {
+            let refusal = admission::sealed_without_key(trust::refused_request(&envelope.event));
+            refuse_admission(shared, control, warn, &peer, &envelope.route, &refusal);
+            return;
+        }
         Inbound::Plain => {}
         Inbound::PlainOfKeyed => {}
         Inbound::Sealed(keyed) => match keyed.trust.open_slot(&envelope.event, Kind::Request) {
@@ -403,6 +408,7 @@ fn count(shared: &Shared, refusal: &Refusal) {
     let counter = match refusal.counter() {
         Counter::Malformed => &shared.counters.malformed,
         Counter::Oversized => &shared.counters.oversized,
+        Counter::Unauthenticated => &shared.counters.unauthenticated,
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }

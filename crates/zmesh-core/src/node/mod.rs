@@ -185,8 +185,9 @@ pub struct NodeStats {
     /// Repeats of a request (same `zmesh_request_id`) answered from the reply cache or by
     /// waiting for the first run, instead of running the handler again.
     pub replayed: u64,
-    /// Messages refused on a keyed endpoint: not sealed, wrong or retired key, or tampered.
-    /// None of them reached a handler.
+    /// Messages refused on a keyed endpoint: not sealed, wrong or retired key, or tampered;
+    /// and sealed messages received by a node without a key. None of them reached a
+    /// handler.
     pub unauthenticated: u64,
     /// Sealed messages refused as replays: seen before, or outside the time window.
     pub replay_rejected: u64,

@@ -15,6 +15,10 @@
 //! `Kind::Request`) with its own replay guard. So a worker without the key cannot register
 //! with a keyed device, and a keyed worker ignores a device without it; either way the
 //! refusal is counted and logged, and the link times out and is retried.
+//!
+//! A device that is not there is retried for ever, but not in silence: after
+//! [`REGISTER_WARN_AFTER`] without a link the worker warns once, and says so (INFO) when it
+//! registers after all.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +43,10 @@ use zmesh_proto::liveness::Liveness;
 const DEVICE_LIVENESS: u32 = 3;
 /// Longest pause between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a worker tries to reach its device before it warns that it is not registered
+/// (it keeps trying): a device on the same machine or network answers in milliseconds, so a
+/// few seconds mean a wrong address or a device that is not running.
+pub(crate) const REGISTER_WARN_AFTER: Duration = Duration::from_secs(3);
 
 /// What a worker announces and where.
 pub(super) struct WorkerLink {
@@ -81,26 +89,39 @@ async fn run(
         }
     };
     let mut backoff = Duration::from_millis(10);
+    let mut unregistered = Unregistered::since(Instant::now());
     loop {
+        let attempt = unregistered.noting(
+            &link.endpoint,
+            connect(&link.endpoint, period, &shared.config),
+        );
         let connected = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            c = connect(&link.endpoint, period, &shared.config) => c,
+            c = attempt => c,
         };
         let (socket, monitor) = match connected {
             Ok(connected) => connected,
             Err(e) => {
                 tracing::debug!(device = %link.endpoint, error = %e, "cannot reach the device; retrying");
+                let pause = unregistered.noting(&link.endpoint, tokio::time::sleep(backoff));
                 tokio::select! {
                     biased;
                     _ = stop.changed() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    () = pause => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         backoff = Duration::from_millis(10);
+        if unregistered.warned {
+            tracing::info!(
+                device = %link.endpoint,
+                after_s = unregistered.since.elapsed().as_secs_f64(),
+                "registered with the device"
+            );
+        }
         let (send, recv) = socket.split();
         link.outlet.set(Some(send));
         let header = Header::zmesh(None);
@@ -134,8 +155,45 @@ async fn run(
             Ended::Stopped => return,
             Ended::Lost(reason) => {
                 tracing::info!(device = %link.endpoint, reason, "lost the device; reconnecting");
+                unregistered = Unregistered::since(Instant::now());
             }
         }
+    }
+}
+
+/// Since when the worker has had no link to its device, and whether it said so.
+struct Unregistered {
+    since: Instant,
+    warned: bool,
+}
+
+impl Unregistered {
+    fn since(since: Instant) -> Self {
+        Self {
+            since,
+            warned: false,
+        }
+    }
+
+    /// Runs `step` (a connection attempt, a pause), warning once if the worker is still
+    /// unregistered [`REGISTER_WARN_AFTER`] after it lost (or never had) its link.
+    async fn noting<F: std::future::Future>(&mut self, device: &str, step: F) -> F::Output {
+        let mut step = std::pin::pin!(step);
+        if !self.warned {
+            let warn_at = self.since + REGISTER_WARN_AFTER;
+            tokio::select! {
+                out = &mut step => return out,
+                () = tokio::time::sleep_until(warn_at.into()) => {
+                    self.warned = true;
+                    tracing::warn!(
+                        device,
+                        "not registered with the device after {:?}; is it running there? still trying",
+                        REGISTER_WARN_AFTER
+                    );
+                }
+            }
+        }
+        step.await
     }
 }
 
