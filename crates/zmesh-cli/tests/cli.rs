@@ -4,17 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
 use tokio::time::timeout;
 
 use common::{Server, dead_endpoint, run, stderr, stdout};
-
-/// Longest the Python venv build may take (pip downloads a few wheels).
-const VENV_LIMIT: Duration = Duration::from_secs(300);
 
 #[tokio::test]
 async fn call_prints_results_as_json_over_tcp_and_ipc() {
@@ -323,55 +318,9 @@ async fn usage_errors_and_help() {
 
 // --- a stock Python zerorpc server --------------------------------------------------------
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("the CLI crate lives at crates/zmesh-cli")
-        .to_path_buf()
-}
-
-/// The interop venv's python (`ZMESH_ZERORPC_VENV` or `<workspace>/.venv-zerorpc`), built
-/// with the repository's script when missing, as tests/interop.rs does.
-async fn venv_python() -> PathBuf {
-    let root = workspace_root();
-    let venv = std::env::var_os("ZMESH_ZERORPC_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv-zerorpc"));
-    let python = venv.join("bin").join("python");
-    let imports = |python: PathBuf| async move {
-        Command::new(&python)
-            .args(["-c", "import zerorpc"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    };
-    if !imports(python.clone()).await {
-        let build = Command::new("bash")
-            .arg(root.join("tests/interop/zerorpc-venv.sh"))
-            .arg(&venv)
-            .output();
-        let out = timeout(VENV_LIMIT, build)
-            .await
-            .expect("venv build finishes")
-            .expect("bash runs");
-        assert!(
-            out.status.success() && imports(python.clone()).await,
-            "cannot build the zerorpc venv at {}:\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    python
-}
-
 #[tokio::test]
 async fn call_and_list_against_a_stock_zerorpc_server() {
-    let python = venv_python().await;
-    let mut command = Command::new(python);
-    command.arg(workspace_root().join("tests/interop/py_server.py"));
+    let command = common::zerorpc_venv::python_script("py_server.py").await;
     let server = Server::start(command, "py_server.py").await;
     let ep = server.endpoint.as_str();
 
