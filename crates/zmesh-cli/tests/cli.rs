@@ -91,9 +91,9 @@ async fn deadline_and_unreachable_endpoint_fail_locally() {
 /// be refused before anything waits.
 const USAGE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] naming the bad endpoint
-/// and saying what is wrong with it, having printed nothing on stdout.
-async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
+/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] saying `says`, having
+/// printed nothing on stdout; returns its stderr.
+async fn usage_error(args: &[&str], says: &str) -> String {
     let child = common::zmesh()
         .args(args)
         .stdout(Stdio::piped())
@@ -105,13 +105,19 @@ async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
         .unwrap_or_else(|_| panic!("zmesh {args:?} did not exit within {USAGE_LIMIT:?}"))
         .expect("the child ran");
     assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("invalid value '{endpoint}'")),
-        "{args:?}: {}",
-        stderr(&out)
-    );
     assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     assert_eq!(stdout(&out), "", "{args:?}");
+    stderr(&out)
+}
+
+/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] naming the bad endpoint
+/// and saying what is wrong with it, having printed nothing on stdout.
+async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
+    let err = usage_error(args, says).await;
+    assert!(
+        err.contains(&format!("invalid value '{endpoint}'")),
+        "{args:?}: {err}"
+    );
 }
 
 #[tokio::test]
@@ -397,15 +403,77 @@ async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
     }
     assert_eq!(modes[0]["p50_vs_raw"], 1.0, "raw is the baseline");
 
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(report["build"], build);
+    // This test binary and zmesh share a profile: a debug build says so.
+    assert_eq!(
+        stderr(&out).contains("zmesh: warning: this is a debug build"),
+        cfg!(debug_assertions),
+        "{}",
+        stderr(&out)
+    );
+
     let drawing = std::fs::read_to_string(&svg).expect("the plot was written");
     assert!(
         drawing.starts_with("<svg"),
         "{}",
         &drawing[..drawing.len().min(200)]
     );
-    for label in ["raw", "tcp", "ipc", "device", "percentile"] {
+    for label in [
+        "raw",
+        "tcp",
+        "ipc",
+        "device",
+        "percentile",
+        ">p50<",
+        ">p99.99<",
+        "305 calls per mode",
+        &format!("{build} build"),
+    ] {
         assert!(drawing.contains(label), "{label} in the plot");
     }
+    assert!(!drawing.contains("NaN"), "{drawing}");
+    // The plot was written in place: no temporary file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readable")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("latency.svg")]);
+}
+
+/// `zmesh bench ARGS...` must exit 2 saying `says`, before any mode runs: the arguments ask
+/// for a run far longer than [`USAGE_LIMIT`], and nothing is printed on stdout.
+async fn bench_refused(args: &[&str], says: &str) {
+    // A million warm-up calls per mode alone take minutes.
+    let mut all = vec!["bench", "--warmup", "1000000", "--duration", "3600"];
+    all.extend_from_slice(args);
+    usage_error(&all, says).await;
+}
+
+#[tokio::test]
+async fn bench_refuses_a_run_it_cannot_do_before_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    bench_refused(&["--count", "0"], "is not a count of calls").await;
+    bench_refused(&["--plot", &at("latency.png")], "drawn as SVG").await;
+    bench_refused(&["--plot", &at("latency")], "drawn as SVG").await;
+    bench_refused(
+        &["--plot", &at("missing/latency.svg")],
+        "cannot write the plot",
+    )
+    .await;
+    std::fs::create_dir(dir.path().join("folder.svg")).expect("mkdir");
+    bench_refused(&["--plot", &at("folder.svg")], "it is a directory").await;
+    // Nothing was written, not even a temporary file.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readable")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("folder.svg")]);
 }
 
 #[tokio::test]
