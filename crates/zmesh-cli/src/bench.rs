@@ -305,6 +305,7 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
     // Every mode's servers run for the whole bench (idle while other modes take their
     // turn), each mode connected and warmed up before any is measured.
     let bar = progress_bar(progress);
+    bar.set_message("starting");
     let mut runs = Vec::with_capacity(options.modes.len());
     bar.set_length(options.warmup.saturating_mul(options.modes.len() as u64));
     for &mode in &options.modes {
