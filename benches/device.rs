@@ -81,6 +81,8 @@ fn main() {
         }
     );
     let mut criterion = Criterion::default()
+        // No HTML plots (criterion is built without plotters): its terminal report stays.
+        .without_plots()
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(30)

@@ -254,6 +254,8 @@ fn main() {
     let mut zmesh_next = 0u64;
 
     let mut criterion = Criterion::default()
+        // No HTML plots (criterion is built without plotters): its terminal report stays.
+        .without_plots()
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(20)

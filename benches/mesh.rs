@@ -46,6 +46,8 @@ fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let pin = bench_mode && std::env::var("ZMESH_BENCH_PIN").as_deref() != Ok("off");
     let mut criterion = Criterion::default()
+        // No HTML plots (criterion is built without plotters): its terminal report stays.
+        .without_plots()
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(50)

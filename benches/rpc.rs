@@ -113,6 +113,8 @@ fn main() {
     let started = SystemTime::now();
     let wall = Instant::now();
     let mut criterion = Criterion::default()
+        // No HTML plots (criterion is built without plotters): its terminal report stays.
+        .without_plots()
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))
         .sample_size(50)

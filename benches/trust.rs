@@ -167,7 +167,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
-    let mut criterion = Criterion::default().configure_from_args();
+    let mut criterion = Criterion::default()
+        // No HTML plots (criterion is built without plotters): its terminal report stays.
+        .without_plots()
+        .configure_from_args();
     let servers: Vec<(Kind, Server)> = Kind::ALL
         .iter()
         .map(|&k| (k, Server::start(k, bench_mode)))

@@ -142,6 +142,8 @@ pub fn serve_if_child() {
 pub struct ChildServer {
     pub child: Child,
     pub endpoint: String,
+    /// Its stderr, shown only if the test fails.
+    _log: child_log::ChildLog,
 }
 
 impl ChildServer {
@@ -178,10 +180,11 @@ pub async fn spawn_child_server(endpoint: &str, heartbeat: Duration) -> ChildSer
         .env(CHILD_ENDPOINT_VAR, endpoint)
         .env(CHILD_HEARTBEAT_VAR, heartbeat.as_millis().to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("child server spawns");
+    let log = child_log::ChildLog::capture(&mut child, "the child server");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let endpoint = net("child server READY line", async {
@@ -196,5 +199,9 @@ pub async fn spawn_child_server(endpoint: &str, heartbeat: Duration) -> ChildSer
     .await;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    ChildServer { child, endpoint }
+    ChildServer {
+        child,
+        endpoint,
+        _log: log,
+    }
 }

@@ -126,6 +126,8 @@ pub struct MeshChild {
     pub child: Child,
     pub endpoint: String,
     pub name: String,
+    /// Its stderr, shown only if the test fails.
+    _log: crate::common::child_log::ChildLog,
 }
 
 /// What a child mesh node is told.
@@ -162,12 +164,16 @@ pub async fn spawn_mesh_child(spec: ChildSpec<'_>) -> MeshChild {
         .env(BEACON_TARGET_VAR, spec.beacon_target)
         .env(HEARTBEAT_VAR, spec.heartbeat.as_millis().to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(ledger) = spec.ledger {
         command.env(LEDGER_VAR, ledger);
     }
     let mut child = command.spawn().expect("child mesh node spawns");
+    let log = crate::common::child_log::ChildLog::capture(
+        &mut child,
+        &format!("the child mesh node {}", spec.name),
+    );
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let endpoint = tokio::time::timeout(Duration::from_secs(20), async {
@@ -185,6 +191,7 @@ pub async fn spawn_mesh_child(spec: ChildSpec<'_>) -> MeshChild {
         child,
         endpoint,
         name: spec.name.to_owned(),
+        _log: log,
     }
 }
 

@@ -7,12 +7,14 @@
 //! with the criterion benches and the peer comparison; this module holds what the modes are.
 //! The `device` mode puts a proxy device and an echo worker in two more child processes;
 //! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
-//! shows as a ratio to raw and tcp in the same run.
+//! shows as a ratio to raw and tcp in the same run. What a run cannot use (`--count 0`, a
+//! plot that is not `.svg` or cannot be written) is refused before anything starts, and a
+//! debug build or a busy machine is warned about, since either makes the figures misleading.
 
 use crate::output::outln;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -34,6 +36,190 @@ const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// Blocks each mode's measured calls are split into; the modes take turns block by block
 /// (raw, tcp, ipc, raw, tcp, ...; see `zmesh_bench::schedule` for why).
 const ROUNDS: u64 = 10;
+
+/// The `bench` verb's arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Modes to run, taking turns in this order (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "raw,tcp,ipc,device"
+    )]
+    modes: Vec<Mode>,
+    /// Payload bytes per call.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    in_flight: u64,
+    /// Measured calls per mode, at least 1 (each mode also stops after --duration).
+    #[arg(long, default_value_t = 20_000, value_parser = positive_count)]
+    count: u64,
+    /// Longest measuring time per mode, in seconds.
+    #[arg(long, default_value_t = 5.0, value_parser = crate::positive_seconds)]
+    duration: f64,
+    /// Unmeasured warm-up calls per mode.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u64,
+    /// Runtime flavour of client and servers.
+    #[arg(long, value_enum, default_value = "current-thread")]
+    pub(crate) runtime: Flavour,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the latency distributions to this SVG file (checked before the run).
+    #[arg(long, value_name = "FILE.svg", value_parser = svg_path)]
+    plot: Option<PathBuf>,
+}
+
+/// `--count`'s value: a run of no calls has no figures (they would print as NaN).
+fn positive_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(format!("{text:?} is not a count of calls: give 1 or more")),
+    }
+}
+
+/// `--plot`'s value: the plot is SVG, so any other extension is a usage error rather than
+/// SVG under a misleading name.
+fn svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("svg") => Ok(path),
+        _ => Err(format!(
+            "the plot is drawn as SVG: give a file name ending in .svg, not {text:?}"
+        )),
+    }
+}
+
+/// The `bench` verb: checks what can be checked before the run (the plot's file), warns
+/// about what would skew the figures, runs, prints the table (or JSON) and draws the plot.
+pub(crate) async fn command(args: BenchArgs) -> Result<(), CliError> {
+    let plot = args.plot.as_deref().map(PlotFile::create).transpose()?;
+    let load = std::fs::read_to_string("/proc/loadavg").ok();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    for warning in warnings(cfg!(debug_assertions), load.as_deref(), cores) {
+        eprintln!("zmesh: warning: {warning}");
+    }
+    let options = BenchOptions {
+        modes: args.modes,
+        payload: args.payload,
+        in_flight: usize::try_from(args.in_flight).unwrap_or(usize::MAX),
+        count: args.count,
+        duration: crate::seconds(args.duration),
+        warmup: args.warmup,
+        runtime: args.runtime,
+    };
+    let report = run(&options, !args.json).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CliError::Other(format!("cannot write JSON: {e}")))?;
+        outln!("{text}");
+    } else {
+        print_table(&report)?;
+    }
+    if let Some(plot) = plot {
+        let date = crate::mesh_key::utc_minute(SystemTime::now());
+        let path = plot.write(&crate::plot::svg(&figure(&report, &options, &date)))?;
+        if !args.json {
+            outln!("latency plot written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The build profile the figures come from, as the report and the plot say it.
+const PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
+/// What would make this run's figures misleading: a debug build (several times slower than
+/// release, and unevenly so), or a machine already busy (a 1-minute load average above one
+/// per core, from `/proc/loadavg`'s text, where there is one).
+fn warnings(debug_build: bool, loadavg: Option<&str>, cores: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    if debug_build {
+        out.push(
+            "this is a debug build: its figures are not representative (build with --release)"
+                .to_owned(),
+        );
+    }
+    let load = loadavg
+        .and_then(|text| text.split_whitespace().next())
+        .and_then(|first| first.parse::<f64>().ok());
+    // Core counts are small: no precision lost.
+    #[allow(clippy::cast_precision_loss)]
+    let per_core = load.map(|load| (load, load / cores.max(1) as f64));
+    if let Some((load, per_core)) = per_core.filter(|(_, per_core)| *per_core > 1.0) {
+        out.push(format!(
+            "the machine is busy (load average {load:.2} over {cores} cores, {per_core:.2} per \
+             core): other work skews the figures"
+        ));
+    }
+    out
+}
+
+/// The plot's file, made sure of before the run: a temporary file in the target's directory
+/// (so a directory that is missing or not writable fails at once), renamed over the target
+/// once the plot is drawn (so a failed run leaves nothing behind).
+struct PlotFile {
+    path: PathBuf,
+    file: tempfile::NamedTempFile,
+}
+
+impl PlotFile {
+    fn create(path: &Path) -> Result<Self, CliError> {
+        let cannot = |why: &dyn std::fmt::Display| {
+            CliError::Usage(format!(
+                "cannot write the plot to {}: {why}",
+                path.display()
+            ))
+        };
+        if path.is_dir() {
+            return Err(cannot(&"it is a directory"));
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(cannot(&format_args!(
+                "there is no directory {}",
+                dir.display()
+            )));
+        }
+        // Readable as any file this user writes (the umask applies), not 0600 as a temporary.
+        let file = tempfile::Builder::new()
+            .prefix(".zmesh-plot-")
+            .suffix(".svg")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(dir)
+            // The kind alone: the error's text names the temporary file, not the plot.
+            .map_err(|e| cannot(&format_args!("{} in {}", e.kind(), dir.display())))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Writes `document` and puts it in place; returns where.
+    fn write(mut self, document: &str) -> Result<PathBuf, CliError> {
+        use std::io::Write as _;
+        let fail = |e: &dyn std::fmt::Display| {
+            CliError::Other(format!("cannot write {}: {e}", self.path.display()))
+        };
+        self.file
+            .write_all(document.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| fail(&e))?;
+        self.file.persist(&self.path).map_err(|e| fail(&e.error))?;
+        Ok(self.path)
+    }
+}
 
 /// What one bench run measures.
 #[derive(Debug, Clone)]
@@ -95,6 +281,8 @@ pub(crate) struct BenchReport {
     pub(crate) payload: usize,
     pub(crate) in_flight: usize,
     pub(crate) runtime: Flavour,
+    /// `debug` or `release`: the build the figures come from.
+    pub(crate) build: &'static str,
     pub(crate) modes: Vec<ModeReport>,
 }
 
@@ -116,13 +304,18 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
     };
     // Every mode's servers run for the whole bench (idle while other modes take their
     // turn), each mode connected and warmed up before any is measured.
+    let bar = progress_bar(progress);
+    bar.set_message("starting");
     let mut runs = Vec::with_capacity(options.modes.len());
+    bar.set_length(options.warmup.saturating_mul(options.modes.len() as u64));
     for &mode in &options.modes {
         let mode_key = key.as_deref().filter(|_| mode == Mode::Keyed);
+        bar.set_message(format!("starting {}", mode.name()));
         let (servers, endpoint) =
             start_servers(mode, options.runtime, dir.path(), mode_key).await?;
         let mut caller = Caller::connect(mode, &endpoint, options, mode_key).await?;
-        caller.warm_up(options.warmup).await?;
+        bar.set_message(format!("warm-up {}", mode.name()));
+        caller.warm_up(options.warmup, || bar.inc(1)).await?;
         runs.push(ModeRun {
             mode,
             _servers: servers,
@@ -130,7 +323,8 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
             latencies: Latencies::new(),
         });
     }
-    let bar = progress_bar(progress, options);
+    bar.reset();
+    bar.set_length(options.count.saturating_mul(options.modes.len() as u64));
     let mut schedule = Schedule::new(
         runs.len(),
         options.count,
@@ -140,6 +334,7 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
     );
     while let Some(turn) = schedule.next_turn() {
         let run = &mut runs[turn.mode];
+        bar.set_message(format!("measuring {}", run.mode.name()));
         let block = Block::of(&turn, options.in_flight);
         let measured = run.caller.measure(&block, &mut run.latencies, &bar).await?;
         schedule.finish(&turn, measured.calls, measured.elapsed);
@@ -164,6 +359,7 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
         payload: options.payload,
         in_flight: options.in_flight,
         runtime: options.runtime,
+        build: PROFILE,
         modes: reports,
     })
 }
@@ -225,22 +421,19 @@ impl Caller {
         }
     }
 
-    /// Unmeasured sequential calls.
-    async fn warm_up(&mut self, calls: u64) -> Result<(), CliError> {
-        match self {
-            Self::Raw { dealer, payload } => {
-                for _ in 0..calls {
+    /// Unmeasured sequential calls, calling `tick` after each.
+    async fn warm_up(&mut self, calls: u64, tick: impl Fn()) -> Result<(), CliError> {
+        for _ in 0..calls {
+            match self {
+                Self::Raw { dealer, payload } => {
                     raw_send(dealer, payload).await?;
                     within("a raw reply", dealer.recv())
                         .await?
                         .map_err(raw_error)?;
                 }
+                Self::Zmesh { client, value } => zmesh_call(client, value).await?,
             }
-            Self::Zmesh { client, value } => {
-                for _ in 0..calls {
-                    zmesh_call(client, value).await?;
-                }
-            }
+            tick();
         }
         Ok(())
     }
@@ -290,14 +483,15 @@ impl InOrder for RawConnection<'_> {
     }
 }
 
-fn progress_bar(show: bool, options: &BenchOptions) -> indicatif::ProgressBar {
+/// The progress bar on stderr (drawn only on a terminal): its message names the phase and
+/// the mode (`starting tcp`, `warm-up tcp`, `measuring tcp`); its length is set per phase.
+fn progress_bar(show: bool) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
-    let total = options.count.saturating_mul(options.modes.len() as u64);
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} calls {per_sec}")
+        indicatif::ProgressStyle::with_template("{msg:<18} [{bar:40}] {pos}/{len} calls {per_sec}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -305,10 +499,8 @@ fn progress_bar(show: bool, options: &BenchOptions) -> indicatif::ProgressBar {
 }
 
 fn report(mode: Mode, latencies: &Latencies, elapsed: Duration) -> ModeReport {
-    // Percentiles on a "nines" scale: dense where the tail is.
-    let curve = (0..=40)
-        .map(|i| 100.0 * (1.0 - 10f64.powf(-f64::from(i) / 10.0)))
-        .chain([99.95, 99.99, 100.0])
+    let curve = crate::plot::percentiles(latencies.len())
+        .into_iter()
         .map(|q| (q, zmesh_bench::micros(latencies.at_percentile(q))))
         .collect();
     ModeReport {
@@ -453,6 +645,12 @@ fn spawn_server(
         Some(key) => command.env(MESH_KEY_ENV, key),
         None => command.env_remove(MESH_KEY_ENV),
     };
+    // The servers' warnings about their own set-up (the bench device's backend takes no key,
+    // on loopback by design) would break into the progress bar and the table: errors only,
+    // unless the user asked for more with RUST_LOG.
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "error");
+    }
     command
         .args(["bench-server", "--kind", kind, "--bind", bind])
         .args(["--runtime", flavour.arg()]);
@@ -563,67 +761,161 @@ pub(crate) fn print_table(report: &BenchReport) -> Result<(), crate::output::Out
     Ok(())
 }
 
-/// Draws the latency distribution of every mode (latency against percentile) as SVG.
-pub(crate) fn plot(report: &BenchReport, path: &Path) -> Result<(), CliError> {
-    use plotters::prelude::*;
-    let fail =
-        |e: &dyn std::fmt::Display| CliError::Other(format!("cannot draw {}: {e}", path.display()));
-    // x: "nines" of the percentile (0 = p0, 1 = p90, 2 = p99, 3 = p99.9), y: microseconds.
-    let nines = |q: f64| -(1.0 - (q / 100.0).min(0.9999)).log10();
-    let latencies = || {
-        report
+/// The plot of a run: one series per mode (its calls and maximum in the legend, since the
+/// line ends at the highest percentile its calls resolve) and a caption saying what ran.
+fn figure(report: &BenchReport, options: &BenchOptions, date: &str) -> crate::plot::Figure {
+    let series = report
+        .modes
+        .iter()
+        .map(|m| crate::plot::Series {
+            name: m.mode.name(),
+            note: format!(
+                "{} calls, max {}",
+                m.figures.calls,
+                readable_micros(m.figures.max_us)
+            ),
+            points: m.curve.clone(),
+        })
+        .collect();
+    let calls: Vec<String> = report
+        .modes
+        .iter()
+        .map(|m| m.figures.calls.to_string())
+        .collect();
+    let measured = if calls.iter().all(|c| *c == calls[0]) {
+        format!("{} calls per mode", calls[0])
+    } else {
+        format!("{} calls", calls.join("/"))
+    };
+    crate::plot::Figure {
+        title: "zmesh bench: call latency by percentile".to_owned(),
+        series,
+        caption: vec![
+            format!(
+                "{} B payload, {} in flight, {} runtime, servers in separate processes",
+                report.payload,
+                report.in_flight,
+                report.runtime.arg()
+            ),
+            format!(
+                "{measured} measured (--count {}, --duration {:?}) after {} warm-up calls, in {ROUNDS} alternating blocks",
+                options.count, options.duration, options.warmup
+            ),
+            format!("{} build, {date}", report.build),
+        ],
+    }
+}
+
+/// Microseconds as a legend reads them: `850 us`, `1.25 ms`, `2.5 s`.
+fn readable_micros(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{:.3} s", us / 1e6)
+    } else if us >= 1e3 {
+        format!("{:.3} ms", us / 1e3)
+    } else {
+        format!("{us:.1} us")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plot_of_a_run_shows_every_mode_once_with_a_caption_of_what_ran() {
+        let options = BenchOptions {
+            modes: vec![Mode::Raw, Mode::Tcp, Mode::Ipc, Mode::Device],
+            payload: 64,
+            in_flight: 1,
+            count: 305,
+            duration: Duration::from_secs(5),
+            warmup: 20,
+            runtime: Flavour::CurrentThread,
+        };
+        let modes = options
             .modes
             .iter()
-            .flat_map(|m| m.curve.iter().map(|p| p.1))
-    };
-    // Log scale: the tail is orders of magnitude above the median.
-    let top = latencies().fold(1.0f64, f64::max) * 1.2;
-    let bottom = latencies().fold(top, f64::min).max(0.1) / 1.2;
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let caption = format!(
-        "zmesh bench: latency by percentile ({} B, {} in flight)",
-        report.payload, report.in_flight
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..4f64, (bottom..top).log_scale())
-        .map_err(|e| fail(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency (us)")
-        .x_label_formatter(&|x| match x.round() as i64 {
-            0 => "p0".into(),
-            1 => "p90".into(),
-            2 => "p99".into(),
-            3 => "p99.9".into(),
-            _ => "p99.99".into(),
-        })
-        .x_labels(5)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
-    for (m, &color) in report.modes.iter().zip(colors.iter().cycle()) {
-        let name = m.mode.name();
-        let points = m.curve.iter().map(|&(q, us)| (nines(q), us));
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| fail(&e))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .zip(1u64..)
+            .map(|(&mode, k)| {
+                let mut latencies = Latencies::new();
+                for i in 0..options.count {
+                    // A spread with a tail, slower per mode.
+                    let us = 15 * k + i % 17 + if i % 101 == 0 { 900 * k } else { 0 };
+                    latencies.record(Duration::from_micros(us));
+                }
+                report(mode, &latencies, Duration::from_millis(40))
+            })
+            .collect();
+        let run = BenchReport {
+            payload: options.payload,
+            in_flight: options.in_flight,
+            runtime: options.runtime,
+            build: PROFILE,
+            modes,
+        };
+        let document = crate::plot::svg(&figure(&run, &options, "2026-12-02 19:40 UTC"));
+        let drawn = crate::plot::tests::check(&document);
+        let names: Vec<&str> = drawn.series.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, ["raw", "tcp", "ipc", "device"]);
+        assert_eq!(drawn.x_ticks, ["p50", "p90", "p99", "p99.9", "p99.99"]);
+        // Readable labels across the data (15 us to about 3.6 ms), in us and ms.
+        for label in ["20 us", "100 us", "1 ms"] {
+            assert!(
+                drawn.y_ticks.iter().any(|t| t == label),
+                "{:?}",
+                drawn.y_ticks
+            );
+        }
+        let caption = drawn.caption.join("\n");
+        for field in [
+            "64 B payload",
+            "1 in flight",
+            "current-thread runtime",
+            "305 calls per mode measured",
+            "20 warm-up calls",
+            &format!("{PROFILE} build"),
+            "2026-12-02 19:40 UTC",
+        ] {
+            assert!(caption.contains(field), "{field:?} in {caption}");
+        }
+        // The maximum is stated, not drawn.
+        assert!(
+            drawn
+                .legend
+                .iter()
+                .any(|l| l.starts_with("305 calls, max ")),
+            "{:?}",
+            drawn.legend
+        );
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
-    Ok(())
+
+    #[test]
+    fn a_debug_build_and_a_busy_machine_are_warned_about() {
+        assert!(warnings(false, Some("0.50 0.40 0.30 1/200 999"), 2).is_empty());
+        assert!(warnings(false, Some("2.00 0.40 0.30 1/200 999"), 2).is_empty());
+        assert!(warnings(false, None, 1).is_empty());
+        assert!(warnings(false, Some("garbage"), 1).is_empty());
+        let busy = warnings(false, Some("4.50 3.00 2.00 5/300 1234"), 2);
+        assert_eq!(busy.len(), 1, "{busy:?}");
+        assert!(
+            busy[0].contains("load average 4.50 over 2 cores"),
+            "{busy:?}"
+        );
+        let debug = warnings(true, Some("0.10 0.10 0.10 1/100 1"), 4);
+        assert_eq!(debug.len(), 1, "{debug:?}");
+        assert!(debug[0].contains("debug build"), "{debug:?}");
+    }
+
+    #[test]
+    fn only_svg_plots_are_taken() {
+        assert!(svg_path("out/latency.svg").is_ok());
+        assert!(svg_path("LATENCY.SVG").is_ok());
+        for bad in ["x.png", "x", "x.svg.png", "svg"] {
+            assert!(svg_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(positive_count("1"), Ok(1));
+        for bad in ["0", "-1", "x", ""] {
+            assert!(positive_count(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod events_cmd;
 mod json;
 mod mesh_key;
 mod output;
+mod plot;
 mod proxy_cmd;
 mod serve_cmd;
 
@@ -119,40 +120,7 @@ enum Command {
     /// in one run, with each server in its own process; the modes take turns in 10 blocks
     /// each. Prints p50/p90/p99/p99.9/max and calls/s per mode with ratios to the raw
     /// baseline.
-    Bench {
-        /// Modes to run, taking turns in this order (comma-separated).
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "raw,tcp,ipc,device"
-        )]
-        modes: Vec<bench::Mode>,
-        /// Payload bytes per call.
-        #[arg(long, default_value_t = 64)]
-        payload: usize,
-        /// Calls in flight at once.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-        in_flight: u64,
-        /// Measured calls per mode (each mode also stops after --duration).
-        #[arg(long, default_value_t = 20_000)]
-        count: u64,
-        /// Longest measuring time per mode, in seconds.
-        #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
-        duration: f64,
-        /// Unmeasured warm-up calls per mode.
-        #[arg(long, default_value_t = 2_000)]
-        warmup: u64,
-        /// Runtime flavour of client and servers.
-        #[arg(long, value_enum, default_value = "current-thread")]
-        runtime: bench::Flavour,
-        /// Print the report as JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Also draw the latency distributions to this SVG file.
-        #[arg(long, value_name = "FILE.svg")]
-        plot: Option<std::path::PathBuf>,
-    },
+    Bench(bench::BenchArgs),
     /// Print a publisher's events as JSON lines (with gap reports) until Ctrl-C or SIGTERM,
     /// --count events or --timeout.
     Sub(events_cmd::SubArgs),
@@ -259,7 +227,9 @@ fn main() -> ExitCode {
         )
         .init();
     let flavour = match &cli.command {
-        Command::Bench { runtime, .. } | Command::BenchServer { runtime, .. } => *runtime,
+        Command::Bench(bench::BenchArgs { runtime, .. }) | Command::BenchServer { runtime, .. } => {
+            *runtime
+        }
         _ => bench::Flavour::CurrentThread,
     };
     let runtime = match flavour.runtime() {
@@ -342,42 +312,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             raise_descriptor_limit();
             serve_cmd::run(args, shutdown_signal()).await
         }
-        Command::Bench {
-            modes,
-            payload,
-            in_flight,
-            count,
-            duration,
-            warmup,
-            runtime,
-            json,
-            plot,
-        } => {
-            let options = bench::BenchOptions {
-                modes,
-                payload,
-                in_flight: usize::try_from(in_flight).unwrap_or(usize::MAX),
-                count,
-                duration: seconds(duration),
-                warmup,
-                runtime,
-            };
-            let report = bench::run(&options, !json).await?;
-            if json {
-                let text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| CliError::Other(format!("cannot write JSON: {e}")))?;
-                outln!("{text}");
-            } else {
-                bench::print_table(&report)?;
-            }
-            if let Some(path) = plot {
-                bench::plot(&report, &path)?;
-                if !json {
-                    outln!("latency plot written to {}", path.display());
-                }
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench::command(args).await,
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind.to_string()).await,
         Command::Sub(args) => events_cmd::sub(args, shutdown_signal()).await,
         Command::Pub(args) => events_cmd::publish(args).await,

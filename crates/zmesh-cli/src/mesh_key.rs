@@ -123,6 +123,40 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// The date of a day counted from 1970-01-01, the inverse of [`days_from_civil`] (Howard
+/// Hinnant's `civil_from_days`): `(year, month, day)`.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let days = days + 719_468;
+    let era = days / 146_097;
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `time` to the minute in UTC, `YYYY-MM-DD HH:MM UTC` (as `zmesh bench`'s plot is dated).
+pub(crate) fn utc_minute(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let minutes = secs % 86_400 / 60;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        minutes / 60,
+        minutes % 60
+    )
+}
+
 /// A secret as loaded, before it becomes a [`MeshKey`]; never printed.
 pub(crate) struct Secret(Vec<u8>);
 
@@ -415,6 +449,21 @@ mod tests {
             "2023-11-14",
         ] {
             assert!(parse_wall_time(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn utc_minutes_read_back_as_the_same_time() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(utc_minute(at(0)), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_minute(at(1_700_000_000)), "2023-11-14 22:13 UTC");
+        assert_eq!(utc_minute(at(1_709_251_199)), "2024-02-29 23:59 UTC");
+        // Every day of four years (a leap day among them) parses back to its own minute.
+        for day in 19_000..19_000 + 4 * 366 {
+            let secs = day * 86_400 + 3_600 * 13 + 60 * 7;
+            let text = utc_minute(at(secs + 59));
+            let stamp = format!("{}:00Z", text.trim_end_matches(" UTC").replace(' ', "T"));
+            assert_eq!(parse_wall_time(&stamp), Ok(at(secs)), "{text}");
         }
     }
 }

@@ -4,17 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
 use tokio::time::timeout;
 
 use common::{Server, dead_endpoint, run, stderr, stdout};
-
-/// Longest the Python venv build may take (pip downloads a few wheels).
-const VENV_LIMIT: Duration = Duration::from_secs(300);
 
 #[tokio::test]
 async fn call_prints_results_as_json_over_tcp_and_ipc() {
@@ -96,9 +91,9 @@ async fn deadline_and_unreachable_endpoint_fail_locally() {
 /// be refused before anything waits.
 const USAGE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] naming the bad endpoint
-/// and saying what is wrong with it, having printed nothing on stdout.
-async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
+/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] saying `says`, having
+/// printed nothing on stdout; returns its stderr.
+async fn usage_error(args: &[&str], says: &str) -> String {
     let child = common::zmesh()
         .args(args)
         .stdout(Stdio::piped())
@@ -110,13 +105,19 @@ async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
         .unwrap_or_else(|_| panic!("zmesh {args:?} did not exit within {USAGE_LIMIT:?}"))
         .expect("the child ran");
     assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("invalid value '{endpoint}'")),
-        "{args:?}: {}",
-        stderr(&out)
-    );
     assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     assert_eq!(stdout(&out), "", "{args:?}");
+    stderr(&out)
+}
+
+/// Runs `zmesh ARGS...`, which must exit 2 within [`USAGE_LIMIT`] naming the bad endpoint
+/// and saying what is wrong with it, having printed nothing on stdout.
+async fn refused_as_usage(args: &[&str], endpoint: &str, says: &str) {
+    let err = usage_error(args, says).await;
+    assert!(
+        err.contains(&format!("invalid value '{endpoint}'")),
+        "{args:?}: {err}"
+    );
 }
 
 #[tokio::test]
@@ -323,55 +324,9 @@ async fn usage_errors_and_help() {
 
 // --- a stock Python zerorpc server --------------------------------------------------------
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("the CLI crate lives at crates/zmesh-cli")
-        .to_path_buf()
-}
-
-/// The interop venv's python (`ZMESH_ZERORPC_VENV` or `<workspace>/.venv-zerorpc`), built
-/// with the repository's script when missing, as tests/interop.rs does.
-async fn venv_python() -> PathBuf {
-    let root = workspace_root();
-    let venv = std::env::var_os("ZMESH_ZERORPC_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv-zerorpc"));
-    let python = venv.join("bin").join("python");
-    let imports = |python: PathBuf| async move {
-        Command::new(&python)
-            .args(["-c", "import zerorpc"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    };
-    if !imports(python.clone()).await {
-        let build = Command::new("bash")
-            .arg(root.join("tests/interop/zerorpc-venv.sh"))
-            .arg(&venv)
-            .output();
-        let out = timeout(VENV_LIMIT, build)
-            .await
-            .expect("venv build finishes")
-            .expect("bash runs");
-        assert!(
-            out.status.success() && imports(python.clone()).await,
-            "cannot build the zerorpc venv at {}:\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    python
-}
-
 #[tokio::test]
 async fn call_and_list_against_a_stock_zerorpc_server() {
-    let python = venv_python().await;
-    let mut command = Command::new(python);
-    command.arg(workspace_root().join("tests/interop/py_server.py"));
+    let command = common::zerorpc_venv::python_script("py_server.py").await;
     let server = Server::start(command, "py_server.py").await;
     let ep = server.endpoint.as_str();
 
@@ -448,15 +403,77 @@ async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
     }
     assert_eq!(modes[0]["p50_vs_raw"], 1.0, "raw is the baseline");
 
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    assert_eq!(report["build"], build);
+    // This test binary and zmesh share a profile: a debug build says so.
+    assert_eq!(
+        stderr(&out).contains("zmesh: warning: this is a debug build"),
+        cfg!(debug_assertions),
+        "{}",
+        stderr(&out)
+    );
+
     let drawing = std::fs::read_to_string(&svg).expect("the plot was written");
     assert!(
         drawing.starts_with("<svg"),
         "{}",
         &drawing[..drawing.len().min(200)]
     );
-    for label in ["raw", "tcp", "ipc", "device", "percentile"] {
+    for label in [
+        "raw",
+        "tcp",
+        "ipc",
+        "device",
+        "percentile",
+        ">p50<",
+        ">p99.99<",
+        "305 calls per mode",
+        &format!("{build} build"),
+    ] {
         assert!(drawing.contains(label), "{label} in the plot");
     }
+    assert!(!drawing.contains("NaN"), "{drawing}");
+    // The plot was written in place: no temporary file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readable")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("latency.svg")]);
+}
+
+/// `zmesh bench ARGS...` must exit 2 saying `says`, before any mode runs: the arguments ask
+/// for a run far longer than [`USAGE_LIMIT`], and nothing is printed on stdout.
+async fn bench_refused(args: &[&str], says: &str) {
+    // A million warm-up calls per mode alone take minutes.
+    let mut all = vec!["bench", "--warmup", "1000000", "--duration", "3600"];
+    all.extend_from_slice(args);
+    usage_error(&all, says).await;
+}
+
+#[tokio::test]
+async fn bench_refuses_a_run_it_cannot_do_before_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    bench_refused(&["--count", "0"], "is not a count of calls").await;
+    bench_refused(&["--plot", &at("latency.png")], "drawn as SVG").await;
+    bench_refused(&["--plot", &at("latency")], "drawn as SVG").await;
+    bench_refused(
+        &["--plot", &at("missing/latency.svg")],
+        "cannot write the plot",
+    )
+    .await;
+    std::fs::create_dir(dir.path().join("folder.svg")).expect("mkdir");
+    bench_refused(&["--plot", &at("folder.svg")], "it is a directory").await;
+    // Nothing was written, not even a temporary file.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("readable")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("folder.svg")]);
 }
 
 #[tokio::test]

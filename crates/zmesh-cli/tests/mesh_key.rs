@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::{LIMIT, Lines, Server, dead_endpoint, exit_status, run, stderr, stdout, zmesh};
 use tokio::io::AsyncBufReadExt;
-use tokio::process::Command;
 use tokio::time::timeout;
 
 const ENV: &str = "ZMESH_MESH_KEY";
@@ -512,29 +511,8 @@ async fn mesh_without_a_key_warns_that_discovery_is_unauthenticated() {
     assert!(warning.is_some(), "stderr ended without the warning");
 }
 
-/// The interop venv's python when it is there with zerorpc (other tests build it).
-async fn stock_python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2)?;
-    let venv = std::env::var_os("ZMESH_ZERORPC_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv-zerorpc"));
-    let python = venv.join("bin").join("python");
-    let imports = Command::new(&python)
-        .args(["-c", "import zerorpc"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    imports.then_some(python)
-}
-
 #[tokio::test]
 async fn a_stock_zerorpc_client_is_served_on_the_plain_endpoint_only() {
-    let Some(python) = stock_python().await else {
-        eprintln!("skipped: no interop venv with zerorpc (cli.rs builds it)");
-        return;
-    };
     let dir = tempfile::tempdir().expect("tempdir");
     let key = keygen(dir.path(), "mesh.key").await;
     let mut server = serve(
@@ -561,11 +539,9 @@ except zerorpc.RemoteError as e:
         (plain.as_str(), "STOCK"),
         (server.endpoint.as_str(), "RemoteError Unauthenticated"),
     ] {
-        let child = Command::new(&python)
-            .args(["-c", script, endpoint])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+        let child = common::zerorpc_venv::python_code(script)
+            .await
+            .arg(endpoint)
             .spawn()
             .expect("python starts");
         let out = common::finish(child, "the stock zerorpc client").await;

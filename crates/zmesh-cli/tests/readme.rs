@@ -3,8 +3,6 @@
 //! what the block's comments say it prints.
 
 mod common;
-#[path = "../../../tests/common/zerorpc_venv.rs"]
-mod zerorpc_venv;
 
 use std::time::Duration;
 
@@ -52,7 +50,7 @@ async fn the_readme_python_example_runs_against_its_serve_command() {
 
     let output = timeout(
         PYTHON_LIMIT,
-        zerorpc_venv::python_code(python).await.output(),
+        common::zerorpc_venv::python_code(python).await.output(),
     )
     .await
     .expect("the Python example finishes")

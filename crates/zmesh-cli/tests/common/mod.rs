@@ -1,6 +1,7 @@
 //! Provides what the CLI tests share: running the `zmesh` binary with a time limit, reading a
 //! long-running child's stdout line by line, and a child process that announces its endpoint
-//! on its first stdout line. Every child is killed when its handle drops (also on a failed
+//! on its first stdout line; and, from the root package's `tests/common`, a child's stderr
+//! kept for a failure (`child_log`) and the stock zerorpc venv (`zerorpc_venv`). Every child is killed when its handle drops (also on a failed
 //! assertion).
 
 // Each test crate uses its own subset of these helpers.
@@ -9,6 +10,8 @@
 #[path = "../../../../tests/common/child_log.rs"]
 pub(crate) mod child_log;
 pub(crate) use child_log::ChildLog;
+#[path = "../../../../tests/common/zerorpc_venv.rs"]
+pub(crate) mod zerorpc_venv;
 
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
