@@ -7,8 +7,7 @@
 //! is killed when its test ends.
 
 mod common;
-#[path = "../../../tests/common/zerorpc_venv.rs"]
-mod zerorpc_venv;
+use common::zerorpc_venv;
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
