@@ -1225,4 +1225,44 @@ mod tests {
         });
         assert_eq!(deadline, Some(Some(now + Duration::from_millis(1500))));
     }
+
+    /// On a keyed endpoint a plain request is refused `Unauthenticated`, answered unsealed
+    /// (the peer has no key to open a sealed one); garbage is counted and not answered. On a
+    /// keyed node's plain endpoint the answer goes back on the renamed plain route.
+    #[test]
+    fn keyed_endpoints_refuse_plain_requests_unsealed() {
+        let node = Node::new(NodeConfig::default());
+        let key = crate::trust::MeshKey::from_secret([7u8; 32]).expect("key");
+        let sealed = Inbound::Sealed(Arc::new(Keyed::new(crate::trust::Trust::new(key))));
+        let run = |frames, inbound: &Inbound| {
+            let mut out = Vec::new();
+            node.session()
+                .handle(frames, inbound, Instant::now(), &mut out);
+            let mut outcome = Outcome::default();
+            outcome.add(out);
+            outcome
+        };
+        let id = next_id();
+        let outcome = run(from_peer(request(&id, "echo.upper", vec![s("x")])), &sealed);
+        assert_eq!(answered(&outcome, &id).0, "Unauthenticated");
+        assert_eq!(outcome.answers[0].seal, Seal::Never);
+        assert_eq!(outcome.count(Count::Unauthenticated), 1);
+        assert!(outcome.opened.is_empty(), "{outcome:?}");
+        let garbage = run(from_peer(Bytes::from_static(&[0xc1, 0x00])), &sealed);
+        assert!(garbage.answers.is_empty(), "{garbage:?}");
+        assert_eq!(garbage.count(Count::Unauthenticated), 1);
+
+        let id = next_id();
+        let plain = run(
+            from_peer(request(&id, "nope", vec![])),
+            &Inbound::PlainOfKeyed,
+        );
+        assert_eq!(plain.answers.len(), 1, "{plain:?}");
+        let answer = &plain.answers[0];
+        assert_eq!(answer.route, vec![sender::plain_route_id(b"peer")]);
+        assert_eq!(
+            (answer.kind, answer.seal),
+            (ErrorKind::NameError, Seal::AsUsual)
+        );
+    }
 }
