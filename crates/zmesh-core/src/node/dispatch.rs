@@ -42,7 +42,7 @@ const MAX_STALLED_SENDS: usize = 10_000;
 const ABORT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The session's actions as the driver holds them: a call's slot is a semaphore permit.
-pub(super) type Actions = Vec<Action<OwnedSemaphorePermit>>;
+pub(super) type Actions<'a> = Vec<Action<'a, OwnedSemaphorePermit>>;
 
 /// The node's call slots: permits of its semaphore, held by the call tasks.
 impl Slots for Arc<Semaphore> {
@@ -168,7 +168,7 @@ impl Control {
     }
 
     /// Executes the session's actions, in order, emptying `actions` for the next message.
-    fn execute(&self, actions: &mut Actions) {
+    fn execute(&self, actions: &mut Actions<'_>) {
         let shared = &self.shared;
         for action in actions.drain(..) {
             match action {
@@ -261,13 +261,13 @@ async fn read_loop(
 
 /// Hands one message to the session and executes what it decided. `actions` is the
 /// caller's reusable buffer (empty on return).
-pub(super) fn handle_message(
-    shared: &Shared,
+pub(super) fn handle_message<'a>(
+    shared: &'a Shared,
     control: &Control,
-    warn: &RateLimitedWarn,
+    warn: &'a RateLimitedWarn,
     frames: Vec<Bytes>,
     inbound: &Inbound,
-    actions: &mut Actions,
+    actions: &mut Actions<'a>,
 ) {
     session(shared, warn).handle(frames, inbound, now(), actions);
     control.execute(actions);
@@ -275,7 +275,7 @@ pub(super) fn handle_message(
 
 /// Runs a call the session admitted: polls its handler once and answers at once when it is
 /// done, otherwise opens its channel and moves it to its own task.
-fn run_call(control: &Control, open: Open<OwnedSemaphorePermit>) {
+fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
     let shared = &control.shared;
     let Open {
         peer,

@@ -23,7 +23,6 @@ pub struct Harness {
     shared: Arc<Shared>,
     control: Control,
     warn: RateLimitedWarn,
-    actions: dispatch::Actions,
     out: mpsc::UnboundedReceiver<ZmqMessage>,
     _stop: watch::Sender<bool>,
 }
@@ -77,7 +76,6 @@ impl Harness {
             shared,
             control,
             warn: RateLimitedWarn::default(),
-            actions: dispatch::Actions::new(),
             out,
             _stop: stop,
         })
@@ -87,10 +85,10 @@ impl Harness {
     /// and returns what the node sent in response.
     pub fn handle(&mut self, frames: Vec<Bytes>) -> Vec<ZmqMessage> {
         let (shared, control, warn) = (&self.shared, &self.control, &self.warn);
-        let actions = &mut self.actions;
         self.runtime.block_on(async {
             let inbound = dispatch::Inbound::Plain;
-            dispatch::handle_message(shared, control, warn, frames, &inbound, actions);
+            let mut actions = dispatch::Actions::new();
+            dispatch::handle_message(shared, control, warn, frames, &inbound, &mut actions);
             for _ in 0..SETTLE_TURNS {
                 tokio::task::yield_now().await;
             }

@@ -87,14 +87,15 @@ pub(crate) struct Answer {
 }
 
 /// A request admitted as a call: what the driver needs to run it.
-pub(crate) struct Open<P> {
+pub(crate) struct Open<'a, P> {
     /// The connection it came from (after the plain-endpoint renaming).
     pub(crate) peer: Bytes,
     pub(crate) route: Vec<Bytes>,
     pub(crate) event: wire::Event,
     /// The request's event frame size, counted against the connection while it runs.
     pub(crate) size: usize,
-    pub(crate) method: Arc<Method>,
+    /// Borrowed from the node's method table: no reference count per call.
+    pub(crate) method: &'a Method,
     pub(crate) deadline: Option<Instant>,
     /// The call's node-wide slot; `None` for a zerorpc built-in (never refused as load).
     pub(crate) permit: Option<P>,
@@ -104,7 +105,7 @@ pub(crate) struct Open<P> {
 // `Open` is the common action and the big one; boxing it would cost an allocation per call,
 // while the buffer of actions is reused, so its size costs nothing per message.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Action<P> {
+pub(crate) enum Action<'a, P> {
     /// Add one to a counter.
     Count(Count),
     /// Send this `ERR` now or not at all (it has passed the connection's refusal gate).
@@ -118,10 +119,10 @@ pub(crate) enum Action<P> {
     /// Send a heartbeat on an open channel.
     Heartbeat(Due),
     /// Run this call.
-    Open(Open<P>),
+    Open(Open<'a, P>),
 }
 
-impl<P> std::fmt::Debug for Action<P> {
+impl<P> std::fmt::Debug for Action<'_, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Count(c) => f.debug_tuple("Count").field(c).finish(),
@@ -223,16 +224,16 @@ pub(crate) struct Session<'a, S> {
     pub(crate) slots: &'a S,
 }
 
-type Out<S> = Vec<Action<<S as Slots>::Permit>>;
+type Out<'a, S> = Vec<Action<'a, <S as Slots>::Permit>>;
 
-impl<S: Slots> Session<'_, S> {
+impl<'a, S: Slots> Session<'a, S> {
     /// Decides what one message from a ROUTER (identity first) leads to, at `now`.
     pub(crate) fn handle(
         &self,
         frames: Vec<Bytes>,
         inbound: &Inbound,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         let mut envelope = match admission::envelope(frames, self.config.max_message_size) {
             Ok(envelope) => envelope,
@@ -285,7 +286,7 @@ impl<S: Slots> Session<'_, S> {
         route: Vec<Bytes>,
         refusal: &Refusal,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         out.push(Action::Count(count_of(refusal)));
         self.warn.bad_input(peer, refusal, now);
@@ -309,7 +310,7 @@ impl<S: Slots> Session<'_, S> {
         envelope: wire::Envelope,
         rejection: &Rejection,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         out.push(Action::Count(match rejection {
             Rejection::Replayed(_) => Count::Replayed,
@@ -333,7 +334,7 @@ impl<S: Slots> Session<'_, S> {
 
     /// A bad message from `peer` that gets no reply still counts towards closing a
     /// connection that sends nothing else.
-    fn unanswered_garbage(&self, peer: &Bytes, now: Instant, out: &mut Out<S>) {
+    fn unanswered_garbage(&self, peer: &Bytes, now: Instant, out: &mut Out<'a, S>) {
         let verdict = self.refusals.with(|gate| gate.note_garbage(peer, now));
         self.apply(verdict, peer, out);
     }
@@ -346,7 +347,7 @@ impl<S: Slots> Session<'_, S> {
         request: &MessageId,
         (class, kind, message): (RefusalClass, ErrorKind, String),
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         let request = request.clone();
         self.answer(
@@ -372,7 +373,7 @@ impl<S: Slots> Session<'_, S> {
         message: String,
         seal: Seal,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         if let Some(peer) = route.first() {
             let verdict = self.refusals.with(|gate| gate.refuse(peer, class, now));
@@ -390,7 +391,7 @@ impl<S: Slots> Session<'_, S> {
     }
 
     /// The actions of the gate's verdict on `peer`; whether to send.
-    fn apply(&self, verdict: Verdict, peer: &Bytes, out: &mut Out<S>) -> bool {
+    fn apply(&self, verdict: Verdict, peer: &Bytes, out: &mut Out<'a, S>) -> bool {
         match verdict {
             Verdict::Send => true,
             Verdict::Suppress => {
@@ -413,7 +414,7 @@ impl<S: Slots> Session<'_, S> {
         name: &str,
         args: &[u8],
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         let registry = self.registry;
         if !registry.heard(peer, channel, now) {
@@ -451,7 +452,7 @@ impl<S: Slots> Session<'_, S> {
         event: wire::Event,
         size: usize,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         let request = &event.header.message_id;
         if !self.accepting {
@@ -460,7 +461,8 @@ impl<S: Slots> Session<'_, S> {
             self.refuse(route, request, (class, kind, message), now, out);
             return;
         }
-        let Some(method) = self.methods.get(event.name.as_ref()) else {
+        let methods: &'a HashMap<String, Arc<Method>> = self.methods;
+        let Some(method) = methods.get(event.name.as_ref()) else {
             self.warn
                 .bad_input(&peer, &format_args!("unknown method {:?}", event.name), now);
             let (class, kind) = (RefusalClass::Garbage, ErrorKind::NameError);
@@ -514,7 +516,7 @@ impl<S: Slots> Session<'_, S> {
             route,
             event,
             size,
-            method: method.clone(),
+            method,
             deadline,
             permit,
         }));
@@ -528,7 +530,7 @@ impl<S: Slots> Session<'_, S> {
         request: MessageId,
         why: OpenError,
         now: Instant,
-        out: &mut Out<S>,
+        out: &mut Out<'a, S>,
     ) {
         let config = self.config;
         let (class, kind, message) = match why {
@@ -564,7 +566,7 @@ impl<S: Slots> Session<'_, S> {
     /// The timer pass, every quarter heartbeat period: heartbeats due on open channels,
     /// channels whose client went silent closed and their calls aborted, and the refusal
     /// state of connections idle for [`REFUSAL_IDLE`] dropped.
-    pub(crate) fn poll_timers(&self, now: Instant, out: &mut Out<S>) {
+    pub(crate) fn poll_timers(&self, now: Instant, out: &mut Out<'a, S>) {
         let (due, lost) = self.registry.sweep(now);
         for channel in lost {
             out.push(Action::Count(Count::PeersLost));
@@ -580,7 +582,7 @@ impl<S: Slots> Session<'_, S> {
 
     /// A client connection closed (`peer` as the socket names it): its calls are aborted
     /// and its refusal and key state forgotten.
-    pub(crate) fn disconnected(&self, peer: &[u8], inbound: &Inbound, out: &mut Out<S>) {
+    pub(crate) fn disconnected(&self, peer: &[u8], inbound: &Inbound, out: &mut Out<'a, S>) {
         let peer: Bytes = match inbound {
             Inbound::PlainOfKeyed => sender::plain_route_id(peer),
             Inbound::Sealed(keyed) => {
@@ -677,7 +679,7 @@ mod tests {
         fn count(&self, which: Count) -> u64 {
             self.counts.get(&which).copied().unwrap_or(0)
         }
-        fn add(&mut self, actions: Vec<Action<()>>) {
+        fn add(&mut self, actions: Vec<Action<'_, ()>>) {
             for action in actions {
                 match action {
                     Action::Answer(a) => self.answers.push(a),
