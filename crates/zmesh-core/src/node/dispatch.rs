@@ -1,7 +1,8 @@
-//! Provides the node's one adapter between the ROUTER socket and the handlers: a reader task
-//! that decodes every message and either routes it to an open channel or opens a call, the
-//! tasks of calls that do not finish at once, a heartbeat sweeper, a writer for replies the
-//! reader itself produces, and a watcher for client disconnects.
+//! Provides the node's driver: the tokio side of the pure `session`. A reader task per
+//! socket hands every message to the session and executes the actions it returns (sends,
+//! counters, credit grants, aborts, calls to run); the tasks of calls that do not finish at
+//! once; a timer task for the session's heartbeat pass; and a watcher for client
+//! disconnects.
 //!
 //! A new call's handler is polled once by the reader. If it is done, its reply is handed to
 //! the client's send queue right there (no task, no channel entry, no timer: the common fast
@@ -11,55 +12,56 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
 use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 use zmesh_proto::ErrorKind;
-use zmesh_proto::admission::{self, Counter, Refusal};
-use zmesh_proto::error::SHUTTING_DOWN;
 use zmesh_proto::liveness::Liveness;
 
-use super::Shared;
-use super::refusals::{RefusalClass, RefusalGate, Verdict};
-use super::registry::{Channel, Credit, NodeLoad, OpenError};
-use super::sender::{self, Keyed, Seal, Sender};
+use super::registry::{Channel, Credit};
+use super::sender::{Keyed, Seal, Sender};
+use super::session::{Action, Count, Open, PeerId, Session, Slots};
+pub(super) use super::session::{Inbound, RateLimitedWarn};
+use super::{Counters, Shared};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
-use crate::trust::{self, Kind, Rejection};
 use crate::wire::{self, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names};
 
 /// Replies that may wait at once for a client's full send queue (see [`send_now`]).
 const MAX_STALLED_SENDS: usize = 10_000;
 /// How long shutdown waits on one client's full send queue to tell it its call was aborted.
 const ABORT_SEND_TIMEOUT: Duration = Duration::from_secs(1);
-/// Refusal state of connections not refused for this long is dropped by the sweeper.
-const REFUSAL_IDLE: Duration = Duration::from_secs(30);
+
+/// The session's actions as the driver holds them: a call's slot is a semaphore permit.
+pub(super) type Actions<'a> = Vec<Action<'a, OwnedSemaphorePermit>>;
+
+/// The node's call slots: permits of its semaphore, held by the call tasks.
+impl Slots for Arc<Semaphore> {
+    type Permit = OwnedSemaphorePermit;
+
+    fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.clone().try_acquire_owned().ok()
+    }
+
+    fn free(&self) -> usize {
+        self.available_permits()
+    }
+}
 
 /// One bound ROUTER's receive side and how its messages are to be read.
 pub(super) struct Inlet {
     pub(super) recv: RouterRecvHalf,
     pub(super) monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     pub(super) inbound: Inbound,
-}
-
-/// How a socket's incoming messages are read.
-#[derive(Clone, Debug)]
-pub(super) enum Inbound {
-    /// A node without a mesh key: plain zerorpc events.
-    Plain,
-    /// A keyed node's plain endpoint: plain events, and replies go back unsealed.
-    PlainOfKeyed,
-    /// A keyed endpoint: every event must open with the mesh key.
-    Sealed(Arc<Keyed>),
 }
 
 pub(super) fn spawn_tasks(
@@ -85,21 +87,38 @@ pub(super) fn spawn_tasks(
     tasks
 }
 
-/// Starts the task every node runs whatever socket it serves from (the heartbeat sweeper)
-/// and returns the node's [`Control`].
+/// Starts the task every node runs whatever socket it serves from (the session's timer
+/// pass) and returns the node's [`Control`].
 pub(super) fn spawn_support(
     shared: &Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) -> (Control, Vec<JoinHandle<()>>) {
     let control = Control {
         shared: shared.clone(),
-        gate: Arc::new(std::sync::Mutex::new(RefusalGate::new(
-            shared.config.refusal_policy(),
-        ))),
-        gate_in_use: Arc::new(AtomicBool::new(false)),
     };
     let tasks = vec![tokio::spawn(sweep_loop(control.clone(), stop))];
     (control, tasks)
+}
+
+/// The driver's clock, the one the session is given: tokio's, so that tests with paused
+/// time drive the session's timers and the calls' deadlines alike (in a build without
+/// tokio's `test-util` it is the system's monotonic clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The session over the node's shared state, as it is now.
+fn session<'a>(shared: &'a Shared, warn: &'a RateLimitedWarn) -> Session<'a, Arc<Semaphore>> {
+    Session {
+        name: &shared.name,
+        config: &shared.config,
+        methods: &shared.methods,
+        registry: &shared.registry,
+        refusals: &shared.refusals,
+        warn,
+        accepting: shared.accepting.load(Ordering::Relaxed),
+        slots: &shared.concurrency,
+    }
 }
 
 /// How the node sends what it originates itself: refusals (`ERR`s for bad or unroutable
@@ -109,13 +128,11 @@ pub(super) fn spawn_support(
 /// from whichever task produced it; when that peer's queue is full the message is dropped
 /// for that peer alone and counted (`control_dropped_full`). There is no shared queue, so a
 /// client that stops reading cannot delay another client's heartbeats or errors, and error
-/// traffic cannot starve heartbeats. Refusals also pass a per-connection [`RefusalGate`].
+/// traffic cannot starve heartbeats. Refusals have passed the session's per-connection
+/// refusal gate.
 #[derive(Clone)]
 pub(super) struct Control {
     shared: Arc<Shared>,
-    gate: Arc<std::sync::Mutex<RefusalGate>>,
-    /// Whether the gate tracks any connection (so accepted calls need not lock it).
-    gate_in_use: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -150,116 +167,58 @@ impl Control {
         }
     }
 
-    fn gate(&self) -> std::sync::MutexGuard<'_, RefusalGate> {
-        // Poisoning only means a panic elsewhere while updating counts; they are still valid.
-        self.gate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Counts a bad message from `peer` that gets no reply; closes the connection when it
-    /// has sent garbage for too long.
-    fn unanswered_garbage(&self, peer: &Bytes) {
-        self.judge(peer, |gate, now| gate.note_garbage(peer, now));
-    }
-
-    /// Whether a refusal to `route`'s connection goes out, after the gate's verdict; closes
-    /// the connection when it has sent garbage for too long.
-    fn admit_refusal(&self, route: &[Bytes], class: RefusalClass) -> bool {
-        match route.first() {
-            Some(peer) => self.judge(peer, |gate, now| gate.refuse(peer, class, now)),
-            None => true,
-        }
-    }
-
-    /// Applies the gate's verdict on `peer`: whether to send.
-    fn judge(
-        &self,
-        peer: &Bytes,
-        decide: impl FnOnce(&mut RefusalGate, Instant) -> Verdict,
-    ) -> bool {
-        let verdict = {
-            let mut gate = self.gate();
-            let verdict = decide(&mut gate, Instant::now());
-            self.gate_in_use.store(!gate.is_empty(), Ordering::Relaxed);
-            verdict
-        };
-        let counters = &self.shared.counters;
-        match verdict {
-            Verdict::Send => true,
-            Verdict::Suppress => {
-                counters.refusals_suppressed.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-            Verdict::Disconnect => {
-                counters.garbage_disconnects.fetch_add(1, Ordering::Relaxed);
-                let closed = self.shared.sender.disconnect(peer);
-                tracing::warn!(peer = %PeerId(peer), closed, "closing a connection that keeps sending bad requests");
-                false
+    /// Executes the session's actions, in order, emptying `actions` for the next message.
+    fn execute(&self, actions: &mut Actions<'_>) {
+        let shared = &self.shared;
+        for action in actions.drain(..) {
+            match action {
+                Action::Count(which) => {
+                    counter(&shared.counters, which).fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Answer(answer) => {
+                    let header = Header::zmesh(Some(answer.request));
+                    let args = err_args(answer.kind.as_str(), &answer.message, None);
+                    let event = wire::encode_event(&header, names::ERR, &args);
+                    self.try_send(wire::join_frames(&answer.route, event), answer.seal);
+                }
+                Action::Disconnect(peer) => {
+                    let closed = shared.sender.disconnect(&peer);
+                    tracing::warn!(peer = %PeerId(&peer), closed, "closing a connection that keeps sending bad requests");
+                }
+                Action::Grant(credit, n) => credit.grant(n),
+                Action::Abort(channel) => {
+                    if let Some(abort) = channel.abort {
+                        abort.abort();
+                    }
+                }
+                Action::Heartbeat(due) => {
+                    let header = Header::zmesh(Some(due.channel));
+                    let event = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
+                    self.send(wire::join_frames(&due.route, event));
+                }
+                Action::Open(open) => run_call(self, open),
             }
         }
     }
+}
 
-    /// A call from `peer` was accepted: it is not (only) sending garbage. One atomic load
-    /// on the hot path while no connection has been refused lately.
-    fn accepted(&self, peer: &Bytes) {
-        if self.gate_in_use.load(Ordering::Relaxed) {
-            let mut gate = self.gate();
-            gate.accepted(peer);
-            self.gate_in_use.store(!gate.is_empty(), Ordering::Relaxed);
-        }
-    }
-
-    /// The connection closed: forget its refusal state.
-    pub(super) fn forget(&self, peer: &Bytes) {
-        self.gate().forget(peer);
-    }
-
-    fn send_err(
-        &self,
-        route: &[Bytes],
-        request: &MessageId,
-        class: RefusalClass,
-        kind: ErrorKind,
-        message: &str,
-    ) {
-        self.refuse(route, request, class, kind, message, Seal::AsUsual);
-    }
-
-    /// An `ERR` that goes out unsealed, to a peer refused for not holding the mesh key.
-    fn send_unsealed_err(
-        &self,
-        route: &[Bytes],
-        request: &MessageId,
-        kind: ErrorKind,
-        message: &str,
-    ) {
-        self.refuse(
-            route,
-            request,
-            RefusalClass::Garbage,
-            kind,
-            message,
-            Seal::Never,
-        );
-    }
-
-    fn refuse(
-        &self,
-        route: &[Bytes],
-        request: &MessageId,
-        class: RefusalClass,
-        kind: ErrorKind,
-        message: &str,
-        seal: Seal,
-    ) {
-        if !self.admit_refusal(route, class) {
-            return;
-        }
-        let header = Header::zmesh(Some(request.clone()));
-        let event =
-            wire::encode_event(&header, names::ERR, &err_args(kind.as_str(), message, None));
-        self.try_send(wire::join_frames(route, event), seal);
+/// The node's counter a session [`Count`] names.
+fn counter(counters: &Counters, which: Count) -> &AtomicU64 {
+    match which {
+        Count::Malformed => &counters.malformed,
+        Count::Oversized => &counters.oversized,
+        Count::Unauthenticated => &counters.unauthenticated,
+        Count::Replayed => &counters.replayed_messages,
+        Count::UnknownChannel => &counters.unknown_channel,
+        Count::Cancelled => &counters.cancelled,
+        Count::Expired => &counters.expired,
+        Count::Overloaded => &counters.overloaded,
+        Count::FairShareRefused => &counters.fair_share_refused,
+        Count::PeerOverloaded => &counters.peer_overloaded,
+        Count::Calls => &counters.calls,
+        Count::RefusalsSuppressed => &counters.refusals_suppressed,
+        Count::GarbageDisconnects => &counters.garbage_disconnects,
+        Count::PeersLost => &counters.peers_lost,
     }
 }
 
@@ -274,6 +233,7 @@ async fn read_loop(
     // Made once, not per message: the read loop is the node's hot path.
     let mut stopped = std::pin::pin!(stop.changed());
     let mut turns = ReadTurns::default();
+    let mut actions = Actions::new();
     loop {
         turns.handled_one().await;
         let message = tokio::select! {
@@ -282,7 +242,14 @@ async fn read_loop(
             _ = &mut stopped => break,
         };
         match message {
-            Ok(message) => handle_message(&shared, &control, &warn, message.into_vec(), &inbound),
+            Ok(message) => handle_message(
+                &shared,
+                &control,
+                &warn,
+                message.into_vec(),
+                &inbound,
+                &mut actions,
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "router recv failed");
                 // Not expected in steady state; avoid a hot loop if it repeats.
@@ -292,311 +259,40 @@ async fn read_loop(
     }
 }
 
-/// Logs bad input at `debug` always and at `warn` at most once a second, so a flood of
-/// garbage cannot turn into a flood of log lines.
-#[derive(Default)]
-pub(super) struct RateLimitedWarn {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimitedWarn {
-    pub(super) fn bad_input(&self, peer: &Bytes, what: &dyn std::fmt::Display) {
-        tracing::debug!(peer = %PeerId(peer), problem = %what, "bad input");
-        let now = process_millis();
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(peer = %PeerId(peer), problem = %what, suppressed, "bad input from peer");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn process_millis() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Hex form of a connection identity for logs.
-struct PeerId<'a>(&'a Bytes);
-
-impl std::fmt::Display for PeerId<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-pub(super) fn handle_message(
-    shared: &Arc<Shared>,
+/// Hands one message to the session and executes what it decided. `actions` is the
+/// caller's reusable buffer (empty on return).
+pub(super) fn handle_message<'a>(
+    shared: &'a Shared,
     control: &Control,
-    warn: &RateLimitedWarn,
+    warn: &'a RateLimitedWarn,
     frames: Vec<Bytes>,
     inbound: &Inbound,
+    actions: &mut Actions<'a>,
 ) {
-    let mut envelope = match admission::envelope(frames, shared.config.max_message_size) {
-        Ok(envelope) => envelope,
-        Err((refusal, mut route)) => {
-            if let Some(peer) = local_peer(inbound, &mut route) {
-                refuse_admission(shared, control, warn, &peer, &route, &refusal);
-            } else {
-                count(shared, &refusal);
-            }
-            return;
-        }
-    };
-    // Admission refuses a message without a route, so there always is a peer here.
-    let Some(peer) = local_peer(inbound, &mut envelope.route) else {
-        return;
-    };
-    match inbound {
-        Inbound::Plain if trust::envelope::is_sealed(&envelope.event) => {
-            let refusal = admission::sealed_without_key(trust::refused_request(&envelope.event));
-            refuse_admission(shared, control, warn, &peer, &envelope.route, &refusal);
-            return;
-        }
-        Inbound::Plain => {}
-        Inbound::PlainOfKeyed => {}
-        Inbound::Sealed(keyed) => match keyed.trust.open_slot(&envelope.event, Kind::Request) {
-            Ok((event, slot)) => {
-                keyed.note_key_slot(&peer, slot);
-                envelope.event = event;
-            }
-            Err(rejection) => {
-                reject(shared, control, warn, &peer, &envelope, &rejection);
-                return;
-            }
-        },
-    }
-    let event = match admission::decode(&envelope.event) {
-        Ok(event) => event,
-        Err(refusal) => {
-            refuse_admission(shared, control, warn, &peer, &envelope.route, &refusal);
-            return;
-        }
-    };
-    match &event.header.response_to {
-        Some(channel) => handle_channel_event(shared, &peer, channel, &event.name, &event.args),
-        None => {
-            let size = envelope.event.len();
-            open_call(shared, control, warn, peer, envelope.route, event, size)
-        }
-    }
+    session(shared, warn).handle(frames, inbound, now(), actions);
+    control.execute(actions);
 }
 
-/// The connection a message came from, the first routing frame (the ROUTER puts the
-/// connection's identity there). A connection to a plain endpoint is plain from its first
-/// message on, whatever that message is: its route names the plain socket, so replies to it
-/// (an `ERR` for an oversized first message included) go out there, and it never shares an
-/// identity with a keyed connection (see `sender::plain_route_id`).
-fn local_peer(inbound: &Inbound, route: &mut [Bytes]) -> Option<Bytes> {
-    let first = route.first_mut()?;
-    if let Inbound::PlainOfKeyed = inbound {
-        *first = sender::plain_route_id(first);
-    }
-    Some(first.clone())
-}
-
-/// Counts a message admission refused in the one counter of its reason.
-fn count(shared: &Shared, refusal: &Refusal) {
-    let counter = match refusal.counter() {
-        Counter::Malformed => &shared.counters.malformed,
-        Counter::Oversized => &shared.counters.oversized,
-        Counter::Unauthenticated => &shared.counters.unauthenticated,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Counts and traces a message admission refused, and answers it when it is an
-/// addressable request.
-#[cold]
-fn refuse_admission(
-    shared: &Shared,
-    control: &Control,
-    warn: &RateLimitedWarn,
-    peer: &Bytes,
-    route: &[Bytes],
-    refusal: &Refusal,
-) {
-    count(shared, refusal);
-    warn.bad_input(peer, refusal);
-    match refusal.answer() {
-        Some(answer) => control.send_err(
-            route,
-            answer.request,
-            RefusalClass::Garbage,
-            answer.kind,
-            &answer.message,
-        ),
-        None => control.unanswered_garbage(peer),
-    }
-}
-
-/// Counts and traces a message refused by the mesh key, and answers an unsealed `ERR` when
-/// the request can be addressed: by the clear id of a sealed frame, or by the header of a
-/// plain zerorpc request (a stock client on a keyed endpoint learns why it is refused).
-#[cold]
-fn reject(
-    shared: &Shared,
-    control: &Control,
-    warn: &RateLimitedWarn,
-    peer: &Bytes,
-    envelope: &wire::Envelope,
-    rejection: &Rejection,
-) {
-    let counter = match rejection {
-        Rejection::Replayed(_) => &shared.counters.replayed_messages,
-        _ => &shared.counters.unauthenticated,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    warn.bad_input(peer, rejection);
-    match trust::refused_request(&envelope.event) {
-        Some(request) => control.send_unsealed_err(
-            &envelope.route,
-            &request,
-            rejection.kind(),
-            &rejection.to_string(),
-        ),
-        None => control.unanswered_garbage(peer),
-    }
-}
-
-/// Routes a heartbeat, credit grant or cancel to its open channel.
-fn handle_channel_event(
-    shared: &Shared,
-    peer: &Bytes,
-    channel: &MessageId,
-    name: &str,
-    args: &[u8],
-) {
-    let registry = &shared.registry;
-    if !registry.heard(peer, channel, Instant::now()) {
-        // zerorpc logs and drops these too: typically a heartbeat racing the final reply.
-        shared
-            .counters
-            .unknown_channel
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(event = name, channel = %channel, "event for a channel that is not open");
-        return;
-    }
-    match name {
-        names::HEARTBEAT => {}
-        names::MORE => match (wire::parse_more_args(args), registry.credit(peer, channel)) {
-            (Some(n), Some(credit)) => credit.grant(n),
-            (None, _) => tracing::debug!(channel = %channel, "ignoring malformed _zpc_more"),
-            (Some(_), None) => {}
-        },
-        names::CANCEL => {
-            if let Some(closed) = registry.close(peer, channel) {
-                shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                if let Some(abort) = closed.abort {
-                    abort.abort();
-                }
-                tracing::debug!(channel = %channel, "call cancelled by the client");
-            }
-        }
-        other => {
-            tracing::debug!(event = other, channel = %channel, "ignoring unexpected event on a channel")
-        }
-    }
-}
-
-fn open_call(
-    shared: &Arc<Shared>,
-    control: &Control,
-    warn: &RateLimitedWarn,
-    peer: Bytes,
-    route: Vec<Bytes>,
-    event: wire::Event,
-    size: usize,
-) {
+/// Runs a call the session admitted: polls its handler once and answers at once when it is
+/// done, otherwise opens its channel and moves it to its own task.
+fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
+    let shared = &control.shared;
+    let Open {
+        peer,
+        route,
+        event,
+        size,
+        method,
+        deadline,
+        permit,
+    } = open;
     let header = event.header;
-    if !shared.accepting.load(Ordering::Relaxed) {
-        control.send_err(
-            &route,
-            &header.message_id,
-            RefusalClass::Load,
-            ErrorKind::ShuttingDown,
-            SHUTTING_DOWN,
-        );
-        return;
-    }
-    let Some(method) = shared.methods.get(event.name.as_ref()) else {
-        warn.bad_input(&peer, &format_args!("unknown method {:?}", event.name));
-        control.send_err(
-            &route,
-            &header.message_id,
-            RefusalClass::Garbage,
-            ErrorKind::NameError,
-            &event.name,
-        );
-        return;
-    };
     // A repeat of a request that already ran here is answered from the reply cache.
     let request_key = if method.streaming {
         None
     } else {
         shared.replies.key(&header, &event.name)
     };
-    let now = Instant::now();
-    let deadline = match header.deadline_ms {
-        Some(0) => {
-            // The caller has already given up; running the call would only waste work.
-            shared.counters.expired.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(method = %event.name, "dropping request whose deadline has passed");
-            return;
-        }
-        Some(ms) => Some(now + Duration::from_millis(ms)),
-        None => None,
-    };
-    // Built-ins answer from static data and bypass the limits, so a health check or a
-    // client's connection ping is never refused (or counted) as load.
-    let builtin = crate::reserved::is_zerorpc_builtin(&event.name);
-    let permit = if builtin {
-        None
-    } else {
-        let Ok(permit) = shared.concurrency.clone().try_acquire_owned() else {
-            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            let message = format!(
-                "node {} is at its limit of {} concurrent calls",
-                shared.name, shared.config.max_concurrent_calls
-            );
-            control.send_err(
-                &route,
-                &header.message_id,
-                RefusalClass::Load,
-                ErrorKind::Overloaded,
-                &message,
-            );
-            return;
-        };
-        let load = NodeLoad {
-            // The permit just taken included: it is this call's.
-            in_flight: shared.config.max_concurrent_calls - shared.concurrency.available_permits(),
-            limit: shared.config.max_concurrent_calls,
-        };
-        let admitted = shared.registry.admit(
-            &peer,
-            &header.message_id,
-            size,
-            shared.config.peer_limits(),
-            load,
-        );
-        if let Err(refusal) = admitted {
-            refuse(shared, control, &route, &header.message_id, refusal);
-            return;
-        }
-        Some(permit)
-    };
-    shared.counters.calls.fetch_add(1, Ordering::Relaxed);
-    control.accepted(&peer);
-
     let reply_to = ReplyTo {
         sealer: shared.sender.sealer_for(&route),
         next_seq: AtomicU32::new(0),
@@ -611,7 +307,7 @@ fn open_call(
         outcome = field::Empty,
         duration_us = field::Empty,
     );
-    let started = Instant::now();
+    let started = now();
 
     // Fast path: most handlers finish on their first poll, so poll once right here and
     // answer at once, with no task, no channel entry and no timer. The no-op waker is fine:
@@ -658,7 +354,7 @@ fn open_call(
         route: reply_to.route.clone(),
         abort: None,
         credit: credit.clone(),
-        liveness: Liveness::channel(shared.config.heartbeat, now),
+        liveness: Liveness::channel(shared.config.heartbeat, started),
         size,
     };
     let request_id = reply_to.request_id.clone();
@@ -685,70 +381,14 @@ fn open_call(
             tokio::spawn(call.run(future).instrument(span)).abort_handle()
         },
     );
-    if let Err((refusal, refused)) = opened {
-        // Another call raced in between `admit` and here.
-        refuse(shared, control, &refused.route, &request_id, refusal);
+    if let Err((why, refused)) = opened {
+        // Another call raced in between the session's admission and here: the session
+        // decides the answer; cold, so a buffer of its own.
+        let warn = RateLimitedWarn::default();
+        let mut actions = Actions::new();
+        session(shared, &warn).refused_open(refused.route, request_id, why, now(), &mut actions);
+        control.execute(&mut actions);
     }
-}
-
-/// Answers a request the registry would not open.
-fn refuse(
-    shared: &Shared,
-    control: &Control,
-    route: &[Bytes],
-    request: &MessageId,
-    why: OpenError,
-) {
-    let limit = match why {
-        OpenError::PeerCalls => format!("{} concurrent calls", shared.config.max_calls_per_peer),
-        OpenError::PeerBytes => format!(
-            "{} bytes of requests in flight",
-            shared.config.max_bytes_per_peer
-        ),
-        OpenError::FairShare { holds, free } => {
-            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            shared
-                .counters
-                .fair_share_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let message = format!(
-                "node {} is near its limit of {} concurrent calls and this connection holds \
-                 {holds} of them, too many for the {free} still free",
-                shared.name, shared.config.max_concurrent_calls
-            );
-            control.send_err(
-                route,
-                request,
-                RefusalClass::Load,
-                ErrorKind::Overloaded,
-                &message,
-            );
-            return;
-        }
-        OpenError::Duplicate => {
-            let message = "a call with this message_id is already running";
-            control.send_err(
-                route,
-                request,
-                RefusalClass::Garbage,
-                ErrorKind::ProtocolError,
-                message,
-            );
-            return;
-        }
-    };
-    shared
-        .counters
-        .peer_overloaded
-        .fetch_add(1, Ordering::Relaxed);
-    let message = format!("this connection is at its limit of {limit}");
-    control.send_err(
-        route,
-        request,
-        RefusalClass::Load,
-        ErrorKind::PeerOverloaded,
-        &message,
-    );
 }
 
 /// Where and to which request a reply goes, and how each kind of reply is built.
@@ -1086,7 +726,8 @@ impl Call {
     }
 }
 
-/// Sends heartbeats on open channels and closes channels whose client went silent.
+/// Runs the session's timer pass every quarter heartbeat period: heartbeats on open
+/// channels, channels whose client went silent closed.
 ///
 /// Heartbeats go out with [`Control::send`]: never waiting, so one client that stops
 /// reading cannot delay the heartbeats of the others.
@@ -1096,68 +737,31 @@ async fn sweep_loop(control: Control, mut stop: watch::Receiver<bool>) {
     // Quarter-period ticks keep heartbeats and loss detection within a quarter period of due.
     let mut ticker = tokio::time::interval(period / 4);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let warn = RateLimitedWarn::default();
+    let mut actions = Actions::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => {}
         }
-        let now = Instant::now();
-        let (due, lost) = shared.registry.sweep(now);
-        for channel in lost {
-            shared.counters.peers_lost.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(peer = %channel.route.first().map(|p| PeerId(p).to_string()).unwrap_or_default(),
-                "client stopped heartbeating; aborting its call");
-            if let Some(abort) = channel.abort {
-                abort.abort();
-            }
-        }
-        for d in due {
-            let header = Header::zmesh(Some(d.channel));
-            let event = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
-            control.send(wire::join_frames(&d.route, event));
-        }
-        if control.gate_in_use.load(Ordering::Relaxed) {
-            let mut gate = control.gate();
-            gate.sweep(now, REFUSAL_IDLE);
-            control
-                .gate_in_use
-                .store(!gate.is_empty(), Ordering::Relaxed);
-        }
+        session(&shared, &warn).poll_timers(now(), &mut actions);
+        control.execute(&mut actions);
     }
 }
 
-/// Aborts the calls of a client connection as soon as the socket reports it gone.
+/// Tells the session of a client connection the socket reports gone, so its calls are
+/// aborted at once.
 async fn watch_disconnects(
     control: Control,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     inbound: Inbound,
 ) {
-    let shared = &control.shared;
+    let warn = RateLimitedWarn::default();
+    let mut actions = Actions::new();
     while let Some(event) = monitor.next().await {
         if let SocketEvent::Disconnected(peer_id) = event {
-            let peer: Bytes = match &inbound {
-                Inbound::PlainOfKeyed => sender::plain_route_id(&peer_id),
-                Inbound::Sealed(keyed) => {
-                    let peer = peer_id.into();
-                    keyed.forget_peer(&peer);
-                    peer
-                }
-                Inbound::Plain => peer_id.into(),
-            };
-            control.forget(&peer);
-            let channels = shared.registry.close_peer(&peer);
-            if !channels.is_empty() {
-                shared
-                    .counters
-                    .peers_lost
-                    .fetch_add(channels.len() as u64, Ordering::Relaxed);
-                tracing::info!(peer = %PeerId(&peer), calls = channels.len(), "client disconnected; aborting its calls");
-            }
-            for channel in channels {
-                if let Some(abort) = channel.abort {
-                    abort.abort();
-                }
-            }
+            session(&control.shared, &warn).disconnected(&peer_id, &inbound, &mut actions);
+            control.execute(&mut actions);
         }
     }
 }

@@ -43,11 +43,25 @@ impl Harness {
     /// # Errors
     /// [`NodeError`] when the configuration or the method table is invalid.
     pub fn new(services: &[Service], config: NodeConfig) -> Result<Self, NodeError> {
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        Self::on(runtime.enable_time(), services, config)
+    }
+
+    /// A harness whose clock stands still until [`Harness::advance`] moves it: timer tests
+    /// (heartbeats, silent channels, deadlines) run in no real time.
+    #[cfg(test)]
+    fn paused(services: &[Service], config: NodeConfig) -> Result<Self, NodeError> {
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        Self::on(runtime.enable_time().start_paused(true), services, config)
+    }
+
+    fn on(
+        runtime: &mut tokio::runtime::Builder,
+        services: &[Service],
+        config: NodeConfig,
+    ) -> Result<Self, NodeError> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(NodeError::Runtime)?;
+        let runtime = runtime.build().map_err(NodeError::Runtime)?;
         let name = "harness".to_owned();
         let mut methods = super::prefixed_methods(services)?;
         builtins::register(&name, &mut methods);
@@ -72,9 +86,29 @@ impl Harness {
     pub fn handle(&mut self, frames: Vec<Bytes>) -> Vec<ZmqMessage> {
         let (shared, control, warn) = (&self.shared, &self.control, &self.warn);
         self.runtime.block_on(async {
-            dispatch::handle_message(shared, control, warn, frames, &dispatch::Inbound::Plain);
+            let inbound = dispatch::Inbound::Plain;
+            let mut actions = dispatch::Actions::new();
+            dispatch::handle_message(shared, control, warn, frames, &inbound, &mut actions);
             for _ in 0..SETTLE_TURNS {
                 tokio::task::yield_now().await;
+            }
+        });
+        std::iter::from_fn(|| self.out.try_recv().ok()).collect()
+    }
+
+    /// Moves the paused clock on by `by`, in steps of `step`, letting the node's tasks run
+    /// after each; returns what the node sent meanwhile.
+    #[cfg(test)]
+    fn advance(&mut self, by: std::time::Duration, step: std::time::Duration) -> Vec<ZmqMessage> {
+        self.runtime.block_on(async {
+            let mut left = by;
+            while !left.is_zero() {
+                let d = step.min(left);
+                tokio::time::advance(d).await;
+                for _ in 0..SETTLE_TURNS {
+                    tokio::task::yield_now().await;
+                }
+                left -= d;
             }
         });
         std::iter::from_fn(|| self.out.try_recv().ok()).collect()
@@ -86,8 +120,49 @@ impl Harness {
     }
 }
 
+/// Hand-built zerorpc events (with `rmpv`), for tests that break the protocol on purpose:
+/// the session's unit tests and the socket tests of bad input build the same bytes.
+pub mod raw {
+    use bytes::Bytes;
+    use rmpv::Value;
+
+    /// `v` encoded.
+    pub fn enc(v: &Value) -> Bytes {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, v).expect("encodes");
+        Bytes::from(out)
+    }
+
+    /// A str value.
+    pub fn s(text: &str) -> Value {
+        Value::from(text)
+    }
+
+    /// A bin value.
+    pub fn bin(bytes: &[u8]) -> Value {
+        Value::Binary(bytes.to_vec())
+    }
+
+    /// `{"message_id": <bin id>, "v": 3}`, as a stock zerorpc client sends it.
+    pub fn hdr(id: &[u8]) -> Value {
+        Value::Map(vec![(s("message_id"), bin(id)), (s("v"), Value::from(3))])
+    }
+
+    /// `[header, name, args]` encoded.
+    pub fn event(header: Value, name: Value, args: Value) -> Bytes {
+        enc(&Value::Array(vec![header, name, args]))
+    }
+
+    /// A well-formed request.
+    pub fn request(id: &[u8], method: &str, args: Vec<Value>) -> Bytes {
+        event(hdr(id), s(method), Value::Array(args))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::service::HandlerError;
     use crate::wire::{self, Header, names};
@@ -109,6 +184,75 @@ mod tests {
         assert_eq!(frames[0], Bytes::from_static(b"peer"), "routed back");
         let last = frames.last().expect("event frame").clone();
         wire::decode_event(&last).expect("the node sends valid events")
+    }
+
+    /// A method that never finishes: its call stays open until something ends it.
+    fn hang() -> Service {
+        Service::new("t").method("hang", |s: String| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, HandlerError>(s)
+        })
+    }
+
+    fn names_of(messages: &[ZmqMessage]) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| {
+                let last = m.clone().into_vec().pop().expect("event frame");
+                let event = wire::decode_event(&last).expect("the node sends valid events");
+                event.name.into_owned()
+            })
+            .collect()
+    }
+
+    /// The node heartbeats a running call's client every period, and when the client stays
+    /// silent for more than two periods its channel is lost and the call aborted: all in
+    /// paused time.
+    #[test]
+    fn a_silent_channel_is_heartbeated_then_lost() {
+        let period = Duration::from_secs(1);
+        let config = NodeConfig::default().heartbeat(period);
+        let mut h = Harness::paused(&[hang()], config).expect("harness");
+        let args = rmp_serde::to_vec(&("x",)).expect("encodes");
+        assert!(h.handle(request("t.hang", &args)).is_empty());
+        assert_eq!(h.stats().in_flight, 1);
+        let step = period / 8;
+        // Within two periods: heartbeats go out, the channel stays open.
+        let sent = h.advance(period + period / 2, step);
+        let names = names_of(&sent);
+        assert!(!names.is_empty(), "no heartbeat in a period and a half");
+        assert!(names.iter().all(|n| n == names::HEARTBEAT), "{names:?}");
+        assert_eq!((h.stats().in_flight, h.stats().peers_lost), (1, 0));
+        // Past the silence limit (two periods, checked every quarter period): lost.
+        h.advance(2 * period, step);
+        let stats = h.stats();
+        assert_eq!((stats.in_flight, stats.peers_lost), (0, 1), "{stats:?}");
+    }
+
+    /// A call that outlives its deadline is answered `DeadlineExceeded` once its deadline
+    /// passes, not before; in paused time.
+    #[test]
+    fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
+        let config = NodeConfig::default().heartbeat(Duration::from_secs(60));
+        let mut h = Harness::paused(&[hang()], config).expect("harness");
+        let args = rmp_serde::to_vec(&("x",)).expect("encodes");
+        let mut header = Header::zmesh(None);
+        header.deadline_ms = Some(500);
+        let event = wire::encode_event(&header, "t.hang", &args);
+        let frames = vec![Bytes::from_static(b"peer"), Bytes::new(), event];
+        assert!(h.handle(frames).is_empty());
+        let step = Duration::from_millis(50);
+        assert!(h.advance(Duration::from_millis(400), step).is_empty());
+        assert_eq!(h.stats().expired, 0);
+        let sent = h.advance(Duration::from_millis(200), step);
+        let reply = reply_of(&sent);
+        assert_eq!(reply.name, names::ERR);
+        let (name, message, _) = wire::parse_err_args(&reply.args);
+        assert_eq!(name, "DeadlineExceeded");
+        assert_eq!(message, "t.hang did not finish within its deadline");
+        assert_eq!(reply.header.response_to, Some(header.message_id));
+        let stats = h.stats();
+        assert_eq!((stats.expired, stats.in_flight), (1, 0), "{stats:?}");
     }
 
     #[test]

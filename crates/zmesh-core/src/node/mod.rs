@@ -2,8 +2,9 @@
 //! of its services to zmesh and stock zerorpc clients, with limits, heartbeats and graceful
 //! shutdown.
 //!
-//! Layout: `config` holds the knobs, `registry` the open channels, `dispatch` the one task
-//! that reads the socket and the per-call tasks it spawns, `builtins` the `_zerorpc_*`
+//! Layout: `config` holds the knobs, `registry` the open channels, `session` the pure
+//! protocol decisions (message in, actions out), `dispatch` the tokio driver that reads the
+//! sockets, executes the session's actions and runs the call tasks, `builtins` the `_zerorpc_*`
 //! methods, `sender` the send side over either socket, `worker` the link of a node that
 //! serves behind a proxy device ([`NodeBuilder::worker_of`]), `extension` the hook other
 //! components (events) plug into a node through.
@@ -18,6 +19,7 @@ mod refusals;
 mod registry;
 mod reply_cache;
 mod sender;
+mod session;
 mod worker;
 
 use std::any::Any;
@@ -232,6 +234,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) sender: Sender,
     pub(crate) replies: reply_cache::ReplyCache,
+    /// The per-connection refusal gate the session decides with.
+    pub(crate) refusals: session::Refusals,
 }
 
 impl Shared {
@@ -244,6 +248,7 @@ impl Shared {
     ) -> Arc<Self> {
         Arc::new(Self {
             replies: reply_cache::ReplyCache::new(config.reply_cache_size, config.reply_cache_ttl),
+            refusals: session::Refusals::new(config.refusal_policy()),
             name,
             methods,
             concurrency: Arc::new(Semaphore::new(config.max_concurrent_calls)),

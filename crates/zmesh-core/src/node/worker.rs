@@ -227,6 +227,7 @@ async fn serve_link(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut device = Liveness::link(period, DEVICE_LIVENESS, Instant::now());
     let mut turns = ReadTurns::default();
+    let mut actions = dispatch::Actions::new();
     loop {
         turns.handled_one().await;
         tokio::select! {
@@ -254,7 +255,7 @@ async fn serve_link(
                     }
                 } else {
                     device.heard(Instant::now());
-                    dispatch::handle_message(shared, control, warn, frames, inbound);
+                    dispatch::handle_message(shared, control, warn, frames, inbound, &mut actions);
                 }
             }
             // The ticker paces the heartbeats: one as the link comes up, then every period.
@@ -298,7 +299,7 @@ fn device_event(
             _ => &shared.counters.unauthenticated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        warn.bad_input(&device, rejection);
+        warn.bad_input(&device, rejection, Instant::now());
     };
     let keyed = match inbound {
         dispatch::Inbound::Sealed(keyed) => Some(keyed),
