@@ -6,30 +6,43 @@
 //! ```
 
 use futures::StreamExt;
-use zmesh::{Client, HandlerError, Node, Service};
+use zmesh::{Client, HandlerError, ItemStream, Node};
+
+/// A service is a trait; `#[zmesh::service]` generates its typed server and client.
+#[zmesh::service]
+trait Greeter {
+    /// Greets `name`.
+    async fn hello(&self, name: String) -> Result<String, HandlerError>;
+    /// Counts from 0 to `n - 1`, as a stream.
+    #[zmesh(stream)]
+    async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError>;
+}
+
+struct Polite;
+
+impl Greeter for Polite {
+    async fn hello(&self, name: String) -> Result<String, HandlerError> {
+        Ok(format!("Hello, {name}"))
+    }
+
+    async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError> {
+        Ok(futures::stream::iter((0..n).map(Ok)).boxed())
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A service is a set of typed async handlers. Parameters are decoded from the request's
-    // positional arguments; the result is encoded back.
-    let greeter = Service::new("greeter")
-        .method("hello", |name: String| async move {
-            Ok::<_, HandlerError>(format!("Hello, {name}"))
-        })
-        .stream("count", |n: u64| async move {
-            Ok::<_, HandlerError>(futures::stream::iter((0..n).map(Ok::<_, HandlerError>)))
-        });
-
     let node = Node::builder()
         .bind("tcp://127.0.0.1:4242") // also ipc:///path; bind several if you like
-        .service(greeter)
+        .service(GreeterServer::new(Polite)) // on the wire: greeter.hello, greeter.count
         .export_unprefixed("greeter") // lets zerorpc clients call hello() as well
         .start()
         .await?;
 
-    let client = Client::new("tcp://127.0.0.1:4242");
-    let reply: String = client.call("greeter.hello", ("zmesh",)).await?; // args are a tuple
-    let mut items = client.call_stream::<u64>("greeter.count", (3,)).await?;
+    // No method name written as a string: a typo or a wrong argument type does not compile.
+    let greeter = GreeterClient::new(Client::new("tcp://127.0.0.1:4242"));
+    let reply = greeter.hello("zmesh".into()).await?;
+    let mut items = greeter.count(3).await?;
     while let Some(item) = items.next().await {
         println!("{}", item?);
     }
