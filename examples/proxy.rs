@@ -29,13 +29,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arg::new("frontend")
                 .long("frontend")
                 .required(true)
-                .help("endpoint clients call, e.g. tcp://0.0.0.0:4242"),
+                .help("endpoint clients call, e.g. tcp://127.0.0.1:4242"),
         )
         .arg(
             Arg::new("backend")
                 .long("backend")
                 .required(true)
-                .help("endpoint worker nodes connect to, e.g. tcp://0.0.0.0:4243"),
+                .help("endpoint worker nodes connect to, e.g. tcp://127.0.0.1:4243"),
         )
         .arg(
             Arg::new("events-in")
