@@ -1,8 +1,8 @@
 //! The `#[zmesh::service]` attribute: one trait describes a service, and the attribute
 //! generates its typed client and its server, so no method name is written as a string.
 //!
-//! Parsing and checking the trait is [`model`]'s job (every unsupported signature becomes a
-//! compile error pointing at the user's code); generating the code is [`expand`]'s. Read the
+//! Parsing and checking the trait is `model`'s job (every unsupported signature becomes a
+//! compile error pointing at the user's code); generating the code is `expand`'s. Read the
 //! attribute's documentation on the re-export, `zmesh::service`.
 
 use proc_macro::TokenStream;

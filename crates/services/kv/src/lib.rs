@@ -343,9 +343,9 @@ pub trait KeyValue {
     /// Return the value stored under key, or nil.
     #[zmesh(idempotent)]
     async fn get(&self, key: String) -> Result<Value, HandlerError>;
-    /// Store value under key; return the new revision. Publishes kv.changed.<key>.
+    /// Store value under key; return the new revision. Publishes `kv.changed.<key>`.
     async fn put(&self, key: String, value: Value) -> Result<u64, HandlerError>;
-    /// Remove key; return whether it was there. Publishes kv.changed.<key> if it was.
+    /// Remove key; return whether it was there. Publishes `kv.changed.<key>` if it was.
     async fn delete(&self, key: String) -> Result<bool, HandlerError>;
     /// Return up to limit [key, value] pairs whose key starts with prefix, in key order.
     #[zmesh(idempotent)]
