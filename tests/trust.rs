@@ -17,12 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::mesh::{MeshClientConfig, MeshNode};
-use zmesh::trust::envelope::{self, SealKey};
 use zmesh::wire::{self, Header, MessageId};
 use zmesh::{
     CallError, CallOptions, Client, ClientConfig, Delivery, MeshKey, Node, NodeConfig, Publisher,
     Subscriber, SubscriberConfig,
 };
+use zmesh_proto::seal::envelope::{self, SealKey};
 
 const ALPHA: &str = "alpha mesh key, 32 bytes long!!!";
 const BRAVO: &str = "bravo mesh key, 32 bytes long!!!";
