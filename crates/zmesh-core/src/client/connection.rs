@@ -343,18 +343,14 @@ impl ConnShared {
         removed
     }
 
-    /// Seals an outgoing event when the client has a mesh key. A request carries its
-    /// message id in the clear, so a node that cannot open it can still answer an `ERR`.
-    fn outgoing(&self, event: Bytes) -> Bytes {
+    /// Seals an outgoing event when the client has a mesh key. A request (`request` is
+    /// its id, which the caller encoded into it) carries that id in the clear, so a node
+    /// that cannot open it can still answer an `ERR`; a channel event (`None`) carries none.
+    fn outgoing(&self, event: Bytes, request: Option<&MessageId>) -> Bytes {
         match &self.trust.trust {
             None => event,
             Some(trust) => {
-                let header = wire::decode_header(&event).ok();
-                let clear_id = header
-                    .as_ref()
-                    .filter(|h| h.response_to.is_none())
-                    .map(|h| h.message_id.encoded())
-                    .unwrap_or_default();
+                let clear_id = request.map(MessageId::encoded).unwrap_or_default();
                 trust.seal(Kind::Request, &event, clear_id)
             }
         }
@@ -407,19 +403,23 @@ impl ConnShared {
         }
     }
 
-    /// Sends one event as `["", event]`.
-    pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
-        match self.try_send(event)? {
+    /// Sends one request as `["", event]`; `id` is the message id encoded in it.
+    pub(crate) async fn send(&self, event: Bytes, id: &MessageId) -> Result<(), CallError> {
+        match self.try_send(event, id)? {
             None => Ok(()),
             Some(message) => self.send_waiting(message).await,
         }
     }
 
-    /// Sends one event as `["", event]` if that needs no waiting (the usual case: room in
-    /// the socket's queue), with no lock, future or allocation; otherwise returns the
-    /// message for [`ConnShared::send_waiting`].
-    pub(crate) fn try_send(&self, event: Bytes) -> Result<Option<ZmqMessage>, CallError> {
-        let message = wire::join_frames(&[], self.outgoing(event));
+    /// Sends one request as `["", event]` (`id` is the message id encoded in it) if that
+    /// needs no waiting (the usual case: room in the socket's queue), with no lock, future
+    /// or allocation; otherwise returns the message for [`ConnShared::send_waiting`].
+    pub(crate) fn try_send(
+        &self,
+        event: Bytes,
+        id: &MessageId,
+    ) -> Result<Option<ZmqMessage>, CallError> {
+        let message = wire::join_frames(&[], self.outgoing(event, Some(id)));
         match self.sender.try_send(message) {
             Ok(()) => Ok(None),
             Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
@@ -870,7 +870,8 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
             continue;
         }
         // Not `ConnShared::send`: a failed control event is not a reason to fail the calls.
-        let message = wire::join_frames(&[], shared.outgoing(event));
+        // Control events answer a channel (`response_to`): no request id goes in the clear.
+        let message = wire::join_frames(&[], shared.outgoing(event, None));
         let sent = match shared.sender.try_send(message) {
             Ok(()) => Ok(()),
             Err(TrySendError::WouldBlock(message)) => shared.sender.clone().send(message).await,
@@ -949,7 +950,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     // This call waits on its slot, never on the socket: the reader task must be reading.
     shared.readers.wake_task();
     let event = wire::encode_event(&header, crate::reserved::ZERORPC_PING, EMPTY_ARRAY_ARGS);
-    if shared.send(event).await.is_ok() {
+    if shared.send(event, &id).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;
     }
     shared.unregister(&id);

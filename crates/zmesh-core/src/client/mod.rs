@@ -986,7 +986,7 @@ fn start_call(
         id,
         open: true,
     };
-    let handed_over = conn.shared.try_send(event);
+    let handed_over = conn.shared.try_send(event, &guard.id);
     StartedCall {
         guard,
         reply,
