@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use rmpv::Value;
-use zmesh_core::{HandlerError, Service};
+use zmesh_core::{ErrorKind, HandlerError, Service};
 
 /// The service name.
 pub const NAME: &str = "echo";
@@ -21,6 +21,11 @@ pub const NAME: &str = "echo";
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct EchoError(pub String);
+
+impl EchoError {
+    /// The error name callers see.
+    pub const NAME: &'static str = "EchoError";
+}
 
 /// Builds the echo service.
 pub fn service() -> Service {
@@ -39,10 +44,9 @@ pub fn service() -> Service {
         })
         .doc("sleep", "Sleep for ms milliseconds, then return ms.")
         .arg_names("sleep", ["ms"])
-        .method(
-            "fail",
-            |msg: String| async move { Err::<(), _>(EchoError(msg)) },
-        )
+        .method("fail", |msg: String| async move {
+            Err::<(), _>(HandlerError::named(EchoError::NAME, EchoError(msg)))
+        })
         .doc("fail", "Fail with EchoError(msg).")
         .arg_names("fail", ["msg"])
         .stream("count", |n: u64| async move {
@@ -54,8 +58,8 @@ pub fn service() -> Service {
             match b {
                 Value::Binary(bytes) => Ok(bytes.len()),
                 Value::String(s) => Ok(s.as_bytes().len()),
-                other => Err(HandlerError::new(
-                    "TypeError",
+                other => Err(HandlerError::from_kind(
+                    ErrorKind::TypeError,
                     format!("size expects bin or str, got {}", kind(&other)),
                 )),
             }
