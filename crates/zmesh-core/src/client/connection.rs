@@ -1,6 +1,6 @@
-//! Provides one client connection: a DEALER to one endpoint, the table of its open calls,
-//! and the tasks that read replies, send heartbeats and control events, and notice when the
-//! peer is gone (the `zeromq` DEALER neither reconnects nor fails a pending `recv`, so the
+//! Provides one client connection: a DEALER to one endpoint, the driver of its table of
+//! open calls (the pure `calls::CallTable`), and the tasks that read replies, send heartbeats
+//! and control events, and notice when the peer is gone (the `zeromq` DEALER neither reconnects nor fails a pending `recv`, so the
 //! socket monitor and per-channel heartbeats are what detect a dead peer).
 //!
 //! Who reads the socket: the connection's reader task always can, and a caller waiting for
@@ -12,14 +12,18 @@
 //! (the hand-off and its invariants are in `readers.rs`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::calls::{Call, CallTable, Sealing};
+use super::readers::Readers;
+use super::{CallError, Cause, ClientConfig};
+use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
+use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
+use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -29,13 +33,6 @@ use zeromq::{
     ZmqMessage, ZmqResult,
 };
 use zmesh_proto::ErrorKind;
-use zmesh_proto::liveness::{Liveness, Verdict};
-
-use super::readers::Readers;
-use super::{CallError, Cause, ClientConfig};
-use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
-use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
-use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 
 /// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
 /// lets this many pile up has stopped reading and is treated as lost.
@@ -63,121 +60,19 @@ pub(crate) struct Reply {
     pub(crate) args: Bytes,
 }
 
-/// What the mesh key said about a received event, for [`Pending::check_order`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sealing {
-    /// This client has no mesh key: nothing to check.
-    Unkeyed,
-    /// Opened with the key; the reply's number within its call, if it has one.
-    Sealed(Option<u32>),
-    /// Authentic, but received before: a copy made on the way.
-    Duplicate(Option<u32>),
-    /// An unsealed refusal (`ERR Unauthenticated` or `ERR Replayed`, how a node answers a
-    /// peer it cannot seal for): anyone on the path could have sent it.
-    Unsealed,
-}
-
-/// Event names a keyed client takes only with the reply number it expects next: the ones
-/// that carry a result or continue a call.
-fn needs_number(name: &str) -> bool {
-    matches!(name, names::OK | names::STREAM | names::STREAM_DONE)
-}
-
-/// One open call on this connection. Plain calls only ever need the one-shot slot; the
+/// One open call on this connection: plain calls only ever need the one-shot slot; the
 /// bounded queue is made when the first reply turns out to be a stream item.
-struct Pending {
-    first: Option<oneshot::Sender<Inbound>>,
-    stream: Option<mpsc::Sender<Inbound>>,
-    /// The number the call's next sealed reply must carry (keyed clients only).
-    next_seq: u32,
-    /// When the caller stops waiting for the first reply (enforced by [`deadline_loop`]).
-    deadline: Option<Instant>,
-    /// The server's heartbeats and ours.
-    liveness: Liveness,
-}
+type Pending = Call<oneshot::Sender<Inbound>, mpsc::Sender<Inbound>>;
 
-impl Pending {
-    /// Checks a keyed reply's place in its call: an `OK`, `STREAM` or `STREAM_DONE` must
-    /// carry the next number (so a `STREAM_DONE` carries the count of items), and a
-    /// numbered `ERR` too. An unnumbered `ERR` (a refusal sent before the call ran, a
-    /// device's own error) or an unsealed refusal ends the call as a failure wherever it
-    /// comes, so its place cannot turn a loss into a success. Heartbeats are not numbered.
-    ///
-    /// # Errors
-    /// What went wrong on the way, for [`CallError::Integrity`].
-    fn check_order(&mut self, name: &str, sealing: Sealing) -> Result<(), String> {
-        let expected = self.next_seq;
-        let seq = match sealing {
-            Sealing::Unkeyed | Sealing::Unsealed => return Ok(()),
-            Sealing::Duplicate(Some(seq)) => {
-                return Err(format!("reply {seq} of the call arrived twice"));
-            }
-            Sealing::Duplicate(None) | Sealing::Sealed(None) if !needs_number(name) => {
-                return Ok(());
-            }
-            Sealing::Duplicate(None) | Sealing::Sealed(None) => {
-                return Err(format!(
-                    "{name} reply carries no number (expected {expected})"
-                ));
-            }
-            Sealing::Sealed(Some(seq)) => seq,
-        };
-        if name == names::HEARTBEAT || name == names::MORE {
-            return Ok(());
-        }
-        if seq != expected {
-            let what = if seq > expected {
-                "replies were lost or reordered on the way"
-            } else {
-                "a reply was repeated or reordered on the way"
-            };
-            return Err(format!(
-                "{name} reply {seq} arrived where reply {expected} was expected: {what}"
-            ));
-        }
-        self.next_seq = expected.wrapping_add(1);
-        Ok(())
-    }
+/// The connection's open calls (the pure table, [`CallTable`]).
+type PendingMap = CallTable<oneshot::Sender<Inbound>, mpsc::Sender<Inbound>>;
 
-    /// Ends the call with an error, through whichever slot the caller is waiting on.
-    fn fail(mut self, error: CallError) {
-        if let Some(first) = self.first.take() {
-            let _ = first.send(Inbound::Failed(error));
-        } else if let Some(stream) = self.stream.take() {
-            let _ = stream.try_send(Inbound::Failed(error));
-        }
-    }
-}
-
-/// Open calls by id. Only ids this client generated are ever inserted, so a peer cannot
-/// choose colliding keys: a fast unkeyed hash is safe here, and SipHash's cost per call
-/// (two hashes of a 34-byte id) showed up in the pipelined profile.
-type PendingMap = HashMap<MessageId, Pending, BuildHasherDefault<OwnIdHasher>>;
-
-/// FxHash-style multiply-rotate hash for [`PendingMap`] keys.
-#[derive(Default)]
-struct OwnIdHasher(u64);
-
-impl Hasher for OwnIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
-        }
-        for &byte in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
+/// Ends a call with an error, through whichever slot the caller is waiting on.
+fn fail(mut call: Pending, error: CallError) {
+    if let Some(first) = call.first.take() {
+        let _ = first.send(Inbound::Failed(error));
+    } else if let Some(stream) = call.stream.take() {
+        let _ = stream.try_send(Inbound::Failed(error));
     }
 }
 
@@ -272,16 +167,7 @@ impl ConnShared {
         if !pending.is_empty() {
             self.readers.call_joins();
         }
-        pending.insert(
-            id,
-            Pending {
-                first: Some(first),
-                stream: None,
-                next_seq: 0,
-                deadline,
-                liveness: Liveness::channel(self.config.heartbeat, now),
-            },
-        );
+        pending.insert(id, first, deadline, now);
         if let Some(deadline) = deadline {
             let at = self.deadline_nanos(deadline);
             if at < self.next_deadline.load(Ordering::Relaxed) {
@@ -308,29 +194,16 @@ impl ConnShared {
     /// Fails the calls whose deadline has passed before their first reply, tells a zmesh
     /// server to stop working on them, and re-arms for the earliest remaining deadline.
     fn expire_deadlines(&self) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        let mut earliest = u64::MAX;
-        {
+        let expired = {
             let mut pending = self.pending();
-            pending.retain(|id, p| match p.deadline {
-                Some(deadline) if p.first.is_some() => {
-                    if deadline <= now {
-                        expired.push((id.clone(), p.first.take()));
-                        return false;
-                    }
-                    earliest = earliest.min(self.deadline_nanos(deadline));
-                    true
-                }
-                _ => true,
-            });
+            let (expired, earliest) = pending.expire(Instant::now());
+            let earliest = earliest.map_or(u64::MAX, |at| self.deadline_nanos(at));
             self.next_deadline.store(earliest, Ordering::Relaxed);
-        }
+            expired
+        };
         for (id, first) in expired {
-            if let Some(first) = first {
-                // The caller replaces the zero with its own timeout.
-                let _ = first.send(Inbound::Failed(CallError::DeadlineExceeded(Duration::ZERO)));
-            }
+            // The caller replaces the zero with its own timeout.
+            let _ = first.send(Inbound::Failed(CallError::DeadlineExceeded(Duration::ZERO)));
             self.cancel(&id);
         }
     }
@@ -464,12 +337,12 @@ impl ConnShared {
     pub(crate) fn mark_dead(&self, cause: impl Into<Cause>) {
         let cause = cause.into();
         let was_alive = self.alive.swap(false, Ordering::AcqRel);
-        let failed: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
+        let failed: Vec<Pending> = self.pending().drain();
         if was_alive {
             tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason = %cause, "connection lost");
         }
         for p in failed {
-            p.fail(CallError::PeerLost(cause.clone()));
+            fail(p, CallError::PeerLost(cause.clone()));
         }
     }
 
@@ -617,7 +490,7 @@ impl ConnShared {
 
     /// Hands an event to the call it answers. A first reply for `own` (the call of a caller
     /// reading the socket itself) is returned instead of sent: see [`OwnReply`]. With a mesh
-    /// key, a reply out of its place in the call fails the call ([`Pending::check_order`]).
+    /// key, a reply out of its place in the call fails the call ([`Call::check_order`]).
     fn deliver(
         &self,
         event: ReplyEvent,
@@ -648,7 +521,7 @@ impl ConnShared {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(endpoint = %self.endpoint, %channel, problem = %why, "reply stream tampered with");
                 if let Some(entry) = entry {
-                    entry.fail(CallError::Integrity(why));
+                    fail(entry, CallError::Integrity(why));
                 }
                 self.cancel(&channel);
                 return None;
@@ -701,7 +574,7 @@ impl ConnShared {
             if let Some(entry) = pending.remove(&channel) {
                 drop(pending);
                 let why = "server sent more stream items than the credit it was granted";
-                entry.fail(CallError::Protocol(Cause::new(why)));
+                fail(entry, CallError::Protocol(Cause::new(why)));
             }
         } else {
             let _ = stream.try_send(Inbound::Event(event));
@@ -712,7 +585,7 @@ impl ConnShared {
     fn fail_call(&self, channel: &MessageId, error: CallError) {
         let entry = self.pending().remove(channel);
         if let Some(entry) = entry {
-            entry.fail(error);
+            fail(entry, error);
         }
     }
 }
@@ -782,7 +655,7 @@ impl Connection {
             next_deadline: AtomicU64::new(u64::MAX),
             deadline_changed: tokio::sync::Notify::new(),
             opened: Instant::now(),
-            pending: Mutex::new(PendingMap::default()),
+            pending: Mutex::new(PendingMap::new(config.heartbeat)),
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
             control: control_tx,
@@ -891,34 +764,17 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let mut lost = Vec::new();
-        shared.pending().retain(|id, p| match p.liveness.poll(now) {
-            Verdict::Lost => {
-                lost.push(Pending {
-                    first: p.first.take(),
-                    stream: p.stream.take(),
-                    ..*p
-                });
-                false
-            }
-            Verdict::Heartbeat => {
-                due.push(id.clone());
-                true
-            }
-            Verdict::Quiet => true,
-        });
-        for p in lost {
+        let swept = shared.pending().sweep(Instant::now());
+        for p in swept.lost {
             let reason = format!(
                 "no heartbeat from {} for more than {:?}",
                 shared.endpoint,
                 p.liveness.silence_limit()
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            p.fail(CallError::PeerLost(reason.into()));
+            fail(p, CallError::PeerLost(reason.into()));
         }
-        for id in due {
+        for id in swept.due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);
         }
     }

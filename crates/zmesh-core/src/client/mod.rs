@@ -2,6 +2,7 @@
 //! DEALER connection and correlated by message id, with per-call deadlines, cancel on drop,
 //! credit-based streams, heartbeat-based peer-loss detection and automatic reconnection.
 
+mod calls;
 mod connection;
 mod readers;
 mod stream;
