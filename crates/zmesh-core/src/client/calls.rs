@@ -133,6 +133,43 @@ pub(super) struct CallTable<F, S> {
     calls: CallMap<F, S>,
     /// Each call's channel liveness: heartbeat period, lost after two silent periods.
     heartbeat: Duration,
+    /// Events that answered no call, or a call no longer open; see [`Dropped`].
+    dropped: Dropped,
+}
+
+/// Received events the table dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Dropped {
+    /// Without a `response_to`: they answer no call.
+    pub(super) unsolicited: u64,
+    /// For a call no longer open (a late heartbeat, a reply after the caller gave up):
+    /// zerorpc drops these too.
+    pub(super) closed: u64,
+    /// Authentic copies of an unnumbered event (a heartbeat): harmless, and dropped.
+    pub(super) duplicates: u64,
+}
+
+/// Where a received event goes, as [`CallTable::route`] decided.
+#[derive(Debug)]
+pub(super) enum Route<'a, F, S> {
+    /// Dropped (and counted): see [`Dropped`].
+    Dropped,
+    /// A keyed reply out of its place in its call: the call is closed; fail it with
+    /// `CallError::Integrity` for the reason given.
+    OutOfOrder(Call<F, S>, String),
+    /// A heartbeat or a credit grant: the call heard from its server, nothing to hand on.
+    Control,
+    /// The call's last event (`OK`, `ERR`, `STREAM_DONE`): the call is closed; hand the
+    /// event through its first-reply slot if still there, else its stream queue.
+    End(Call<F, S>),
+    /// The call's first reply, which is a stream item: the caller opens the call's stream
+    /// queue (`Call::stream`) and hands the queue's receiver over with the item.
+    FirstOfStream(F, &'a mut Call<F, S>),
+    /// The call's first reply under a name that neither ends nor streams (a broken server):
+    /// the call is closed; hand the event over, the caller reports it.
+    FirstOther(F),
+    /// A later item of the call's stream.
+    Item(&'a mut Call<F, S>),
 }
 
 /// What [`CallTable::sweep`] found.
@@ -150,6 +187,80 @@ impl<F, S> CallTable<F, S> {
         Self {
             calls: CallMap::default(),
             heartbeat,
+            dropped: Dropped::default(),
+        }
+    }
+
+    /// What the table has dropped so far.
+    pub(super) fn dropped(&self) -> Dropped {
+        self.dropped
+    }
+
+    /// Matches an event received at `now` to its call by `response_to` and decides where it
+    /// goes. With a mesh key (`sealing` not `Unkeyed`), a reply out of its place closes its
+    /// call ([`Call::check_order`]), and a copy is dropped unless it is one.
+    pub(super) fn route(
+        &mut self,
+        response_to: Option<&MessageId>,
+        name: &str,
+        sealing: Sealing,
+        now: Instant,
+    ) -> Route<'_, F, S> {
+        let Some(channel) = response_to else {
+            self.dropped.unsolicited += 1;
+            return Route::Dropped;
+        };
+        if sealing != Sealing::Unkeyed {
+            let Some(call) = self.calls.get_mut(channel) else {
+                self.dropped.closed += 1;
+                return Route::Dropped;
+            };
+            if let Err(why) = call.check_order(name, sealing) {
+                return match self.calls.remove(channel) {
+                    Some(call) => Route::OutOfOrder(call, why),
+                    None => Route::Dropped,
+                };
+            }
+            // A copy of a heartbeat changes nothing.
+            if matches!(sealing, Sealing::Duplicate(_)) {
+                self.dropped.duplicates += 1;
+                return Route::Dropped;
+            }
+        }
+        if matches!(name, names::OK | names::ERR | names::STREAM_DONE) {
+            // The common case, a call's one reply: a single lookup that also closes the call.
+            return match self.calls.remove(channel) {
+                Some(call) => Route::End(call),
+                None => {
+                    self.dropped.closed += 1;
+                    Route::Dropped
+                }
+            };
+        }
+        let (first, streaming) = {
+            let Some(call) = self.calls.get_mut(channel) else {
+                self.dropped.closed += 1;
+                return Route::Dropped;
+            };
+            call.liveness.heard(now);
+            if name == names::HEARTBEAT || name == names::MORE {
+                return Route::Control;
+            }
+            (call.first.take(), call.stream.is_some())
+        };
+        match first {
+            Some(first) if name != names::STREAM => {
+                self.calls.remove(channel);
+                Route::FirstOther(first)
+            }
+            None if !streaming => Route::Dropped,
+            // Looked up again: a reference kept from the lookup above could not be returned
+            // on this path while the other paths change the map.
+            first => match (self.calls.get_mut(channel), first) {
+                (Some(call), Some(first)) => Route::FirstOfStream(first, call),
+                (Some(call), None) => Route::Item(call),
+                (None, _) => Route::Dropped,
+            },
         }
     }
 
@@ -174,6 +285,7 @@ impl<F, S> CallTable<F, S> {
     }
 
     /// The open call `id`, if any.
+    #[cfg(test)]
     pub(super) fn get_mut(&mut self, id: &MessageId) -> Option<&mut Call<F, S>> {
         self.calls.get_mut(id)
     }
@@ -303,6 +415,101 @@ mod tests {
         assert!(calls.get_mut(&quiet).is_none());
         assert!(calls.get_mut(&heard).is_some());
         assert_eq!(calls.drain().len(), 1);
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn events_are_matched_to_their_call_by_id_and_strays_counted() {
+        let t0 = Instant::now();
+        let mut calls = table();
+        let (plain, stream) = (MessageId::generate(), MessageId::generate());
+        calls.insert(plain.clone(), "plain", None, t0);
+        calls.insert(stream.clone(), "stream", None, t0);
+        let unkeyed = Sealing::Unkeyed;
+        assert!(matches!(
+            calls.route(None, names::OK, unkeyed, t0),
+            Route::Dropped
+        ));
+        let other = MessageId::generate();
+        assert!(matches!(
+            calls.route(Some(&other), names::OK, unkeyed, t0),
+            Route::Dropped
+        ));
+        assert!(matches!(
+            calls.route(Some(&plain), names::HEARTBEAT, unkeyed, t0),
+            Route::Control
+        ));
+        match calls.route(Some(&stream), names::STREAM, unkeyed, t0) {
+            Route::FirstOfStream(first, call) => {
+                assert_eq!(first, "stream");
+                call.stream = Some(());
+            }
+            other => panic!("expected the first stream item, got {other:?}"),
+        }
+        assert!(matches!(
+            calls.route(Some(&stream), names::STREAM, unkeyed, t0),
+            Route::Item(_)
+        ));
+        assert!(matches!(
+            calls.route(Some(&stream), names::STREAM_DONE, unkeyed, t0),
+            Route::End(Call {
+                first: None,
+                stream: Some(()),
+                ..
+            })
+        ));
+        assert!(matches!(
+            calls.route(Some(&plain), names::OK, unkeyed, t0),
+            Route::End(Call {
+                first: Some("plain"),
+                ..
+            })
+        ));
+        // Both calls are closed: what comes after is counted as for a closed call.
+        assert!(matches!(
+            calls.route(Some(&plain), names::OK, unkeyed, t0),
+            Route::Dropped
+        ));
+        assert!(calls.is_empty());
+        assert_eq!(
+            calls.dropped(),
+            Dropped {
+                unsolicited: 1,
+                closed: 2,
+                duplicates: 0
+            }
+        );
+        // A first reply under another name closes the call; the caller reports it.
+        calls.insert(plain.clone(), "plain", None, t0);
+        assert!(matches!(
+            calls.route(Some(&plain), "BOGUS", unkeyed, t0),
+            Route::FirstOther("plain")
+        ));
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn a_keyed_reply_out_of_place_closes_its_call_and_copies_are_dropped() {
+        let t0 = Instant::now();
+        let mut calls = table();
+        let id = MessageId::generate();
+        calls.insert(id.clone(), "x", None, t0);
+        assert!(matches!(
+            calls.route(Some(&id), names::HEARTBEAT, Sealing::Duplicate(None), t0),
+            Route::Dropped
+        ));
+        assert_eq!(calls.dropped().duplicates, 1);
+        assert!(matches!(
+            calls.route(Some(&id), names::HEARTBEAT, Sealing::Sealed(None), t0),
+            Route::Control
+        ));
+        match calls.route(Some(&id), names::OK, Sealing::Sealed(Some(1)), t0) {
+            Route::OutOfOrder(call, why) => {
+                assert_eq!(call.first, Some("x"));
+                assert!(why.contains("lost or reordered"), "{why}");
+            }
+            other => panic!("expected out of order, got {other:?}"),
+        }
         assert!(calls.is_empty());
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::calls::{Call, CallTable, Sealing};
+use super::calls::{Call, CallTable, Route, Sealing};
 use super::readers::Readers;
 use super::{CallError, Cause, ClientConfig};
 use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
@@ -503,83 +503,76 @@ impl ConnShared {
             args,
             ..
         } = event;
-        let Some(channel) = response_to else {
-            tracing::debug!(%name, "dropping unsolicited event");
-            return None;
-        };
+        let channel = response_to.as_ref();
         let event = Reply { name, args };
-        let name = event.name.as_ref();
-        let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
         let mut pending = self.pending();
-        if sealing != Sealing::Unkeyed {
-            let order = pending.get_mut(&channel)?.check_order(name, sealing);
-            if let Err(why) = order {
-                let entry = pending.remove(&channel);
+        let own = |call: &MessageId| own == Some(call);
+        match pending.route(channel, event.name.as_ref(), sealing, Instant::now()) {
+            Route::Dropped => {
+                // Late heartbeats and replies to calls that timed out: zerorpc drops these too.
+                let dropped = pending.dropped();
+                match channel {
+                    None => {
+                        tracing::debug!(name = %event.name, ?dropped, "dropping unsolicited event")
+                    }
+                    Some(channel) => {
+                        tracing::trace!(name = %event.name, %channel, ?dropped, "event for a closed call")
+                    }
+                }
+                None
+            }
+            Route::Control => None,
+            Route::OutOfOrder(call, why) => {
                 drop(pending);
                 self.trust
                     .integrity_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint = %self.endpoint, %channel, problem = %why, "reply stream tampered with");
-                if let Some(entry) = entry {
-                    fail(entry, CallError::Integrity(why));
+                tracing::warn!(endpoint = %self.endpoint, channel = ?channel, problem = %why, "reply stream tampered with");
+                fail(call, CallError::Integrity(why));
+                if let Some(channel) = channel {
+                    self.cancel(channel);
                 }
-                self.cancel(&channel);
-                return None;
+                None
             }
-            // A copy of a heartbeat changes nothing.
-            if matches!(sealing, Sealing::Duplicate(_)) {
-                return None;
+            Route::End(mut call) => {
+                drop(pending);
+                if let Some(first) = call.first.take() {
+                    return hand_over(first, Inbound::Event(event), channel.is_some_and(own));
+                } else if let Some(stream) = call.stream {
+                    let _ = stream.try_send(Inbound::Event(event));
+                }
+                None
             }
-        }
-        if terminal {
-            // The common case, a call's one reply: a single lookup that also closes the call.
-            let Some(mut entry) = pending.remove(&channel) else {
-                tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
-                return None;
-            };
-            drop(pending);
-            if let Some(first) = entry.first.take() {
-                return hand_over(first, Inbound::Event(event), own == Some(&channel));
-            } else if let Some(stream) = entry.stream {
-                let _ = stream.try_send(Inbound::Event(event));
-            }
-            return None;
-        }
-        let Some(entry) = pending.get_mut(&channel) else {
-            // A late heartbeat or a reply to a call that timed out: zerorpc drops these too.
-            tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
-            return None;
-        };
-        entry.liveness.heard(Instant::now());
-        if name == names::HEARTBEAT || name == names::MORE {
-            return None;
-        }
-        if let Some(first) = entry.first.take() {
-            let inbound = if name == names::STREAM {
+            Route::FirstOfStream(first, call) => {
                 // The queue holds the credit window plus one spare slot; a server that
                 // fills the spare slot has sent beyond its credit.
                 let (tx, rx) = mpsc::channel(self.config.stream_window as usize + 1);
-                entry.stream = Some(tx);
-                Inbound::Stream(event, rx)
-            } else {
-                // An unknown event name as the first reply: the caller reports it.
-                pending.remove(&channel);
-                Inbound::Event(event)
-            };
-            drop(pending);
-            return hand_over(first, inbound, own == Some(&channel));
-        }
-        let stream = entry.stream.as_ref()?;
-        if stream.capacity() <= 1 {
-            if let Some(entry) = pending.remove(&channel) {
+                call.stream = Some(tx);
                 drop(pending);
-                let why = "server sent more stream items than the credit it was granted";
-                fail(entry, CallError::Protocol(Cause::new(why)));
+                hand_over(first, Inbound::Stream(event, rx), channel.is_some_and(own))
             }
-        } else {
-            let _ = stream.try_send(Inbound::Event(event));
+            Route::FirstOther(first) => {
+                // An unknown event name as the first reply: the caller reports it.
+                drop(pending);
+                hand_over(first, Inbound::Event(event), channel.is_some_and(own))
+            }
+            Route::Item(call) => {
+                let over_credit = call.stream.as_ref().is_some_and(|s| s.capacity() <= 1);
+                if !over_credit {
+                    if let Some(stream) = &call.stream {
+                        let _ = stream.try_send(Inbound::Event(event));
+                    }
+                    return None;
+                }
+                let entry = channel.and_then(|c| pending.remove(c));
+                drop(pending);
+                if let Some(entry) = entry {
+                    let why = "server sent more stream items than the credit it was granted";
+                    fail(entry, CallError::Protocol(Cause::new(why)));
+                }
+                None
+            }
         }
-        None
     }
 
     fn fail_call(&self, channel: &MessageId, error: CallError) {
