@@ -23,8 +23,8 @@ use bytes::Bytes;
 use criterion::Criterion;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use zmesh::trust::envelope;
 use zmesh::{Client, ClientConfig, MeshKey, Node};
+use zmesh_proto::seal::envelope;
 
 /// Payload sizes: (label, bytes).
 const PAYLOADS: [(&str, usize); 2] = [("64B", 64), ("4KiB", 4096)];

@@ -17,12 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::mesh::{MeshClientConfig, MeshNode};
-use zmesh::trust::envelope::{self, SealKey};
 use zmesh::wire::{self, Header, MessageId};
 use zmesh::{
     CallError, CallOptions, Client, ClientConfig, Delivery, MeshKey, Node, NodeConfig, Publisher,
     Subscriber, SubscriberConfig,
 };
+use zmesh_proto::seal::envelope::{self, SealKey};
 
 const ALPHA: &str = "alpha mesh key, 32 bytes long!!!";
 const BRAVO: &str = "bravo mesh key, 32 bytes long!!!";
@@ -235,8 +235,16 @@ async fn captured_request_replayed_is_refused() {
         let frame = message.into_vec().pop().expect("event frame");
         let parsed = envelope::parse(&frame).expect("the client seals what it sends");
         let event = envelope::open(&seal_key, &frame, &parsed).expect("opens");
+        let event = wire::decode_event(&event).expect("decodes");
+        // A request carries its own message id in the clear, so a node that cannot open it
+        // can still address an ERR; a channel event (a heartbeat) carries none.
+        let expected_clear_id = match event.header.response_to {
+            None => event.header.message_id.encoded(),
+            Some(_) => &[][..],
+        };
+        assert_eq!(parsed.clear_id, expected_clear_id, "{:?}", event.name);
         // Skip the client's `_zerorpc_ping` probe.
-        if wire::decode_event(&event).expect("decodes").name.as_ref() == "echo.upper" {
+        if event.name.as_ref() == "echo.upper" {
             break frame;
         }
     };

@@ -29,9 +29,9 @@ use zeromq::{
     DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
 };
 use zmesh::mesh::{BeaconConfig, Discovery, DiscoveryConfig, MeshNode};
-use zmesh::trust::envelope::{self, Kind, SealKey, SealParams};
 use zmesh::wire::{self, Header, MessageId};
 use zmesh::{CallError, CallOptions, Client, ClientConfig, HandlerError, MeshKey, Node, Service};
+use zmesh_proto::seal::envelope::{self, Kind, SealKey, SealParams};
 
 use common::{eventually, net};
 use mesh_support::{beacon_port, mesh_name};

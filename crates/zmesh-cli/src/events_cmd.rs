@@ -249,12 +249,8 @@ pub(crate) async fn publish(args: PubArgs) -> Result<(), CliError> {
     }
     let limit = Duration::from_secs_f64(args.timeout);
     let deadline = Instant::now() + limit;
-    let secret = args.key.secret()?;
-    let message = event_message(
-        &args.topic,
-        &json::from_json(&args.payload),
-        secret.as_ref(),
-    )?;
+    let key = args.key.load()?;
+    let message = event_message(&args.topic, &json::from_json(&args.payload), key.as_ref())?;
 
     // XPUB rather than PUB: it hands us the subscriptions it receives, which is how we know
     // a subscriber is there before sending.
@@ -350,14 +346,15 @@ fn subscribes_to(frame: Option<&Bytes>, topic: &[u8]) -> bool {
 fn event_message(
     topic: &str,
     payload: &rmpv::Value,
-    key: Option<&crate::mesh_key::Secret>,
+    key: Option<&zmesh_core::MeshKey>,
 ) -> Result<ZmqMessage, CliError> {
     let mut args = Vec::new();
     rmpv::encode::write_value(&mut args, &rmpv::Value::Array(vec![payload.clone()]))
         .map_err(|e| CliError::Other(format!("cannot encode the payload: {e}")))?;
     let mut event = wire::encode_event(&wire::Header::zmesh(None), topic, &args);
     if let Some(key) = key {
-        event = key.seal_event(&event)?;
+        // As a keyed Publisher seals it: the same code (MeshKey::seal_event).
+        event = key.seal_event(&event);
     }
     let mut message = ZmqMessage::from(Bytes::copy_from_slice(topic.as_bytes()));
     message.push_back(event);

@@ -9,9 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use zmesh_core::MeshKey;
-use zmesh_core::trust::envelope::{self, Kind, SealKey, SealParams};
 use zmesh_core::trust::{MESH_KEY_ENV, MIN_SECRET_LEN};
 
 use crate::CliError;
@@ -235,27 +233,6 @@ impl Secret {
     pub(crate) fn mesh_key(&self) -> Result<MeshKey, CliError> {
         MeshKey::from_secret(&self.0).map_err(|e| CliError::Usage(e.to_string()))
     }
-
-    /// `event` (an encoded zerorpc event) sealed as a published event, as a keyed
-    /// `Publisher` seals it. One message per process: a fresh random nonce is safe here
-    /// (a 96-bit random value repeats with negligible probability), unlike for a stream.
-    pub(crate) fn seal_event(&self, event: &[u8]) -> Result<Bytes, CliError> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| CliError::Other(format!("no randomness for a nonce: {e}")))?;
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let params = SealParams {
-            kind: Kind::Event,
-            encrypt: true,
-            timestamp_ms,
-            nonce,
-            clear_id: &[],
-        };
-        Ok(envelope::seal(&SealKey::derive(&self.0), &params, event))
-    }
 }
 
 /// A key file's secret, as [`MeshKey::from_file`] reads it (surrounding ASCII whitespace
@@ -399,17 +376,20 @@ mod tests {
 
     #[test]
     fn a_sealed_event_opens_with_the_same_key_only() {
+        use zmesh_core::trust::{Kind, Trust};
         let secret = Secret(b"0123456789abcdef0123".to_vec());
-        let frame = secret.seal_event(b"event").expect("seals");
-        let parsed = envelope::parse(&frame).expect("parses");
-        assert_eq!(parsed.kind, Kind::Event);
-        let key = SealKey::derive(b"0123456789abcdef0123");
+        let frame = secret.mesh_key().expect("a key").seal_event(b"event");
+        let same = MeshKey::from_secret(b"0123456789abcdef0123").expect("a key");
         assert_eq!(
-            envelope::open(&key, &frame, &parsed).expect("opens"),
+            Trust::new(same.clone())
+                .open(&frame, Kind::Event)
+                .expect("opens"),
             &b"event"[..]
         );
-        let other = SealKey::derive(b"another secret, long enough");
-        assert!(envelope::open(&other, &frame, &parsed).is_err());
+        // Sealed as an event, it opens as nothing else.
+        assert!(Trust::new(same).open(&frame, Kind::Request).is_err());
+        let other = MeshKey::from_secret(b"another secret, long enough").expect("a key");
+        assert!(Trust::new(other).open(&frame, Kind::Event).is_err());
     }
 
     #[test]

@@ -379,7 +379,7 @@ fn parse_epoch(arg: &str) -> std::time::SystemTime {
 
 /// The event inside a sealed `frame`, opened with the secret in `key_file`.
 fn open_with(key_file: &str, frame: &bytes::Bytes) -> zmesh_core::wire::Event {
-    use zmesh_core::trust::envelope;
+    use zmesh_proto::seal::envelope;
     let text = std::fs::read_to_string(key_file).expect("key file");
     let key = envelope::SealKey::derive(text.trim().as_bytes());
     let parsed = envelope::parse(frame).expect("sealed");

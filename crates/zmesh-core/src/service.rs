@@ -20,8 +20,12 @@ use crate::wire::msgpack::Cursor;
 
 /// A failure a handler reports to its caller; travels as `ERR [name, message, traceback]`.
 ///
-/// Any `std::error::Error` converts into it with `?`, named after its type (`EchoError`);
-/// use [`HandlerError::new`] to choose the name (for example `ValueError` for Python peers).
+/// The name is always explicit, never derived from a Rust type (whose path the compiler
+/// does not promise to keep): any `std::error::Error` converts into it with `?` under
+/// [`HandlerError::DEFAULT_NAME`] (`Error`) and its `Display` text; choose the name with
+/// [`HandlerError::new`] or [`HandlerError::named`] (for example `ValueError` for Python
+/// peers, or a name per error of your own), or [`HandlerError::from_kind`] for one of
+/// zmesh's own [`ErrorKind`]s.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HandlerError {
     name: Cow<'static, str>,
@@ -30,6 +34,9 @@ pub struct HandlerError {
 }
 
 impl HandlerError {
+    /// The name of an error converted from a `std::error::Error` with `?` or `into()`.
+    pub const DEFAULT_NAME: &'static str = "Error";
+
     /// An error with an explicit name and message.
     pub fn new(name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
@@ -37,6 +44,17 @@ impl HandlerError {
             message: message.into(),
             traceback: None,
         }
+    }
+
+    /// `err`'s `Display` text under an explicit `name`:
+    /// `.map_err(|e| HandlerError::named("ParseError", e))`.
+    pub fn named(name: impl Into<Cow<'static, str>>, err: impl fmt::Display) -> Self {
+        Self::new(name, err.to_string())
+    }
+
+    /// An error named after one of zmesh's own kinds (`TypeError`, `Unavailable`, ...).
+    pub fn from_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind.as_str(), message)
     }
 
     /// Adds a traceback text (sent as the third `ERR` element).
@@ -62,7 +80,7 @@ impl HandlerError {
     }
 
     pub(crate) fn type_error(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::TypeError.as_str(), message)
+        Self::from_kind(ErrorKind::TypeError, message)
     }
 }
 
@@ -80,11 +98,7 @@ impl fmt::Display for HandlerError {
 
 impl<E: std::error::Error> From<E> for HandlerError {
     fn from(err: E) -> Self {
-        let full = std::any::type_name::<E>();
-        // `my_crate::module::EchoError<T>` -> `EchoError`
-        let base = full.split('<').next().unwrap_or(full);
-        let short = base.rsplit("::").next().unwrap_or(base);
-        Self::new(short.to_owned(), err.to_string())
+        Self::named(Self::DEFAULT_NAME, err)
     }
 }
 
@@ -494,6 +508,9 @@ mod tests {
                 "fail",
                 |m: String| async move { Err::<(), _>(NopeError(m)) },
             )
+            .method("fail_named", |m: String| async move {
+                Err::<(), _>(HandlerError::named("NopeError", NopeError(m)))
+            })
     }
 
     #[tokio::test]
@@ -530,10 +547,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn std_errors_are_named_after_their_type() {
+    async fn std_errors_travel_under_the_default_name_unless_named() {
         let err = call(&svc(), "fail", args(&("x",)))
             .await
             .expect_err("fails");
+        assert_eq!((err.name(), err.message()), ("Error", "nope: x"));
+        let err = call(&svc(), "fail_named", args(&("x",)))
+            .await
+            .expect_err("fails");
         assert_eq!((err.name(), err.message()), ("NopeError", "nope: x"));
+        assert_eq!(
+            HandlerError::from_kind(ErrorKind::Unavailable, "later").name(),
+            "Unavailable"
+        );
     }
 }

@@ -14,6 +14,8 @@
 //! - [`liveness`]: heartbeats due and peers lost, for a call's channel (node, client,
 //!   device) and a worker-device link.
 //! - [`credit`]: stream credit (`_zpc_more`), the producer's and the consumer's side.
+//! - [`seal`]: the mesh key's sealed envelope, replay guard and key ring (rotation), with
+//!   the time and the nonces passed in.
 //!
 //! The crates that do IO (zmesh-core, zmesh-device, the CLI) drive these types from their
 //! sockets and timers; everything here is unit-tested on bytes and made-up instants.
@@ -24,6 +26,7 @@ pub mod endpoint;
 pub mod error;
 pub mod liveness;
 pub mod reserved;
+pub mod seal;
 pub mod wire;
 
 pub use endpoint::{Endpoint, EndpointError};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rmpv::Value;
-use zmesh_core::{HandlerError, ItemStream, Service};
+use zmesh_core::{ErrorKind, HandlerError, ItemStream, Service};
 
 /// The service name.
 pub const NAME: &str = "echo";
@@ -22,6 +22,11 @@ pub const NAME: &str = "echo";
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct EchoError(pub String);
+
+impl EchoError {
+    /// The error name callers see.
+    pub const NAME: &'static str = "EchoError";
+}
 
 /// The echo service's contract, as a `#[zmesh::service]` trait: [`EchoClient`] calls it
 /// typed, [`EchoServer`] serves an implementation (this crate's is [`Reference`]).
@@ -34,7 +39,7 @@ pub trait Echo {
     /// Sleep for ms milliseconds, then return ms.
     async fn sleep(&self, ms: u64) -> Result<u64, HandlerError>;
     /// Fail with EchoError(msg).
-    async fn fail(&self, msg: String) -> Result<(), EchoError>;
+    async fn fail(&self, msg: String) -> Result<(), HandlerError>;
     /// Stream the integers 0..n.
     #[zmesh(stream)]
     async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError>;
@@ -60,8 +65,8 @@ impl Echo for Reference {
         Ok(ms)
     }
 
-    async fn fail(&self, msg: String) -> Result<(), EchoError> {
-        Err(EchoError(msg))
+    async fn fail(&self, msg: String) -> Result<(), HandlerError> {
+        Err(HandlerError::named(EchoError::NAME, EchoError(msg)))
     }
 
     async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError> {
@@ -72,8 +77,8 @@ impl Echo for Reference {
         match b {
             Value::Binary(bytes) => Ok(bytes.len()),
             Value::String(s) => Ok(s.as_bytes().len()),
-            other => Err(HandlerError::new(
-                "TypeError",
+            other => Err(HandlerError::from_kind(
+                ErrorKind::TypeError,
                 format!("size expects bin or str, got {}", kind(&other)),
             )),
         }

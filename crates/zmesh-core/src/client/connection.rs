@@ -1,6 +1,6 @@
-//! Provides one client connection: a DEALER to one endpoint, the table of its open calls,
-//! and the tasks that read replies, send heartbeats and control events, and notice when the
-//! peer is gone (the `zeromq` DEALER neither reconnects nor fails a pending `recv`, so the
+//! Provides one client connection: a DEALER to one endpoint, the driver of its table of
+//! open calls (the pure `calls::CallTable`), and the tasks that read replies, send heartbeats
+//! and control events, and notice when the peer is gone (the `zeromq` DEALER neither reconnects nor fails a pending `recv`, so the
 //! socket monitor and per-channel heartbeats are what detect a dead peer).
 //!
 //! Who reads the socket: the connection's reader task always can, and a caller waiting for
@@ -12,14 +12,18 @@
 //! (the hand-off and its invariants are in `readers.rs`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::calls::{Call, CallTable, Route, Sealing};
+use super::readers::Readers;
+use super::{CallError, Cause, ClientConfig};
+use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
+use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
+use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -29,13 +33,6 @@ use zeromq::{
     ZmqMessage, ZmqResult,
 };
 use zmesh_proto::ErrorKind;
-use zmesh_proto::liveness::{Liveness, Verdict};
-
-use super::readers::Readers;
-use super::{CallError, Cause, ClientConfig};
-use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
-use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
-use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 
 /// Control events (heartbeats, credit grants, cancels) waiting for the socket; a peer that
 /// lets this many pile up has stopped reading and is treated as lost.
@@ -63,121 +60,19 @@ pub(crate) struct Reply {
     pub(crate) args: Bytes,
 }
 
-/// What the mesh key said about a received event, for [`Pending::check_order`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sealing {
-    /// This client has no mesh key: nothing to check.
-    Unkeyed,
-    /// Opened with the key; the reply's number within its call, if it has one.
-    Sealed(Option<u32>),
-    /// Authentic, but received before: a copy made on the way.
-    Duplicate(Option<u32>),
-    /// An unsealed refusal (`ERR Unauthenticated` or `ERR Replayed`, how a node answers a
-    /// peer it cannot seal for): anyone on the path could have sent it.
-    Unsealed,
-}
-
-/// Event names a keyed client takes only with the reply number it expects next: the ones
-/// that carry a result or continue a call.
-fn needs_number(name: &str) -> bool {
-    matches!(name, names::OK | names::STREAM | names::STREAM_DONE)
-}
-
-/// One open call on this connection. Plain calls only ever need the one-shot slot; the
+/// One open call on this connection: plain calls only ever need the one-shot slot; the
 /// bounded queue is made when the first reply turns out to be a stream item.
-struct Pending {
-    first: Option<oneshot::Sender<Inbound>>,
-    stream: Option<mpsc::Sender<Inbound>>,
-    /// The number the call's next sealed reply must carry (keyed clients only).
-    next_seq: u32,
-    /// When the caller stops waiting for the first reply (enforced by [`deadline_loop`]).
-    deadline: Option<Instant>,
-    /// The server's heartbeats and ours.
-    liveness: Liveness,
-}
+type Pending = Call<oneshot::Sender<Inbound>, mpsc::Sender<Inbound>>;
 
-impl Pending {
-    /// Checks a keyed reply's place in its call: an `OK`, `STREAM` or `STREAM_DONE` must
-    /// carry the next number (so a `STREAM_DONE` carries the count of items), and a
-    /// numbered `ERR` too. An unnumbered `ERR` (a refusal sent before the call ran, a
-    /// device's own error) or an unsealed refusal ends the call as a failure wherever it
-    /// comes, so its place cannot turn a loss into a success. Heartbeats are not numbered.
-    ///
-    /// # Errors
-    /// What went wrong on the way, for [`CallError::Integrity`].
-    fn check_order(&mut self, name: &str, sealing: Sealing) -> Result<(), String> {
-        let expected = self.next_seq;
-        let seq = match sealing {
-            Sealing::Unkeyed | Sealing::Unsealed => return Ok(()),
-            Sealing::Duplicate(Some(seq)) => {
-                return Err(format!("reply {seq} of the call arrived twice"));
-            }
-            Sealing::Duplicate(None) | Sealing::Sealed(None) if !needs_number(name) => {
-                return Ok(());
-            }
-            Sealing::Duplicate(None) | Sealing::Sealed(None) => {
-                return Err(format!(
-                    "{name} reply carries no number (expected {expected})"
-                ));
-            }
-            Sealing::Sealed(Some(seq)) => seq,
-        };
-        if name == names::HEARTBEAT || name == names::MORE {
-            return Ok(());
-        }
-        if seq != expected {
-            let what = if seq > expected {
-                "replies were lost or reordered on the way"
-            } else {
-                "a reply was repeated or reordered on the way"
-            };
-            return Err(format!(
-                "{name} reply {seq} arrived where reply {expected} was expected: {what}"
-            ));
-        }
-        self.next_seq = expected.wrapping_add(1);
-        Ok(())
-    }
+/// The connection's open calls (the pure table, [`CallTable`]).
+type PendingMap = CallTable<oneshot::Sender<Inbound>, mpsc::Sender<Inbound>>;
 
-    /// Ends the call with an error, through whichever slot the caller is waiting on.
-    fn fail(mut self, error: CallError) {
-        if let Some(first) = self.first.take() {
-            let _ = first.send(Inbound::Failed(error));
-        } else if let Some(stream) = self.stream.take() {
-            let _ = stream.try_send(Inbound::Failed(error));
-        }
-    }
-}
-
-/// Open calls by id. Only ids this client generated are ever inserted, so a peer cannot
-/// choose colliding keys: a fast unkeyed hash is safe here, and SipHash's cost per call
-/// (two hashes of a 34-byte id) showed up in the pipelined profile.
-type PendingMap = HashMap<MessageId, Pending, BuildHasherDefault<OwnIdHasher>>;
-
-/// FxHash-style multiply-rotate hash for [`PendingMap`] keys.
-#[derive(Default)]
-struct OwnIdHasher(u64);
-
-impl Hasher for OwnIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
-        }
-        for &byte in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(SEED);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
+/// Ends a call with an error, through whichever slot the caller is waiting on.
+fn fail(mut call: Pending, error: CallError) {
+    if let Some(first) = call.first.take() {
+        let _ = first.send(Inbound::Failed(error));
+    } else if let Some(stream) = call.stream.take() {
+        let _ = stream.try_send(Inbound::Failed(error));
     }
 }
 
@@ -272,16 +167,7 @@ impl ConnShared {
         if !pending.is_empty() {
             self.readers.call_joins();
         }
-        pending.insert(
-            id,
-            Pending {
-                first: Some(first),
-                stream: None,
-                next_seq: 0,
-                deadline,
-                liveness: Liveness::channel(self.config.heartbeat, now),
-            },
-        );
+        pending.insert(id, first, deadline, now);
         if let Some(deadline) = deadline {
             let at = self.deadline_nanos(deadline);
             if at < self.next_deadline.load(Ordering::Relaxed) {
@@ -308,29 +194,16 @@ impl ConnShared {
     /// Fails the calls whose deadline has passed before their first reply, tells a zmesh
     /// server to stop working on them, and re-arms for the earliest remaining deadline.
     fn expire_deadlines(&self) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        let mut earliest = u64::MAX;
-        {
+        let expired = {
             let mut pending = self.pending();
-            pending.retain(|id, p| match p.deadline {
-                Some(deadline) if p.first.is_some() => {
-                    if deadline <= now {
-                        expired.push((id.clone(), p.first.take()));
-                        return false;
-                    }
-                    earliest = earliest.min(self.deadline_nanos(deadline));
-                    true
-                }
-                _ => true,
-            });
+            let (expired, earliest) = pending.expire(Instant::now());
+            let earliest = earliest.map_or(u64::MAX, |at| self.deadline_nanos(at));
             self.next_deadline.store(earliest, Ordering::Relaxed);
-        }
+            expired
+        };
         for (id, first) in expired {
-            if let Some(first) = first {
-                // The caller replaces the zero with its own timeout.
-                let _ = first.send(Inbound::Failed(CallError::DeadlineExceeded(Duration::ZERO)));
-            }
+            // The caller replaces the zero with its own timeout.
+            let _ = first.send(Inbound::Failed(CallError::DeadlineExceeded(Duration::ZERO)));
             self.cancel(&id);
         }
     }
@@ -343,18 +216,14 @@ impl ConnShared {
         removed
     }
 
-    /// Seals an outgoing event when the client has a mesh key. A request carries its
-    /// message id in the clear, so a node that cannot open it can still answer an `ERR`.
-    fn outgoing(&self, event: Bytes) -> Bytes {
+    /// Seals an outgoing event when the client has a mesh key. A request (`request` is
+    /// its id, which the caller encoded into it) carries that id in the clear, so a node
+    /// that cannot open it can still answer an `ERR`; a channel event (`None`) carries none.
+    fn outgoing(&self, event: Bytes, request: Option<&MessageId>) -> Bytes {
         match &self.trust.trust {
             None => event,
             Some(trust) => {
-                let header = wire::decode_header(&event).ok();
-                let clear_id = header
-                    .as_ref()
-                    .filter(|h| h.response_to.is_none())
-                    .map(|h| h.message_id.encoded())
-                    .unwrap_or_default();
+                let clear_id = request.map(MessageId::encoded).unwrap_or_default();
                 trust.seal(Kind::Request, &event, clear_id)
             }
         }
@@ -407,19 +276,23 @@ impl ConnShared {
         }
     }
 
-    /// Sends one event as `["", event]`.
-    pub(crate) async fn send(&self, event: Bytes) -> Result<(), CallError> {
-        match self.try_send(event)? {
+    /// Sends one request as `["", event]`; `id` is the message id encoded in it.
+    pub(crate) async fn send(&self, event: Bytes, id: &MessageId) -> Result<(), CallError> {
+        match self.try_send(event, id)? {
             None => Ok(()),
             Some(message) => self.send_waiting(message).await,
         }
     }
 
-    /// Sends one event as `["", event]` if that needs no waiting (the usual case: room in
-    /// the socket's queue), with no lock, future or allocation; otherwise returns the
-    /// message for [`ConnShared::send_waiting`].
-    pub(crate) fn try_send(&self, event: Bytes) -> Result<Option<ZmqMessage>, CallError> {
-        let message = wire::join_frames(&[], self.outgoing(event));
+    /// Sends one request as `["", event]` (`id` is the message id encoded in it) if that
+    /// needs no waiting (the usual case: room in the socket's queue), with no lock, future
+    /// or allocation; otherwise returns the message for [`ConnShared::send_waiting`].
+    pub(crate) fn try_send(
+        &self,
+        event: Bytes,
+        id: &MessageId,
+    ) -> Result<Option<ZmqMessage>, CallError> {
+        let message = wire::join_frames(&[], self.outgoing(event, Some(id)));
         match self.sender.try_send(message) {
             Ok(()) => Ok(None),
             Err(TrySendError::WouldBlock(message)) => Ok(Some(message)),
@@ -464,12 +337,12 @@ impl ConnShared {
     pub(crate) fn mark_dead(&self, cause: impl Into<Cause>) {
         let cause = cause.into();
         let was_alive = self.alive.swap(false, Ordering::AcqRel);
-        let failed: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
+        let failed: Vec<Pending> = self.pending().drain();
         if was_alive {
             tracing::info!(endpoint = %self.endpoint, calls = failed.len(), reason = %cause, "connection lost");
         }
         for p in failed {
-            p.fail(CallError::PeerLost(cause.clone()));
+            fail(p, CallError::PeerLost(cause.clone()));
         }
     }
 
@@ -617,7 +490,7 @@ impl ConnShared {
 
     /// Hands an event to the call it answers. A first reply for `own` (the call of a caller
     /// reading the socket itself) is returned instead of sent: see [`OwnReply`]. With a mesh
-    /// key, a reply out of its place in the call fails the call ([`Pending::check_order`]).
+    /// key, a reply out of its place in the call fails the call ([`Call::check_order`]).
     fn deliver(
         &self,
         event: ReplyEvent,
@@ -630,89 +503,82 @@ impl ConnShared {
             args,
             ..
         } = event;
-        let Some(channel) = response_to else {
-            tracing::debug!(%name, "dropping unsolicited event");
-            return None;
-        };
+        let channel = response_to.as_ref();
         let event = Reply { name, args };
-        let name = event.name.as_ref();
-        let terminal = matches!(name, names::OK | names::ERR | names::STREAM_DONE);
         let mut pending = self.pending();
-        if sealing != Sealing::Unkeyed {
-            let order = pending.get_mut(&channel)?.check_order(name, sealing);
-            if let Err(why) = order {
-                let entry = pending.remove(&channel);
+        let own = |call: &MessageId| own == Some(call);
+        match pending.route(channel, event.name.as_ref(), sealing, Instant::now()) {
+            Route::Dropped => {
+                // Late heartbeats and replies to calls that timed out: zerorpc drops these too.
+                let dropped = pending.dropped();
+                match channel {
+                    None => {
+                        tracing::debug!(name = %event.name, ?dropped, "dropping unsolicited event")
+                    }
+                    Some(channel) => {
+                        tracing::trace!(name = %event.name, %channel, ?dropped, "event for a closed call")
+                    }
+                }
+                None
+            }
+            Route::Control => None,
+            Route::OutOfOrder(call, why) => {
                 drop(pending);
                 self.trust
                     .integrity_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint = %self.endpoint, %channel, problem = %why, "reply stream tampered with");
-                if let Some(entry) = entry {
-                    entry.fail(CallError::Integrity(why));
+                tracing::warn!(endpoint = %self.endpoint, channel = ?channel, problem = %why, "reply stream tampered with");
+                fail(call, CallError::Integrity(why));
+                if let Some(channel) = channel {
+                    self.cancel(channel);
                 }
-                self.cancel(&channel);
-                return None;
+                None
             }
-            // A copy of a heartbeat changes nothing.
-            if matches!(sealing, Sealing::Duplicate(_)) {
-                return None;
+            Route::End(mut call) => {
+                drop(pending);
+                if let Some(first) = call.first.take() {
+                    return hand_over(first, Inbound::Event(event), channel.is_some_and(own));
+                } else if let Some(stream) = call.stream {
+                    let _ = stream.try_send(Inbound::Event(event));
+                }
+                None
             }
-        }
-        if terminal {
-            // The common case, a call's one reply: a single lookup that also closes the call.
-            let Some(mut entry) = pending.remove(&channel) else {
-                tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
-                return None;
-            };
-            drop(pending);
-            if let Some(first) = entry.first.take() {
-                return hand_over(first, Inbound::Event(event), own == Some(&channel));
-            } else if let Some(stream) = entry.stream {
-                let _ = stream.try_send(Inbound::Event(event));
-            }
-            return None;
-        }
-        let Some(entry) = pending.get_mut(&channel) else {
-            // A late heartbeat or a reply to a call that timed out: zerorpc drops these too.
-            tracing::trace!(name = %event.name, channel = %channel, "event for a closed call");
-            return None;
-        };
-        entry.liveness.heard(Instant::now());
-        if name == names::HEARTBEAT || name == names::MORE {
-            return None;
-        }
-        if let Some(first) = entry.first.take() {
-            let inbound = if name == names::STREAM {
+            Route::FirstOfStream(first, call) => {
                 // The queue holds the credit window plus one spare slot; a server that
                 // fills the spare slot has sent beyond its credit.
                 let (tx, rx) = mpsc::channel(self.config.stream_window as usize + 1);
-                entry.stream = Some(tx);
-                Inbound::Stream(event, rx)
-            } else {
-                // An unknown event name as the first reply: the caller reports it.
-                pending.remove(&channel);
-                Inbound::Event(event)
-            };
-            drop(pending);
-            return hand_over(first, inbound, own == Some(&channel));
-        }
-        let stream = entry.stream.as_ref()?;
-        if stream.capacity() <= 1 {
-            if let Some(entry) = pending.remove(&channel) {
+                call.stream = Some(tx);
                 drop(pending);
-                let why = "server sent more stream items than the credit it was granted";
-                entry.fail(CallError::Protocol(Cause::new(why)));
+                hand_over(first, Inbound::Stream(event, rx), channel.is_some_and(own))
             }
-        } else {
-            let _ = stream.try_send(Inbound::Event(event));
+            Route::FirstOther(first) => {
+                // An unknown event name as the first reply: the caller reports it.
+                drop(pending);
+                hand_over(first, Inbound::Event(event), channel.is_some_and(own))
+            }
+            Route::Item(call) => {
+                let over_credit = call.stream.as_ref().is_some_and(|s| s.capacity() <= 1);
+                if !over_credit {
+                    if let Some(stream) = &call.stream {
+                        let _ = stream.try_send(Inbound::Event(event));
+                    }
+                    return None;
+                }
+                let entry = channel.and_then(|c| pending.remove(c));
+                drop(pending);
+                if let Some(entry) = entry {
+                    let why = "server sent more stream items than the credit it was granted";
+                    fail(entry, CallError::Protocol(Cause::new(why)));
+                }
+                None
+            }
         }
-        None
     }
 
     fn fail_call(&self, channel: &MessageId, error: CallError) {
         let entry = self.pending().remove(channel);
         if let Some(entry) = entry {
-            entry.fail(error);
+            fail(entry, error);
         }
     }
 }
@@ -784,7 +650,7 @@ impl Connection {
             next_deadline: AtomicU64::new(u64::MAX),
             deadline_changed: tokio::sync::Notify::new(),
             opened: Instant::now(),
-            pending: Mutex::new(PendingMap::default()),
+            pending: Mutex::new(PendingMap::new(config.heartbeat)),
             alive: AtomicBool::new(true),
             zmesh_peer: AtomicBool::new(false),
             control: control_tx,
@@ -888,7 +754,8 @@ async fn write_control(shared: Arc<ConnShared>, mut rx: mpsc::Receiver<Bytes>) {
             continue;
         }
         // Not `ConnShared::send`: a failed control event is not a reason to fail the calls.
-        let message = wire::join_frames(&[], shared.outgoing(event));
+        // Control events answer a channel (`response_to`): no request id goes in the clear.
+        let message = wire::join_frames(&[], shared.outgoing(event, None));
         let sent = match shared.sender.try_send(message) {
             Ok(()) => Ok(()),
             Err(TrySendError::WouldBlock(message)) => shared.sender.clone().send(message).await,
@@ -908,34 +775,17 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let mut lost = Vec::new();
-        shared.pending().retain(|id, p| match p.liveness.poll(now) {
-            Verdict::Lost => {
-                lost.push(Pending {
-                    first: p.first.take(),
-                    stream: p.stream.take(),
-                    ..*p
-                });
-                false
-            }
-            Verdict::Heartbeat => {
-                due.push(id.clone());
-                true
-            }
-            Verdict::Quiet => true,
-        });
-        for p in lost {
+        let swept = shared.pending().sweep(Instant::now());
+        for p in swept.lost {
             let reason = format!(
                 "no heartbeat from {} for more than {:?}",
                 shared.endpoint,
                 p.liveness.silence_limit()
             );
             tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            p.fail(CallError::PeerLost(reason.into()));
+            fail(p, CallError::PeerLost(reason.into()));
         }
-        for id in due {
+        for id in swept.due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);
         }
     }
@@ -967,7 +817,7 @@ async fn learn_peer_kind(shared: Arc<ConnShared>) {
     // This call waits on its slot, never on the socket: the reader task must be reading.
     shared.readers.wake_task();
     let event = wire::encode_event(&header, crate::reserved::ZERORPC_PING, EMPTY_ARRAY_ARGS);
-    if shared.send(event).await.is_ok() {
+    if shared.send(event, &id).await.is_ok() {
         let _ = tokio::time::timeout(shared.config.heartbeat * 3, rx).await;
     }
     shared.unregister(&id);

@@ -2,6 +2,7 @@
 //! DEALER connection and correlated by message id, with per-call deadlines, cancel on drop,
 //! credit-based streams, heartbeat-based peer-loss detection and automatic reconnection.
 
+mod calls;
 mod connection;
 mod readers;
 mod stream;
@@ -998,7 +999,7 @@ fn start_call(
         id,
         open: true,
     };
-    let handed_over = conn.shared.try_send(event);
+    let handed_over = conn.shared.try_send(event, &guard.id);
     StartedCall {
         guard,
         reply,

@@ -141,7 +141,7 @@ impl Inner {
     fn sealed(&self, event: bytes::Bytes) -> bytes::Bytes {
         match &self.trust {
             None => event,
-            Some(trust) => trust.seal(crate::trust::Kind::Event, &event, &[]),
+            Some(trust) => trust.seal_event(&event),
         }
     }
 }

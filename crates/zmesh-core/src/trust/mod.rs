@@ -1,15 +1,23 @@
 //! Provides the optional mesh key: a pre-shared secret that seals every zmesh message
 //! (authenticated with ChaCha20-Poly1305, optionally encrypted), with replay protection and
-//! key rotation. [`envelope`] is the pure codec; [`replay`] the bounded nonce cache; this
-//! module ties them to a clock and a key ring for the node, client and events sockets.
+//! key rotation. The rules are zmesh-proto's `seal` module (the envelope codec, the bounded
+//! nonce cache, the key ring); this module gives them a clock and nonces for the node, client
+//! and events sockets. The primitives (derive a key, seal, open) stay in zmesh-proto: here
+//! everything seals and opens through a [`Trust`], so each rule has one implementation.
 //!
 //! Give the same [`MeshKey`] to [`NodeBuilder::mesh_key`](crate::NodeBuilder::mesh_key),
 //! [`ClientConfig::mesh_key`](crate::ClientConfig::mesh_key) and the events builders.
 //! [`Trust`] is public so that the proxy device (its own crate) opens and seals with the
 //! same code and replay guard as a node.
 
-pub mod envelope;
-pub mod replay;
+pub mod envelope {
+    //! Provides the sealed envelope's format facts a receiver needs before it holds a key
+    //! (is a frame sealed, how small can one be); the codec itself is zmesh-proto's
+    //! `seal::envelope`, and sealing and opening go through [`Trust`](super::Trust).
+    pub use zmesh_proto::seal::envelope::{
+        Kind, MAGIC, MAX_CLEAR_ID, MIN_SEALED, OpenError, REPLY_SEQ_LEN, is_sealed,
+    };
+}
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,11 +27,10 @@ use bytes::Bytes;
 use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 
-pub use envelope::{Kind, OpenError};
-pub use replay::ReplayError;
+pub use zmesh_proto::seal::{Kind, OpenError, Rejection, ReplayError};
 
-use envelope::{SealKey, SealParams};
-use zmesh_proto::ErrorKind;
+pub(crate) use zmesh_proto::seal::KeySlot;
+use zmesh_proto::seal::{KeyRing, ReplayGuard, SealParams, clear_id, millis, unix_ms};
 
 /// Shortest accepted secret: 16 bytes (128 bits) of key material.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -64,9 +71,8 @@ pub enum KeyError {
 /// Cheap to clone. Its `Debug` form shows only the key ids.
 #[derive(Clone)]
 pub struct MeshKey {
-    current: SealKey,
-    /// The previous key and the wall-clock time its acceptance ends.
-    previous: Option<(SealKey, SystemTime)>,
+    /// The current key, and the previous one with the wall-clock time its acceptance ends.
+    ring: KeyRing,
     encrypt: bool,
     replay_window: Duration,
     clock_skew: Duration,
@@ -76,18 +82,12 @@ pub struct MeshKey {
 impl std::fmt::Debug for MeshKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshKey")
-            .field("id", &format_args!("{:08x}", self.current.id()))
+            .field("id", &format_args!("{:08x}", self.ring.key_id()))
             .field(
                 "previous",
-                &self
-                    .previous
-                    .as_ref()
-                    .map(|(k, _)| format!("{:08x}", k.id())),
+                &self.ring.previous_id().map(|id| format!("{id:08x}")),
             )
-            .field(
-                "previous_until",
-                &self.previous.as_ref().map(|(_, until)| until),
-            )
+            .field("previous_until", &self.ring.previous_until())
             .field("encrypt", &self.encrypt)
             .field("replay_window", &self.replay_window)
             .field("clock_skew", &self.clock_skew)
@@ -106,8 +106,7 @@ impl MeshKey {
             return Err(KeyError::TooShort(secret.len()));
         }
         Ok(Self {
-            current: SealKey::derive(secret),
-            previous: None,
+            ring: KeyRing::derive(secret),
             encrypt: true,
             replay_window: DEFAULT_REPLAY_WINDOW,
             clock_skew: DEFAULT_CLOCK_SKEW,
@@ -166,13 +165,13 @@ impl MeshKey {
     /// Everything sent uses this key.
     #[must_use]
     pub fn with_previous_until(mut self, previous: &MeshKey, until: SystemTime) -> Self {
-        self.previous = Some((previous.current.clone(), until));
+        self.ring = self.ring.with_previous_until(&previous.ring, until);
         self
     }
 
     /// When the previous key stops being accepted, if there is one.
     pub fn previous_until(&self) -> Option<SystemTime> {
-        self.previous.as_ref().map(|(_, until)| *until)
+        self.ring.previous_until()
     }
 
     /// Encrypts payloads (default) or only authenticates them. Receivers open both.
@@ -212,39 +211,20 @@ impl MeshKey {
 
     /// The id of the key messages are sealed with (derived, safe to log).
     pub fn key_id(&self) -> u32 {
-        self.current.id()
+        self.ring.key_id()
     }
 
     /// Whether payloads are encrypted.
     pub fn encrypts(&self) -> bool {
         self.encrypt
     }
-}
 
-/// Why a received frame was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// Not sealed, malformed, wrong key, retired key or a bad tag.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// Stale, or already received.
-    #[error("{0}")]
-    Replayed(ReplayError),
-}
-
-impl Rejection {
-    /// The error sent back where a reply is addressable.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            Self::Replayed(_) => ErrorKind::Replayed,
-        }
-    }
-
-    /// The zerorpc error name sent back where a reply is addressable.
-    pub fn err_name(&self) -> &'static str {
-        self.kind().as_str()
+    /// `event` (an encoded zerorpc event) sealed as one published event, as a keyed
+    /// [`Publisher`](crate::Publisher) seals it: for a process that publishes once (the
+    /// `zmesh publish` command). Each call draws fresh nonces; a sender of many events
+    /// keeps one [`Trust`] and calls [`Trust::seal_event`].
+    pub fn seal_event(&self, event: &[u8]) -> Bytes {
+        Trust::new(self.clone()).seal_event(event)
     }
 }
 
@@ -253,7 +233,8 @@ impl Rejection {
 pub struct Opened {
     /// The zerorpc event.
     pub event: Bytes,
-    /// A reply's number within its call (see [`envelope::Parsed::reply_seq`]).
+    /// A reply's number within its call (0 for the first `OK`, `ERR` or `STREAM` item, each
+    /// counted, up to the `STREAM_DONE`); `None` for an unnumbered reply (a heartbeat).
     pub seq: Option<u32>,
     /// The sender's clock when it sealed the frame, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
@@ -281,7 +262,7 @@ pub struct Refusal {
 #[derive(Debug)]
 pub struct Trust {
     key: MeshKey,
-    guard: Mutex<replay::ReplayGuard>,
+    guard: Mutex<ReplayGuard>,
     nonces: NonceSource,
 }
 
@@ -326,7 +307,7 @@ impl Trust {
     pub fn new(key: MeshKey) -> Self {
         let window = millis(key.replay_window);
         let skew = millis(key.clock_skew);
-        let guard = replay::ReplayGuard::new(window, skew, key.replay_cache).started_at(now_ms());
+        let guard = ReplayGuard::new(window, skew, key.replay_cache).started_at(now_ms());
         let guard = Mutex::new(guard);
         Self {
             key,
@@ -340,6 +321,12 @@ impl Trust {
         self.seal_with(KeySlot::Current, kind, event, clear_id)
     }
 
+    /// Seals one published event (the event frame; the topic frame stays clear, for the
+    /// subscribers' filters).
+    pub fn seal_event(&self, event: &[u8]) -> Bytes {
+        self.seal(Kind::Event, event, &[])
+    }
+
     /// Seals a reply, numbered within its call when `seq` is given (every `OK`, `ERR`,
     /// `STREAM` and `STREAM_DONE` of a call, from 0) and unnumbered otherwise (heartbeats;
     /// a refusal sent before the call ran). A keyed client takes an `OK`, `STREAM` or
@@ -351,7 +338,7 @@ impl Trust {
     pub(crate) fn seal_reply_with(&self, slot: KeySlot, event: &[u8], seq: Option<u32>) -> Bytes {
         match seq {
             Some(seq) => {
-                let field = envelope::reply_seq_field(seq);
+                let field = zmesh_proto::seal::envelope::reply_seq_field(seq);
                 self.seal_with(slot, Kind::Reply, event, &field)
             }
             None => self.seal_with(slot, Kind::Reply, event, &[]),
@@ -360,7 +347,7 @@ impl Trust {
 
     /// True when a previous key is configured (whether or not its grace is over).
     pub(crate) fn has_previous(&self) -> bool {
-        self.key.previous.is_some()
+        self.key.ring.previous_id().is_some()
     }
 
     /// Seals with the current key, or with the previous one while its grace lasts (a node
@@ -373,19 +360,15 @@ impl Trust {
         event: &[u8],
         clear_id: &[u8],
     ) -> Bytes {
-        let key = match (&self.key.previous, slot) {
-            (Some((previous, until)), KeySlot::Previous) if SystemTime::now() <= *until => previous,
-            _ => &self.key.current,
-        };
-        let nonce = self.nonces.next();
+        let now = SystemTime::now();
         let params = SealParams {
             kind,
             encrypt: self.key.encrypt,
-            timestamp_ms: now_ms(),
-            nonce,
+            timestamp_ms: unix_ms(now),
+            nonce: self.nonces.next(),
             clear_id,
         };
-        envelope::seal(key, &params, event)
+        zmesh_proto::seal::envelope::seal(self.key.ring.sealing_key(slot, now), &params, event)
     }
 
     /// Opens a received frame expected to be of `kind`: checks the key, the tag, the time
@@ -456,48 +439,15 @@ impl Trust {
     /// Checks the kind, key and tag; returns what opened, and the nonce for the replay
     /// checks.
     fn authenticate(&self, frame: &Bytes, kind: Kind) -> Result<(Opened, [u8; 12]), Rejection> {
-        let unauth = |e: &dyn std::fmt::Display| Rejection::Unauthenticated(e.to_string());
-        let parsed = envelope::parse(frame).map_err(|e| unauth(&e))?;
-        if parsed.kind != kind {
-            return Err(unauth(&OpenError::WrongKind {
-                found: parsed.kind,
-                expected: kind,
-            }));
-        }
-        let (key, slot) = if parsed.key_id == self.key.current.id() {
-            (&self.key.current, KeySlot::Current)
-        } else {
-            match &self.key.previous {
-                Some((previous, until)) if parsed.key_id == previous.id() => {
-                    if SystemTime::now() > *until {
-                        return Err(Rejection::Unauthenticated(format!(
-                            "sealed with the previous mesh key (id {:08x}), whose grace period is over",
-                            parsed.key_id
-                        )));
-                    }
-                    (previous, KeySlot::Previous)
-                }
-                _ => return Err(unauth(&OpenError::UnknownKey(parsed.key_id))),
-            }
-        };
-        let event = envelope::open(key, frame, &parsed).map_err(|e| unauth(&e))?;
+        let authentic = self.key.ring.authenticate(frame, kind, SystemTime::now())?;
         let opened = Opened {
-            event,
-            seq: parsed.reply_seq(),
-            timestamp_ms: parsed.timestamp_ms,
-            slot,
+            event: authentic.event,
+            seq: authentic.seq,
+            timestamp_ms: authentic.timestamp_ms,
+            slot: authentic.slot,
         };
-        Ok((opened, parsed.nonce))
+        Ok((opened, authentic.nonce))
     }
-}
-
-/// Which of a key ring's keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeySlot {
-    /// The key everything is sent with.
-    Current,
-    /// The previous key, accepted during its grace period.
-    Previous,
 }
 
 /// The request a refused frame can be answered to (with an unsealed `ERR`): the clear id of
@@ -506,7 +456,7 @@ pub(crate) enum KeySlot {
 pub fn refused_request(frame: &[u8]) -> Option<crate::wire::MessageId> {
     match clear_id(frame) {
         Some(id) => crate::wire::MessageId::from_encoded(Bytes::copy_from_slice(id)).ok(),
-        None if !envelope::is_sealed(frame) => crate::wire::decode_header(frame)
+        None if !zmesh_proto::seal::envelope::is_sealed(frame) => crate::wire::decode_header(frame)
             .ok()
             .filter(|h| h.response_to.is_none())
             .map(|h| h.message_id),
@@ -514,24 +464,9 @@ pub fn refused_request(frame: &[u8]) -> Option<crate::wire::MessageId> {
     }
 }
 
-/// The clear id a receiver may use to address an error to a frame it could not open.
-pub(crate) fn clear_id(frame: &[u8]) -> Option<&[u8]> {
-    envelope::parse(frame)
-        .ok()
-        .map(|p| p.clear_id)
-        .filter(|id| !id.is_empty())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// This host's clock in milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    unix_ms(SystemTime::now())
 }
 
 #[cfg(test)]
@@ -615,8 +550,8 @@ mod tests {
         // No nonce cache: the same announcement heard twice is fine.
         assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
         assert!(t.open_windowed(&frame, Kind::Beacon).is_ok());
-        let stale = envelope::seal(
-            &t.key.current,
+        let stale = zmesh_proto::seal::envelope::seal(
+            t.key.ring.sealing_key(KeySlot::Current, SystemTime::now()),
             &SealParams {
                 kind: Kind::Beacon,
                 encrypt: true,
@@ -649,14 +584,6 @@ mod tests {
             assert!(seen.insert(t.nonces.next()));
         }
         assert_ne!(Trust::new(key("alpha")).nonces.next(), t.nonces.next());
-    }
-
-    #[test]
-    fn clear_id_is_readable_without_the_key() {
-        let t = Trust::new(key("alpha"));
-        let frame = t.seal(Kind::Request, b"e", b"\xc4\x01z");
-        assert_eq!(clear_id(&frame), Some(&b"\xc4\x01z"[..]));
-        assert_eq!(clear_id(b"\x93"), None);
     }
 
     #[test]
@@ -734,8 +661,8 @@ mod tests {
     #[test]
     fn windowed_open_refuses_future_stamps() {
         let t = Trust::new(key("alpha"));
-        let ahead = envelope::seal(
-            &t.key.current,
+        let ahead = zmesh_proto::seal::envelope::seal(
+            t.key.ring.sealing_key(KeySlot::Current, SystemTime::now()),
             &SealParams {
                 kind: Kind::Beacon,
                 encrypt: true,

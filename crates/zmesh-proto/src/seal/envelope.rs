@@ -63,8 +63,8 @@ impl Kind {
     }
 }
 
-/// Why a frame could not be opened. The codec's own view; replay and key-age checks are
-/// layered on top by [`Trust`](super::Trust).
+/// Why a frame could not be opened. The codec's own view; key-age checks are layered on top
+/// by [`KeyRing`](super::KeyRing), replay checks by [`ReplayGuard`](super::ReplayGuard).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
