@@ -99,6 +99,19 @@ pub enum CallError {
     /// what was received of it cannot be trusted to be complete: not retried.
     #[error("integrity error: {0}")]
     Integrity(String),
+    /// A call by service name (through a [`MeshClient`](crate::mesh::MeshClient)) found no
+    /// live peer offering the service before its deadline; nothing was sent.
+    #[error("no live peer offers service {service:?} (waited {waited:?})")]
+    NoPeer {
+        /// The service.
+        service: String,
+        /// How long the call waited for one.
+        waited: Duration,
+    },
+    /// A call by service name whose method is not `service.method`, so it names no service
+    /// to look up; nothing was sent.
+    #[error("method {0:?} names no service: use service.method")]
+    BadMethod(String),
 }
 
 /// Why a call failed, in words, and the error value behind it when there is one (a socket
@@ -369,6 +382,30 @@ pub enum Response {
     Stream(CallStream<rmpv::Value>),
 }
 
+impl Response {
+    /// The single value a plain call expects; a stream is the caller's mistake (the method
+    /// streams), reported as [`CallError::Protocol`].
+    pub(crate) fn into_value(self, method: &str) -> Result<Bytes, CallError> {
+        match self {
+            Self::Value(value) => Ok(value),
+            Self::Stream(_) => Err(CallError::Protocol(
+                format!("{method} answered with a stream; use call_stream").into(),
+            )),
+        }
+    }
+
+    /// The stream a streaming call expects; a single value is reported as
+    /// [`CallError::Protocol`].
+    pub(crate) fn into_stream(self, method: &str) -> Result<CallStream<rmpv::Value>, CallError> {
+        match self {
+            Self::Stream(stream) => Ok(stream),
+            Self::Value(_) => Err(CallError::Protocol(
+                format!("{method} answered with a single value; use call").into(),
+            )),
+        }
+    }
+}
+
 /// A client of one endpoint. Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -499,12 +536,7 @@ impl Client {
         options: CallOptions,
     ) -> impl Future<Output = Result<T, CallError>> {
         self.encoded_request(method, encode_args(&args), options)
-            .map(move |response| match response? {
-                Response::Value(value) => decode_result(&value),
-                Response::Stream(_) => Err(CallError::Protocol(
-                    format!("{method} answered with a stream; use call_stream").into(),
-                )),
-            })
+            .map(move |response| decode_result(&response?.into_value(method)?))
     }
 
     /// Calls a streaming method; items are decoded as `T`.
@@ -530,12 +562,7 @@ impl Client {
         options: CallOptions,
     ) -> impl Future<Output = Result<CallStream<T>, CallError>> {
         self.encoded_request(method, encode_args(&args), options)
-            .map(move |response| match response? {
-                Response::Stream(stream) => Ok(stream.typed()),
-                Response::Value(_) => Err(CallError::Protocol(
-                    format!("{method} answered with a single value; use call").into(),
-                )),
-            })
+            .map(move |response| Ok(response?.into_stream(method)?.typed()))
     }
 
     /// [`Client::request`] once the arguments are encoded.

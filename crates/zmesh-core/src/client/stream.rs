@@ -2,6 +2,7 @@
 //! credit granted only as the consumer reads, so a slow consumer slows the server instead
 //! of growing a buffer.
 
+use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub struct CallStream<T = rmpv::Value> {
     /// The call's deadline, reported by a server's `ERR DeadlineExceeded` as by the call's.
     timeout: Duration,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Whatever the stream's opener needs kept while the stream is open (the mesh client's
+    /// count of a peer's outstanding calls), released when it ends or is dropped.
+    lease: Option<Box<dyn Any + Send + Sync>>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -88,6 +92,7 @@ impl<T> CallStream<T> {
             credit: Window::new(window),
             timeout,
             _permit: Some(permit),
+            lease: None,
             _item: PhantomData,
         };
         if done {
@@ -105,8 +110,18 @@ impl<T> CallStream<T> {
             credit: self.credit,
             timeout: self.timeout,
             _permit: self._permit.take(),
+            lease: self.lease.take(),
             _item: PhantomData,
         }
+    }
+
+    /// Keeps `lease` until the stream ends (its last item or error) or is dropped.
+    pub(crate) fn hold(mut self, lease: impl Any + Send + Sync) -> Self {
+        // A stream that already ended (an empty one) has nothing open to account for.
+        if self.guard.is_some() {
+            self.lease = Some(Box::new(lease));
+        }
+        self
     }
 
     fn finish(&mut self) {
@@ -115,6 +130,7 @@ impl<T> CallStream<T> {
         }
         self.rx = None;
         self._permit = None;
+        self.lease = None;
     }
 
     fn fail(&mut self, error: CallError) -> Poll<Option<Result<T, CallError>>> {

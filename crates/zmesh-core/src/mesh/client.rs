@@ -3,14 +3,17 @@
 //! connection) per peer, picks a peer by power of two choices on outstanding calls, takes
 //! peers out of rotation when health probes or calls say they stopped answering and back
 //! in when they answer again, and retries or hedges calls only where that cannot run a
-//! request twice by accident.
+//! request twice by accident. Streams are picked and failed over as calls are, up to their
+//! first item and not after. It is a [`Call`], so typed clients run over it unchanged.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
@@ -20,8 +23,9 @@ use zmesh_proto::{ErrorKind, Retry};
 use super::balance::{RetryBudget, backoff, pick_two};
 use super::directory::PeerRecord;
 use super::discovery::Discovery;
+use crate::call::Call;
 use crate::client::{
-    CallError, CallOptions, Client, ClientConfig, Response, decode_result, encode_args,
+    CallError, CallOptions, CallStream, Client, ClientConfig, Response, decode_result, encode_args,
 };
 use crate::config::{self, ConfigError};
 use crate::wire::MessageId;
@@ -61,6 +65,22 @@ impl MeshCallError {
         match self {
             Self::Call { error, .. } => Some(error),
             _ => None,
+        }
+    }
+}
+
+/// The typed API's view of a service-level failure (what a generated client over a
+/// [`MeshClient`] returns): each mesh-only case has a [`CallError`] variant of its own, and
+/// a failed call is its last attempt's error itself, with its source chain, so a caller
+/// matches `Remote`, `PeerLost` or `DeadlineExceeded` the same over the mesh as over a
+/// [`Client`]. Only the attempt count stays behind (the mesh client's own bookkeeping).
+impl From<MeshCallError> for CallError {
+    fn from(error: MeshCallError) -> Self {
+        match error {
+            MeshCallError::Config(e) => Self::Config(e),
+            MeshCallError::BadMethod(method) => Self::BadMethod(method),
+            MeshCallError::NoPeer { service, waited } => Self::NoPeer { service, waited },
+            MeshCallError::Call { error, .. } => error,
         }
     }
 }
@@ -225,6 +245,32 @@ pub struct MeshCallOptions {
     pub idempotent: Option<bool>,
     /// A W3C `traceparent` to propagate.
     pub traceparent: Option<String>,
+    /// A stable id for this logical request, sent on every attempt (see
+    /// [`CallOptions::request_id`]); `None` lets the client make one for each
+    /// non-idempotent plain call.
+    pub request_id: Option<Box<str>>,
+}
+
+/// A [`Client`]'s options for a call by service name: deadline, `traceparent` and request
+/// id carry over; whether the call is idempotent stays what the serving nodes advertise.
+/// So `CallOptions`' setters build these options too:
+/// `MeshCallOptions::from(CallOptions::timeout(t).traceparent(tp))`.
+impl From<CallOptions> for MeshCallOptions {
+    fn from(options: CallOptions) -> Self {
+        // No `..`: an option added to `CallOptions` fails to compile here until it is
+        // mapped, instead of being dropped on the mesh path unnoticed.
+        let CallOptions {
+            timeout,
+            traceparent,
+            request_id,
+        } = options;
+        Self {
+            timeout,
+            idempotent: None,
+            traceparent,
+            request_id,
+        }
+    }
 }
 
 impl MeshCallOptions {
@@ -407,12 +453,77 @@ impl PeerLink {
     }
 }
 
-/// Decrements a peer's outstanding calls however an attempt ends.
-struct Outstanding<'a>(&'a PeerLink);
+/// One of a peer's outstanding calls, counted from the attempt's start until it is dropped:
+/// when the attempt ends, or for a stream when the stream ends.
+struct Outstanding(Arc<PeerLink>);
 
-impl Drop for Outstanding<'_> {
+impl Outstanding {
+    fn new(link: &Arc<PeerLink>) -> Self {
+        link.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(link.clone())
+    }
+}
+
+impl Drop for Outstanding {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What keeps a call open on its peer once its attempt is over (a stream's): the
+/// connection, which a `CallStream` does not keep alive by itself and which the link drops
+/// when it replaces its client (the peer taken out of rotation) or leaves the directory,
+/// so that only the stream's own liveness ends it; and its place in the peer's count.
+struct Held {
+    _client: Client,
+    _outstanding: Outstanding,
+}
+
+/// What a call expects its first reply to be, and what that allows the retry loop: the one
+/// place plain calls and streams differ. A stream's first reply is its first item (or its
+/// end), so everything the loop does, failing over included, happens before the first
+/// item; once the caller holds the stream, a lost peer ends it with that error.
+trait Shape {
+    /// What a successful attempt gives the caller.
+    type Out: Send;
+    /// Whether an idempotent attempt may be hedged (a second one raced on another peer):
+    /// plain calls only, since two streams' items cannot be merged.
+    const HEDGED: bool;
+    /// Whether a non-idempotent attempt that may have run can be repeated on its peer with
+    /// the same request id: only where the node's reply cache answers the repeat, which it
+    /// does for single values. A repeated stream would run again.
+    const REPEATABLE: bool;
+    /// The response as `Out`, keeping `held` for as long as the call stays open.
+    fn accept(response: Response, method: &str, held: Held) -> Result<Self::Out, CallError>;
+}
+
+/// A plain call: one value, still msgpack.
+struct Value;
+
+impl Shape for Value {
+    type Out = Bytes;
+    const HEDGED: bool = true;
+    const REPEATABLE: bool = true;
+
+    fn accept(response: Response, method: &str, _: Held) -> Result<Bytes, CallError> {
+        response.into_value(method)
+    }
+}
+
+/// A streaming call: its items, its connection kept and its peer counted until it ends.
+struct Streamed;
+
+impl Shape for Streamed {
+    type Out = CallStream<rmpv::Value>;
+    const HEDGED: bool = false;
+    const REPEATABLE: bool = false;
+
+    fn accept(
+        response: Response,
+        method: &str,
+        held: Held,
+    ) -> Result<CallStream<rmpv::Value>, CallError> {
+        Ok(response.into_stream(method)?.hold(held))
     }
 }
 
@@ -542,6 +653,44 @@ impl MeshClient {
         decode_result(&value).map_err(|error| MeshCallError::Call { attempts: 1, error })
     }
 
+    /// Calls the streaming `service.method` on a live peer offering the service; its items
+    /// decode as `T`.
+    ///
+    /// The peer is picked as for [`MeshClient::call`], and the call moves to another peer
+    /// on the same terms (a refusal that shows it did not run; a lost peer only if the
+    /// method is idempotent) until the first item arrives, within the deadline, which
+    /// covers that first item. After it, the stream is bound to its peer: losing the peer
+    /// ends the stream with that error, never with a silent restart elsewhere, since the
+    /// items already consumed may not be produced again.
+    ///
+    /// # Errors
+    /// [`MeshCallError`] for the first item, as [`MeshClient::call`]; later failures arrive
+    /// as items.
+    pub async fn call_stream<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+    ) -> Result<CallStream<T>, MeshCallError> {
+        self.call_stream_with(method, args, MeshCallOptions::default())
+            .await
+    }
+
+    /// [`MeshClient::call_stream`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`MeshClient::call_stream`].
+    pub async fn call_stream_with<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        args: impl Serialize,
+        options: MeshCallOptions,
+    ) -> Result<CallStream<T>, MeshCallError> {
+        let args =
+            encode_args(&args).map_err(|error| MeshCallError::Call { attempts: 0, error })?;
+        let stream = self.run::<Streamed>(method, args, options).await?;
+        Ok(stream.typed())
+    }
+
     /// Sends a request whose args are already msgpack (an array); returns the result's
     /// msgpack bytes.
     ///
@@ -553,6 +702,17 @@ impl MeshClient {
         args: Bytes,
         options: MeshCallOptions,
     ) -> Result<Bytes, MeshCallError> {
+        self.run::<Value>(method, args, options).await
+    }
+
+    /// A call of either shape: resolves the service, picks peers, retries and fails over
+    /// as the error, the method's idempotency and the shape allow.
+    async fn run<S: Shape>(
+        &self,
+        method: &str,
+        args: Bytes,
+        options: MeshCallOptions,
+    ) -> Result<S::Out, MeshCallError> {
         let inner = &*self.inner;
         if let Some(invalid) = &inner.invalid {
             return Err(MeshCallError::Config(invalid.clone()));
@@ -569,8 +729,11 @@ impl MeshClient {
             .idempotent
             .unwrap_or_else(|| inner.routes().idempotent.contains(method));
         // Non-idempotent calls carry one stable id across every attempt, so a repeat on
-        // the same node is answered from its reply cache instead of running twice.
-        let request_id = (!idempotent).then(|| MessageId::generate().to_string());
+        // the same node is answered from its reply cache instead of running twice. A
+        // stream is never repeated, so it needs none of its own.
+        let request_id = options.request_id.clone().or_else(|| {
+            (!idempotent && S::REPEATABLE).then(|| MessageId::generate().to_string().into())
+        });
         let mut tried: Vec<Arc<PeerLink>> = Vec::new();
         let mut pinned: Option<Arc<PeerLink>> = None;
         let mut attempts = 0u32;
@@ -584,9 +747,9 @@ impl MeshClient {
             let call_options = CallOptions {
                 timeout: Some(remaining.max(Duration::from_millis(1))),
                 traceparent: options.traceparent.clone(),
-                request_id: request_id.as_deref().map(Box::from),
+                request_id: request_id.clone(),
             };
-            let hedge = if idempotent {
+            let hedge = if S::HEDGED && idempotent {
                 inner.hedge_delay(method)
             } else {
                 None
@@ -594,18 +757,18 @@ impl MeshClient {
             let result = match hedge {
                 Some(delay) => {
                     inner
-                        .hedged(&link, service, method, &args, call_options, delay, &tried)
+                        .hedged::<S>(&link, service, method, &args, call_options, delay, &tried)
                         .await
                 }
                 None => {
                     inner
-                        .attempt(&link, method, &args, call_options, idempotent)
+                        .attempt::<S>(&link, method, &args, call_options, idempotent)
                         .await
                 }
             };
             let error = match result {
                 Ok(value) => {
-                    if inner.config.hedge.is_some() && idempotent {
+                    if S::HEDGED && inner.config.hedge.is_some() && idempotent {
                         inner.record_latency(method, started.elapsed());
                     }
                     return Ok(value);
@@ -616,8 +779,9 @@ impl MeshClient {
             match (classify(&error), idempotent, pinned.is_some()) {
                 (Retry::Final, ..) => return give_up(error),
                 // A non-idempotent request that may have run goes to the same peer only,
-                // once, with the same request id.
-                (Retry::MayHaveRun, false, false) => pinned = Some(link.clone()),
+                // once, with the same request id; a stream, not at all.
+                (Retry::MayHaveRun, false, false) if S::REPEATABLE => pinned = Some(link.clone()),
+                (Retry::MayHaveRun, false, false) => return give_up(error),
                 (_, false, true) => {
                     inner.take_down(&link, "repeat of a request failed");
                     return give_up(error);
@@ -756,18 +920,17 @@ impl Inner {
         Some(links[index].clone())
     }
 
-    /// One attempt on one peer.
-    async fn attempt(
+    /// One attempt on one peer, until its first reply.
+    async fn attempt<S: Shape>(
         &self,
         link: &Arc<PeerLink>,
         method: &str,
         args: &Bytes,
         options: CallOptions,
         idempotent: bool,
-    ) -> Result<Bytes, CallError> {
+    ) -> Result<S::Out, CallError> {
         let client = link.client();
-        link.outstanding.fetch_add(1, Ordering::Relaxed);
-        let _outstanding = Outstanding(link);
+        let outstanding = Outstanding::new(link);
         let call = client.request(method, args.clone(), options);
         let result = if idempotent {
             // Only idempotent calls are abandoned when their peer is taken out of
@@ -785,14 +948,14 @@ impl Inner {
             call.await
         };
         match result {
-            Ok(Response::Value(value)) => {
+            Ok(response) => {
                 link.heard();
-                Ok(value)
+                let held = Held {
+                    _client: client,
+                    _outstanding: outstanding,
+                };
+                S::accept(response, method, held)
             }
-            Ok(Response::Stream(_)) => Err(CallError::Protocol(
-                format!("{method} answered with a stream; the mesh client makes plain calls only")
-                    .into(),
-            )),
             Err(e) => {
                 match &e {
                     CallError::PeerLost(why) => self.take_down(link, why),
@@ -847,7 +1010,7 @@ impl Inner {
     /// An idempotent attempt that starts a second one on another peer if the first has not
     /// answered after `delay`; the first success wins, the loser is cancelled.
     #[allow(clippy::too_many_arguments)]
-    async fn hedged(
+    async fn hedged<S: Shape>(
         &self,
         link: &Arc<PeerLink>,
         service: &str,
@@ -856,8 +1019,8 @@ impl Inner {
         options: CallOptions,
         delay: Duration,
         tried: &[Arc<PeerLink>],
-    ) -> Result<Bytes, CallError> {
-        let first = self.attempt(link, method, args, options.clone(), true);
+    ) -> Result<S::Out, CallError> {
+        let first = self.attempt::<S>(link, method, args, options.clone(), true);
         let mut first = std::pin::pin!(first);
         let timer = tokio::time::sleep(delay);
         tokio::select! {
@@ -872,7 +1035,7 @@ impl Inner {
             return first.await;
         }
         self.counters.hedges.fetch_add(1, Ordering::Relaxed);
-        let second = self.attempt(&other, method, args, options, true);
+        let second = self.attempt::<S>(&other, method, args, options, true);
         let mut second = std::pin::pin!(second);
         tokio::select! {
             r = &mut first => match r {
@@ -884,6 +1047,36 @@ impl Inner {
                 Err(_) => first.await,
             },
         }
+    }
+}
+
+/// Calls by service name through the typed API: options as [`MeshCallOptions`] take them
+/// (`From<CallOptions>`), errors as [`CallError`] takes them (`From<MeshCallError>`).
+impl Call for MeshClient {
+    fn call_with<'a, T>(
+        &'a self,
+        method: &'a str,
+        args: impl Serialize + Send + 'a,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
+    where
+        T: DeserializeOwned + Send + 'a,
+    {
+        MeshClient::call_with(self, method, args, options.into())
+            .map(|result| result.map_err(CallError::from))
+    }
+
+    fn call_stream_with<'a, T>(
+        &'a self,
+        method: &'a str,
+        args: impl Serialize + Send + 'a,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        MeshClient::call_stream_with(self, method, args, options.into())
+            .map(|result| result.map_err(CallError::from))
     }
 }
 
@@ -974,6 +1167,91 @@ mod tests {
             message: message.into(),
             traceback: None,
         })
+    }
+
+    #[test]
+    fn every_mesh_failure_maps_to_its_own_call_error() {
+        let invalid = MeshClientConfig::default()
+            .heartbeat(Duration::ZERO)
+            .validate()
+            .expect_err("a zero heartbeat is out of range");
+        match CallError::from(MeshCallError::Config(invalid)) {
+            CallError::Config(e) => assert_eq!(e.field, "heartbeat"),
+            other => panic!("expected Config, got {other:?}"),
+        }
+        match CallError::from(MeshCallError::BadMethod("ping".into())) {
+            CallError::BadMethod(method) => assert_eq!(method, "ping"),
+            other => panic!("expected BadMethod, got {other:?}"),
+        }
+        let waited = Duration::from_millis(250);
+        let no_peer = MeshCallError::NoPeer {
+            service: "billing".into(),
+            waited,
+        };
+        let said = no_peer.to_string();
+        let mapped = CallError::from(no_peer);
+        // The same words either way, so logs read alike over both APIs.
+        assert_eq!(mapped.to_string(), said);
+        match mapped {
+            CallError::NoPeer { service, waited: w } => {
+                assert_eq!((service.as_str(), w), ("billing", waited));
+            }
+            other => panic!("expected NoPeer, got {other:?}"),
+        }
+        // A failed call is its last attempt's error itself.
+        let mapped = CallError::from(MeshCallError::Call {
+            attempts: 3,
+            error: remote("Refused", "no"),
+        });
+        assert_eq!(
+            mapped.remote(),
+            Some(&RemoteError {
+                name: "Refused".into(),
+                message: "no".into(),
+                traceback: None,
+            })
+        );
+    }
+
+    #[test]
+    fn a_mapped_call_error_keeps_its_source_chain() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = MeshCallError::Call {
+            attempts: 2,
+            error: CallError::Connect {
+                endpoint: "tcp://127.0.0.1:1".into(),
+                reason: crate::client::Cause::of(refused),
+            },
+        };
+        let mapped = CallError::from(error);
+        assert!(mapped.is_refused(), "{mapped:?}");
+        let cause = std::error::Error::source(&mapped).expect("the connect cause");
+        let io = cause
+            .source()
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the socket error behind it");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn call_options_carry_deadline_trace_and_request_id_but_not_idempotency() {
+        let options = CallOptions::timeout(Duration::from_millis(700))
+            .traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .request_id("order-17");
+        let mesh = MeshCallOptions::from(options);
+        assert_eq!(mesh.timeout, Some(Duration::from_millis(700)));
+        assert_eq!(
+            mesh.traceparent.as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(mesh.request_id.as_deref(), Some("order-17"));
+        // What the serving nodes advertise decides.
+        assert_eq!(mesh.idempotent, None);
+        let defaults = MeshCallOptions::from(CallOptions::default());
+        assert_eq!(
+            (defaults.timeout, defaults.traceparent, defaults.request_id),
+            (None, None, None)
+        );
     }
 
     #[test]
