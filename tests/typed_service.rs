@@ -164,6 +164,39 @@ async fn typed_calls_over_tcp_and_ipc() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_run_in_spawned_tasks() {
+    let node = net(
+        "node start",
+        Node::builder()
+            .bind("tcp://127.0.0.1:0")
+            .service(InventoryServer::new(Shelf::default()))
+            .start(),
+    )
+    .await
+    .expect("node starts");
+    let inventory = InventoryClient::new(Client::new(node.endpoint()));
+    let tasks: Vec<_> = (1..=4)
+        .map(|n| {
+            let inventory = inventory.clone();
+            tokio::spawn(async move { inventory.add("nut".into(), n).await })
+        })
+        .collect();
+    for task in tasks {
+        net("a spawned call", task)
+            .await
+            .expect("the task ran")
+            .expect("the call succeeded");
+    }
+    assert_eq!(
+        net("stock", inventory.stock("nut".into()))
+            .await
+            .expect("stock"),
+        10
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn the_deadline_of_with_options_applies_to_every_call() {
     let node = net(

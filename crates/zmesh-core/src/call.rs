@@ -15,6 +15,11 @@ use crate::client::{CallError, CallOptions, CallStream, Client};
 ///
 /// Implemented by [`Client`], [`MeshClient`](crate::mesh::MeshClient), and by references
 /// and `Arc`s of any `Call`.
+///
+/// The arguments and the result type are `'static` (owned values, as generated clients
+/// pass): with borrowed ones the compiler cannot prove a call's future `Send` for
+/// `tokio::spawn` (rust-lang/rust#100013). `Client::call` itself still takes borrowed
+/// arguments.
 pub trait Call: Send + Sync {
     /// Calls `method` with `args` and decodes its one result as `T`.
     ///
@@ -23,11 +28,11 @@ pub trait Call: Send + Sync {
     fn call_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
     where
-        T: DeserializeOwned + Send + 'a;
+        T: DeserializeOwned + Send + 'static;
 
     /// Calls the streaming `method` with `args`; its items decode as `T`.
     ///
@@ -36,7 +41,7 @@ pub trait Call: Send + Sync {
     fn call_stream_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
     where
@@ -47,11 +52,11 @@ impl Call for Client {
     fn call_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
     where
-        T: DeserializeOwned + Send + 'a,
+        T: DeserializeOwned + Send + 'static,
     {
         Client::call_with(self, method, args, options)
     }
@@ -59,7 +64,7 @@ impl Call for Client {
     fn call_stream_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
     where
@@ -76,11 +81,11 @@ macro_rules! forward_call {
             fn call_with<'a, T>(
                 &'a self,
                 method: &'a str,
-                args: impl Serialize + Send + 'a,
+                args: impl Serialize + Send + 'static,
                 options: CallOptions,
             ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
             where
-                T: DeserializeOwned + Send + 'a,
+                T: DeserializeOwned + Send + 'static,
             {
                 (**self).call_with(method, args, options)
             }
@@ -88,7 +93,7 @@ macro_rules! forward_call {
             fn call_stream_with<'a, T>(
                 &'a self,
                 method: &'a str,
-                args: impl Serialize + Send + 'a,
+                args: impl Serialize + Send + 'static,
                 options: CallOptions,
             ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
             where

@@ -1056,11 +1056,11 @@ impl Call for MeshClient {
     fn call_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
     where
-        T: DeserializeOwned + Send + 'a,
+        T: DeserializeOwned + Send + 'static,
     {
         MeshClient::call_with(self, method, args, options.into())
             .map(|result| result.map_err(CallError::from))
@@ -1069,7 +1069,7 @@ impl Call for MeshClient {
     fn call_stream_with<'a, T>(
         &'a self,
         method: &'a str,
-        args: impl Serialize + Send + 'a,
+        args: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
     where
