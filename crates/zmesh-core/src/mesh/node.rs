@@ -55,8 +55,8 @@ impl MeshBuilder {
     }
 
     /// Hosts a service; its name and idempotent methods are announced to the mesh.
-    pub fn service(mut self, service: Service) -> Self {
-        self.services.push(service);
+    pub fn service(mut self, service: impl Into<Service>) -> Self {
+        self.services.push(service.into());
         self
     }
 
