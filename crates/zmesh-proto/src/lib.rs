@@ -14,6 +14,8 @@
 //! - [`liveness`]: heartbeats due and peers lost, for a call's channel (node, client,
 //!   device) and a worker-device link.
 //! - [`credit`]: stream credit (`_zpc_more`), the producer's and the consumer's side.
+//! - [`trace`]: the W3C `traceparent` a call carries, parsed once ([`TraceParent`]), and
+//!   the child context a call made on its behalf sends.
 //!
 //! The crates that do IO (zmesh-core, zmesh-device, the CLI) drive these types from their
 //! sockets and timers; everything here is unit-tested on bytes and made-up instants.
@@ -24,7 +26,9 @@ pub mod endpoint;
 pub mod error;
 pub mod liveness;
 pub mod reserved;
+pub mod trace;
 pub mod wire;
 
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorKind, Retry, UnknownErrorName};
+pub use trace::TraceParent;
