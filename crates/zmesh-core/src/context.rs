@@ -8,11 +8,13 @@
 //! caller, the deadline, a lost peer or shutdown.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -28,6 +30,24 @@ use crate::client::{CallError, CallOptions, CallStream};
 /// Pass it on with [`Call::with_context`] (or [`CallOptions::from_context`]) when the
 /// handler calls another service: that call's deadline is never later than this one's,
 /// and it belongs to the same trace.
+///
+/// ```
+/// use zmesh_core::{Call, CallContext, CallOptions, Client, HandlerError, Service};
+///
+/// let back = Client::new("tcp://127.0.0.1:4243");
+/// let front = Service::new("front").method("hello", move |ctx: CallContext, name: String| {
+///     let back = back.clone();
+///     async move {
+///         // Within what is left of this call's deadline, in the caller's trace.
+///         let reply: String = back
+///             .with_context(&ctx)
+///             .call_with("back.hello", (name,), CallOptions::default())
+///             .await?;
+///         Ok::<_, HandlerError>(reply)
+///     }
+/// });
+/// # let _ = front;
+/// ```
 #[derive(Clone)]
 pub struct CallContext {
     inner: Arc<Inner>,
@@ -267,31 +287,42 @@ impl<C: Call> WithContext<C> {
 
 /// The options are made at the first poll, so the deadline sent is the time left when the
 /// call leaves, not when its future was made.
+///
+/// Boxed, one allocation per call: the box's `Send` is its declared one, so a handler
+/// awaiting it (a closure's future, which must be `Send`) needs no look through `C`'s
+/// future, which rustc cannot do for some `Call`s under the handler's borrowed lifetimes
+/// (rust-lang/rust#100013) and would then refuse to compile.
 impl<C: Call> Call for WithContext<C> {
-    async fn call_with<'a, T>(
+    fn call_with<'a, T>(
         &'a self,
         method: &'a str,
         args: impl Serialize + Send + 'a,
         options: CallOptions,
-    ) -> Result<T, CallError>
+    ) -> impl Future<Output = Result<T, CallError>> + Send + 'a
     where
         T: DeserializeOwned + Send + 'a,
     {
-        let options = self.options(options)?;
-        self.call.call_with(method, args, options).await
+        async move {
+            let options = self.options(options)?;
+            self.call.call_with(method, args, options).await
+        }
+        .boxed()
     }
 
-    async fn call_stream_with<'a, T>(
+    fn call_stream_with<'a, T>(
         &'a self,
         method: &'a str,
         args: impl Serialize + Send + 'a,
         options: CallOptions,
-    ) -> Result<CallStream<T>, CallError>
+    ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
     where
         T: DeserializeOwned + Send + 'static,
     {
-        let options = self.options(options)?;
-        self.call.call_stream_with(method, args, options).await
+        async move {
+            let options = self.options(options)?;
+            self.call.call_stream_with(method, args, options).await
+        }
+        .boxed()
     }
 }
 
