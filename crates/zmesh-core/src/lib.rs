@@ -68,7 +68,7 @@ pub use mesh::{
     MeshClientConfig, MeshNode, PeerRecord, Presence,
 };
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
-pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler};
+pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler, WithCallContext};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;
