@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | define a service as a trait, with a typed client and server generated | [`service`](macro@service), [`Call`], [`ItemStream`] | |
 //! | write a service from closures (dynamic services) | [`Service`], [`HandlerError`] | |
+//! | read a call's deadline, trace context, peer, cancellation; pass them on | [`CallContext`], [`Call::with_context`], [`CallOptions::from_context`], [`TraceParent`] | |
 //! | serve it on tcp/ipc endpoints, with limits, heartbeats, graceful shutdown | [`Node`], [`NodeBuilder`], [`NodeConfig`], [`NodeStats`] | |
 //! | call a node (or a stock zerorpc server): calls, streams, deadlines, cancellation | [`Client`], [`ClientConfig`], [`CallOptions`], [`CallStream`], [`CallError`], [`ErrorKind`] | |
 //! | publish and subscribe to events, with gap reports and snapshots | [`Publisher`], [`Subscriber`], [`Delivery`], [`NodeBuilder::on_event`] | [`events`] |
@@ -46,8 +47,11 @@ pub use zmesh_core::*;
 ///   `.into()`) giving the [`Service`] that [`NodeBuilder::service`] hosts, each method
 ///   registered with its doc comment, its argument names (the parameter names) and markers.
 ///
-/// Methods are `async fn name(&self, args...) -> Result<T, E>` with `E:
-/// Into<HandlerError>`; the trait gains `Send + Sync + 'static`, and its methods return
+/// Methods are `async fn name(&self, [ctx: &CallContext,] args...) -> Result<T, E>` with `E:
+/// Into<HandlerError>`: the optional [`CallContext`] right after `&self` (no wire argument)
+/// gives the handler its deadline, caller's trace context, peer and cancellation, and
+/// `GreeterClient::new(client.with_context(ctx))` passes deadline and trace on to the
+/// calls it makes ([`Call::with_context`]). The trait gains `Send + Sync + 'static`, and its methods return
 /// `Send` futures, so implementations write plain `async fn`s. Method attributes:
 /// `#[zmesh(stream)]` for a streaming method (returning `Result<ItemStream<T>, E>`),
 /// `#[zmesh(idempotent)]` for the retry marker. The service's name defaults to the trait's
@@ -56,7 +60,8 @@ pub use zmesh_core::*;
 /// server and call it typed. On the wire nothing changes: `greeter.hello` with positional
 /// arguments, so Python and Node zerorpc clients call these services as before. An
 /// unsupported signature (not `async`, no `&self`, a borrowed parameter, a result that is
-/// not a `Result`) is a compile error at that signature.
+/// not a `Result`, a context that is not first or is `&mut`) is a compile error at that
+/// signature.
 ///
 /// ```
 /// use futures::StreamExt;

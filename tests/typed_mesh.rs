@@ -148,7 +148,7 @@ impl Pair {
                     .name(name)
                     .bind("tcp://127.0.0.1:0")
                     .node_config(NodeConfig::default().heartbeat(HEARTBEAT))
-                    .service(RelayServer::new(station).into())
+                    .service(RelayServer::new(station))
                     .start(),
             )
             .await

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::{CallError, CallOptions, CallStream, Client};
+use crate::context::{CallContext, WithContext};
 
 /// Calls a method by its full name with positional arguments (a tuple).
 ///
@@ -46,6 +47,21 @@ pub trait Call: Send + Sync {
     ) -> impl Future<Output = Result<CallStream<T>, CallError>> + Send + 'a
     where
         T: DeserializeOwned + Send + 'static;
+
+    /// A clone of this `Call` under a handler's context: every call made through it
+    /// carries the context's remaining deadline and a child of its trace context (see
+    /// [`CallOptions::inherit`]). `GreeterClient::new(client.with_context(ctx))` gives a
+    /// typed client that does.
+    ///
+    /// A clone rather than a borrow: a `Client` clone shares its connection, and an owned
+    /// `Call` keeps the handler's future `Send` (a borrowed one can hit a limitation of
+    /// the compiler's `Send` check on futures holding borrowed `impl Future`s).
+    fn with_context(&self, ctx: &CallContext) -> WithContext<Self>
+    where
+        Self: Clone + Sized,
+    {
+        WithContext::new(self.clone(), ctx)
+    }
 }
 
 impl Call for Client {

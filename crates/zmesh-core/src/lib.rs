@@ -4,7 +4,8 @@
 //!
 //! - [`wire`]: the pure codec (events, ids, headers, framing) from the `zmesh-proto` crate,
 //!   re-exported, plus its conversion to zeromq messages.
-//! - [`Service`]: typed async handlers registered by name.
+//! - [`Service`]: typed async handlers registered by name; each call's [`CallContext`]
+//!   (deadline, trace context, peer, cancellation), passed on with [`Call::with_context`].
 //! - [`Node`]: binds a ROUTER on tcp/ipc endpoints and serves services to zmesh and stock
 //!   zerorpc clients, with limits, heartbeats, cancellation and graceful shutdown.
 //! - [`events`]: brokerless PUB/SUB with topics, per-topic sequence numbers, gap reports and
@@ -30,6 +31,7 @@
 mod call;
 pub mod client;
 pub mod config;
+mod context;
 #[doc(hidden)]
 pub mod endpoint;
 pub mod events;
@@ -55,6 +57,7 @@ pub use client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
 };
 pub use config::ConfigError;
+pub use context::{CallContext, CallPeer, WithContext};
 pub use events::{
     Delivery, EventsError, Gap, GapReason, PublishError, Publisher, PublisherBuilder,
     PublisherStats, Received, Snapshot, SnapshotEntry, SnapshotError, Subscriber,
@@ -65,9 +68,9 @@ pub use mesh::{
     MeshClientConfig, MeshNode, PeerRecord, Presence,
 };
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
-pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler};
+pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler, WithCallContext};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;
 pub use wait::WaitError;
-pub use zmesh_proto::{ErrorKind, Retry};
+pub use zmesh_proto::{ErrorKind, Retry, TraceParent};

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zmesh_proto::ErrorKind;
 
+use crate::context::CallContext;
 use crate::stats::MethodStats;
 use crate::wire::msgpack::Cursor;
 
@@ -121,8 +122,8 @@ pub type ItemStream<T> = BoxStream<'static, Result<T, HandlerError>>;
 #[doc(hidden)]
 pub type HandlerFuture = BoxFuture<'static, Result<Reply, HandlerError>>;
 
-/// The erased form every registered method has.
-pub(crate) type ErasedHandler = Arc<dyn Fn(Bytes) -> HandlerFuture + Send + Sync>;
+/// The erased form every registered method has: the call's context and its encoded args.
+pub(crate) type ErasedHandler = Arc<dyn Fn(CallContext, Bytes) -> HandlerFuture + Send + Sync>;
 
 /// Encodes a result the way Python peers expect it: structs as maps with field names.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, HandlerError> {
@@ -174,11 +175,16 @@ impl<'a> ArgReader<'a> {
 
 /// An async function usable as a request-reply method. Implemented for closures of up to
 /// eight parameters, each `DeserializeOwned`, returning `Result<impl Serialize, impl
-/// Into<HandlerError>>`.
+/// Into<HandlerError>>`; and for those whose first parameter is a [`CallContext`] (then
+/// up to eight more), which is handed the call's context and is not a wire argument.
 pub trait Handler<Args>: Clone + Send + Sync + 'static {
     /// Decodes `args` and starts the call.
     #[doc(hidden)]
-    fn call(&self, args: Bytes) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>>;
+    fn call(
+        &self,
+        ctx: CallContext,
+        args: Bytes,
+    ) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>>;
 }
 
 /// An async function usable as a streaming method: like [`Handler`], but it resolves to a
@@ -186,8 +192,14 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
 pub trait StreamHandler<Args>: Clone + Send + Sync + 'static {
     /// Decodes `args` and starts the call.
     #[doc(hidden)]
-    fn call_stream(&self, args: Bytes) -> HandlerFuture;
+    fn call_stream(&self, ctx: CallContext, args: Bytes) -> HandlerFuture;
 }
+
+/// Marks the [`Handler`]s and [`StreamHandler`]s whose first parameter is the
+/// [`CallContext`] and whose wire arguments are `Args`. Never built; it only keeps their
+/// implementations apart from those of handlers without a context.
+#[allow(missing_debug_implementations)]
+pub struct WithCallContext<Args>(std::marker::PhantomData<Args>);
 
 macro_rules! count {
     () => { 0u64 };
@@ -230,35 +242,69 @@ impl_decode_args!(A1, A2, A3, A4, A5, A6);
 impl_decode_args!(A1, A2, A3, A4, A5, A6, A7);
 impl_decode_args!(A1, A2, A3, A4, A5, A6, A7, A8);
 
-macro_rules! impl_handlers {
-    ($($ty:ident $var:ident),*) => {
-        impl<F, Fut, R, E, $($ty,)*> Handler<($($ty,)*)> for F
+/// What a handler's future resolves to, encoded: one value.
+async fn encode_result<R: Serialize, E: Into<HandlerError>>(
+    fut: impl Future<Output = Result<R, E>>,
+) -> Result<Vec<u8>, HandlerError> {
+    match fut.await {
+        Ok(value) => encode_value(&value),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a streaming handler's future resolves to, its items encoded.
+async fn encode_stream<S, I, E, E2>(
+    fut: impl Future<Output = Result<S, E>>,
+) -> Result<Reply, HandlerError>
+where
+    S: Stream<Item = Result<I, E2>> + Send + 'static,
+    I: Serialize + Send + 'static,
+    E: Into<HandlerError>,
+    E2: Into<HandlerError> + Send + 'static,
+{
+    match fut.await {
+        Ok(stream) => Ok(Reply::Stream(
+            stream
+                .map(|item| match item {
+                    Ok(v) => encode_value(&v),
+                    Err(e) => Err(e.into()),
+                })
+                .boxed(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Implements both handler traits for closures of the given wire parameters: `$args` is
+/// the marker type, `$ctx` binds the context and `$pass` is what the closure is given of
+/// it (nothing, for a handler without a context).
+macro_rules! impl_handlers_for {
+    ($args:ty, [$($ctx_ty:ty)?], |$ctx:ident| [$($pass:expr)?], $($ty:ident $var:ident),*) => {
+        impl<F, Fut, R, E, $($ty,)*> Handler<$args> for F
         where
-            F: Fn($($ty),*) -> Fut + Clone + Send + Sync + 'static,
+            F: Fn($($ctx_ty,)? $($ty),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = Result<R, E>> + Send + 'static,
             R: Serialize + Send + 'static,
             E: Into<HandlerError> + Send + 'static,
             $($ty: DeserializeOwned + Send + 'static,)*
         {
-            fn call(&self, args: Bytes) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>> {
+            #[allow(unused_variables)]
+            fn call(
+                &self,
+                $ctx: CallContext,
+                args: Bytes,
+            ) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>> {
                 let ($($var,)*) = match decode_args::<($($ty,)*)>(&args) {
                     Ok(decoded) => decoded,
                     Err(e) => return futures::future::ready(Err(e)).boxed(),
                 };
-                let fut = (self)($($var),*);
-                async move {
-                    match fut.await {
-                        Ok(value) => encode_value(&value),
-                        Err(e) => Err(e.into()),
-                    }
-                }
-                .boxed()
+                encode_result((self)($($pass,)? $($var),*)).boxed()
             }
         }
 
-        impl<F, Fut, S, I, E, E2, $($ty,)*> StreamHandler<($($ty,)*)> for F
+        impl<F, Fut, S, I, E, E2, $($ty,)*> StreamHandler<$args> for F
         where
-            F: Fn($($ty),*) -> Fut + Clone + Send + Sync + 'static,
+            F: Fn($($ctx_ty,)? $($ty),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = Result<S, E>> + Send + 'static,
             S: Stream<Item = Result<I, E2>> + Send + 'static,
             I: Serialize + Send + 'static,
@@ -266,28 +312,25 @@ macro_rules! impl_handlers {
             E2: Into<HandlerError> + Send + 'static,
             $($ty: DeserializeOwned + Send + 'static,)*
         {
-            fn call_stream(&self, args: Bytes) -> HandlerFuture {
+            #[allow(unused_variables)]
+            fn call_stream(&self, $ctx: CallContext, args: Bytes) -> HandlerFuture {
                 let ($($var,)*) = match decode_args::<($($ty,)*)>(&args) {
                     Ok(decoded) => decoded,
                     Err(e) => return futures::future::ready(Err(e)).boxed(),
                 };
-                let fut = (self)($($var),*);
-                async move {
-                    match fut.await {
-                        Ok(stream) => Ok(Reply::Stream(
-                            stream
-                                .map(|item| match item {
-                                    Ok(v) => encode_value(&v),
-                                    Err(e) => Err(e.into()),
-                                })
-                                .boxed(),
-                        )),
-                        Err(e) => Err(e.into()),
-                    }
-                }
-                .boxed()
+                encode_stream((self)($($pass,)? $($var),*)).boxed()
             }
         }
+    };
+}
+
+/// Handlers of these wire parameters, without and with a context first.
+macro_rules! impl_handlers {
+    ($($ty:ident $var:ident),*) => {
+        impl_handlers_for!(($($ty,)*), [], |ctx| [], $($ty $var),*);
+        impl_handlers_for!(
+            WithCallContext<($($ty,)*)>, [CallContext], |ctx| [ctx], $($ty $var),*
+        );
     };
 }
 
@@ -391,8 +434,8 @@ impl Service {
     /// Registers a request-reply method. Registering a name again replaces it.
     #[must_use]
     pub fn method<Args, H: Handler<Args>>(mut self, name: impl Into<String>, handler: H) -> Self {
-        let erased: ErasedHandler = Arc::new(move |args| {
-            let fut = handler.call(args);
+        let erased: ErasedHandler = Arc::new(move |ctx, args| {
+            let fut = handler.call(ctx, args);
             async move { fut.await.map(Reply::Value) }.boxed()
         });
         self.insert(name.into(), erased, false);
@@ -406,7 +449,7 @@ impl Service {
         name: impl Into<String>,
         handler: H,
     ) -> Self {
-        let erased: ErasedHandler = Arc::new(move |args| handler.call_stream(args));
+        let erased: ErasedHandler = Arc::new(move |ctx, args| handler.call_stream(ctx, args));
         self.insert(name.into(), erased, true);
         self
     }
@@ -488,7 +531,7 @@ mod tests {
 
     async fn call(svc: &Service, method: &str, a: Bytes) -> Result<rmpv::Value, HandlerError> {
         let m = svc.methods.get(method).expect("registered");
-        match (m.handler)(a).await? {
+        match (m.handler)(CallContext::local(format!("t.{method}")), a).await? {
             Reply::Value(bytes) => Ok(rmpv::decode::read_value(&mut &bytes[..]).expect("valid")),
             Reply::Stream(_) => panic!("unexpected stream"),
         }
@@ -511,6 +554,33 @@ mod tests {
             .method("fail_named", |m: String| async move {
                 Err::<(), _>(HandlerError::named("NopeError", NopeError(m)))
             })
+            .method("whoami", |ctx: CallContext| async move {
+                Ok::<_, HandlerError>(ctx.method().to_owned())
+            })
+            .method("tagged", |ctx: CallContext, a: i64| async move {
+                Ok::<_, HandlerError>(format!("{} {a}", ctx.method()))
+            })
+    }
+
+    /// A closure whose first parameter is the context gets it, and it is no wire argument.
+    #[tokio::test]
+    async fn a_context_parameter_is_handed_the_call_context() {
+        let no_args = Bytes::from_static(&[0x90]);
+        assert_eq!(
+            call(&svc(), "whoami", no_args).await,
+            Ok(rmpv::Value::from("t.whoami"))
+        );
+        assert_eq!(
+            call(&svc(), "tagged", args(&(7,))).await,
+            Ok(rmpv::Value::from("t.tagged 7"))
+        );
+        let err = call(&svc(), "tagged", args(&(1, 2)))
+            .await
+            .expect_err("arity");
+        assert_eq!(
+            err.message(),
+            "takes 1 positional argument but 2 were given"
+        );
     }
 
     #[tokio::test]

@@ -109,6 +109,10 @@ fn client(service: &Service) -> TokenStream {
     }
 }
 
+/// One typed method of the client. It returns the `Call`'s future itself rather than being
+/// an `async fn` generic over the `Call`: awaited in a handler (whose future must be
+/// `Send`), such a generic `async fn` runs into rustc's higher-ranked lifetime limitation
+/// (rust-lang/rust#100013) and the handler does not compile.
 fn client_method(service: &Service, method: &Method) -> TokenStream {
     let krate = &service.krate;
     let ident = &method.ident;
@@ -126,11 +130,12 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             /// # Errors
             /// The call's `CallError`: the handler's error as `CallError::Remote`, the
             /// deadline, a lost peer, a connection failure.
-            pub async fn #ident(&self, #(#names: #types),*)
-                -> ::core::result::Result<#ty, #krate::CallError>
+            pub fn #ident(&self, #(#names: #types),*)
+                -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#ty, #krate::CallError>,
+                > + ::core::marker::Send + '_
             {
                 #krate::Call::call_with(&self.call, #full, (#(#names,)*), self.options.clone())
-                    .await
             }
         },
         Output::Stream(item) => quote! {
@@ -138,8 +143,10 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
             ///
             /// # Errors
             /// As a single-value call, for the first reply; later failures arrive as items.
-            pub async fn #ident(&self, #(#names: #types),*)
-                -> ::core::result::Result<#krate::CallStream<#item>, #krate::CallError>
+            pub fn #ident(&self, #(#names: #types),*)
+                -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#krate::CallStream<#item>, #krate::CallError>,
+                > + ::core::marker::Send + '_
             {
                 #krate::Call::call_stream_with(
                     &self.call,
@@ -147,7 +154,6 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
                     (#(#names,)*),
                     self.options.clone(),
                 )
-                .await
             }
         },
     }
@@ -163,7 +169,7 @@ fn server(service: &Service) -> TokenStream {
         "Serves an implementation of [`{trait_ident}`]: `into_service()` (or `.into()`) gives \
          the `Service` a node hosts."
     );
-    let registrations = service.methods.iter().map(register);
+    let registrations = service.methods.iter().map(|m| register(krate, m));
     quote! {
         #[doc = #doc]
         #vis struct #ident<T> {
@@ -208,7 +214,9 @@ fn server(service: &Service) -> TokenStream {
 }
 
 /// `let service = service.method(..)` (or `.stream(..)`) and its doc, names and marker.
-fn register(method: &Method) -> TokenStream {
+/// A method that takes the context is registered as a closure whose first parameter is
+/// the `CallContext` the node hands it, lent to the method.
+fn register(krate: &syn::Path, method: &Method) -> TokenStream {
     let ident = &method.ident;
     let wire = &method.wire;
     let names: Vec<_> = method.params.iter().map(|(name, _)| name).collect();
@@ -231,16 +239,61 @@ fn register(method: &Method) -> TokenStream {
     let idempotent = method
         .idempotent
         .then(|| quote!(let service = service.idempotent(#wire);));
+    let (ctx_param, ctx_arg) = if method.context {
+        (
+            quote!(__zmesh_context: #krate::CallContext,),
+            quote!(&__zmesh_context,),
+        )
+    } else {
+        (TokenStream::new(), TokenStream::new())
+    };
     quote! {
         let service = {
             let imp = ::std::sync::Arc::clone(&imp);
-            service.#register(#wire, move |#(#names: #types),*| {
+            service.#register(#wire, move |#ctx_param #(#names: #types),*| {
                 let imp = ::std::sync::Arc::clone(&imp);
-                async move { imp.#ident(#(#names),*).await }
+                async move { imp.#ident(#ctx_arg #(#names),*).await }
             })
         };
         #doc
         #arg_names
         #idempotent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expanded(item: TokenStream) -> String {
+        let service = Service::from_trait(
+            crate::model::ServiceArgs::parse(TokenStream::new()).expect("no args"),
+            syn::parse2(item).expect("a trait"),
+        )
+        .expect("valid");
+        expand(&service).to_string()
+    }
+
+    /// A method taking the context is registered as a closure whose first parameter is the
+    /// node's `CallContext`, lent to the method; the client method takes wire arguments
+    /// only.
+    #[test]
+    fn the_server_lends_the_context_and_the_client_leaves_it_out() {
+        let code = expanded(quote! {
+            trait Chain {
+                async fn hop(&self, ctx: &zmesh::CallContext, n: u32) -> Result<u32, E>;
+            }
+        });
+        let closure = "move | __zmesh_context : :: zmesh :: CallContext , n : u32 |";
+        assert!(code.contains(closure), "{code}");
+        assert!(
+            code.contains("imp . hop (& __zmesh_context , n) . await"),
+            "{code}"
+        );
+        assert!(
+            code.contains("pub fn hop (& self , n : u32)"),
+            "the client method has no context parameter: {code}"
+        );
+        assert!(code.contains("arg_names (\"hop\" , [\"n\"])"), "{code}");
     }
 }

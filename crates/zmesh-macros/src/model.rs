@@ -66,6 +66,10 @@ pub(crate) struct Method {
     pub(crate) ident: Ident,
     /// The name on the wire, without the service prefix.
     pub(crate) wire: String,
+    /// Whether it takes the call's context (`ctx: &zmesh::CallContext`) right after
+    /// `&self`; the context is no wire argument and not among `params`.
+    pub(crate) context: bool,
+    /// The wire arguments, in order.
     pub(crate) params: Vec<(Ident, Type)>,
     pub(crate) output: Output,
     /// The doc comment, as `zmesh list` shows it (`None` when there is none).
@@ -257,10 +261,42 @@ impl Method {
             )),
         }
         let mut params = Vec::new();
-        for input in inputs {
+        let mut context = false;
+        for (position, input) in inputs.enumerate() {
             let FnArg::Typed(typed) = input else {
                 continue;
             };
+            match context_kind(&typed.ty) {
+                Some(ContextKind::Shared) if position == 0 => {
+                    context = true;
+                    continue;
+                }
+                Some(ContextKind::Shared) => {
+                    errors.push(syn::Error::new(
+                        typed.span(),
+                        "the call context comes first, right after `&self`: `async fn \
+                         name(&self, ctx: &zmesh::CallContext, ..)`",
+                    ));
+                    continue;
+                }
+                Some(ContextKind::Mutable) => {
+                    errors.push(syn::Error::new(
+                        typed.ty.span(),
+                        "a service method takes the call context as `&CallContext`, not \
+                         `&mut CallContext`: it is shared with what the call starts",
+                    ));
+                    continue;
+                }
+                Some(ContextKind::Owned) => {
+                    errors.push(syn::Error::new(
+                        typed.ty.span(),
+                        "a service method takes the call context by reference, `ctx: \
+                         &zmesh::CallContext` (clone it to keep it)",
+                    ));
+                    continue;
+                }
+                None => {}
+            }
             let ident = match &*typed.pat {
                 Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
                     pat.ident.clone()
@@ -321,6 +357,7 @@ impl Method {
         Ok(Self {
             ident: sig.ident.clone(),
             wire: syn::ext::IdentExt::unraw(&sig.ident).to_string(),
+            context,
             params,
             output,
             doc,
@@ -337,6 +374,41 @@ pub(crate) fn without_markers(mut item: ItemTrait) -> ItemTrait {
         }
     }
     item
+}
+
+/// How a parameter's type names the call context, if it does.
+enum ContextKind {
+    /// `&CallContext`: what a method takes.
+    Shared,
+    /// `&mut CallContext`.
+    Mutable,
+    /// `CallContext` by value.
+    Owned,
+}
+
+/// Whether `ty` is the call context: any path ending in `CallContext` (`zmesh::CallContext`,
+/// `CallContext`), behind a reference or not.
+fn context_kind(ty: &Type) -> Option<ContextKind> {
+    let is_context = |ty: &Type| match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "CallContext" && last.arguments.is_empty()),
+        _ => false,
+    };
+    match ty {
+        Type::Reference(reference) if is_context(&reference.elem) => {
+            Some(if reference.mutability.is_some() {
+                ContextKind::Mutable
+            } else {
+                ContextKind::Shared
+            })
+        }
+        Type::Paren(inner) => context_kind(&inner.elem),
+        ty if is_context(ty) => Some(ContextKind::Owned),
+        _ => None,
+    }
 }
 
 /// `T` of a method's `-> Result<T, E>`.
@@ -541,6 +613,55 @@ mod tests {
             panic!("a fn");
         };
         assert!(first.attrs.iter().all(|a| !a.path().is_ident("zmesh")));
+    }
+
+    #[test]
+    fn a_context_first_is_taken_off_the_wire_arguments() {
+        let service = service(
+            quote::quote!(),
+            quote::quote! {
+                trait Chain {
+                    async fn hop(&self, ctx: &zmesh::CallContext, n: u32) -> Result<u32, E>;
+                    async fn short(&self, c: &CallContext) -> Result<(), E>;
+                    async fn none(&self, n: u32) -> Result<u32, E>;
+                }
+            },
+        )
+        .expect("valid");
+        let [hop, short, none] = &service.methods[..] else {
+            panic!("three methods");
+        };
+        assert!(hop.context && short.context && !none.context);
+        let names: Vec<String> = hop.params.iter().map(|(i, _)| i.to_string()).collect();
+        assert_eq!(names, ["n"], "the context is not a wire argument");
+        assert!(short.params.is_empty());
+    }
+
+    #[test]
+    fn a_context_not_first_mutable_or_owned_is_refused() {
+        let error = service(
+            quote::quote!(),
+            quote::quote! {
+                trait Bad {
+                    async fn late(&self, n: u32, ctx: &CallContext) -> Result<(), E>;
+                    async fn twice(&self, a: &CallContext, b: &CallContext) -> Result<(), E>;
+                    async fn mutable(&self, ctx: &mut zmesh::CallContext) -> Result<(), E>;
+                    async fn owned(&self, ctx: CallContext) -> Result<(), E>;
+                }
+            },
+        )
+        .err()
+        .expect("refused");
+        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        let count = |wanted: &str| messages.iter().filter(|m| m.contains(wanted)).count();
+        assert_eq!(
+            count("comes first, right after `&self`"),
+            2,
+            "{messages:#?}"
+        );
+        assert_eq!(count("not `&mut CallContext`"), 1, "{messages:#?}");
+        assert_eq!(count("by reference"), 1, "{messages:#?}");
+        assert_eq!(messages.len(), 4, "{messages:#?}");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`credit`]: stream credit (`_zpc_more`), the producer's and the consumer's side.
 //! - [`seal`]: the mesh key's sealed envelope, replay guard and key ring (rotation), with
 //!   the time and the nonces passed in.
+//! - [`trace`]: the W3C `traceparent` a call carries, parsed once ([`TraceParent`]), and
+//!   the child context a call made on its behalf sends.
 //!
 //! The crates that do IO (zmesh-core, zmesh-device, the CLI) drive these types from their
 //! sockets and timers; everything here is unit-tested on bytes and made-up instants.
@@ -27,7 +29,9 @@ pub mod error;
 pub mod liveness;
 pub mod reserved;
 pub mod seal;
+pub mod trace;
 pub mod wire;
 
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::{ErrorKind, Retry, UnknownErrorName};
+pub use trace::TraceParent;

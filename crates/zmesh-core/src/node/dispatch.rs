@@ -24,13 +24,15 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
 use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
 use zmesh_proto::ErrorKind;
+use zmesh_proto::TraceParent;
 use zmesh_proto::liveness::Liveness;
 
 use super::registry::{Channel, Credit};
-use super::sender::{Keyed, Seal, Sender};
+use super::sender::{self, Keyed, Seal, Sender};
 use super::session::{Action, Count, Open, PeerId, Session, Slots};
 pub(super) use super::session::{Inbound, RateLimitedWarn};
 use super::{Counters, Shared};
+use crate::context::{self, CallContext};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
@@ -62,6 +64,16 @@ pub(super) struct Inlet {
     pub(super) recv: RouterRecvHalf,
     pub(super) monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     pub(super) inbound: Inbound,
+    /// The endpoint it listens on, when it listens on one (see [`Door`]).
+    pub(super) endpoint: Option<Arc<str>>,
+}
+
+/// Where a socket's messages come in: how they are opened, and the endpoint each call's
+/// [`CallContext`] reports (`None` for a socket bound to several: ZeroMQ does not say
+/// which one a message used).
+pub(crate) struct Door {
+    pub(crate) inbound: Inbound,
+    pub(crate) endpoint: Option<Arc<str>>,
 }
 
 pub(super) fn spawn_tasks(
@@ -71,11 +83,15 @@ pub(super) fn spawn_tasks(
 ) -> Vec<JoinHandle<()>> {
     let (control, mut tasks) = spawn_support(&shared, stop.clone());
     for inlet in inlets {
+        let door = Door {
+            inbound: inlet.inbound.clone(),
+            endpoint: inlet.endpoint,
+        };
         tasks.push(tokio::spawn(read_loop(
             shared.clone(),
             inlet.recv,
             control.clone(),
-            inlet.inbound.clone(),
+            door,
             stop.clone(),
         )));
         tasks.push(tokio::spawn(watch_disconnects(
@@ -168,7 +184,12 @@ impl Control {
     }
 
     /// Executes the session's actions, in order, emptying `actions` for the next message.
+    /// Only a message's actions (`door`: the socket it came in on) open calls.
     fn execute(&self, actions: &mut Actions<'_>) {
+        self.execute_from(actions, None);
+    }
+
+    fn execute_from(&self, actions: &mut Actions<'_>, door: Option<&Door>) {
         let shared = &self.shared;
         for action in actions.drain(..) {
             match action {
@@ -196,7 +217,10 @@ impl Control {
                     let event = wire::encode_event(&header, names::HEARTBEAT, HEARTBEAT_ARGS);
                     self.send(wire::join_frames(&due.route, event));
                 }
-                Action::Open(open) => run_call(self, open),
+                Action::Open(open) => match door {
+                    Some(door) => run_call(self, open, door),
+                    None => unreachable!("the session opens calls only for a message"),
+                },
             }
         }
     }
@@ -226,7 +250,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     mut recv: RouterRecvHalf,
     control: Control,
-    inbound: Inbound,
+    door: Door,
     mut stop: watch::Receiver<bool>,
 ) {
     let warn = RateLimitedWarn::default();
@@ -247,7 +271,7 @@ async fn read_loop(
                 &control,
                 &warn,
                 message.into_vec(),
-                &inbound,
+                &door,
                 &mut actions,
             ),
             Err(e) => {
@@ -266,16 +290,16 @@ pub(super) fn handle_message<'a>(
     control: &Control,
     warn: &'a RateLimitedWarn,
     frames: Vec<Bytes>,
-    inbound: &Inbound,
+    door: &Door,
     actions: &mut Actions<'a>,
 ) {
-    session(shared, warn).handle(frames, inbound, now(), actions);
-    control.execute(actions);
+    session(shared, warn).handle(frames, &door.inbound, now(), actions);
+    control.execute_from(actions, Some(door));
 }
 
 /// Runs a call the session admitted: polls its handler once and answers at once when it is
 /// done, otherwise opens its channel and moves it to its own task.
-fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
+fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door) {
     let shared = &control.shared;
     let Open {
         peer,
@@ -308,6 +332,17 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
         duration_us = field::Empty,
     );
     let started = now();
+    // The caller's trace context, dropped by the wire layer's header until here: parsed
+    // once, for the handler and the calls it makes.
+    let traceparent = header.traceparent.as_deref().and_then(TraceParent::parse);
+    let identity = sender::plain_identity(&peer).unwrap_or_else(|| peer.clone());
+    let keyed = matches!(door.inbound, Inbound::Sealed(_));
+    let ctx = CallContext::new(
+        event.name.into_owned(),
+        deadline,
+        traceparent,
+        context::CallPeer::new(identity, door.endpoint.clone(), keyed),
+    );
 
     // Fast path: most handlers finish on their first poll, so poll once right here and
     // answer at once, with no task, no channel entry and no timer. The no-op waker is fine:
@@ -317,7 +352,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut future = shared
                 .replies
-                .run(request_key, || (method.handler)(event.args));
+                .run(request_key, || (method.handler)(ctx.clone(), event.args));
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
             match future.as_mut().poll(&mut cx) {
                 Poll::Ready(result) => Ok(result),
@@ -327,7 +362,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
     });
     let future = match first_poll {
         Ok(Ok(Ok(Reply::Value(value)))) => {
-            send_now(shared, reply_to.ok(shared, &event.name, &value));
+            send_now(shared, reply_to.ok(shared, ctx.method(), &value));
             record(&span, &method.stats, Outcome::Ok, started);
             return;
         }
@@ -337,7 +372,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
             return;
         }
         Err(panic) => {
-            send_now(shared, reply_to.panic(&event.name, panic));
+            send_now(shared, reply_to.panic(ctx.method(), panic));
             record(&span, &method.stats, Outcome::Panic, started);
             return;
         }
@@ -363,7 +398,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>) {
         shared: shared.clone(),
         peer: peer.clone(),
         reply_to,
-        method_name: event.name.into_owned(),
+        ctx,
         stats: method.stats.clone(),
         finished: false,
         deadline,
@@ -571,7 +606,8 @@ struct Call {
     shared: Arc<Shared>,
     peer: Bytes,
     reply_to: ReplyTo,
-    method_name: String,
+    /// The handler's context, cancelled when the call ends unfinished.
+    ctx: CallContext,
     /// The method's statistics on this node.
     stats: Arc<MethodStats>,
     /// Set once the call's outcome is recorded; a call dropped before (aborted by cancel,
@@ -587,6 +623,11 @@ struct Call {
 /// Closes the call's channel however its task ends (reply sent, panic, or abort).
 impl Drop for Call {
     fn drop(&mut self) {
+        if !self.finished {
+            // Aborted (a cancel, a lost client, shutdown) or refused: whatever the handler
+            // left running learns it through its context.
+            self.ctx.cancel();
+        }
         if !self.registered {
             return;
         }
@@ -640,9 +681,10 @@ impl Call {
                 match futures::future::select(call, expiry).await {
                     Either::Left((result, _)) => result,
                     Either::Right(_) => {
+                        self.ctx.cancel();
                         self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
                         let message =
-                            format!("{} did not finish within its deadline", self.method_name);
+                            format!("{} did not finish within its deadline", self.ctx.method());
                         self.send(self.reply_to.err(ErrorKind::DeadlineExceeded, &message))
                             .await;
                         return Outcome::DeadlineExceeded;
@@ -653,7 +695,7 @@ impl Call {
         };
         match result {
             Ok(Ok(Reply::Value(value))) => {
-                let reply = self.reply_to.ok(&self.shared, &self.method_name, &value);
+                let reply = self.reply_to.ok(&self.shared, self.ctx.method(), &value);
                 self.send(reply).await;
                 Outcome::Ok
             }
@@ -665,7 +707,7 @@ impl Call {
                 Outcome::Error
             }
             Err(panic) => {
-                self.send(self.reply_to.panic(&self.method_name, panic))
+                self.send(self.reply_to.panic(self.ctx.method(), panic))
                     .await;
                 Outcome::Panic
             }
@@ -688,7 +730,7 @@ impl Call {
                 Ok(Some(Ok(item))) => {
                     if let Some(too_large) =
                         self.reply_to
-                            .too_large(&self.shared, &self.method_name, item.len())
+                            .too_large(&self.shared, self.ctx.method(), item.len())
                     {
                         self.send(too_large).await;
                         return Outcome::Error;
@@ -712,7 +754,7 @@ impl Call {
                     return Outcome::StreamDone;
                 }
                 Err(panic) => {
-                    self.send(self.reply_to.panic(&self.method_name, panic))
+                    self.send(self.reply_to.panic(self.ctx.method(), panic))
                         .await;
                     return Outcome::Panic;
                 }

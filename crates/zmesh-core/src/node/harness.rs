@@ -86,9 +86,12 @@ impl Harness {
     pub fn handle(&mut self, frames: Vec<Bytes>) -> Vec<ZmqMessage> {
         let (shared, control, warn) = (&self.shared, &self.control, &self.warn);
         self.runtime.block_on(async {
-            let inbound = dispatch::Inbound::Plain;
+            let door = dispatch::Door {
+                inbound: dispatch::Inbound::Plain,
+                endpoint: None,
+            };
             let mut actions = dispatch::Actions::new();
-            dispatch::handle_message(shared, control, warn, frames, &inbound, &mut actions);
+            dispatch::handle_message(shared, control, warn, frames, &door, &mut actions);
             for _ in 0..SETTLE_TURNS {
                 tokio::task::yield_now().await;
             }
@@ -164,8 +167,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::context::CallContext;
     use crate::service::HandlerError;
     use crate::wire::{self, Header, names};
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     fn upper() -> Service {
         Service::new("t").method("upper", |s: String| async move {
@@ -186,12 +192,22 @@ mod tests {
         wire::decode_event(&last).expect("the node sends valid events")
     }
 
-    /// A method that never finishes: its call stays open until something ends it.
-    fn hang() -> Service {
-        Service::new("t").method("hang", |s: String| async move {
-            std::future::pending::<()>().await;
-            Ok::<_, HandlerError>(s)
+    /// A method that never finishes (its call stays open until something ends it),
+    /// keeping each call's context in `kept` for the test to look at.
+    fn hang_keeping(kept: Arc<std::sync::Mutex<Vec<CallContext>>>) -> Service {
+        Service::new("t").method("hang", move |ctx: CallContext, s: String| {
+            kept.lock().expect("not poisoned").push(ctx);
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<_, HandlerError>(s)
+            }
         })
+    }
+
+    fn the_one(kept: &std::sync::Mutex<Vec<CallContext>>) -> CallContext {
+        let kept = kept.lock().expect("not poisoned");
+        assert_eq!(kept.len(), 1, "one call ran");
+        kept[0].clone()
     }
 
     fn names_of(messages: &[ZmqMessage]) -> Vec<String> {
@@ -212,10 +228,14 @@ mod tests {
     fn a_silent_channel_is_heartbeated_then_lost() {
         let period = Duration::from_secs(1);
         let config = NodeConfig::default().heartbeat(period);
-        let mut h = Harness::paused(&[hang()], config).expect("harness");
+        let kept = Arc::default();
+        let mut h = Harness::paused(&[hang_keeping(Arc::clone(&kept))], config).expect("harness");
         let args = rmp_serde::to_vec(&("x",)).expect("encodes");
         assert!(h.handle(request("t.hang", &args)).is_empty());
         assert_eq!(h.stats().in_flight, 1);
+        let ctx = the_one(&kept);
+        assert_eq!(ctx.method(), "t.hang");
+        assert_eq!(ctx.peer().identity(), b"peer");
         let step = period / 8;
         // Within two periods: heartbeats go out, the channel stays open.
         let sent = h.advance(period + period / 2, step);
@@ -223,10 +243,13 @@ mod tests {
         assert!(!names.is_empty(), "no heartbeat in a period and a half");
         assert!(names.iter().all(|n| n == names::HEARTBEAT), "{names:?}");
         assert_eq!((h.stats().in_flight, h.stats().peers_lost), (1, 0));
-        // Past the silence limit (two periods, checked every quarter period): lost.
+        assert!(!ctx.is_cancelled());
+        // Past the silence limit (two periods, checked every quarter period): lost, and
+        // the handler's context says so.
         h.advance(2 * period, step);
         let stats = h.stats();
         assert_eq!((stats.in_flight, stats.peers_lost), (0, 1), "{stats:?}");
+        assert!(ctx.is_cancelled(), "a lost peer cancels the context");
     }
 
     /// A call that outlives its deadline is answered `DeadlineExceeded` once its deadline
@@ -234,16 +257,32 @@ mod tests {
     #[test]
     fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
         let config = NodeConfig::default().heartbeat(Duration::from_secs(60));
-        let mut h = Harness::paused(&[hang()], config).expect("harness");
+        let kept = Arc::default();
+        let mut h = Harness::paused(&[hang_keeping(Arc::clone(&kept))], config).expect("harness");
         let args = rmp_serde::to_vec(&("x",)).expect("encodes");
         let mut header = Header::zmesh(None);
         header.deadline_ms = Some(500);
+        header.traceparent = Some(TRACEPARENT.into());
         let event = wire::encode_event(&header, "t.hang", &args);
         let frames = vec![Bytes::from_static(b"peer"), Bytes::new(), event];
         assert!(h.handle(frames).is_empty());
+        let ctx = the_one(&kept);
+        // The header's deadline and trace context reach the handler, no longer dropped.
+        // On the harness's paused clock.
+        let remaining = |h: &Harness| {
+            let _clock = h.runtime.enter();
+            ctx.remaining()
+        };
+        assert_eq!(remaining(&h), Some(Duration::from_millis(500)));
+        assert_eq!(
+            ctx.traceparent().map(ToString::to_string).as_deref(),
+            Some(TRACEPARENT)
+        );
         let step = Duration::from_millis(50);
         assert!(h.advance(Duration::from_millis(400), step).is_empty());
         assert_eq!(h.stats().expired, 0);
+        assert!(!ctx.is_cancelled());
+        assert_eq!(remaining(&h), Some(Duration::from_millis(100)));
         let sent = h.advance(Duration::from_millis(200), step);
         let reply = reply_of(&sent);
         assert_eq!(reply.name, names::ERR);
@@ -253,6 +292,50 @@ mod tests {
         assert_eq!(reply.header.response_to, Some(header.message_id));
         let stats = h.stats();
         assert_eq!((stats.expired, stats.in_flight), (1, 0), "{stats:?}");
+        assert!(ctx.is_cancelled(), "the deadline cancels the context");
+        assert_eq!(remaining(&h), Some(Duration::ZERO));
+    }
+
+    /// A `_zmesh_cancel` from the caller ends the call and cancels its context; a call
+    /// that finishes leaves its context uncancelled.
+    #[test]
+    fn a_cancel_cancels_the_context_and_a_finished_call_does_not() {
+        let config = NodeConfig::default().heartbeat(Duration::from_secs(60));
+        let kept = Arc::default();
+        let mut h = Harness::paused(&[hang_keeping(Arc::clone(&kept))], config).expect("harness");
+        let args = rmp_serde::to_vec(&("x",)).expect("encodes");
+        let header = Header::zmesh(None);
+        let event = wire::encode_event(&header, "t.hang", &args);
+        assert!(
+            h.handle(vec![Bytes::from_static(b"peer"), Bytes::new(), event])
+                .is_empty()
+        );
+        let ctx = the_one(&kept);
+        assert!(!ctx.is_cancelled());
+        let cancel = wire::encode_event(
+            &Header::zmesh(Some(header.message_id)),
+            names::CANCEL,
+            wire::EMPTY_ARRAY_ARGS,
+        );
+        h.handle(vec![Bytes::from_static(b"peer"), Bytes::new(), cancel]);
+        assert_eq!(h.stats().in_flight, 0);
+        assert!(
+            ctx.is_cancelled(),
+            "the caller's cancel cancels the context"
+        );
+
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let done = Service::new("t").method("done", {
+            let kept = Arc::clone(&kept);
+            move |ctx: CallContext| {
+                kept.lock().expect("not poisoned").push(ctx);
+                async { Ok::<_, HandlerError>(()) }
+            }
+        });
+        let mut h = Harness::paused(&[done], NodeConfig::default()).expect("harness");
+        let reply = reply_of(&h.handle(request("t.done", &[0x90])));
+        assert_eq!(reply.name, names::OK);
+        assert!(!the_one(&kept).is_cancelled());
     }
 
     #[test]

@@ -482,30 +482,33 @@ impl NodeBuilder {
             Some(bind_router(&plain_endpoints, &mut bound, &self.config, cap, &counters).await?)
         };
         let (sender, inlets) = match (main, self.mesh_key) {
-            (Some((send, recv, monitor)), None) => (
+            (Some((send, recv, monitor, endpoint)), None) => (
                 Sender::Router(send),
                 vec![dispatch::Inlet {
                     recv,
                     monitor,
                     inbound: dispatch::Inbound::Plain,
+                    endpoint,
                 }],
             ),
             (main, Some(key)) => {
                 let keyed = Arc::new(sender::Keyed::new(crate::trust::Trust::new(key)));
                 let mut inlets = Vec::with_capacity(2);
-                let sealed = main.map(|(send, recv, monitor)| {
+                let sealed = main.map(|(send, recv, monitor, endpoint)| {
                     inlets.push(dispatch::Inlet {
                         recv,
                         monitor,
                         inbound: dispatch::Inbound::Sealed(keyed.clone()),
+                        endpoint,
                     });
                     send
                 });
-                let plain = plain.flatten().map(|(send, recv, monitor)| {
+                let plain = plain.flatten().map(|(send, recv, monitor, endpoint)| {
                     inlets.push(dispatch::Inlet {
                         recv,
                         monitor,
                         inbound: dispatch::Inbound::PlainOfKeyed,
+                        endpoint,
                     });
                     send
                 });
@@ -677,11 +680,12 @@ fn announced_methods(services: &[Service], unprefixed: Option<&str>) -> Vec<Anno
     announced
 }
 
-/// The halves of a bound ROUTER.
+/// The halves of a bound ROUTER, and its endpoint when it listens on one.
 type BoundRouter = (
     zeromq::RouterSendHalf,
     zeromq::RouterRecvHalf,
     futures::channel::mpsc::Receiver<zeromq::SocketEvent>,
+    Option<Arc<str>>,
 );
 
 /// Binds one ROUTER on every endpoint given (none when the list is empty), recording the
@@ -698,6 +702,7 @@ async fn bind_router(
     }
     let mut socket = RouterSocket::with_options(config.socket_options(max_connections));
     counters.watch_socket(socket.stats());
+    let first = bound.len();
     for endpoint in endpoints {
         crate::endpoint::remove_stale_ipc_socket(endpoint);
         let endpoint = endpoint.to_string();
@@ -709,7 +714,11 @@ async fn bind_router(
     }
     let monitor = socket.monitor();
     let (send, recv) = socket.split();
-    Ok(Some((send, recv, monitor)))
+    let single = match &bound[first..] {
+        [only] => Some(Arc::from(only.as_str())),
+        _ => None,
+    };
+    Ok(Some((send, recv, monitor, single)))
 }
 
 /// Parses an endpoint the node was given.

@@ -203,7 +203,7 @@ pub(crate) fn plain_route_id(identity: &[u8]) -> Bytes {
 }
 
 /// The plain endpoint's connection identity behind a [`plain_route_id`], if it is one.
-fn plain_identity(route_id: &Bytes) -> Option<Bytes> {
+pub(crate) fn plain_identity(route_id: &Bytes) -> Option<Bytes> {
     (route_id.len() > PLAIN_ROUTE_PREFIX.len() && route_id.starts_with(&PLAIN_ROUTE_PREFIX))
         .then(|| route_id.slice(PLAIN_ROUTE_PREFIX.len()..))
 }

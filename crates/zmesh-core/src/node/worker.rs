@@ -131,11 +131,15 @@ async fn run(
         ));
         tracing::info!(device = %link.endpoint, methods = link.ready.methods.len(), "worker announced itself");
 
-        let inbound = match &link.keyed {
-            Some(keyed) => dispatch::Inbound::Sealed(keyed.clone()),
-            None => dispatch::Inbound::Plain,
+        let door = dispatch::Door {
+            inbound: match &link.keyed {
+                Some(keyed) => dispatch::Inbound::Sealed(keyed.clone()),
+                None => dispatch::Inbound::Plain,
+            },
+            // A worker's calls all come through its device.
+            endpoint: Some(Arc::from(link.endpoint.to_string())),
         };
-        let ended = serve_link(&shared, &control, &warn, &inbound, recv, monitor, &mut stop).await;
+        let ended = serve_link(&shared, &control, &warn, &door, recv, monitor, &mut stop).await;
         link.outlet.set(None);
         // The device that routed these calls is gone (or forgot us): nobody can receive
         // their replies, and a device that comes back will have failed or re-run them.
@@ -217,7 +221,7 @@ async fn serve_link(
     shared: &Arc<Shared>,
     control: &Control,
     warn: &RateLimitedWarn,
-    inbound: &dispatch::Inbound,
+    door: &dispatch::Door,
     mut recv: zeromq::DealerRecvHalf,
     mut monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     stop: &mut watch::Receiver<bool>,
@@ -246,7 +250,7 @@ async fn serve_link(
                 };
                 if is_from_device(&frames) {
                     // Only what the device really sent proves it alive.
-                    let Some(event) = device_event(shared, warn, inbound, &frames) else {
+                    let Some(event) = device_event(shared, warn, &door.inbound, &frames) else {
                         continue;
                     };
                     device.heard(Instant::now());
@@ -255,7 +259,7 @@ async fn serve_link(
                     }
                 } else {
                     device.heard(Instant::now());
-                    dispatch::handle_message(shared, control, warn, frames, inbound, &mut actions);
+                    dispatch::handle_message(shared, control, warn, frames, door, &mut actions);
                 }
             }
             // The ticker paces the heartbeats: one as the link comes up, then every period.
