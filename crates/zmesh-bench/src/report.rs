@@ -77,7 +77,7 @@ impl VsBaseline {
 pub enum Flavour {
     /// One `current_thread` runtime per process.
     CurrentThread,
-    /// A multi-thread runtime of [`MULTI_THREAD_WORKERS`] workers per process.
+    /// A multi-thread runtime of 2 workers per process.
     MultiThread,
 }
 
