@@ -3,9 +3,12 @@
 //! unsealed `ERR Unauthenticated` saying the endpoint takes no mesh key (which a keyed
 //! client accepts unsealed), counts it, and keeps serving everyone else.
 
+mod common;
+
 use std::time::Duration;
 
-use zmesh::{Client, ClientConfig, MeshKey, Node};
+use common::{Transport, start_node};
+use zmesh::{Client, ClientConfig, MeshKey, NodeConfig};
 
 /// Bound on every network step; the call's own deadline is far longer, so an answer
 /// within this bound is the node's refusal, not the deadline.
@@ -13,16 +16,7 @@ const T: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_sealed_request_to_a_plain_node_is_refused_as_taking_no_key() {
-    let node = tokio::time::timeout(
-        T,
-        Node::builder()
-            .bind("tcp://127.0.0.1:0")
-            .service(zmesh_echo::service())
-            .start(),
-    )
-    .await
-    .expect("node start timed out")
-    .expect("node starts");
+    let (node, _dir) = start_node(Transport::Tcp, NodeConfig::default(), Vec::new()).await;
     let endpoint = node.endpoint().to_owned();
     let key = MeshKey::from_secret("a mesh key of thirty-two bytes!!").expect("key");
     let config = ClientConfig::default()

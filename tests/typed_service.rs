@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TRANSPORTS, bind_endpoint, net};
+use common::{TRANSPORTS, Transport, bind_endpoint, net, start_node};
 use futures::StreamExt;
 use rmpv::Value;
 use zmesh::device::Device;
-use zmesh::{CallError, CallOptions, Client, HandlerError, ItemStream, Node, Service};
+use zmesh::{CallError, CallOptions, Client, HandlerError, ItemStream, Node, NodeConfig, Service};
 
 /// An inventory: a few methods of every shape the macro supports.
 #[zmesh::service]
@@ -93,6 +93,12 @@ impl Timekeeper for Fixed {
     }
 }
 
+/// A tcp node serving a fresh [`Shelf`] (beside the echo service the common helper adds).
+async fn inventory_node() -> (Node, tempfile::TempDir) {
+    let inventory = InventoryServer::new(Shelf::default()).into();
+    start_node(Transport::Tcp, NodeConfig::default(), vec![inventory]).await
+}
+
 /// Every typed call shape against one endpoint.
 async fn exercise(inventory: &InventoryClient<impl zmesh::Call>) {
     assert_eq!(
@@ -166,15 +172,7 @@ async fn typed_calls_over_tcp_and_ipc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_calls_run_in_spawned_tasks() {
-    let node = net(
-        "node start",
-        Node::builder()
-            .bind("tcp://127.0.0.1:0")
-            .service(InventoryServer::new(Shelf::default()))
-            .start(),
-    )
-    .await
-    .expect("node starts");
+    let (node, _dir) = inventory_node().await;
     let inventory = InventoryClient::new(Client::new(node.endpoint()));
     let tasks: Vec<_> = (1..=4)
         .map(|n| {
@@ -199,15 +197,7 @@ async fn typed_calls_run_in_spawned_tasks() {
 
 #[tokio::test]
 async fn the_deadline_of_with_options_applies_to_every_call() {
-    let node = net(
-        "node start",
-        Node::builder()
-            .bind("tcp://127.0.0.1:0")
-            .service(InventoryServer::new(Shelf::default()))
-            .start(),
-    )
-    .await
-    .expect("node starts");
+    let (node, _dir) = inventory_node().await;
     let inventory = InventoryClient::new(Client::new(node.endpoint()))
         .with_options(CallOptions::timeout(Duration::from_millis(200)));
     assert_eq!(net("fast", inventory.slow(0)).await.expect("fast call"), 0);
