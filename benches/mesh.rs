@@ -67,7 +67,10 @@ fn main() {
         server_cpu,
         DEADLINE,
         |ready, stop| async move {
-            let service = zmesh_echo::service().idempotent("echo");
+            let mut service = zmesh_echo::service();
+            service
+                .mark_idempotent(["echo"])
+                .expect("the echo service has echo");
             let node = MeshNode::builder("bench")
                 .bind("tcp://127.0.0.1:0")
                 .service(service)

@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::wire::worker as proto;
 use zmesh::wire::{self, Header, names};
-use zmesh::{CallError, CallOptions, Client, HandlerError, Node, NodeConfig, Service};
+use zmesh::{CallError, CallOptions, Client, Node, NodeConfig, Service};
 
 #[path = "../tests/common/hostile.rs"]
 mod hostile;
@@ -230,10 +230,23 @@ async fn remap(bin: &str, extra: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The honest worker's service.
+#[zmesh::service]
+trait Kv {
+    /// `v-KEY` for every key.
+    async fn get(&self, key: String) -> Result<String, zmesh::HandlerError>;
+}
+
+struct Constant;
+
+impl Kv for Constant {
+    async fn get(&self, key: String) -> Result<String, zmesh::HandlerError> {
+        Ok(format!("v-{key}"))
+    }
+}
+
 fn kv_service() -> Service {
-    Service::new("kv").method("get", |k: String| async move {
-        Ok::<_, HandlerError>(format!("v-{k}"))
-    })
+    KvServer::new(Constant).into_service()
 }
 
 /// `kv.get("a")` through the device: its value or its error.

@@ -8,7 +8,23 @@
 use std::time::Duration;
 
 use zmesh::device::Device;
-use zmesh::{Client, HandlerError, Node, Service};
+use zmesh::{Client, HandlerError, Node};
+
+#[zmesh::service]
+trait Orders {
+    /// The order `id`. Safe to run twice, so the device may re-run it on another worker
+    /// if its worker dies.
+    #[zmesh(idempotent)]
+    async fn get(&self, id: u64) -> Result<u64, HandlerError>;
+}
+
+struct Store;
+
+impl Orders for Store {
+    async fn get(&self, id: u64) -> Result<u64, HandlerError> {
+        Ok(id)
+    }
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,23 +33,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .backend("tcp://127.0.0.1:4261") // workers connect here
         .start()
         .await?;
-    let jobs = Service::new("jobs")
-        .method("get", |id: u64| async move { Ok::<_, HandlerError>(id) })
-        .idempotent("get"); // may be re-run elsewhere if its worker dies
     let worker = Node::builder()
         .worker_of(device.backend())
-        .service(jobs)
+        .service(OrdersServer::new(Store))
         .start()
         .await?;
 
     // A worker announces itself once connected; until then the device would answer that
-    // no worker serves jobs.get.
+    // no worker serves orders.get.
     device
-        .wait_for_workers("jobs", 1, Duration::from_secs(5))
+        .wait_for_workers("orders", 1, Duration::from_secs(5))
         .await?;
-    let client = Client::new("tcp://127.0.0.1:4260");
-    let id: u64 = client.call("jobs.get", (7,)).await?;
-    println!("jobs.get(7) = {id}, through the device");
+    let orders = OrdersClient::new(Client::new("tcp://127.0.0.1:4260"));
+    let id = orders.get(7).await?;
+    println!("orders.get(7) = {id}, through the device");
     worker.shutdown(Duration::from_secs(1)).await;
     device.shutdown().await;
     Ok(())

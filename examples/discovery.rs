@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use zmesh::HandlerError;
 use zmesh::mesh::{
     BeaconConfig, Discovery, DiscoveryConfig, MeshClient, MeshClientConfig, MeshNode, Presence,
 };
-use zmesh::{HandlerError, Service};
 
 /// Longest wait for the client to find both nodes: the example never hangs.
 const FIND_WITHIN: Duration = Duration::from_secs(10);
@@ -24,20 +24,28 @@ const BEACON_EVERY: Duration = Duration::from_millis(200);
 const GOSSIP_EVERY: Duration = Duration::from_millis(200);
 const EXPIRE_AFTER: Duration = Duration::from_secs(2);
 
-/// The `greeter` service; `hello` says which node answered and may run on any of them.
-fn greeter(node: &'static str) -> Service {
-    Service::new("greeter")
-        .method("hello", move |who: String| async move {
-            Ok::<_, HandlerError>(format!("hello {who}, from {node}"))
-        })
-        .idempotent("hello")
+/// The `greeter` service, served by every node of the example.
+#[zmesh::service]
+trait Greeter {
+    /// Says which node answered; may run on any of them.
+    #[zmesh(idempotent)]
+    async fn hello(&self, who: String) -> Result<String, HandlerError>;
+}
+
+/// One node's greeter: it knows the node's name.
+struct Named(&'static str);
+
+impl Greeter for Named {
+    async fn hello(&self, who: String) -> Result<String, HandlerError> {
+        Ok(format!("hello {who}, from {}", self.0))
+    }
 }
 
 async fn start_node(mesh: &str, name: &'static str, beacon: &BeaconConfig) -> MeshNode {
     MeshNode::builder(mesh)
         .name(name)
         .bind("tcp://127.0.0.1:0")
-        .service(greeter(name))
+        .service(GreeterServer::new(Named(name)))
         .beacon(beacon.clone())
         .timing(GOSSIP_EVERY, EXPIRE_AFTER)
         .start()
@@ -69,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let mut presence = discovery.subscribe();
     let client = MeshClient::new(discovery, MeshClientConfig::default());
+    let greeter = GreeterClient::new(&client);
 
     let alpha = start_node(&mesh, "alpha", &beacon).await;
     let beta = start_node(&mesh, "beta", &beacon).await;
@@ -103,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Calls by service name, balanced over the live peers.
     let mut answered: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..20 {
-        let reply: String = client.call("greeter.hello", (format!("#{i}"),)).await?;
+        let reply = greeter.hello(format!("#{i}")).await?;
         let node = reply.rsplit(' ').next().unwrap_or_default().to_owned();
         *answered.entry(node).or_default() += 1;
     }
@@ -127,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("alpha left the directory");
     let mut after: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..10 {
-        let reply: String = client.call("greeter.hello", (format!("#{i}"),)).await?;
+        let reply = greeter.hello(format!("#{i}")).await?;
         let node = reply.rsplit(' ').next().unwrap_or_default().to_owned();
         *after.entry(node).or_default() += 1;
     }

@@ -18,16 +18,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "tcp://127.0.0.1:4243".into());
+    // Safe to run twice: the device may re-run these on another worker if this one dies.
+    let mut echo = zmesh_echo::service();
+    echo.mark_idempotent(["echo", "upper", "size"])?;
     let node = Node::builder()
         .name("echo")
         .worker_of(&backend)
-        // Safe to run twice: the device may re-run these on another worker if this one dies.
-        .service(
-            zmesh_echo::service()
-                .idempotent("echo")
-                .idempotent("upper")
-                .idempotent("size"),
-        )
+        .service(echo)
         .export_unprefixed("echo")
         .start()
         .await?;

@@ -6,13 +6,13 @@
 //! ```
 
 use futures::StreamExt;
-use zmesh::{Client, HandlerError, ItemStream, Node};
+use zmesh::{CallContext, Client, HandlerError, ItemStream, Node};
 
 /// A service is a trait; `#[zmesh::service]` generates its typed server and client.
 #[zmesh::service]
 trait Greeter {
-    /// Greets `name`.
-    async fn hello(&self, name: String) -> Result<String, HandlerError>;
+    /// Greets `name`. The context is optional and is not a wire argument.
+    async fn hello(&self, ctx: &CallContext, name: String) -> Result<String, HandlerError>;
     /// Counts from 0 to `n - 1`, as a stream.
     #[zmesh(stream)]
     async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError>;
@@ -21,8 +21,10 @@ trait Greeter {
 struct Polite;
 
 impl Greeter for Polite {
-    async fn hello(&self, name: String) -> Result<String, HandlerError> {
-        Ok(format!("Hello, {name}"))
+    async fn hello(&self, ctx: &CallContext, name: String) -> Result<String, HandlerError> {
+        // The context holds the caller's deadline, trace and peer; a call made from here
+        // through `client.with_context(ctx)` keeps to that deadline and continues the trace.
+        Ok(format!("Hello, {name}, from {}", ctx.method()))
     }
 
     async fn count(&self, n: u64) -> Result<ItemStream<u64>, HandlerError> {

@@ -21,7 +21,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let greeter = Service::new("greeter")
-//!     .method("hello", |name: String| async move { Ok::<_, HandlerError>(format!("Hello, {name}")) });
+//!     .method("hello", |name: String| async move { Ok(format!("Hello, {name}")) });
 //! let node = Node::builder().bind("tcp://127.0.0.1:0").service(greeter).start().await?;
 //!
 //! let client = Client::new(node.endpoint());

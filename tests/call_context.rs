@@ -215,9 +215,11 @@ async fn a_handler_sees_its_method_name_and_peer() {
         reports: reports.clone(),
     };
     // A closure handler whose first parameter is the context gets it the same way.
-    let dynamic = Service::new("dyn").method("who", |ctx: CallContext, n: u32| async move {
-        Ok::<_, HandlerError>((Whoami::of(&ctx), n))
-    });
+    let dynamic = Service::new("dyn")
+        .method("who", |ctx: CallContext, n: u32| async move {
+            Ok((Whoami::of(&ctx), n))
+        })
+        .into_service();
     for transport in TRANSPORTS {
         let dir = tempfile::tempdir().expect("temp dir");
         let node = net(

@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 use zmesh::device::{Device, DeviceConfig, DeviceStats, STATS_METHOD};
 use zmesh::wire::{self, Header};
-use zmesh::{CallError, Client, ClientConfig, HandlerError, Node, NodeConfig, Service};
+use zmesh::{CallError, Client, ClientConfig, Node, NodeConfig, Service};
 
 use common::{NET_TIMEOUT, eventually, net, within};
 
@@ -93,10 +93,11 @@ fn counted(worker: &'static str, delay: Duration, counter: Arc<AtomicU64>) -> Se
                     tokio::time::sleep(delay).await;
                 }
                 counter.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, HandlerError>((worker.to_owned(), x))
+                Ok((worker.to_owned(), x))
             }
         })
-        .idempotent("job")
+        .idempotent()
+        .into()
 }
 
 /// `jobs.idem(ms)` (idempotent) and `jobs.once(ms)`: sleep, then return the worker's name.
@@ -108,17 +109,18 @@ fn jobs(worker: &str) -> Service {
             let name = a.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok::<_, HandlerError>(name)
+                Ok(name)
             }
         })
         .method("once", move |ms: u64| {
             let name = b.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok::<_, HandlerError>(name)
+                Ok(name)
             }
         })
-        .idempotent("idem")
+        .idempotent()
+        .into()
 }
 
 fn remote_name(e: &CallError) -> Option<&str> {

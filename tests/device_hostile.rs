@@ -25,9 +25,7 @@ use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 use zmesh::device::{Device, DeviceConfig, DeviceStats};
 use zmesh::wire::worker as proto;
 use zmesh::wire::{self, Header, names};
-use zmesh::{
-    CallError, CallOptions, Client, ClientConfig, HandlerError, MeshKey, Node, NodeConfig, Service,
-};
+use zmesh::{CallError, CallOptions, Client, ClientConfig, MeshKey, Node, NodeConfig, Service};
 
 use common::{NET_TIMEOUT, eventually, net, within};
 use hostile::{flood_readies, message, raw_request, ready_event, rss_kib};
@@ -142,10 +140,12 @@ async fn rogue(
 
 /// `work.job(x)`: waits `delay`, then returns "REAL".
 fn job(delay: Duration) -> Service {
-    Service::new("work").method("job", move |_x: u64| async move {
-        tokio::time::sleep(delay).await;
-        Ok::<_, HandlerError>("REAL".to_owned())
-    })
+    Service::new("work")
+        .method("job", move |_x: u64| async move {
+            tokio::time::sleep(delay).await;
+            Ok("REAL".to_owned())
+        })
+        .into()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,10 +280,8 @@ async fn a_table_flood_is_refused_and_the_tables_shrink_when_the_flooder_leaves(
     assert_eq!(stats.services.len(), 1 + 256);
 
     // A new legitimate worker's method is routed.
-    let kv = Service::new("kv").method("get", |k: String| async move {
-        Ok::<_, HandlerError>(format!("v-{k}"))
-    });
-    let _kv = worker(device.backend(), "kv", kv, None).await;
+    let kv = Service::new("kv").method("get", |k: String| async move { Ok(format!("v-{k}")) });
+    let _kv = worker(device.backend(), "kv", kv.into(), None).await;
     eventually(NET_TIMEOUT, "kv worker", || {
         device.stats().services.contains_key("kv")
     })
@@ -454,13 +452,15 @@ impl Held {
 
     fn service(&self) -> Service {
         let gate = self.0.clone();
-        Service::new("hold").method("wait", move |_n: u64| {
-            let gate = gate.clone();
-            async move {
-                let _ = gate.acquire().await;
-                Ok::<_, HandlerError>(())
-            }
-        })
+        Service::new("hold")
+            .method("wait", move |_n: u64| {
+                let gate = gate.clone();
+                async move {
+                    let _ = gate.acquire().await;
+                    Ok(())
+                }
+            })
+            .into()
     }
 
     fn release(&self) {

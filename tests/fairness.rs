@@ -15,10 +15,7 @@ use tokio::sync::watch;
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 use zmesh::device::{Device, DeviceConfig};
 use zmesh::wire::{self, Header};
-use zmesh::{
-    CallError, Client, Delivery, HandlerError, Node, NodeConfig, Service, Subscriber,
-    SubscriberConfig,
-};
+use zmesh::{CallError, Client, Delivery, Node, NodeConfig, Service, Subscriber, SubscriberConfig};
 
 /// A service whose `hold` calls wait until the gate opens (bounded by the network timeout,
 /// so a failing test cannot hang); the string argument only pads the request.
@@ -28,10 +25,10 @@ fn gate_service() -> (Service, watch::Sender<bool>) {
         let mut gate = gate.clone();
         async move {
             let _ = tokio::time::timeout(NET_TIMEOUT, gate.wait_for(|open| *open)).await;
-            Ok::<_, HandlerError>(pad.len())
+            Ok(pad.len())
         }
     });
-    (service, open)
+    (service.into(), open)
 }
 
 fn remote_name(e: &CallError) -> (String, String) {

@@ -17,7 +17,7 @@ use zmesh::mesh::{
     BeaconConfig, Discovery, DiscoveryConfig, HedgeConfig, MeshCallOptions, MeshClient,
     MeshClientConfig, MeshNode, Presence,
 };
-use zmesh::{CallOptions, Client, HandlerError, Node, Service};
+use zmesh::{CallOptions, Client, Node, Service};
 
 /// Entry point for child mesh nodes; a no-op in a normal test run.
 #[test]
@@ -208,7 +208,7 @@ async fn a_retried_request_id_is_answered_from_the_reply_cache() {
     let counted = runs.clone();
     let service = Service::new("acct").method("add", move |n: u64| {
         let total = counted.fetch_add(n, Ordering::SeqCst) + n;
-        async move { Ok::<_, HandlerError>(total) }
+        async move { Ok(total) }
     });
     let node = Node::builder()
         .bind("tcp://127.0.0.1:0")
@@ -480,10 +480,10 @@ async fn hedged_calls_route_around_a_slow_peer() {
                     if slow {
                         tokio::time::sleep(stall).await;
                     }
-                    Ok::<_, HandlerError>((name, n))
+                    Ok((name, n))
                 }
             })
-            .idempotent("get")
+            .idempotent()
     };
     let a = MeshNode::builder(&mesh)
         .bind("tcp://127.0.0.1:0")

@@ -11,7 +11,7 @@ use common::{NET_TIMEOUT, TRANSPORTS, Transport, eventually, net, start_node};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
-use zmesh::{CallError, CallOptions, Client, HandlerError, NodeConfig, Service, wire};
+use zmesh::{CallError, CallOptions, Client, NodeConfig, Service, wire};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_from_one_client_are_all_correct() {
@@ -140,12 +140,14 @@ async fn remote_errors_arrive_typed() {
 }
 
 fn panicky() -> Service {
-    Service::new("panicky").method("boom", |msg: String| async move {
-        if msg == "panic" {
-            panic!("handler exploded");
-        }
-        Ok::<_, HandlerError>(msg)
-    })
+    Service::new("panicky")
+        .method("boom", |msg: String| async move {
+            if msg == "panic" {
+                panic!("handler exploded");
+            }
+            Ok(msg)
+        })
+        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,17 +277,19 @@ fn observed(started: Arc<Notify>, dropped: Arc<Notify>, finished: Arc<AtomicU64>
             self.0.notify_one();
         }
     }
-    Service::new("observed").method("wait", move |ms: u64| {
-        let (started, dropped, finished) = (started.clone(), dropped.clone(), finished.clone());
-        async move {
-            let guard = OnDrop(dropped);
-            started.notify_one();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            std::mem::forget(guard);
-            finished.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, HandlerError>(ms)
-        }
-    })
+    Service::new("observed")
+        .method("wait", move |ms: u64| {
+            let (started, dropped, finished) = (started.clone(), dropped.clone(), finished.clone());
+            async move {
+                let guard = OnDrop(dropped);
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                std::mem::forget(guard);
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(ms)
+            }
+        })
+        .into()
 }
 
 /// A node hosting [`observed`], with a client and the observation handles.
@@ -803,7 +807,7 @@ async fn a_service_may_not_take_a_reserved_name() {
     ] {
         let mut builder = zmesh::Node::builder()
             .bind("tcp://127.0.0.1:0")
-            .service(Service::new(service).method(method, || async { Ok::<_, HandlerError>(1u8) }));
+            .service(Service::new(service).method(method, || async { Ok(1u8) }));
         if unprefixed {
             builder = builder.export_unprefixed(service);
         }

@@ -40,7 +40,7 @@ async fn stats_count_calls_errors_and_aborts_per_method() {
             }
             Ok::<u8, HandlerError>(0)
         });
-        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![panicky]).await;
+        let (node, _dir) = start_node(transport, NodeConfig::default(), vec![panicky.into()]).await;
         let client = Client::new(node.endpoint());
 
         for i in 0..20 {

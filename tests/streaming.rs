@@ -34,16 +34,18 @@ async fn streams_arrive_complete_and_in_order() {
 }
 
 fn faulty() -> Service {
-    Service::new("faulty").stream("three_then_fail", || async {
-        let items = (0..4u64).map(|i| {
-            if i < 3 {
-                Ok(i)
-            } else {
-                Err(HandlerError::new("ValueError", "ran out"))
-            }
-        });
-        Ok::<_, HandlerError>(futures::stream::iter(items))
-    })
+    Service::new("faulty")
+        .stream("three_then_fail", || async {
+            let items = (0..4u64).map(|i| {
+                if i < 3 {
+                    Ok(i)
+                } else {
+                    Err(HandlerError::new("ValueError", "ran out"))
+                }
+            });
+            Ok(futures::stream::iter(items))
+        })
+        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,18 +107,20 @@ fn metered(produced: Arc<AtomicU64>, dropped: Arc<Notify>) -> Service {
             self.0.notify_one();
         }
     }
-    Service::new("metered").stream("items", move |n: u64, size: usize| {
-        let (produced, dropped) = (produced.clone(), dropped.clone());
-        async move {
-            let guard = OnDrop(dropped);
-            let items = futures::stream::iter(0..n).map(move |_| {
-                let _keep = &guard;
-                produced.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, HandlerError>(rmpv::Value::Binary(vec![0xab; size]))
-            });
-            Ok::<_, HandlerError>(items)
-        }
-    })
+    Service::new("metered")
+        .stream("items", move |n: u64, size: usize| {
+            let (produced, dropped) = (produced.clone(), dropped.clone());
+            async move {
+                let guard = OnDrop(dropped);
+                let items = futures::stream::iter(0..n).map(move |_| {
+                    let _keep = &guard;
+                    produced.fetch_add(1, Ordering::SeqCst);
+                    Ok(rmpv::Value::Binary(vec![0xab; size]))
+                });
+                Ok(items)
+            }
+        })
+        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

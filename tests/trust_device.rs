@@ -20,7 +20,7 @@ use zmesh::device::{Device, DeviceConfig};
 use zmesh::mesh::{BeaconConfig, MeshNode};
 use zmesh::trust::{Kind, Trust};
 use zmesh::wire::{self, Header, MessageId, names};
-use zmesh::{CallError, CallOptions, Client, ClientConfig, HandlerError, MeshKey, Node, Service};
+use zmesh::{CallError, CallOptions, Client, ClientConfig, MeshKey, Node, Service};
 
 use common::{NET_TIMEOUT, eventually, net};
 use mesh_support::{beacon_port, mesh_name};
@@ -71,13 +71,15 @@ fn client(endpoint: &str, key: Option<MeshKey>) -> Client {
 
 /// `work.job(x)`: counts the call and returns `x`.
 fn counted(counter: Arc<AtomicU64>) -> Service {
-    Service::new("work").method("job", move |x: u64| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, HandlerError>(x)
-        }
-    })
+    Service::new("work")
+        .method("job", move |x: u64| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(x)
+            }
+        })
+        .into()
 }
 
 /// A device and one worker `w1` serving `service`, both with key ALPHA, once the device

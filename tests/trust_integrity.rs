@@ -30,7 +30,7 @@ use zeromq::{
 };
 use zmesh::mesh::{BeaconConfig, Discovery, DiscoveryConfig, MeshNode};
 use zmesh::wire::{self, Header, MessageId};
-use zmesh::{CallError, CallOptions, Client, ClientConfig, HandlerError, MeshKey, Node, Service};
+use zmesh::{CallError, CallOptions, Client, ClientConfig, MeshKey, Node, Service};
 use zmesh_proto::seal::envelope::{self, Kind, SealKey, SealParams};
 
 use common::{eventually, net};
@@ -55,10 +55,10 @@ fn services(runs: Arc<AtomicU64>) -> [Service; 2] {
         let runs = runs.clone();
         async move {
             runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, HandlerError>(n)
+            Ok(n)
         }
     });
-    [zmesh_echo::service(), ledger]
+    [zmesh_echo::service(), ledger.into()]
 }
 
 async fn keyed_node(key: MeshKey, runs: Arc<AtomicU64>) -> Node {

@@ -51,9 +51,9 @@ pub fn billing(name: &str, ledger: Option<std::fs::File>) -> Service {
     Service::new("billing")
         .method("quote", move |n: u64| {
             let name = quote_name.clone();
-            async move { Ok::<_, HandlerError>((name, n * 2)) }
+            async move { Ok((name, n * 2)) }
         })
-        .idempotent("quote")
+        .idempotent()
         .method("charge", move |token: String| {
             let name = charge_name.clone();
             let ledger = ledger.clone();
@@ -67,9 +67,10 @@ pub fn billing(name: &str, ledger: Option<std::fs::File>) -> Service {
                     file.write_all(format!("{token}\n").as_bytes())
                         .map_err(|e| HandlerError::new("Ledger", e.to_string()))?;
                 }
-                Ok::<_, HandlerError>(name)
+                Ok(name)
             }
         })
+        .into()
 }
 
 /// Opens a ledger file for appending.

@@ -252,11 +252,12 @@ pub(crate) fn reference_service(
     match name {
         // The pure methods are safe to run twice, so mesh clients may fail them over and
         // a device may re-run them on another worker.
-        "echo" => Ok(zmesh_echo::service()
-            .idempotent("echo")
-            .idempotent("upper")
-            .idempotent("size")
-            .idempotent("sleep")),
+        "echo" => {
+            let mut echo = zmesh_echo::service();
+            echo.mark_idempotent(["echo", "upper", "size", "sleep"])
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            Ok(echo)
+        }
         "kv" => Ok(zmesh_kv::service(zmesh_kv::KvConfig::default(), publisher)),
         other => Err(CliError::Other(format!("unknown service {other:?}"))),
     }

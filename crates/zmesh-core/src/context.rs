@@ -43,7 +43,7 @@ use crate::client::{CallError, CallOptions, CallStream};
 ///             .with_context(&ctx)
 ///             .call_with("back.hello", (name,), CallOptions::default())
 ///             .await?;
-///         Ok::<_, HandlerError>(reply)
+///         Ok(reply)
 ///     }
 /// });
 /// # let _ = front;

@@ -68,7 +68,10 @@ pub use mesh::{
     MeshClientConfig, MeshNode, PeerRecord, Presence,
 };
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, NodeStats};
-pub use service::{Handler, HandlerError, ItemStream, Service, StreamHandler, WithCallContext};
+pub use service::{
+    Handler, HandlerError, ItemStream, MethodBuilder, Registry, Service, State, StatefulService,
+    StreamHandler, UnknownMethod, WithCallContext, WithState,
+};
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
 pub use trust::MeshKey;

@@ -198,10 +198,9 @@ fn server(service: &Service) -> TokenStream {
             /// The service, every method registered with its doc comment, argument names
             /// and markers.
             pub fn into_service(self) -> #krate::Service {
-                let imp = self.imp;
-                let service = #krate::Service::new(#name);
+                let service = #krate::Service::new(#name).with_shared_state(self.imp);
                 #(#registrations)*
-                service
+                #krate::Service::from(service)
             }
         }
 
@@ -213,9 +212,10 @@ fn server(service: &Service) -> TokenStream {
     }
 }
 
-/// `let service = service.method(..)` (or `.stream(..)`) and its doc, names and marker.
-/// A method that takes the context is registered as a closure whose first parameter is
-/// the `CallContext` the node hands it, lent to the method.
+/// `let service = service.method(..)` (or `.stream(..)`) with its doc, names and marker
+/// chained on. The closure takes the service's state (the implementation) first, then the
+/// `CallContext` the node hands it when the method takes one (lent to the method), then the
+/// wire arguments.
 fn register(krate: &syn::Path, method: &Method) -> TokenStream {
     let ident = &method.ident;
     let wire = &method.wire;
@@ -225,20 +225,15 @@ fn register(krate: &syn::Path, method: &Method) -> TokenStream {
         Output::Value(_) => quote!(method),
         Output::Stream(_) => quote!(stream),
     };
-    let doc = method
-        .doc
-        .as_ref()
-        .map(|doc| quote!(let service = service.doc(#wire, #doc);));
+    let doc = method.doc.as_ref().map(|doc| quote!(.doc(#doc)));
     let arg_names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     // An empty list, not none, for a method without parameters: `zmesh list` shows `()`.
     let arg_names = if arg_names.is_empty() {
-        quote!(let service = service.arg_names(#wire, ::core::iter::empty::<&'static str>());)
+        quote!(.arg_names(::core::iter::empty::<&'static str>()))
     } else {
-        quote!(let service = service.arg_names(#wire, [#(#arg_names),*]);)
+        quote!(.arg_names([#(#arg_names),*]))
     };
-    let idempotent = method
-        .idempotent
-        .then(|| quote!(let service = service.idempotent(#wire);));
+    let idempotent = method.idempotent.then(|| quote!(.idempotent()));
     let (ctx_param, ctx_arg) = if method.context {
         (
             quote!(__zmesh_context: #krate::CallContext,),
@@ -248,16 +243,18 @@ fn register(krate: &syn::Path, method: &Method) -> TokenStream {
         (TokenStream::new(), TokenStream::new())
     };
     quote! {
-        let service = {
-            let imp = ::std::sync::Arc::clone(&imp);
-            service.#register(#wire, move |#ctx_param #(#names: #types),*| {
-                let imp = ::std::sync::Arc::clone(&imp);
-                async move { imp.#ident(#ctx_arg #(#names),*).await }
+        let service = service
+            .#register(#wire, move |__zmesh_imp: #krate::State<T>, #ctx_param #(#names: #types),*| {
+                async move {
+                    __zmesh_imp
+                        .#ident(#ctx_arg #(#names),*)
+                        .await
+                        .map_err(::core::convert::Into::into)
+                }
             })
-        };
-        #doc
-        #arg_names
-        #idempotent
+            #doc
+            #arg_names
+            #idempotent;
     }
 }
 
@@ -284,16 +281,17 @@ mod tests {
                 async fn hop(&self, ctx: &zmesh::CallContext, n: u32) -> Result<u32, E>;
             }
         });
-        let closure = "move | __zmesh_context : :: zmesh :: CallContext , n : u32 |";
+        let closure = "move | __zmesh_imp : :: zmesh :: State < T > , __zmesh_context : :: zmesh \
+                       :: CallContext , n : u32 |";
         assert!(code.contains(closure), "{code}");
         assert!(
-            code.contains("imp . hop (& __zmesh_context , n) . await"),
+            code.contains("__zmesh_imp . hop (& __zmesh_context , n) . await"),
             "{code}"
         );
         assert!(
             code.contains("pub fn hop (& self , n : u32)"),
             "the client method has no context parameter: {code}"
         );
-        assert!(code.contains("arg_names (\"hop\" , [\"n\"])"), "{code}");
+        assert!(code.contains("arg_names ([\"n\"])"), "{code}");
     }
 }

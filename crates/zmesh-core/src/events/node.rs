@@ -266,20 +266,22 @@ impl Node {
 
 /// `_zmesh.snapshot(prefix, marker_topic, token)`.
 fn snapshot_service(publisher: Publisher) -> Service {
-    Service::new(crate::reserved::ZMESH_SERVICE).method(
-        crate::reserved::SNAPSHOT_IN_SERVICE,
-        move |prefix: String, marker_topic: String, token: String| {
-            let publisher = publisher.clone();
-            async move {
-                publisher
-                    .sync_snapshot(&prefix, &marker_topic, &token)
-                    .await
-                    .map_err(|e| {
-                        HandlerError::new(ErrorKind::SnapshotError.as_str(), e.to_string())
-                    })
-            }
-        },
-    )
+    Service::new(crate::reserved::ZMESH_SERVICE)
+        .method(
+            crate::reserved::SNAPSHOT_IN_SERVICE,
+            move |prefix: String, marker_topic: String, token: String| {
+                let publisher = publisher.clone();
+                async move {
+                    publisher
+                        .sync_snapshot(&prefix, &marker_topic, &token)
+                        .await
+                        .map_err(|e| {
+                            HandlerError::new(ErrorKind::SnapshotError.as_str(), e.to_string())
+                        })
+                }
+            },
+        )
+        .into_service()
 }
 
 /// Runs every matching handler of every event on its own task, bounded by `slots`.

@@ -375,13 +375,15 @@ impl Discovery {
     /// The `_zmesh` service a node hosts so others can gossip with it.
     pub(crate) fn gossip_service(&self) -> Service {
         let inner = self.inner.clone();
-        Service::new(GOSSIP_SERVICE).method(
-            crate::reserved::PEERS_IN_SERVICE,
-            move |mesh: String, caller: Option<PeerRecord>| {
-                let reply = inner.answer_gossip(&mesh, caller);
-                async move { reply }
-            },
-        )
+        Service::new(GOSSIP_SERVICE)
+            .method(
+                crate::reserved::PEERS_IN_SERVICE,
+                move |mesh: String, caller: Option<PeerRecord>| {
+                    let reply = inner.answer_gossip(&mesh, caller);
+                    async move { reply }
+                },
+            )
+            .into_service()
     }
 }
 

@@ -12,8 +12,9 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let billing = Service::new("billing")
-//!     .method("quote", |n: u64| async move { Ok::<_, HandlerError>(n * 3) })
-//!     .idempotent("quote");
+//!     .method("quote", |n: u64| async move { Ok(n * 3) })
+//!     .idempotent()
+//!     .into_service();
 //! let node = MeshNode::builder("prod")
 //!     .bind("tcp://127.0.0.1:0")
 //!     .service(billing)

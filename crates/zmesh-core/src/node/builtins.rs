@@ -77,17 +77,17 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
     let builtins = Service::new(reserved::ZERORPC_SERVICE)
         .method("ping", move || {
             let n = ping_name.clone();
-            async move { Ok::<_, HandlerError>(("pong", n)) }
+            async move { Ok(("pong", n)) }
         })
         .method("name", move || {
             let n = name.clone();
-            async move { Ok::<_, HandlerError>(n) }
+            async move { Ok(n) }
         })
         .method("list", {
             let list: Vec<String> = public.keys().cloned().collect();
             move || {
                 let list = list.clone();
-                async move { Ok::<_, HandlerError>(list) }
+                async move { Ok(list) }
             }
         })
         .method("help", move |method: String| {
@@ -101,8 +101,9 @@ pub(super) fn register(node_name: &str, methods: &mut HashMap<String, Arc<Method
         })
         .method("inspect", move || {
             let v = inspect.clone();
-            async move { Ok::<_, HandlerError>(v) }
-        });
+            async move { Ok(v) }
+        })
+        .into_service();
     for (method, entry) in builtins.methods {
         methods.insert(
             format!("{}{method}", reserved::ZERORPC_PREFIX),
@@ -145,11 +146,12 @@ pub(super) fn register_stats(
     let node_name = node_name.to_owned();
     let started = std::time::Instant::now();
     let table = Arc::new(table);
-    let handler =
-        Service::new(reserved::ZMESH_SERVICE).method(reserved::STATS_IN_SERVICE, move || {
+    let handler = Service::new(reserved::ZMESH_SERVICE)
+        .method(reserved::STATS_IN_SERVICE, move || {
             let report = stats_report(&node_name, started, &counters, &table);
-            async move { Ok::<_, HandlerError>(report) }
-        });
+            async move { Ok(report) }
+        })
+        .into_service();
     if let Some(method) = handler.methods.get(reserved::STATS_IN_SERVICE) {
         let method = Arc::new(Method {
             stats: own_stats,

@@ -168,15 +168,14 @@ mod tests {
 
     use super::*;
     use crate::context::CallContext;
-    use crate::service::HandlerError;
     use crate::wire::{self, Header, names};
 
     const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     fn upper() -> Service {
-        Service::new("t").method("upper", |s: String| async move {
-            Ok::<_, HandlerError>(s.to_uppercase())
-        })
+        Service::new("t")
+            .method("upper", |s: String| async move { Ok(s.to_uppercase()) })
+            .into()
     }
 
     fn request(name: &str, args: &[u8]) -> Vec<Bytes> {
@@ -195,13 +194,15 @@ mod tests {
     /// A method that never finishes (its call stays open until something ends it),
     /// keeping each call's context in `kept` for the test to look at.
     fn hang_keeping(kept: Arc<std::sync::Mutex<Vec<CallContext>>>) -> Service {
-        Service::new("t").method("hang", move |ctx: CallContext, s: String| {
-            kept.lock().expect("not poisoned").push(ctx);
-            async move {
-                std::future::pending::<()>().await;
-                Ok::<_, HandlerError>(s)
-            }
-        })
+        Service::new("t")
+            .method("hang", move |ctx: CallContext, s: String| {
+                kept.lock().expect("not poisoned").push(ctx);
+                async move {
+                    std::future::pending::<()>().await;
+                    Ok(s)
+                }
+            })
+            .into()
     }
 
     fn the_one(kept: &std::sync::Mutex<Vec<CallContext>>) -> CallContext {
@@ -329,10 +330,10 @@ mod tests {
             let kept = Arc::clone(&kept);
             move |ctx: CallContext| {
                 kept.lock().expect("not poisoned").push(ctx);
-                async { Ok::<_, HandlerError>(()) }
+                async { Ok(()) }
             }
         });
-        let mut h = Harness::paused(&[done], NodeConfig::default()).expect("harness");
+        let mut h = Harness::paused(&[done.into()], NodeConfig::default()).expect("harness");
         let reply = reply_of(&h.handle(request("t.done", &[0x90])));
         assert_eq!(reply.name, names::OK);
         assert!(!the_one(&kept).is_cancelled());

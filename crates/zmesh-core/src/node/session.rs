@@ -645,7 +645,7 @@ mod tests {
 
     use super::*;
     use crate::node::harness::raw::{bin, enc, event, hdr, request, s};
-    use crate::service::{HandlerError, Service};
+    use crate::service::Service;
 
     /// The node's default `max_message_size`.
     const LIMIT: usize = 16 * 1024 * 1024;
@@ -702,10 +702,9 @@ mod tests {
 
     impl Node {
         fn new(config: NodeConfig) -> Self {
-            let echo = Service::new("echo").method("upper", |s: String| async move {
-                Ok::<_, HandlerError>(s.to_uppercase())
-            });
-            let mut methods = super::super::prefixed_methods(&[echo]).expect("methods");
+            let echo = Service::new("echo")
+                .method("upper", |s: String| async move { Ok(s.to_uppercase()) });
+            let mut methods = super::super::prefixed_methods(&[echo.into()]).expect("methods");
             super::super::builtins::register("test", &mut methods);
             Self {
                 refusals: Refusals::new(config.refusal_policy()),
