@@ -41,6 +41,7 @@ pub mod node;
 pub mod read_turns;
 mod service;
 mod stats;
+mod submit;
 pub mod trust;
 #[doc(hidden)]
 pub mod wait;
@@ -74,6 +75,7 @@ pub use service::{
 };
 #[doc(hidden)]
 pub use service::{HandlerFuture, Reply};
+pub use submit::Submit;
 pub use trust::MeshKey;
 pub use wait::WaitError;
 pub use zmesh_proto::{ErrorKind, Retry, TraceParent};

@@ -1,5 +1,6 @@
 //! Generates, from a checked [`Service`], the trait as implementors write it, the typed
-//! client `{Trait}Client` and the server `{Trait}Server`.
+//! client `{Trait}Client`, the typed job submitter `{Trait}Jobs` and the server
+//! `{Trait}Server`.
 //!
 //! The trait's `async fn`s become `fn .. -> impl Future<Output = ..> + Send`, so a server can
 //! run every call on any runtime thread; implementations still write `async fn`. The client
@@ -16,10 +17,12 @@ use crate::model::{Method, Output, Service};
 pub(crate) fn expand(service: &Service) -> TokenStream {
     let trait_item = service_trait(service);
     let client = client(service);
+    let jobs = jobs(service);
     let server = server(service);
     quote! {
         #trait_item
         #client
+        #jobs
         #server
     }
 }
@@ -159,6 +162,76 @@ fn client_method(service: &Service, method: &Method) -> TokenStream {
     }
 }
 
+/// `{Trait}Jobs<J: zmesh::Submit>`: one method per request-reply method of the trait that
+/// submits it as a job (its wire name, its arguments) and answers with the queue's ticket.
+/// A streaming method has no job form: a job's result is one value.
+fn jobs(service: &Service) -> TokenStream {
+    let krate = &service.krate;
+    let vis = &service.item.vis;
+    let trait_ident = &service.item.ident;
+    let ident = format_ident!("{}Jobs", trait_ident);
+    let name = &service.name;
+    let doc = format!(
+        "Submits the methods of the [`{trait_ident}`] service as durable jobs through any \
+         `zmesh::Submit` (a job queue's client): each method answers with the job's ticket \
+         once the queue has stored it, and the queue makes the call later, at least once. \
+         Streaming methods have no job form."
+    );
+    let methods = service
+        .methods
+        .iter()
+        .filter(|m| matches!(m.output, Output::Value(_)))
+        .map(|m| {
+            let method_ident = &m.ident;
+            let full = m.full_name(&service.name);
+            let names: Vec<_> = m.params.iter().map(|(name, _)| name).collect();
+            let types: Vec<_> = m.params.iter().map(|(_, ty)| ty).collect();
+            let doc = format!("Submits a call of `{full}` as a job.");
+            quote! {
+                #[doc = #doc]
+                ///
+                /// # Errors
+                /// The submission's `CallError`: the queue's refusal or a failed call to it.
+                pub fn #method_ident(&self, #(#names: #types),*)
+                    -> impl ::core::future::Future<
+                        Output = ::core::result::Result<J::Ticket, #krate::CallError>,
+                    > + ::core::marker::Send + '_
+                {
+                    #krate::Submit::submit(&self.jobs, #full, (#(#names,)*))
+                }
+            }
+        });
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone)]
+        #vis struct #ident<J> {
+            jobs: J,
+        }
+
+        impl<J> ::core::fmt::Debug for #ident<J> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#ident))
+                    .field("service", &#name)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl<J: #krate::Submit> #ident<J> {
+            /// Submits through `jobs` (a job queue's client, a reference to one, ...).
+            pub fn new(jobs: J) -> Self {
+                Self { jobs }
+            }
+
+            /// The queue's client submissions go through.
+            pub fn inner(&self) -> &J {
+                &self.jobs
+            }
+
+            #(#methods)*
+        }
+    }
+}
+
 fn server(service: &Service) -> TokenStream {
     let krate = &service.krate;
     let vis = &service.item.vis;
@@ -293,5 +366,38 @@ mod tests {
             "the client method has no context parameter: {code}"
         );
         assert!(code.contains("arg_names ([\"n\"])"), "{code}");
+    }
+
+    /// The job submitter has a method per request-reply method, submitting its wire name
+    /// and arguments, and none for a streaming method.
+    #[test]
+    fn jobs_submit_value_methods_by_wire_name_and_skip_streams() {
+        let code = expanded(quote! {
+            trait Mailer {
+                async fn send(&self, ctx: &CallContext, to: String, body: String) -> Result<u64, E>;
+                #[zmesh(stream)]
+                async fn watch(&self, n: u32) -> Result<ItemStream<u32>, E>;
+            }
+        });
+        assert!(code.contains("struct MailerJobs < J > { jobs : J , }"), "{code}");
+        assert!(
+            code.contains(
+                "pub fn send (& self , to : String , body : String) -> impl :: core :: future \
+                 :: Future < Output = :: core :: result :: Result < J :: Ticket , :: zmesh :: \
+                 CallError > , >"
+            ),
+            "{code}"
+        );
+        assert!(
+            code.contains(
+                ":: zmesh :: Submit :: submit (& self . jobs , \"mailer.send\" , (to , body ,))"
+            ),
+            "{code}"
+        );
+        let jobs = &code[code
+            .find("impl < J : :: zmesh :: Submit > MailerJobs")
+            .expect("impl")..];
+        let jobs = &jobs[..jobs.find("struct MailerServer").unwrap_or(jobs.len())];
+        assert!(!jobs.contains("watch"), "no job form for a stream: {jobs}");
     }
 }
