@@ -3,6 +3,7 @@
 
 mod bench;
 mod children;
+mod config_file;
 mod demo;
 mod events_cmd;
 mod json;
@@ -16,7 +17,7 @@ use crate::output::outln;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use zmesh_core::{
     CallError, CallOptions, Client, ClientConfig, Endpoint, ErrorKind, Response, reserved,
@@ -42,8 +43,56 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 #[derive(Debug, Parser)]
 #[command(name = "zmesh", version, about, propagate_version = true)]
 struct Cli {
+    /// How diagnostics on stderr are written: `text` (coloured only on a terminal, and not
+    /// with NO_COLOR set) or `json`, one object per line for a log collector. Which ones are
+    /// written: RUST_LOG (default `warn`).
+    #[arg(long, global = true, env = "ZMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of the diagnostics on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Diagnostics go to stderr, off unless RUST_LOG asks: stdout carries only results. Colour
+/// codes only reach a terminal: a file or a log collector gets plain text.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
+/// The command line, with the defaults of a `--config` file for the verbs that take one;
+/// exits as clap does on a usage error, and with [`EXIT_USAGE`] on a bad config file.
+fn parse_command_line() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let bad_file = |e: config_file::ConfigFileError| -> ! {
+        eprintln!("zmesh: {e}");
+        std::process::exit(EXIT_USAGE.into());
+    };
+    let applied = config_file::apply(Cli::command(), &args).unwrap_or_else(|e| bad_file(e));
+    let matches = match applied.command.clone().try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(e) => match applied.blame(&e) {
+            Some(file_error) => bad_file(file_error),
+            None => e.exit(),
+        },
+    };
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,15 +266,8 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     children::die_with_parent_if_asked();
-    let cli = Cli::parse();
-    // Diagnostics go to stderr, off unless RUST_LOG asks: stdout carries only results.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    let cli = parse_command_line();
+    init_logging(cli.log_format);
     let flavour = match &cli.command {
         Command::Bench(bench::BenchArgs { runtime, .. }) | Command::BenchServer { runtime, .. } => {
             *runtime

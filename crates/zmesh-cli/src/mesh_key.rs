@@ -30,10 +30,10 @@ A keyed node refuses unkeyed or wrongly keyed calls with `Unauthenticated` (exit
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct KeyArgs {
     /// Seal messages with the mesh key in FILE (default: the key in $ZMESH_MESH_KEY, if set).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "ZMESH_MESH_KEY_FILE")]
     mesh_key_file: Option<PathBuf>,
     /// Use no mesh key, even when ZMESH_MESH_KEY is set.
-    #[arg(long, conflicts_with = "mesh_key_file")]
+    #[arg(long, conflicts_with = "mesh_key_file", env = "ZMESH_NO_MESH_KEY")]
     no_mesh_key: bool,
 }
 
@@ -45,12 +45,17 @@ pub(crate) struct ServeKeyArgs {
     /// Rotation: also accept messages sealed with the (old) key in FILE until the time
     /// given with --previous-until (answering such callers in the old key); the node
     /// otherwise seals with the new key.
-    #[arg(long, value_name = "FILE", requires = "previous_until")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "previous_until",
+        env = "ZMESH_PREVIOUS_KEY_FILE"
+    )]
     previous_key_file: Option<PathBuf>,
     /// When the previous key stops being accepted: a wall-clock time, as UTC
     /// `YYYY-MM-DDTHH:MM:SSZ` or `@SECONDS` since the Unix epoch (e.g. `@$(date -d '+1 day'
     /// +%s)`). An absolute time, so restarting the node does not extend the grace.
-    #[arg(long, value_name = "TIME", requires = "previous_key_file", value_parser = parse_wall_time)]
+    #[arg(long, value_name = "TIME", requires = "previous_key_file", value_parser = parse_wall_time, env = "ZMESH_PREVIOUS_UNTIL")]
     previous_until: Option<SystemTime>,
 }
 

@@ -20,40 +20,48 @@ At start the proxy prints one line per bound socket, `ROLE ENDPOINT`, in this or
 Port 0 picks a free port; the lines show the real one.")]
 pub(crate) struct ProxyArgs {
     /// Endpoint clients call (zmesh and stock zerorpc clients), e.g. tcp://127.0.0.1:4242.
-    #[arg(long)]
+    #[arg(long, env = "ZMESH_FRONTEND")]
     frontend: Endpoint,
     /// Endpoint worker nodes connect to (`zmesh serve --worker-of`, NodeBuilder::worker_of).
-    #[arg(long)]
+    #[arg(long, env = "ZMESH_BACKEND")]
     backend: Endpoint,
     /// Event forwarder: endpoint publishers connect to (XSUB), e.g. `zmesh pub`.
-    #[arg(long, requires = "events_out")]
+    #[arg(long, requires = "events_out", env = "ZMESH_EVENTS_IN")]
     events_in: Option<Endpoint>,
     /// Event forwarder: endpoint subscribers connect to (XPUB), e.g. `zmesh sub`.
-    #[arg(long, requires = "events_in")]
+    #[arg(long, requires = "events_in", env = "ZMESH_EVENTS_OUT")]
     events_out: Option<Endpoint>,
     /// The device's name, answered by _zerorpc_name and _zerorpc_ping.
-    #[arg(long)]
+    #[arg(long, env = "ZMESH_NAME")]
     name: Option<String>,
     /// Heartbeat period toward clients, in seconds [default: 5].
-    #[arg(long, value_parser = crate::positive_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = crate::positive_seconds, env = "ZMESH_HEARTBEAT")]
     heartbeat: Option<f64>,
+    /// Largest message accepted from a client or worker, in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES", env = "ZMESH_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
     /// Calls queued per service before callers get ERR Overloaded [default: 1000].
-    #[arg(long)]
+    #[arg(long, value_name = "N", env = "ZMESH_MAX_QUEUE")]
     max_queue: Option<usize>,
     /// Bytes of requests the device holds at once (queued or running) before callers get
     /// ERR Overloaded [default: 268435456, 256 MiB].
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES", env = "ZMESH_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
     /// Most calls the device sends one worker at once, whatever it announces [default: 1024].
-    #[arg(long)]
+    #[arg(long, value_name = "N", env = "ZMESH_MAX_WORKER_CAPACITY")]
     max_worker_capacity: Option<u32>,
     /// Workers must seal with the key in FILE (on the backend only; clients keep the mesh
     /// key options below, or call unkeyed without one). Without this or a mesh key, any
     /// process that can reach the backend is trusted as a worker.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "ZMESH_BACKEND_KEY_FILE")]
     backend_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     key: crate::mesh_key::KeyArgs,
+    /// Read defaults for these flags from a TOML file: each key a long flag
+    /// (`frontend = "tcp://127.0.0.1:4242"`, `max-queue = 500`). A flag on the command line
+    /// beats its ZMESH_ variable, which beats the file.
+    #[arg(long, value_name = "FILE", env = "ZMESH_CONFIG")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,
@@ -66,6 +74,9 @@ pub(crate) async fn run(
     let mut config = DeviceConfig::default();
     if let Some(period) = options.heartbeat {
         config = config.heartbeat(Duration::from_secs_f64(period));
+    }
+    if let Some(bytes) = options.max_message_size {
+        config = config.max_message_size(bytes);
     }
     if let Some(n) = options.max_queue {
         config = config.max_queue(n);

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use zmesh_core::mesh::{BeaconConfig, MeshNode};
-use zmesh_core::{Endpoint, MeshKey, Node, Publisher, Service};
+use zmesh_core::{Endpoint, MeshKey, Node, NodeConfig, Publisher, Service};
 
 use crate::CliError;
 
@@ -44,54 +44,133 @@ pub(crate) struct ServeArgs {
     #[arg(
         long = "bind",
         value_name = "ENDPOINT",
-        default_value = "tcp://127.0.0.1:4242"
+        default_value = "tcp://127.0.0.1:4242",
+        env = "ZMESH_BIND",
+        value_delimiter = ','
     )]
     binds: Vec<Endpoint>,
     /// Also bind this endpoint for plain zerorpc, unsealed, beside the keyed --bind ones
     /// (repeatable; printed on a `plain ENDPOINT...` line). Not with --mesh or --worker-of.
-    #[arg(long = "plain-bind", value_name = "ENDPOINT", conflicts_with_all = ["mesh", "worker_of"])]
+    #[arg(
+        long = "plain-bind",
+        value_name = "ENDPOINT",
+        conflicts_with_all = ["mesh", "worker_of"],
+        env = "ZMESH_PLAIN_BIND",
+        value_delimiter = ','
+    )]
     plain_binds: Vec<Endpoint>,
     /// The node's name (answered by _zerorpc_name).
-    #[arg(long)]
+    #[arg(long, env = "ZMESH_NAME")]
     name: Option<String>,
     /// Also export this service's methods without prefix (as zerorpc servers do).
-    #[arg(long, conflicts_with = "mesh")]
+    #[arg(long, conflicts_with = "mesh", env = "ZMESH_UNPREFIXED")]
     unprefixed: Option<String>,
     /// Seconds in-flight calls get to finish at shutdown.
-    #[arg(long, default_value_t = 5.0, value_parser = crate::positive_seconds)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::positive_seconds, env = "ZMESH_GRACE")]
     grace: f64,
     /// Bind an events publisher here (kv publishes its changes through it) and serve
     /// _zmesh.snapshot for it.
-    #[arg(long, value_name = "ENDPOINT")]
+    #[arg(long, value_name = "ENDPOINT", env = "ZMESH_EVENTS")]
     events: Option<Endpoint>,
     /// Keep the last event of every topic for snapshots (with --events).
-    #[arg(long, requires = "events")]
+    #[arg(long, requires = "events", env = "ZMESH_LAST_VALUE_CACHE")]
     last_value_cache: bool,
     /// Serve as a worker of a proxy device: connect to its backend instead of binding.
-    #[arg(long, value_name = "BACKEND", conflicts_with_all = ["binds", "mesh"])]
+    #[arg(long, value_name = "BACKEND", conflicts_with_all = ["binds", "mesh"], env = "ZMESH_WORKER_OF")]
     worker_of: Option<Endpoint>,
     /// Join this mesh: announce the node (by beacons with --beacon-port, and gossip with
     /// --seed) so mesh clients find it by service name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "ZMESH_MESH")]
     mesh: Option<String>,
+    /// Announce this endpoint to the mesh instead of the bound ones (repeatable): needed
+    /// when binding 0.0.0.0, which reaches no one; an unspecified address is refused.
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        requires = "mesh",
+        env = "ZMESH_ADVERTISE",
+        value_delimiter = ','
+    )]
+    advertise: Vec<Endpoint>,
     /// UDP port of the mesh's beacons (every member on one network uses the same one).
-    #[arg(long, requires = "mesh")]
+    #[arg(long, requires = "mesh", env = "ZMESH_BEACON_PORT")]
     beacon_port: Option<u16>,
     /// Broadcast address beacons go to: 127.255.255.255 reaches this host only; a subnet's
     /// broadcast address reaches a LAN.
-    #[arg(long, requires = "beacon_port", default_value = "127.255.255.255")]
+    #[arg(
+        long,
+        requires = "beacon_port",
+        default_value = "127.255.255.255",
+        env = "ZMESH_BEACON_TARGET"
+    )]
     beacon_target: IpAddr,
     /// Seconds between beacons.
-    #[arg(long, requires = "beacon_port", default_value_t = 1.0, value_parser = crate::positive_seconds)]
+    #[arg(long, requires = "beacon_port", default_value_t = 1.0, value_parser = crate::positive_seconds, env = "ZMESH_BEACON_INTERVAL")]
     beacon_interval: f64,
     /// Another member's endpoint to gossip with (repeatable).
-    #[arg(long = "seed", value_name = "ENDPOINT", requires = "mesh")]
+    #[arg(
+        long = "seed",
+        value_name = "ENDPOINT",
+        requires = "mesh",
+        env = "ZMESH_SEED",
+        value_delimiter = ','
+    )]
     seeds: Vec<Endpoint>,
     #[command(flatten)]
+    limits: NodeLimits,
+    #[command(flatten)]
     key: crate::mesh_key::ServeKeyArgs,
+    /// Read defaults for these flags from a TOML file: each key a long flag
+    /// (`heartbeat = 2.5`, `bind = ["tcp://127.0.0.1:4242"]`). A flag on the command line
+    /// beats its ZMESH_ variable, which beats the file.
+    #[arg(long, value_name = "FILE", env = "ZMESH_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// Services to host.
     #[arg(required = true, value_parser = SERVICES)]
     services: Vec<String>,
+}
+
+/// The node's limits (see docs/CONFIGURATION.md); an unset one keeps its default.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeLimits {
+    /// Heartbeat period in seconds, toward callers and on open calls [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = crate::positive_seconds, env = "ZMESH_HEARTBEAT")]
+    heartbeat: Option<f64>,
+    /// Largest message accepted, in bytes; a larger request gets ERR [default: 16777216].
+    #[arg(long, value_name = "BYTES", env = "ZMESH_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Calls the node runs at once before it answers ERR Overloaded [default: 10000].
+    #[arg(long, value_name = "N", env = "ZMESH_MAX_CONCURRENT_CALLS")]
+    max_concurrent_calls: Option<usize>,
+    /// Calls one connection may have running at once [default: 1000].
+    #[arg(long, value_name = "N", env = "ZMESH_MAX_CALLS_PER_PEER")]
+    max_calls_per_peer: Option<usize>,
+    /// Request bytes one connection may have running at once [default: 67108864].
+    #[arg(long, value_name = "BYTES", env = "ZMESH_MAX_BYTES_PER_PEER")]
+    max_bytes_per_peer: Option<usize>,
+}
+
+impl NodeLimits {
+    /// The node configuration these limits give; the node checks it at start.
+    fn config(&self) -> NodeConfig {
+        let mut config = NodeConfig::default();
+        if let Some(period) = self.heartbeat {
+            config = config.heartbeat(Duration::from_secs_f64(period));
+        }
+        if let Some(bytes) = self.max_message_size {
+            config = config.max_message_size(bytes);
+        }
+        if let Some(n) = self.max_concurrent_calls {
+            config = config.max_concurrent_calls(n);
+        }
+        if let Some(n) = self.max_calls_per_peer {
+            config = config.max_calls_per_peer(n);
+        }
+        if let Some(bytes) = self.max_bytes_per_peer {
+            config = config.max_bytes_per_peer(bytes);
+        }
+        config
+    }
 }
 
 /// A node `serve` runs, of whichever kind.
@@ -145,8 +224,14 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
              ZMESH_MESH_KEY to seal beacons and gossip"
         );
     }
+    if args.mesh.is_some() {
+        check_advertised(&args.binds, &args.advertise)?;
+    }
     let running = if let Some(mesh) = args.mesh {
-        let mut builder = MeshNode::builder(mesh.clone());
+        let mut builder = MeshNode::builder(mesh.clone()).node_config(args.limits.config());
+        for endpoint in args.advertise {
+            builder = builder.advertise(endpoint.to_string());
+        }
         if let Some(name) = args.name {
             builder = builder.name(name);
         }
@@ -176,7 +261,7 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         outln!("serving {listing} on {}", node.node().endpoints().join(" "));
         Running::Mesh(node)
     } else {
-        let mut builder = Node::builder();
+        let mut builder = Node::builder().config(args.limits.config());
         let keyed_binds = args.binds.len();
         let has_plain = !args.plain_binds.is_empty();
         match &args.worker_of {
@@ -233,6 +318,30 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         Running::Mesh(node) => node.shutdown(grace).await,
     };
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
+    Ok(())
+}
+
+/// What a mesh member announces must reach it: an unspecified address (`0.0.0.0`, `[::]`,
+/// `*`) reaches no one, so `--advertise` may not be one, and binding one needs `--advertise`.
+/// Checked here so the operator gets a usage error naming the flag; the node refuses such a
+/// record too.
+fn check_advertised(binds: &[Endpoint], advertise: &[Endpoint]) -> Result<(), CliError> {
+    if let Some(bad) = advertise.iter().find(|e| e.is_unspecified()) {
+        return Err(CliError::Usage(format!(
+            "--advertise {bad}: an unspecified address reaches no one; advertise one that \
+             others can connect to"
+        )));
+    }
+    if let Some(bound) = binds.iter().find(|e| e.is_unspecified())
+        && advertise.is_empty()
+    {
+        return Err(CliError::Usage(format!(
+            "--bind {bound} with --mesh: the node would announce an address that reaches \
+             no one; add --advertise with the address others connect to (for example \
+             tcp://10.0.0.7:{})",
+            bound.port().unwrap_or(4242)
+        )));
+    }
     Ok(())
 }
 

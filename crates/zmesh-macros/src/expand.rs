@@ -379,7 +379,10 @@ mod tests {
                 async fn watch(&self, n: u32) -> Result<ItemStream<u32>, E>;
             }
         });
-        assert!(code.contains("struct MailerJobs < J > { jobs : J , }"), "{code}");
+        assert!(
+            code.contains("struct MailerJobs < J > { jobs : J , }"),
+            "{code}"
+        );
         assert!(
             code.contains(
                 "pub fn send (& self , to : String , body : String) -> impl :: core :: future \

@@ -115,6 +115,21 @@ impl Endpoint {
         }
     }
 
+    /// True for a `tcp://` endpoint on an unspecified host (`*`, `0.0.0.0`, `[::]`): one to
+    /// bind every interface on, never one a peer can connect to.
+    pub fn is_unspecified(&self) -> bool {
+        match self {
+            Self::Tcp { host, .. } => {
+                let bare = host.trim_start_matches('[').trim_end_matches(']');
+                host == "*"
+                    || bare
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_unspecified())
+            }
+            Self::Ipc { .. } => false,
+        }
+    }
+
     /// The port of a `tcp://` endpoint.
     pub fn port(&self) -> Option<u16> {
         match self {
@@ -277,6 +292,28 @@ mod tests {
             assert_eq!(endpoint.address(), Some(format!("{host}:{port}")));
             assert_eq!(endpoint.path(), None);
             assert_eq!(endpoint.to_string(), text, "the canonical string");
+        }
+    }
+
+    /// Only the bind-everything hosts are unspecified: a peer can connect to none of them.
+    #[test]
+    fn unspecified_hosts_are_told_apart() {
+        for text in [
+            "tcp://0.0.0.0:1",
+            "tcp://*:1",
+            "tcp://[::]:1",
+            "tcp://[0:0::0]:1",
+        ] {
+            assert!(parse(text).expect(text).is_unspecified(), "{text}");
+        }
+        for text in [
+            "tcp://127.0.0.1:1",
+            "tcp://[::1]:1",
+            "tcp://localhost:1",
+            "tcp://10.0.0.7:1",
+            "ipc:///tmp/node.sock",
+        ] {
+            assert!(!parse(text).expect(text).is_unspecified(), "{text}");
         }
     }
 

@@ -94,6 +94,16 @@ impl PeerRecord {
         {
             return Err("invalid endpoint");
         }
+        if self.endpoints.iter().any(|e| {
+            e.parse::<crate::Endpoint>()
+                .is_ok_and(|e| e.is_unspecified())
+        }) {
+            // A node bound to every interface knows no address others reach it at.
+            return Err(
+                "announces an unspecified address (0.0.0.0, [::], *), which reaches no one: \
+                 advertise a reachable endpoint",
+            );
+        }
         if self.services.len() > MAX_SERVICES {
             return Err("too many services");
         }
@@ -289,6 +299,19 @@ mod tests {
                 .map(|s| ServiceInfo::new(*s, Vec::new()))
                 .collect(),
         )
+    }
+
+    /// A record announcing an address that reaches no one is refused, whether the node
+    /// itself or a gossiping peer made it.
+    #[test]
+    fn records_with_unspecified_addresses_are_invalid() {
+        let mut record = rec("a", 1, &["billing"]);
+        assert_eq!(record.validate(), Ok(()));
+        for unspecified in ["tcp://0.0.0.0:4242", "tcp://[::]:4242", "tcp://*:4242"] {
+            record.endpoints = vec!["tcp://127.0.0.1:1".into(), unspecified.into()];
+            let why = record.validate().expect_err(unspecified);
+            assert!(why.contains("advertise"), "{unspecified}: {why}");
+        }
     }
 
     #[test]

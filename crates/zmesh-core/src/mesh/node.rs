@@ -48,7 +48,10 @@ impl MeshBuilder {
     }
 
     /// Advertises this endpoint instead of the bound ones (for example a routable address
-    /// when binding `0.0.0.0`). May be given several times.
+    /// when binding `0.0.0.0`). May be given several times. A node that binds an
+    /// unspecified address (`0.0.0.0`, `[::]`, `*`) must advertise: it has no address of
+    /// its own to announce, and `start` refuses with a `ConfigError` rather than announce
+    /// one that reaches no one.
     pub fn advertise(mut self, endpoint: impl Into<String>) -> Self {
         self.advertise.push(endpoint.into());
         self
