@@ -193,3 +193,46 @@ async fn unreachable_endpoint_fails_within_the_deadline() {
         "{err:?}"
     );
 }
+
+/// A server that takes a request and never says a word about it (no reply, no heartbeat:
+/// what a zerorpc-node server does with a method it does not have) fails the call with
+/// `Unanswered`, told apart from a server that went silent mid-call (`PeerLost`, above).
+#[tokio::test]
+async fn a_server_that_ignores_a_call_is_reported_as_not_answering() {
+    use zeromq::{RouterSocket, Socket, SocketRecv};
+
+    let heartbeat = Duration::from_millis(100);
+    let mut router = RouterSocket::new();
+    let bound = net("bind", router.bind("tcp://127.0.0.1:0"))
+        .await
+        .expect("bind");
+    let endpoint = bound.to_string();
+    // Reads every request and answers none of them.
+    let silent = tokio::spawn(async move {
+        let mut taken = 0usize;
+        while router.recv().await.is_ok() {
+            taken += 1;
+        }
+        taken
+    });
+    let client = Client::with_config(endpoint, ClientConfig::default().heartbeat(heartbeat));
+    let err = within(
+        Duration::from_secs(5),
+        "an unanswered call fails",
+        client.call_with::<String>(
+            "missing.method",
+            ("hi",),
+            CallOptions::timeout(Duration::from_secs(60)),
+        ),
+    )
+    .await
+    .expect_err("nothing answers");
+    assert!(err.is_unanswered(), "{err:?}");
+    assert!(!err.is_peer_lost(), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("no answer: ") && text.contains("neither replied nor sent a heartbeat"),
+        "{text}"
+    );
+    silent.abort();
+}

@@ -59,6 +59,9 @@ pub struct Liveness {
     /// Whether one period of silence is forgiven on top of the limit: on a channel until
     /// the other side is first heard from, never on a link.
     grace: bool,
+    /// Whether the other side was ever heard from: a channel whose server never said a
+    /// word (not even a heartbeat) was ignored rather than lost.
+    heard_once: bool,
 }
 
 impl Liveness {
@@ -71,6 +74,7 @@ impl Liveness {
             since: now,
             pacer: Pacer::new(now),
             grace: true,
+            heard_once: false,
         }
     }
 
@@ -83,6 +87,7 @@ impl Liveness {
             since: now,
             pacer: Pacer::new(now),
             grace: false,
+            heard_once: false,
         }
     }
 
@@ -100,6 +105,12 @@ impl Liveness {
     pub fn heard(&mut self, now: Instant) {
         self.since = now;
         self.grace = false;
+        self.heard_once = true;
+    }
+
+    /// Whether the other side was ever heard from since the channel or link began.
+    pub fn was_heard(&self) -> bool {
+        self.heard_once
     }
 
     /// Whether the other side has been silent for longer than the limit at `now`.
@@ -139,6 +150,22 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// A channel remembers whether its other side ever spoke, so a lost channel can tell
+    /// "ignored from the start" from "went silent mid-call".
+    #[test]
+    fn a_channel_knows_whether_it_was_ever_heard() {
+        let t0 = Instant::now();
+        let mut silent = Liveness::channel(P, t0);
+        assert!(!silent.was_heard());
+        assert_eq!(silent.poll(t0 + P * 4), Verdict::Lost);
+        assert!(!silent.was_heard(), "lost without a word");
+        let mut spoke = Liveness::channel(P, t0);
+        spoke.heard(t0 + P);
+        assert_eq!(spoke.poll(t0 + P * 4), Verdict::Lost);
+        assert!(spoke.was_heard(), "heard once, then silent");
+        assert!(!Liveness::link(P, 3, t0).was_heard());
     }
 
     #[test]

@@ -777,13 +777,31 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
         ticker.tick().await;
         let swept = shared.pending().sweep(Instant::now());
         for p in swept.lost {
-            let reason = format!(
-                "no heartbeat from {} for more than {:?}",
-                shared.endpoint,
-                p.liveness.silence_limit()
-            );
-            tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
-            fail(p, CallError::PeerLost(reason.into()));
+            let limit = p.liveness.silence_limit();
+            let error = if p.liveness.was_heard() {
+                tracing::info!(endpoint = %shared.endpoint, "peer stopped heartbeating");
+                CallError::PeerLost(
+                    format!(
+                        "no heartbeat from {} for more than {limit:?}",
+                        shared.endpoint
+                    )
+                    .into(),
+                )
+            } else {
+                // Not one event on the channel since the request: a server that ignores
+                // the call, rather than one that died while running it.
+                tracing::info!(endpoint = %shared.endpoint, "call unanswered");
+                CallError::Unanswered(
+                    format!(
+                        "{} neither replied nor sent a heartbeat for more than {limit:?} after \
+                         the request; it may ignore this method (zerorpc-node servers drop \
+                         calls to methods they do not have without a word)",
+                        shared.endpoint
+                    )
+                    .into(),
+                )
+            };
+            fail(p, error);
         }
         for id in swept.due {
             shared.send_control(&id, names::HEARTBEAT, HEARTBEAT_ARGS);

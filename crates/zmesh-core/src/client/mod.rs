@@ -51,6 +51,12 @@ pub enum CallError {
     /// The connection died or the server stopped heartbeating while the call was open.
     #[error("peer lost: {0}")]
     PeerLost(#[source] Cause),
+    /// The server took the request but never said a word about it, not even a heartbeat,
+    /// for as long as a lost peer is given: it ignored the call (zerorpc-node servers drop
+    /// calls to methods they do not have this way) or stopped before it answered. Whether
+    /// the call ran is unknown, as for [`CallError::PeerLost`].
+    #[error("no answer: {0}")]
+    Unanswered(#[source] Cause),
     /// The call's deadline passed before the (first) reply.
     #[error("deadline of {0:?} exceeded")]
     DeadlineExceeded(Duration),
@@ -204,6 +210,11 @@ impl CallError {
     /// True for [`CallError::PeerLost`].
     pub fn is_peer_lost(&self) -> bool {
         matches!(self, Self::PeerLost(_))
+    }
+
+    /// True for [`CallError::Unanswered`].
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, Self::Unanswered(_))
     }
 
     /// True for a [`CallError::Connect`] because nothing listens at the endpoint (its
