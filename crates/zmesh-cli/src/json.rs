@@ -1,8 +1,81 @@
 //! Converts between the command line's JSON and msgpack values, pure and unit-tested: how
-//! `zmesh call` reads its arguments and prints results and stream items.
+//! `zmesh call` reads its arguments (JSON, words, bytes from a file, stdin or base64) and
+//! prints results and stream items (JSON, with bytes that are not text as base64; or the
+//! bytes themselves).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rmpv::Value;
 use serde_json::{Map, Number, Value as Json};
+
+/// Where an argument's value comes from, as written on the command line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ArgSource<'a> {
+    /// JSON, or a plain word ([`parse_arg`]).
+    Text(&'a str),
+    /// `@PATH`: the file's bytes.
+    File(&'a str),
+    /// `-`: everything on stdin.
+    Stdin,
+    /// `base64:DATA`: the decoded bytes.
+    Base64(&'a str),
+}
+
+impl<'a> ArgSource<'a> {
+    /// How `arg` is read. A string that starts with `@` or `base64:` is given as JSON
+    /// (`'"@home"'`).
+    pub(crate) fn of(arg: &'a str) -> Self {
+        if arg == "-" {
+            Self::Stdin
+        } else if let Some(path) = arg.strip_prefix('@') {
+            Self::File(path)
+        } else if let Some(data) = arg.strip_prefix("base64:") {
+            Self::Base64(data)
+        } else {
+            Self::Text(arg)
+        }
+    }
+}
+
+/// Reads the arguments of `zmesh call`: bytes (msgpack bin) from `@PATH`, `-` (stdin, read
+/// by `stdin` at most once) and `base64:DATA`, and [`parse_arg`] for the rest.
+pub(crate) fn read_args(
+    args: &[String],
+    read_file: impl Fn(&str) -> std::io::Result<Vec<u8>>,
+    stdin: impl FnOnce() -> std::io::Result<Vec<u8>>,
+) -> Result<Vec<Value>, String> {
+    let mut stdin = Some(stdin);
+    args.iter()
+        .map(|arg| match ArgSource::of(arg) {
+            ArgSource::Text(text) => parse_arg(text),
+            ArgSource::File(path) => read_file(path)
+                .map(Value::Binary)
+                .map_err(|e| format!("argument {arg:?}: cannot read {path}: {e}")),
+            ArgSource::Stdin => match stdin.take() {
+                Some(read) => read()
+                    .map(Value::Binary)
+                    .map_err(|e| format!("argument \"-\": cannot read stdin: {e}")),
+                None => Err("stdin (`-`) can be given only once".to_owned()),
+            },
+            ArgSource::Base64(data) => BASE64
+                .decode(data.trim())
+                .map(Value::Binary)
+                .map_err(|e| format!("argument {arg:?} is not valid base64: {e}")),
+        })
+        .collect()
+}
+
+/// The bytes of a result for `zmesh call --raw`: a bin or a string's bytes as they are.
+pub(crate) fn raw_bytes(value: &Value) -> Result<&[u8], String> {
+    match value {
+        Value::Binary(bytes) => Ok(bytes),
+        Value::String(s) => Ok(s.as_bytes()),
+        other => Err(format!(
+            "--raw prints bytes or strings, and the result is {}",
+            to_json(other)
+        )),
+    }
+}
 
 /// Reads one command-line argument the way the zerorpc tool does: JSON when it parses as
 /// JSON, otherwise the word itself as a string (so `zmesh call EP echo.upper hi` works
@@ -45,10 +118,10 @@ pub(crate) fn from_json(json: &Json) -> Value {
 
 /// A msgpack value as JSON, for printing. msgpack has more types than JSON, so:
 /// - bin that is valid UTF-8 prints as a string (Python 2 zerorpc peers send text as bin),
-///   other bin as an array of byte values;
+///   other bin as `{"base64": "..."}`;
 /// - map keys that are not strings print as their JSON text;
 /// - NaN and infinities print as `null` (JSON has no such numbers);
-/// - ext values print as `{"ext": type, "data": [bytes]}`.
+/// - ext values print as `{"ext": type, "base64": "..."}`.
 pub(crate) fn to_json(value: &Value) -> Json {
     match value {
         Value::Nil => Json::Null,
@@ -89,7 +162,7 @@ pub(crate) fn to_json(value: &Value) -> Json {
         Value::Ext(kind, data) => {
             let mut map = Map::new();
             map.insert("ext".into(), Json::from(*kind));
-            map.insert("data".into(), bytes_json(data));
+            map.insert("base64".into(), Json::from(BASE64.encode(data)));
             Json::Object(map)
         }
     }
@@ -100,7 +173,9 @@ fn float(f: f64) -> Json {
 }
 
 fn bytes_json(bytes: &[u8]) -> Json {
-    Json::Array(bytes.iter().map(|b| Json::from(*b)).collect())
+    let mut map = Map::with_capacity(1);
+    map.insert("base64".into(), Json::from(BASE64.encode(bytes)));
+    Json::Object(map)
 }
 
 #[cfg(test)]
@@ -152,8 +227,58 @@ mod tests {
         ]);
         assert_eq!(
             to_json(&value).to_string(),
-            r#"{"text":"hi","raw":[255,0],"7":null,"neg":-5,"ext":{"ext":3,"data":[1,2]}}"#
+            r#"{"text":"hi","raw":{"base64":"/wA="},"7":null,"neg":-5,"ext":{"ext":3,"base64":"AQI="}}"#
         );
+    }
+
+    /// `@PATH`, `-` and `base64:` give bytes; stdin is read once at most; bad base64 and an
+    /// unreadable file are errors naming the argument.
+    #[test]
+    fn arguments_give_bytes_from_files_stdin_and_base64() {
+        let file = |path: &str| match path {
+            "blob" => Ok(vec![0u8, 255, 7]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            )),
+        };
+        let args: Vec<String> = ["@blob", "-", "base64:/wA=", "42", "word"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            read_args(&args, file, || Ok(b"in".to_vec())),
+            Ok(vec![
+                Value::Binary(vec![0, 255, 7]),
+                Value::Binary(b"in".to_vec()),
+                Value::Binary(vec![0xff, 0]),
+                Value::from(42u64),
+                Value::from("word"),
+            ])
+        );
+        let twice: Vec<String> = ["-", "-"].map(String::from).into();
+        assert_eq!(
+            read_args(&twice, file, || Ok(Vec::new())),
+            Err("stdin (`-`) can be given only once".to_owned())
+        );
+        let missing: Vec<String> = vec!["@nope".into()];
+        let err = read_args(&missing, file, || Ok(Vec::new())).expect_err("missing");
+        assert!(err.contains("\"@nope\": cannot read nope"), "{err}");
+        let bad: Vec<String> = vec!["base64:***".into()];
+        let err = read_args(&bad, file, || Ok(Vec::new())).expect_err("bad base64");
+        assert!(err.contains("is not valid base64"), "{err}");
+        // A string that starts like a source is given as JSON.
+        let quoted: Vec<String> = vec!["\"@home\"".into()];
+        assert_eq!(
+            read_args(&quoted, file, || Ok(Vec::new())),
+            Ok(vec![Value::from("@home")])
+        );
+    }
+
+    #[test]
+    fn raw_results_are_bytes_or_strings() {
+        assert_eq!(raw_bytes(&Value::Binary(vec![1, 2])), Ok(&[1u8, 2][..]));
+        assert_eq!(raw_bytes(&Value::from("hi")), Ok(&b"hi"[..]));
+        assert!(raw_bytes(&Value::from(3u64)).is_err());
     }
 
     #[test]

@@ -105,11 +105,18 @@ enum Command {
         endpoint: Endpoint,
         /// The method, such as echo.upper (or upper on a node exporting echo unprefixed).
         method: String,
-        /// Positional arguments: JSON values, or plain words taken as strings.
+        /// Positional arguments: JSON values, or plain words taken as strings; bytes from
+        /// `@FILE`, `-` (stdin) or `base64:DATA`. A string starting with `@` or `base64:` is
+        /// given as JSON ('"@home"').
         args: Vec<String>,
         /// Give up after this many seconds (the remaining time travels to zmesh servers).
         #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
         timeout: f64,
+        /// Print the result's bytes as they are, not as JSON (a bytes or string result; a
+        /// stream's items one after another), e.g. `> out.bin`. Without it, bytes that are not
+        /// UTF-8 print as {"base64": "..."}.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         connect: ConnectArgs,
         #[command(flatten)]
@@ -316,6 +323,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             method,
             args,
             timeout,
+            raw,
             connect,
             key,
         } => {
@@ -324,6 +332,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 &method,
                 &args,
                 seconds(timeout),
+                raw,
             )
             .await
         }
@@ -392,12 +401,28 @@ async fn call(
     method: &str,
     args: &[String],
     timeout: Duration,
+    raw: bool,
 ) -> Result<(), CliError> {
-    let args = args
-        .iter()
-        .map(|a| json::parse_arg(a))
-        .collect::<Result<Vec<rmpv::Value>, String>>()
-        .map_err(CliError::Usage)?;
+    let args = json::read_args(
+        args,
+        |path| std::fs::read(path),
+        || {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut bytes)?;
+            Ok(bytes)
+        },
+    )
+    .map_err(CliError::Usage)?;
+    let print = |value: &rmpv::Value| -> Result<(), CliError> {
+        if raw {
+            let bytes = json::raw_bytes(value).map_err(CliError::Other)?;
+            output::write_bytes(bytes)?;
+        } else {
+            outln!("{}", json::to_json(value));
+        }
+        Ok(())
+    };
     let encoded = rmp_serde::to_vec(&args)
         .map_err(|e| CliError::Other(format!("cannot encode the arguments: {e}")))?;
     match client
@@ -407,11 +432,11 @@ async fn call(
         Response::Value(bytes) => {
             let value = rmpv::decode::read_value(&mut &bytes[..])
                 .map_err(|e| CliError::Other(format!("undecodable result: {e}")))?;
-            outln!("{}", json::to_json(&value));
+            print(&value)?;
         }
         Response::Stream(mut items) => {
             while let Some(item) = items.next().await {
-                outln!("{}", json::to_json(&item?));
+                print(&item?)?;
             }
         }
     }

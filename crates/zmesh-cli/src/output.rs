@@ -31,6 +31,17 @@ pub(crate) fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), OutputErro
         })
 }
 
+/// Writes bytes as they are (`zmesh call --raw`), flushed.
+pub(crate) fn write_bytes(bytes: &[u8]) -> Result<(), OutputError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Failed(e),
+        })
+}
+
 /// `println!` for results: returns early from the enclosing function with the
 /// [`OutputError`] (converted with `?`) when the line cannot be written.
 macro_rules! outln {

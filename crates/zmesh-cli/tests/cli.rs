@@ -551,3 +551,67 @@ async fn a_closed_or_full_stdout_ends_the_command_cleanly() {
         "{err}"
     );
 }
+
+/// Binary and large arguments from `@FILE`, stdin (`-`) and `base64:`, a binary result
+/// printed raw (byte for byte) or as base64 JSON, and a refused source named.
+#[tokio::test]
+async fn call_passes_bytes_from_files_stdin_and_base64_and_prints_them_raw() {
+    use tokio::io::AsyncWriteExt;
+
+    let server = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let ep = server.endpoint.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 3 MiB of every byte value: not UTF-8, larger than any argument list allows.
+    let blob: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let path = dir.path().join("blob.bin");
+    std::fs::write(&path, &blob).expect("blob");
+    let at_path = format!("@{}", path.display());
+
+    let out = run(&["call", ep, "echo.echo", &at_path, "--raw"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        out.stdout == blob,
+        "the raw result is the file, byte for byte"
+    );
+
+    let out = run(&["call", ep, "echo.size", &at_path]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), blob.len().to_string());
+
+    let out = run(&["call", ep, "echo.echo", "base64:/wAB"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{\"base64\":\"/wAB\"}\n",
+        "bytes that are not text"
+    );
+
+    let mut child = common::zmesh()
+        .args(["call", ep, "echo.echo", "-", "--raw"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("zmesh call");
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin.write_all(b"\x00from stdin\xff").await.expect("write");
+    drop(stdin);
+    let out = common::finish(child, "zmesh call -").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"\x00from stdin\xff");
+
+    let out = run(&["call", ep, "echo.echo", "@/nonexistent/blob"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/blob"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["call", ep, "echo.size", "abc", "--raw"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--raw prints bytes or strings"),
+        "{}",
+        stderr(&out)
+    );
+}
