@@ -171,7 +171,7 @@ enum Command {
     },
     /// Serve reference services (echo, kv) on a node until Ctrl-C or SIGTERM, then shut
     /// down gracefully: on bound endpoints, as a worker of a proxy device, or in a mesh.
-    Serve(serve_cmd::ServeArgs),
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Measure call latency and throughput per mode beside a raw zeromq DEALER/ROUTER echo,
     /// in one run, with each server in its own process; the modes take turns in 10 blocks
     /// each. Prints p50/p90/p99/p99.9/max and calls/s per mode with ratios to the raw
@@ -361,7 +361,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Serve(args) => {
             raise_descriptor_limit();
-            serve_cmd::run(args, shutdown_signal()).await
+            serve_cmd::run(*args, shutdown_signal()).await
         }
         Command::Bench(args) => bench::command(args).await,
         Command::BenchServer { kind, bind, .. } => bench::serve(&kind, &bind.to_string()).await,

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use zmesh_core::mesh::{BeaconConfig, MeshNode};
+use zmesh_core::mesh::{BeaconConfig, DnsSeeds, MeshNode};
 use zmesh_core::{Endpoint, MeshKey, Node, NodeConfig, Publisher, Service};
 
 use crate::CliError;
@@ -116,6 +116,26 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     seeds: Vec<Endpoint>,
+    /// Also gossip with the members this DNS name's SRV records list (e.g. a Kubernetes
+    /// headless Service's `_zmesh._tcp.NAME.NAMESPACE.svc.cluster.local`), resolved again
+    /// every --dns-refresh seconds.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "mesh",
+        conflicts_with = "dns_host",
+        env = "ZMESH_DNS_SRV"
+    )]
+    dns_srv: Option<String>,
+    /// Or: gossip with every A/AAAA address of HOST at PORT (`HOST:PORT`).
+    #[arg(long, value_name = "HOST:PORT", requires = "mesh", value_parser = parse_host_port, env = "ZMESH_DNS_HOST")]
+    dns_host: Option<(String, u16)>,
+    /// Seconds between DNS lookups.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = crate::positive_seconds, env = "ZMESH_DNS_REFRESH")]
+    dns_refresh: f64,
+    /// The DNS server to ask (`IP:PORT`) instead of the system's (resolv.conf).
+    #[arg(long, value_name = "IP:PORT", env = "ZMESH_DNS_SERVER")]
+    dns_server: Option<std::net::SocketAddr>,
     #[command(flatten)]
     limits: NodeLimits,
     #[command(flatten)]
@@ -254,6 +274,18 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         for seed in args.seeds {
             builder = builder.seed(seed);
         }
+        let dns = match (args.dns_srv, args.dns_host) {
+            (Some(name), _) => Some(DnsSeeds::srv(name)),
+            (None, Some((host, port))) => Some(DnsSeeds::host(host, port)),
+            (None, None) => None,
+        };
+        if let Some(mut dns) = dns {
+            dns = dns.refresh(Duration::from_secs_f64(args.dns_refresh));
+            if let Some(server) = args.dns_server {
+                dns = dns.nameserver(server);
+            }
+            builder = builder.dns(dns);
+        }
         let node = with_key(builder, key, zmesh_core::mesh::MeshBuilder::mesh_key)
             .start()
             .await
@@ -319,6 +351,22 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     };
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
     Ok(())
+}
+
+/// `HOST:PORT` of `--dns-host`.
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{text:?}: the port must be 1-65535"))?;
+    if host.is_empty() {
+        return Err(format!("{text:?}: no host"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// What a mesh member announces must reach it: an unspecified address (`0.0.0.0`, `[::]`,

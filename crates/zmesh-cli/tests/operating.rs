@@ -305,3 +305,96 @@ async fn the_proxy_reads_a_config_file() {
     assert_eq!(out.status.code(), Some(EXIT_USAGE), "{}", stderr(&out));
     assert!(stderr(&out).contains("key `max-queue`"), "{}", stderr(&out));
 }
+
+/// `zmesh serve --mesh --dns-srv NAME --dns-server IP:PORT` gossips with the members a real
+/// dnsmasq lists (skipped with a message without dnsmasq): the node learns a second node
+/// it was given no address of.
+#[tokio::test]
+async fn serve_finds_members_through_dns_srv_records() {
+    let Some(dnsmasq) = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: dnsmasq is not installed (Debian's dnsmasq-base)");
+        return;
+    };
+    let mesh = format!("operating-dns-{}", std::process::id());
+    let listed = serve(
+        &[
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--mesh",
+            &mesh,
+            "--name",
+            "listed",
+        ],
+        &[],
+    )
+    .await;
+    let port: u16 = listed
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a tcp port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = write_config(
+        dir.path(),
+        "zone.conf",
+        &format!(
+            "srv-host=_zmesh._tcp.cli.test,listed.cli.test,{port}\nhost-record=listed.cli.test,127.0.0.1\n"
+        ),
+    );
+    let dns_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _dns = tokio::process::Command::new(dnsmasq)
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--log-facility=-",
+            &format!("--port={dns_port}"),
+            &format!("--conf-file={conf}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dnsmasq starts");
+    let dns_server = format!("127.0.0.1:{dns_port}");
+    let finder = serve(
+        &[
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--mesh",
+            &mesh,
+            "--name",
+            "finder",
+            "--dns-srv",
+            "_zmesh._tcp.cli.test",
+            "--dns-server",
+            &dns_server,
+            "--dns-refresh",
+            "0.2",
+        ],
+        &[],
+    )
+    .await;
+    timeout(LIMIT, async {
+        loop {
+            let out = run(&["call", &finder.endpoint, "_zmesh.peers", &mesh, "null"]).await;
+            if stdout(&out).contains(&listed.endpoint) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the finder learns the listed node from DNS");
+}

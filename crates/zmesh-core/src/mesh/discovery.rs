@@ -1,6 +1,7 @@
-//! Provides discovery: the runtime around the peer directory. It learns peers from three
-//! sources (static seeds, UDP beacons, and gossip of directories over request-reply with the
-//! built-in `_zmesh.peers` method), expires silent peers, and announces who joined and left.
+//! Provides discovery: the runtime around the peer directory. It learns peers from its
+//! sources (static seeds, seeds resolved from DNS (`dns.rs`), UDP beacons, and gossip of
+//! directories over request-reply with the built-in `_zmesh.peers` method), expires silent
+//! peers, and announces who joined and left.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,9 @@ pub struct DiscoveryConfig {
     /// ([`DiscoveryStats::beacons_unauthenticated`]); without one, beacons stay plain
     /// msgpack, as before.
     pub mesh_key: Option<crate::trust::MeshKey>,
+    /// Seeds resolved from DNS every refresh period, beside the static ones (default
+    /// none): SRV records, or A/AAAA records at a port ([`DnsSeeds`]).
+    pub dns: Option<super::dns::DnsSeeds>,
 }
 
 impl DiscoveryConfig {
@@ -70,7 +74,16 @@ impl DiscoveryConfig {
             expire_after: Duration::from_secs(5),
             max_peers: 1024,
             mesh_key: None,
+            dns: None,
         }
+    }
+
+    /// Also gossips with the endpoints `seeds` resolves to, resolved again every refresh
+    /// period (a Kubernetes headless Service, Consul DNS).
+    #[must_use]
+    pub fn dns(mut self, seeds: super::dns::DnsSeeds) -> Self {
+        self.dns = Some(seeds);
+        self
     }
 
     /// Adds a static seed endpoint.
@@ -132,6 +145,9 @@ impl DiscoveryConfig {
                 "must be longer than gossip_interval",
             ));
         }
+        if let Some(dns) = &self.dns {
+            dns.validate()?;
+        }
         if let Some(b) = &self.beacon {
             config::at_least("beacon.interval", b.interval, Duration::from_millis(10))?;
             if b.interval >= self.expire_after {
@@ -170,6 +186,12 @@ pub struct DiscoveryStats {
     pub gossip_failed: u64,
     /// Peers refused because the directory was full.
     pub refused_full: u64,
+    /// DNS lookups that gave endpoints ([`DiscoveryConfig::dns`]).
+    pub dns_lookups_ok: u64,
+    /// DNS lookups that failed (the last endpoints found stay in use).
+    pub dns_lookups_failed: u64,
+    /// Endpoints the last good DNS lookup gave.
+    pub dns_seeds: usize,
     /// Peers known now.
     pub peers: usize,
 }
@@ -185,6 +207,8 @@ struct Counters {
     gossip_ok: AtomicU64,
     gossip_failed: AtomicU64,
     refused_full: AtomicU64,
+    dns_ok: AtomicU64,
+    dns_failed: AtomicU64,
 }
 
 /// One entry of a gossip reply.
@@ -231,6 +255,8 @@ pub(crate) struct Inner {
     counters: Counters,
     /// Seals and opens beacons when the mesh has a key.
     beacon_trust: Option<crate::trust::Trust>,
+    /// The endpoints the last good DNS lookup gave, gossiped with like static seeds.
+    dns_seeds: RwLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -269,6 +295,7 @@ impl Discovery {
                 presence,
                 version,
                 counters: Counters::default(),
+                dns_seeds: RwLock::new(Vec::new()),
             }),
             tasks: Arc::new(Tasks::default()),
         })
@@ -320,6 +347,11 @@ impl Discovery {
                 );
             }
         }
+        if let Some(seeds) = &self.inner.config.dns {
+            let source = super::dns::DnsSource::new(seeds.clone())
+                .map_err(|e| MeshError::Dns(e.to_string()))?;
+            tasks.push(tokio::spawn(dns_loop(self.inner.clone(), source)).abort_handle());
+        }
         tasks.push(tokio::spawn(gossip_loop(self.inner.clone())).abort_handle());
         tasks.push(tokio::spawn(expire_loop(self.inner.clone())).abort_handle());
         self.tasks
@@ -363,6 +395,9 @@ impl Discovery {
             gossip_ok: c.gossip_ok.load(Ordering::Relaxed),
             gossip_failed: c.gossip_failed.load(Ordering::Relaxed),
             refused_full: c.refused_full.load(Ordering::Relaxed),
+            dns_lookups_ok: c.dns_ok.load(Ordering::Relaxed),
+            dns_lookups_failed: c.dns_failed.load(Ordering::Relaxed),
+            dns_seeds: self.inner.dns_seeds().len(),
             peers: self.inner.directory().len(),
         }
     }
@@ -388,6 +423,14 @@ impl Discovery {
 }
 
 impl Inner {
+    /// The endpoints of the last good DNS lookup.
+    fn dns_seeds(&self) -> Vec<String> {
+        self.dns_seeds
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     fn directory(&self) -> std::sync::MutexGuard<'_, Directory> {
         // The directory is only changed by its own methods, none of which can panic midway.
         self.directory
@@ -645,6 +688,7 @@ async fn gossip_loop(inner: Arc<Inner>) {
         let me = inner.me();
         let own: HashSet<String> = me.iter().flat_map(|m| m.endpoints.clone()).collect();
         let mut targets: Vec<String> = inner.config.seeds.clone();
+        targets.extend(inner.dns_seeds());
         {
             let known: Vec<String> = inner
                 .directory()
@@ -692,6 +736,32 @@ async fn gossip_loop(inner: Arc<Inner>) {
                     inner.counters.gossip_failed.fetch_add(1, Ordering::Relaxed)
                 }
             };
+        }
+    }
+}
+
+/// Resolves the DNS seeds every refresh period; a failed lookup keeps the last good ones.
+async fn dns_loop(inner: Arc<Inner>, source: super::dns::DnsSource) {
+    let mut ticker = tokio::time::interval(source.refresh());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match source.resolve().await {
+            Ok(found) => {
+                inner.counters.dns_ok.fetch_add(1, Ordering::Relaxed);
+                let mut seeds = inner
+                    .dns_seeds
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *seeds != found {
+                    tracing::info!(seeds = ?found, "DNS seeds changed");
+                    *seeds = found;
+                }
+            }
+            Err(e) => {
+                inner.counters.dns_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "DNS lookup failed; keeping the last seeds");
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod beacon;
 mod client;
 mod directory;
 mod discovery;
+pub mod dns;
 mod node;
 
 pub use beacon::{BeaconConfig, BeaconError};
@@ -39,6 +40,7 @@ pub use client::{
 };
 pub use directory::{PeerRecord, Presence, ServiceInfo};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryStats, GOSSIP_METHOD, GOSSIP_SERVICE};
+pub use dns::DnsSeeds;
 pub use node::{MeshBuilder, MeshNode};
 
 use crate::node::NodeError;
@@ -65,4 +67,7 @@ pub enum MeshError {
     /// A setting is out of range.
     #[error("invalid mesh configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// The DNS resolver for [`DiscoveryConfig::dns`] could not be set up.
+    #[error("cannot start DNS discovery: {0}")]
+    Dns(String),
 }

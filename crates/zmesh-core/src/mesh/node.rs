@@ -82,6 +82,13 @@ impl MeshBuilder {
         self
     }
 
+    /// Also gossips with the members DNS lists (SRV or A/AAAA records, resolved again every
+    /// refresh period), as [`DiscoveryConfig::dns`].
+    pub fn dns(mut self, seeds: super::dns::DnsSeeds) -> Self {
+        self.discovery.dns = Some(seeds);
+        self
+    }
+
     /// Turns on UDP beacons.
     pub fn beacon(mut self, beacon: BeaconConfig) -> Self {
         self.discovery.beacon = Some(beacon);
