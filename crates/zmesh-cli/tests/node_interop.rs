@@ -1,0 +1,61 @@
+//! `zmesh call`, `list` and `ping` against a stock zerorpc-node server
+//! (tests/interop/node/server.js; installed by tests/interop/node-setup.sh on first use,
+//! skipped with a message without node outside CI). Every child is killed when its test
+//! ends.
+
+mod common;
+
+#[path = "../../../tests/common/zerorpc_node.rs"]
+mod zerorpc_node;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use common::{LIMIT, run, stderr, stdout};
+
+#[tokio::test]
+async fn the_cli_calls_lists_and_pings_a_zerorpc_node_server() {
+    if !zerorpc_node::available().await {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut server = zerorpc_node::node_script("server.js", &[&endpoint])
+        .spawn()
+        .expect("node server.js");
+    let mut lines = BufReader::new(server.stdout.take().expect("piped")).lines();
+    let ready = tokio::time::timeout(LIMIT, lines.next_line())
+        .await
+        .expect("server.js ready in time")
+        .expect("stdout")
+        .expect("a ready line");
+    assert_eq!(ready, format!("ready {endpoint}"));
+
+    let out = run(&["call", &endpoint, "upper", "from the shell"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "\"FROM THE SHELL\"\n");
+
+    let out = run(&["call", &endpoint, "count", "3"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "0\n1\n2\n", "a stream, one item per line");
+
+    let out = run(&["call", &endpoint, "boom", "no"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NodeBoom: no"), "{}", stderr(&out));
+
+    let out = run(&["list", &endpoint]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for method in ["upper", "echo", "count", "sleep"] {
+        assert!(
+            stdout(&out).contains(method),
+            "list shows {method}: {}",
+            stdout(&out)
+        );
+    }
+
+    let out = run(&["ping", &endpoint]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
