@@ -6,6 +6,9 @@
 # builds on current Node, hence the override in package.json).
 set -euo pipefail
 cd "$(dirname "$0")/node"
+# Test binaries that start at once would otherwise run npm ci in the same folder together.
+exec 9>"${TMPDIR:-/tmp}/zmesh-node-setup.lock"
+flock 9
 if node -e 'require("zerorpc")' 2>/dev/null; then
   exit 0
 fi
