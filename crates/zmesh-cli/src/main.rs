@@ -6,6 +6,7 @@ mod children;
 mod config_file;
 mod demo;
 mod events_cmd;
+mod http;
 mod json;
 mod mesh_key;
 mod output;

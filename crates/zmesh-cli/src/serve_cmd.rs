@@ -136,6 +136,11 @@ pub(crate) struct ServeArgs {
     /// The DNS server to ask (`IP:PORT`) instead of the system's (resolv.conf).
     #[arg(long, value_name = "IP:PORT", env = "ZMESH_DNS_SERVER")]
     dns_server: Option<std::net::SocketAddr>,
+    /// Serve the node's figures for Prometheus at http://ADDR/metrics, with /healthz
+    /// (the process is up) and /readyz (the node serves); port 0 picks one, printed on a
+    /// `metrics http://ADDR` line.
+    #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     limits: NodeLimits,
     #[command(flatten)]
@@ -344,11 +349,35 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     if let Running::Mesh(node) = &running {
         outln!("mesh {} peer {}", node.discovery().mesh(), node.record().id);
     }
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let exporter = match args.metrics {
+        Some(addr) => {
+            let metrics = match &running {
+                Running::Plain(node) => node.metrics(),
+                Running::Mesh(node) => node.node().metrics(),
+            };
+            let endpoints = crate::http::Endpoints {
+                metrics,
+                ready: ready.clone(),
+            };
+            let (bound, task) = crate::http::serve(addr, endpoints)
+                .await
+                .map_err(|e| CliError::Other(format!("cannot serve metrics on {addr}: {e}")))?;
+            outln!("metrics http://{bound}");
+            Some(task)
+        }
+        None => None,
+    };
     signal.await;
+    // Probes see the node leave before it stops answering.
+    ready.store(false, std::sync::atomic::Ordering::Release);
     let aborted = match running {
         Running::Plain(node) => node.shutdown(grace).await,
         Running::Mesh(node) => node.shutdown(grace).await,
     };
+    if let Some(task) = exporter {
+        task.abort();
+    }
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
     Ok(())
 }

@@ -36,6 +36,7 @@ mod context;
 pub mod endpoint;
 pub mod events;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 #[doc(hidden)]
 pub mod read_turns;

@@ -1,5 +1,7 @@
 //! Keeps per-method call statistics cheaply on the hot path: completed, failed and aborted
-//! counts and a lock-free log-linear latency histogram, read by the `_zmesh.stats` built-in.
+//! counts, a lock-free log-linear latency histogram (percentiles for the `_zmesh.stats`
+//! built-in) and the OpenTelemetry RPC conventions' duration buckets with the sum (the
+//! `rpc.server.call.duration` histogram that `metrics` exports); all plain atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +15,18 @@ const SUB_BITS: u32 = 3;
 /// Enough buckets for any u64 number of microseconds.
 const BUCKETS: usize = (LINEAR_LIMIT + (64 - 4) * SUB_BUCKETS) as usize;
 
+/// The bucket bounds, in seconds, the OpenTelemetry semantic conventions give
+/// `rpc.server.call.duration` and `rpc.client.call.duration` (their explicit bucket
+/// boundaries in the RPC metrics conventions, semconv v1.45).
+pub(crate) const SEMCONV_BOUNDS_S: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// [`SEMCONV_BOUNDS_S`] in microseconds, for the hot path's comparisons.
+const SEMCONV_BOUNDS_US: [u64; 14] = [
+    5_000, 10_000, 25_000, 50_000, 75_000, 100_000, 250_000, 500_000, 750_000, 1_000_000,
+    2_500_000, 5_000_000, 7_500_000, 10_000_000,
+];
+
 /// The statistics of one method, shared by every name it is exported under.
 #[derive(Debug)]
 pub(crate) struct MethodStats {
@@ -21,6 +35,10 @@ pub(crate) struct MethodStats {
     aborted: AtomicU64,
     max_us: AtomicU64,
     buckets: Box<[AtomicU64]>,
+    /// Calls per conventions bucket (not cumulative); the last one is above 10 s.
+    semconv: [AtomicU64; 15],
+    /// The sum of every recorded duration, in microseconds.
+    sum_us: AtomicU64,
 }
 
 impl Default for MethodStats {
@@ -31,8 +49,20 @@ impl Default for MethodStats {
             aborted: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            semconv: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
         }
     }
+}
+
+/// A method's duration histogram in the conventions' buckets: the calls in each bucket
+/// (not cumulative: the exposition adds them up into Prometheus' `le` counts) by upper bound
+/// in seconds, ending with infinity; the total and the sum in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DurationHistogram {
+    pub(crate) buckets: Vec<(f64, u64)>,
+    pub(crate) count: u64,
+    pub(crate) sum_s: f64,
 }
 
 /// How a call ended.
@@ -72,6 +102,29 @@ impl MethodStats {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
+        // Nearly every call is under the first bound: the scan ends at once.
+        let at = SEMCONV_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(SEMCONV_BOUNDS_US.len());
+        self.semconv[at].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The duration histogram in the conventions' buckets (read bucket by bucket, so one
+    /// taken during traffic may miss the calls that finished while it was read).
+    pub(crate) fn durations(&self) -> DurationHistogram {
+        let bounds = SEMCONV_BOUNDS_S.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.semconv)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        DurationHistogram {
+            buckets,
+            count,
+            sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// The figures now (counts and buckets are read one by one, so a snapshot taken during
@@ -175,6 +228,34 @@ mod tests {
         }
         assert_eq!(s.max_us, 1000);
         assert!(s.p999_us <= s.max_us);
+    }
+
+    /// Each duration lands in the first conventions bucket whose bound it does not exceed;
+    /// the counts come out cumulative, with the total and the sum.
+    #[test]
+    fn durations_fill_the_conventions_buckets() {
+        let stats = MethodStats::default();
+        for us in [40, 5_000, 5_001, 80_000, 12_000_000] {
+            stats.record(Duration::from_micros(us), Outcome::Ok);
+        }
+        let h = stats.durations();
+        assert_eq!(h.count, 5);
+        assert!((h.sum_s - 12.090041).abs() < 1e-9, "{}", h.sum_s);
+        // Cumulative, as Prometheus' `le` counts are.
+        let le = |bound: f64| -> u64 {
+            h.buckets
+                .iter()
+                .take_while(|(b, _)| *b <= bound)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!(le(0.005), 2, "40 us and exactly 5 ms");
+        assert_eq!(le(0.01), 3);
+        assert_eq!(le(0.075), 3);
+        assert_eq!(le(0.1), 4);
+        assert_eq!(le(10.0), 4, "12 s is above every bound");
+        assert_eq!(le(f64::INFINITY), 5, "+Inf holds every call");
+        assert_eq!(h.buckets.len(), SEMCONV_BOUNDS_S.len() + 1);
     }
 
     #[test]

@@ -617,7 +617,7 @@ fn prefixed_methods(services: &[Service]) -> Result<HashMap<String, Arc<Method>>
 }
 
 /// A snapshot of a node's counters (a running node's or the harness's).
-fn stats_of(shared: &Shared) -> NodeStats {
+pub(crate) fn stats_of(shared: &Shared) -> NodeStats {
     let c = &shared.counters;
     let zmtp = c.zmtp();
     NodeStats {
@@ -809,6 +809,13 @@ impl Node {
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         stats_of(&self.shared)
+    }
+
+    /// A handle on the node's figures for an exporter: Prometheus text at each
+    /// [`encode`](crate::metrics::NodeMetrics::encode), read from the same counters as
+    /// [`Node::stats`] and `_zmesh.stats`.
+    pub fn metrics(&self) -> crate::metrics::NodeMetrics {
+        crate::metrics::NodeMetrics::new(Arc::clone(&self.shared))
     }
 
     /// Serves until `signal` completes, then shuts down gracefully with the configured

@@ -1,0 +1,208 @@
+//! `zmesh serve --metrics` against a real Prometheus (Debian's `prometheus`, installed by
+//! `.ci/run`; skipped with a message where it is absent outside CI): the node's endpoint
+//! answers /healthz, /readyz and /metrics, and Prometheus, scraping it every second on
+//! loopback, shows the calls made through the node in the call counter and the
+//! `rpc.server.call.duration` histogram. Every child is killed when its test ends.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+use common::{LIMIT, Server, run, stderr, zmesh};
+
+/// Longest wait for Prometheus to start, scrape and answer with the calls.
+const PROMETHEUS_LIMIT: Duration = Duration::from_secs(90);
+
+/// `GET path` from `addr` (`127.0.0.1:PORT`): the status and the body. HTTP/1.0, so the
+/// body comes whole, never chunked.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    try_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// [`get`], or the error of a server not (yet) there.
+async fn try_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    timeout(LIMIT, async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok::<_, std::io::Error>((status, body))
+    })
+    .await
+    .unwrap_or_else(|_| panic!("GET {path} within {LIMIT:?}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The first value of an instant query's result, as Prometheus' HTTP API gives it.
+async fn query(prometheus: &str, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    // Until Prometheus listens, its port refuses.
+    let (status, body) = try_get(prometheus, &format!("/api/v1/query?query={encoded}"))
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_node_and_sees_its_calls() {
+    let binary = Path::new("/usr/bin/prometheus");
+    if !binary.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have prometheus (.ci/run installs it)"
+        );
+        eprintln!("skipped: prometheus is not installed (Debian's prometheus)");
+        return;
+    }
+    let mut command = zmesh();
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "echo",
+    ]);
+    let mut node = Server::start(command, "zmesh serve --metrics").await;
+    let line = node.lines.next("the metrics line").await;
+    let metrics = line
+        .strip_prefix("metrics http://")
+        .unwrap_or_else(|| panic!("not a metrics line: {line}"))
+        .to_owned();
+
+    assert_eq!(get(&metrics, "/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(&metrics, "/readyz").await.0, 200);
+    assert_eq!(get(&metrics, "/elsewhere").await.0, 404);
+    for _ in 0..5 {
+        let out = run(&["call", &node.endpoint, "echo.upper", "scraped"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(&["call", &node.endpoint, "echo.fail", "counted"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(
+            "rpc_server_call_duration_seconds_count{rpc_system_name=\"zerorpc\",rpc_method=\"echo.upper\"} 5"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("le=\"+Inf\""), "{text}");
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: zmesh\n    static_configs:\n      - targets: [\"{metrics}\"]\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let prometheus = format!("127.0.0.1:{}", free_port());
+    let _server = tokio::process::Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prometheus}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts");
+
+    let expected = [
+        (
+            "rpc_server_call_duration_seconds_count{rpc_method=\"echo.upper\"}",
+            5.0,
+        ),
+        (
+            "rpc_server_call_duration_seconds_bucket{rpc_method=\"echo.upper\",le=\"+Inf\"}",
+            5.0,
+        ),
+        (
+            "zmesh_server_calls_total{rpc_method=\"echo.upper\",outcome=\"ok\"}",
+            5.0,
+        ),
+        (
+            "zmesh_server_calls_total{rpc_method=\"echo.fail\",outcome=\"error\"}",
+            1.0,
+        ),
+    ];
+    let seen = std::sync::Mutex::new(Vec::new());
+    let shown = timeout(PROMETHEUS_LIMIT, async {
+        loop {
+            let mut now = Vec::new();
+            for (promql, _) in expected {
+                now.push(query(&prometheus, promql).await);
+            }
+            let all = now
+                .iter()
+                .zip(expected)
+                .all(|(got, (_, want))| *got == Some(want));
+            *seen.lock().expect("lock") = now;
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(
+        shown.is_ok(),
+        "Prometheus did not show the calls within {PROMETHEUS_LIMIT:?}: {expected:?} gave {:?}",
+        seen.lock().expect("lock")
+    );
+    let sum = query(
+        &prometheus,
+        "rpc_server_call_duration_seconds_sum{rpc_method=\"echo.upper\"}",
+    )
+    .await
+    .expect("a duration sum");
+    assert!(sum > 0.0 && sum < 5.0, "five short calls: {sum} s");
+
+    common::terminate(&node.child);
+    let status = common::exit_status(&mut node.child, "zmesh serve").await;
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,228 @@
+//! Exposes a node's figures as Prometheus/OpenMetrics text, read at scrape time from the
+//! atomics the node keeps anyway (so exporting costs the hot path nothing): the
+//! OpenTelemetry RPC conventions' `rpc.server.call.duration` histogram per method (seconds,
+//! the conventions' buckets; semconv v1.45 names, with `rpc.system.name` = `zerorpc`), calls
+//! per method by outcome, calls and connections in flight, and every refusal and drop the
+//! node counts, by reason. `_zmesh.stats` and `zmesh stats` read the same counters.
+//!
+//! Names follow the Prometheus translation of the conventions: dots become underscores and
+//! the unit a suffix (`rpc_server_call_duration_seconds`), attributes become labels
+//! (`rpc_method`, `rpc_system_name`). zmesh's own figures are prefixed `zmesh_`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::node::{NodeStats, Shared};
+use crate::stats::MethodStats;
+
+/// The HTTP `Content-Type` of [`NodeMetrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The value of the `rpc_system_name` label: the wire protocol.
+const RPC_SYSTEM: &str = "zerorpc";
+
+/// A handle on a node's figures for an exporter (from `Node::metrics`); it outlives
+/// nothing: a scrape after the node shut down shows its last figures.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics")
+            .field("node", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeMetrics {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The node's figures now, as OpenMetrics text (which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Figures {
+            stats: crate::node::stats_of(&self.shared),
+            methods: methods_of(&self.shared),
+        }));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// Each method once, under its full name (a method exported unprefixed too shares its
+/// statistics with the prefixed name), in name order.
+fn methods_of(shared: &Shared) -> Vec<(String, Arc<MethodStats>)> {
+    let mut names: Vec<(&String, &Arc<MethodStats>)> = shared
+        .methods
+        .iter()
+        .map(|(name, method)| (name, &method.stats))
+        .collect();
+    // Prefixed names first, so the unprefixed alias of the same statistics is the one left out.
+    names.sort_by_key(|(name, _)| (!name.contains('.'), (*name).clone()));
+    let mut seen = HashSet::new();
+    let mut methods: Vec<(String, Arc<MethodStats>)> = names
+        .into_iter()
+        .filter(|(_, stats)| seen.insert(Arc::as_ptr(stats)))
+        .map(|(name, stats)| (name.clone(), Arc::clone(stats)))
+        .collect();
+    methods.sort_by(|a, b| a.0.cmp(&b.0));
+    methods
+}
+
+/// One scrape's figures.
+#[derive(Debug)]
+struct Figures {
+    stats: NodeStats,
+    methods: Vec<(String, Arc<MethodStats>)>,
+}
+
+/// A counter family: its name (without `_total`), help, and (label value, count) pairs
+/// under one label.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    label: &'a str,
+    values: Vec<(&'a str, u64)>,
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let seconds = Unit::Seconds;
+        let mut durations = encoder.encode_descriptor(
+            "rpc_server_call_duration",
+            "Duration of calls this node served (OpenTelemetry rpc.server.call.duration).",
+            Some(&seconds),
+            MetricType::Histogram,
+        )?;
+        for (method, stats) in &self.methods {
+            let h = stats.durations();
+            let labels = [
+                ("rpc_system_name", RPC_SYSTEM),
+                ("rpc_method", method.as_str()),
+            ];
+            durations
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_s, h.count, &h.buckets, None)?;
+        }
+        let mut calls = encoder.encode_descriptor(
+            "zmesh_server_calls",
+            "Calls this node finished, by method and outcome (ok, error, aborted).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (method, stats) in &self.methods {
+            let s = stats.snapshot();
+            for (outcome, count) in [("ok", s.calls), ("error", s.errors), ("aborted", s.aborted)] {
+                let labels = [("rpc_method", method.as_str()), ("outcome", outcome)];
+                calls
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        let s = &self.stats;
+        for (name, help, value) in [
+            (
+                "zmesh_server_calls_in_flight",
+                "Calls running on this node now.",
+                s.in_flight as u64,
+            ),
+            (
+                "zmesh_server_peers_in_flight",
+                "Connections with calls running now.",
+                s.peers_in_flight as u64,
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        for family in self.families() {
+            let mut metric =
+                encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+            for (value, count) in family.values {
+                metric
+                    .encode_family(&[(family.label, value)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Figures {
+    /// The node's counters, grouped by what they mean, each under the name `_zmesh.stats`
+    /// gives it.
+    fn families(&self) -> Vec<Family<'static>> {
+        let s = &self.stats;
+        vec![
+            Family {
+                name: "zmesh_server_requests_refused",
+                help: "Requests refused before a handler ran, by reason (each answered with \
+                       ERR where a reply address exists).",
+                label: "reason",
+                values: vec![
+                    ("malformed", s.malformed),
+                    ("oversized", s.oversized),
+                    ("overloaded", s.overloaded),
+                    ("fair_share_refused", s.fair_share_refused),
+                    ("peer_overloaded", s.peer_overloaded),
+                    ("expired", s.expired),
+                    ("unauthenticated", s.unauthenticated),
+                    ("replay_rejected", s.replay_rejected),
+                ],
+            },
+            Family {
+                name: "zmesh_server_messages_dropped",
+                help: "Messages the node dropped, by reason.",
+                label: "reason",
+                values: vec![
+                    ("replies_dropped", s.replies_dropped),
+                    ("oversized_replies", s.oversized_replies),
+                    ("control_dropped_full", s.control_dropped_full),
+                    ("control_dropped_gone", s.control_dropped_gone),
+                    ("refusals_suppressed", s.refusals_suppressed),
+                    ("unknown_channel", s.unknown_channel),
+                    ("send_queue_full", s.send_queue_full),
+                ],
+            },
+            Family {
+                name: "zmesh_server_connections_closed",
+                help: "Connections the node closed or refused, by reason.",
+                label: "reason",
+                values: vec![
+                    ("garbage_disconnects", s.garbage_disconnects),
+                    ("conn_oversized", s.conn_oversized),
+                    ("conn_too_many_frames", s.conn_too_many_frames),
+                    ("handshake_timeouts", s.handshake_timeouts),
+                    ("connections_refused", s.connections_refused),
+                    ("accept_errors", s.accept_errors),
+                    ("peers_disconnected", s.peers_disconnected),
+                ],
+            },
+            Family {
+                name: "zmesh_server_calls_ended_early",
+                help: "Calls that ended before their handler did, by cause.",
+                label: "cause",
+                values: vec![("cancelled", s.cancelled), ("peers_lost", s.peers_lost)],
+            },
+            Family {
+                name: "zmesh_server_requests_replayed",
+                help: "Repeats of a request answered from the reply cache instead of running \
+                       again.",
+                label: "source",
+                values: vec![("reply_cache", s.replayed)],
+            },
+        ]
+    }
+}
