@@ -140,6 +140,9 @@ start() {
     local dir
     dir=$(mktemp -d "${TMPDIR:-/tmp}/zmesh-jobs-compare.XXXXXX")
     echo "$dir" >"$POINTER"
+    if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
+        say "warning: $dir is on tmpfs, where fsync does nothing: set TMPDIR to a directory on disk"
+    fi
     # A failed start (any exit before the end) leaves nothing running.
     started=
     trap '[ -n "$started" ] || { say "start failed; stopping what started"; stop; }' EXIT

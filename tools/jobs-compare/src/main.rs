@@ -59,10 +59,10 @@ struct Cli {
     /// Unmeasured jobs per system before measuring.
     #[arg(long, default_value_t = 500)]
     warmup: u64,
-    /// Measured jobs per mode at most.
-    #[arg(long, default_value_t = 20_000)]
+    /// Measured jobs per mode at most (with the defaults, `--duration` ends most modes first).
+    #[arg(long, default_value_t = 500_000)]
     count: u64,
-    /// Blocks each mode's jobs are split into (the modes take turns block by block).
+    /// Blocks each mode's jobs and time are split into (the modes take turns block by block).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Measured seconds per mode at most (a mode stops at its count or at this).
@@ -151,7 +151,7 @@ fn main() -> ExitCode {
     };
     println!(
         "zmesh-jobs-compare: {} B jobs; submitters {:?}; per mode at most {} jobs or {:?}, in \
-         {} alternating blocks, after {} warm-up jobs per system; {} runtime",
+         {} alternating blocks per mode, after {} warm-up jobs per system; {} runtime",
         cli.payload,
         plan.submitters,
         plan.count,

@@ -121,14 +121,16 @@ pub(crate) async fn run(systems: &mut [Ready], plan: &Plan) -> Result<Vec<Row>, 
     while let Some(turn) = schedule.next_turn() {
         let ready = &mut systems[turn.mode / per_system];
         let submitters = plan.submitters[turn.mode % per_system];
+        // A block ends at its share of the count or of the time, whichever comes first: a
+        // slow mode (one submitter waiting on fsyncs) would otherwise spend all its time in
+        // its first block and not alternate with the others.
+        let block_time = plan.time / u32::try_from(plan.rounds).unwrap_or(u32::MAX);
+        let turn_block = Block {
+            time: turn.time.min(block_time),
+            ..Block::of(&turn, submitters)
+        };
         let started = Instant::now();
-        let measured = block(
-            ready,
-            &plan.payload,
-            &Block::of(&turn, submitters),
-            &mut latencies[turn.mode],
-        )
-        .await?;
+        let measured = block(ready, &plan.payload, &turn_block, &mut latencies[turn.mode]).await?;
         let took = started.elapsed();
         elapsed[turn.mode] += took;
         schedule.finish(&turn, measured, took);
