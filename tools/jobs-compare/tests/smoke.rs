@@ -1,0 +1,143 @@
+//! Smoke tests of the comparison binary: with no server listening every system is skipped
+//! with a message naming where it was looked for; with the servers of `servers.sh` (an
+//! ignored test, as it needs them running) a tiny run prints a row per system and mode and
+//! what each acknowledgement promises. Not part of the default test run (the crate is not a
+//! default member): `cargo test -p zmesh-jobs-compare`.
+
+use std::time::Duration;
+
+/// The whole run; generous because the skip path waits for refused connections and the
+/// tiny run declares queues and streams.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+const VARIABLES: [&str; 3] = [
+    "JOBS_COMPARE_RABBITMQ",
+    "JOBS_COMPARE_NATS",
+    "JOBS_COMPARE_NATS_SYNC_ALWAYS",
+];
+
+/// Runs the binary with `args` and the environment's `JOBS_COMPARE_*` replaced by `env`;
+/// returns its stdout after checking it succeeded.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_zmesh-jobs-compare"));
+    for variable in VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(RUN_LIMIT, command.output())
+        .await
+        .expect("the run finished within RUN_LIMIT")
+        .expect("the binary ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A loopback port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+#[tokio::test]
+async fn absent_servers_are_skipped_with_a_message_and_the_run_succeeds() {
+    let rabbit = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let nats = format!("nats://127.0.0.1:{}", closed_port());
+    let stdout = run(&["--rabbitmq", &rabbit, "--nats", &nats], &[]).await;
+    for system in ["RabbitMQ (classic queue)", "RabbitMQ (quorum queue)"] {
+        assert!(
+            stdout.contains(&format!(
+                "skipped {system}: cannot connect to RabbitMQ at {rabbit}"
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "skipped NATS JetStream (default sync): cannot connect to NATS JetStream at {nats}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "skipped NATS JetStream (sync_interval: always): no server configured \
+             (JOBS_COMPARE_NATS_SYNC_ALWAYS"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("no system to measure"), "{stdout}");
+    assert!(
+        !stdout.contains("| system |"),
+        "no table without systems: {stdout}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the servers of `eval \"$(tools/jobs-compare/servers.sh start)\"`"]
+async fn a_tiny_run_against_the_servers_prints_every_mode_and_its_durability() {
+    let env: Vec<(&str, String)> = VARIABLES
+        .iter()
+        .filter_map(|&v| std::env::var(v).ok().map(|url| (v, url)))
+        .collect();
+    assert!(
+        env.iter().any(|(v, _)| *v == "JOBS_COMPARE_RABBITMQ")
+            && env.iter().any(|(v, _)| *v == "JOBS_COMPARE_NATS"),
+        "run `eval \"$(tools/jobs-compare/servers.sh start)\"` first"
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(v, url)| (*v, url.as_str())).collect();
+    let stdout = run(
+        &[
+            "--count",
+            "200",
+            "--warmup",
+            "20",
+            "--rounds",
+            "2",
+            "--duration",
+            "10",
+            "--submitters",
+            "1,8",
+        ],
+        &env,
+    )
+    .await;
+    let mut systems = vec!["RabbitMQ, classic queue", "RabbitMQ, quorum queue"];
+    systems.push("default sync");
+    if env
+        .iter()
+        .any(|(v, _)| *v == "JOBS_COMPARE_NATS_SYNC_ALWAYS")
+    {
+        systems.push("sync_interval: always");
+    }
+    for system in systems {
+        for submitters in ["1", "8"] {
+            let row = stdout
+                .lines()
+                .find(|l| {
+                    let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                    cells.len() == 8 && cells[1].contains(system) && cells[2] == submitters
+                })
+                .unwrap_or_else(|| panic!("a {system:?} row at {submitters} in {stdout}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            // | system | submitters | jobs | p50 | p99 | jobs/s |
+            assert_eq!(cells[3], "200", "every job of the count measured: {row}");
+            for cell in &cells[4..7] {
+                let value: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?} in {row}"));
+                assert!(value > 0.0, "{row}");
+            }
+        }
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("- ") && l.contains(system) && l.contains("fsync")),
+            "{system}'s durability stated: {stdout}"
+        );
+    }
+}
