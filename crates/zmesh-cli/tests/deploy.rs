@@ -87,3 +87,34 @@ async fn the_example_config_starts_a_node_with_the_units_arguments() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "\"DEPLOYED\"");
 }
+
+/// Every `ZMESH_...` variable the Kubernetes example sets is one `zmesh serve` reads (clap
+/// lists each flag's variable in `--help`), and its SRV name is the headless Service's.
+#[tokio::test]
+async fn the_kubernetes_example_sets_only_variables_zmesh_serve_reads() {
+    let manifest =
+        std::fs::read_to_string(deploy("kubernetes.yaml")).expect("deploy/kubernetes.yaml");
+    let help = run(&["serve", "--help"]).await;
+    assert!(help.status.success(), "{}", stderr(&help));
+    let help = stdout(&help);
+    let variables: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .filter(|name| name.starts_with("ZMESH_"))
+        .collect();
+    assert!(variables.len() >= 6, "{variables:?}");
+    for variable in variables {
+        // ZMESH_MESH_KEY holds the key itself and is read by the key loader, not clap.
+        if variable == "ZMESH_MESH_KEY" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {variable}=")),
+            "{variable} is no variable of zmesh serve"
+        );
+    }
+    assert!(manifest.contains("clusterIP: None"), "a headless Service");
+    assert!(manifest.contains("- name: zmesh\n      port: 4242"));
+    assert!(manifest.contains("_zmesh._tcp.zmesh.$(POD_NAMESPACE).svc.cluster.local"));
+    assert!(manifest.contains("path: /readyz"));
+}
