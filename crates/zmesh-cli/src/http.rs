@@ -1,6 +1,6 @@
-//! Serves `--metrics ADDR` for `zmesh serve`: `GET /metrics` (the node's figures as
-//! OpenMetrics text, for Prometheus), `GET /healthz` (the process is up) and `GET /readyz`
-//! (the node is bound and serving; 503 before that and once it shuts down). HTTP/1.1 with
+//! Serves `--metrics ADDR` for `zmesh serve` and `zmesh proxy`: `GET /metrics` (the node's
+//! or device's figures as OpenMetrics text, for Prometheus), `GET /healthz` (the process is
+//! up) and `GET /readyz` (it is bound and serving; 503 once it shuts down). HTTP/1.1 with
 //! one request per connection, enough for Prometheus and probes, and bounded like every
 //! other door of the node: a request head of at most 8 KiB read within 5 s, at most 64
 //! connections at once (more are closed unanswered), anything but those paths a 404.
@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use zmesh_core::metrics::{CONTENT_TYPE, NodeMetrics};
+use zmesh_core::metrics::CONTENT_TYPE;
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -23,12 +23,50 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Renders the figures at each scrape.
+pub(crate) type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What the endpoint answers from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Endpoints {
-    pub(crate) metrics: NodeMetrics,
+    pub(crate) render: Render,
     /// Set once the node serves, cleared when it starts shutting down.
     pub(crate) ready: Arc<AtomicBool>,
+}
+
+/// A running metrics endpoint of `zmesh serve` or `zmesh proxy`.
+pub(crate) struct Exporter {
+    ready: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Exporter {
+    /// Serves `render`'s figures on `addr`, ready at once, and prints the
+    /// `metrics http://ADDR` line.
+    pub(crate) async fn start(addr: SocketAddr, render: Render) -> Result<Self, crate::CliError> {
+        let ready = Arc::new(AtomicBool::new(true));
+        let endpoints = Endpoints {
+            render,
+            ready: Arc::clone(&ready),
+        };
+        let (bound, task) = serve(addr, endpoints)
+            .await
+            .map_err(|e| crate::CliError::Other(format!("cannot serve metrics on {addr}: {e}")))?;
+        crate::output::outln!("metrics http://{bound}");
+        Ok(Self { ready, task })
+    }
+
+    /// Answers /readyz with 503 from now on: probes see the process leave before it stops
+    /// answering.
+    pub(crate) fn not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Binds `addr` and serves until the task is aborted; the bound address (port 0 picks one).
@@ -81,7 +119,7 @@ fn route(head: &str, endpoints: &Endpoints) -> (u16, &'static str, String) {
     let (method, target) = (words.next(), words.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
     match (method, path) {
-        (Some("GET"), "/metrics") => (200, CONTENT_TYPE, endpoints.metrics.encode()),
+        (Some("GET"), "/metrics") => (200, CONTENT_TYPE, (endpoints.render)()),
         (Some("GET"), "/healthz") => (200, "text/plain", "ok\n".to_owned()),
         (Some("GET"), "/readyz") if endpoints.ready.load(Ordering::Acquire) => {
             (200, "text/plain", "ready\n".to_owned())

@@ -62,6 +62,10 @@ pub(crate) struct ProxyArgs {
     /// beats its ZMESH_ variable, which beats the file.
     #[arg(long, value_name = "FILE", env = "ZMESH_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// Serve the device's figures for Prometheus at http://ADDR/metrics, with /healthz and
+    /// /readyz; port 0 picks one, printed on a `metrics http://ADDR` line after the others.
+    #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,
@@ -128,7 +132,22 @@ pub(crate) async fn run(
         // stdout is line-buffered: each line reaches a reading parent at once.
         outln!("{line}");
     }
+    let exporter = match options.metrics {
+        Some(addr) => {
+            let metrics = device.metrics();
+            let render = std::sync::Arc::new(move || metrics.encode());
+            Some(crate::http::Exporter::start(addr, render).await?)
+        }
+        None => None,
+    };
+    let signal = async {
+        signal.await;
+        if let Some(exporter) = &exporter {
+            exporter.not_ready();
+        }
+    };
     device.run_until(signal).await;
+    drop(exporter);
     eprintln!("zmesh: proxy stopped");
     Ok(())
 }

@@ -349,35 +349,26 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     if let Running::Mesh(node) = &running {
         outln!("mesh {} peer {}", node.discovery().mesh(), node.record().id);
     }
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let exporter = match args.metrics {
         Some(addr) => {
             let metrics = match &running {
                 Running::Plain(node) => node.metrics(),
                 Running::Mesh(node) => node.node().metrics(),
             };
-            let endpoints = crate::http::Endpoints {
-                metrics,
-                ready: ready.clone(),
-            };
-            let (bound, task) = crate::http::serve(addr, endpoints)
-                .await
-                .map_err(|e| CliError::Other(format!("cannot serve metrics on {addr}: {e}")))?;
-            outln!("metrics http://{bound}");
-            Some(task)
+            let render = std::sync::Arc::new(move || metrics.encode());
+            Some(crate::http::Exporter::start(addr, render).await?)
         }
         None => None,
     };
     signal.await;
-    // Probes see the node leave before it stops answering.
-    ready.store(false, std::sync::atomic::Ordering::Release);
+    if let Some(exporter) = &exporter {
+        exporter.not_ready();
+    }
     let aborted = match running {
         Running::Plain(node) => node.shutdown(grace).await,
         Running::Mesh(node) => node.shutdown(grace).await,
     };
-    if let Some(task) = exporter {
-        task.abort();
-    }
+    drop(exporter);
     eprintln!("zmesh: stopped ({aborted} calls aborted at shutdown)");
     Ok(())
 }

@@ -206,3 +206,69 @@ async fn prometheus_scrapes_a_node_and_sees_its_calls() {
     let status = common::exit_status(&mut node.child, "zmesh serve").await;
     assert!(status.success(), "{status}");
 }
+
+/// `zmesh proxy --metrics` serves the device's figures: its workers and the calls through
+/// it per service and outcome.
+#[tokio::test]
+async fn the_proxy_serves_its_figures() {
+    let mut command = zmesh();
+    command.args([
+        "proxy",
+        "--frontend",
+        "tcp://127.0.0.1:0",
+        "--backend",
+        "tcp://127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut proxy = Server::start(command, "zmesh proxy --metrics").await;
+    let backend = proxy.lines.next("the backend line").await;
+    let backend = backend
+        .strip_prefix("backend ")
+        .unwrap_or_else(|| panic!("not a backend line: {backend}"))
+        .to_owned();
+    let line = proxy.lines.next("the metrics line").await;
+    let metrics = line
+        .strip_prefix("metrics http://")
+        .unwrap_or_else(|| panic!("not a metrics line: {line}"))
+        .to_owned();
+    assert_eq!(get(&metrics, "/readyz").await.0, 200);
+
+    let mut worker = zmesh();
+    worker.args(["serve", "--worker-of", &backend, "echo"]);
+    let _worker = Server::start(worker, "zmesh serve --worker-of").await;
+    // The worker registers with the device shortly after it connects.
+    timeout(LIMIT, async {
+        loop {
+            let out = run(&["call", &proxy.endpoint, "echo.upper", "via"]).await;
+            if out.status.success() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the worker serves through the proxy");
+    for _ in 0..3 {
+        let out = run(&["call", &proxy.endpoint, "echo.upper", "via"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("zmesh_device_workers 1"), "{text}");
+    let completed = text
+        .lines()
+        .find(|l| {
+            l.starts_with("zmesh_device_service_calls_total{")
+                && l.contains("service=\"echo\"")
+                && l.contains("outcome=\"completed\"")
+        })
+        .unwrap_or_else(|| panic!("no completed echo calls in {text}"));
+    let count: u64 = completed
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count >= 4, "{completed}");
+    assert!(text.trim_end().ends_with("# EOF"));
+}

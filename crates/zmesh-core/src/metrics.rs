@@ -12,8 +12,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::NoLabelSet;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -48,15 +49,10 @@ impl NodeMetrics {
 
     /// The node's figures now, as OpenMetrics text (which Prometheus reads).
     pub fn encode(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(Figures {
+        render(Figures {
             stats: crate::node::stats_of(&self.shared),
             methods: methods_of(&self.shared),
-        }));
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-        text
+        })
     }
 }
 
@@ -87,13 +83,65 @@ struct Figures {
     methods: Vec<(String, Arc<MethodStats>)>,
 }
 
-/// A counter family: its name (without `_total`), help, and (label value, count) pairs
-/// under one label.
-struct Family<'a> {
-    name: &'a str,
-    help: &'a str,
-    label: &'a str,
-    values: Vec<(&'a str, u64)>,
+/// A counter family for a collector: its name (without `_total`, which the exposition
+/// adds), help, and a count per value of one label. Components with figures of their own
+/// (the proxy device) encode theirs with [`encode_counters`] and [`encode_gauges`] too.
+#[derive(Debug)]
+pub struct CounterFamily<'a> {
+    /// The metric's name.
+    pub name: &'a str,
+    /// What it counts.
+    pub help: &'a str,
+    /// The label that tells its series apart.
+    pub label: &'a str,
+    /// Each label value with its count.
+    pub values: Vec<(&'a str, u64)>,
+}
+
+/// Encodes counter families.
+///
+/// # Errors
+/// The writer's error (none for a `String`).
+pub fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    families: &[CounterFamily<'_>],
+) -> Result<(), std::fmt::Error> {
+    for family in families {
+        let mut metric =
+            encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+        for (value, count) in &family.values {
+            metric
+                .encode_family(&[(family.label, *value)])?
+                .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes unlabelled gauges: (name, help, value).
+///
+/// # Errors
+/// The writer's error (none for a `String`).
+pub fn encode_gauges(
+    encoder: &mut DescriptorEncoder,
+    gauges: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in gauges {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(value)?;
+    }
+    Ok(())
+}
+
+/// A collector's figures now, as OpenMetrics text (which Prometheus reads).
+pub fn render(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
 }
 
 impl Collector for Figures {
@@ -131,42 +179,32 @@ impl Collector for Figures {
             }
         }
         let s = &self.stats;
-        for (name, help, value) in [
-            (
-                "zmesh_server_calls_in_flight",
-                "Calls running on this node now.",
-                s.in_flight as u64,
-            ),
-            (
-                "zmesh_server_peers_in_flight",
-                "Connections with calls running now.",
-                s.peers_in_flight as u64,
-            ),
-        ] {
-            encoder
-                .encode_descriptor(name, help, None, MetricType::Gauge)?
-                .encode_gauge(&value)?;
-        }
-        for family in self.families() {
-            let mut metric =
-                encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
-            for (value, count) in family.values {
-                metric
-                    .encode_family(&[(family.label, value)])?
-                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
-            }
-        }
-        Ok(())
+        encode_gauges(
+            &mut encoder,
+            &[
+                (
+                    "zmesh_server_calls_in_flight",
+                    "Calls running on this node now.",
+                    s.in_flight as u64,
+                ),
+                (
+                    "zmesh_server_peers_in_flight",
+                    "Connections with calls running now.",
+                    s.peers_in_flight as u64,
+                ),
+            ],
+        )?;
+        encode_counters(&mut encoder, &self.families())
     }
 }
 
 impl Figures {
     /// The node's counters, grouped by what they mean, each under the name `_zmesh.stats`
     /// gives it.
-    fn families(&self) -> Vec<Family<'static>> {
+    fn families(&self) -> Vec<CounterFamily<'static>> {
         let s = &self.stats;
         vec![
-            Family {
+            CounterFamily {
                 name: "zmesh_server_requests_refused",
                 help: "Requests refused before a handler ran, by reason (each answered with \
                        ERR where a reply address exists).",
@@ -182,7 +220,7 @@ impl Figures {
                     ("replay_rejected", s.replay_rejected),
                 ],
             },
-            Family {
+            CounterFamily {
                 name: "zmesh_server_messages_dropped",
                 help: "Messages the node dropped, by reason.",
                 label: "reason",
@@ -196,7 +234,7 @@ impl Figures {
                     ("send_queue_full", s.send_queue_full),
                 ],
             },
-            Family {
+            CounterFamily {
                 name: "zmesh_server_connections_closed",
                 help: "Connections the node closed or refused, by reason.",
                 label: "reason",
@@ -210,13 +248,13 @@ impl Figures {
                     ("peers_disconnected", s.peers_disconnected),
                 ],
             },
-            Family {
+            CounterFamily {
                 name: "zmesh_server_calls_ended_early",
                 help: "Calls that ended before their handler did, by cause.",
                 label: "cause",
                 values: vec![("cancelled", s.cancelled), ("peers_lost", s.peers_lost)],
             },
-            Family {
+            CounterFamily {
                 name: "zmesh_server_requests_replayed",
                 help: "Repeats of a request answered from the reply cache instead of running \
                        again.",

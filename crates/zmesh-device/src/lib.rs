@@ -40,6 +40,7 @@
 mod config;
 mod forwarder;
 mod keyed;
+pub mod metrics;
 mod router;
 mod stats;
 
@@ -309,6 +310,13 @@ impl Device {
     /// The event forwarder's endpoints `(events_in, events_out)`, resolved, when it runs.
     pub fn events(&self) -> Option<(&str, &str)> {
         self.events.as_ref().map(|(i, o)| (i.as_str(), o.as_str()))
+    }
+
+    /// A handle on the device's figures for an exporter: Prometheus text at each
+    /// [`encode`](metrics::DeviceMetrics::encode), from the same figures as
+    /// [`Device::stats`].
+    pub fn metrics(&self) -> metrics::DeviceMetrics {
+        metrics::DeviceMetrics::new(self.shared.clone())
     }
 
     /// A snapshot of the device's figures.
