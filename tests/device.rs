@@ -112,6 +112,7 @@ fn jobs(worker: &str) -> Service {
                 Ok(name)
             }
         })
+        .idempotent()
         .method("once", move |ms: u64| {
             let name = b.clone();
             async move {
@@ -119,7 +120,6 @@ fn jobs(worker: &str) -> Service {
                 Ok(name)
             }
         })
-        .idempotent()
         .into()
 }
 
