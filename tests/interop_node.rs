@@ -8,7 +8,7 @@
 //!   heartbeats, and a client timeout after which the node aborts the handler;
 //! - a zmesh client against a zerorpc-node server (tests/interop/node/server.js) as a child
 //!   process: the same kinds of calls, and a method the server lacks, which zerorpc-node
-//!   ignores without a word (`CallError::Unanswered`).
+//!   ignores without a word (a `PeerLost` whose cause is `NoAnswer`: `CallError::is_unanswered`).
 //!
 //! zerorpc-node is installed by tests/interop/node-setup.sh on first use; without node the
 //! tests are skipped with a message (never under CI, where `.ci/run` installs it).

@@ -260,6 +260,13 @@ impl From<CallError> for CliError {
                 message: remote.message,
                 traceback: remote.traceback,
             },
+            // Said as what it is (a server that never answered, zerorpc-node's way with an
+            // unknown method), not as a lost peer.
+            other if other.is_unanswered() => {
+                let said = std::error::Error::source(&other)
+                    .map_or_else(|| other.to_string(), ToString::to_string);
+                Self::Other(said)
+            }
             other => Self::Call(other),
         }
     }

@@ -58,4 +58,21 @@ async fn the_cli_calls_lists_and_pings_a_zerorpc_node_server() {
 
     let out = run(&["ping", &endpoint]).await;
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // zerorpc-node ignores a method it does not have: no reply, no heartbeat. `zmesh call`
+    // says so once the heartbeat limit passes (about 15 s at zerorpc's 5 s period).
+    let child = common::zmesh()
+        .args(["call", &endpoint, "nothing_here", "--timeout", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("zmesh call");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(45), child.wait_with_output())
+        .await
+        .expect("the call ends long before its deadline")
+        .expect("zmesh ran");
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("no answer from"), "{said}");
+    assert!(!said.contains("peer lost"), "{said}");
 }

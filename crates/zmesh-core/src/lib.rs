@@ -56,7 +56,8 @@ pub use zmesh_proto::reserved;
 
 pub use call::Call;
 pub use client::{
-    CallError, CallOptions, CallStream, Client, ClientConfig, RemoteError, Request, Response,
+    CallError, CallOptions, CallStream, Client, ClientConfig, NoAnswer, RemoteError, Request,
+    Response,
 };
 pub use config::ConfigError;
 pub use context::{CallContext, CallPeer, WithContext};

@@ -791,15 +791,11 @@ async fn sweep_loop(shared: Arc<ConnShared>) {
                 // Not one event on the channel since the request: a server that ignores
                 // the call, rather than one that died while running it.
                 tracing::info!(endpoint = %shared.endpoint, "call unanswered");
-                CallError::Unanswered(
-                    format!(
-                        "{} neither replied nor sent a heartbeat for more than {limit:?} after \
-                         the request; it may ignore this method (zerorpc-node servers drop \
-                         calls to methods they do not have without a word)",
-                        shared.endpoint
-                    )
-                    .into(),
-                )
+                let silent = super::NoAnswer {
+                    endpoint: shared.endpoint.to_string(),
+                    silence: limit,
+                };
+                CallError::PeerLost(Cause::of(silent))
             };
             fail(p, error);
         }

@@ -41,6 +41,21 @@ pub struct RemoteError {
     pub traceback: Option<String>,
 }
 
+/// A server that took a request and then said nothing about it, not even a heartbeat, for
+/// longer than a silent peer is given: the source of such a [`CallError::PeerLost`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no answer from {endpoint}: neither a reply nor a heartbeat for more than {silence:?} after \
+     the request; it died before answering, or it ignores this method (zerorpc-node servers \
+     drop calls to methods they do not have without a word)"
+)]
+pub struct NoAnswer {
+    /// The server's endpoint.
+    pub endpoint: String,
+    /// How long it stayed silent.
+    pub silence: Duration,
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -49,14 +64,10 @@ pub enum CallError {
     #[error("remote error {0}")]
     Remote(RemoteError),
     /// The connection died or the server stopped heartbeating while the call was open.
+    /// When the server never said a word about the call, not even a heartbeat, the cause's
+    /// source is a [`NoAnswer`] ([`CallError::is_unanswered`]).
     #[error("peer lost: {0}")]
     PeerLost(#[source] Cause),
-    /// The server took the request but never said a word about it, not even a heartbeat,
-    /// for as long as a lost peer is given: it ignored the call (zerorpc-node servers drop
-    /// calls to methods they do not have this way) or stopped before it answered. Whether
-    /// the call ran is unknown, as for [`CallError::PeerLost`].
-    #[error("no answer: {0}")]
-    Unanswered(#[source] Cause),
     /// The call's deadline passed before the (first) reply.
     #[error("deadline of {0:?} exceeded")]
     DeadlineExceeded(Duration),
@@ -212,9 +223,15 @@ impl CallError {
         matches!(self, Self::PeerLost(_))
     }
 
-    /// True for [`CallError::Unanswered`].
+    /// True for a [`CallError::PeerLost`] whose server never said a word about the call,
+    /// not even a heartbeat ([`NoAnswer`]): it ignored the call (zerorpc-node servers drop
+    /// calls to methods they do not have this way) or died before it answered.
     pub fn is_unanswered(&self) -> bool {
-        matches!(self, Self::Unanswered(_))
+        match self {
+            Self::PeerLost(cause) => std::error::Error::source(cause)
+                .is_some_and(|e| e.downcast_ref::<NoAnswer>().is_some()),
+            _ => false,
+        }
     }
 
     /// True for a [`CallError::Connect`] because nothing listens at the endpoint (its

@@ -532,7 +532,7 @@ impl Shape for Streamed {
 fn classify(error: &CallError) -> Retry {
     match error {
         CallError::Connect { .. } | CallError::InvalidEndpoint { .. } => Retry::NotRun,
-        CallError::PeerLost(_) | CallError::Unanswered(_) => Retry::MayHaveRun,
+        CallError::PeerLost(_) => Retry::MayHaveRun,
         CallError::Remote(e) => e.kind().map_or(Retry::Final, ErrorKind::retry),
         // The replies were tampered with on the way: the call may have run, and a retry
         // cannot help.
