@@ -4,6 +4,7 @@
 //! state. `queue` holds the rules (pure), `store` keeps the records in redb.
 
 pub mod queue;
+pub mod store;
 
 pub use queue::{
     Backoff, Bound, Change, DeadReason, Dispatch, Effects, Job, JobId, JobOptions, JobState,
