@@ -29,6 +29,7 @@
 //! go on as if it were not.
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -516,17 +517,29 @@ impl Writer {
         self.level
     }
 
-    /// Commits `ops` (with the queue's next id) and resolves once they are committed at the
-    /// store's level, with that level.
+    /// Sends `ops` (with the queue's next id) to the writer at once, and answers a future
+    /// that resolves once they are committed at the store's level, with that level. The send
+    /// happens here, not when the future is first polled: a caller that sends while it holds
+    /// the queue's lock has its commits reach the writer in the queue's order.
     ///
     /// # Errors
-    /// [`StoreError`] from the group's commit, or [`StoreError::Stopped`].
-    pub async fn commit(&self, next_id: u64, ops: Vec<Persist>) -> Result<Level, StoreError> {
+    /// The future's: [`StoreError`] from the group's commit, or [`StoreError::Stopped`].
+    pub fn commit(
+        &self,
+        next_id: u64,
+        ops: Vec<Persist>,
+    ) -> impl Future<Output = Result<Level, StoreError>> + Send + 'static {
         let (ack, done) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(StoreError::Stopped)?;
-        tx.send(Request { next_id, ops, ack })
-            .map_err(|_| StoreError::Stopped)?;
-        done.await.map_err(|_| StoreError::Stopped)?
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Request { next_id, ops, ack }).is_ok());
+        async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            done.await.map_err(|_| StoreError::Stopped)?
+        }
     }
 
     /// Stops the writer after the requests already sent, checkpointing the journal.

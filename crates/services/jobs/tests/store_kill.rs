@@ -5,15 +5,14 @@
 //! on.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime};
 
+mod support;
+
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use support::{kill, next_line, spawn_child};
 use tokio::sync::Mutex;
 use zmesh_jobs::store::{Level, Store, Writer};
 use zmesh_jobs::{JobOptions, Queue, QueueLimits};
@@ -24,17 +23,10 @@ const REDB_CHILD: &str = "ZMESH_JOBS_REDB_CHILD";
 const TABLE: TableDefinition<u64, u64> = TableDefinition::new("t");
 /// Acks the test waits for before the kill.
 const ACKED_BEFORE_KILL: usize = 300;
-/// The longest wait for the child's next line.
-const LINE_WAIT: Duration = Duration::from_secs(30);
 
 /// The child: submits without end from 16 tasks, printing `ACK <id>` after each ack.
 fn run_child(dir: &Path, level: Level) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    support::runtime().block_on(async {
         let (store, loaded) = Store::open(dir, level).expect("open");
         assert!(loaded.jobs.is_empty());
         let writer = Arc::new(Writer::start(store).expect("writer"));
@@ -83,8 +75,7 @@ fn kill_mid_stream(level: Level) {
         }
     }
     assert_eq!(acked.len(), ACKED_BEFORE_KILL, "the child stopped early");
-    proc.kill().expect("SIGKILL");
-    proc.wait().expect("wait");
+    kill(proc);
 
     let (_, loaded) = Store::open(dir.path(), level).expect("reopen after the kill");
     let stored: BTreeSet<u64> = loaded.jobs.iter().map(|j| j.id.0).collect();
@@ -95,35 +86,6 @@ fn kill_mid_stream(level: Level) {
         level.name()
     );
     assert!(loaded.next_id > *acked.last().expect("acked"));
-}
-
-/// Starts this test binary again as the `child` test with `env`, its stdout's lines coming
-/// through a thread so that each wait is bounded ([`next_line`]).
-fn spawn_child(env: &[(&str, &OsStr)]) -> (Child, Receiver<String>) {
-    let mut proc = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "child", "--nocapture"])
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let out = BufReader::new(proc.stdout.take().expect("stdout"));
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (proc, lines)
-}
-
-/// The child's next line: a stuck child fails the test instead of hanging it.
-fn next_line(proc: &mut Child, lines: &Receiver<String>) -> String {
-    lines.recv_timeout(LINE_WAIT).unwrap_or_else(|_| {
-        let _ = proc.kill();
-        panic!("the child printed nothing for {LINE_WAIT:?}");
-    })
 }
 
 /// The experiment behind the `os` level's journal (see `store.rs`): redb commits made with
@@ -154,8 +116,7 @@ fn redb_keeps_its_durable_commit_through_a_kill_and_the_store_needs_no_more() {
     let path = dir.path().join("db.redb");
     let (mut proc, lines) = spawn_child(&[(REDB_CHILD, path.as_os_str())]);
     while next_line(&mut proc, &lines) != "COMMITTED" {}
-    proc.kill().expect("SIGKILL");
-    proc.wait().expect("wait");
+    kill(proc);
     let db = Database::open(&path).expect("reopen");
     let tx = db.begin_read().expect("read");
     let table = tx.open_table(TABLE).expect("table");

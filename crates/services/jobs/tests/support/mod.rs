@@ -1,0 +1,55 @@
+//! Child processes for the tests that kill one: the test binary started again as its
+//! `child` test with some environment, its stdout's lines read through a thread so that
+//! every wait is bounded.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// The longest wait for a child's next line.
+const LINE_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts this test binary again as its `child` test with `env`.
+pub(crate) fn spawn_child(env: &[(&str, &OsStr)]) -> (Child, Receiver<String>) {
+    let mut proc = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "child", "--nocapture"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = BufReader::new(proc.stdout.take().expect("stdout"));
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (proc, lines)
+}
+
+/// The child's next line: a stuck child fails the test instead of hanging it.
+pub(crate) fn next_line(proc: &mut Child, lines: &Receiver<String>) -> String {
+    lines.recv_timeout(LINE_WAIT).unwrap_or_else(|_| {
+        let _ = proc.kill();
+        panic!("the child printed nothing for {LINE_WAIT:?}");
+    })
+}
+
+/// Kills the child (SIGKILL) and reaps it.
+pub(crate) fn kill(mut proc: Child) {
+    proc.kill().expect("SIGKILL");
+    proc.wait().expect("wait");
+}
+
+/// The runtime a child process runs on.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
