@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::HEARTBEAT;
+
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +23,6 @@ use zmesh_jobs::{JobsConfig, JobsExtension};
 
 /// Upper bound of any one network await.
 const NET: Duration = Duration::from_secs(10);
-/// A short heartbeat, so a lost worker is noticed quickly.
-const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Turns this test binary into a worker process serving at the endpoint it holds.
 const WORKER_CHILD: &str = "ZMESH_JOBS_WORKER_CHILD";
 
@@ -443,16 +443,7 @@ fn run_worker_child(endpoint: &str) {
             std::future::pending::<()>().await;
             Ok(())
         });
-        let _node = Node::builder()
-            .bind(endpoint)
-            .service(service)
-            .config(NodeConfig::default().heartbeat(HEARTBEAT))
-            .start()
-            .await
-            .expect("worker starts");
-        println!("READY");
-        // Until the test kills this process (bounded, should the test die first).
-        tokio::time::sleep(Duration::from_secs(120)).await;
+        support::serve_until_killed(Node::builder().bind(endpoint).service(service)).await;
     });
 }
 

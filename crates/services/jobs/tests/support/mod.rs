@@ -2,6 +2,9 @@
 //! `child` test with some environment, its stdout's lines read through a thread so that
 //! every wait is bounded.
 
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -53,3 +56,18 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// In a child process: starts the node `builder` describes with a short heartbeat, says
+/// `READY`, and serves until killed (bounded, should the test die first).
+pub(crate) async fn serve_until_killed(builder: zmesh_core::NodeBuilder) {
+    let _node = builder
+        .config(zmesh_core::NodeConfig::default().heartbeat(HEARTBEAT))
+        .start()
+        .await
+        .expect("the node starts");
+    println!("READY");
+    tokio::time::sleep(Duration::from_secs(240)).await;
+}
+
+/// The heartbeat of the tests' nodes and clients: a lost peer is noticed quickly.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
