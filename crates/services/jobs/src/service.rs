@@ -93,7 +93,14 @@ impl JobQueue {
     /// file, I/O).
     pub async fn open(dir: &Path, config: JobsConfig) -> Result<Self, JobsError> {
         config.validate()?;
-        let (store, loaded) = Store::open(dir, config.durability)?;
+        // Reading the whole store (and replaying a journal) is blocking file I/O.
+        let (owned, level) = (dir.to_owned(), config.durability);
+        let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&owned, level))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: dir.to_owned(),
+                source: Arc::new(std::io::Error::other(e)),
+            })??;
         let seed = config.seed.unwrap_or_else(|| epoch_ms(SystemTime::now()));
         let (queue, fx) = Queue::restore(
             config.limits(),

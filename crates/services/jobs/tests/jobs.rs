@@ -555,3 +555,40 @@ async fn a_reopened_queue_still_holds_what_it_acknowledged() {
         "ids are not reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_corrupt_store_refuses_to_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("jobs.redb"), vec![0x5a; 64 * 1024]).expect("garbage");
+    let workers = Client::new(Setup::ep(&dir, "worker"));
+    let started = net(
+        "queue start",
+        Node::builder()
+            .bind(Setup::ep(&dir, "queue"))
+            .extension(JobsExtension::new(&data, JobsConfig::default(), workers))
+            .start(),
+    )
+    .await;
+    let err = started.expect_err("a corrupt store");
+    assert!(err.to_string().contains("jobs.redb"), "{err}");
+    let bad = JobsConfig {
+        concurrency: 0,
+        ..JobsConfig::default()
+    };
+    let err = net(
+        "queue start",
+        Node::builder()
+            .bind(Setup::ep(&dir, "queue"))
+            .extension(JobsExtension::new(
+                dir.path().join("other"),
+                bad,
+                Client::new(Setup::ep(&dir, "worker")),
+            ))
+            .start(),
+    )
+    .await
+    .expect_err("a bad setting");
+    assert!(err.to_string().contains("concurrency"), "{err}");
+}
