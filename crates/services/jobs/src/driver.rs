@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use zmesh_core::node::{Attached, Attachment, Extension, ExtensionError, NodeContext};
 use zmesh_core::wire::JobTag;
-use zmesh_core::{Call, CallError, CallOptions, ErrorKind, is_permanent_error};
+use zmesh_core::{Call, CallError, CallOptions, ErrorKind, Publisher, is_permanent_error};
 
 use crate::config::JobsConfig;
 use crate::queue::{Dispatch, Outcome};
@@ -118,11 +118,11 @@ async fn dispatch_loop<C: Call + Clone + 'static>(inner: Arc<Inner>, workers: C,
             let (fx, next) = q.poll_timers(SystemTime::now());
             if !fx.is_empty() {
                 // Not awaited: the writer keeps order, and a failure stops it for all.
-                drop(inner.writer.commit(q.next_id(), fx.persist));
+                drop(inner.commit(q.next_id(), fx.persist, fx.changes));
                 inner.finished.notify_waiters();
             }
             while let Some((dispatch, fx)) = q.next_dispatch(&worker) {
-                drop(inner.writer.commit(q.next_id(), fx.persist));
+                drop(inner.commit(q.next_id(), fx.persist, fx.changes));
                 start(&inner, &workers, dispatch);
             }
             next
@@ -173,7 +173,7 @@ fn finish(inner: &Inner, d: Dispatch, outcome: Outcome) {
     {
         let mut q = inner.lock();
         match q.finish(SystemTime::now(), d.id, lease, outcome) {
-            Ok(fx) => drop(inner.writer.commit(q.next_id(), fx.persist)),
+            Ok(fx) => drop(inner.commit(q.next_id(), fx.persist, fx.changes)),
             // Cancelled meanwhile: its end is not the job's any more.
             Err(e) => tracing::debug!(job = %d.id, error = %e, "attempt end dropped"),
         }
@@ -195,6 +195,7 @@ pub struct JobsExtension<C> {
     config: JobsConfig,
     workers: C,
     worker: String,
+    publisher: Option<Publisher>,
 }
 
 impl<C> std::fmt::Debug for JobsExtension<C> {
@@ -215,7 +216,17 @@ impl<C> JobsExtension<C> {
             config,
             workers,
             worker: "workers".into(),
+            publisher: None,
         }
+    }
+
+    /// Publishes the queue's state changes as `jobs.<state>` events through `publisher`
+    /// (for example the one given to `NodeBuilder::publisher`; see
+    /// [`JobQueue::publish_to`]).
+    #[must_use]
+    pub fn publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// How running jobs name their worker in `status` (default `workers`).
@@ -237,6 +248,9 @@ impl<C: Call + Clone + 'static> Extension for JobsExtension<C> {
     ) -> BoxFuture<'a, Result<Attached, ExtensionError>> {
         Box::pin(async move {
             let queue = JobQueue::open(&self.dir, self.config).await?;
+            if let Some(publisher) = self.publisher {
+                queue.publish_to(publisher);
+            }
             let service = queue.service();
             let running = queue.run(self.workers, self.worker);
             Ok(Attached {

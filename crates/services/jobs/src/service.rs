@@ -3,8 +3,9 @@
 //! zerorpc methods, so any zerorpc client can hand work to it. Every operation runs the
 //! queue's rule under its lock, sends what it says to the store's writer before letting go
 //! of the lock (so commits keep the queue's order), and answers only once the writer has
-//! committed them, stating the durability level. The calls that run the jobs are the
-//! driver's (`driver.rs`).
+//! committed them, stating the durability level; with a publisher, the committed state
+//! changes are published as `jobs.<state>` events in the same order. The calls that run
+//! the jobs are the driver's (`driver.rs`).
 //!
 //! Argument shapes (positional, as zerorpc sends them; the method docs repeat them):
 //! - `submit(method, args, options)`: `method` a str (`service.method`), `args` an array
@@ -31,16 +32,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use serde::Serialize;
-use tokio::sync::Notify;
-use zmesh_core::{ConfigError, ErrorKind, HandlerError, Service, State};
+use tokio::sync::{Notify, mpsc};
+use zmesh_core::{ConfigError, ErrorKind, HandlerError, Publisher, Service, State};
 
 use crate::config::JobsConfig;
 use crate::queue::{
-    Backoff, Effects, Job, JobId, JobOptions, JobState, Queue, QueueError, Selector, StateName,
+    Backoff, Change, Effects, Job, JobId, JobOptions, JobState, Persist, Queue, QueueError,
+    Selector, StateName,
 };
 use crate::store::{Level, Store, StoreError, Writer};
 
@@ -75,6 +79,24 @@ pub(crate) struct Inner {
     pub(crate) finished: Notify,
     /// The running attempts' abort handles, by lease: a cancelled job's call is dropped.
     pub(crate) attempts: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Where state changes go to be published as `jobs.<state>` events, once committed.
+    pub(crate) events: OnceLock<mpsc::UnboundedSender<(Committed, Vec<Change>)>>,
+}
+
+/// A commit several parties await: the caller's ack and the events' publisher.
+pub(crate) type Committed = Shared<BoxFuture<'static, Result<Level, StoreError>>>;
+
+/// A state change as its event's payload.
+#[derive(Debug, Serialize)]
+struct ChangeEvent {
+    id: u64,
+    from: Option<&'static str>,
+    state: &'static str,
+}
+
+/// An event's topic: `jobs.<state>`, or `jobs.removed` for a job purged or expired.
+fn topic(change: &Change) -> String {
+    format!("{SERVICE}.{}", change.to.map_or("removed", StateName::name))
 }
 
 /// Milliseconds since the Unix epoch, as the queue keeps times.
@@ -120,8 +142,38 @@ impl JobQueue {
                 work: Notify::new(),
                 finished: Notify::new(),
                 attempts: Mutex::new(HashMap::new()),
+                events: OnceLock::new(),
             }),
         })
+    }
+
+    /// Publishes every committed state change through `publisher` from now on, as the
+    /// event `jobs.<state>` (`jobs.removed` when a job is purged or its result expires) with
+    /// the payload `{id, from, state}`, in the order the queue made them. A second call
+    /// changes nothing.
+    pub fn publish_to(&self, publisher: Publisher) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Committed, Vec<Change>)>();
+        if self.inner.events.set(tx).is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some((committed, changes)) = rx.recv().await {
+                // Only what is stored is announced.
+                if committed.await.is_err() {
+                    continue;
+                }
+                for change in &changes {
+                    let event = ChangeEvent {
+                        id: change.id.0,
+                        from: change.from.map(StateName::name),
+                        state: change.to.map_or("removed", StateName::name),
+                    };
+                    if let Err(e) = publisher.publish(&topic(change), &event).await {
+                        tracing::warn!(error = %e, "a jobs event could not be published");
+                    }
+                }
+            }
+        });
     }
 
     /// The durability level every ack states.
@@ -155,7 +207,7 @@ impl JobQueue {
             let (value, fx) = op(&mut q, SystemTime::now()).map_err(refusal)?;
             // Always through the writer, even with nothing to write: an idempotent repeat
             // is answered after the first submission's commit, never before.
-            let commit = self.inner.writer.commit(q.next_id(), fx.persist);
+            let commit = self.inner.commit(q.next_id(), fx.persist, fx.changes);
             (value, fx.abort, commit)
         };
         self.inner.abort(&aborts);
@@ -199,6 +251,24 @@ impl JobQueue {
 }
 
 impl Inner {
+    /// Sends `ops` to the writer (at once, so in the caller's order) and `changes` to the
+    /// events' publisher, if there is one; answers the commit.
+    pub(crate) fn commit(
+        &self,
+        next_id: u64,
+        ops: Vec<Persist>,
+        changes: Vec<Change>,
+    ) -> Committed {
+        let committed = self.writer.commit(next_id, ops).boxed().shared();
+        if let Some(events) = self.events.get()
+            && !changes.is_empty()
+        {
+            // A publisher gone (its task ended) only loses events, never jobs.
+            let _ = events.send((committed.clone(), changes));
+        }
+        committed
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding the lock leaves the queue as the rule left it: each rule
         // finishes its change before anything can panic, so the state is still whole.

@@ -592,3 +592,72 @@ async fn a_node_on_a_corrupt_store_refuses_to_start_with_a_clear_error() {
     .expect_err("a bad setting");
     assert!(err.to_string().contains("concurrency"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_are_published_as_jobs_events_in_order() {
+    use futures::StreamExt;
+    use zmesh_core::{Delivery, Publisher, Subscriber};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let publisher = net("publisher", Publisher::bind(Setup::ep(&dir, "events")))
+        .await
+        .expect("publisher");
+    let mut events = net(
+        "subscriber",
+        Subscriber::builder()
+            .connect(Setup::ep(&dir, "events"))
+            .subscribe("jobs.")
+            .start::<Value>(),
+    )
+    .await
+    .expect("subscriber");
+    net(
+        "subscription",
+        publisher.wait_for_subscribers("jobs.", 1, NET),
+    )
+    .await
+    .expect("subscribed");
+    let _worker = start_worker(&Setup::ep(&dir, "worker"), Arc::default()).await;
+    let workers = Client::with_config(
+        Setup::ep(&dir, "worker"),
+        ClientConfig::default().heartbeat(HEARTBEAT),
+    );
+    let _queue = net(
+        "queue start",
+        Node::builder()
+            .bind(Setup::ep(&dir, "queue"))
+            .extension(
+                JobsExtension::new(dir.path().join("data"), JobsConfig::default(), workers)
+                    .publisher(publisher),
+            )
+            .start(),
+    )
+    .await
+    .expect("queue starts");
+    let client = Setup::client(Setup::ep(&dir, "queue"));
+    let ack: Value = net(
+        "submit",
+        client.call("jobs.submit", ("work.double", (4,), Value::Nil)),
+    )
+    .await
+    .expect("submit");
+    let id = field(&ack, "id").as_u64().expect("id");
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("jobs.succeeded") {
+        match net("event", events.next()).await.expect("events go on") {
+            Delivery::Event(event) => {
+                assert_eq!(field(&event.payload, "id").as_u64(), Some(id));
+                assert_eq!(
+                    Some(event.topic.as_str()),
+                    field(&event.payload, "state")
+                        .as_str()
+                        .map(|s| format!("jobs.{s}"))
+                        .as_deref()
+                );
+                seen.push(event.topic);
+            }
+            Delivery::Gap(gap) => panic!("unexpected gap {gap:?}"),
+        }
+    }
+    assert_eq!(seen, ["jobs.queued", "jobs.running", "jobs.succeeded"]);
+}
