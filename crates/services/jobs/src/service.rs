@@ -21,6 +21,7 @@
 //! - `list(state, limit)`: `state` a state name or nil for all; `dead(limit)`: dead jobs
 //!   with their errors. Both answer an array of views.
 //! - `purge(selector)`: a state name, or an array of ids; answers `{purged, durability}`.
+//! - `stats()`: `{durability, jobs, bytes, depth: {state: count}, attempts}`.
 //!
 //! A view is a map: `id`, `method`, `state`, `attempts`, `errors_total`, `errors` (each
 //! `{attempt, at_ms, error}`), `submitted_ms`, and per state `run_at_ms`, `worker`,
@@ -246,6 +247,8 @@ impl JobQueue {
             .method("purge", purge)
             .doc("Removes the jobs in a state (a state name) or the given ids (an array), except running ones; answers {purged, durability}.")
             .arg_names(["selector"])
+            .method("stats", stats)
+            .doc("The queue's figures: {durability, jobs, bytes, depth: {state: count}, attempts (started, all jobs held)}.")
             .into_service()
     }
 }
@@ -563,6 +566,35 @@ async fn list(
 
 async fn dead(State(q): State<JobQueue>, limit: usize) -> Result<Vec<View>, HandlerError> {
     list(State(q), Some(StateName::Dead.name().into()), limit).await
+}
+
+/// `stats`' answer, for `zmesh stats` and monitoring.
+#[derive(Debug, Serialize)]
+struct Stats {
+    durability: &'static str,
+    jobs: usize,
+    bytes: u64,
+    depth: std::collections::BTreeMap<&'static str, usize>,
+    attempts: u64,
+}
+
+async fn stats(State(q): State<JobQueue>) -> Result<Stats, HandlerError> {
+    let queue = q.inner.lock();
+    Ok(Stats {
+        durability: q.durability().name(),
+        jobs: queue.len(),
+        bytes: queue.bytes(),
+        depth: queue
+            .depth()
+            .into_iter()
+            .map(|(s, n)| (s.name(), n))
+            .collect(),
+        attempts: queue
+            .list(None, usize::MAX)
+            .iter()
+            .map(|j| u64::from(j.attempts))
+            .sum(),
+    })
 }
 
 #[derive(Debug, Serialize)]

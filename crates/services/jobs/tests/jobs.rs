@@ -284,6 +284,15 @@ async fn a_poison_job_is_dead_with_every_error_and_replay_runs_it_again() {
         .map(|e| field(e, "at_ms").as_u64().expect("at"))
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let stats: Value = net("stats", s.client.call("jobs.stats", ()))
+        .await
+        .expect("stats");
+    assert_eq!(
+        field(field(&stats, "depth"), "dead").as_u64(),
+        Some(1),
+        "{stats}"
+    );
+    assert_eq!(field(&stats, "attempts").as_u64(), Some(3), "{stats}");
     let dead: Value = net("dead", s.client.call("jobs.dead", (10u64,)))
         .await
         .expect("dead");
