@@ -111,6 +111,10 @@ pub mod device {
     pub use zmesh_device::*;
 }
 
+/// Durable jobs (the `zmesh-jobs` crate): a queue any node can host as the `jobs` service,
+/// running each submitted call at least once, with retries, backoff and a dead state.
+pub use zmesh_jobs as jobs;
+
 /// Compiles the README's Rust examples as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

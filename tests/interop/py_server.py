@@ -48,8 +48,10 @@ def watch_parent(parent):
             os._exit(0)
 
 
-def main():
-    server = zerorpc.Server(Interop(), name="interop")
+def serve(methods, name):
+    """Serves `methods` on a kernel-chosen port, announcing `READY <endpoint>` (also used by
+    py_jobs.py)."""
+    server = zerorpc.Server(methods, name=name)
     server.bind("tcp://127.0.0.1:*")
     endpoint = server._events._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
     gevent.spawn(watch_parent, os.getppid())
@@ -58,6 +60,10 @@ def main():
     sys.stdout.write("READY %s\n" % endpoint)
     sys.stdout.flush()
     server.run()
+
+
+def main():
+    serve(Interop(), "interop")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ use zmesh_proto::TraceParent;
 
 use crate::call::Call;
 use crate::client::{CallError, CallOptions, CallStream};
+use crate::wire::JobTag;
 
 /// What a handler knows about the call it serves. Cheap to clone (one shared allocation);
 /// a `#[zmesh::service]` method takes it as `ctx: &zmesh::CallContext` right after
@@ -63,6 +64,8 @@ struct Inner {
     /// call this handler makes shares it.
     root: OnceLock<TraceParent>,
     peer: CallPeer,
+    /// The job and attempt, when a job queue dispatched the call.
+    job: Option<JobTag>,
     cancelled: AtomicBool,
     notify: Notify,
 }
@@ -111,6 +114,7 @@ impl CallContext {
         deadline: Option<Instant>,
         traceparent: Option<TraceParent>,
         peer: CallPeer,
+        job: Option<JobTag>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -119,6 +123,7 @@ impl CallContext {
                 traceparent,
                 root: OnceLock::new(),
                 peer,
+                job,
                 cancelled: AtomicBool::new(false),
                 notify: Notify::new(),
             }),
@@ -133,6 +138,7 @@ impl CallContext {
             None,
             None,
             CallPeer::new(Bytes::new(), None, false),
+            None,
         )
     }
 
@@ -144,6 +150,14 @@ impl CallContext {
     /// Who made the call.
     pub fn peer(&self) -> &CallPeer {
         &self.inner.peer
+    }
+
+    /// The job and attempt this call runs, when a job queue dispatched it (headers
+    /// `zmesh_job_id`, `zmesh_job_attempt`). Delivery is at least once: the same id with a
+    /// later attempt is a redelivery, which an idempotent handler recognises (for example
+    /// by recording the ids it has done in the same transaction as its effect).
+    pub fn job(&self) -> Option<JobTag> {
+        self.inner.job
     }
 
     /// When the caller stops waiting, if it said (zmesh callers always do; a stock zerorpc
@@ -338,6 +352,7 @@ mod tests {
             deadline,
             traceparent.and_then(TraceParent::parse),
             CallPeer::new(Bytes::from_static(b"peer"), Some("ipc:///x".into()), true),
+            None,
         )
     }
 

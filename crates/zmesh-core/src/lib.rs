@@ -80,4 +80,4 @@ pub use service::{HandlerFuture, Reply};
 pub use submit::Submit;
 pub use trust::MeshKey;
 pub use wait::WaitError;
-pub use zmesh_proto::{ErrorKind, Retry, TraceParent};
+pub use zmesh_proto::{ErrorKind, PERMANENT_ERROR, Retry, TraceParent, is_permanent_error};

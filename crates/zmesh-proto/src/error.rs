@@ -16,6 +16,18 @@ use std::str::FromStr;
 /// call elsewhere. See [`ErrorKind::ShuttingDown`].
 pub const SHUTTING_DOWN: &str = "node is shutting down";
 
+/// The error name a job's handler sends to say that no further attempt can succeed (bad
+/// input, a refused operation): the queue moves the job to dead at once instead of
+/// retrying it. Any name ending in it counts ([`is_permanent_error`]), so a worker in any
+/// language raises an error class named `PermanentError`, or `InvalidOrderPermanentError`.
+pub const PERMANENT_ERROR: &str = "PermanentError";
+
+/// Whether an error name marks the error permanent for a job queue (see
+/// [`PERMANENT_ERROR`]).
+pub fn is_permanent_error(name: &str) -> bool {
+    name.ends_with(PERMANENT_ERROR)
+}
+
 /// An error name zmesh sends or acts upon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

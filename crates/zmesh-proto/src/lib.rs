@@ -33,5 +33,5 @@ pub mod trace;
 pub mod wire;
 
 pub use endpoint::{Endpoint, EndpointError};
-pub use error::{ErrorKind, Retry, UnknownErrorName};
+pub use error::{ErrorKind, PERMANENT_ERROR, Retry, UnknownErrorName, is_permanent_error};
 pub use trace::TraceParent;

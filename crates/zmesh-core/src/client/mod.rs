@@ -375,6 +375,9 @@ pub struct CallOptions {
     /// on every retry and a zmesh node answers a repeat from its reply cache instead of
     /// running the handler again.
     pub request_id: Option<Box<str>>,
+    /// The job this call runs, for a job queue's dispatch (headers `zmesh_job_id`,
+    /// `zmesh_job_attempt`; the worker reads it as [`CallContext::job`](crate::CallContext::job)).
+    pub job: Option<wire::JobTag>,
 }
 
 impl CallOptions {
@@ -397,6 +400,13 @@ impl CallOptions {
     #[must_use]
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into().into_boxed_str());
+        self
+    }
+
+    /// Tags the call with the job and attempt it runs (see [`CallOptions::job`]).
+    #[must_use]
+    pub fn job(mut self, job: wire::JobTag) -> Self {
+        self.job = Some(job);
         self
     }
 }
@@ -1081,6 +1091,9 @@ fn build_request(
         wire::msgpack::write_str(&mut value, request_id);
         let key = wire::keys::REQUEST_ID.to_owned();
         header.extra.push((key, Bytes::from(value)));
+    }
+    if let Some(job) = &options.job {
+        header.extra.extend(job.header_entries());
     }
     (id, wire::encode_event(&header, method, args))
 }

@@ -249,6 +249,8 @@ pub struct MeshCallOptions {
     /// [`CallOptions::request_id`]); `None` lets the client make one for each
     /// non-idempotent plain call.
     pub request_id: Option<Box<str>>,
+    /// The job this call runs (see [`CallOptions::job`]), sent on every attempt.
+    pub job: Option<crate::wire::JobTag>,
 }
 
 /// A [`Client`]'s options for a call by service name: deadline, `traceparent` and request
@@ -263,12 +265,14 @@ impl From<CallOptions> for MeshCallOptions {
             timeout,
             traceparent,
             request_id,
+            job,
         } = options;
         Self {
             timeout,
             idempotent: None,
             traceparent,
             request_id,
+            job,
         }
     }
 }
@@ -748,6 +752,7 @@ impl MeshClient {
                 timeout: Some(remaining.max(Duration::from_millis(1))),
                 traceparent: options.traceparent.clone(),
                 request_id: request_id.clone(),
+                job: options.job,
             };
             let hedge = if S::HEDGED && idempotent {
                 inner.hedge_delay(method)

@@ -311,6 +311,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         permit,
     } = open;
     let header = event.header;
+    let job = wire::JobTag::from_header(&header);
     // A repeat of a request that already ran here is answered from the reply cache.
     let request_key = if method.streaming {
         None
@@ -342,6 +343,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         deadline,
         traceparent,
         context::CallPeer::new(identity, door.endpoint.clone(), keyed),
+        job,
     );
 
     // Fast path: most handlers finish on their first poll, so poll once right here and

@@ -356,6 +356,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Adds `extension`, replacing one of the same type set before; the node starts it with
+    /// itself (see [`Extension`]). For extensions made with their settings, such as a job
+    /// queue on its directory.
+    pub fn extension<E: Extension>(mut self, extension: E) -> Self {
+        self.extensions.retain(|e| !(&**e as &dyn Any).is::<E>());
+        self.extensions.push(Box::new(extension));
+        self
+    }
+
     /// The builder's extension of type `E`, made with its default the first time it is
     /// asked for; the node starts it with itself (see [`Extension`]).
     pub fn extension_mut<E: Extension + Default>(&mut self) -> &mut E {

@@ -59,6 +59,19 @@ impl HandlerError {
         Self::new(kind.as_str(), message)
     }
 
+    /// An error that tells a job queue not to try again: the job goes to dead at once. Named
+    /// [`PERMANENT_ERROR`](crate::PERMANENT_ERROR) (`PermanentError`), the convention any
+    /// zerorpc worker can follow by raising an error of that name.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(crate::PERMANENT_ERROR, message)
+    }
+
+    /// Whether this error is marked permanent ([`HandlerError::permanent`], or any name
+    /// ending in `PermanentError`).
+    pub fn is_permanent(&self) -> bool {
+        crate::is_permanent_error(&self.name)
+    }
+
     /// Adds a traceback text (sent as the third `ERR` element).
     #[must_use]
     pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {

@@ -55,6 +55,10 @@ pub mod keys {
     /// zmesh: a request's stable id, the same on every retry of one logical call; nodes
     /// answer a repeat from their reply cache instead of running it again.
     pub const REQUEST_ID: &str = "zmesh_request_id";
+    /// zmesh jobs: the id of the job a queue's dispatched call runs (see `wire::JobTag`).
+    pub const JOB_ID: &str = "zmesh_job_id";
+    /// zmesh jobs: which attempt of that job the call is, from 1.
+    pub const JOB_ATTEMPT: &str = "zmesh_job_attempt";
 }
 
 /// The header keys as msgpack str, written as constants: every event carries several of

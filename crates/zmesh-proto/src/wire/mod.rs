@@ -4,6 +4,7 @@
 
 mod event;
 mod frames;
+mod job;
 pub mod msgpack;
 pub mod worker;
 
@@ -14,6 +15,7 @@ pub use event::{
     more_args, names, parse_err_args, parse_more_args,
 };
 pub use frames::{Envelope, join_route, split_frames};
+pub use job::JobTag;
 
 /// Deepest nesting of arrays and maps zmesh decodes into values. serde decoding recurses
 /// once per level, and a few KiB of stack per level (debug builds) times rmp-serde's own

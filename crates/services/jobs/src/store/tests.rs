@@ -1,0 +1,287 @@
+//! Tests of the store on real files in a temp dir: round trips at both levels, group
+//! commit, the journal's torn tail and corruption, other formats and corrupt files.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::queue::{JobOptions, JobState, Outcome, Queue, QueueLimits, StateName};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(2_000_000)
+}
+
+/// Submits `n` jobs to `q`, answering the records to persist.
+fn submit_n(q: &mut Queue, n: usize) -> Vec<Persist> {
+    (0..n)
+        .flat_map(|i| {
+            let (_, fx) = q
+                .submit(
+                    now(),
+                    format!("m{}", i % 3),
+                    vec![0x91, i as u8 & 0x7f],
+                    JobOptions::default(),
+                )
+                .expect("submit");
+            fx.persist
+        })
+        .collect()
+}
+
+/// Writes into the store's database file behind its back, in one transaction.
+fn write_raw(dir: &Path, write: impl FnOnce(&redb::WriteTransaction)) {
+    let db = Database::create(dir.join(DB_FILE)).expect("db");
+    let tx = db.begin_write().expect("tx");
+    write(&tx);
+    tx.commit().expect("commit");
+}
+
+fn reopen(dir: &Path, level: Level) -> Loaded {
+    Store::open(dir, level).expect("reopen").1
+}
+
+#[test]
+fn records_round_trip_at_both_levels() {
+    for level in [Level::Fsync, Level::Os] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, loaded) = Store::open(dir.path(), level).expect("open");
+        assert!(loaded.jobs.is_empty());
+        let mut q = Queue::new(QueueLimits::default(), 1);
+        let ops = submit_n(&mut q, 5);
+        store.commit(q.next_id(), ops).expect("commit");
+        let (_, fx) = q.purge(&crate::queue::Selector::Ids(vec![JobId(2)]));
+        store.commit(q.next_id(), fx.persist).expect("commit");
+        drop(store);
+        let loaded = reopen(dir.path(), level);
+        let ids: Vec<u64> = loaded.jobs.iter().map(|j| j.id.0).collect();
+        assert_eq!(ids, vec![1, 3, 4, 5], "{level:?}");
+        assert_eq!(loaded.next_id, 6);
+        assert_eq!(loaded.jobs[0], *q.get(JobId(1)).expect("job"));
+    }
+}
+
+#[test]
+fn a_journal_left_by_an_os_run_is_replayed_at_any_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open(dir.path(), Level::Os).expect("open");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let ops = submit_n(&mut q, 3);
+    store.commit(q.next_id(), ops).expect("commit");
+    // Forgotten without its stop: no checkpoint, as after a kill (redb itself has only
+    // non-durable commits of these jobs).
+    std::mem::forget(store);
+    let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
+    assert!(journal.len() > 0);
+    // The forgotten handle still holds redb's lock in this process; a real restart is a
+    // new process (tests/store_kill.rs). Here: the journal alone, into a fresh database.
+    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
+    let loaded = reopen(dir.path(), Level::Fsync);
+    assert_eq!(loaded.jobs.len(), 3);
+    assert_eq!(loaded.next_id, 4);
+    let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
+    assert_eq!(journal.len(), 0, "checkpointed at open");
+}
+
+#[test]
+fn a_torn_last_journal_frame_is_dropped_and_a_bad_middle_frame_refuses_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open(dir.path(), Level::Os).expect("open");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    for _ in 0..2 {
+        let ops = submit_n(&mut q, 1);
+        store.commit(q.next_id(), ops).expect("commit");
+    }
+    let journal_path = dir.path().join(JOURNAL_FILE);
+    let whole = std::fs::read(&journal_path).expect("read");
+    std::mem::forget(store);
+    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
+
+    // Torn: the second frame cut short.
+    std::fs::write(&journal_path, &whole[..whole.len() - 3]).expect("write");
+    let loaded = reopen(dir.path(), Level::Os);
+    assert_eq!(loaded.jobs.len(), 1, "the whole first frame is kept");
+
+    // A flipped byte in the first frame, with the second after it: corruption.
+    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
+    let mut bad = whole.clone();
+    bad[FRAME_HEADER + 2] ^= 0xff;
+    std::fs::write(&journal_path, &bad).expect("write");
+    let err = Store::open(dir.path(), Level::Os).expect_err("corrupt");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert_eq!(
+        std::fs::read(&journal_path).expect("read"),
+        bad,
+        "nothing is thrown away"
+    );
+}
+
+#[test]
+fn a_store_of_another_format_is_refused_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path(), Level::Fsync).expect("open"));
+    write_raw(dir.path(), |tx| {
+        tx.open_table(META)
+            .expect("meta")
+            .insert(META_FORMAT, 999)
+            .expect("insert");
+    });
+    let err = Store::open(dir.path(), Level::Fsync).expect_err("other format");
+    assert!(
+        matches!(
+            err,
+            StoreError::Version {
+                found: Some(999),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("format Some(999)"), "{err}");
+}
+
+#[test]
+fn a_redb_file_that_is_not_a_job_store_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_raw(dir.path(), |tx| {
+        let def: TableDefinition<u64, u64> = TableDefinition::new("other");
+        tx.open_table(def).expect("t").insert(1, 1).expect("insert");
+    });
+    let err = Store::open(dir.path(), Level::Fsync).expect_err("not ours");
+    assert!(
+        matches!(err, StoreError::Version { found: None, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 64 * 1024]).expect("write");
+    let err = Store::open(dir.path(), Level::Fsync).expect_err("garbage");
+    assert!(matches!(err, StoreError::Database { .. }), "{err}");
+    assert!(err.to_string().contains(DB_FILE), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join(DB_FILE)).expect("read").len(),
+        64 * 1024,
+        "left as it was"
+    );
+}
+
+#[test]
+fn a_record_that_does_not_decode_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path(), Level::Fsync).expect("open"));
+    write_raw(dir.path(), |tx| {
+        tx.open_table(JOBS)
+            .expect("jobs")
+            .insert(7, &[0xc1u8][..])
+            .expect("insert");
+    });
+    let err = Store::open(dir.path(), Level::Fsync).expect_err("bad record");
+    assert!(
+        matches!(&err, StoreError::Corrupt { what, .. } if what.contains("record 7")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_writer_takes_every_waiting_request_as_one_group() {
+    let (tx, rx) = mpsc::channel();
+    let mut dones = Vec::new();
+    for i in 0..10 {
+        let (ack, done) = oneshot::channel();
+        tx.send(Request {
+            next_id: i,
+            ops: Vec::new(),
+            ack,
+        })
+        .expect("send");
+        dones.push(done);
+    }
+    let first = rx.recv().expect("first");
+    assert_eq!(drain(first, &rx).len(), 10);
+}
+
+#[tokio::test]
+async fn concurrent_commits_are_all_acknowledged_with_the_level_and_stored() {
+    for level in [Level::Fsync, Level::Os] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), level).expect("open");
+        let writer = Arc::new(Writer::start(store).expect("writer"));
+        let mut q = Queue::new(QueueLimits::default(), 1);
+        let mut acks = Vec::new();
+        for op in submit_n(&mut q, 200) {
+            let writer = Arc::clone(&writer);
+            let next_id = q.next_id();
+            acks.push(tokio::spawn(async move {
+                writer.commit(next_id, vec![op]).await
+            }));
+        }
+        for ack in acks {
+            let level_acked = tokio::time::timeout(WAIT, ack)
+                .await
+                .expect("in time")
+                .expect("task")
+                .expect("ack");
+            assert_eq!(level_acked, level);
+        }
+        drop(writer);
+        let loaded = reopen(dir.path(), level);
+        assert_eq!(loaded.jobs.len(), 200, "{level:?}");
+        assert_eq!(loaded.next_id, 201);
+        if level == Level::Os {
+            let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
+            assert_eq!(journal.len(), 0, "checkpointed at stop");
+        }
+    }
+}
+
+#[test]
+fn a_reopened_queue_requeues_what_was_running_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open(dir.path(), Level::Fsync).expect("open");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let mut ops = submit_n(&mut q, 2);
+    let (later, fx) = q
+        .submit(
+            now(),
+            "m".into(),
+            vec![0x90],
+            JobOptions::default().with_delay(now(), Duration::from_secs(60)),
+        )
+        .expect("submit");
+    ops.extend(fx.persist);
+    let (d, fx) = q.next_dispatch("w1").expect("ready");
+    ops.extend(fx.persist);
+    store.commit(q.next_id(), ops).expect("commit");
+    drop(store);
+
+    let (mut store, loaded) = Store::open(dir.path(), Level::Fsync).expect("reopen");
+    let (mut q2, fx) = Queue::restore(
+        QueueLimits::default(),
+        2,
+        loaded.jobs,
+        loaded.next_id,
+        now(),
+    );
+    store.commit(q2.next_id(), fx.persist).expect("commit");
+    let job = q2.get(d.id).expect("job");
+    assert_eq!((job.state.name(), job.attempts), (StateName::Queued, 1));
+    assert_eq!(
+        q2.get(later).expect("job").state.name(),
+        StateName::Scheduled
+    );
+    let (again, fx) = q2.next_dispatch("w2").expect("requeued");
+    assert_eq!((again.id, again.attempt), (d.id, 2));
+    store.commit(q2.next_id(), fx.persist).expect("commit");
+    let fx = q2
+        .finish(now(), again.id, again.lease, Outcome::Ok(vec![0xc3]))
+        .expect("finish");
+    store.commit(q2.next_id(), fx.persist).expect("commit");
+    drop(store);
+    let loaded = reopen(dir.path(), Level::Fsync);
+    let job = loaded.jobs.iter().find(|j| j.id == d.id).expect("job");
+    assert!(matches!(&job.state, JobState::Succeeded { result, .. } if result == &vec![0xc3]));
+}
