@@ -241,7 +241,7 @@ pub struct MeshCallOptions {
     /// This call's deadline, from now; `None` uses the client's default.
     pub timeout: Option<Duration>,
     /// Overrides whether the call is idempotent; `None` uses what the serving nodes
-    /// advertise for the method ([`Service::idempotent`](crate::Service::idempotent)).
+    /// advertise for the method ([`MethodBuilder::idempotent`](crate::MethodBuilder::idempotent)).
     pub idempotent: Option<bool>,
     /// A W3C `traceparent` to propagate.
     pub traceparent: Option<String>,

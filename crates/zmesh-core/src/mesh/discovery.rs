@@ -58,7 +58,7 @@ pub struct DiscoveryConfig {
     /// msgpack, as before.
     pub mesh_key: Option<crate::trust::MeshKey>,
     /// Seeds resolved from DNS every refresh period, beside the static ones (default
-    /// none): SRV records, or A/AAAA records at a port ([`DnsSeeds`]).
+    /// none): SRV records, or A/AAAA records at a port ([`DnsSeeds`](super::dns::DnsSeeds)).
     pub dns: Option<super::dns::DnsSeeds>,
 }
 
