@@ -7,6 +7,7 @@ mod config_file;
 mod demo;
 mod events_cmd;
 mod http;
+mod jobs_cmd;
 mod json;
 mod mesh_key;
 mod output;
@@ -149,6 +150,11 @@ enum Command {
         #[command(flatten)]
         key: mesh_key::KeyArgs,
     },
+    /// Talk to a durable job queue (a node serving `jobs`: `zmesh serve jobs --data DIR
+    /// --jobs-workers ENDPOINT`): submit, status, result, cancel, list, dead, replay, purge,
+    /// stats. Answers print as JSON; refusals (QueueFull, UnknownJob, ...) exit 1.
+    #[command(after_help = mesh_key::KEY_HELP)]
+    Jobs(jobs_cmd::JobsArgs),
     /// Show a node's per-method calls, errors and latency percentiles, and its counters
     /// (from the `_zmesh.stats` method every zmesh node answers); for a proxy device, its
     /// per-service figures and what it refused and dropped, by reason (`_zmesh.device_stats`).
@@ -366,6 +372,18 @@ async fn run(command: Command) -> Result<(), CliError> {
         } => {
             let client = client(&endpoint, seconds(timeout), &connect, &key)?;
             stats(&client, all, json).await
+        }
+        Command::Jobs(args) => {
+            let (endpoint, method, call_args, extra) = args.verb.call();
+            let timeout = seconds(args.timeout + extra);
+            call(
+                &client(endpoint, timeout, &args.connect, &args.key)?,
+                method,
+                &call_args,
+                timeout,
+                false,
+            )
+            .await
         }
         Command::Serve(args) => {
             raise_descriptor_limit();

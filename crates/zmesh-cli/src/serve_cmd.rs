@@ -13,7 +13,7 @@ use zmesh_core::{Endpoint, MeshKey, Node, NodeConfig, Publisher, Service};
 use crate::CliError;
 
 /// The services `zmesh serve` can host.
-pub(crate) const SERVICES: [&str; 2] = ["echo", "kv"];
+pub(crate) const SERVICES: [&str; 3] = ["echo", "kv", "jobs"];
 
 /// The options of `zmesh serve`.
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,8 @@ pub(crate) const SERVICES: [&str; 2] = ["echo", "kv"];
 Services:
   echo  echo, upper, sleep, fail, count, size (echo, upper, size, sleep marked idempotent)
   kv    get, put, delete, scan over an in-memory map; publishes kv.changed.<key> with --events
+  jobs  a durable job queue stored in --data DIR, running its jobs through --jobs-workers
+        (docs/JOBS.md); publishes jobs.<state> with --events
 
 At start it prints, one per line (port 0 picks a free port; the lines show the real one):
   serving SERVICES on ENDPOINT...        (or: serving SERVICES as a worker of BACKEND)
@@ -141,6 +143,17 @@ pub(crate) struct ServeArgs {
     /// `metrics http://ADDR` line.
     #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
     metrics: Option<std::net::SocketAddr>,
+    /// With the `jobs` service: the directory its store lives in (created if missing).
+    #[arg(long = "data", value_name = "DIR", env = "ZMESH_DATA")]
+    jobs_data: Option<std::path::PathBuf>,
+    /// With the `jobs` service: where its jobs are run, a node's or a proxy's endpoint
+    /// (this node's own endpoint is fine when it serves the methods too).
+    #[arg(long, value_name = "ENDPOINT", env = "ZMESH_JOBS_WORKERS")]
+    jobs_workers: Option<Endpoint>,
+    /// With the `jobs` service: `fsync` (power-loss durable, the default) or `os` (survives
+    /// kill -9, not power loss); every acknowledgement states it.
+    #[arg(long, value_name = "LEVEL", default_value = "fsync", value_parser = ["fsync", "os"], env = "ZMESH_JOBS_DURABILITY")]
+    jobs_durability: String,
     #[command(flatten)]
     limits: NodeLimits,
     #[command(flatten)]
@@ -235,9 +248,37 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         ),
         None => None,
     };
+    let jobs = if args.services.iter().any(|s| s == "jobs") {
+        if args.mesh.is_some() || args.worker_of.is_some() {
+            return Err(CliError::Usage(
+                "the jobs service runs on a node of its own (not with --mesh or --worker-of)"
+                    .into(),
+            ));
+        }
+        let (Some(dir), Some(workers)) = (&args.jobs_data, &args.jobs_workers) else {
+            return Err(CliError::Usage(
+                "the jobs service needs --data DIR (its store) and --jobs-workers ENDPOINT \
+                 (where its jobs run)"
+                    .into(),
+            ));
+        };
+        let mut config = zmesh_jobs::JobsConfig::default();
+        if args.jobs_durability == "os" {
+            config.durability = zmesh_jobs::Level::Os;
+        }
+        let workers = zmesh_core::Client::new(workers.to_string());
+        let mut extension = zmesh_jobs::JobsExtension::new(dir.clone(), config, workers);
+        if let Some(publisher) = &publisher {
+            extension = extension.publisher(publisher.clone());
+        }
+        Some(extension)
+    } else {
+        None
+    };
     let services = args
         .services
         .iter()
+        .filter(|name| *name != "jobs")
         .map(|name| reference_service(name, publisher.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let listing = args.services.join(", ");
@@ -320,6 +361,9 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         }
         if let Some(service) = args.unprefixed {
             builder = builder.export_unprefixed(service);
+        }
+        if let Some(jobs) = jobs {
+            builder = builder.extension(jobs);
         }
         if let Some(publisher) = publisher.clone() {
             builder = builder.publisher(publisher);
