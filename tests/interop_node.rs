@@ -20,7 +20,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use rmpv::Value;
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 use zmesh::{CallError, CallOptions, Client, ClientConfig, NodeConfig};
 
@@ -104,43 +103,13 @@ async fn a_zerorpc_node_client_calls_a_zmesh_node() {
     .await;
 }
 
-/// A zerorpc-node server on a free loopback port, killed when dropped.
-struct NodeServer {
-    endpoint: String,
-    _child: tokio::process::Child,
-}
-
-impl NodeServer {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let endpoint = format!("tcp://127.0.0.1:{port}");
-        let mut child = zerorpc_node::node_script("server.js", &[&endpoint])
-            .spawn()
-            .expect("node server.js");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let ready = net("server.js ready", lines.next_line())
-            .await
-            .expect("stdout")
-            .expect("a ready line");
-        assert_eq!(ready, format!("ready {endpoint}"));
-        Self {
-            endpoint,
-            _child: child,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zmesh_client_calls_a_zerorpc_node_server() {
     if !zerorpc_node::available().await {
         return;
     }
-    let server = NodeServer::start().await;
-    let client = Client::new(server.endpoint.clone());
+    let (endpoint, _server) = zerorpc_node::start_server().await;
+    let client = Client::new(endpoint.clone());
 
     let upper: String = net("upper", client.call("upper", ("héllo ✓",)))
         .await
@@ -193,7 +162,7 @@ async fn a_zmesh_client_calls_a_zerorpc_node_server() {
     // zerorpc-node drops a call to a method it lacks without a reply or a heartbeat: with
     // short heartbeats the client says so instead of reporting a lost peer.
     let impatient = Client::with_config(
-        server.endpoint.clone(),
+        endpoint.clone(),
         ClientConfig::default().heartbeat(Duration::from_millis(300)),
     );
     let err = net(

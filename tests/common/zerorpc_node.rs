@@ -76,6 +76,30 @@ async fn setup() -> Result<bool, String> {
     Ok(true)
 }
 
+/// A zerorpc-node server (`server.js`) on a free loopback port, once it says it is bound:
+/// its endpoint and its process, killed when dropped.
+pub async fn start_server() -> (String, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut child = node_script("server.js", &[&endpoint])
+        .spawn()
+        .expect("node server.js");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("server.js ready in time")
+        .expect("stdout")
+        .expect("a ready line");
+    assert_eq!(ready, format!("ready {endpoint}"));
+    (endpoint, child)
+}
+
 /// `node SCRIPT ARGS...` in `tests/interop/node`, stdout and stderr piped, killed on drop.
 pub fn node_script(script: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("node");

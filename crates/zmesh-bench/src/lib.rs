@@ -16,6 +16,7 @@
 //!   tokio runtime flavour of client and servers.
 
 pub mod affinity;
+pub mod args;
 pub mod child;
 pub mod drive;
 pub mod latency;

@@ -278,12 +278,7 @@ impl From<CallError> for CliError {
     }
 }
 
-fn positive_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
-    }
-}
+use zmesh_bench::args::positive_seconds;
 
 fn main() -> ExitCode {
     children::die_with_parent_if_asked();

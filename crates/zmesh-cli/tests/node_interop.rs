@@ -8,31 +8,14 @@ mod common;
 #[path = "../../../tests/common/zerorpc_node.rs"]
 mod zerorpc_node;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use common::{LIMIT, run, stderr, stdout};
+use common::{run, stderr, stdout};
 
 #[tokio::test]
 async fn the_cli_calls_lists_and_pings_a_zerorpc_node_server() {
     if !zerorpc_node::available().await {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut server = zerorpc_node::node_script("server.js", &[&endpoint])
-        .spawn()
-        .expect("node server.js");
-    let mut lines = BufReader::new(server.stdout.take().expect("piped")).lines();
-    let ready = tokio::time::timeout(LIMIT, lines.next_line())
-        .await
-        .expect("server.js ready in time")
-        .expect("stdout")
-        .expect("a ready line");
-    assert_eq!(ready, format!("ready {endpoint}"));
+    let (endpoint, _server) = zerorpc_node::start_server().await;
 
     let out = run(&["call", &endpoint, "upper", "from the shell"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
