@@ -395,11 +395,19 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     }
     let exporter = match args.metrics {
         Some(addr) => {
-            let metrics = match &running {
-                Running::Plain(node) => node.metrics(),
-                Running::Mesh(node) => node.node().metrics(),
+            // A mesh member's discovery figures (peers, gossip, DNS) beside its node's.
+            let (node, mesh) = match &running {
+                Running::Plain(node) => (node.metrics(), None),
+                Running::Mesh(node) => (node.node().metrics(), Some(node.discovery().metrics())),
             };
-            let render = std::sync::Arc::new(move || metrics.encode());
+            let render = std::sync::Arc::new(move || {
+                let mut collectors: Vec<Box<dyn zmesh_core::metrics::Collector>> =
+                    vec![Box::new(node.clone())];
+                if let Some(mesh) = &mesh {
+                    collectors.push(Box::new(mesh.clone()));
+                }
+                zmesh_core::metrics::render_all(collectors)
+            });
             Some(crate::http::Exporter::start(addr, render).await?)
         }
         None => None,

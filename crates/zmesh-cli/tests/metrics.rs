@@ -272,3 +272,41 @@ async fn the_proxy_serves_its_figures() {
     assert!(count >= 4, "{completed}");
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+/// A mesh member's `/metrics` holds its node's figures and its discovery's (peers, gossip
+/// exchanges, DNS lookups) in one exposition, ending in one `# EOF`.
+#[tokio::test]
+async fn a_mesh_member_serves_its_discovery_figures_too() {
+    let mut command = zmesh();
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--mesh",
+        "metrics-test",
+        "--metrics",
+        "127.0.0.1:0",
+        "echo",
+    ]);
+    let mut node = Server::start(command, "zmesh serve --mesh --metrics").await;
+    let metrics = loop {
+        let line = node.lines.next("the metrics line").await;
+        if let Some(addr) = line.strip_prefix("metrics http://") {
+            break addr.to_owned();
+        }
+    };
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "zmesh_mesh_peers 0",
+        "zmesh_mesh_gossip_exchanges_total{result=\"ok\"} 0",
+        "zmesh_server_calls_in_flight 0",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+    common::terminate(&node.child);
+    let status = common::exit_status(&mut node.child, "zmesh serve").await;
+    assert!(status.success(), "{status}");
+}

@@ -49,10 +49,17 @@ impl NodeMetrics {
 
     /// The node's figures now, as OpenMetrics text (which Prometheus reads).
     pub fn encode(&self) -> String {
-        render(Figures {
+        render(self.clone())
+    }
+}
+
+impl Collector for NodeMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        Figures {
             stats: crate::node::stats_of(&self.shared),
             methods: methods_of(&self.shared),
-        })
+        }
+        .encode(encoder)
     }
 }
 
@@ -136,8 +143,16 @@ pub fn encode_gauges(
 
 /// A collector's figures now, as OpenMetrics text (which Prometheus reads).
 pub fn render(collector: impl Collector) -> String {
+    render_all(vec![Box::new(collector)])
+}
+
+/// Several collectors' figures in one exposition (a node's with its mesh's, say): one
+/// text, one `# EOF`.
+pub fn render_all(collectors: Vec<Box<dyn Collector>>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector));
+    for collector in collectors {
+        registry.register_collector(collector);
+    }
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
