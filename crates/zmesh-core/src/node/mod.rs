@@ -822,9 +822,15 @@ impl Node {
 
     /// A handle on the node's figures for an exporter: Prometheus text at each
     /// [`encode`](crate::metrics::NodeMetrics::encode), read from the same counters as
-    /// [`Node::stats`] and `_zmesh.stats`.
+    /// [`Node::stats`] and `_zmesh.stats`, then its extensions' figures
+    /// ([`Attachment::metrics`]: its events', a job queue's).
     pub fn metrics(&self) -> crate::metrics::NodeMetrics {
-        crate::metrics::NodeMetrics::new(Arc::clone(&self.shared))
+        let extensions = self
+            .attachments
+            .iter()
+            .filter_map(|a| a.metrics())
+            .collect();
+        crate::metrics::NodeMetrics::new(Arc::clone(&self.shared), extensions)
     }
 
     /// Serves until `signal` completes, then shuts down gracefully with the configured
