@@ -310,7 +310,11 @@ fn read_buffer_small_reads_go_through_scratch_and_large_ones_do_not() {
         Poll::Ready(Ok(n)) => assert_eq!(n, chunk + 1, "what the decoder needs, at once"),
         other => panic!("a large read, got {other:?}"),
     }
-    assert_eq!(reader.scratch.len(), scratch, "the large read left scratch alone");
+    assert_eq!(
+        reader.scratch.len(),
+        scratch,
+        "the large read left scratch alone"
+    );
     assert!(reader.buffer.iter().all(|&b| b == 9));
     assert_eq!(reader.buffer.len(), INITIAL_READ_CHUNK_SIZE + chunk + 1);
 }
