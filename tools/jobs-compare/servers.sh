@@ -11,13 +11,20 @@
 # reads); everything else goes to stderr. NATS_SERVER=/path/to/nats-server uses another
 # binary than Debian's (bookworm's 2.9 has no sync_interval).
 #
+# SERVERS_ONLY=nats starts the default-sync nats-server alone, and SERVERS_NAME names the
+# run's record (default zmesh-jobs-compare), so another tool's servers can run beside these
+# (tools/peer-compare/nats.sh does both).
+#
 # Debian's packages are installed with apt-get when missing, with service starts refused
 # (policy-rc.d): the distro's rabbitmq-server service listens on every interface, and
 # systemd may not be running anyway, so the binaries are started here directly.
 set -euo pipefail
 
 # Where the running servers' temp dir is recorded, so `stop` finds it from another shell.
-POINTER="${TMPDIR:-/tmp}/zmesh-jobs-compare.dir"
+NAME="${SERVERS_NAME:-zmesh-jobs-compare}"
+POINTER="${TMPDIR:-/tmp}/$NAME.dir"
+ONLY="${SERVERS_ONLY:-}"
+case "$ONLY" in "" | nats) ;; *) echo "servers.sh: SERVERS_ONLY=$ONLY: only 'nats' is known" >&2; exit 2 ;; esac
 # How long a server may take to listen (RabbitMQ boots in several seconds).
 START_LIMIT=90
 
@@ -28,7 +35,7 @@ rabbit_bin=/usr/lib/rabbitmq/bin/rabbitmq-server
 
 install_missing() {
     local missing=()
-    [ -x "$rabbit_bin" ] || missing+=(rabbitmq-server)
+    [ -n "$ONLY" ] || [ -x "$rabbit_bin" ] || missing+=(rabbitmq-server)
     if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null; then
         missing+=(nats-server)
     fi
@@ -138,7 +145,7 @@ start() {
     [ ! -e "$POINTER" ] || die "already running in $(cat "$POINTER") (servers.sh stop first)"
     install_missing
     local dir
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/zmesh-jobs-compare.XXXXXX")
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/$NAME.XXXXXX")
     echo "$dir" >"$POINTER"
     if [ "$(stat -f -c %T "$dir")" = tmpfs ]; then
         say "warning: $dir is on tmpfs, where fsync does nothing: set TMPDIR to a directory on disk"
@@ -147,11 +154,17 @@ start() {
     started=
     trap '[ -n "$started" ] || { say "start failed; stopping what started"; stop; }' EXIT
     say "servers in $dir"
-    start_rabbitmq "$dir"
-    start_nats "$dir" nats "" JOBS_COMPARE_NATS
-    start_nats "$dir" nats-sync-always "sync_interval: always" JOBS_COMPARE_NATS_SYNC_ALWAYS
-    started=1
-    say "$("$(nats_bin)" --version), RabbitMQ $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '(version unknown)')"
+    if [ "$ONLY" = nats ]; then
+        start_nats "$dir" nats "" JOBS_COMPARE_NATS
+        started=1
+        say "$("$(nats_bin)" --version)"
+    else
+        start_rabbitmq "$dir"
+        start_nats "$dir" nats "" JOBS_COMPARE_NATS
+        start_nats "$dir" nats-sync-always "sync_interval: always" JOBS_COMPARE_NATS_SYNC_ALWAYS
+        started=1
+        say "$("$(nats_bin)" --version), RabbitMQ $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '(version unknown)')"
+    fi
     say "stop them with: $0 stop"
 }
 

@@ -1,6 +1,8 @@
-//! `zmesh-peer-compare`: the same echo measurement (payload, counts, durations) with a raw
-//! `zeromq` DEALER/ROUTER baseline, zmesh, tarpc and tonic, in one run and one process
-//! layout, printed as a table with ratios to raw.
+//! `zmesh-peer-compare`: the same echo measurement (payload, counts, durations) with the
+//! TCP floor (blocking `std::net` ping-pong), a raw `zeromq` DEALER/ROUTER baseline on
+//! zmesh's fork and on unmodified upstream zeromq 0.7.0, zmesh, tarpc, tonic and NATS
+//! request-reply (when a `nats-server` is given), in one run and one process layout,
+//! printed as a table with ratios to raw, to upstream and to the floor.
 //!
 //! Layout: each system's server runs in a child process (this binary's hidden `serve`
 //! verb), started just before that system is measured and killed right after, so client
@@ -13,11 +15,14 @@
 //! cargo run --release -p zmesh-peer-compare
 //! ```
 
+mod floor;
 mod grpc;
 mod measure;
+mod nats;
 mod raw;
 mod server;
 mod tarpc_echo;
+mod upstream;
 mod zmesh;
 
 use std::process::ExitCode;
@@ -26,7 +31,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use zmesh_bench::{Block, Figures, Flavour, affinity, ratio};
 
-/// Echo round trips of zmesh beside raw zeromq, tarpc and tonic, in one run.
+/// Echo round trips of zmesh beside the TCP floor, raw zeromq, tarpc, tonic and NATS, in
+/// one run.
 #[derive(Debug, Parser)]
 #[command(name = "zmesh-peer-compare", version, about)]
 struct Cli {
@@ -37,9 +43,13 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,zmesh,tarpc,tonic"
+        default_value = "floor,raw,upstream,zmesh,tarpc,tonic,nats"
     )]
     systems: Vec<System>,
+    /// The nats-server for the `nats` row (`nats://127.0.0.1:PORT`; `tools/peer-compare/
+    /// nats.sh start` prints it); without one that row is skipped with a message.
+    #[arg(long, env = "PEER_COMPARE_NATS")]
+    nats: Option<String>,
     /// Payload bytes per call.
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -84,32 +94,44 @@ enum Serve {
 /// A system under comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum System {
-    /// Raw `zeromq` DEALER -> ROUTER echo of one frame: the baseline.
+    /// Blocking `std::net` TCP ping-pong: the floor.
+    Floor,
+    /// Raw `zeromq` DEALER -> ROUTER echo of one frame (zmesh's fork): the baseline.
     Raw,
+    /// The same echo on unmodified upstream zeromq 0.7.0.
+    Upstream,
     /// zmesh Client -> Node, `echo.echo` of a msgpack bin.
     Zmesh,
     /// tarpc over TCP with bincode.
     Tarpc,
     /// tonic unary gRPC over HTTP/2.
     Tonic,
+    /// NATS request-reply through a nats-server (async-nats).
+    Nats,
 }
 
 impl System {
     fn name(self) -> &'static str {
         match self {
-            Self::Raw => "raw zeromq",
+            Self::Floor => "TCP floor (blocking)",
+            Self::Raw => "raw zeromq (fork)",
+            Self::Upstream => "raw zeromq 0.7.0 (upstream)",
             Self::Zmesh => "zmesh",
             Self::Tarpc => "tarpc (bincode)",
             Self::Tonic => "tonic (gRPC)",
+            Self::Nats => "NATS request-reply",
         }
     }
 
     fn arg(self) -> &'static str {
         match self {
+            Self::Floor => "floor",
             Self::Raw => "raw",
+            Self::Upstream => "upstream",
             Self::Zmesh => "zmesh",
             Self::Tarpc => "tarpc",
             Self::Tonic => "tonic",
+            Self::Nats => "nats",
         }
     }
 }
@@ -164,7 +186,7 @@ fn main() -> ExitCode {
             affinity::pin_current_thread(cpu);
         }
         return match cli.runtime.runtime() {
-            Ok(runtime) => match runtime.block_on(server::serve(system)) {
+            Ok(runtime) => match runtime.block_on(server::serve(system, cli.nats.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("zmesh-peer-compare serve: {e}");
@@ -228,14 +250,33 @@ fn main() -> ExitCode {
     );
     let mut rows = Vec::with_capacity(cli.systems.len());
     for &system in &cli.systems {
+        if system == System::Nats {
+            let reachable = match &cli.nats {
+                None => Err("no server given (--nats or PEER_COMPARE_NATS; \
+                             tools/peer-compare/nats.sh start prints it)"
+                    .to_owned()),
+                Some(url) => runtime
+                    .block_on(nats::connect(url))
+                    .map(drop)
+                    .map_err(|e| format!("{e} (is it running? tools/peer-compare/nats.sh start)")),
+            };
+            if let Err(why) = reachable {
+                println!("skipped {}: {why}", system.name());
+                continue;
+            }
+        }
         eprintln!("measuring {} ...", system.name());
         let measured = runtime.block_on(async {
-            let child = server::spawn(system, cli.runtime, server_cpu)?;
+            let child = server::spawn(system, cli.runtime, server_cpu, cli.nats.as_deref())?;
+            let endpoint = child.endpoint();
             let result = match system {
-                System::Raw => raw::measure(child.endpoint(), &plan).await,
-                System::Zmesh => zmesh::measure(child.endpoint(), &plan).await,
-                System::Tarpc => tarpc_echo::measure(child.endpoint(), &plan).await,
-                System::Tonic => grpc::measure(child.endpoint(), &plan).await,
+                System::Floor => floor::measure(endpoint, &plan).await,
+                System::Raw => raw::measure(endpoint, &plan).await,
+                System::Upstream => upstream::measure(endpoint, &plan).await,
+                System::Zmesh => zmesh::measure(endpoint, &plan).await,
+                System::Tarpc => tarpc_echo::measure(endpoint, &plan).await,
+                System::Tonic => grpc::measure(endpoint, &plan).await,
+                System::Nats => nats::measure(endpoint, &plan).await,
             };
             drop(child);
             result
@@ -256,9 +297,15 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A Markdown table (pastes into docs/COMPARISON.md as it is), ratios to the raw row.
+/// A Markdown table (pastes into docs/COMPARISON.md as it is): ratios to the raw row (the
+/// fork), to upstream zeromq 0.7.0 and, for p50, to the TCP floor.
 fn print_table(rows: &[Row]) {
-    let raw = rows.iter().find(|r| r.system == System::Raw);
+    let base = |system: System| rows.iter().find(|r| r.system == system);
+    let (raw, upstream, floor) = (
+        base(System::Raw),
+        base(System::Upstream),
+        base(System::Floor),
+    );
     let vs = |value: f64, base: Option<f64>| {
         base.and_then(|base| ratio(value, base))
             .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))
@@ -266,26 +313,24 @@ fn print_table(rows: &[Row]) {
     println!();
     println!(
         "| system | p50 us | p99 us | sequential calls/s | pipelined calls/s | p50 vs raw | \
-         sequential vs raw | pipelined vs raw |"
+         p50 vs upstream | p50 vs floor | pipelined vs raw | pipelined vs upstream |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
+        let p50 = |r: Option<&Row>| r.map(|r| r.sequential.p50_us);
+        let pipelined = |r: Option<&Row>| r.map(|r| r.pipelined.calls_per_sec);
         println!(
-            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
             row.system.name(),
             row.sequential.p50_us,
             row.sequential.p99_us,
             row.sequential.calls_per_sec,
             row.pipelined.calls_per_sec,
-            vs(row.sequential.p50_us, raw.map(|r| r.sequential.p50_us)),
-            vs(
-                row.sequential.calls_per_sec,
-                raw.map(|r| r.sequential.calls_per_sec)
-            ),
-            vs(
-                row.pipelined.calls_per_sec,
-                raw.map(|r| r.pipelined.calls_per_sec)
-            ),
+            vs(row.sequential.p50_us, p50(raw)),
+            vs(row.sequential.p50_us, p50(upstream)),
+            vs(row.sequential.p50_us, p50(floor)),
+            vs(row.pipelined.calls_per_sec, pipelined(raw)),
+            vs(row.pipelined.calls_per_sec, pipelined(upstream)),
         );
     }
     let calls: Vec<String> = rows

@@ -1,13 +1,7 @@
 //! The baseline: a raw `zeromq` DEALER sending one frame to a ROUTER that echoes it back,
 //! with no envelope, serialization or dispatch.
 
-use bytes::Bytes;
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
-
-use zmesh_bench::{Figures, InOrder};
-
-use crate::measure;
-use crate::{Error, Plan};
+use crate::Error;
 
 /// Binds the shared raw echo ROUTER ([`zmesh_bench::raw::echo`]) on a free loopback port;
 /// returns its endpoint and the echo loop.
@@ -17,47 +11,68 @@ pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error>
         .map_err(|e| Error::Server(format!("raw ROUTER bind: {e}")))
 }
 
-/// Sequential and pipelined passes over one DEALER connection.
-pub(crate) async fn measure(endpoint: &str, plan: &Plan) -> Result<(Figures, Figures), Error> {
-    let mut dealer = DealerSocket::new();
-    measure::within("connecting the raw DEALER", dealer.connect(endpoint))
-        .await?
-        .map_err(|e| Error::Call(format!("raw DEALER connect: {e}")))?;
-    let mut connection = Raw {
-        dealer,
-        payload: Bytes::from(vec![0x5a; plan.payload]),
+/// The DEALER side of a raw echo row over either zeromq crate (`$zmq`: the fork,
+/// `zeromq`, or upstream's, `zeromq_upstream`), so both rows run the same code: a
+/// `measure` function doing the warm-up, then the sequential and the pipelined pass over
+/// one connection, each request an empty delimiter frame and the payload, as REQ sends.
+macro_rules! dealer_row {
+    ($zmq:ident, $what:literal) => {
+        /// Sequential and pipelined passes over one DEALER connection.
+        pub(crate) async fn measure(
+            endpoint: &str,
+            plan: &$crate::Plan,
+        ) -> Result<(zmesh_bench::Figures, zmesh_bench::Figures), $crate::Error> {
+            use $zmq::Socket;
+            let mut dealer = $zmq::DealerSocket::new();
+            $crate::measure::within(
+                concat!("connecting the ", $what, " DEALER"),
+                dealer.connect(endpoint),
+            )
+            .await?
+            .map_err(io)?;
+            let mut connection = Dealer {
+                dealer,
+                payload: bytes::Bytes::from(vec![0x5a; plan.payload]),
+            };
+            for _ in 0..plan.warmup {
+                use zmesh_bench::InOrder;
+                $crate::measure::within(concat!("a ", $what, " send"), connection.send()).await??;
+                $crate::measure::within(concat!("a ", $what, " reply"), connection.receive())
+                    .await??;
+            }
+            let sequential = $crate::measure::in_order(&mut connection, plan.sequential).await?;
+            let pipelined = $crate::measure::in_order(&mut connection, plan.pipelined).await?;
+            Ok((sequential, pipelined))
+        }
+
+        struct Dealer {
+            dealer: $zmq::DealerSocket,
+            payload: bytes::Bytes,
+        }
+
+        impl zmesh_bench::InOrder for Dealer {
+            type Error = $crate::Error;
+
+            async fn send(&mut self) -> Result<(), $crate::Error> {
+                use $zmq::SocketSend;
+                let mut message = $zmq::ZmqMessage::from(bytes::Bytes::new());
+                message.push_back(self.payload.clone());
+                self.dealer.send(message).await.map_err(io)
+            }
+
+            async fn receive(&mut self) -> Result<(), $crate::Error> {
+                use $zmq::SocketRecv;
+                let reply = self.dealer.recv().await.map_err(io)?;
+                std::hint::black_box(reply);
+                Ok(())
+            }
+        }
+
+        fn io(e: $zmq::ZmqError) -> $crate::Error {
+            $crate::Error::Call(format!(concat!($what, " DEALER: {}"), e))
+        }
     };
-    for _ in 0..plan.warmup {
-        measure::within("a raw send", connection.send()).await??;
-        measure::within("a raw reply", connection.receive()).await??;
-    }
-    let sequential = measure::in_order(&mut connection, plan.sequential).await?;
-    let pipelined = measure::in_order(&mut connection, plan.pipelined).await?;
-    Ok((sequential, pipelined))
 }
+pub(crate) use dealer_row;
 
-struct Raw {
-    dealer: DealerSocket,
-    payload: Bytes,
-}
-
-impl InOrder for Raw {
-    type Error = Error;
-
-    async fn send(&mut self) -> Result<(), Error> {
-        // An empty delimiter frame, as REQ would send, then the payload.
-        let mut message = ZmqMessage::from(Bytes::new());
-        message.push_back(self.payload.clone());
-        self.dealer.send(message).await.map_err(io)
-    }
-
-    async fn receive(&mut self) -> Result<(), Error> {
-        let reply = self.dealer.recv().await.map_err(io)?;
-        std::hint::black_box(reply);
-        Ok(())
-    }
-}
-
-fn io(e: zeromq::ZmqError) -> Error {
-    Error::Call(format!("raw DEALER: {e}"))
-}
+dealer_row!(zeromq, "raw");

@@ -20,11 +20,16 @@ pub(crate) fn spawn(
     system: System,
     flavour: Flavour,
     cpu: Option<usize>,
+    nats: Option<&str>,
 ) -> Result<ServerChild, Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Server(format!("cannot find this executable: {e}")))?;
     let mut command = Command::new(exe);
-    command.args(["--runtime", flavour.arg(), "serve", system.arg()]);
+    command.args(["--runtime", flavour.arg()]);
+    if let Some(url) = nats {
+        command.args(["--nats", url]);
+    }
+    command.args(["serve", system.arg()]);
     if let Some(cpu) = cpu {
         command.args(["--cpu", &cpu.to_string()]);
     }
@@ -37,12 +42,33 @@ pub(crate) fn spawn(
 
 /// The child's side: serves `system`, announces `READY <address>`, and returns when stdin
 /// closes (or the server stops by itself).
-pub(crate) async fn serve(system: System) -> Result<(), Error> {
+pub(crate) async fn serve(system: System, nats: Option<&str>) -> Result<(), Error> {
     let parent_gone = tokio::task::spawn_blocking(wait_for_parent);
     let announce = |address: &str| {
         announce(address).map_err(|e| Error::Server(format!("cannot announce the address: {e}")))
     };
     match system {
+        System::Floor => {
+            announce(&crate::floor::serve()?)?;
+            let _ = parent_gone.await;
+        }
+        System::Upstream => {
+            let (address, echo) = crate::upstream::serve().await?;
+            announce(&address)?;
+            tokio::select! {
+                _ = parent_gone => {}
+                () = echo => {}
+            }
+        }
+        System::Nats => {
+            let url = nats.ok_or_else(|| Error::Server("the nats row needs --nats".to_owned()))?;
+            let (address, answer) = crate::nats::serve(url).await?;
+            announce(&address)?;
+            tokio::select! {
+                _ = parent_gone => {}
+                () = answer => {}
+            }
+        }
         System::Raw => {
             let (address, echo) = crate::raw::serve().await?;
             announce(&address)?;
