@@ -7,7 +7,8 @@
 //! with the criterion benches and the peer comparison; this module holds what the modes are.
 //! The `device` mode puts a proxy device and an echo worker in two more child processes;
 //! the `keyed` mode calls a node that requires a mesh key (fresh per run), so the key's cost
-//! shows as a ratio to raw and tcp in the same run. What a run cannot use (`--count 0`, a
+//! shows as a ratio to raw and tcp in the same run; the `spin` mode runs client and node in
+//! the low-latency mode. What a run cannot use (`--count 0`, a
 //! plot that is not `.svg` or cannot be written) is refused before anything starts, and a
 //! debug build or a busy machine is warned about, since either makes the figures misleading.
 
@@ -259,7 +260,14 @@ pub(crate) enum Mode {
     /// A zmesh call over tcp loopback with a mesh key: every request and reply sealed and
     /// encrypted (not in the default modes: ask for it with --modes).
     Keyed,
+    /// A zmesh call over tcp loopback in the low-latency mode: client and node spin up to
+    /// [`BENCH_SPIN`] on their sockets before parking (not in the default modes).
+    Spin,
 }
+
+/// The spin of the `spin` mode, on both sides: longer than a loopback round trip, so a
+/// back-to-back call's reply (and the next request) arrives while the other side spins.
+pub(crate) const BENCH_SPIN: Duration = Duration::from_micros(200);
 
 /// The figures of one mode.
 #[derive(Debug, Clone, Serialize)]
@@ -402,17 +410,19 @@ impl Caller {
                     payload: Bytes::from(vec![0x5a; options.payload]),
                 })
             }
-            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed => {
+            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed | Mode::Spin => {
                 let key = key
                     .map(MeshKey::from_secret)
                     .transpose()
                     .map_err(|e| CliError::Other(format!("bench key: {e}")))?;
-                let client = match key {
-                    Some(key) => {
-                        Client::with_config(endpoint, ClientConfig::default().mesh_key(key))
-                    }
-                    None => Client::new(endpoint),
-                };
+                let mut config = ClientConfig::default();
+                if let Some(key) = key {
+                    config = config.mesh_key(key);
+                }
+                if mode == Mode::Spin {
+                    config = config.spin(BENCH_SPIN);
+                }
+                let client = Client::with_config(endpoint, config);
                 Ok(Self::Zmesh {
                     client,
                     value: rmpv::Value::Binary(vec![0x5a; options.payload]),
@@ -562,7 +572,9 @@ async fn start_servers(
     key: Option<&str>,
 ) -> Result<(Vec<ServerChild>, String), CliError> {
     let bind = match mode {
-        Mode::Raw | Mode::Tcp | Mode::Device | Mode::Keyed => "tcp://127.0.0.1:0".to_owned(),
+        Mode::Raw | Mode::Tcp | Mode::Device | Mode::Keyed | Mode::Spin => {
+            "tcp://127.0.0.1:0".to_owned()
+        }
         Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
         Mode::RawIpc => format!("ipc://{}", dir.join("raw.sock").display()),
     };
@@ -574,6 +586,11 @@ async fn start_servers(
         }
         Mode::Tcp | Mode::Ipc => {
             let server = spawn_server("zmesh", &bind, flavour, None)?;
+            let endpoint = server.endpoint().to_owned();
+            Ok((vec![server], endpoint))
+        }
+        Mode::Spin => {
+            let server = spawn_server("spin", &bind, flavour, None)?;
             let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
         }
@@ -667,7 +684,8 @@ fn spawn_server(
 /// the echo service), `raw` (a ROUTER echoing frames), `device` (a proxy device binding its
 /// frontend at BIND and its backend on a free tcp port; announces `READY <frontend>
 /// <backend>`), `worker` (an echo node serving the device whose backend is BIND), `keyed` (as
-/// `zmesh`, requiring the mesh key in `ZMESH_MESH_KEY`).
+/// `zmesh`, requiring the mesh key in `ZMESH_MESH_KEY`), `spin` (as `zmesh`, in the
+/// low-latency mode).
 pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
     let parent_gone = tokio::task::spawn_blocking(zmesh_bench::child::wait_for_parent);
     let announce = |endpoint: &str| {
@@ -685,8 +703,11 @@ pub(crate) async fn serve(kind: &str, bind: &str) -> Result<(), CliError> {
             announce(&format!("{} {}", device.frontend(), device.backend()))?;
             device.run_until(async { drop(parent_gone.await) }).await;
         }
-        "zmesh" | "worker" | "keyed" => {
+        "zmesh" | "worker" | "keyed" | "spin" => {
             let mut builder = Node::builder().service(zmesh_echo::service());
+            if kind == "spin" {
+                builder = builder.config(zmesh_core::NodeConfig::default().spin(BENCH_SPIN));
+            }
             if kind == "keyed" {
                 let key = MeshKey::from_default_env()
                     .map_err(|e| CliError::Other(format!("the keyed bench server: {e}")))?;

@@ -203,7 +203,7 @@ enum Command {
     /// Internal: a bench server (started by `zmesh bench`).
     #[command(hide = true)]
     BenchServer {
-        #[arg(long, value_parser = ["zmesh", "raw", "device", "worker", "keyed"])]
+        #[arg(long, value_parser = ["zmesh", "raw", "device", "worker", "keyed", "spin"])]
         kind: String,
         /// Where to bind (for `worker`: the device backend to connect to).
         #[arg(long)]

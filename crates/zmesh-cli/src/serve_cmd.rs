@@ -227,6 +227,11 @@ pub(crate) struct NodeLimits {
     /// Request bytes one connection may have running at once [default: 67108864].
     #[arg(long, value_name = "BYTES", env = "ZMESH_MAX_BYTES_PER_PEER")]
     max_bytes_per_peer: Option<usize>,
+    /// The low-latency mode: after each message, poll the sockets for up to MICROS
+    /// microseconds before sleeping (at most 1000; keeps a CPU busy that long after every
+    /// message) [default: off].
+    #[arg(long, value_name = "MICROS", env = "ZMESH_SPIN")]
+    spin: Option<u64>,
 }
 
 impl NodeLimits {
@@ -247,6 +252,9 @@ impl NodeLimits {
         }
         if let Some(bytes) = self.max_bytes_per_peer {
             config = config.max_bytes_per_peer(bytes);
+        }
+        if let Some(micros) = self.spin {
+            config = config.spin(Duration::from_micros(micros));
         }
         config
     }

@@ -445,6 +445,13 @@ async fn bench_reports_every_mode_as_json_and_draws_the_distributions() {
     assert_eq!(left, [std::ffi::OsString::from("latency.svg")]);
 }
 
+/// The low-latency mode as a bench mode: measured beside raw and tcp in one run, every
+/// call answered.
+#[tokio::test]
+async fn bench_measures_the_spin_mode_beside_tcp() {
+    common::bench_beside_raw_and_tcp("spin").await;
+}
+
 /// `zmesh bench ARGS...` must exit 2 saying `says`, before any mode runs: the arguments ask
 /// for a run far longer than [`USAGE_LIMIT`], and nothing is printed on stdout.
 async fn bench_refused(args: &[&str], says: &str) {

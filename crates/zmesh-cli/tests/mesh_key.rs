@@ -686,33 +686,7 @@ async fn pub_seals_its_event_for_keyed_subscribers() {
 
 #[tokio::test]
 async fn bench_measures_the_keyed_mode_beside_raw() {
-    let out = run_env(
-        &[
-            "bench",
-            "--modes",
-            "raw,tcp,keyed",
-            "--count",
-            "300",
-            "--warmup",
-            "20",
-            "--duration",
-            "15",
-            "--json",
-        ],
-        None,
-    )
-    .await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let modes = report["modes"].as_array().expect("modes");
-    let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
-    assert_eq!(names, ["raw", "tcp", "keyed"]);
-    let keyed = &modes[2];
-    assert_eq!(keyed["calls"], 300, "{keyed}");
-    assert!(
-        keyed["p50_vs_raw"].as_f64().is_some_and(|r| r > 0.0),
-        "{keyed}"
-    );
+    let keyed = common::bench_beside_raw_and_tcp("keyed").await;
     assert!(
         keyed["calls_per_sec_vs_raw"]
             .as_f64()

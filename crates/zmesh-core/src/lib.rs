@@ -41,6 +41,7 @@ pub mod node;
 #[doc(hidden)]
 pub mod read_turns;
 mod service;
+mod spin;
 mod stats;
 mod submit;
 pub mod trust;

@@ -42,6 +42,38 @@ pub(crate) async fn run(args: &[&str]) -> Output {
     finish(child, &format!("zmesh {args:?}")).await
 }
 
+/// Runs `zmesh bench --modes raw,tcp,MODE` (300 calls per mode, JSON) and returns MODE's
+/// figures, after checking the modes ran in order, MODE measured every call and has a
+/// ratio to raw.
+pub(crate) async fn bench_beside_raw_and_tcp(mode: &str) -> serde_json::Value {
+    let modes = format!("raw,tcp,{mode}");
+    let out = run(&[
+        "bench",
+        "--modes",
+        &modes,
+        "--count",
+        "300",
+        "--warmup",
+        "20",
+        "--duration",
+        "15",
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let modes = report["modes"].as_array().expect("modes");
+    let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
+    assert_eq!(names, ["raw", "tcp", mode]);
+    let figures = modes[2].clone();
+    assert_eq!(figures["calls"], 300, "{figures}");
+    assert!(
+        figures["p50_vs_raw"].as_f64().is_some_and(|r| r > 0.0),
+        "{figures}"
+    );
+    figures
+}
+
 /// Waits within [`LIMIT`] for a child started with piped stdout and stderr.
 pub(crate) async fn finish(child: Child, what: &str) -> Output {
     timeout(LIMIT, child.wait_with_output())

@@ -18,6 +18,8 @@ use futures::FutureExt;
 use futures::future::{self, Either, Ready};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::spin::SpinBudget;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::field;
 use zmesh_proto::ErrorKind;
@@ -273,6 +275,11 @@ pub struct ClientConfig {
     /// refusal to retry elsewhere. Sealed replies must arrive in order, each in its place
     /// in the call, or the call fails with [`CallError::Integrity`].
     pub mesh_key: Option<crate::trust::MeshKey>,
+    /// The low-latency mode (default off): a call awaiting its reply keeps polling the
+    /// socket for up to this long before its task parks, so a reply arriving within it is
+    /// read without a wake-up. Costs a CPU kept busy for up to this long per call (at most
+    /// 1 ms); see docs/PERFORMANCE.md.
+    pub spin: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -285,6 +292,7 @@ impl Default for ClientConfig {
             max_in_flight: 10_000,
             max_message_size: 16 * 1024 * 1024,
             mesh_key: None,
+            spin: None,
         }
     }
 }
@@ -332,6 +340,14 @@ impl ClientConfig {
         self
     }
 
+    /// Turns the low-latency mode on: a spin of up to `spin` while a reply is awaited (at
+    /// most 1 ms; see [`ClientConfig::spin`](struct.ClientConfig.html#structfield.spin)).
+    #[must_use]
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = Some(spin);
+        self
+    }
+
     /// Seals every request with the mesh key and requires it on replies.
     #[must_use]
     pub fn mesh_key(mut self, key: crate::trust::MeshKey) -> Self {
@@ -359,6 +375,9 @@ impl ClientConfig {
             1,
             Semaphore::MAX_PERMITS,
         )?;
+        if let Some(spin) = self.spin {
+            config::in_range("spin", spin, Duration::ZERO, crate::spin::MAX_SPIN)?;
+        }
         Ok(())
     }
 }
@@ -683,6 +702,7 @@ impl Client {
                             guard: call.guard,
                             permit,
                             timeout,
+                            spin: SpinBudget::new(config.spin),
                             _conn: conn,
                         }));
                     }
@@ -737,14 +757,17 @@ impl Client {
             };
             match sent {
                 Some(Ok(())) => {
-                    let waited =
-                        std::future::poll_fn(|cx| guard.conn.poll_reply(&guard.id, &mut reply, cx))
-                            .await;
+                    let spin = self.inner.config.spin;
+                    let waited = crate::spin::poll_spinning(spin, |cx| {
+                        guard.conn.poll_reply(&guard.id, &mut reply, cx)
+                    })
+                    .await;
                     let sent = SentCall {
                         rx: reply,
                         guard,
                         permit,
                         timeout,
+                        spin: SpinBudget::new(None),
                         _conn: conn,
                     };
                     return self.first_reply(waited, sent);
@@ -964,6 +987,8 @@ struct SentCall {
     guard: CallGuard,
     permit: OwnedSemaphorePermit,
     timeout: Duration,
+    /// The low-latency mode's spin while the reply is awaited ([`ClientConfig::spin`]).
+    spin: SpinBudget,
     /// Keeps the connection (and its reader task) up while the call waits.
     _conn: Arc<Connection>,
 }
@@ -1019,8 +1044,11 @@ fn poll_request<'a>(
                 }
             }
             RequestState::Sent(sent) => {
-                let waited =
-                    std::task::ready!(sent.guard.conn.poll_reply(&sent.guard.id, &mut sent.rx, cx));
+                let polled = sent.guard.conn.poll_reply(&sent.guard.id, &mut sent.rx, cx);
+                let Poll::Ready(waited) = polled else {
+                    sent.spin.turn(cx);
+                    return Poll::Pending;
+                };
                 if let RequestState::Sent(sent) = std::mem::replace(state, RequestState::Done) {
                     return Poll::Ready(client.first_reply(waited, sent));
                 }
@@ -1179,9 +1207,19 @@ mod tests {
                 ClientConfig::default().max_in_flight(usize::MAX),
                 "max_in_flight",
             ),
+            (
+                ClientConfig::default().spin(Duration::from_millis(2)),
+                "spin",
+            ),
         ] {
             assert_eq!(config.validate().map_err(|e| e.field), Err(field));
         }
+        assert!(
+            ClientConfig::default()
+                .spin(Duration::from_micros(50))
+                .validate()
+                .is_ok()
+        );
         // Stored as given, not clamped.
         assert_eq!(ClientConfig::default().stream_window(1).stream_window, 1);
     }

@@ -64,6 +64,11 @@ pub struct NodeConfig {
     /// `max_stalled_bytes` of waiting replies in all they are dropped and counted in
     /// [`NodeStats::replies_dropped`](super::NodeStats::replies_dropped).
     pub send_queue_bytes_per_peer: usize,
+    /// The low-latency mode (default off): after each message the node keeps polling its
+    /// sockets for up to this long before its thread parks, so a request arriving within
+    /// it is read without a wake-up. Costs a CPU kept busy for up to this long after every
+    /// message (at most 1 ms); see docs/PERFORMANCE.md.
+    pub spin: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +90,7 @@ impl Default for NodeConfig {
             handshake_timeout: zeromq::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections_per_endpoint: 4096,
             send_queue_bytes_per_peer: zeromq::DEFAULT_SEND_QUEUE_BYTES,
+            spin: None,
         }
     }
 }
@@ -183,6 +189,14 @@ impl NodeConfig {
         self
     }
 
+    /// Turns the low-latency mode on: a spin of up to `spin` before parking (at most
+    /// 1 ms; see [`NodeConfig::spin`](struct.NodeConfig.html#structfield.spin)).
+    #[must_use]
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = Some(spin);
+        self
+    }
+
     /// Sets the bound on reply bytes queued for one client connection.
     #[must_use]
     pub fn send_queue_bytes_per_peer(mut self, bytes: usize) -> Self {
@@ -243,6 +257,9 @@ impl NodeConfig {
             self.send_queue_bytes_per_peer,
             64 * 1024,
         )?;
+        if let Some(spin) = self.spin {
+            config::in_range("spin", spin, Duration::ZERO, crate::spin::MAX_SPIN)?;
+        }
         Ok(())
     }
 
@@ -270,6 +287,12 @@ mod tests {
     #[test]
     fn every_setting_is_validated_by_name() {
         assert!(NodeConfig::default().validate().is_ok());
+        assert!(
+            NodeConfig::default()
+                .spin(Duration::from_micros(50))
+                .validate()
+                .is_ok()
+        );
         for (config, problem) in [
             (NodeConfig::default().heartbeat(Duration::ZERO), "heartbeat"),
             (
@@ -310,6 +333,7 @@ mod tests {
                 NodeConfig::default().send_queue_bytes_per_peer(1024),
                 "send_queue_bytes_per_peer",
             ),
+            (NodeConfig::default().spin(Duration::from_millis(2)), "spin"),
         ] {
             match config.validate() {
                 Err(e) => assert_eq!(e.field, problem, "{e}"),

@@ -258,11 +258,12 @@ async fn read_loop(
     let mut stopped = std::pin::pin!(stop.changed());
     let mut turns = ReadTurns::default();
     let mut actions = Actions::new();
+    let spin = shared.config.spin;
     loop {
         turns.handled_one().await;
         let message = tokio::select! {
             biased;
-            m = std::future::poll_fn(|cx| recv.poll_recv(cx)) => m,
+            m = crate::spin::poll_spinning(spin, |cx| recv.poll_recv(cx)) => m,
             _ = &mut stopped => break,
         };
         match message {
