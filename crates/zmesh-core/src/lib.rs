@@ -38,11 +38,14 @@ pub mod events;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[doc(hidden)]
 pub mod read_turns;
 mod service;
 mod stats;
 mod submit;
+mod telemetry;
 pub mod trust;
 #[doc(hidden)]
 pub mod wait;

@@ -1,0 +1,261 @@
+//! With the `otel` feature, a call chain is one trace in the collector: the test calls
+//! `a.front`, whose handler calls `b.mid` with its context, whose handler calls `c.leaf`,
+//! each on its own node over tcp. The spans go through `otel::Exporter` over real OTLP/HTTP
+//! to a receiver this test runs on 127.0.0.1:0, which decodes each
+//! `ExportTraceServiceRequest` with the protocol's own types. One trace id; each server
+//! span's parent is its caller's client span, each inner client span's the server span it
+//! runs in; names are the methods; the conventions' attributes are there.
+//!
+//! Its own test binary: the subscriber is global (the nodes' tasks run on runtime threads).
+#![cfg(feature = "otel")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use tracing_subscriber::layer::SubscriberExt;
+use zmesh_core::otel::Exporter;
+use zmesh_core::{Call, CallContext, CallOptions, Client, Node, Service};
+
+/// Every network wait here is bounded by this.
+const NET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A minimal OTLP/HTTP receiver: HTTP/1.1 POSTs (keep-alive), each body an
+/// `ExportTraceServiceRequest`, answered `200` with an empty `ExportTraceServiceResponse`.
+/// Each decoded request goes to the channel; the threads end with the test process.
+fn start_receiver() -> (String, mpsc::Receiver<ExportTraceServiceRequest>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let address = listener.local_addr().expect("address");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || serve_connection(stream, &tx));
+        }
+    });
+    (format!("http://{address}"), rx)
+}
+
+fn serve_connection(stream: TcpStream, tx: &mpsc::Sender<ExportTraceServiceRequest>) {
+    stream.set_read_timeout(Some(NET_TIMEOUT)).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = None;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if first {
+                assert!(
+                    line.starts_with("POST /v1/traces "),
+                    "request line {line:?}"
+                );
+                first = false;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0; length.expect("a content-length")];
+        reader.read_exact(&mut body).expect("body");
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
+        let reply =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        writer.write_all(reply.as_bytes()).expect("reply");
+        if tx.send(request).is_err() {
+            return;
+        }
+    }
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn string_attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    match attribute(span, key) {
+        Some(Value::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn int_attribute(span: &Span, key: &str) -> Option<i64> {
+    match attribute(span, key) {
+        Some(Value::IntValue(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A node serving `service.method`, which calls `next` (with its context) when given one.
+async fn start_hop(service: &str, method: &str, next: Option<(Client, &'static str)>) -> Node {
+    let next = next.map(Arc::new);
+    let service = Service::new(service).method(method, move |ctx: CallContext, n: u64| {
+        let next = next.clone();
+        async move {
+            match next.as_deref() {
+                None => Ok(n + 1),
+                Some((client, method)) => {
+                    let reply: u64 = client
+                        .with_context(&ctx)
+                        .call_with(method, (n + 1,), CallOptions::default())
+                        .await?;
+                    Ok(reply)
+                }
+            }
+        }
+    });
+    Node::builder()
+        .bind("tcp://127.0.0.1:0")
+        .service(service)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_hop_call_is_one_trace_of_client_and_server_spans() {
+    let (collector, received) = start_receiver();
+    let exporter = Arc::new(Exporter::otlp_http(&collector, "three-hops").expect("exporter"));
+    let subscriber = tracing_subscriber::registry().with(exporter.layer());
+    tracing::subscriber::set_global_default(subscriber).expect("only test in this binary");
+
+    let c = start_hop("c", "leaf", None).await;
+    let b = start_hop("b", "mid", Some((Client::new(c.endpoint()), "c.leaf"))).await;
+    let a = start_hop("a", "front", Some((Client::new(b.endpoint()), "b.mid"))).await;
+    let client = Client::new(a.endpoint());
+    let reply: u64 = tokio::time::timeout(NET_TIMEOUT, client.call("a.front", (1u64,)))
+        .await
+        .expect("in time")
+        .expect("the chain answers");
+    assert_eq!(reply, 4, "each hop adds one");
+
+    // A server span ends just after its reply leaves, so flush until all six arrived.
+    // Other traces are the clients' one-time `_zerorpc_ping`s, roots of their own.
+    let mut received_spans: Vec<Span> = Vec::new();
+    let until = Instant::now() + NET_TIMEOUT;
+    let in_the_chain = |spans: &[Span]| -> Vec<Span> {
+        let Some(first) = spans.iter().find(|s| s.name == "a.front") else {
+            return Vec::new();
+        };
+        spans
+            .iter()
+            .filter(|s| s.trace_id == first.trace_id)
+            .cloned()
+            .collect()
+    };
+    let mut spans = Vec::new();
+    while spans.len() < 6 {
+        assert!(
+            Instant::now() < until,
+            "only {} spans: {spans:#?}",
+            spans.len()
+        );
+        let flushing = exporter.clone();
+        tokio::task::spawn_blocking(move || flushing.flush())
+            .await
+            .expect("flush task")
+            .expect("the receiver takes the spans");
+        while let Ok(request) = received.try_recv() {
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    received_spans.extend(scope.spans);
+                }
+            }
+        }
+        spans = in_the_chain(&received_spans);
+    }
+    assert_eq!(
+        spans.len(),
+        6,
+        "three client and three server spans: {spans:#?}"
+    );
+
+    let trace_id = spans[0].trace_id.clone();
+    let find = |name: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span {name}: {spans:#?}"))
+    };
+    let chain = [
+        ("a.front", SpanKind::Client, a.endpoint()),
+        ("a.front", SpanKind::Server, a.endpoint()),
+        ("b.mid", SpanKind::Client, b.endpoint()),
+        ("b.mid", SpanKind::Server, b.endpoint()),
+        ("c.leaf", SpanKind::Client, c.endpoint()),
+        ("c.leaf", SpanKind::Server, c.endpoint()),
+    ];
+    println!("trace {}", hex(&trace_id));
+    let mut parent: Option<&Span> = None;
+    for (name, kind, endpoint) in chain {
+        let span = find(name, kind);
+        println!(
+            "  {:<7} {:<6} span {} parent {}",
+            name,
+            format!("{kind:?}"),
+            hex(&span.span_id),
+            if span.parent_span_id.is_empty() {
+                "(root)".to_owned()
+            } else {
+                hex(&span.parent_span_id)
+            }
+        );
+        assert_eq!(span.trace_id, trace_id, "one trace: {span:#?}");
+        match parent {
+            None => assert!(span.parent_span_id.is_empty(), "the first is a root"),
+            Some(parent) => assert_eq!(
+                span.parent_span_id, parent.span_id,
+                "{name} {kind:?}'s parent is the {} {:?} span",
+                parent.name, parent.kind
+            ),
+        }
+        assert_eq!(string_attribute(span, "rpc.system.name"), Some("zerorpc"));
+        assert_eq!(string_attribute(span, "rpc.method"), Some(name));
+        let port = endpoint.rsplit_once(':').expect("tcp").1;
+        assert_eq!(string_attribute(span, "server.address"), Some("127.0.0.1"));
+        assert_eq!(
+            int_attribute(span, "server.port").map(|p| p.to_string()),
+            Some(port.to_owned()),
+            "{span:#?}"
+        );
+        assert_eq!(attribute(span, "error.type"), None, "nothing failed");
+        parent = Some(span);
+    }
+    let server = find("a.front", SpanKind::Server);
+    assert_eq!(
+        attribute(server, "otel.name"),
+        None,
+        "read as the name, not kept"
+    );
+
+    for node in [a, b, c] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
