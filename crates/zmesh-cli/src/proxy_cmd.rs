@@ -66,6 +66,8 @@ pub(crate) struct ProxyArgs {
     /// /readyz; port 0 picks one, printed on a `metrics http://ADDR` line after the others.
     #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) otlp: crate::otlp::OtlpArgs,
 }
 
 /// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,

@@ -9,109 +9,19 @@
 //! Its own test binary: the subscriber is global (the nodes' tasks run on runtime threads).
 #![cfg(feature = "otel")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "support/otlp.rs"]
+mod otlp;
+
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message;
 use tracing_subscriber::layer::SubscriberExt;
 use zmesh_core::otel::Exporter;
 use zmesh_core::{Call, CallContext, CallOptions, Client, Node, Service};
 
-/// Every network wait here is bounded by this.
-const NET_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A minimal OTLP/HTTP receiver: HTTP/1.1 POSTs (keep-alive), each body an
-/// `ExportTraceServiceRequest`, answered `200` with an empty `ExportTraceServiceResponse`.
-/// Each decoded request goes to the channel; the threads end with the test process.
-fn start_receiver() -> (String, mpsc::Receiver<ExportTraceServiceRequest>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-    let address = listener.local_addr().expect("address");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || serve_connection(stream, &tx));
-        }
-    });
-    (format!("http://{address}"), rx)
-}
-
-fn serve_connection(stream: TcpStream, tx: &mpsc::Sender<ExportTraceServiceRequest>) {
-    stream.set_read_timeout(Some(NET_TIMEOUT)).expect("timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut length = None;
-        let mut line = String::new();
-        let mut first = true;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if first {
-                assert!(
-                    line.starts_with("POST /v1/traces "),
-                    "request line {line:?}"
-                );
-                first = false;
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse::<usize>().ok();
-            }
-        }
-        let mut body = vec![0; length.expect("a content-length")];
-        reader.read_exact(&mut body).expect("body");
-        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
-        let reply =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        writer.write_all(reply.as_bytes()).expect("reply");
-        if tx.send(request).is_err() {
-            return;
-        }
-    }
-}
-
-fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn string_attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    match attribute(span, key) {
-        Some(Value::StringValue(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_attribute(span: &Span, key: &str) -> Option<i64> {
-    match attribute(span, key) {
-        Some(Value::IntValue(i)) => Some(*i),
-        _ => None,
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use otlp::{NET_TIMEOUT, attribute, hex, int_attribute, start_receiver, string_attribute};
 
 /// A node serving `service.method`, which calls `next` (with its context) when given one.
 async fn start_hop(service: &str, method: &str, next: Option<(Client, &'static str)>) -> Node {
@@ -183,11 +93,7 @@ async fn a_three_hop_call_is_one_trace_of_client_and_server_spans() {
             .expect("flush task")
             .expect("the receiver takes the spans");
         while let Ok(request) = received.try_recv() {
-            for resource in request.resource_spans {
-                for scope in resource.scope_spans {
-                    received_spans.extend(scope.spans);
-                }
-            }
+            received_spans.extend(otlp::spans(request).into_iter().map(|(_, span)| span));
         }
         spans = in_the_chain(&received_spans);
     }

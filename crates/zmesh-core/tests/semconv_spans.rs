@@ -6,110 +6,15 @@
 //! Spans are captured by a small layer under `set_default`, per test: each test runs on a
 //! current-thread runtime, so the nodes' and clients' tasks run on the thread that holds it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+#[path = "support/spans.rs"]
+mod spans;
+
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use zmesh_core::{CallError, CallOptions, Client, HandlerError, ItemStream, Node, Service};
 
-/// Every network wait here is bounded by this.
-const NET_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Fields = HashMap<String, String>;
-
-/// A closed span: its name and every field recorded on it.
-#[derive(Debug, Clone)]
-struct Closed {
-    name: &'static str,
-    fields: Fields,
-}
-
-/// Records every span's fields; a closed span moves to `closed` and wakes `changed`.
-#[derive(Clone, Default)]
-struct Spans {
-    open: Arc<Mutex<HashMap<u64, Closed>>>,
-    closed: Arc<Mutex<Vec<Closed>>>,
-    changed: Arc<Notify>,
-}
-
-struct Collect<'a>(&'a mut Fields);
-
-impl Visit for Collect<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S>
-    for Spans
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
-        let mut fields = Fields::new();
-        attrs.record(&mut Collect(&mut fields));
-        let span = Closed {
-            name: attrs.metadata().name(),
-            fields,
-        };
-        self.open.lock().expect("lock").insert(id.into_u64(), span);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        if let Some(span) = self.open.lock().expect("lock").get_mut(&id.into_u64()) {
-            values.record(&mut Collect(&mut span.fields));
-        }
-    }
-
-    fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
-        if let Some(span) = self.open.lock().expect("lock").remove(&id.into_u64()) {
-            self.closed.lock().expect("lock").push(span);
-            self.changed.notify_waiters();
-        }
-    }
-}
-
-impl Spans {
-    fn find(&self, name: &str, method: &str) -> Option<Closed> {
-        self.closed
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|s| {
-                s.name == name && s.fields.get("rpc.method").map(String::as_str) == Some(method)
-            })
-            .cloned()
-    }
-
-    /// The closed span `name` of `method`, once it closes (within the test's timeout).
-    async fn wait(&self, name: &str, method: &str) -> Closed {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                let mut changed = std::pin::pin!(changed);
-                changed.as_mut().enable();
-                if let Some(span) = self.find(name, method) {
-                    return span;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(NET_TIMEOUT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no closed {name} span of {method}"))
-    }
-}
-
-fn field<'a>(span: &'a Closed, name: &str) -> Option<&'a str> {
-    span.fields.get(name).map(String::as_str)
-}
+use spans::{Closed, NET_TIMEOUT, capture, field};
 
 /// A node serving `greeter.hello` (ok), `greeter.fail` (a `GreetError`), `greeter.hang`
 /// (never answers) and the stream `greeter.count`, and a client of it.
@@ -142,13 +47,6 @@ async fn greeter() -> (Node, Client, u16) {
         .expect("a tcp port");
     let client = Client::new(node.endpoint());
     (node, client, port)
-}
-
-fn capture() -> (Spans, tracing::subscriber::DefaultGuard) {
-    let spans = Spans::default();
-    let guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
-    (spans, guard)
 }
 
 /// The fields both span kinds share, for `method` served on `port`.
