@@ -60,7 +60,7 @@ pub struct Exporter {
 
 impl Exporter {
     /// An exporter to the collector at `endpoint`, its OTLP/HTTP base URL
-    /// (`http://127.0.0.1:4318`; [`TRACES_PATH`] is appended unless it is already there),
+    /// (`http://127.0.0.1:4318`; `/v1/traces` is appended unless it is already there),
     /// naming this process `service_name` (the resource's `service.name`).
     ///
     /// # Errors
