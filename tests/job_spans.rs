@@ -1,13 +1,16 @@
 //! A job's attempt is traced like any call: the queue's dispatch is a client span of the
 //! method (`zmesh.client_call`, `otel.kind` client) tagged with `zmesh.job.id` and
-//! `zmesh.job.attempt`, and the worker's server span of it carries the same tags.
+//! `zmesh.job.attempt`, the worker's server span of it carries the same tags, and the
+//! attempt carries the submitter's trace context, so it joins the submitter's trace.
 
 #[path = "../crates/zmesh-core/tests/support/spans.rs"]
 mod spans;
 
+use std::sync::{Arc, Mutex};
+
 use rmpv::Value;
 use zmesh::jobs::{JobsConfig, JobsExtension};
-use zmesh::{Client, Node, Service};
+use zmesh::{CallContext, CallOptions, Client, Node, Service, TraceParent};
 
 use spans::{NET_TIMEOUT, capture, field};
 
@@ -15,7 +18,15 @@ use spans::{NET_TIMEOUT, capture, field};
 async fn a_job_attempt_is_a_client_span_tagged_with_the_job_and_its_attempt() {
     let (spans, _guard) = capture();
     let dir = tempfile::tempdir().expect("tempdir");
-    let work = Service::new("work").method("double", |x: u64| async move { Ok(x * 2) });
+    // The trace context each attempt arrived with.
+    let seen: Arc<Mutex<Vec<Option<TraceParent>>>> = Arc::default();
+    let work = Service::new("work").method("double", {
+        let seen = Arc::clone(&seen);
+        move |ctx: CallContext, x: u64| {
+            seen.lock().expect("lock").push(ctx.traceparent().copied());
+            async move { Ok(x * 2) }
+        }
+    });
     let worker = Node::builder()
         .bind("tcp://127.0.0.1:0")
         .service(work)
@@ -35,9 +46,14 @@ async fn a_job_attempt_is_a_client_span_tagged_with_the_job_and_its_attempt() {
         .expect("queue starts");
     let client = Client::new(queue.endpoint());
     let no_options = Value::Map(Vec::new());
+    let submitter = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let ack: Value = tokio::time::timeout(
         NET_TIMEOUT,
-        client.call("jobs.submit", ("work.double", vec![21u64], no_options)),
+        client.call_with(
+            "jobs.submit",
+            ("work.double", vec![21u64], no_options),
+            CallOptions::default().traceparent(submitter),
+        ),
     )
     .await
     .expect("in time")
@@ -67,6 +83,13 @@ async fn a_job_attempt_is_a_client_span_tagged_with_the_job_and_its_attempt() {
         Some(id.to_string().as_str())
     );
     assert_eq!(field(&served, "zmesh.job.attempt"), Some("1"));
+    let seen = seen.lock().expect("lock").clone();
+    let expected = TraceParent::parse(submitter).expect("valid");
+    assert_eq!(
+        seen,
+        [Some(expected)],
+        "the attempt carries the submitter's context"
+    );
 
     queue.shutdown(std::time::Duration::from_secs(1)).await;
     worker.shutdown(std::time::Duration::from_secs(1)).await;
