@@ -78,10 +78,7 @@ pub(crate) fn client_span(
     endpoint: Option<&str>,
     job: Option<JobTag>,
 ) -> tracing::Span {
-    let (address, port) = endpoint.map_or((None, None), |endpoint| {
-        let (address, port) = server_address(endpoint);
-        (Some(address), port)
-    });
+    // Field values are evaluated only for a span that some subscriber wants.
     tracing::info_span!(
         "zmesh.client_call",
         otel.name = method,
@@ -89,8 +86,8 @@ pub(crate) fn client_span(
         otel.status_code = field::Empty,
         rpc.system.name = RPC_SYSTEM,
         rpc.method = method,
-        server.address = address,
-        server.port = port.map(i64::from),
+        server.address = endpoint.map(|e| server_address(e).0),
+        server.port = endpoint.and_then(|e| server_address(e).1).map(i64::from),
         error.type = field::Empty,
         zmesh.job.id = job.map(|job| job.id as i64),
         zmesh.job.attempt = job.map(|job| i64::from(job.attempt)),

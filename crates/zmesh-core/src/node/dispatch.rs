@@ -601,10 +601,8 @@ fn call_span(
     door: &Door,
     job: Option<wire::JobTag>,
 ) -> tracing::Span {
-    let (address, port) = door.endpoint.as_deref().map_or((None, None), |endpoint| {
-        let (address, port) = telemetry::server_address(endpoint);
-        (Some(address), port)
-    });
+    let endpoint = door.endpoint.as_deref();
+    // Field values are evaluated only for a span that some subscriber wants.
     tracing::info_span!(
         "zmesh.call",
         otel.name = method,
@@ -612,8 +610,8 @@ fn call_span(
         otel.status_code = field::Empty,
         rpc.system.name = telemetry::RPC_SYSTEM,
         rpc.method = method,
-        server.address = address,
-        server.port = port.map(i64::from),
+        server.address = endpoint.map(|e| telemetry::server_address(e).0),
+        server.port = endpoint.and_then(|e| telemetry::server_address(e).1).map(i64::from),
         error.type = field::Empty,
         zmesh.job.id = job.map(|job| job.id as i64),
         zmesh.job.attempt = job.map(|job| i64::from(job.attempt)),
