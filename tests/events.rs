@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -343,28 +343,44 @@ async fn stalled_subscriber_gets_the_exact_gap_and_blocks_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_snapshot_is_consistent_under_concurrent_publishing() {
     const TOPICS: u64 = 8;
-    const EVENTS: u64 = 4000;
+    /// Published before the late joiner starts.
+    const BEFORE: u64 = 500;
+    /// Published once the late joiner has its snapshot, before the writer stops: so it
+    /// joins while publishing however fast the writer is (a fixed count could be all
+    /// published before the subscriber is up).
+    const AFTER_SNAPSHOT: u64 = 500;
+    /// A bound on the writer, whatever happens.
+    const MAX_EVENTS: u64 = 1_000_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let node = events_node(Transport::Tcp, &dir, "state", true).await;
     let p = publisher(&node);
+    let snapshot_taken = Arc::new(AtomicBool::new(false));
     // The publisher runs concurrently with the late joiner's start, snapshot and reads.
     let writer = tokio::spawn({
         let p = p.clone();
+        let snapshot_taken = Arc::clone(&snapshot_taken);
         async move {
             let mut last = BTreeMap::new();
-            for i in 0..EVENTS {
+            let mut after = 0;
+            let mut published = 0;
+            while published < MAX_EVENTS && after < AFTER_SNAPSHOT {
+                let i = published;
                 let topic = format!("state.{}", i % TOPICS);
                 p.publish(&topic, &i).await.expect("publishes");
                 last.insert(topic, i);
+                published += 1;
+                if snapshot_taken.load(Ordering::Acquire) {
+                    after += 1;
+                }
                 if i % 16 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
-            last
+            (last, published)
         }
     });
     eventually(Duration::from_secs(10), "publishing under way", || {
-        p.stats().published >= EVENTS / 8
+        p.stats().published >= BEFORE
     })
     .await;
 
@@ -378,6 +394,7 @@ async fn late_joiner_snapshot_is_consistent_under_concurrent_publishing() {
     let snapshot = net("snapshot", sub.snapshot(&client, "state."))
         .await
         .expect("snapshot");
+    snapshot_taken.store(true, Ordering::Release);
     assert_eq!(&*snapshot.publisher, p.id());
     // topic -> (seq, value): the snapshot, then live events strictly after it.
     let mut state: BTreeMap<String, (u64, u64)> = snapshot
@@ -385,7 +402,7 @@ async fn late_joiner_snapshot_is_consistent_under_concurrent_publishing() {
         .iter()
         .map(|e| (e.topic.clone(), (e.seq, e.value.expect("cached value"))))
         .collect();
-    let last = net("writer", writer).await.expect("writer finished");
+    let (last, published) = net("writer", writer).await.expect("writer finished");
     let finals: BTreeMap<String, u64> = p.sequences("state.").await.into_iter().collect();
     let mut applied = 0u64;
     while state
@@ -415,8 +432,8 @@ async fn late_joiner_snapshot_is_consistent_under_concurrent_publishing() {
     let stats = sub.stats();
     assert_eq!((stats.gaps, stats.lost, stats.duplicates), (0, 0, 0));
     assert!(
-        applied > 0 && applied < EVENTS,
-        "joined while publishing ({applied} applied)"
+        applied >= AFTER_SNAPSHOT && applied < published,
+        "joined while publishing ({applied} of {published} applied)"
     );
 }
 

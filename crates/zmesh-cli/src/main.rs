@@ -201,7 +201,7 @@ enum Command {
     Pub(events_cmd::PubArgs),
     /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
     /// of a pool of worker nodes (backend), optionally forwarding events.
-    Proxy(proxy_cmd::ProxyArgs),
+    Proxy(Box<proxy_cmd::ProxyArgs>),
     /// The tour: start a small mesh on loopback (echo and kv nodes found by discovery, a
     /// proxy device with workers, a publisher), call it directly, by service name and
     /// through the device, show events, kill a node to show failover, print a summary,
@@ -407,7 +407,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => {
             raise_descriptor_limit();
-            proxy_cmd::run(args, shutdown_signal()).await
+            proxy_cmd::run(*args, shutdown_signal()).await
         }
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
         Command::Keygen(args) => mesh_key::keygen(&args),
@@ -610,7 +610,16 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         // A proxy device answers its own figures instead.
         Err(e) if no_such_method(&e) => {
             return match client.call::<rmpv::Value>(reserved::DEVICE_STATS, ()).await {
-                Ok(report) => device_stats(&report, all, as_json),
+                Ok(mut report) => {
+                    let jobs = match map_get(&report, "services") {
+                        Some(services) if map_get(services, zmesh_jobs::SERVICE).is_some() => {
+                            with_queue(client, &mut report).await?
+                        }
+                        _ => None,
+                    };
+                    device_stats(&report, all, as_json)?;
+                    print_queue(jobs.as_ref(), as_json)
+                }
                 // Neither: a stock zerorpc server (or another implementation) answered.
                 Err(e) if no_such_method(&e) => Err(CliError::NotZmesh(format!(
                     "{} is not a zmesh node or device: it answers neither {} nor {} \
@@ -625,15 +634,94 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         }
         Err(e) => return Err(e.into()),
     };
+    let mut report = report;
+    let jobs = match map_get(&report, "methods") {
+        Some(methods) if map_get(methods, JOBS_STATS).is_some() => {
+            with_queue(client, &mut report).await?
+        }
+        _ => None,
+    };
     if as_json {
         outln!("{}", json::to_json(&report));
         return Ok(());
     }
-    let node = map_get(&report, "node").map(text).unwrap_or_default();
-    let uptime = map_get(&report, "uptime_s")
+    node_stats(&report, all)?;
+    print_queue(jobs.as_ref(), as_json)
+}
+
+/// The queue's figures method, which a node or device serving `jobs` answers.
+const JOBS_STATS: &str = "jobs.stats";
+
+/// Asks the queue for its figures (`jobs.stats`, their one source) and adds them to
+/// `report` under `jobs`; answers them too.
+async fn with_queue(
+    client: &Client,
+    report: &mut rmpv::Value,
+) -> Result<Option<rmpv::Value>, CliError> {
+    let figures: rmpv::Value = client.call(JOBS_STATS, ()).await?;
+    if let rmpv::Value::Map(entries) = report {
+        entries.push((zmesh_jobs::SERVICE.into(), figures.clone()));
+    }
+    Ok(Some(figures))
+}
+
+/// Prints a queue's figures (in JSON mode they went out inside the report).
+fn print_queue(figures: Option<&rmpv::Value>, as_json: bool) -> Result<(), CliError> {
+    let Some(figures) = figures.filter(|_| !as_json) else {
+        return Ok(());
+    };
+    for line in queue_lines(figures) {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+/// A queue's figures as text: its totals and durability, jobs per state, attempts, and
+/// what it refused by reason (only the reasons it has met).
+fn queue_lines(figures: &rmpv::Value) -> Vec<String> {
+    let number = |key: &str| {
+        map_get(figures, key)
+            .and_then(rmpv::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let pairs = |key: &str, nonzero: bool| -> Vec<String> {
+        map_get(figures, key)
+            .and_then(rmpv::Value::as_map)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|(_, v)| !nonzero || v.as_u64().is_some_and(|n| n > 0))
+                    .map(|(k, v)| format!("{} {}", text(k), text(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let durability = map_get(figures, "durability").map(text).unwrap_or_default();
+    let mut lines = vec![
+        format!(
+            "jobs: {} held ({} bytes), durability {durability}; {} attempts started, {} dead \
+             since the queue opened",
+            number("jobs"),
+            number("bytes"),
+            number("attempts_started"),
+            number("dead_total"),
+        ),
+        format!("jobs by state: {}", pairs("depth", false).join(", ")),
+    ];
+    let refused = pairs("refused", true);
+    if !refused.is_empty() {
+        lines.push(format!("jobs refused: {}", refused.join(", ")));
+    }
+    lines
+}
+
+/// `zmesh stats` for a node: its counters and one line per method.
+fn node_stats(report: &rmpv::Value, all: bool) -> Result<(), CliError> {
+    let node = map_get(report, "node").map(text).unwrap_or_default();
+    let uptime = map_get(report, "uptime_s")
         .and_then(rmpv::Value::as_f64)
         .unwrap_or_default();
-    let counters: Vec<String> = map_get(&report, "counters")
+    let counters: Vec<String> = map_get(report, "counters")
         .and_then(rmpv::Value::as_map)
         .map(|entries| {
             entries
@@ -666,7 +754,7 @@ async fn stats(client: &Client, all: bool, as_json: bool) -> Result<(), CliError
         "p99.9 us",
         "max us"
     );
-    let methods = map_get(&report, "methods")
+    let methods = map_get(report, "methods")
         .and_then(rmpv::Value::as_map)
         .ok_or_else(|| CliError::Other(format!("{} answered without methods", reserved::STATS)))?;
     for (name, figures) in methods {

@@ -1,13 +1,24 @@
 //! Runs `zmesh proxy`: the proxy device of `zmesh-device` until Ctrl-C or SIGTERM, printing
-//! its resolved endpoints on stdout so a parent process can use port 0.
+//! its resolved endpoints on stdout so a parent process can use port 0. With `--jobs DIR`
+//! it also holds a job queue for its workers: an in-process node, a worker of the device's
+//! own backend, serves the `jobs` service (so the device routes `jobs.*` to it like any
+//! service) and dispatches its jobs through the device's frontend, to the other workers.
 
 use crate::output::outln;
+use std::sync::Arc;
 use std::time::Duration;
 
-use zmesh_core::Endpoint;
+use zmesh_core::metrics::Collector;
+use zmesh_core::{Endpoint, Node};
 use zmesh_device::{Device, DeviceConfig};
 
 use crate::CliError;
+
+/// How long the queue's in-process node may take to join the device (it joins at once).
+const QUEUE_JOIN: Duration = Duration::from_secs(10);
+/// How long the queue's node lets its calls (`jobs.result` waits, submissions) finish at
+/// shutdown.
+const QUEUE_GRACE: Duration = Duration::from_secs(2);
 
 /// The options of `zmesh proxy`.
 #[derive(Debug, clap::Args)]
@@ -17,7 +28,12 @@ At start the proxy prints one line per bound socket, `ROLE ENDPOINT`, in this or
   backend tcp://127.0.0.1:4243
   events-in tcp://127.0.0.1:4244     (with --events-in/--events-out)
   events-out tcp://127.0.0.1:4245
-Port 0 picks a free port; the lines show the real one.")]
+  jobs DIR                           (with --jobs)
+Port 0 picks a free port; the lines show the real one.
+
+With --jobs DIR the proxy holds a durable job queue stored in DIR: `zmesh jobs submit
+FRONTEND METHOD ARGS...` stores a job, which runs on the workers serving METHOD
+(docs/JOBS.md). A job whose method no worker serves yet is retried with backoff.")]
 pub(crate) struct ProxyArgs {
     /// Endpoint clients call (zmesh and stock zerorpc clients), e.g. tcp://127.0.0.1:4242.
     #[arg(long, env = "ZMESH_FRONTEND")]
@@ -66,6 +82,12 @@ pub(crate) struct ProxyArgs {
     /// /readyz; port 0 picks one, printed on a `metrics http://ADDR` line after the others.
     #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
     metrics: Option<std::net::SocketAddr>,
+    /// Hold a durable job queue for the device's workers, stored in DIR (created if
+    /// missing): `jobs.*` is answered at the frontend and the jobs run on the workers.
+    #[arg(long = "jobs", value_name = "DIR", env = "ZMESH_JOBS")]
+    jobs: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    queue: crate::serve_cmd::QueueArgs,
     #[command(flatten)]
     pub(crate) otlp: crate::otlp::OtlpArgs,
 }
@@ -109,6 +131,9 @@ pub(crate) async fn run(
     if let Some(name) = options.name {
         builder = builder.name(name);
     }
+    // The queue's node is a worker like any other: it seals with the backend's key (the
+    // backend key, or else the mesh key); its client of the frontend with the mesh key.
+    let queue_keys = (backend_key.clone().or_else(|| key.clone()), key.clone());
     if let Some(key) = key {
         builder = builder.mesh_key(key);
     }
@@ -130,14 +155,51 @@ pub(crate) async fn run(
             device.backend()
         );
     }
+    let queue = match options.jobs {
+        Some(dir) => {
+            let (worker_key, client_key) = queue_keys;
+            let frontend = crate::serve_cmd::workers_client(device.frontend(), client_key);
+            let extension = options
+                .queue
+                .extension(dir.clone(), frontend, None)
+                .worker_name("device");
+            let mut builder = Node::builder()
+                .name("jobs")
+                .worker_of(device.backend())
+                .extension(extension);
+            if let Some(key) = worker_key {
+                builder = builder.mesh_key(key);
+            }
+            let node = builder
+                .start()
+                .await
+                .map_err(|e| CliError::Other(format!("cannot start the job queue: {e}")))?;
+            // Announced once the device routes `jobs.*`: a `zmesh jobs submit` right after
+            // the announcement must find the queue.
+            device
+                .wait_for_workers(zmesh_jobs::SERVICE, 1, QUEUE_JOIN)
+                .await
+                .map_err(|e| CliError::Other(format!("the job queue did not join: {e}")))?;
+            Some((node, dir))
+        }
+        None => None,
+    };
     for line in endpoint_lines(&device) {
         // stdout is line-buffered: each line reaches a reading parent at once.
         outln!("{line}");
     }
+    if let Some((_, dir)) = &queue {
+        outln!("jobs {}", dir.display());
+    }
     let exporter = match options.metrics {
         Some(addr) => {
-            let metrics = device.metrics();
-            let render = std::sync::Arc::new(move || metrics.encode());
+            // The device's figures, then its queue's (not the queue node's own calls: the
+            // device counts those per service).
+            let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(device.metrics())];
+            if let Some((node, _)) = &queue {
+                collectors.extend(node.metrics().extensions().iter().cloned());
+            }
+            let render = Arc::new(move || zmesh_core::metrics::render_all(&collectors));
             Some(crate::http::Exporter::start(addr, render).await?)
         }
         None => None,
@@ -146,6 +208,11 @@ pub(crate) async fn run(
         signal.await;
         if let Some(exporter) = &exporter {
             exporter.not_ready();
+        }
+        // The queue first, while the device still carries its running attempts' ends:
+        // what is still running stays so in the store and runs again at the next start.
+        if let Some((node, _)) = queue {
+            node.shutdown(QUEUE_GRACE).await;
         }
     };
     device.run_until(signal).await;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use zmesh_core::mesh::{BeaconConfig, DnsSeeds, MeshNode};
+use zmesh_core::mesh::{BeaconConfig, DnsSeeds, MeshClient, MeshClientConfig, MeshNode};
 use zmesh_core::{Endpoint, MeshKey, Node, NodeConfig, Publisher, Service};
 
 use crate::CliError;
@@ -22,7 +22,8 @@ Services:
   echo  echo, upper, sleep, fail, count, size (echo, upper, size, sleep marked idempotent)
   kv    get, put, delete, scan over an in-memory map; publishes kv.changed.<key> with --events
   jobs  a durable job queue stored in --data DIR, running its jobs through --jobs-workers
-        (docs/JOBS.md); publishes jobs.<state> with --events
+        (with --mesh, by default on the members serving each job's method; docs/JOBS.md);
+        publishes jobs.<state> with --events
 
 At start it prints, one per line (port 0 picks a free port; the lines show the real one):
   serving SERVICES on ENDPOINT...        (or: serving SERVICES as a worker of BACKEND)
@@ -149,13 +150,13 @@ pub(crate) struct ServeArgs {
     #[arg(long = "data", value_name = "DIR", env = "ZMESH_DATA")]
     jobs_data: Option<std::path::PathBuf>,
     /// With the `jobs` service: where its jobs are run, a node's or a proxy's endpoint
-    /// (this node's own endpoint is fine when it serves the methods too).
+    /// (this node's own endpoint is fine when it serves the methods too; with --worker-of,
+    /// the device's frontend). With --mesh it may be left out: jobs then run on the
+    /// members serving their method, found by service name.
     #[arg(long, value_name = "ENDPOINT", env = "ZMESH_JOBS_WORKERS")]
     jobs_workers: Option<Endpoint>,
-    /// With the `jobs` service: `fsync` (power-loss durable, the default) or `os` (survives
-    /// kill -9, not power loss); every acknowledgement states it.
-    #[arg(long, value_name = "LEVEL", default_value = "fsync", value_parser = ["fsync", "os"], env = "ZMESH_JOBS_DURABILITY")]
-    jobs_durability: String,
+    #[command(flatten)]
+    queue: QueueArgs,
     #[command(flatten)]
     limits: NodeLimits,
     #[command(flatten)]
@@ -168,6 +169,46 @@ pub(crate) struct ServeArgs {
     /// Services to host.
     #[arg(required = true, value_parser = SERVICES)]
     services: Vec<String>,
+}
+
+/// A job queue's settings, the same for `zmesh serve jobs` and `zmesh proxy --jobs`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueueArgs {
+    /// With a job queue: `fsync` (power-loss durable, the default) or `os` (survives
+    /// kill -9, not power loss); every acknowledgement states it.
+    #[arg(long, value_name = "LEVEL", default_value = "fsync", value_parser = ["fsync", "os"], env = "ZMESH_JOBS_DURABILITY")]
+    jobs_durability: String,
+}
+
+impl QueueArgs {
+    /// A queue stored in `dir` running its jobs through `workers`, publishing its state
+    /// changes through `publisher` when there is one.
+    pub(crate) fn extension<C>(
+        &self,
+        dir: std::path::PathBuf,
+        workers: C,
+        publisher: Option<&Publisher>,
+    ) -> zmesh_jobs::JobsExtension<C> {
+        let mut config = zmesh_jobs::JobsConfig::default();
+        if self.jobs_durability == "os" {
+            config.durability = zmesh_jobs::Level::Os;
+        }
+        let mut extension = zmesh_jobs::JobsExtension::new(dir, config, workers);
+        if let Some(publisher) = publisher {
+            extension = extension.publisher(publisher.clone());
+        }
+        extension
+    }
+}
+
+/// A client of `endpoint` that seals with `key` when there is one (a queue's workers, the
+/// device a queue dispatches through).
+pub(crate) fn workers_client(endpoint: &str, key: Option<MeshKey>) -> zmesh_core::Client {
+    let mut config = zmesh_core::ClientConfig::default();
+    if let Some(key) = key {
+        config = config.mesh_key(key);
+    }
+    zmesh_core::Client::with_config(endpoint, config)
 }
 
 /// The node's limits (see docs/CONFIGURATION.md); an unset one keeps its default.
@@ -250,30 +291,28 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         ),
         None => None,
     };
+    // The queue's store, and where its jobs run: an endpoint, or (in a mesh, without
+    // --jobs-workers) the members serving each job's method.
     let jobs = if args.services.iter().any(|s| s == "jobs") {
-        if args.mesh.is_some() || args.worker_of.is_some() {
-            return Err(CliError::Usage(
-                "the jobs service runs on a node of its own (not with --mesh or --worker-of)"
-                    .into(),
-            ));
-        }
-        let (Some(dir), Some(workers)) = (&args.jobs_data, &args.jobs_workers) else {
+        let Some(dir) = args.jobs_data.clone() else {
             return Err(CliError::Usage(
                 "the jobs service needs --data DIR (its store) and --jobs-workers ENDPOINT \
-                 (where its jobs run)"
+                 (where its jobs run; optional with --mesh)"
                     .into(),
             ));
         };
-        let mut config = zmesh_jobs::JobsConfig::default();
-        if args.jobs_durability == "os" {
-            config.durability = zmesh_jobs::Level::Os;
+        if args.jobs_workers.is_none() && args.mesh.is_none() {
+            return Err(CliError::Usage(
+                "the jobs service needs --jobs-workers ENDPOINT (where its jobs run: a node, \
+                 a proxy's frontend; optional with --mesh, which finds them by service name)"
+                    .into(),
+            ));
         }
-        let workers = zmesh_core::Client::new(workers.to_string());
-        let mut extension = zmesh_jobs::JobsExtension::new(dir.clone(), config, workers);
-        if let Some(publisher) = &publisher {
-            extension = extension.publisher(publisher.clone());
-        }
-        Some(extension)
+        let workers = args
+            .jobs_workers
+            .as_ref()
+            .map(|endpoint| workers_client(&endpoint.to_string(), key.clone()));
+        Some((dir, workers))
     } else {
         None
     };
@@ -311,6 +350,22 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         }
         if let Some(publisher) = publisher.clone() {
             builder = builder.publisher(publisher);
+        }
+        match jobs {
+            Some((dir, Some(workers))) => {
+                builder = builder.extension(args.queue.extension(dir, workers, publisher.as_ref()));
+            }
+            Some((dir, None)) => {
+                let (queue, publisher) = (args.queue, publisher.clone());
+                builder = builder.extension_with(move |discovery| {
+                    // The mesh client seals with the mesh key discovery holds, if any.
+                    let members = MeshClient::new(discovery.clone(), MeshClientConfig::default());
+                    queue
+                        .extension(dir, members, publisher.as_ref())
+                        .worker_name("mesh")
+                });
+            }
+            None => {}
         }
         if let Some(port) = args.beacon_port {
             builder = builder.beacon(
@@ -364,8 +419,8 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         if let Some(service) = args.unprefixed {
             builder = builder.export_unprefixed(service);
         }
-        if let Some(jobs) = jobs {
-            builder = builder.extension(jobs);
+        if let Some((dir, Some(workers))) = jobs {
+            builder = builder.extension(args.queue.extension(dir, workers, publisher.as_ref()));
         }
         if let Some(publisher) = publisher.clone() {
             builder = builder.publisher(publisher);
@@ -397,11 +452,18 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     }
     let exporter = match args.metrics {
         Some(addr) => {
-            let metrics = match &running {
-                Running::Plain(node) => node.metrics(),
-                Running::Mesh(node) => node.node().metrics(),
+            // A mesh member's discovery figures (peers, gossip, DNS) beside its node's.
+            let (node, mesh) = match &running {
+                Running::Plain(node) => (node.metrics(), None),
+                Running::Mesh(node) => (node.node().metrics(), Some(node.discovery().metrics())),
             };
-            let render = std::sync::Arc::new(move || metrics.encode());
+            let render = std::sync::Arc::new(move || {
+                let mut collectors = node.collectors();
+                if let Some(mesh) = &mesh {
+                    collectors.push(std::sync::Arc::new(mesh.clone()));
+                }
+                zmesh_core::metrics::render_all(&collectors)
+            });
             Some(crate::http::Exporter::start(addr, render).await?)
         }
         None => None,

@@ -62,14 +62,6 @@ async fn serve(extra: &[&str], services: &[&str]) -> Server {
     Server::start(command, "zmesh serve with a mesh key").await
 }
 
-/// The endpoint `serve` announces on its next stdout line, `WORD ENDPOINT`.
-async fn announced(server: &mut Server, word: &str) -> String {
-    let line = server.lines.next(&format!("the {word} line")).await;
-    line.strip_prefix(&format!("{word} "))
-        .unwrap_or_else(|| panic!("{word} ENDPOINT, not {line:?}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,7 +117,7 @@ async fn a_keyed_serve_answers_key_holders_and_refuses_the_rest() {
     )
     .await;
     let ep = server.endpoint.clone();
-    let plain = announced(&mut server, "plain").await;
+    let plain = server.announced("plain").await;
     assert!(
         plain.starts_with("tcp://127.0.0.1:") && plain != ep,
         "{plain}"
@@ -525,7 +517,7 @@ async fn a_stock_zerorpc_client_is_served_on_the_plain_endpoint_only() {
         &["echo"],
     )
     .await;
-    let plain = announced(&mut server, "plain").await;
+    let plain = server.announced("plain").await;
     let script = "\
 import sys, zerorpc
 c = zerorpc.Client(timeout=10)
@@ -612,7 +604,7 @@ async fn sealed_events_reach_keyed_subscribers_only() {
         &["kv"],
     )
     .await;
-    let events = announced(&mut server, "events").await;
+    let events = server.announced("events").await;
 
     // A keyed subscriber prints kv's changes.
     let mut keyed = spawn_sub(&events, "kv.changed.", "20", Some(key));
@@ -819,7 +811,7 @@ async fn a_keyed_proxy_routes_key_holders_to_keyed_workers() {
         .args(["--backend", "tcp://127.0.0.1:0"]);
     let mut proxy = Server::start(proxy, "zmesh proxy with a mesh key").await;
     let frontend = proxy.endpoint.clone();
-    let backend = announced(&mut proxy, "backend").await;
+    let backend = proxy.announced("backend").await;
     let mut worker = zmesh();
     worker.env_remove(ENV).args([
         "serve",
@@ -869,4 +861,74 @@ async fn a_keyed_proxy_routes_key_holders_to_keyed_workers() {
     assert_refused(&out, "call through the keyed proxy without the key");
     drop(worker);
     drop(proxy);
+}
+
+/// `zmesh proxy --jobs` with keys: the queue's node joins the backend with the backend's
+/// key (the backend key, else the mesh key) and dispatches through the frontend with the
+/// mesh key, so jobs run on keyed workers; with a mesh key, a caller without it is refused.
+#[tokio::test]
+async fn a_keyed_proxy_holds_a_queue_for_its_keyed_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = keygen(dir.path(), "mesh.key").await;
+    let backend_only = keygen(dir.path(), "backend.key").await;
+    let (mesh, backend_only) = (
+        mesh.to_str().expect("utf-8"),
+        backend_only.to_str().expect("utf-8"),
+    );
+    // (the proxy's key flag, the worker's key, the caller's key flags)
+    let cases: [(&str, &str, Vec<&str>); 2] = [
+        ("--mesh-key-file", mesh, vec!["--mesh-key-file", mesh]),
+        ("--backend-key-file", backend_only, vec![]),
+    ];
+    for (n, (flag, worker_key, caller)) in cases.into_iter().enumerate() {
+        let data = dir.path().join(format!("jobs-{n}"));
+        let mut proxy = zmesh();
+        proxy
+            .env_remove(ENV)
+            .args(["proxy", flag, worker_key])
+            .args(["--frontend", "tcp://127.0.0.1:0"])
+            .args(["--backend", "tcp://127.0.0.1:0"])
+            .args(["--jobs", data.to_str().expect("utf-8")]);
+        let mut proxy = Server::start(proxy, "zmesh proxy --jobs with a key").await;
+        let frontend = proxy.endpoint.clone();
+        let backend = proxy.announced("backend").await;
+        let mut worker = zmesh();
+        worker.env_remove(ENV).args([
+            "serve",
+            "--worker-of",
+            &backend,
+            "--mesh-key-file",
+            worker_key,
+            "echo",
+        ]);
+        let _worker = Server::start(worker, "a keyed worker").await;
+
+        // `zmesh jobs`' key flags come before the verb.
+        let mut submit = vec!["jobs"];
+        submit.extend(caller.iter().copied());
+        submit.extend(["submit", &frontend, "echo.upper", "sealed"]);
+        // Retried quickly until the worker's announcement reaches the device.
+        submit.extend([
+            "--options",
+            r#"{"max_attempts": 10000, "backoff_base_ms": 50, "backoff_cap_ms": 200}"#,
+        ]);
+        let out = run_env(&submit, None).await;
+        assert!(out.status.success(), "{flag}: {}", stderr(&out));
+        let ack: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+        let id = ack["id"].to_string();
+        let mut result = vec!["jobs"];
+        result.extend(caller.iter().copied());
+        result.extend(["result", &frontend, &id, "--wait", "10"]);
+        let out = run_env(&result, None).await;
+        assert!(
+            stdout(&out).contains(r#""result":"SEALED""#),
+            "{flag}: {} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        if !caller.is_empty() {
+            let out = run_env(&["jobs", "stats", &frontend], None).await;
+            assert_refused(&out, "jobs through the keyed proxy without the key");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use common::{LIMIT, Server, run, stderr, zmesh};
+use common::{LIMIT, Server, assert_lines, run, stderr, zmesh};
 
 /// Longest wait for Prometheus to start, scrape and answer with the calls.
 const PROMETHEUS_LIMIT: Duration = Duration::from_secs(90);
@@ -100,11 +100,7 @@ async fn prometheus_scrapes_a_node_and_sees_its_calls() {
         "echo",
     ]);
     let mut node = Server::start(command, "zmesh serve --metrics").await;
-    let line = node.lines.next("the metrics line").await;
-    let metrics = line
-        .strip_prefix("metrics http://")
-        .unwrap_or_else(|| panic!("not a metrics line: {line}"))
-        .to_owned();
+    let metrics = node.metrics_addr().await;
 
     assert_eq!(get(&metrics, "/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(get(&metrics, "/readyz").await.0, 200);
@@ -211,27 +207,8 @@ async fn prometheus_scrapes_a_node_and_sees_its_calls() {
 /// it per service and outcome.
 #[tokio::test]
 async fn the_proxy_serves_its_figures() {
-    let mut command = zmesh();
-    command.args([
-        "proxy",
-        "--frontend",
-        "tcp://127.0.0.1:0",
-        "--backend",
-        "tcp://127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    let mut proxy = Server::start(command, "zmesh proxy --metrics").await;
-    let backend = proxy.lines.next("the backend line").await;
-    let backend = backend
-        .strip_prefix("backend ")
-        .unwrap_or_else(|| panic!("not a backend line: {backend}"))
-        .to_owned();
-    let line = proxy.lines.next("the metrics line").await;
-    let metrics = line
-        .strip_prefix("metrics http://")
-        .unwrap_or_else(|| panic!("not a metrics line: {line}"))
-        .to_owned();
+    let (mut proxy, backend) = Server::proxy(&["--metrics", "127.0.0.1:0"]).await;
+    let metrics = proxy.metrics_addr().await;
     assert_eq!(get(&metrics, "/readyz").await.0, 200);
 
     let mut worker = zmesh();
@@ -271,4 +248,172 @@ async fn the_proxy_serves_its_figures() {
         .expect("a count");
     assert!(count >= 4, "{completed}");
     assert!(text.trim_end().ends_with("# EOF"));
+}
+
+/// `zmesh serve jobs --events --metrics` adds the queue's and the events' figures to the
+/// node's: jobs per state, attempts started, refusals by reason, durability, and what the
+/// publisher sent.
+#[tokio::test]
+async fn a_queue_node_shows_its_jobs_and_its_events() {
+    let worker = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("jobs");
+    let mut command = zmesh();
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--events",
+        "tcp://127.0.0.1:0",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--jobs-workers",
+        &worker.endpoint,
+        "--metrics",
+        "127.0.0.1:0",
+        "jobs",
+    ]);
+    let mut node = Server::start(command, "zmesh serve jobs --metrics").await;
+    node.announced("events").await;
+    let metrics = node.metrics_addr().await;
+
+    let q = node.endpoint.as_str();
+    let out = run(&["jobs", "submit", q, "echo.upper", "scraped"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = common::stdout(&out);
+    let id: serde_json::Value = serde_json::from_str(id.trim()).expect("json");
+    let id = id["id"].to_string();
+    let out = run(&["jobs", "result", q, &id, "--wait", "10"]).await;
+    assert!(
+        common::stdout(&out).contains("\"succeeded\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "jobs",
+        "submit",
+        q,
+        "echo.upper",
+        "refused",
+        "--options",
+        r#"{"no_such_option": 1}"#,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_lines(
+        &text,
+        &[
+            "# TYPE zmesh_jobs gauge",
+            "zmesh_jobs{state=\"succeeded\"} 1",
+            "zmesh_jobs{state=\"dead\"} 0",
+            "zmesh_jobs_durability{level=\"fsync\"} 1",
+            "zmesh_jobs_attempts_started_total 1",
+            "zmesh_jobs_dead_total 0",
+            "zmesh_jobs_submits_refused_total{reason=\"invalid\"} 1",
+            "zmesh_jobs_submits_refused_total{reason=\"max_jobs\"} 0",
+            "zmesh_events_published_total{kind=\"snapshots\"} 0",
+            "zmesh_events_publisher_dropped_total{reason=\"subscriber_queue_full\"} 0",
+        ],
+    );
+    // The queue publishes each change once it is committed, on a task of its own: the
+    // count is there, its value may still be growing.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("zmesh_events_published_total{kind=\"events\"} ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("zmesh_jobs_held_bytes ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    common::terminate(&node.child);
+    let status = common::exit_status(&mut node.child, "zmesh serve jobs").await;
+    assert!(status.success(), "{status}");
+}
+
+/// `zmesh proxy --jobs DIR --metrics` shows the device's figures and its queue's: the
+/// queue's node is one of the device's workers, serving `jobs`.
+#[tokio::test]
+async fn a_proxy_with_a_queue_serves_both_figures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("jobs");
+    let (mut proxy, _) = Server::proxy(&[
+        "--jobs",
+        data.to_str().expect("utf-8"),
+        "--jobs-durability",
+        "os",
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .await;
+    proxy.announced("jobs").await;
+    let metrics = proxy.metrics_addr().await;
+    let out = run(&["jobs", "submit", &proxy.endpoint, "echo.upper", "nobody"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_lines(
+        &text,
+        &[
+            "zmesh_device_workers 1",
+            "zmesh_device_service_workers{service=\"jobs\"} 1",
+            "zmesh_jobs_durability{level=\"os\"} 1",
+            "zmesh_jobs_submits_refused_total{reason=\"invalid\"} 0",
+        ],
+    );
+    // One job held, whichever state its retries have it in (no worker serves echo).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("zmesh_jobs{state=") && l.ends_with("} 1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rpc_server_call_duration"),
+        "the device's figures: {text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
+
+/// A mesh member's `/metrics` holds its node's figures and its discovery's (peers, gossip
+/// exchanges, DNS lookups) in one exposition, ending in one `# EOF`.
+#[tokio::test]
+async fn a_mesh_member_serves_its_discovery_figures_too() {
+    let mut command = zmesh();
+    command.args([
+        "serve",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--mesh",
+        "metrics-test",
+        "--metrics",
+        "127.0.0.1:0",
+        "echo",
+    ]);
+    let mut node = Server::start(command, "zmesh serve --mesh --metrics").await;
+    let metrics = loop {
+        let line = node.lines.next("the metrics line").await;
+        if let Some(addr) = line.strip_prefix("metrics http://") {
+            break addr.to_owned();
+        }
+    };
+    let (status, text) = get(&metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "zmesh_mesh_peers 0",
+        "zmesh_mesh_gossip_exchanges_total{result=\"ok\"} 0",
+        "zmesh_server_calls_in_flight 0",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+    common::terminate(&node.child);
+    let status = common::exit_status(&mut node.child, "zmesh serve").await;
+    assert!(status.success(), "{status}");
 }

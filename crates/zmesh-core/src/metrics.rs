@@ -8,6 +8,10 @@
 //! Names follow the Prometheus translation of the conventions: dots become underscores and
 //! the unit a suffix (`rpc_server_call_duration_seconds`), attributes become labels
 //! (`rpc_method`, `rpc_system_name`). zmesh's own figures are prefixed `zmesh_`.
+//!
+//! A component plugged into the node (an [`Extension`](crate::node::Extension)) adds its own
+//! figures through its attachment's [`Attachment::metrics`](crate::node::Attachment::metrics),
+//! a [`Collector`] read at the same scrape (the node's events, a job queue).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ const RPC_SYSTEM: &str = "zerorpc";
 #[derive(Clone)]
 pub struct NodeMetrics {
     shared: Arc<Shared>,
+    /// The figures of the node's extensions, read at each scrape after the node's own.
+    extensions: Vec<Arc<dyn Collector>>,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -43,16 +49,42 @@ impl std::fmt::Debug for NodeMetrics {
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, extensions: Vec<Arc<dyn Collector>>) -> Self {
+        Self { shared, extensions }
     }
 
-    /// The node's figures now, as OpenMetrics text (which Prometheus reads).
+    /// The node's figures now, as OpenMetrics text (which Prometheus reads), its
+    /// extensions' after its own.
     pub fn encode(&self) -> String {
-        render(Figures {
+        render_all(&self.collectors())
+    }
+
+    /// The node's figures now and its extensions', as collectors, for an exporter that
+    /// renders them beside others ([`render_all`]; a mesh member's discovery figures).
+    pub fn collectors(&self) -> Vec<Arc<dyn Collector>> {
+        let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(Figures {
             stats: crate::node::stats_of(&self.shared),
             methods: methods_of(&self.shared),
-        })
+        })];
+        collectors.extend(self.extensions.iter().cloned());
+        collectors
+    }
+
+    /// The figures the node's extensions add (a job queue's, its events'), for an exporter
+    /// that shows them beside figures of its own (`zmesh proxy --jobs`).
+    pub fn extensions(&self) -> &[Arc<dyn Collector>] {
+        &self.extensions
+    }
+}
+
+/// A collector shared with its extension, registered for one scrape (a registry owns what
+/// it is given; `Arc<T>`'s own impl needs a sized `T`).
+#[derive(Debug)]
+struct SharedCollector(Arc<dyn Collector>);
+
+impl Collector for SharedCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
     }
 }
 
@@ -118,6 +150,43 @@ pub fn encode_counters(
     Ok(())
 }
 
+/// Encodes gauge families: the same shape as counters (one label, a value per label value),
+/// for figures that go down as well as up (jobs per state, calls queued per service).
+///
+/// # Errors
+/// The writer's error (none for a `String`).
+pub fn encode_gauge_families(
+    encoder: &mut DescriptorEncoder,
+    families: &[CounterFamily<'_>],
+) -> Result<(), std::fmt::Error> {
+    for family in families {
+        let mut metric =
+            encoder.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
+        for (value, count) in &family.values {
+            metric
+                .encode_family(&[(family.label, *value)])?
+                .encode_gauge(count)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes unlabelled counters: (name without `_total`, help, value).
+///
+/// # Errors
+/// The writer's error (none for a `String`).
+pub fn encode_counter_values(
+    encoder: &mut DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in counters {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
 /// Encodes unlabelled gauges: (name, help, value).
 ///
 /// # Errors
@@ -136,8 +205,15 @@ pub fn encode_gauges(
 
 /// A collector's figures now, as OpenMetrics text (which Prometheus reads).
 pub fn render(collector: impl Collector) -> String {
+    render_all(&[Arc::new(collector)])
+}
+
+/// Several collectors' figures now, in order, as one OpenMetrics text.
+pub fn render_all(collectors: &[Arc<dyn Collector>]) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector));
+    for collector in collectors {
+        registry.register_collector(Box::new(SharedCollector(Arc::clone(collector))));
+    }
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -1,19 +1,28 @@
-//! Keeps per-method call statistics cheaply on the hot path: completed, failed and aborted
-//! counts, a lock-free log-linear latency histogram (percentiles for the `_zmesh.stats`
-//! built-in) and the OpenTelemetry RPC conventions' duration buckets with the sum (the
-//! `rpc.server.call.duration` histogram that `metrics` exports); all plain atomics.
+//! Keeps per-method call statistics on the hot path: completed, failed and aborted counts,
+//! an HDR latency histogram (`hdrhistogram`, 2 significant digits: the percentiles of the
+//! `_zmesh.stats` built-in and `zmesh stats`) and the OpenTelemetry RPC conventions'
+//! duration buckets with the sum (the `rpc.server.call.duration` histogram that `metrics`
+//! exports), so both read the same calls.
+//!
+//! An HDR histogram records through `&mut`, so each method's figures are split in a few
+//! shards, each behind its own mutex: a thread records into the shard of its index, so
+//! the runtime's worker threads do not contend, and a lock held for a handful of
+//! additions costs about what the atomic counters it replaces did. A snapshot adds the
+//! shards up. A shard allocates its histogram (about 30 KB) when it first records.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-/// Exact buckets for 0..LINEAR_LIMIT microseconds, then [`SUB_BUCKETS`] per power of two.
-const LINEAR_LIMIT: u64 = 16;
-/// Buckets per power of two above [`LINEAR_LIMIT`]: about 12% resolution.
-const SUB_BUCKETS: u64 = 8;
-/// log2 of [`SUB_BUCKETS`].
-const SUB_BITS: u32 = 3;
-/// Enough buckets for any u64 number of microseconds.
-const BUCKETS: usize = (LINEAR_LIMIT + (64 - 4) * SUB_BUCKETS) as usize;
+use hdrhistogram::Histogram;
+
+/// Largest latency the histogram tells apart: one hour (longer calls count as an hour).
+const HIGHEST_US: u64 = 3_600_000_000;
+/// Significant digits the histogram keeps: values within 1% of each other may share a
+/// bucket.
+const SIGNIFICANT_DIGITS: u8 = 2;
+/// Most shards per method: more than the worker threads a node usually runs buys nothing.
+const MAX_SHARDS: usize = 8;
 
 /// The bucket bounds, in seconds, the OpenTelemetry semantic conventions give
 /// `rpc.server.call.duration` and `rpc.client.call.duration` (their explicit bucket
@@ -30,29 +39,56 @@ const SEMCONV_BOUNDS_US: [u64; 14] = [
 /// The statistics of one method, shared by every name it is exported under.
 #[derive(Debug)]
 pub(crate) struct MethodStats {
-    ok: AtomicU64,
-    errors: AtomicU64,
-    aborted: AtomicU64,
-    max_us: AtomicU64,
-    buckets: Box<[AtomicU64]>,
-    /// Calls per conventions bucket (not cumulative); the last one is above 10 s.
-    semconv: [AtomicU64; 15],
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// One shard's figures.
+#[derive(Debug, Default)]
+struct Shard {
+    ok: u64,
+    errors: u64,
+    aborted: u64,
+    /// Every recorded latency in microseconds; `None` until the shard first records.
+    latencies: Option<Histogram<u64>>,
+    /// Calls per conventions bucket (not cumulative); the last one is above 10 s. Exact
+    /// counts, as Prometheus' `le` buckets are (the HDR buckets may straddle a bound).
+    semconv: [u64; 15],
     /// The sum of every recorded duration, in microseconds.
-    sum_us: AtomicU64,
+    sum_us: u64,
+    /// The longest call, exact (the histogram's own maximum is rounded to its bucket).
+    max_us: u64,
 }
 
 impl Default for MethodStats {
     fn default() -> Self {
+        let shards = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, MAX_SHARDS);
         Self {
-            ok: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            aborted: AtomicU64::new(0),
-            max_us: AtomicU64::new(0),
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            semconv: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_us: AtomicU64::new(0),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
+}
+
+/// A new histogram with the module's bounds.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, SIGNIFICANT_DIGITS).expect(
+        "constant bounds that new_with_bounds accepts: 1 <= low, high >= 2 low, digits <= 5",
+    )
+}
+
+/// The shard index of the current thread, fixed when the thread first records.
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|index| *index)
+}
+
+/// A shard's lock; a panic while it was held left plain counters, still meaningful.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A method's duration histogram in the conventions' buckets: the calls in each bucket
@@ -76,8 +112,8 @@ pub(crate) enum Outcome {
     Aborted,
 }
 
-/// Figures of one method at one moment. Percentiles are bucket upper bounds (within about
-/// 12% above the true value), in microseconds; 0 when no call has finished.
+/// Figures of one method at one moment. Percentiles are the HDR histogram's (within 1% of
+/// the true value), in microseconds; 0 when no call has finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct MethodSnapshot {
     pub(crate) calls: u64,
@@ -93,54 +129,77 @@ pub(crate) struct MethodSnapshot {
 impl MethodStats {
     /// Records one finished (or aborted) call.
     pub(crate) fn record(&self, elapsed: Duration, outcome: Outcome) {
-        let counter = match outcome {
-            Outcome::Ok => &self.ok,
-            Outcome::Error => &self.errors,
-            Outcome::Aborted => &self.aborted,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
         // Nearly every call is under the first bound: the scan ends at once.
         let at = SEMCONV_BOUNDS_US
             .iter()
             .position(|&bound| us <= bound)
             .unwrap_or(SEMCONV_BOUNDS_US.len());
-        self.semconv[at].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        let mut shard = lock(&self.shards[thread_index() % self.shards.len()]);
+        match outcome {
+            Outcome::Ok => shard.ok += 1,
+            Outcome::Error => shard.errors += 1,
+            Outcome::Aborted => shard.aborted += 1,
+        }
+        shard
+            .latencies
+            .get_or_insert_with(histogram)
+            .saturating_record(us.clamp(1, HIGHEST_US));
+        shard.semconv[at] += 1;
+        shard.sum_us = shard.sum_us.saturating_add(us);
+        shard.max_us = shard.max_us.max(us);
     }
 
-    /// The duration histogram in the conventions' buckets (read bucket by bucket, so one
-    /// taken during traffic may miss the calls that finished while it was read).
+    /// The shards added up (each read under its lock, one after the other).
+    fn total(&self) -> Shard {
+        let mut total = Shard::default();
+        for shard in &self.shards[..] {
+            let shard = lock(shard);
+            total.ok += shard.ok;
+            total.errors += shard.errors;
+            total.aborted += shard.aborted;
+            if let Some(latencies) = &shard.latencies {
+                // Same bounds on both sides: adding cannot fail.
+                let _ = total.latencies.get_or_insert_with(histogram).add(latencies);
+            }
+            for (sum, count) in total.semconv.iter_mut().zip(shard.semconv) {
+                *sum += count;
+            }
+            total.sum_us = total.sum_us.saturating_add(shard.sum_us);
+            total.max_us = total.max_us.max(shard.max_us);
+        }
+        total
+    }
+
+    /// The duration histogram in the conventions' buckets.
     pub(crate) fn durations(&self) -> DurationHistogram {
+        let total = self.total();
         let bounds = SEMCONV_BOUNDS_S.iter().copied().chain([f64::INFINITY]);
-        let buckets: Vec<(f64, u64)> = bounds
-            .zip(&self.semconv)
-            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
-            .collect();
+        let buckets: Vec<(f64, u64)> = bounds.zip(total.semconv).collect();
         let count = buckets.iter().map(|(_, n)| n).sum();
         DurationHistogram {
             buckets,
             count,
-            sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            sum_s: total.sum_us as f64 / 1e6,
         }
     }
 
-    /// The figures now (counts and buckets are read one by one, so a snapshot taken during
-    /// traffic may be off by the calls that finished while it was read).
+    /// The figures now.
     pub(crate) fn snapshot(&self) -> MethodSnapshot {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let max_us = self.max_us.load(Ordering::Relaxed);
-        let at = |q: f64| percentile(&counts, q).min(max_us);
+        let total = self.total();
+        let latencies = total.latencies.filter(|h| !h.is_empty());
+        let max_us = total.max_us;
+        // The HDR value of a quantile is its bucket's highest equivalent value; never above
+        // the largest call actually seen.
+        let at = |q: f64| {
+            latencies
+                .as_ref()
+                .map_or(0, |h| h.value_at_quantile(q).min(max_us))
+        };
         MethodSnapshot {
-            calls: self.ok.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            aborted: self.aborted.load(Ordering::Relaxed),
+            calls: total.ok,
+            errors: total.errors,
+            aborted: total.aborted,
             p50_us: at(0.50),
             p90_us: at(0.90),
             p99_us: at(0.99),
@@ -150,68 +209,9 @@ impl MethodStats {
     }
 }
 
-/// The bucket of a latency in microseconds.
-fn bucket_of(us: u64) -> usize {
-    if us < LINEAR_LIMIT {
-        return us as usize;
-    }
-    let exponent = 63 - us.leading_zeros(); // >= 4
-    let sub = (us >> (exponent - SUB_BITS)) & (SUB_BUCKETS - 1);
-    (LINEAR_LIMIT + u64::from(exponent - 4) * SUB_BUCKETS + sub) as usize
-}
-
-/// The largest latency that falls in `bucket`.
-fn bucket_upper_bound(bucket: usize) -> u64 {
-    let bucket = bucket as u64;
-    if bucket < LINEAR_LIMIT {
-        return bucket;
-    }
-    let exponent = (bucket - LINEAR_LIMIT) / SUB_BUCKETS + 4;
-    let sub = (bucket - LINEAR_LIMIT) % SUB_BUCKETS;
-    let width = 1u64 << (exponent - u64::from(SUB_BITS));
-    let start = (1u64 << exponent) + sub * width;
-    start.saturating_add(width - 1)
-}
-
-/// The upper bound of the bucket holding quantile `q` of the recorded values.
-fn percentile(counts: &[u64], q: f64) -> u64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    // The rank of the q-quantile, 1-based: the smallest value with at least q of the calls
-    // at or below it.
-    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-    let mut seen = 0;
-    for (bucket, &count) in counts.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            return bucket_upper_bound(bucket);
-        }
-    }
-    bucket_upper_bound(counts.len() - 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_cover_every_value_in_order_and_within_an_eighth() {
-        let mut previous = 0;
-        for us in (0..5000u64).chain([1 << 20, (1 << 40) + 12345, u64::MAX]) {
-            let bucket = bucket_of(us);
-            assert!(bucket < BUCKETS, "{us} -> {bucket}");
-            assert!(bucket >= previous || us > 5000, "buckets are monotonic");
-            previous = bucket;
-            let upper = bucket_upper_bound(bucket);
-            assert!(upper >= us, "{us} <= upper bound {upper}");
-            assert!(
-                upper - us <= us / 8,
-                "{us}: bucket bound {upper} is within 12.5% above"
-            );
-        }
-    }
 
     #[test]
     fn percentiles_of_known_distributions() {
@@ -222,9 +222,12 @@ mod tests {
         stats.record(Duration::from_micros(7), Outcome::Error);
         let s = stats.snapshot();
         assert_eq!((s.calls, s.errors, s.aborted), (1000, 1, 0));
-        // True p50 is 500, p90 900, p99 990: bucket bounds are at most 12.5% above.
+        // True p50 is 500, p90 900, p99 990: the HDR histogram is within 1% above.
         for (got, truth) in [(s.p50_us, 500), (s.p90_us, 900), (s.p99_us, 990)] {
-            assert!(got >= truth && got <= truth + truth / 8, "{got} vs {truth}");
+            assert!(
+                got >= truth && got <= truth + truth / 100,
+                "{got} vs {truth}"
+            );
         }
         assert_eq!(s.max_us, 1000);
         assert!(s.p999_us <= s.max_us);
@@ -256,6 +259,43 @@ mod tests {
         assert_eq!(le(10.0), 4, "12 s is above every bound");
         assert_eq!(le(f64::INFINITY), 5, "+Inf holds every call");
         assert_eq!(h.buckets.len(), SEMCONV_BOUNDS_S.len() + 1);
+    }
+
+    /// Latencies recorded from several threads land in their shards and add up in one
+    /// snapshot: every call counted once, the percentiles over all of them.
+    #[test]
+    fn calls_from_many_threads_add_up() {
+        let stats = std::sync::Arc::new(MethodStats::default());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let stats = std::sync::Arc::clone(&stats);
+                std::thread::spawn(move || {
+                    for us in 1..=250u64 {
+                        stats.record(Duration::from_micros(t * 250 + us), Outcome::Ok);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("the recording thread");
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.calls, 1000);
+        assert_eq!(s.max_us, 1000);
+        assert!(s.p50_us >= 500 && s.p50_us <= 505, "{}", s.p50_us);
+        assert_eq!(stats.durations().count, 1000);
+    }
+
+    /// A call longer than the histogram's range counts at its top, and exactly in the sum
+    /// and the maximum.
+    #[test]
+    fn a_call_beyond_the_range_is_kept() {
+        let stats = MethodStats::default();
+        stats.record(Duration::from_secs(2 * 3600), Outcome::Ok);
+        let s = stats.snapshot();
+        assert_eq!(s.max_us, 7_200_000_000);
+        assert!(s.p50_us >= HIGHEST_US, "{}", s.p50_us);
+        assert!((stats.durations().sum_s - 7200.0).abs() < 1e-6);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use zmesh_core::metrics::{
-    Collector, CounterFamily, DescriptorEncoder, encode_counters, encode_gauges, render,
+    Collector, CounterFamily, DescriptorEncoder, encode_counters, encode_gauge_families,
+    encode_gauges, render,
 };
 
 use crate::{DeviceStats, Shared};
@@ -30,12 +31,22 @@ impl DeviceMetrics {
 
     /// The device's figures now, as OpenMetrics text (which Prometheus reads).
     pub fn encode(&self) -> String {
-        let stats = self
-            .shared
+        render(Figures(self.stats()))
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.shared
             .as_ref()
             .map(|shared| shared.lock().stats())
-            .unwrap_or_default();
-        render(Figures(stats))
+            .unwrap_or_default()
+    }
+}
+
+/// The device's figures as a collector, to render beside others' (`zmesh proxy --jobs`
+/// adds its queue's).
+impl Collector for DeviceMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        Figures(self.stats()).encode(encoder)
     }
 }
 
@@ -76,35 +87,32 @@ impl Collector for Figures {
                 .map(|(name, service)| (name.as_str(), pick(service)))
                 .collect()
         };
-        for (name, help, values) in [
-            (
-                "zmesh_device_service_queued",
-                "Calls waiting for a worker, per service.",
-                per_service(|v| v.queued as u64),
-            ),
-            (
-                "zmesh_device_service_workers",
-                "Workers serving each service.",
-                per_service(|v| v.workers as u64),
-            ),
-            (
-                "zmesh_device_service_in_flight",
-                "Calls running on workers, per service.",
-                per_service(|v| v.in_flight as u64),
-            ),
-        ] {
-            let mut metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for (service, value) in values {
-                metric
-                    .encode_family(&[("service", service)])?
-                    .encode_gauge(&value)?;
-            }
-        }
+        let family = |name, help, values| CounterFamily {
+            name,
+            help,
+            label: "service",
+            values,
+        };
+        encode_gauge_families(
+            &mut encoder,
+            &[
+                family(
+                    "zmesh_device_service_queued",
+                    "Calls waiting for a worker, per service.",
+                    per_service(|v| v.queued as u64),
+                ),
+                family(
+                    "zmesh_device_service_workers",
+                    "Workers serving each service.",
+                    per_service(|v| v.workers as u64),
+                ),
+                family(
+                    "zmesh_device_service_in_flight",
+                    "Calls running on workers, per service.",
+                    per_service(|v| v.in_flight as u64),
+                ),
+            ],
+        )?;
         let mut calls = encoder.encode_descriptor(
             "zmesh_device_service_calls",
             "Calls through the device per service, by outcome.",

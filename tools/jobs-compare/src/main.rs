@@ -17,6 +17,7 @@ mod jetstream;
 mod measure;
 mod rabbitmq;
 mod system;
+mod zmesh;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,9 +38,13 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always"
+        default_value = "zmesh-fsync,zmesh-os,rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always"
     )]
     systems: Vec<Kind>,
+    /// Where zmesh's queues keep their stores (a fresh directory each, removed at the end).
+    /// It should be on a disk: on tmpfs an fsync does nothing [default: the temp dir].
+    #[arg(long, value_name = "DIR", env = "JOBS_COMPARE_ZMESH_DATA")]
+    zmesh_data: Option<std::path::PathBuf>,
     /// The RabbitMQ server (`amqp://127.0.0.1:PORT/%2f`).
     #[arg(long, env = "JOBS_COMPARE_RABBITMQ")]
     rabbitmq: Option<String>,
@@ -71,14 +76,41 @@ struct Cli {
     /// Runtime flavour of this process (submitters and consumers).
     #[arg(long, value_enum, default_value = "multi-thread")]
     runtime: Flavour,
+    /// The child mode hosting a zmesh queue at this level (started by the run itself).
+    #[arg(long, hide = true, requires_all = ["queue_data", "queue_workers"])]
+    queue_child: Option<ZmeshLevel>,
+    #[arg(long, hide = true)]
+    queue_data: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    queue_workers: Option<String>,
+}
+
+/// A zmesh queue's durability level on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ZmeshLevel {
+    Fsync,
+    Os,
+}
+
+impl From<ZmeshLevel> for zmesh_jobs::Level {
+    fn from(level: ZmeshLevel) -> Self {
+        match level {
+            ZmeshLevel::Fsync => Self::Fsync,
+            ZmeshLevel::Os => Self::Os,
+        }
+    }
 }
 
 /// A system under comparison, as the command line names it.
 ///
-/// The zmesh job queue joins here with one variant per durability level, its module beside
-/// the others and its arm in [`connect`] (see `system.rs` for what its adapter does).
+/// A system joins here with a variant, its module beside the others and its arm in
+/// [`connect`] (see `system.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Kind {
+    /// zmesh's job queue at the `fsync` level (a child process of this run).
+    ZmeshFsync,
+    /// zmesh's job queue at the `os` level.
+    ZmeshOs,
     /// RabbitMQ, a durable classic queue.
     Rabbitmq,
     /// RabbitMQ, a quorum queue.
@@ -93,6 +125,8 @@ impl Kind {
     /// The name in messages, before a server said its version.
     fn name(self) -> &'static str {
         match self {
+            Self::ZmeshFsync => "zmesh jobs (fsync)",
+            Self::ZmeshOs => "zmesh jobs (os)",
             Self::Rabbitmq => "RabbitMQ (classic queue)",
             Self::RabbitmqQuorum => "RabbitMQ (quorum queue)",
             Self::Jetstream => "NATS JetStream (default sync)",
@@ -100,15 +134,27 @@ impl Kind {
         }
     }
 
-    /// The URL the command line gave for this system's server, and the variable naming it.
-    fn url(self, cli: &Cli) -> (Option<&str>, &'static str) {
+    /// The URL the command line gave for this system's server, and the variable naming it;
+    /// zmesh's queues are started by the run (their data directory is the "URL").
+    fn url(self, cli: &Cli) -> (Option<String>, &'static str) {
+        let given = |url: &Option<String>| url.clone();
         match self {
+            Self::ZmeshFsync | Self::ZmeshOs => (
+                Some(
+                    cli.zmesh_data
+                        .clone()
+                        .unwrap_or_else(std::env::temp_dir)
+                        .display()
+                        .to_string(),
+                ),
+                "JOBS_COMPARE_ZMESH_DATA",
+            ),
             Self::Rabbitmq | Self::RabbitmqQuorum => {
-                (cli.rabbitmq.as_deref(), "JOBS_COMPARE_RABBITMQ")
+                (given(&cli.rabbitmq), "JOBS_COMPARE_RABBITMQ")
             }
-            Self::Jetstream => (cli.nats.as_deref(), "JOBS_COMPARE_NATS"),
+            Self::Jetstream => (given(&cli.nats), "JOBS_COMPARE_NATS"),
             Self::JetstreamSyncAlways => (
-                cli.nats_sync_always.as_deref(),
+                given(&cli.nats_sync_always),
                 "JOBS_COMPARE_NATS_SYNC_ALWAYS",
             ),
         }
@@ -118,6 +164,10 @@ impl Kind {
 /// Connects to `kind`'s server at `url` and sets up its queue.
 async fn connect(kind: Kind, url: &str) -> Result<Arc<dyn System>, Error> {
     match kind {
+        Kind::ZmeshFsync => {
+            zmesh::connect(zmesh_jobs::Level::Fsync, std::path::Path::new(url)).await
+        }
+        Kind::ZmeshOs => zmesh::connect(zmesh_jobs::Level::Os, std::path::Path::new(url)).await,
         Kind::Rabbitmq => rabbitmq::connect(url, rabbitmq::QueueType::Classic).await,
         Kind::RabbitmqQuorum => rabbitmq::connect(url, rabbitmq::QueueType::Quorum).await,
         Kind::Jetstream => jetstream::connect(url, jetstream::Sync::Default).await,
@@ -129,6 +179,17 @@ use zmesh_bench::args::positive_seconds;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let (Some(level), Some(data), Some(workers)) = (
+        cli.queue_child,
+        cli.queue_data.clone(),
+        cli.queue_workers.clone(),
+    ) {
+        return queue_child(zmesh::QueueChild {
+            level: level.into(),
+            data,
+            workers,
+        });
+    }
     let runtime = match cli.runtime.runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -164,6 +225,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The hidden child mode: hosts one zmesh queue until the parent goes away.
+fn queue_child(child: zmesh::QueueChild) -> ExitCode {
+    let served = Flavour::MultiThread
+        .runtime()
+        .map_err(|e| e.into())
+        .and_then(|runtime| runtime.block_on(zmesh::serve_queue(child)));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zmesh-jobs-compare: the queue child: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Connects and prepares every configured system (skipping the absent ones), measures them
 /// together, checks the counts and prints the table.
 async fn compare(cli: Cli, plan: Plan) -> Result<(), Error> {
@@ -178,7 +254,7 @@ async fn compare(cli: Cli, plan: Plan) -> Result<(), Error> {
             );
             continue;
         };
-        let connected = within("connecting", STEP_LIMIT, connect(kind, url)).await;
+        let connected = within("connecting", STEP_LIMIT, connect(kind, &url)).await;
         let system = match connected.and_then(|connected| connected) {
             Ok(system) => system,
             Err(e @ (Error::Connect { .. } | Error::Timeout { .. })) => {

@@ -7,19 +7,8 @@
 //!
 //! A system is one module with a `connect` function returning an `Arc<dyn System>`, a
 //! [`crate::Kind`] variant naming it on the command line, and its arm in `crate::connect`.
-//! The zmesh job queue (issue 19) comes in that way, one `Kind` per durability level
-//! (`fsync`, `os`), each with its durability stated in [`System::durability`]:
-//!
-//! - the queue: a `zmesh serve jobs --data DIR` child process (`zmesh_bench::ServerChild`),
-//!   started by `connect`, one per durability level, its data in a temp dir of its own;
-//! - [`System::submit`]: one `jobs.submit` through the queue's `JobsClient`, resolving with
-//!   the job id, i.e. once the queue committed the job at its level;
-//! - [`System::start_consumer`]: a node serving the method the jobs name, whose handler calls
-//!   [`Processed::check`] on its argument and returns; the queue's record of that reply is the
-//!   acknowledgement, so the handler counts with [`Processed::acked`] as it returns;
-//! - [`System::settle`]: returns once the queue has committed every reply the worker gave
-//!   (for instance `jobs.result` of the last job counted, or the queue's depth being zero);
-//! - [`System::held`]: the queue's depth over every state that is not finished.
+//! `zmesh.rs` (zmesh's own queue, one `Kind` per durability level) is the one whose server
+//! the run starts itself.
 
 use std::sync::Arc;
 use std::time::Duration;

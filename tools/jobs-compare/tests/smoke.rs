@@ -1,7 +1,8 @@
-//! Smoke tests of the comparison binary: with no server listening every system is skipped
-//! with a message naming where it was looked for; with the servers of `servers.sh` (an
-//! ignored test, as it needs them running) a tiny run prints a row per system and mode and
-//! what each acknowledgement promises. Not part of the default test run (the crate is not a
+//! Smoke tests of the comparison binary: with no server listening every brokered system is
+//! skipped with a message naming where it was looked for; zmesh's queues (which the run
+//! starts itself) and, with the servers of `servers.sh` (an ignored test, as it needs them
+//! running), the brokers print a row per system and mode of a tiny run and what each
+//! acknowledgement promises. Not part of the default test run (the crate is not a
 //! default member): `cargo test -p zmesh-jobs-compare`.
 
 use std::time::Duration;
@@ -50,7 +51,18 @@ fn closed_port() -> u16 {
 async fn absent_servers_are_skipped_with_a_message_and_the_run_succeeds() {
     let rabbit = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
     let nats = format!("nats://127.0.0.1:{}", closed_port());
-    let stdout = run(&["--rabbitmq", &rabbit, "--nats", &nats], &[]).await;
+    let stdout = run(
+        &[
+            "--systems",
+            "rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always",
+            "--rabbitmq",
+            &rabbit,
+            "--nats",
+            &nats,
+        ],
+        &[],
+    )
+    .await;
     for system in ["RabbitMQ (classic queue)", "RabbitMQ (quorum queue)"] {
         assert!(
             stdout.contains(&format!(
@@ -79,6 +91,54 @@ async fn absent_servers_are_skipped_with_a_message_and_the_run_succeeds() {
     );
 }
 
+/// A run of 200 jobs per mode at 1 and 8 submitters.
+const TINY_RUN: &[&str] = &[
+    "--count",
+    "200",
+    "--warmup",
+    "20",
+    "--rounds",
+    "2",
+    "--duration",
+    "10",
+    "--submitters",
+    "1,8",
+];
+
+#[tokio::test]
+async fn a_tiny_run_of_zmesh_queues_at_both_levels_prints_every_mode_and_its_durability() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let data = data.path().to_str().expect("a UTF-8 path");
+    let stdout = run(
+        &[
+            TINY_RUN,
+            &["--systems", "zmesh-fsync,zmesh-os", "--zmesh-data", data],
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    for level in ["fsync", "os"] {
+        check_rows(
+            &stdout,
+            &format!("zmesh jobs {}, {level}", env!("CARGO_PKG_VERSION")),
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("- zmesh jobs") && l.contains(&format!("level {level}:"))),
+            "the {level} level stated: {stdout}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(data)
+            .expect("the data dir")
+            .next()
+            .is_none(),
+        "the queues' stores are removed at the end"
+    );
+}
+
 #[tokio::test]
 #[ignore = "needs the servers of `eval \"$(tools/jobs-compare/servers.sh start)\"`"]
 async fn a_tiny_run_against_the_servers_prints_every_mode_and_its_durability() {
@@ -94,17 +154,13 @@ async fn a_tiny_run_against_the_servers_prints_every_mode_and_its_durability() {
     let env: Vec<(&str, &str)> = env.iter().map(|(v, url)| (*v, url.as_str())).collect();
     let stdout = run(
         &[
-            "--count",
-            "200",
-            "--warmup",
-            "20",
-            "--rounds",
-            "2",
-            "--duration",
-            "10",
-            "--submitters",
-            "1,8",
-        ],
+            TINY_RUN,
+            &[
+                "--systems",
+                "rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always",
+            ],
+        ]
+        .concat(),
         &env,
     )
     .await;
@@ -117,27 +173,33 @@ async fn a_tiny_run_against_the_servers_prints_every_mode_and_its_durability() {
         systems.push("sync_interval: always");
     }
     for system in systems {
-        for submitters in ["1", "8"] {
-            let row = stdout
-                .lines()
-                .find(|l| {
-                    let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-                    cells.len() == 8 && cells[1].contains(system) && cells[2] == submitters
-                })
-                .unwrap_or_else(|| panic!("a {system:?} row at {submitters} in {stdout}"));
-            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-            // | system | submitters | jobs | p50 | p99 | jobs/s |
-            assert_eq!(cells[3], "200", "every job of the count measured: {row}");
-            for cell in &cells[4..7] {
-                let value: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?} in {row}"));
-                assert!(value > 0.0, "{row}");
-            }
-        }
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("- ") && l.contains(system) && l.contains("fsync")),
-            "{system}'s durability stated: {stdout}"
-        );
+        check_rows(&stdout, system);
     }
+}
+
+/// Each system's rows of a [`TINY_RUN`] (every job of the count measured, figures above zero)
+/// and its durability line.
+fn check_rows(stdout: &str, system: &str) {
+    for submitters in ["1", "8"] {
+        let row = stdout
+            .lines()
+            .find(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                cells.len() == 8 && cells[1].contains(system) && cells[2] == submitters
+            })
+            .unwrap_or_else(|| panic!("a {system:?} row at {submitters} in {stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | system | submitters | jobs | p50 | p99 | jobs/s |
+        assert_eq!(cells[3], "200", "every job of the count measured: {row}");
+        for cell in &cells[4..7] {
+            let value: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?} in {row}"));
+            assert!(value > 0.0, "{row}");
+        }
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("- ") && l.contains(system) && l.contains("fsync")),
+        "{system}'s durability stated: {stdout}"
+    );
 }

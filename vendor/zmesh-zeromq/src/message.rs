@@ -18,7 +18,21 @@ pub struct ZmqMessage {
     frames: VecDeque<Bytes>,
 }
 
+/// zmesh patch: frames a received message has room for before its deque grows: enough for
+/// the usual envelope (a ROUTER's identity in front, an empty delimiter, the payload).
+const RECEIVED_FRAMES: usize = 4;
+
 impl ZmqMessage {
+    /// zmesh patch: a message the decoder starts with its first frame, with room for
+    /// [`RECEIVED_FRAMES`] so the frames that follow (and a ROUTER's identity pushed in
+    /// front) do not reallocate the deque, as `From<Bytes>`'s one-frame deque did for every
+    /// multi-frame message.
+    pub(crate) fn starting_with(frame: Bytes) -> Self {
+        let mut frames = VecDeque::with_capacity(RECEIVED_FRAMES);
+        frames.push_back(frame);
+        Self { frames }
+    }
+
     pub fn push_back(&mut self, frame: Bytes) {
         self.frames.push_back(frame);
     }

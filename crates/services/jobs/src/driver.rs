@@ -282,4 +282,8 @@ impl Attachment for JobsAttachment {
         self.running.stop();
         Box::pin(async {})
     }
+
+    fn metrics(&self) -> Option<Arc<dyn zmesh_core::metrics::Collector>> {
+        Some(Arc::new(crate::metrics::QueueMetrics(self.queue().clone())))
+    }
 }

@@ -8,6 +8,7 @@
 mod client;
 pub mod config;
 mod driver;
+mod metrics;
 pub mod queue;
 mod service;
 pub mod store;

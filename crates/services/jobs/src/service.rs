@@ -21,7 +21,9 @@
 //! - `list(state, limit)`: `state` a state name or nil for all; `dead(limit)`: dead jobs
 //!   with their errors. Both answer an array of views.
 //! - `purge(selector)`: a state name, or an array of ids; answers `{purged, durability}`.
-//! - `stats()`: `{durability, jobs, bytes, depth: {state: count}, attempts}`.
+//! - `stats()`: `{durability, jobs, bytes, depth: {state: count}, attempts,
+//!   attempts_started, dead_total, refused: {reason: count}}` (the last three since the
+//!   queue opened; `metrics.rs`).
 //!
 //! A view is a map: `id`, `method`, `state`, `attempts`, `errors_total`, `errors` (each
 //! `{attempt, at_ms, error}`), `submitted_ms`, and per state `run_at_ms`, `worker`,
@@ -43,6 +45,7 @@ use tokio::sync::{Notify, mpsc};
 use zmesh_core::{CallContext, ConfigError, ErrorKind, HandlerError, Publisher, Service, State};
 
 use crate::config::JobsConfig;
+use crate::metrics::{Counters, CountersSnapshot, Refusal};
 use crate::queue::{
     Backoff, Change, Effects, Job, JobId, JobOptions, JobState, Persist, Queue, QueueError,
     Selector, StateName,
@@ -82,6 +85,8 @@ pub(crate) struct Inner {
     pub(crate) attempts: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     /// Where state changes go to be published as `jobs.<state>` events, once committed.
     pub(crate) events: OnceLock<mpsc::UnboundedSender<(Committed, Vec<Change>)>>,
+    /// What the queue counts as it goes, for `stats` and `/metrics`.
+    pub(crate) counters: Counters,
 }
 
 /// A commit several parties await: the caller's ack and the events' publisher.
@@ -144,6 +149,7 @@ impl JobQueue {
                 finished: Notify::new(),
                 attempts: Mutex::new(HashMap::new()),
                 events: OnceLock::new(),
+                counters: Counters::default(),
             }),
         })
     }
@@ -248,7 +254,7 @@ impl JobQueue {
             .doc("Removes the jobs in a state (a state name) or the given ids (an array), except running ones; answers {purged, durability}.")
             .arg_names(["selector"])
             .method("stats", stats)
-            .doc("The queue's figures: {durability, jobs, bytes, depth: {state: count}, attempts (started, all jobs held)}.")
+            .doc("The queue's figures: {durability, jobs, bytes, depth: {state: count}, attempts (started, all jobs held), attempts_started, dead_total, refused: {reason: count} (since the queue opened)}.")
             .into_service()
     }
 }
@@ -263,6 +269,7 @@ impl Inner {
         changes: Vec<Change>,
     ) -> Committed {
         let committed = self.writer.commit(next_id, ops).boxed().shared();
+        self.counters.count_changes(&changes);
         if let Some(events) = self.events.get()
             && !changes.is_empty()
         {
@@ -469,19 +476,36 @@ async fn submit(
     args: rmpv::Value,
     options: rmpv::Value,
 ) -> Result<Ack, HandlerError> {
+    let counters = &q.inner.counters;
+    let invalid = |e: HandlerError| {
+        counters.count_refusal(Refusal::Invalid);
+        e
+    };
     if !args.is_array() {
-        return Err(type_error(
+        return Err(invalid(type_error(
             "args must be an array of the call's positional arguments",
-        ));
+        )));
     }
     let mut bytes = Vec::new();
     rmpv::encode::write_value(&mut bytes, &args)
-        .map_err(|e| type_error(format!("args do not encode: {e}")))?;
-    let mut options = parse_options(&options, SystemTime::now())?;
+        .map_err(|e| invalid(type_error(format!("args do not encode: {e}"))))?;
+    let mut options = parse_options(&options, SystemTime::now()).map_err(invalid)?;
     options.traceparent = ctx.traceparent().map(ToString::to_string);
+    let mut refused = false;
     let (id, level) = q
-        .apply(|queue, now| queue.submit(now, method, bytes, options))
-        .await?;
+        .apply(|queue, now| {
+            queue.submit(now, method, bytes, options).inspect_err(|e| {
+                refused = true;
+                counters.count_refusal(Refusal::of(e));
+            })
+        })
+        .await
+        .inspect_err(|_| {
+            // Not refused by the rule, so the store failed.
+            if !refused {
+                counters.count_refusal(Refusal::Store);
+            }
+        })?;
     Ok(Ack {
         id: id.0,
         durability: level.name(),
@@ -578,6 +602,9 @@ struct Stats {
     bytes: u64,
     depth: std::collections::BTreeMap<&'static str, usize>,
     attempts: u64,
+    /// `attempts_started`, `dead_total`, `refused` (by reason), since the queue opened.
+    #[serde(flatten)]
+    counters: CountersSnapshot,
 }
 
 async fn stats(State(q): State<JobQueue>) -> Result<Stats, HandlerError> {
@@ -596,6 +623,7 @@ async fn stats(State(q): State<JobQueue>) -> Result<Stats, HandlerError> {
             .iter()
             .map(|j| u64::from(j.attempts))
             .sum(),
+        counters: q.inner.counters.snapshot(),
     })
 }
 

@@ -670,3 +670,75 @@ async fn state_changes_are_published_as_jobs_events_in_order() {
     }
     assert_eq!(seen, ["jobs.queued", "jobs.running", "jobs.succeeded"]);
 }
+
+/// A queue that is a mesh member: announced with its extension's `jobs` service, so a mesh
+/// client finds it by name, and running its jobs through a mesh client of its own, on the
+/// member serving each job's method. Its figures reach the node's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_in_a_mesh_is_found_by_name_and_runs_jobs_on_the_members() {
+    use zmesh_core::mesh::{MeshClient, MeshClientConfig, MeshNode};
+    let mesh = format!("jobs-mesh-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gossip = (Duration::from_millis(200), Duration::from_millis(1500));
+    let worker = net(
+        "worker member",
+        MeshNode::builder(mesh.clone())
+            .bind("tcp://127.0.0.1:0")
+            .service(worker_service(Arc::new(Worker::default())))
+            .timing(gossip.0, gossip.1)
+            .start(),
+    )
+    .await
+    .expect("worker member starts");
+    let data = dir.path().join("data");
+    let queue = net(
+        "queue member",
+        MeshNode::builder(mesh)
+            .bind("tcp://127.0.0.1:0")
+            .seed(worker.node().endpoint())
+            .timing(gossip.0, gossip.1)
+            .extension_with(move |discovery| {
+                let members = MeshClient::new(discovery.clone(), MeshClientConfig::default());
+                JobsExtension::new(data, JobsConfig::default(), members).worker_name("mesh")
+            })
+            .start(),
+    )
+    .await
+    .expect("queue member starts");
+    assert!(
+        queue.record().services.iter().any(|s| s.name == "jobs"),
+        "the extension's service is announced: {:?}",
+        queue.record()
+    );
+
+    // From the worker's side of the mesh: `jobs` by name, waiting for gossip to find it.
+    let client = worker.client(MeshClientConfig::default());
+    let ack: Value = net(
+        "submit through the mesh",
+        client.call("jobs.submit", ("work.double", vec![21u64], ())),
+    )
+    .await
+    .expect("submit");
+    let id = field(&ack, "id").as_u64().expect("an id");
+    let outcome: Value = net("result", client.call("jobs.result", (id, 5_000u64)))
+        .await
+        .expect("result");
+    assert_eq!(
+        field(&outcome, "status").as_str(),
+        Some("succeeded"),
+        "{outcome}"
+    );
+    assert_eq!(field(&outcome, "result").as_u64(), Some(42));
+
+    let text = queue.node().metrics().encode();
+    for line in [
+        "zmesh_jobs{state=\"succeeded\"} 1",
+        "zmesh_jobs_attempts_started_total 1",
+        "zmesh_jobs_durability{level=\"fsync\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+}

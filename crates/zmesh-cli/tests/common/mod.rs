@@ -153,6 +153,35 @@ impl Server {
         }
     }
 
+    /// The endpoint on its next stdout line, `WORD ENDPOINT` (`backend`, `events`, ...).
+    pub(crate) async fn announced(&mut self, word: &str) -> String {
+        let line = self.lines.next(&format!("the {word} line")).await;
+        line.strip_prefix(&format!("{word} "))
+            .unwrap_or_else(|| panic!("{word} ENDPOINT, not {line:?}"))
+            .to_owned()
+    }
+
+    /// The `--metrics` address on its next stdout line, `metrics http://ADDR`.
+    pub(crate) async fn metrics_addr(&mut self) -> String {
+        let url = self.announced("metrics").await;
+        url.strip_prefix("http://")
+            .unwrap_or_else(|| panic!("not an http URL: {url}"))
+            .to_owned()
+    }
+
+    /// `zmesh proxy` on free loopback ports with `extra` options (its endpoint is the
+    /// frontend); answers it with its backend.
+    pub(crate) async fn proxy(extra: &[&str]) -> (Self, String) {
+        let mut command = zmesh();
+        command
+            .args(["proxy", "--frontend", "tcp://127.0.0.1:0"])
+            .args(["--backend", "tcp://127.0.0.1:0"])
+            .args(extra);
+        let mut proxy = Self::start(command, &format!("zmesh proxy {extra:?}")).await;
+        let backend = proxy.announced("backend").await;
+        (proxy, backend)
+    }
+
     /// `zmesh serve` of the echo service on `bind`.
     pub(crate) async fn serve_echo(bind: &str) -> Self {
         let mut command = zmesh();
@@ -165,6 +194,16 @@ impl Server {
             server.endpoint
         );
         server
+    }
+}
+
+/// Asserts that each of `lines` is a whole line of `text` (a scrape, a listing).
+pub(crate) fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            text.lines().any(|l| l == *line),
+            "{line} missing from\n{text}"
+        );
     }
 }
 

@@ -17,6 +17,7 @@
 mod cache;
 mod codec;
 mod gap;
+mod metrics;
 pub(crate) mod node;
 mod publisher;
 mod subscriber;

@@ -221,6 +221,13 @@ impl Attachment for RunningEvents {
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.stop())
     }
+
+    fn metrics(&self) -> Option<Arc<dyn crate::metrics::Collector>> {
+        Some(Arc::new(super::metrics::EventsFigures {
+            publisher: self.publisher.clone(),
+            subscriber: self.subscriber.clone(),
+        }))
+    }
 }
 
 impl RunningEvents {

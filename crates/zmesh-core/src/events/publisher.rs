@@ -71,6 +71,8 @@ impl PublisherBuilder {
         // which it sees as a sequence gap.
         let mut options = zeromq::SocketOptions::default();
         options.max_message_size(64 * 1024).max_frames(4);
+        // Kept to report the drops at the byte bound (`PublisherStats::dropped`).
+        let socket_stats = options.stats();
         let mut socket = PubSocket::with_options(options);
         let mut bound = Vec::with_capacity(self.endpoints.len());
         for endpoint in &endpoints {
@@ -93,6 +95,8 @@ impl PublisherBuilder {
                     table: TopicTable::new(self.last_value_cache),
                 }),
                 published: AtomicU64::new(0),
+                snapshots: AtomicU64::new(0),
+                socket_stats,
                 trust: self.mesh_key.map(crate::trust::Trust::new),
             }),
         })
@@ -133,6 +137,9 @@ struct Inner {
     endpoints: Vec<String>,
     state: Mutex<State>,
     published: AtomicU64,
+    /// `_zmesh.snapshot` calls answered.
+    snapshots: AtomicU64,
+    socket_stats: Arc<zeromq::SocketStats>,
     trust: Option<crate::trust::Trust>,
 }
 
@@ -167,6 +174,11 @@ impl std::fmt::Debug for Publisher {
 pub struct PublisherStats {
     /// Events handed to the socket.
     pub published: u64,
+    /// Events dropped for one subscriber whose queue was at its byte bound (that
+    /// subscriber sees a gap).
+    pub dropped: u64,
+    /// Snapshots served (`_zmesh.snapshot`), each with its sync marker.
+    pub snapshots: u64,
 }
 
 /// What `_zmesh.snapshot` answers.
@@ -216,6 +228,8 @@ impl Publisher {
     pub fn stats(&self) -> PublisherStats {
         PublisherStats {
             published: self.inner.published.load(Ordering::Relaxed),
+            dropped: self.inner.socket_stats.snapshot().send_dropped,
+            snapshots: self.inner.snapshots.load(Ordering::Relaxed),
         }
     }
 
@@ -324,6 +338,7 @@ impl Publisher {
             .await?;
         let cached = table.keeps_values();
         drop(state);
+        self.inner.snapshots.fetch_add(1, Ordering::Relaxed);
         let topics = rows
             .into_iter()
             .map(|(topic, seq, value)| {

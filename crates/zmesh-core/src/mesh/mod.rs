@@ -32,6 +32,7 @@ mod client;
 mod directory;
 mod discovery;
 pub mod dns;
+mod metrics;
 mod node;
 
 pub use beacon::{BeaconConfig, BeaconError};
@@ -41,6 +42,7 @@ pub use client::{
 pub use directory::{PeerRecord, Presence, ServiceInfo};
 pub use discovery::{Discovery, DiscoveryConfig, DiscoveryStats, GOSSIP_METHOD, GOSSIP_SERVICE};
 pub use dns::DnsSeeds;
+pub use metrics::MeshMetrics;
 pub use node::{MeshBuilder, MeshNode};
 
 use crate::node::NodeError;

@@ -9,7 +9,7 @@ use super::client::{MeshClient, MeshClientConfig};
 use super::directory::{PeerRecord, ServiceInfo};
 use super::discovery::{Discovery, DiscoveryConfig};
 use crate::events::Publisher;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Extension, Node, NodeConfig};
 use crate::service::Service;
 use crate::wire::MessageId;
 
@@ -25,6 +25,19 @@ pub struct MeshBuilder {
     discovery: DiscoveryConfig,
     publisher: Option<Publisher>,
     mesh_key: Option<crate::trust::MeshKey>,
+    extensions: Vec<ExtensionMaker>,
+}
+
+/// Makes an extension from the mesh's discovery.
+type MakeExtension = dyn FnOnce(&Discovery) -> Box<dyn Extension> + Send;
+
+/// An extension to make once the mesh's discovery exists.
+struct ExtensionMaker(Box<MakeExtension>);
+
+impl std::fmt::Debug for ExtensionMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtensionMaker")
+    }
 }
 
 impl MeshBuilder {
@@ -67,6 +80,27 @@ impl MeshBuilder {
     /// [`NodeBuilder::publisher`](crate::NodeBuilder::publisher).
     pub fn publisher(mut self, publisher: Publisher) -> Self {
         self.publisher = Some(publisher);
+        self
+    }
+
+    /// Adds a component the node starts with itself, as
+    /// [`NodeBuilder::extension`](crate::NodeBuilder::extension); the services it hosts are
+    /// announced to the mesh with the others.
+    pub fn extension<E: Extension>(self, extension: E) -> Self {
+        self.extension_with(move |_| extension)
+    }
+
+    /// Adds a component made once the mesh's discovery exists (before the node starts):
+    /// for one that calls other members, such as a job queue whose jobs run through a
+    /// [`MeshClient`] (`MeshClient::new(discovery.clone(), config)`).
+    pub fn extension_with<E: Extension>(
+        mut self,
+        make: impl FnOnce(&Discovery) -> E + Send + 'static,
+    ) -> Self {
+        self.extensions
+            .push(ExtensionMaker(Box::new(move |discovery| {
+                Box::new(make(discovery)) as Box<dyn Extension>
+            })));
         self
     }
 
@@ -119,18 +153,6 @@ impl MeshBuilder {
             self.discovery.mesh_key = Some(key.clone());
         }
         let discovery = Discovery::new(self.discovery)?;
-        let services: Vec<ServiceInfo> = self
-            .services
-            .iter()
-            .map(|s| {
-                ServiceInfo::new(
-                    s.name(),
-                    s.idempotent_methods()
-                        .map(str::to_owned)
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .collect();
         let mut builder = Node::builder().config(self.node_config);
         if let Some(key) = self.mesh_key {
             builder = builder.mesh_key(key);
@@ -147,8 +169,17 @@ impl MeshBuilder {
         if let Some(publisher) = self.publisher {
             builder = builder.publisher(publisher);
         }
+        for make in self.extensions {
+            builder = builder.extension_boxed((make.0)(&discovery));
+        }
         builder = builder.zmesh_service(discovery.gossip_service());
         let node = builder.start().await?;
+        // What the node hosts, its extensions' services included (known once they started).
+        let services: Vec<ServiceInfo> = node
+            .hosted()
+            .iter()
+            .map(|s| ServiceInfo::new(&s.name, s.idempotent.clone()))
+            .collect();
         let endpoints = if self.advertise.is_empty() {
             node.endpoints().to_vec()
         } else {
@@ -190,6 +221,7 @@ impl MeshNode {
             discovery: DiscoveryConfig::new(mesh),
             publisher: None,
             mesh_key: None,
+            extensions: Vec::new(),
         }
     }
 

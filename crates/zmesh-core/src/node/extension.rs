@@ -5,6 +5,7 @@
 //! (`events/node.rs`) plug in this way.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -57,4 +58,12 @@ pub trait Attachment: Any + Send + Sync + std::fmt::Debug {
     /// Called first by [`Node::shutdown`](super::Node::shutdown), before the node drains
     /// its calls. Dropping the node without it drops the attachment.
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The component's figures for the node's `/metrics`
+    /// ([`Node::metrics`](super::Node::metrics)), encoded at each scrape after the node's
+    /// own; `None` (the default) adds nothing. Names are prefixed `zmesh_` and the
+    /// component's name (`zmesh_jobs_`, `zmesh_events_`).
+    fn metrics(&self) -> Option<Arc<dyn crate::metrics::Collector>> {
+        None
+    }
 }

@@ -359,9 +359,17 @@ impl NodeBuilder {
     /// Adds `extension`, replacing one of the same type set before; the node starts it with
     /// itself (see [`Extension`]). For extensions made with their settings, such as a job
     /// queue on its directory.
-    pub fn extension<E: Extension>(mut self, extension: E) -> Self {
-        self.extensions.retain(|e| !(&**e as &dyn Any).is::<E>());
-        self.extensions.push(Box::new(extension));
+    pub fn extension<E: Extension>(self, extension: E) -> Self {
+        self.extension_boxed(Box::new(extension))
+    }
+
+    /// [`NodeBuilder::extension`] of one already boxed (the mesh builder keeps its own).
+    pub(crate) fn extension_boxed(mut self, extension: Box<dyn Extension>) -> Self {
+        // The type of the extension inside the box, not of the box.
+        let kind = (&*extension as &dyn Any).type_id();
+        self.extensions
+            .retain(|e| (&**e as &dyn Any).type_id() != kind);
+        self.extensions.push(extension);
         self
     }
 
@@ -427,6 +435,16 @@ impl NodeBuilder {
             self.services.extend(attached.services);
             attachments.push(attached.running);
         }
+        // The user's and the extensions' services, before zmesh's own join them.
+        let hosted: Vec<HostedService> = self
+            .services
+            .iter()
+            .filter(|s| s.name() != crate::reserved::ZMESH_SERVICE)
+            .map(|s| HostedService {
+                name: s.name().to_owned(),
+                idempotent: s.idempotent_methods().map(str::to_owned).collect(),
+            })
+            .collect();
         self.services
             .extend(std::mem::take(&mut self.zmesh_services));
         let name = self
@@ -471,6 +489,7 @@ impl NodeBuilder {
                     config: self.config,
                     counters,
                     attachments,
+                    hosted,
                     mesh_key: self.mesh_key,
                 },
                 device,
@@ -551,6 +570,7 @@ impl NodeBuilder {
             stop_tx,
             tasks,
             attachments,
+            hosted,
         })
     }
 }
@@ -563,6 +583,7 @@ impl NodeBuilder {
             config,
             counters,
             attachments,
+            hosted,
             mesh_key,
         } = parts;
         // With a key, everything to the device is sealed and everything from it opened
@@ -594,6 +615,7 @@ impl NodeBuilder {
             stop_tx,
             tasks,
             attachments,
+            hosted,
         }
     }
 }
@@ -605,7 +627,16 @@ struct WorkerParts {
     config: NodeConfig,
     counters: Arc<Counters>,
     attachments: Vec<Box<dyn Attachment>>,
+    hosted: Vec<HostedService>,
     mesh_key: Option<crate::trust::MeshKey>,
+}
+
+/// A service a node hosts, as a mesh announces it.
+#[derive(Debug, Clone)]
+pub(crate) struct HostedService {
+    pub(crate) name: String,
+    /// Its methods marked idempotent (short names).
+    pub(crate) idempotent: Vec<String>,
 }
 
 /// The method table of `services`, every method under `service.method`.
@@ -771,6 +802,8 @@ pub struct Node {
     tasks: Vec<JoinHandle<()>>,
     /// What the builder's extensions left running, shut down first.
     attachments: Vec<Box<dyn Attachment>>,
+    /// The services it hosts besides zmesh's own, its extensions' included.
+    hosted: Vec<HostedService>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -815,6 +848,11 @@ impl Node {
         })
     }
 
+    /// The services it hosts besides zmesh's own (what a mesh member announces).
+    pub(crate) fn hosted(&self) -> &[HostedService] {
+        &self.hosted
+    }
+
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         stats_of(&self.shared)
@@ -822,9 +860,15 @@ impl Node {
 
     /// A handle on the node's figures for an exporter: Prometheus text at each
     /// [`encode`](crate::metrics::NodeMetrics::encode), read from the same counters as
-    /// [`Node::stats`] and `_zmesh.stats`.
+    /// [`Node::stats`] and `_zmesh.stats`, then its extensions' figures
+    /// ([`Attachment::metrics`]: its events', a job queue's).
     pub fn metrics(&self) -> crate::metrics::NodeMetrics {
-        crate::metrics::NodeMetrics::new(Arc::clone(&self.shared))
+        let extensions = self
+            .attachments
+            .iter()
+            .filter_map(|a| a.metrics())
+            .collect();
+        crate::metrics::NodeMetrics::new(Arc::clone(&self.shared), extensions)
     }
 
     /// Serves until `signal` completes, then shuts down gracefully with the configured

@@ -38,6 +38,12 @@ pub struct ZmqFramedRead {
     /// zmesh patch: set by the first error; the stream has ended since (a byte stream
     /// cannot be resynchronised after a bad frame, and a limit closes the connection).
     failed: bool,
+    /// zmesh patch: where reads of at most one chunk land before their bytes are copied
+    /// to `buffer`. `futures::AsyncRead` wants an initialised slice, and growing `buffer`
+    /// by a chunk of zeros for every read (most of them reading a few hundred bytes, or
+    /// nothing at all when the socket is not ready) cost more than copying the bytes read:
+    /// this is zeroed once, as it grows, and reused.
+    scratch: Vec<u8>,
 }
 
 impl ZmqFramedRead {
@@ -50,6 +56,7 @@ impl ZmqFramedRead {
             options,
             short_reads: 0,
             failed: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -81,9 +88,26 @@ impl ZmqFramedRead {
             .max(min_read_size)
             .min(self.options.read_buffer_max_size);
 
+        // zmesh patch: a read of no more than a chunk (every read but those of a frame
+        // larger than the chunk, which the decoder has reserved room for) goes through
+        // `scratch`, so only the bytes read are written to `buffer`.
+        if min_read_size <= self.read_chunk_size {
+            if self.scratch.len() < read_size {
+                self.scratch.resize(read_size, 0);
+            }
+            return match Pin::new(&mut self.inner).poll_read(cx, &mut self.scratch[..read_size]) {
+                Poll::Ready(Ok(bytes_read)) => {
+                    self.buffer.extend_from_slice(&self.scratch[..bytes_read]);
+                    self.adapt(read_size, bytes_read);
+                    Poll::Ready(Ok(bytes_read))
+                }
+                other => other,
+            };
+        }
+
         // futures::AsyncRead requires an initialized &mut [u8]. Grow BytesMut
-        // first, then trim back to the actual read length so the read path does
-        // not need a scratch buffer and a second data copy.
+        // first, then trim back to the actual read length so a large frame's read
+        // needs no scratch buffer and no second data copy.
         // The decoder checks frame length + maximum chunk size at the wire
         // boundary, so preparing this slice cannot overflow its length.
         self.buffer.resize(start + read_size, 0);
@@ -91,26 +115,7 @@ impl ZmqFramedRead {
         match Pin::new(&mut self.inner).poll_read(cx, &mut self.buffer[start..]) {
             Poll::Ready(Ok(bytes_read)) => {
                 self.buffer.truncate(start + bytes_read);
-                if bytes_read >= read_size
-                    && self.read_chunk_size < self.options.read_buffer_max_size
-                {
-                    self.read_chunk_size =
-                        (self.read_chunk_size * 2).min(self.options.read_buffer_max_size);
-                }
-                if bytes_read > 0 && bytes_read < self.read_chunk_size / 2 {
-                    self.short_reads += 1;
-                    if self.short_reads == self.options.read_buffer_short_reads {
-                        // Confirm short reads before shrinking: an isolated burst tail
-                        // otherwise makes the next batch repeatedly grow and shrink.
-                        // Leave room above the observation without increasing the chunk.
-                        self.read_chunk_size = (bytes_read.next_power_of_two() * 2)
-                            .max(self.options.read_buffer_initial_size * 2)
-                            .min(self.read_chunk_size);
-                        self.short_reads = 0;
-                    }
-                } else if bytes_read > 0 {
-                    self.short_reads = 0;
-                }
+                self.adapt(read_size, bytes_read);
                 Poll::Ready(Ok(bytes_read))
             }
             Poll::Ready(Err(error)) => {
@@ -121,6 +126,29 @@ impl ZmqFramedRead {
                 self.buffer.truncate(start);
                 Poll::Pending
             }
+        }
+    }
+
+    /// Grows the read chunk after reads that filled it, and shrinks it after confirmed
+    /// short reads.
+    fn adapt(&mut self, read_size: usize, bytes_read: usize) {
+        if bytes_read >= read_size && self.read_chunk_size < self.options.read_buffer_max_size {
+            self.read_chunk_size =
+                (self.read_chunk_size * 2).min(self.options.read_buffer_max_size);
+        }
+        if bytes_read > 0 && bytes_read < self.read_chunk_size / 2 {
+            self.short_reads += 1;
+            if self.short_reads == self.options.read_buffer_short_reads {
+                // Confirm short reads before shrinking: an isolated burst tail
+                // otherwise makes the next batch repeatedly grow and shrink.
+                // Leave room above the observation without increasing the chunk.
+                self.read_chunk_size = (bytes_read.next_power_of_two() * 2)
+                    .max(self.options.read_buffer_initial_size * 2)
+                    .min(self.read_chunk_size);
+                self.short_reads = 0;
+            }
+        } else if bytes_read > 0 {
+            self.short_reads = 0;
         }
     }
 }

@@ -196,7 +196,9 @@ impl Decoder for ZmqCodec {
                     // process incoming message frame
                     match &mut self.buffered_message {
                         Some(v) => v.push_back(data.freeze()),
-                        None => self.buffered_message = Some(ZmqMessage::from(data.freeze())),
+                        None => {
+                            self.buffered_message = Some(ZmqMessage::starting_with(data.freeze()))
+                        }
                     }
 
                     if !frame.more {

@@ -286,3 +286,35 @@ fn read_buffer_shares_configuration_but_keeps_connection_state_independent() {
     assert_eq!(first.short_reads, 1);
     assert_eq!(second.short_reads, 0);
 }
+
+/// zmesh patch: a read of at most a chunk lands in the reused scratch buffer and only its
+/// bytes reach the frame buffer; a read for a frame larger than the chunk goes straight
+/// into the frame buffer, which the decoder reserved for it.
+#[test]
+fn read_buffer_small_reads_go_through_scratch_and_large_ones_do_not() {
+    let mut reader = ZmqFramedRead::new(
+        Box::new(Cursor::new(vec![9u8; 4 * INITIAL_READ_CHUNK_SIZE])),
+        Arc::new(SocketOptions::default()),
+    );
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match reader.poll_read_into_buffer(&mut cx, 0) {
+        Poll::Ready(Ok(n)) => assert_eq!(n, INITIAL_READ_CHUNK_SIZE),
+        other => panic!("a chunk read, got {other:?}"),
+    }
+    assert_eq!(reader.buffer.len(), INITIAL_READ_CHUNK_SIZE);
+    assert_eq!(reader.scratch.len(), INITIAL_READ_CHUNK_SIZE);
+    let chunk = reader.read_chunk_size;
+    let scratch = reader.scratch.len();
+    match reader.poll_read_into_buffer(&mut cx, chunk + 1) {
+        Poll::Ready(Ok(n)) => assert_eq!(n, chunk + 1, "what the decoder needs, at once"),
+        other => panic!("a large read, got {other:?}"),
+    }
+    assert_eq!(
+        reader.scratch.len(),
+        scratch,
+        "the large read left scratch alone"
+    );
+    assert!(reader.buffer.iter().all(|&b| b == 9));
+    assert_eq!(reader.buffer.len(), INITIAL_READ_CHUNK_SIZE + chunk + 1);
+}
