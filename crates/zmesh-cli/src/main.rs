@@ -10,6 +10,7 @@ mod http;
 mod jobs_cmd;
 mod json;
 mod mesh_key;
+mod otlp;
 mod output;
 mod plot;
 mod proxy_cmd;
@@ -62,20 +63,26 @@ enum LogFormat {
 }
 
 /// Diagnostics go to stderr, off unless RUST_LOG asks: stdout carries only results. Colour
-/// codes only reach a terminal: a file or a log collector gets plain text.
-fn init_logging(format: LogFormat) {
+/// codes only reach a terminal: a file or a log collector gets plain text. With
+/// `--otlp-endpoint` (`otlp`: the verb and the URL), spans are exported too; the guard
+/// returned keeps the export going until `main` ends.
+fn init_logging(format: LogFormat, otlp: Option<(&str, &str)>) -> Option<otlp::Guard> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    otlp::init(fmt, otlp).unwrap_or_else(|e| {
+        eprintln!("zmesh: --otlp-endpoint: {e}");
+        std::process::exit(EXIT_USAGE.into());
+    })
 }
 
 /// The command line, with the defaults of a `--config` file for the verbs that take one;
@@ -123,6 +130,8 @@ enum Command {
         connect: ConnectArgs,
         #[command(flatten)]
         key: mesh_key::KeyArgs,
+        #[command(flatten)]
+        otlp: otlp::OtlpArgs,
     },
     /// List the methods a node offers, with their arguments and docs (from introspection).
     #[command(after_help = mesh_key::KEY_HELP)]
@@ -192,7 +201,7 @@ enum Command {
     Pub(events_cmd::PubArgs),
     /// Run the proxy device until Ctrl-C or SIGTERM: one stable address (frontend) in front
     /// of a pool of worker nodes (backend), optionally forwarding events.
-    Proxy(proxy_cmd::ProxyArgs),
+    Proxy(Box<proxy_cmd::ProxyArgs>),
     /// The tour: start a small mesh on loopback (echo and kv nodes found by discovery, a
     /// proxy device with workers, a publisher), call it directly, by service name and
     /// through the device, show events, kill a node to show failover, print a summary,
@@ -283,7 +292,14 @@ use zmesh_bench::args::positive_seconds;
 fn main() -> ExitCode {
     children::die_with_parent_if_asked();
     let cli = parse_command_line();
-    init_logging(cli.log_format);
+    let otlp = match &cli.command {
+        Command::Call { otlp, .. } => otlp.endpoint().map(|url| ("call", url)),
+        Command::Serve(args) => args.otlp.endpoint().map(|url| ("serve", url)),
+        Command::Proxy(args) => args.otlp.endpoint().map(|url| ("proxy", url)),
+        _ => None,
+    };
+    // Dropped when `main` returns, after the runtime: the last spans are sent then.
+    let _exporting = init_logging(cli.log_format, otlp);
     let flavour = match &cli.command {
         Command::Bench(bench::BenchArgs { runtime, .. }) | Command::BenchServer { runtime, .. } => {
             *runtime
@@ -335,6 +351,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             raw,
             connect,
             key,
+            otlp: _,
         } => {
             call(
                 &client(&endpoint, seconds(timeout), &connect, &key)?,
@@ -390,7 +407,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Pub(args) => events_cmd::publish(args).await,
         Command::Proxy(args) => {
             raise_descriptor_limit();
-            proxy_cmd::run(args, shutdown_signal()).await
+            proxy_cmd::run(*args, shutdown_signal()).await
         }
         Command::Demo(args) => demo::run(args, shutdown_signal()).await,
         Command::Keygen(args) => mesh_key::keygen(&args),

@@ -88,6 +88,8 @@ pub(crate) struct ProxyArgs {
     jobs: Option<std::path::PathBuf>,
     #[command(flatten)]
     queue: crate::serve_cmd::QueueArgs,
+    #[command(flatten)]
+    pub(crate) otlp: crate::otlp::OtlpArgs,
 }
 
 /// Starts the device, prints one `ROLE ENDPOINT` line per bound socket (`frontend`,

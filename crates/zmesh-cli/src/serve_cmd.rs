@@ -144,6 +144,8 @@ pub(crate) struct ServeArgs {
     /// `metrics http://ADDR` line.
     #[arg(long, value_name = "ADDR", env = "ZMESH_METRICS")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) otlp: crate::otlp::OtlpArgs,
     /// With the `jobs` service: the directory its store lives in (created if missing).
     #[arg(long = "data", value_name = "DIR", env = "ZMESH_DATA")]
     jobs_data: Option<std::path::PathBuf>,

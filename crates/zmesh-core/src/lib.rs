@@ -18,6 +18,9 @@
 //! - [`config`]: the one rule of every configuration, [`ConfigError`] and its checks.
 //! - [`Endpoint`]: every tcp/ipc endpoint parsed once, with one error type
 //!   ([`EndpointError`]).
+//! - `otel` (cargo feature `otel`): exporting the node's and clients' spans over OTLP/HTTP
+//!   (`otel::Exporter`); the spans themselves follow the OpenTelemetry RPC conventions in
+//!   every build.
 //! - [`reserved`]: the method names and topic prefixes zmesh reserves (`_zerorpc_*`,
 //!   `_zmesh.*`, and the aliases `_zmesh_stats`, `_zmesh_device_stats`).
 //!
@@ -38,12 +41,15 @@ pub mod events;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[doc(hidden)]
 pub mod read_turns;
 mod service;
 mod spin;
 mod stats;
 mod submit;
+mod telemetry;
 pub mod trust;
 #[doc(hidden)]
 pub mod wait;

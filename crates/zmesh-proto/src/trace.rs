@@ -54,6 +54,12 @@ impl TraceParent {
             *out = hex_byte(&bytes[36 + 2 * i..38 + 2 * i])?;
         }
         let flags = hex_byte(&bytes[53..55])?;
+        Self::from_parts(trace_id, parent_id, flags)
+    }
+
+    /// A context from its parts (an OpenTelemetry span's ids, say); `None` for an all-zero
+    /// trace or parent id, which W3C makes invalid.
+    pub fn from_parts(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> Option<Self> {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }

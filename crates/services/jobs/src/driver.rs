@@ -143,10 +143,12 @@ async fn dispatch_loop<C: Call + Clone + 'static>(inner: Arc<Inner>, workers: C,
 /// Starts one attempt's call in a task of its own, registered for cancellation.
 fn start<C: Call + Clone + 'static>(inner: &Arc<Inner>, workers: &C, d: Dispatch) {
     let timeout = d.timeout.unwrap_or(inner.config.attempt_timeout);
-    let options = CallOptions::timeout(timeout).job(JobTag {
+    let mut options = CallOptions::timeout(timeout).job(JobTag {
         id: d.id.0,
         attempt: d.attempt,
     });
+    // The attempt joins the submitter's trace (its client span's child, with `otel`).
+    options.traceparent = d.traceparent.clone();
     let (inner2, workers) = (Arc::clone(inner), workers.clone());
     let mut attempts = inner
         .attempts

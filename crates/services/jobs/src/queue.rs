@@ -88,6 +88,11 @@ pub struct JobOptions {
     /// The job is dead (expired) if it has not started its last attempt this long after
     /// submission, in milliseconds.
     pub ttl_ms: Option<u64>,
+    /// The submitter's W3C trace context, its call's `traceparent`: every attempt is sent
+    /// with it, so the attempts join the submitter's trace. Taken from the submission's
+    /// call, not a submitter's option; absent from records stored before it existed.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// The default number of attempts: finite, so a poison job ends dead, not in a loop.
@@ -102,6 +107,7 @@ impl Default for JobOptions {
             run_at_ms: None,
             timeout_ms: None,
             ttl_ms: None,
+            traceparent: None,
         }
     }
 }
@@ -477,6 +483,8 @@ pub struct Dispatch {
     pub args: Vec<u8>,
     /// The attempt's deadline.
     pub timeout: Option<Duration>,
+    /// The submitter's trace context, to send with the attempt.
+    pub traceparent: Option<String>,
 }
 
 /// What `purge` removes.
@@ -744,6 +752,7 @@ impl Queue {
             method: job.method.clone(),
             args: job.args.clone(),
             timeout: job.options.timeout_ms.map(Duration::from_millis),
+            traceparent: job.options.traceparent.clone(),
         };
         let mut fx = Effects::default();
         fx.put(job, Some(from));

@@ -42,7 +42,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
-use zmesh_core::{ConfigError, ErrorKind, HandlerError, Publisher, Service, State};
+use zmesh_core::{CallContext, ConfigError, ErrorKind, HandlerError, Publisher, Service, State};
 
 use crate::config::JobsConfig;
 use crate::metrics::{Counters, CountersSnapshot, Refusal};
@@ -471,6 +471,7 @@ enum Outcome {
 
 async fn submit(
     State(q): State<JobQueue>,
+    ctx: CallContext,
     method: String,
     args: rmpv::Value,
     options: rmpv::Value,
@@ -488,7 +489,8 @@ async fn submit(
     let mut bytes = Vec::new();
     rmpv::encode::write_value(&mut bytes, &args)
         .map_err(|e| invalid(type_error(format!("args do not encode: {e}"))))?;
-    let options = parse_options(&options, SystemTime::now()).map_err(invalid)?;
+    let mut options = parse_options(&options, SystemTime::now()).map_err(invalid)?;
+    options.traceparent = ctx.traceparent().map(ToString::to_string);
     let mut refused = false;
     let (id, level) = q
         .apply(|queue, now| {

@@ -21,12 +21,12 @@ use serde::de::DeserializeOwned;
 
 use crate::spin::SpinBudget;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tracing::field;
 use zmesh_proto::ErrorKind;
 
 pub use stream::CallStream;
 
 use crate::config::{self, ConfigError};
+use crate::telemetry;
 use crate::wire::{self, Header, MessageId, msgpack::Cursor, names, parse_err_args};
 use connection::{Connection, Inbound};
 use stream::CallGuard;
@@ -397,6 +397,9 @@ pub struct CallOptions {
     /// The job this call runs, for a job queue's dispatch (headers `zmesh_job_id`,
     /// `zmesh_job_attempt`; the worker reads it as [`CallContext::job`](crate::CallContext::job)).
     pub job: Option<wire::JobTag>,
+    /// Whether the caller's own client span covers this call (a `MeshClient`'s, over all
+    /// its attempts), so the `Client` makes none.
+    pub(crate) spanned: bool,
 }
 
 impl CallOptions {
@@ -647,13 +650,17 @@ impl Client {
         options: CallOptions,
     ) -> Request<'a> {
         let timeout = options.timeout.unwrap_or(self.inner.config.default_timeout);
-        let span = tracing::debug_span!(
-            "zmesh.client_call",
-            method,
-            endpoint = %self.inner.endpoint,
-            outcome = field::Empty,
-            duration_us = field::Empty,
-        );
+        let span = if options.spanned {
+            tracing::Span::none()
+        } else {
+            telemetry::client_span(method, Some(&self.inner.endpoint), options.job)
+        };
+        #[cfg(feature = "otel")]
+        let options = {
+            let mut options = options;
+            telemetry::send_own_context(&span, &mut options.traceparent);
+            options
+        };
         Request {
             client: self,
             span,
@@ -1008,13 +1015,19 @@ impl Future for Request<'_> {
         if this.started.is_none() && !this.span.is_disabled() {
             this.started = Some(Instant::now());
         }
-        let result = std::task::ready!(poll_request(this.client, &mut this.state, cx));
+        let mut result = std::task::ready!(poll_request(this.client, &mut this.state, cx));
         this.state = RequestState::Done;
+        if let Ok(Response::Stream(stream)) = &mut result {
+            stream.keep_span(&this.span);
+        }
         if let Some(started) = this.started.take() {
             let outcome = match &result {
                 Ok(Response::Value(_)) => "ok".to_owned(),
                 Ok(Response::Stream(_)) => "stream".to_owned(),
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    telemetry::record_error(&this.span, telemetry::error_type(e));
+                    e.to_string()
+                }
             };
             this.span.record("outcome", outcome);
             this.span

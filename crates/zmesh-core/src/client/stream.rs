@@ -18,6 +18,7 @@ use zmesh_proto::credit::Window;
 
 use super::connection::{ConnShared, Inbound};
 use super::{CallError, decode_result, err_reply};
+use crate::telemetry;
 use crate::wire::{MessageId, more_args, names};
 
 /// Keeps a call registered while it is open; when dropped early it unregisters the call and
@@ -62,6 +63,9 @@ pub struct CallStream<T = rmpv::Value> {
     /// Whatever the stream's opener needs kept while the stream is open (the mesh client's
     /// count of a peer's outstanding calls), released when it ends or is dropped.
     lease: Option<Box<dyn Any + Send + Sync>>,
+    /// The call's client span, kept open until the stream ends, so it covers the items
+    /// too; a failure mid-stream is recorded on it.
+    span: tracing::Span,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -93,6 +97,7 @@ impl<T> CallStream<T> {
             timeout,
             _permit: Some(permit),
             lease: None,
+            span: tracing::Span::none(),
             _item: PhantomData,
         };
         if done {
@@ -111,6 +116,7 @@ impl<T> CallStream<T> {
             timeout: self.timeout,
             _permit: self._permit.take(),
             lease: self.lease.take(),
+            span: std::mem::replace(&mut self.span, tracing::Span::none()),
             _item: PhantomData,
         }
     }
@@ -124,6 +130,13 @@ impl<T> CallStream<T> {
         self
     }
 
+    /// Keeps the call's client span open until the stream ends or is dropped.
+    pub(crate) fn keep_span(&mut self, span: &tracing::Span) {
+        if self.guard.is_some() && !span.is_disabled() {
+            self.span = span.clone();
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(mut guard) = self.guard.take() {
             guard.complete();
@@ -131,9 +144,13 @@ impl<T> CallStream<T> {
         self.rx = None;
         self._permit = None;
         self.lease = None;
+        self.span = tracing::Span::none();
     }
 
     fn fail(&mut self, error: CallError) -> Poll<Option<Result<T, CallError>>> {
+        if !self.span.is_disabled() {
+            telemetry::record_error(&self.span, telemetry::error_type(&error));
+        }
         self.finish();
         Poll::Ready(Some(Err(error)))
     }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
+use tracing::{Instrument, field};
 use zmesh_proto::{ErrorKind, Retry};
 
 use super::balance::{RetryBudget, backoff, pick_two};
@@ -28,6 +29,7 @@ use crate::client::{
     CallError, CallOptions, CallStream, Client, ClientConfig, Response, decode_result, encode_args,
 };
 use crate::config::{self, ConfigError};
+use crate::telemetry;
 use crate::wire::MessageId;
 
 /// Why a service-level call failed.
@@ -57,6 +59,17 @@ pub enum MeshCallError {
         #[source]
         error: CallError,
     },
+}
+
+/// `error.type` of a failed call by service name: its last attempt's, or the mesh's own
+/// reason for sending none (named as its [`CallError`] variant).
+fn mesh_error_type(error: &MeshCallError) -> &str {
+    match error {
+        MeshCallError::Call { error, .. } => telemetry::error_type(error),
+        MeshCallError::Config(_) => "Config",
+        MeshCallError::BadMethod(_) => "BadMethod",
+        MeshCallError::NoPeer { .. } => "NoPeer",
+    }
 }
 
 impl MeshCallError {
@@ -266,6 +279,8 @@ impl From<CallOptions> for MeshCallOptions {
             traceparent,
             request_id,
             job,
+            // The mesh client makes the client span of a call by name itself.
+            spanned: _,
         } = options;
         Self {
             timeout,
@@ -499,6 +514,8 @@ trait Shape {
     const REPEATABLE: bool;
     /// The response as `Out`, keeping `held` for as long as the call stays open.
     fn accept(response: Response, method: &str, held: Held) -> Result<Self::Out, CallError>;
+    /// Keeps the call's client span open for as long as `out` keeps the call open.
+    fn keep_span(_out: &mut Self::Out, _span: &tracing::Span) {}
 }
 
 /// A plain call: one value, still msgpack.
@@ -528,6 +545,10 @@ impl Shape for Streamed {
         held: Held,
     ) -> Result<CallStream<rmpv::Value>, CallError> {
         Ok(response.into_stream(method)?.hold(held))
+    }
+
+    fn keep_span(out: &mut CallStream<rmpv::Value>, span: &tracing::Span) {
+        out.keep_span(span);
     }
 }
 
@@ -709,9 +730,47 @@ impl MeshClient {
         self.run::<Value>(method, args, options).await
     }
 
+    /// A call of either shape under one client span, which covers all its attempts (the
+    /// conventions' client span of a call with retries; each attempt's `Client` makes
+    /// none, and with the `otel` feature every attempt names this span on the wire).
+    async fn run<S: Shape>(
+        &self,
+        method: &str,
+        args: Bytes,
+        options: MeshCallOptions,
+    ) -> Result<S::Out, MeshCallError> {
+        let span = telemetry::client_span(method, None, options.job);
+        #[cfg(feature = "otel")]
+        let options = {
+            let mut options = options;
+            telemetry::send_own_context(&span, &mut options.traceparent);
+            options
+        };
+        let mut result = self
+            .run_attempts::<S>(method, args, options)
+            .instrument(span.clone())
+            .await;
+        if let Ok(out) = &mut result {
+            S::keep_span(out, &span);
+        }
+        if !span.is_disabled() {
+            match &result {
+                Ok(_) => span.record("outcome", "ok"),
+                Err(error) => {
+                    if let MeshCallError::Call { attempts, .. } = error {
+                        span.record("zmesh.attempts", i64::from(*attempts));
+                    }
+                    telemetry::record_error(&span, mesh_error_type(error));
+                    span.record("outcome", field::display(error))
+                }
+            };
+        }
+        result
+    }
+
     /// A call of either shape: resolves the service, picks peers, retries and fails over
     /// as the error, the method's idempotency and the shape allow.
-    async fn run<S: Shape>(
+    async fn run_attempts<S: Shape>(
         &self,
         method: &str,
         args: Bytes,
@@ -753,6 +812,7 @@ impl MeshClient {
                 traceparent: options.traceparent.clone(),
                 request_id: request_id.clone(),
                 job: options.job,
+                spanned: true,
             };
             let hedge = if S::HEDGED && idempotent {
                 inner.hedge_delay(method)
@@ -935,6 +995,7 @@ impl Inner {
         idempotent: bool,
     ) -> Result<S::Out, CallError> {
         let client = link.client();
+        telemetry::record_server(&tracing::Span::current(), &link.endpoint);
         let outstanding = Outstanding::new(link);
         let call = client.request(method, args.clone(), options);
         let result = if idempotent {

@@ -36,6 +36,7 @@ use crate::context::{self, CallContext};
 use crate::read_turns::ReadTurns;
 use crate::service::{HandlerError, Reply};
 use crate::stats::{self, MethodStats};
+use crate::telemetry;
 use crate::wire::{self, HEARTBEAT_ARGS, Header, MessageId, NIL_ARGS, err_args, names};
 
 /// Replies that may wait at once for a client's full send queue (see [`send_now`]).
@@ -325,18 +326,17 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         route,
         request_id: header.message_id,
     };
-    let span = tracing::info_span!(
-        "zmesh.call",
-        method = %event.name,
-        id = %reply_to.request_id,
-        peer = %PeerId(&peer),
-        outcome = field::Empty,
-        duration_us = field::Empty,
-    );
-    let started = now();
     // The caller's trace context, dropped by the wire layer's header until here: parsed
-    // once, for the handler and the calls it makes.
+    // once, for the span, the handler and the calls it makes.
     let traceparent = header.traceparent.as_deref().and_then(TraceParent::parse);
+    let span = call_span(&event.name, &reply_to.request_id, &peer, door, job);
+    #[cfg(feature = "otel")]
+    if let Some(caller) = &traceparent
+        && !span.is_disabled()
+    {
+        crate::telemetry::set_remote_parent(&span, caller);
+    }
+    let started = now();
     let identity = sender::plain_identity(&peer).unwrap_or_else(|| peer.clone());
     let keyed = matches!(door.inbound, Inbound::Sealed(_));
     let ctx = CallContext::new(
@@ -371,6 +371,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         }
         Ok(Ok(Err(e))) => {
             send_now(shared, reply_to.handler_err(&e));
+            handler_failed(&span, &e);
             record(&span, &method.stats, Outcome::Error, started);
             return;
         }
@@ -591,6 +592,38 @@ async fn send_sealed_owned(mut sender: Sender, message: ZmqMessage) {
     }
 }
 
+/// The server span of one call (`zmesh.call`), named by its method as the OpenTelemetry
+/// RPC conventions ask (`otel.name`), with their attributes and zmesh's own. The values are
+/// borrowed: a disabled span formats and allocates nothing.
+fn call_span(
+    method: &str,
+    id: &MessageId,
+    peer: &Bytes,
+    door: &Door,
+    job: Option<wire::JobTag>,
+) -> tracing::Span {
+    let endpoint = door.endpoint.as_deref();
+    // Field values are evaluated only for a span that some subscriber wants.
+    tracing::info_span!(
+        "zmesh.call",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        rpc.system.name = telemetry::RPC_SYSTEM,
+        rpc.method = method,
+        server.address = endpoint.map(|e| telemetry::server_address(e).0),
+        server.port = endpoint.and_then(|e| telemetry::server_address(e).1).map(i64::from),
+        error.type = field::Empty,
+        zmesh.job.id = job.map(|job| job.id as i64),
+        zmesh.job.attempt = job.map(|job| i64::from(job.attempt)),
+        method,
+        id = %id,
+        peer = %PeerId(peer),
+        outcome = field::Empty,
+        duration_us = field::Empty,
+    )
+}
+
 /// Records how a call ended on its span and in its method's statistics.
 fn record(span: &tracing::Span, stats: &MethodStats, outcome: Outcome, started: Instant) {
     let elapsed = started.elapsed();
@@ -598,6 +631,22 @@ fn record(span: &tracing::Span, stats: &MethodStats, outcome: Outcome, started: 
     if !span.is_disabled() {
         span.record("outcome", field::debug(outcome));
         span.record("duration_us", elapsed.as_micros() as u64);
+        if let Some(kind) = outcome.error_kind() {
+            telemetry::record_error(span, kind.as_str());
+        }
+    }
+}
+
+/// Records on a call's span that its handler failed with `e` (`error.type` is the error's
+/// name on the wire).
+fn handler_failed(span: &tracing::Span, e: &HandlerError) {
+    failed(span, e.name());
+}
+
+/// Records on a call's span that it failed with the error named `name`.
+fn failed(span: &tracing::Span, name: &str) {
+    if !span.is_disabled() {
+        telemetry::record_error(span, name);
     }
 }
 
@@ -655,6 +704,16 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// The error the call answered with, when zmesh itself named it (a handler's own
+    /// error is recorded where it is known, `handler_failed`).
+    fn error_kind(self) -> Option<ErrorKind> {
+        match self {
+            Self::Panic => Some(ErrorKind::HandlerPanic),
+            Self::DeadlineExceeded => Some(ErrorKind::DeadlineExceeded),
+            Self::Ok | Self::Error | Self::StreamDone => None,
+        }
+    }
+
     fn for_stats(self) -> stats::Outcome {
         match self {
             Self::Ok | Self::StreamDone => stats::Outcome::Ok,
@@ -707,6 +766,7 @@ impl Call {
             Ok(Ok(Reply::Stream(stream))) => Box::pin(self.stream(stream)).await,
             Ok(Err(e)) => {
                 self.send(self.reply_to.handler_err(&e)).await;
+                handler_failed(&tracing::Span::current(), &e);
                 Outcome::Error
             }
             Err(panic) => {
@@ -736,6 +796,10 @@ impl Call {
                             .too_large(&self.shared, self.ctx.method(), item.len())
                     {
                         self.send(too_large).await;
+                        failed(
+                            &tracing::Span::current(),
+                            ErrorKind::MessageTooLarge.as_str(),
+                        );
                         return Outcome::Error;
                     }
                     let message = self.reply_to.message(names::STREAM, item.len(), |out| {
@@ -745,6 +809,7 @@ impl Call {
                 }
                 Ok(Some(Err(e))) => {
                     self.send(self.reply_to.handler_err(&e)).await;
+                    handler_failed(&tracing::Span::current(), &e);
                     return Outcome::Error;
                 }
                 Ok(None) => {

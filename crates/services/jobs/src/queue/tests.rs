@@ -624,3 +624,37 @@ fn restore_requeues_running_jobs_with_their_attempt_counted_and_keeps_the_rest_w
     );
     assert_eq!(r.bytes(), q.bytes() + 1);
 }
+
+#[test]
+fn options_stored_before_the_trace_context_still_read() {
+    // `JobOptions` as stored before it had `traceparent`: the same fields, in order.
+    #[derive(Serialize)]
+    struct Before {
+        idempotency_key: Option<String>,
+        max_attempts: u32,
+        backoff: Backoff,
+        run_at_ms: Option<u64>,
+        timeout_ms: Option<u64>,
+        ttl_ms: Option<u64>,
+    }
+    let before = Before {
+        idempotency_key: Some("k".into()),
+        max_attempts: 3,
+        backoff: Backoff::default(),
+        run_at_ms: None,
+        timeout_ms: Some(500),
+        ttl_ms: None,
+    };
+    let stored = rmp_serde::to_vec(&before).expect("encodes");
+    let read: JobOptions = rmp_serde::from_slice(&stored).expect("an old record reads");
+    assert_eq!(
+        read,
+        JobOptions {
+            idempotency_key: Some("k".into()),
+            max_attempts: 3,
+            timeout_ms: Some(500),
+            ..JobOptions::default()
+        }
+    );
+    assert_eq!(read.traceparent, None);
+}
