@@ -155,10 +155,13 @@ pub(crate) async fn run(
             device.backend()
         );
     }
+    // What the queue's dispatch records, for --metrics.
+    let client_metrics = zmesh_core::metrics::ClientMetrics::new();
     let queue = match options.jobs {
         Some(dir) => {
             let (worker_key, client_key) = queue_keys;
-            let frontend = crate::serve_cmd::workers_client(device.frontend(), client_key);
+            let frontend =
+                crate::serve_cmd::workers_client(device.frontend(), client_key, &client_metrics);
             let extension = options
                 .queue
                 .extension(dir.clone(), frontend, None)
@@ -198,6 +201,7 @@ pub(crate) async fn run(
             let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(device.metrics())];
             if let Some((node, _)) = &queue {
                 collectors.extend(node.metrics().extensions().iter().cloned());
+                collectors.push(Arc::new(client_metrics.clone()));
             }
             let render = Arc::new(move || zmesh_core::metrics::render_all(&collectors));
             Some(crate::http::Exporter::start(addr, render).await?)

@@ -203,8 +203,12 @@ impl QueueArgs {
 
 /// A client of `endpoint` that seals with `key` when there is one (a queue's workers, the
 /// device a queue dispatches through).
-pub(crate) fn workers_client(endpoint: &str, key: Option<MeshKey>) -> zmesh_core::Client {
-    let mut config = zmesh_core::ClientConfig::default();
+pub(crate) fn workers_client(
+    endpoint: &str,
+    key: Option<MeshKey>,
+    metrics: &zmesh_core::metrics::ClientMetrics,
+) -> zmesh_core::Client {
+    let mut config = zmesh_core::ClientConfig::default().metrics(metrics.clone());
     if let Some(key) = key {
         config = config.mesh_key(key);
     }
@@ -301,6 +305,8 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
     };
     // The queue's store, and where its jobs run: an endpoint, or (in a mesh, without
     // --jobs-workers) the members serving each job's method.
+    // What the node's own clients (a queue's dispatch) record, for --metrics.
+    let client_metrics = zmesh_core::metrics::ClientMetrics::new();
     let jobs = if args.services.iter().any(|s| s == "jobs") {
         let Some(dir) = args.jobs_data.clone() else {
             return Err(CliError::Usage(
@@ -319,7 +325,7 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
         let workers = args
             .jobs_workers
             .as_ref()
-            .map(|endpoint| workers_client(&endpoint.to_string(), key.clone()));
+            .map(|endpoint| workers_client(&endpoint.to_string(), key.clone(), &client_metrics));
         Some((dir, workers))
     } else {
         None
@@ -365,9 +371,11 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
             }
             Some((dir, None)) => {
                 let (queue, publisher) = (args.queue, publisher.clone());
+                let metrics = client_metrics.clone();
                 builder = builder.extension_with(move |discovery| {
                     // The mesh client seals with the mesh key discovery holds, if any.
-                    let members = MeshClient::new(discovery.clone(), MeshClientConfig::default());
+                    let config = MeshClientConfig::default().metrics(metrics);
+                    let members = MeshClient::new(discovery.clone(), config);
                     queue
                         .extension(dir, members, publisher.as_ref())
                         .worker_name("mesh")
@@ -465,11 +473,14 @@ pub(crate) async fn run(args: ServeArgs, signal: impl Future<Output = ()>) -> Re
                 Running::Plain(node) => (node.metrics(), None),
                 Running::Mesh(node) => (node.node().metrics(), Some(node.discovery().metrics())),
             };
+            let clients = client_metrics.clone();
             let render = std::sync::Arc::new(move || {
                 let mut collectors = node.collectors();
                 if let Some(mesh) = &mesh {
                     collectors.push(std::sync::Arc::new(mesh.clone()));
                 }
+                // The calls the node makes itself (a queue's jobs).
+                collectors.push(std::sync::Arc::new(clients.clone()));
                 zmesh_core::metrics::render_all(&collectors)
             });
             Some(crate::http::Exporter::start(addr, render).await?)

@@ -316,6 +316,9 @@ async fn a_queue_node_shows_its_jobs_and_its_events() {
             "zmesh_jobs_submits_refused_total{reason=\"max_jobs\"} 0",
             "zmesh_events_published_total{kind=\"snapshots\"} 0",
             "zmesh_events_publisher_dropped_total{reason=\"subscriber_queue_full\"} 0",
+            // The job's attempt, as the call the queue made (rpc.client.call.duration).
+            "rpc_client_call_duration_seconds_count{rpc_system_name=\"zerorpc\",rpc_method=\"echo.upper\"} 1",
+            "zmesh_client_calls_total{rpc_method=\"echo.upper\",outcome=\"ok\"} 1",
         ],
     );
     // The queue publishes each change once it is committed, on a task of its own: the

@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+pub use crate::client::ClientMetrics;
 pub use prometheus_client::collector::Collector;
 pub use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::encoding::NoLabelSet;
@@ -130,6 +131,83 @@ pub struct CounterFamily<'a> {
     pub values: Vec<(&'a str, u64)>,
 }
 
+/// The names of a side's call figures: its duration histogram (the conventions') and its
+/// calls-by-outcome counter.
+pub(crate) struct CallFamilies {
+    pub(crate) duration: &'static str,
+    pub(crate) duration_help: &'static str,
+    pub(crate) calls: &'static str,
+    pub(crate) calls_help: &'static str,
+    pub(crate) errors: &'static str,
+    pub(crate) errors_help: &'static str,
+    /// Whether the side counts aborted calls (a server does; a client's dropped call is
+    /// not counted).
+    pub(crate) aborted: bool,
+}
+
+/// Encodes a side's call figures, server or client: the duration histogram per method
+/// (`rpc_system_name`, `rpc_method`; seconds, the conventions' buckets), calls per method
+/// and outcome, and failures per method and `error.type`, all from the same per-method
+/// statistics.
+pub(crate) fn encode_calls(
+    encoder: &mut DescriptorEncoder,
+    families: &CallFamilies,
+    methods: &[(String, Arc<MethodStats>)],
+) -> Result<(), std::fmt::Error> {
+    let seconds = Unit::Seconds;
+    let mut durations = encoder.encode_descriptor(
+        families.duration,
+        families.duration_help,
+        Some(&seconds),
+        MetricType::Histogram,
+    )?;
+    for (method, stats) in methods {
+        let h = stats.durations();
+        let labels = [
+            ("rpc_system_name", RPC_SYSTEM),
+            ("rpc_method", method.as_str()),
+        ];
+        durations
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(h.sum_s, h.count, &h.buckets, None)?;
+    }
+    let mut calls = encoder.encode_descriptor(
+        families.calls,
+        families.calls_help,
+        None,
+        MetricType::Counter,
+    )?;
+    for (method, stats) in methods {
+        let s = stats.snapshot();
+        let outcomes = [("ok", s.calls), ("error", s.errors), ("aborted", s.aborted)];
+        let counted = if families.aborted { 3 } else { 2 };
+        for (outcome, count) in &outcomes[..counted] {
+            let labels = [("rpc_method", method.as_str()), ("outcome", *outcome)];
+            calls
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+    }
+    let mut errors = encoder.encode_descriptor(
+        families.errors,
+        families.errors_help,
+        None,
+        MetricType::Counter,
+    )?;
+    for (method, stats) in methods {
+        for (error_type, count) in stats.errors_by_type() {
+            let labels = [
+                ("rpc_method", method.as_str()),
+                ("error_type", error_type.as_str()),
+            ];
+            errors
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// Encodes counter families.
 ///
 /// # Errors
@@ -222,38 +300,22 @@ pub fn render_all(collectors: &[Arc<dyn Collector>]) -> String {
 
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let seconds = Unit::Seconds;
-        let mut durations = encoder.encode_descriptor(
-            "rpc_server_call_duration",
-            "Duration of calls this node served (OpenTelemetry rpc.server.call.duration).",
-            Some(&seconds),
-            MetricType::Histogram,
+        encode_calls(
+            &mut encoder,
+            &CallFamilies {
+                duration: "rpc_server_call_duration",
+                duration_help: "Duration of calls this node served (OpenTelemetry \
+                                rpc.server.call.duration).",
+                calls: "zmesh_server_calls",
+                calls_help: "Calls this node finished, by method and outcome (ok, error, \
+                             aborted).",
+                errors: "zmesh_server_call_errors",
+                errors_help: "Calls this node answered with an error, by method and \
+                              error.type (the error's name on the wire).",
+                aborted: true,
+            },
+            &self.methods,
         )?;
-        for (method, stats) in &self.methods {
-            let h = stats.durations();
-            let labels = [
-                ("rpc_system_name", RPC_SYSTEM),
-                ("rpc_method", method.as_str()),
-            ];
-            durations
-                .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(h.sum_s, h.count, &h.buckets, None)?;
-        }
-        let mut calls = encoder.encode_descriptor(
-            "zmesh_server_calls",
-            "Calls this node finished, by method and outcome (ok, error, aborted).",
-            None,
-            MetricType::Counter,
-        )?;
-        for (method, stats) in &self.methods {
-            let s = stats.snapshot();
-            for (outcome, count) in [("ok", s.calls), ("error", s.errors), ("aborted", s.aborted)] {
-                let labels = [("rpc_method", method.as_str()), ("outcome", outcome)];
-                calls
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
-            }
-        }
         let s = &self.stats;
         encode_gauges(
             &mut encoder,

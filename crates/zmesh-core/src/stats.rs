@@ -10,6 +10,7 @@
 //! additions costs about what the atomic counters it replaces did. A snapshot adds the
 //! shards up. A shard allocates its histogram (about 30 KB) when it first records.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -40,6 +41,8 @@ const SEMCONV_BOUNDS_US: [u64; 14] = [
 #[derive(Debug)]
 pub(crate) struct MethodStats {
     shards: Box<[Mutex<Shard>]>,
+    /// Failed calls by `error.type` (the error's name on the wire): the failure path only.
+    errors_by_type: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One shard's figures.
@@ -66,6 +69,7 @@ impl Default for MethodStats {
             .clamp(1, MAX_SHARDS);
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            errors_by_type: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -148,6 +152,31 @@ impl MethodStats {
         shard.semconv[at] += 1;
         shard.sum_us = shard.sum_us.saturating_add(us);
         shard.max_us = shard.max_us.max(us);
+    }
+
+    /// Counts a failed call by its `error.type` (the outcome itself is [`record`]ed apart).
+    ///
+    /// [`record`]: MethodStats::record
+    pub(crate) fn count_error(&self, error_type: &str) {
+        let mut errors = self
+            .errors_by_type
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match errors.get_mut(error_type) {
+            Some(count) => *count += 1,
+            None => {
+                errors.insert(error_type.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Failed calls by `error.type`, in name order.
+    pub(crate) fn errors_by_type(&self) -> Vec<(String, u64)> {
+        let errors = self
+            .errors_by_type
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        errors.iter().map(|(name, n)| (name.clone(), *n)).collect()
     }
 
     /// The shards added up (each read under its lock, one after the other).

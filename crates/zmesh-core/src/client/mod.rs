@@ -4,6 +4,7 @@
 
 mod calls;
 mod connection;
+mod metrics;
 mod readers;
 mod stream;
 
@@ -23,6 +24,7 @@ use crate::spin::SpinBudget;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use zmesh_proto::ErrorKind;
 
+pub use metrics::ClientMetrics;
 pub use stream::CallStream;
 
 use crate::config::{self, ConfigError};
@@ -280,6 +282,9 @@ pub struct ClientConfig {
     /// read without a wake-up. Costs a CPU kept busy for up to this long per call (at most
     /// 1 ms); see docs/PERFORMANCE.md.
     pub spin: Option<Duration>,
+    /// Where this client records its calls' figures for Prometheus (default none: nothing
+    /// is recorded). Clients may share one [`ClientMetrics`].
+    pub metrics: Option<ClientMetrics>,
 }
 
 impl Default for ClientConfig {
@@ -293,6 +298,7 @@ impl Default for ClientConfig {
             max_message_size: 16 * 1024 * 1024,
             mesh_key: None,
             spin: None,
+            metrics: None,
         }
     }
 }
@@ -345,6 +351,13 @@ impl ClientConfig {
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = Some(spin);
+        self
+    }
+
+    /// Records this client's calls in `metrics` (see [`ClientConfig::metrics`]).
+    #[must_use]
+    pub fn metrics(mut self, metrics: ClientMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -663,6 +676,7 @@ impl Client {
         };
         Request {
             client: self,
+            method,
             span,
             started: None,
             state: RequestState::Start {
@@ -947,11 +961,13 @@ pub(crate) fn err_reply(args: &[u8], timeout: Duration) -> CallError {
 #[must_use = "futures do nothing unless polled"]
 pub struct Request<'a> {
     client: &'a Client,
+    /// The method, for the client's metrics.
+    method: &'a str,
     /// `zmesh.client_call`, entered on every poll; the outcome and duration are recorded
     /// in it when the call completes.
     span: tracing::Span,
-    /// Set at the first poll, only when the span is recorded (a clock read per call
-    /// otherwise).
+    /// Set at the first poll, only when the span is recorded or the client keeps metrics
+    /// (a clock read per call otherwise).
     started: Option<Instant>,
     state: RequestState<'a>,
 }
@@ -1012,7 +1028,8 @@ impl Future for Request<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let _entered = this.span.enter();
-        if this.started.is_none() && !this.span.is_disabled() {
+        let metrics = this.client.inner.config.metrics.as_ref();
+        if this.started.is_none() && (!this.span.is_disabled() || metrics.is_some()) {
             this.started = Some(Instant::now());
         }
         let mut result = std::task::ready!(poll_request(this.client, &mut this.state, cx));
@@ -1020,7 +1037,13 @@ impl Future for Request<'_> {
         if let Ok(Response::Stream(stream)) = &mut result {
             stream.keep_span(&this.span);
         }
-        if let Some(started) = this.started.take() {
+        if let (Some(metrics), Some(started)) = (metrics, this.started) {
+            let error_type = result.as_ref().err().map(telemetry::error_type);
+            metrics.record(this.method, started.elapsed(), error_type);
+        }
+        if let Some(started) = this.started.take()
+            && !this.span.is_disabled()
+        {
             let outcome = match &result {
                 Ok(Response::Value(_)) => "ok".to_owned(),
                 Ok(Response::Stream(_)) => "stream".to_owned(),

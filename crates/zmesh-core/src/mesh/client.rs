@@ -168,6 +168,9 @@ pub struct MeshClientConfig {
     pub hedge: Option<HedgeConfig>,
     /// The mesh key calls are sealed with (default: the discovery's key, if it has one).
     pub mesh_key: Option<crate::trust::MeshKey>,
+    /// Where the calls to every peer are recorded for Prometheus (default none), as
+    /// [`ClientConfig::metrics`]: each attempt is a call of its own.
+    pub metrics: Option<crate::client::ClientMetrics>,
 }
 
 impl Default for MeshClientConfig {
@@ -182,11 +185,19 @@ impl Default for MeshClientConfig {
             backoff_max: Duration::from_millis(200),
             hedge: None,
             mesh_key: None,
+            metrics: None,
         }
     }
 }
 
 impl MeshClientConfig {
+    /// Records the calls to every peer in `metrics` (see [`MeshClientConfig::metrics`]).
+    #[must_use]
+    pub fn metrics(mut self, metrics: crate::client::ClientMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Sets the heartbeat period (at least 10 ms).
     #[must_use]
     pub fn heartbeat(mut self, period: Duration) -> Self {
@@ -581,6 +592,7 @@ impl MeshClient {
             .mesh_key
             .clone()
             .or_else(|| discovery.mesh_key().cloned());
+        client_config.metrics = config.metrics.clone();
         let (version, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             budget: RetryBudget::new(

@@ -371,7 +371,7 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         }
         Ok(Ok(Err(e))) => {
             send_now(shared, reply_to.handler_err(&e));
-            handler_failed(&span, &e);
+            handler_failed(&span, &method.stats, &e);
             record(&span, &method.stats, Outcome::Error, started);
             return;
         }
@@ -628,6 +628,9 @@ fn call_span(
 fn record(span: &tracing::Span, stats: &MethodStats, outcome: Outcome, started: Instant) {
     let elapsed = started.elapsed();
     stats.record(elapsed, outcome.for_stats());
+    if let Some(kind) = outcome.error_kind() {
+        stats.count_error(kind.as_str());
+    }
     if !span.is_disabled() {
         span.record("outcome", field::debug(outcome));
         span.record("duration_us", elapsed.as_micros() as u64);
@@ -637,14 +640,16 @@ fn record(span: &tracing::Span, stats: &MethodStats, outcome: Outcome, started: 
     }
 }
 
-/// Records on a call's span that its handler failed with `e` (`error.type` is the error's
-/// name on the wire).
-fn handler_failed(span: &tracing::Span, e: &HandlerError) {
-    failed(span, e.name());
+/// Records on a call's span and in its method's figures that its handler failed with `e`
+/// (`error.type` is the error's name on the wire).
+fn handler_failed(span: &tracing::Span, stats: &MethodStats, e: &HandlerError) {
+    failed(span, stats, e.name());
 }
 
-/// Records on a call's span that it failed with the error named `name`.
-fn failed(span: &tracing::Span, name: &str) {
+/// Records on a call's span and in its method's figures that it failed with the error
+/// named `name`.
+fn failed(span: &tracing::Span, stats: &MethodStats, name: &str) {
+    stats.count_error(name);
     if !span.is_disabled() {
         telemetry::record_error(span, name);
     }
@@ -766,7 +771,7 @@ impl Call {
             Ok(Ok(Reply::Stream(stream))) => Box::pin(self.stream(stream)).await,
             Ok(Err(e)) => {
                 self.send(self.reply_to.handler_err(&e)).await;
-                handler_failed(&tracing::Span::current(), &e);
+                handler_failed(&tracing::Span::current(), &self.stats, &e);
                 Outcome::Error
             }
             Err(panic) => {
@@ -798,6 +803,7 @@ impl Call {
                         self.send(too_large).await;
                         failed(
                             &tracing::Span::current(),
+                            &self.stats,
                             ErrorKind::MessageTooLarge.as_str(),
                         );
                         return Outcome::Error;
@@ -809,7 +815,7 @@ impl Call {
                 }
                 Ok(Some(Err(e))) => {
                     self.send(self.reply_to.handler_err(&e)).await;
-                    handler_failed(&tracing::Span::current(), &e);
+                    handler_failed(&tracing::Span::current(), &self.stats, &e);
                     return Outcome::Error;
                 }
                 Ok(None) => {
