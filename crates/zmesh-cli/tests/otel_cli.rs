@@ -2,7 +2,8 @@
 //! and `zmesh call --otlp-endpoint` export their spans over real OTLP/HTTP to a receiver
 //! this test runs on 127.0.0.1:0: the call's client span (service `zmesh-call`) and the
 //! node's server span (service `zmesh-serve`) are one trace, the server span's parent the
-//! client span. Both processes send their last spans as they exit.
+//! client span. Both processes send their last spans as they exit. Through the proxy
+//! device too: the worker's server span is a child of the caller's client span.
 #![cfg(feature = "otel")]
 
 mod common;
@@ -98,4 +99,83 @@ async fn serve_and_call_export_one_trace_over_otlp() {
         assert_eq!(string_attribute(span, "server.address"), Some("127.0.0.1"));
         assert_eq!(int_attribute(span, "server.port"), Some(port));
     }
+}
+
+/// Through the proxy device (which makes no spans of its own and forwards the request's
+/// `traceparent` unchanged): the worker's server span is a child of the caller's client
+/// span, in the caller's trace.
+#[tokio::test]
+async fn a_call_through_the_device_is_one_trace_with_its_worker() {
+    let (collector, received) = start_receiver();
+    let (proxy, backend) = Server::proxy(&[]).await;
+    let mut command = zmesh();
+    command
+        .args(["serve", "--worker-of", &backend, "echo"])
+        .env("ZMESH_OTLP_ENDPOINT", &collector);
+    let mut worker = Server::start(command, "zmesh serve --worker-of").await;
+    // The worker registers shortly after it connects; plain calls (no spans exported)
+    // until the device routes echo.* to it.
+    let until = Instant::now() + NET_TIMEOUT;
+    loop {
+        let out = run(&["call", &proxy.endpoint, "echo.upper", "warm"]).await;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the worker never served: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = run(&[
+        "call",
+        &proxy.endpoint,
+        "echo.upper",
+        "via",
+        "--otlp-endpoint",
+        &collector,
+    ])
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "\"VIA\"");
+    terminate(&worker.child);
+    let status = exit_status(&mut worker.child, "zmesh serve --worker-of").await;
+    assert!(status.success(), "{status}");
+
+    let mut spans: Vec<(String, Span)> = Vec::new();
+    let until = Instant::now() + NET_TIMEOUT;
+    let (client, served) = loop {
+        let client = spans
+            .iter()
+            .find(|(s, span)| s == "zmesh-call" && span.kind == SpanKind::Client as i32)
+            .map(|(_, span)| span.clone());
+        if let Some(client) = client
+            && let Some((_, served)) = spans.iter().find(|(s, span)| {
+                s == "zmesh-serve"
+                    && span.kind == SpanKind::Server as i32
+                    && span.trace_id == client.trace_id
+            })
+        {
+            break (client, served.clone());
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        let request = received
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no client span and worker span in one trace: {spans:#?}"));
+        spans.extend(otlp::spans(request));
+    };
+    println!(
+        "trace {} through the device: client span {}, worker span {} parent {}",
+        hex(&client.trace_id),
+        hex(&client.span_id),
+        hex(&served.span_id),
+        hex(&served.parent_span_id)
+    );
+    assert_eq!(client.name, "echo.upper");
+    assert_eq!(served.name, "echo.upper");
+    assert_eq!(
+        served.parent_span_id, client.span_id,
+        "the worker span's parent"
+    );
 }
