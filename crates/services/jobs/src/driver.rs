@@ -21,6 +21,7 @@ use zmesh_core::{Call, CallError, CallOptions, ErrorKind, Publisher, is_permanen
 use crate::config::JobsConfig;
 use crate::queue::{Dispatch, Outcome};
 use crate::service::{Inner, JobQueue};
+use crate::store::Flush;
 
 /// How an attempt's call ended, for the queue's rule: a permanent error (by its name) goes
 /// to dead at once, a lost worker is eligible again at once, anything else is retried.
@@ -118,11 +119,11 @@ async fn dispatch_loop<C: Call + Clone + 'static>(inner: Arc<Inner>, workers: C,
             let (fx, next) = q.poll_timers(SystemTime::now());
             if !fx.is_empty() {
                 // Not awaited: the writer keeps order, and a failure stops it for all.
-                drop(inner.commit(q.next_id(), fx.persist, fx.changes));
+                drop(inner.commit(q.next_id(), fx.persist, fx.changes, Flush::Soon));
                 inner.finished.notify_waiters();
             }
             while let Some((dispatch, fx)) = q.next_dispatch(&worker) {
-                drop(inner.commit(q.next_id(), fx.persist, fx.changes));
+                drop(inner.commit(q.next_id(), fx.persist, fx.changes, Flush::Soon));
                 start(&inner, &workers, dispatch);
             }
             next
@@ -175,7 +176,7 @@ fn finish(inner: &Inner, d: Dispatch, outcome: Outcome) {
     {
         let mut q = inner.lock();
         match q.finish(SystemTime::now(), d.id, lease, outcome) {
-            Ok(fx) => drop(inner.commit(q.next_id(), fx.persist, fx.changes)),
+            Ok(fx) => drop(inner.commit(q.next_id(), fx.persist, fx.changes, Flush::Soon)),
             // Cancelled meanwhile: its end is not the job's any more.
             Err(e) => tracing::debug!(job = %d.id, error = %e, "attempt end dropped"),
         }

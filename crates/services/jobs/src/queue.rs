@@ -860,7 +860,7 @@ impl Queue {
             finished_ms: ms(now),
         };
         fx.put(job, Some(from));
-        self.unready(id);
+        self.unready(id, from);
         self.arm(id);
         Ok(fx)
     }
@@ -946,7 +946,7 @@ impl Queue {
                     finished_ms: now_ms,
                 };
                 fx.put(job, Some(from));
-                self.unready(id);
+                self.unready(id, from);
             } else {
                 match job.state {
                     JobState::Scheduled { run_at_ms } if run_at_ms <= now_ms => {
@@ -1032,7 +1032,9 @@ impl Queue {
     }
 
     fn remove(&mut self, id: JobId, fx: &mut Effects) {
-        self.unready(id);
+        if let Some(was) = self.jobs.get(&id).map(|j| j.state.name()) {
+            self.unready(id, was);
+        }
         self.disarm(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.bytes -= job.size();
@@ -1072,8 +1074,13 @@ impl Queue {
         id
     }
 
-    /// Takes a job out of its method's ready queue (it was cancelled, purged or expired).
-    fn unready(&mut self, id: JobId) {
+    /// Takes a job that `was` queued out of its method's ready queue (it was cancelled,
+    /// purged or expired). Only queued jobs are in a ready queue, and the search is linear,
+    /// so a finished job's removal (every job's, once its result expires) must not pay it.
+    fn unready(&mut self, id: JobId, was: StateName) {
+        if was != StateName::Queued {
+            return;
+        }
         let Some(method) = self.jobs.get(&id).map(|j| j.method.clone()) else {
             return;
         };

@@ -50,7 +50,7 @@ use crate::queue::{
     Backoff, Change, Effects, Job, JobId, JobOptions, JobState, Persist, Queue, QueueError,
     Selector, StateName,
 };
-use crate::store::{Level, Store, StoreError, Writer};
+use crate::store::{Flush, Level, Store, StoreError, Writer};
 
 /// The service's name.
 pub const SERVICE: &str = "jobs";
@@ -121,7 +121,7 @@ impl JobQueue {
     /// file, I/O).
     pub async fn open(dir: &Path, config: JobsConfig) -> Result<Self, JobsError> {
         config.validate()?;
-        // Reading the whole store (and replaying a journal) is blocking file I/O.
+        // Reading the whole store (and replaying its log) is blocking file I/O.
         let (owned, level) = (dir.to_owned(), config.durability);
         let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&owned, level))
             .await
@@ -138,7 +138,9 @@ impl JobQueue {
             SystemTime::now(),
         );
         let writer = Writer::start(store)?;
-        writer.commit(queue.next_id(), fx.persist).await?;
+        writer
+            .commit(queue.next_id(), fx.persist, Flush::Now)
+            .await?;
         tracing::info!(dir = %dir.display(), jobs = queue.len(), durability = config.durability.name(), "job queue open");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -214,7 +216,9 @@ impl JobQueue {
             let (value, fx) = op(&mut q, SystemTime::now()).map_err(refusal)?;
             // Always through the writer, even with nothing to write: an idempotent repeat
             // is answered after the first submission's commit, never before.
-            let commit = self.inner.commit(q.next_id(), fx.persist, fx.changes);
+            let commit = self
+                .inner
+                .commit(q.next_id(), fx.persist, fx.changes, Flush::Now);
             (value, fx.abort, commit)
         };
         self.inner.abort(&aborts);
@@ -267,8 +271,9 @@ impl Inner {
         next_id: u64,
         ops: Vec<Persist>,
         changes: Vec<Change>,
+        flush: Flush,
     ) -> Committed {
-        let committed = self.writer.commit(next_id, ops).boxed().shared();
+        let committed = self.writer.commit(next_id, ops, flush).boxed().shared();
         self.counters.count_changes(&changes);
         if let Some(events) = self.events.get()
             && !changes.is_empty()

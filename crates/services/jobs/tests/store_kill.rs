@@ -14,7 +14,7 @@ mod support;
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use support::{kill, next_line, spawn_child};
 use tokio::sync::Mutex;
-use zmesh_jobs::store::{Level, Store, Writer};
+use zmesh_jobs::store::{Flush, Level, Store, Writer};
 use zmesh_jobs::{JobOptions, Queue, QueueLimits};
 
 const CHILD_DIR: &str = "ZMESH_JOBS_KILL_DIR";
@@ -48,7 +48,7 @@ fn run_child(dir: &Path, level: Level) {
                                 JobOptions::default(),
                             )
                             .expect("submit");
-                        (id, writer.commit(q.next_id(), fx.persist))
+                        (id, writer.commit(q.next_id(), fx.persist, Flush::Now))
                     };
                     commit.await.expect("ack");
                     println!("ACK {id}");

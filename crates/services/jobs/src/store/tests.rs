@@ -1,5 +1,6 @@
 //! Tests of the store on real files in a temp dir: round trips at both levels, group
-//! commit, the journal's torn tail and corruption, other formats and corrupt files.
+//! commit, the log's wrap, torn tail and corruption, the previous layout's journal, other
+//! formats and corrupt files.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,60 +62,143 @@ fn records_round_trip_at_both_levels() {
     }
 }
 
-#[test]
-fn a_journal_left_by_an_os_run_is_replayed_at_any_level() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = Store::open(dir.path(), Level::Os).expect("open");
-    let mut q = Queue::new(QueueLimits::default(), 1);
-    let ops = submit_n(&mut q, 3);
-    store.commit(q.next_id(), ops).expect("commit");
-    // Forgotten without its stop: no checkpoint, as after a kill (redb itself has only
-    // non-durable commits of these jobs).
-    std::mem::forget(store);
-    let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
-    assert!(journal.len() > 0);
-    // The forgotten handle still holds redb's lock in this process; a real restart is a
-    // new process (tests/store_kill.rs). Here: the journal alone, into a fresh database.
-    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
-    let loaded = reopen(dir.path(), Level::Fsync);
-    assert_eq!(loaded.jobs.len(), 3);
-    assert_eq!(loaded.next_id, 4);
-    let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
-    assert_eq!(journal.len(), 0, "checkpointed at open");
+/// Opens `dir` again, as a new process after a kill would: a dropped [`Store`] leaves the
+/// log as it was (only the writer checkpoints at its stop).
+fn reopen_sized(dir: &Path, wal_bytes: u64) -> Loaded {
+    Store::open_sized(dir, Level::Os, wal_bytes)
+        .expect("reopen")
+        .1
 }
 
 #[test]
-fn a_torn_last_journal_frame_is_dropped_and_a_bad_middle_frame_refuses_the_open() {
+fn a_log_left_by_a_killed_run_is_replayed_at_any_level_then_checkpointed() {
+    for (written, reopened) in [(Level::Os, Level::Fsync), (Level::Fsync, Level::Os)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = Store::open(dir.path(), written).expect("open");
+        let mut q = Queue::new(QueueLimits::default(), 1);
+        let ops = submit_n(&mut q, 3);
+        store.commit(q.next_id(), ops).expect("commit");
+        // Dropped without a checkpoint, as at a kill: redb has none of these jobs yet.
+        drop(store);
+        let loaded = reopen(dir.path(), reopened);
+        assert_eq!(loaded.jobs.len(), 3, "{written:?}");
+        assert_eq!(loaded.next_id, 4);
+        // Checkpointed at that open: redb holds them without the log.
+        std::fs::remove_file(dir.path().join(WAL_FILE)).expect("rm");
+        let loaded = reopen(dir.path(), reopened);
+        assert_eq!(loaded.jobs.len(), 3, "{written:?}: in redb");
+    }
+}
+
+#[test]
+fn a_full_log_checkpoints_and_starts_again_and_older_frames_are_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, _) = Store::open(dir.path(), Level::Os).expect("open");
+    // Four frames' room: ten groups wrap it twice.
+    let small = 4 * FRAME_ALIGN;
+    let (mut store, _) = Store::open_sized(dir.path(), Level::Os, small).expect("open");
     let mut q = Queue::new(QueueLimits::default(), 1);
-    for _ in 0..2 {
+    for _ in 0..6 {
         let ops = submit_n(&mut q, 1);
         store.commit(q.next_id(), ops).expect("commit");
     }
-    let journal_path = dir.path().join(JOURNAL_FILE);
-    let whole = std::fs::read(&journal_path).expect("read");
-    std::mem::forget(store);
-    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
+    for id in 1..=3 {
+        let (_, fx) = q.purge(&crate::queue::Selector::Ids(vec![JobId(id)]));
+        store.commit(q.next_id(), fx.persist).expect("commit");
+    }
+    assert_eq!(store.wal.epoch, 2, "checkpointed when the log was full");
+    assert_eq!(store.wal.at, FRAME_ALIGN, "one frame of this epoch");
+    assert_eq!(
+        std::fs::metadata(dir.path().join(WAL_FILE))
+            .expect("log")
+            .len(),
+        small,
+        "written in place, never grown"
+    );
+    drop(store);
+    // The file still holds puts of jobs 1-3 from older epochs after this epoch's frame.
+    let loaded = reopen_sized(dir.path(), small);
+    let ids: Vec<u64> = loaded.jobs.iter().map(|j| j.id.0).collect();
+    assert_eq!(ids, vec![4, 5, 6]);
+    assert_eq!(loaded.next_id, 7);
+}
 
-    // Torn: the second frame cut short.
-    std::fs::write(&journal_path, &whole[..whole.len() - 3]).expect("write");
+#[test]
+fn a_group_larger_than_the_log_grows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open_sized(dir.path(), Level::Fsync, FRAME_ALIGN).expect("open");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let ops = submit_n(&mut q, 40);
+    store.commit(q.next_id(), ops).expect("commit");
+    drop(store);
+    assert!(
+        std::fs::metadata(dir.path().join(WAL_FILE))
+            .expect("log")
+            .len()
+            > FRAME_ALIGN
+    );
+    assert_eq!(reopen_sized(dir.path(), FRAME_ALIGN).jobs.len(), 40);
+}
+
+#[test]
+fn a_torn_last_log_frame_is_dropped_and_a_bad_middle_frame_refuses_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _) = Store::open(dir.path(), Level::Os).expect("open");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let mut second = 0;
+    for _ in 0..2 {
+        second = usize::try_from(store.wal.at).expect("offset");
+        let ops = submit_n(&mut q, 1);
+        store.commit(q.next_id(), ops).expect("commit");
+    }
+    drop(store);
+    let wal_path = dir.path().join(WAL_FILE);
+    let whole = std::fs::read(&wal_path).expect("read");
+
+    // Torn: the second frame's write cut short (the disk has zeros where it stopped).
+    let mut torn = whole.clone();
+    torn[second + FRAME_HEADER + 2..second + FRAME_ALIGN as usize].fill(0);
+    std::fs::write(&wal_path, &torn).expect("write");
     let loaded = reopen(dir.path(), Level::Os);
     assert_eq!(loaded.jobs.len(), 1, "the whole first frame is kept");
 
-    // A flipped byte in the first frame, with the second after it: corruption.
-    std::fs::remove_file(dir.path().join(DB_FILE)).expect("rm");
+    // A flipped byte in the first frame, with the second whole after it: corruption.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_path = dir.path().join(WAL_FILE);
     let mut bad = whole.clone();
     bad[FRAME_HEADER + 2] ^= 0xff;
-    std::fs::write(&journal_path, &bad).expect("write");
+    std::fs::write(&wal_path, &bad).expect("write");
     let err = Store::open(dir.path(), Level::Os).expect_err("corrupt");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("checksum"), "{err}");
-    assert_eq!(
-        std::fs::read(&journal_path).expect("read"),
-        bad,
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert!(
+        std::fs::read(&wal_path).expect("read") == bad,
         "nothing is thrown away"
     );
+}
+
+#[test]
+fn a_journal_of_the_previous_layout_is_replayed_once_and_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let ops: Vec<Op> = submit_n(&mut q, 2).into_iter().map(Op::from).collect();
+    let payload = rmp_serde::to_vec(&Group {
+        next_id: q.next_id(),
+        ops,
+    })
+    .expect("encode");
+    let mut journal = u32::try_from(payload.len())
+        .expect("len")
+        .to_le_bytes()
+        .to_vec();
+    journal.extend_from_slice(&checksum(&[&payload]).to_le_bytes());
+    journal.extend_from_slice(&payload);
+    let path = dir.path().join(LEGACY_JOURNAL_FILE);
+    std::fs::write(&path, &journal).expect("write");
+    let loaded = reopen(dir.path(), Level::Fsync);
+    assert_eq!(loaded.jobs.len(), 2);
+    assert_eq!(loaded.next_id, 3);
+    assert!(!path.exists(), "replayed into redb, then removed");
+    assert_eq!(reopen(dir.path(), Level::Fsync).jobs.len(), 2);
 }
 
 #[test]
@@ -195,6 +279,7 @@ fn the_writer_takes_every_waiting_request_as_one_group() {
         tx.send(Request {
             next_id: i,
             ops: Vec::new(),
+            flush: Flush::Now,
             ack,
         })
         .expect("send");
@@ -205,18 +290,19 @@ fn the_writer_takes_every_waiting_request_as_one_group() {
 }
 
 #[tokio::test]
-async fn concurrent_commits_are_all_acknowledged_with_the_level_and_stored() {
+async fn concurrent_commits_now_and_soon_are_all_acknowledged_with_the_level_and_stored() {
     for level in [Level::Fsync, Level::Os] {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path(), level).expect("open");
         let writer = Arc::new(Writer::start(store).expect("writer"));
         let mut q = Queue::new(QueueLimits::default(), 1);
         let mut acks = Vec::new();
-        for op in submit_n(&mut q, 200) {
+        for (i, op) in submit_n(&mut q, 200).into_iter().enumerate() {
             let writer = Arc::clone(&writer);
             let next_id = q.next_id();
+            let flush = if i % 2 == 0 { Flush::Now } else { Flush::Soon };
             acks.push(tokio::spawn(async move {
-                writer.commit(next_id, vec![op]).await
+                writer.commit(next_id, vec![op], flush).await
             }));
         }
         for ack in acks {
@@ -228,13 +314,11 @@ async fn concurrent_commits_are_all_acknowledged_with_the_level_and_stored() {
             assert_eq!(level_acked, level);
         }
         drop(writer);
+        // Checkpointed at the writer's stop: redb holds them without the log.
+        std::fs::remove_file(dir.path().join(WAL_FILE)).expect("rm");
         let loaded = reopen(dir.path(), level);
         assert_eq!(loaded.jobs.len(), 200, "{level:?}");
         assert_eq!(loaded.next_id, 201);
-        if level == Level::Os {
-            let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("journal");
-            assert_eq!(journal.len(), 0, "checkpointed at stop");
-        }
     }
 }
 
