@@ -181,11 +181,12 @@ impl System for Zmesh {
 
     fn durability(&self) -> String {
         match self.level {
-            Level::Fsync => "level fsync: the submission's group is committed to redb with an \
-                             fsync before the job id is sent (survives power loss)"
+            Level::Fsync => "level fsync: the submission's group is written to the queue's \
+                             log and fdatasync'ed before the job id is sent (survives power \
+                             loss)"
                 .to_owned(),
             Level::Os => "level os: the submission's group is written to the queue's \
-                          journal with one write(2), no fsync, before the job id is sent \
+                          log with one pwrite(2), no fsync, before the job id is sent \
                           (survives kill -9, not power loss)"
                 .to_owned(),
         }
