@@ -19,6 +19,7 @@ mod floor;
 mod grpc;
 mod measure;
 mod nats;
+mod node;
 mod raw;
 mod server;
 mod tarpc_echo;
@@ -43,7 +44,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "floor,raw,upstream,zmesh,tarpc,tonic,nats"
+        default_value = "floor,raw,upstream,zmesh,node,tarpc,tonic,nats"
     )]
     systems: Vec<System>,
     /// The nats-server for the `nats` row (`nats://127.0.0.1:PORT`; `tools/peer-compare/
@@ -102,6 +103,9 @@ enum System {
     Upstream,
     /// zmesh Client -> Node, `echo.echo` of a msgpack bin.
     Zmesh,
+    /// The `raw` row's DEALER sending stock zerorpc requests to the `zmesh` row's node: the
+    /// node's own cost against the raw ROUTER echo.
+    Node,
     /// tarpc over TCP with bincode.
     Tarpc,
     /// tonic unary gRPC over HTTP/2.
@@ -117,6 +121,7 @@ impl System {
             Self::Raw => "raw zeromq (fork)",
             Self::Upstream => "raw zeromq 0.7.0 (upstream)",
             Self::Zmesh => "zmesh",
+            Self::Node => "zmesh node, raw DEALER client",
             Self::Tarpc => "tarpc (bincode)",
             Self::Tonic => "tonic (gRPC)",
             Self::Nats => "NATS request-reply",
@@ -129,6 +134,7 @@ impl System {
             Self::Raw => "raw",
             Self::Upstream => "upstream",
             Self::Zmesh => "zmesh",
+            Self::Node => "node",
             Self::Tarpc => "tarpc",
             Self::Tonic => "tonic",
             Self::Nats => "nats",
@@ -274,6 +280,7 @@ fn main() -> ExitCode {
                 System::Raw => raw::measure(endpoint, &plan).await,
                 System::Upstream => upstream::measure(endpoint, &plan).await,
                 System::Zmesh => zmesh::measure(endpoint, &plan).await,
+                System::Node => node::measure(endpoint, &plan).await,
                 System::Tarpc => tarpc_echo::measure(endpoint, &plan).await,
                 System::Tonic => grpc::measure(endpoint, &plan).await,
                 System::Nats => nats::measure(endpoint, &plan).await,

@@ -12,11 +12,17 @@ pub(crate) async fn serve() -> Result<(String, impl Future<Output = ()>), Error>
 }
 
 /// The DEALER side of a raw echo row over either zeromq crate (`$zmq`: the fork,
-/// `zeromq`, or upstream's, `zeromq_upstream`), so both rows run the same code: a
+/// `zeromq`, or upstream's, `zeromq_upstream`), so every row runs the same code: a
 /// `measure` function doing the warm-up, then the sequential and the pipelined pass over
-/// one connection, each request an empty delimiter frame and the payload, as REQ sends.
+/// one connection, each request an empty delimiter frame and a body, as REQ sends.
+/// `$body` makes the n-th request's body from the payload (the echo rows send the payload
+/// itself; the `node` row a zerorpc request carrying it).
 macro_rules! dealer_row {
     ($zmq:ident, $what:literal) => {
+        $crate::raw::dealer_row!($zmq, $what, |payload: &bytes::Bytes, _n: u64| payload
+            .clone());
+    };
+    ($zmq:ident, $what:literal, $body:expr) => {
         /// Sequential and pipelined passes over one DEALER connection.
         pub(crate) async fn measure(
             endpoint: &str,
@@ -33,6 +39,7 @@ macro_rules! dealer_row {
             let mut connection = Dealer {
                 dealer,
                 payload: bytes::Bytes::from(vec![0x5a; plan.payload]),
+                sent: 0,
             };
             for _ in 0..plan.warmup {
                 use zmesh_bench::InOrder;
@@ -48,6 +55,7 @@ macro_rules! dealer_row {
         struct Dealer {
             dealer: $zmq::DealerSocket,
             payload: bytes::Bytes,
+            sent: u64,
         }
 
         impl zmesh_bench::InOrder for Dealer {
@@ -56,7 +64,9 @@ macro_rules! dealer_row {
             async fn send(&mut self) -> Result<(), $crate::Error> {
                 use $zmq::SocketSend;
                 let mut message = $zmq::ZmqMessage::from(bytes::Bytes::new());
-                message.push_back(self.payload.clone());
+                self.sent += 1;
+                let body: fn(&bytes::Bytes, u64) -> bytes::Bytes = $body;
+                message.push_back(body(&self.payload, self.sent));
                 self.dealer.send(message).await.map_err(io)
             }
 

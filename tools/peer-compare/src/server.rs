@@ -77,7 +77,7 @@ pub(crate) async fn serve(system: System, nats: Option<&str>) -> Result<(), Erro
                 () = echo => {}
             }
         }
-        System::Zmesh => {
+        System::Zmesh | System::Node => {
             let (address, node) = crate::zmesh::serve().await?;
             announce(&address)?;
             let _ = parent_gone.await;
