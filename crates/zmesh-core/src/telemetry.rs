@@ -1,6 +1,7 @@
 //! Provides what the node's and client's spans say in OpenTelemetry's terms: the RPC
 //! semantic conventions' attribute values (semconv v1.45, as `metrics.rs`), a call's
-//! `error.type`, `server.address`/`server.port` from an endpoint, and, with the `otel`
+//! `error.type`, `server.address`/`server.port` from an endpoint, `network.peer.address`/
+//! `network.peer.port` from the peer's socket address, and, with the `otel`
 //! feature, the glue between a span and the W3C trace context on the wire.
 //!
 //! The spans themselves are made where the calls are (`node/dispatch.rs`, `client/mod.rs`,
@@ -13,6 +14,8 @@
 //! caller's `traceparent`, calls made with it send a child with a fresh span id); with it,
 //! a server span's parent is the caller's span and the `traceparent` a client sends is its
 //! own span's, so the span ids on the wire are those of the exported spans.
+
+use std::net::SocketAddr;
 
 use tracing::field;
 use zmesh_proto::ErrorKind;
@@ -109,6 +112,14 @@ pub(crate) fn record_server(span: &tracing::Span, endpoint: &str) {
     if let Some(port) = port {
         span.record("server.port", i64::from(port));
     }
+}
+
+/// Records on a server span the network address of the call's immediate peer, the other
+/// end of the connection it came in on: `network.peer.address` (the IP, no brackets) and
+/// `network.peer.port`. The IP is formatted only by a subscriber that records it.
+pub(crate) fn record_network_peer(span: &tracing::Span, peer: SocketAddr) {
+    span.record("network.peer.address", field::display(peer.ip()));
+    span.record("network.peer.port", i64::from(peer.port()));
 }
 
 /// Records a failed call on its span: `error.type` and the error status.

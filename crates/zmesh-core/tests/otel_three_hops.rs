@@ -152,6 +152,23 @@ async fn a_three_hop_call_is_one_trace_of_client_and_server_spans() {
             "{span:#?}"
         );
         assert_eq!(attribute(span, "error.type"), None, "nothing failed");
+        // The server's immediate peer, exported as a string and an int: the client's end
+        // of its connection. A client span has none.
+        match kind {
+            SpanKind::Server => {
+                assert_eq!(
+                    string_attribute(span, "network.peer.address"),
+                    Some("127.0.0.1"),
+                    "{span:#?}"
+                );
+                let peer_port = int_attribute(span, "network.peer.port");
+                assert!(
+                    peer_port.is_some_and(|p| p > 0 && p.to_string() != port),
+                    "{span:#?}"
+                );
+            }
+            _ => assert_eq!(attribute(span, "network.peer.address"), None),
+        }
         parent = Some(span);
     }
     let server = find("a.front", SpanKind::Server);

@@ -15,6 +15,7 @@ use futures::SinkExt;
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +29,10 @@ pub(crate) struct Peer {
     /// broken); dropped unsent (the peer forgotten otherwise), the writer drains its queue
     /// first, as before the patch.
     pub(crate) abort_writer: Option<oneshot::Sender<()>>,
+    /// zmesh patch: the connection's remote address (TCP only), kept from the accept or
+    /// connect so that the application can ask for it once it knows the identity
+    /// ([`GenericSocketBackend::peer_address`]).
+    pub(crate) address: Option<SocketAddr>,
 }
 
 impl Peer {
@@ -40,6 +45,7 @@ impl Peer {
                 bytes: Arc::new(ByteBudget::new(bytes)),
             },
             abort_writer: None,
+            address: None,
         }
     }
 }
@@ -455,6 +461,7 @@ impl SocketBackend for GenericSocketBackend {
 #[async_trait]
 impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
+        let address = io.peer_addr;
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
         // zmesh patch: the queue's byte bound, and the writer's abort signal.
@@ -469,6 +476,7 @@ impl MultiPeerBackend for GenericSocketBackend {
                     bytes: bytes.clone(),
                 },
                 abort_writer: Some(abort_writer),
+                address,
             },
         );
         self.refresh_single_peer_cache();
@@ -501,6 +509,25 @@ impl MultiPeerBackend for GenericSocketBackend {
 }
 
 impl GenericSocketBackend {
+    /// zmesh patch: the remote address of a connected peer's TCP connection: `None` for a
+    /// peer that is not (or no longer) connected and for one over `ipc://`. One read of
+    /// the peer map (a shared lock on one bucket), nothing allocated; the address was
+    /// stored when the peer connected.
+    pub(crate) fn peer_address(&self, peer_id: &PeerIdentity) -> Option<SocketAddr> {
+        self.peers
+            .read_sync(peer_id, |_, peer| peer.address)
+            .flatten()
+    }
+
+    /// zmesh patch: the remote address of the socket's one peer, when it has exactly one
+    /// (a DEALER connected to one endpoint, say) and that peer is over TCP.
+    pub(crate) fn only_peer_address(&self) -> Option<SocketAddr> {
+        if self.peers.len() != 1 {
+            return None;
+        }
+        self.peers.begin_sync().and_then(|peer| peer.address)
+    }
+
     /// zmesh patch: closes one peer's connection from the application: its writer stops
     /// at once (what it had queued is dropped) and its reader is dropped, so the
     /// descriptor is closed even if the peer reads nothing. Emits `Disconnected` as for any

@@ -106,6 +106,15 @@ impl SocketSend for DealerSocket {
 impl CaptureSocket for DealerSocket {}
 
 impl DealerSocket {
+    /// zmesh patch: the remote address of the socket's peer when it has exactly one (a
+    /// DEALER connected to one endpoint) and that peer is over TCP; `None` with no peer,
+    /// several, or one over `ipc://`. For the application to report whom it talks to
+    /// (OpenTelemetry's `network.peer.address`/`network.peer.port`): with a name in the
+    /// endpoint, this is the address it resolved to.
+    pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
+        self.backend.only_peer_address()
+    }
+
     /// Splits the socket into separate send and recv halves, allowing concurrent
     /// sending and receiving from independent async tasks.
     ///

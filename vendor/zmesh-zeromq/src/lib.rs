@@ -11,6 +11,8 @@ mod limits;
 #[cfg(test)]
 mod limits_tests;
 mod message;
+#[cfg(test)]
+mod peer_address_tests;
 mod r#pub;
 mod pull;
 mod push;

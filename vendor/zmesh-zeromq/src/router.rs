@@ -114,6 +114,16 @@ impl SocketSend for RouterSocket {
 }
 
 impl RouterSocket {
+    /// zmesh patch: the remote address of a connected peer, for the application to report
+    /// whom it serves (OpenTelemetry's `network.peer.address`/`network.peer.port`, say):
+    /// the identity is the one [`recv`](SocketRecv::recv) puts in a message's first frame.
+    /// `None` once the peer has disconnected, and for a peer over `ipc://` (the connecting
+    /// end of a Unix socket has no name). The address is kept from the accept, so this is
+    /// one read of the peer map, with no system call and no allocation.
+    pub fn peer_address(&self, peer_id: &PeerIdentity) -> Option<std::net::SocketAddr> {
+        self.backend.peer_address(peer_id)
+    }
+
     /// zmesh patch: closes the connection of one peer, for example one that keeps sending
     /// garbage. What was queued for it is dropped and the connection is closed at once,
     /// whether or not the peer reads; the monitor reports `Disconnected` as for any lost
@@ -195,6 +205,12 @@ impl SocketSend for RouterSendHalf {
 }
 
 impl RouterSendHalf {
+    /// zmesh patch: the remote address of a connected peer, as
+    /// [`RouterSocket::peer_address`].
+    pub fn peer_address(&self, peer_id: &PeerIdentity) -> Option<std::net::SocketAddr> {
+        self.inner.backend.peer_address(peer_id)
+    }
+
     /// zmesh patch: closes one peer's connection, as [`RouterSocket::disconnect_peer`].
     pub fn disconnect_peer(&self, peer_id: &PeerIdentity) -> bool {
         self.inner.backend.disconnect_peer(peer_id)
@@ -240,6 +256,12 @@ impl SocketRecv for RouterRecvHalf {
 }
 
 impl RouterRecvHalf {
+    /// zmesh patch: the remote address of a connected peer, as
+    /// [`RouterSocket::peer_address`].
+    pub fn peer_address(&self, peer_id: &PeerIdentity) -> Option<std::net::SocketAddr> {
+        self.inner.backend.peer_address(peer_id)
+    }
+
     /// zmesh patch: the socket's limit counters (see [`Socket::stats`]).
     pub fn stats(&self) -> Arc<crate::SocketStats> {
         Arc::clone(&self.inner.backend.socket_options().stats)

@@ -10,6 +10,7 @@
 //! credit and cancel, and a deadline timer. The reader never waits on a send: a send that
 //! cannot complete at once finishes in a task, so a slow client only delays its own calls.
 
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -22,7 +23,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, field};
-use zeromq::{RouterRecvHalf, SocketEvent, TrySendError, ZmqMessage};
+use zeromq::util::PeerIdentity;
+use zeromq::{RouterRecvHalf, RouterSendHalf, SocketEvent, TrySendError, ZmqMessage};
 use zmesh_proto::ErrorKind;
 use zmesh_proto::TraceParent;
 use zmesh_proto::liveness::Liveness;
@@ -67,6 +69,8 @@ pub(super) struct Inlet {
     pub(super) inbound: Inbound,
     /// The endpoint it listens on, when it listens on one (see [`Door`]).
     pub(super) endpoint: Option<Arc<str>>,
+    /// Where its callers' network addresses are asked for (see [`Door`]).
+    pub(super) peers: PeerAddresses,
 }
 
 /// Where a socket's messages come in: how they are opened, and the endpoint each call's
@@ -75,6 +79,39 @@ pub(super) struct Inlet {
 pub(crate) struct Door {
     pub(crate) inbound: Inbound,
     pub(crate) endpoint: Option<Arc<str>>,
+    /// The network address of each call's immediate peer, for its span
+    /// (`network.peer.address`/`port`).
+    pub(crate) peers: PeerAddresses,
+}
+
+/// Where the network address of a call's peer comes from: the other end of the connection
+/// the call came in on, as the OpenTelemetry conventions have it (through a device, the
+/// device). Asked only for a span some subscriber records, so a call costs nothing more
+/// otherwise.
+pub(crate) enum PeerAddresses {
+    /// The socket keeps each connection's remote address (kept at its accept, so asking is
+    /// one read of the socket's peer map): a bound node's ROUTER. `None` for `ipc://`.
+    Router(RouterSendHalf),
+    /// Every call comes over one connection whose remote address is this: a worker's
+    /// link to its device.
+    Fixed(SocketAddr),
+    /// No address: a Unix socket's connecting end has none, the harness has no socket.
+    Unknown,
+}
+
+impl PeerAddresses {
+    /// The address of the connection whose routing identity is `identity` (the first
+    /// routing frame as the ROUTER gave it).
+    fn of(&self, identity: &Bytes) -> Option<SocketAddr> {
+        match self {
+            Self::Router(socket) => {
+                let identity = PeerIdentity::try_from(identity.clone()).ok()?;
+                socket.peer_address(&identity)
+            }
+            Self::Fixed(address) => Some(*address),
+            Self::Unknown => None,
+        }
+    }
 }
 
 pub(super) fn spawn_tasks(
@@ -87,6 +124,7 @@ pub(super) fn spawn_tasks(
         let door = Door {
             inbound: inlet.inbound.clone(),
             endpoint: inlet.endpoint,
+            peers: inlet.peers,
         };
         tasks.push(tokio::spawn(read_loop(
             shared.clone(),
@@ -329,7 +367,13 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
     // The caller's trace context, dropped by the wire layer's header until here: parsed
     // once, for the span, the handler and the calls it makes.
     let traceparent = header.traceparent.as_deref().and_then(TraceParent::parse);
+    let identity = sender::plain_identity(&peer).unwrap_or_else(|| peer.clone());
     let span = call_span(&event.name, &reply_to.request_id, &peer, door, job);
+    if !span.is_disabled()
+        && let Some(address) = door.peers.of(&identity)
+    {
+        telemetry::record_network_peer(&span, address);
+    }
     #[cfg(feature = "otel")]
     if let Some(caller) = &traceparent
         && !span.is_disabled()
@@ -337,7 +381,6 @@ fn run_call(control: &Control, open: Open<'_, OwnedSemaphorePermit>, door: &Door
         crate::telemetry::set_remote_parent(&span, caller);
     }
     let started = now();
-    let identity = sender::plain_identity(&peer).unwrap_or_else(|| peer.clone());
     let keyed = matches!(door.inbound, Inbound::Sealed(_));
     let ctx = CallContext::new(
         event.name.into_owned(),
@@ -613,6 +656,8 @@ fn call_span(
         rpc.method = method,
         server.address = endpoint.map(|e| telemetry::server_address(e).0),
         server.port = endpoint.and_then(|e| telemetry::server_address(e).1).map(i64::from),
+        network.peer.address = field::Empty,
+        network.peer.port = field::Empty,
         error.type = field::Empty,
         zmesh.job.id = job.map(|job| job.id as i64),
         zmesh.job.attempt = job.map(|job| i64::from(job.attempt)),

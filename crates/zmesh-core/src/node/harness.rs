@@ -89,6 +89,7 @@ impl Harness {
             let door = dispatch::Door {
                 inbound: dispatch::Inbound::Plain,
                 endpoint: None,
+                peers: dispatch::PeerAddresses::Unknown,
             };
             let mut actions = dispatch::Actions::new();
             dispatch::handle_message(shared, control, warn, frames, &door, &mut actions);

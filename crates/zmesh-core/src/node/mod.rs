@@ -510,20 +510,22 @@ impl NodeBuilder {
             Some(bind_router(&plain_endpoints, &mut bound, &self.config, cap, &counters).await?)
         };
         let (sender, inlets) = match (main, self.mesh_key) {
-            (Some((send, recv, monitor, endpoint)), None) => (
-                Sender::Router(send),
-                vec![dispatch::Inlet {
+            (Some((send, recv, monitor, endpoint)), None) => {
+                let inlet = dispatch::Inlet {
+                    peers: dispatch::PeerAddresses::Router(send.clone()),
                     recv,
                     monitor,
                     inbound: dispatch::Inbound::Plain,
                     endpoint,
-                }],
-            ),
+                };
+                (Sender::Router(send), vec![inlet])
+            }
             (main, Some(key)) => {
                 let keyed = Arc::new(sender::Keyed::new(crate::trust::Trust::new(key)));
                 let mut inlets = Vec::with_capacity(2);
                 let sealed = main.map(|(send, recv, monitor, endpoint)| {
                     inlets.push(dispatch::Inlet {
+                        peers: dispatch::PeerAddresses::Router(send.clone()),
                         recv,
                         monitor,
                         inbound: dispatch::Inbound::Sealed(keyed.clone()),
@@ -533,6 +535,7 @@ impl NodeBuilder {
                 });
                 let plain = plain.flatten().map(|(send, recv, monitor, endpoint)| {
                     inlets.push(dispatch::Inlet {
+                        peers: dispatch::PeerAddresses::Router(send.clone()),
                         recv,
                         monitor,
                         inbound: dispatch::Inbound::PlainOfKeyed,

@@ -122,6 +122,11 @@ async fn run(
                 "registered with the device"
             );
         }
+        // The device is every call's immediate peer: its address, once per link.
+        let peers = match socket.peer_address() {
+            Some(address) => dispatch::PeerAddresses::Fixed(address),
+            None => dispatch::PeerAddresses::Unknown,
+        };
         let (send, recv) = socket.split();
         link.outlet.set(Some(send));
         let header = Header::zmesh(None);
@@ -138,6 +143,7 @@ async fn run(
             },
             // A worker's calls all come through its device.
             endpoint: Some(Arc::from(link.endpoint.to_string())),
+            peers,
         };
         let ended = serve_link(&shared, &control, &warn, &door, recv, monitor, &mut stop).await;
         link.outlet.set(None);

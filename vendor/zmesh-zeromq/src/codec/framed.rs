@@ -213,6 +213,11 @@ impl Stream for ZmqFramedRead {
 pub struct FramedIo {
     pub read_half: ZmqFramedRead,
     pub write_half: ZmqFramedWrite,
+    /// zmesh patch: the remote address of a TCP connection, which the transport knows when
+    /// it connects or accepts and the socket's backend keeps with the peer (see
+    /// `GenericSocketBackend::peer_address`). `None` for `ipc://`, whose connecting side
+    /// has no address of its own.
+    pub(crate) peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl FramedIo {
@@ -226,7 +231,15 @@ impl FramedIo {
         Self {
             read_half,
             write_half,
+            peer_addr: None,
         }
+    }
+
+    /// zmesh patch: the same connection, with the remote address it was connected to or
+    /// accepted from.
+    pub(crate) fn with_peer_addr(mut self, peer_addr: std::net::SocketAddr) -> Self {
+        self.peer_addr = Some(peer_addr);
+        self
     }
 
     pub fn into_parts(self) -> (ZmqFramedRead, ZmqFramedWrite) {

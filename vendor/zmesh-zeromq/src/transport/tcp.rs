@@ -33,8 +33,9 @@ pub(crate) async fn connect(
     tune_socket_buffers(&raw_socket);
     let peer_addr = raw_socket.peer_addr()?;
 
+    // zmesh patch: the connection keeps its remote address (`with_peer_addr`).
     Ok((
-        make_framed(raw_socket, options, None),
+        make_framed(raw_socket, options, None).with_peer_addr(peer_addr),
         Endpoint::from_tcp_addr(peer_addr),
     ))
 }
@@ -119,7 +120,9 @@ where
                         })
                         .map(|(raw_socket, remote_addr)| {
                             (
-                                make_framed(raw_socket, Arc::clone(&options), slot),
+                                // zmesh patch: the connection keeps its remote address.
+                                make_framed(raw_socket, Arc::clone(&options), slot)
+                                    .with_peer_addr(remote_addr),
                                 Endpoint::from_tcp_addr(remote_addr),
                             )
                         })
