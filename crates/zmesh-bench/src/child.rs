@@ -103,6 +103,11 @@ impl ServerChild {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    /// The server's process id (to read its CPU time from /proc).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for ServerChild {

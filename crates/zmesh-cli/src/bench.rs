@@ -67,6 +67,11 @@ pub(crate) struct BenchArgs {
     /// Runtime flavour of client and servers.
     #[arg(long, value_enum, default_value = "current-thread")]
     pub(crate) runtime: Flavour,
+    /// Idle connections opened to every mode's server (each with one call, so it is up)
+    /// and held through the run: the servers' CPU over IDLE_SAMPLE seconds with no calls
+    /// is reported, and every mode is measured with them open.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    idle_connections: u64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -112,6 +117,7 @@ pub(crate) async fn command(args: BenchArgs) -> Result<(), CliError> {
         duration: crate::seconds(args.duration),
         warmup: args.warmup,
         runtime: args.runtime,
+        idle_connections: usize::try_from(args.idle_connections).unwrap_or(usize::MAX),
     };
     let report = run(&options, !args.json).await?;
     if args.json {
@@ -239,7 +245,15 @@ pub(crate) struct BenchOptions {
     pub(crate) warmup: u64,
     /// Runtime flavour of the client and of every server.
     pub(crate) runtime: Flavour,
+    /// Idle connections held open to every mode's server (see [`IDLE_SAMPLE`]).
+    pub(crate) idle_connections: usize,
 }
+
+/// How long the servers' CPU is sampled with only idle connections open.
+const IDLE_SAMPLE: Duration = Duration::from_secs(2);
+
+/// Connections of the `tcp4` mode.
+const TCP4_CONNECTIONS: usize = 4;
 
 /// A transport mode of `zmesh bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -263,6 +277,10 @@ pub(crate) enum Mode {
     /// A zmesh call over tcp loopback in the low-latency mode: client and node spin up to
     /// [`BENCH_SPIN`] on their sockets before parking (not in the default modes).
     Spin,
+    /// zmesh calls over tcp loopback spread over 4 connections (4 clients) to one node: with
+    /// `--in-flight` and a `multi-thread` runtime, the scaling figure against `tcp` (not in
+    /// the default modes).
+    Tcp4,
 }
 
 /// The spin of the `spin` mode, on both sides: longer than a loopback round trip, so a
@@ -278,6 +296,9 @@ pub(crate) struct ModeReport {
     /// Relative to the raw baseline (absent without a raw mode).
     #[serde(flatten)]
     pub(crate) vs_raw: VsBaseline,
+    /// The mode's servers' CPU time, in milliseconds, over [`IDLE_SAMPLE`] with only
+    /// `--idle-connections` open (absent without them).
+    pub(crate) idle_cpu_ms: Option<f64>,
     /// (percentile, microseconds) points of the latency distribution, for plots.
     #[serde(skip)]
     pub(crate) curve: Vec<(f64, f64)>,
@@ -289,6 +310,8 @@ pub(crate) struct BenchReport {
     pub(crate) payload: usize,
     pub(crate) in_flight: usize,
     pub(crate) runtime: Flavour,
+    /// Idle connections held open to every mode's server.
+    pub(crate) idle_connections: usize,
     /// `debug` or `release`: the build the figures come from.
     pub(crate) build: &'static str,
     pub(crate) modes: Vec<ModeReport>,
@@ -324,12 +347,28 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
         let mut caller = Caller::connect(mode, &endpoint, options, mode_key).await?;
         bar.set_message(format!("warm-up {}", mode.name()));
         caller.warm_up(options.warmup, || bar.inc(1)).await?;
+        let idle = open_idle(mode, &endpoint, options, mode_key).await?;
         runs.push(ModeRun {
             mode,
             _servers: servers,
+            _idle: idle,
             caller,
             latencies: Latencies::new(),
+            idle_cpu_ms: None,
         });
+    }
+    if options.idle_connections > 0 {
+        bar.set_message(format!(
+            "{} idle connections per mode",
+            options.idle_connections
+        ));
+        let before: Vec<Option<Duration>> = runs.iter().map(ModeRun::servers_cpu).collect();
+        tokio::time::sleep(IDLE_SAMPLE).await;
+        for (run, before) in runs.iter_mut().zip(before) {
+            run.idle_cpu_ms = before
+                .zip(run.servers_cpu())
+                .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e3);
+        }
     }
     bar.reset();
     bar.set_length(options.count.saturating_mul(options.modes.len() as u64));
@@ -351,7 +390,10 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
     let mut reports: Vec<ModeReport> = runs
         .iter()
         .enumerate()
-        .map(|(i, run)| report(run.mode, &run.latencies, schedule.measured(i)))
+        .map(|(i, run)| ModeReport {
+            idle_cpu_ms: run.idle_cpu_ms,
+            ..report(run.mode, &run.latencies, schedule.measured(i))
+        })
         .collect();
     drop(runs);
     if let Some(raw) = reports
@@ -367,6 +409,7 @@ pub(crate) async fn run(options: &BenchOptions, progress: bool) -> Result<BenchR
         payload: options.payload,
         in_flight: options.in_flight,
         runtime: options.runtime,
+        idle_connections: options.idle_connections,
         build: PROFILE,
         modes: reports,
     })
@@ -377,8 +420,51 @@ struct ModeRun {
     mode: Mode,
     /// Kept alive (and killed on drop) for the whole run.
     _servers: Vec<ServerChild>,
+    /// `--idle-connections`, held open for the whole run.
+    _idle: Vec<Caller>,
     caller: Caller,
     latencies: Latencies,
+    idle_cpu_ms: Option<f64>,
+}
+
+impl ModeRun {
+    /// The CPU time the mode's server processes have used so far (`None` where /proc
+    /// cannot tell).
+    fn servers_cpu(&self) -> Option<Duration> {
+        self._servers
+            .iter()
+            .map(|s| process_cpu(s.id()))
+            .sum::<Option<Duration>>()
+    }
+}
+
+/// The CPU time process `pid` has used, summed over its threads from
+/// `/proc/PID/task/*/schedstat` (nanoseconds on a CPU, the first field).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Opens `--idle-connections` callers to `endpoint`, each making one call (a raw echo, or
+/// a zmesh call) so its connection is up, then left idle.
+async fn open_idle(
+    mode: Mode,
+    endpoint: &str,
+    options: &BenchOptions,
+    key: Option<&str>,
+) -> Result<Vec<Caller>, CliError> {
+    let mut idle = Vec::with_capacity(options.idle_connections);
+    for _ in 0..options.idle_connections {
+        let mut caller = Caller::connect(mode, endpoint, options, key).await?;
+        caller.warm_up(1, || {}).await?;
+        idle.push(caller);
+    }
+    Ok(idle)
 }
 
 /// The client side of a mode, connected once for the whole run.
@@ -388,8 +474,12 @@ enum Caller {
         dealer: DealerSocket,
         payload: Bytes,
     },
-    /// A zmesh client calling `echo.echo`.
-    Zmesh { client: Client, value: rmpv::Value },
+    /// zmesh clients calling `echo.echo`, the calls taking turns over them (one client,
+    /// one connection, except in `tcp4`).
+    Zmesh {
+        clients: Vec<Client>,
+        value: rmpv::Value,
+    },
 }
 
 impl Caller {
@@ -410,7 +500,7 @@ impl Caller {
                     payload: Bytes::from(vec![0x5a; options.payload]),
                 })
             }
-            Mode::Tcp | Mode::Ipc | Mode::Device | Mode::Keyed | Mode::Spin => {
+            Mode::Tcp | Mode::Tcp4 | Mode::Ipc | Mode::Device | Mode::Keyed | Mode::Spin => {
                 let key = key
                     .map(MeshKey::from_secret)
                     .transpose()
@@ -422,9 +512,16 @@ impl Caller {
                 if mode == Mode::Spin {
                     config = config.spin(BENCH_SPIN);
                 }
-                let client = Client::with_config(endpoint, config);
+                let connections = if mode == Mode::Tcp4 {
+                    TCP4_CONNECTIONS
+                } else {
+                    1
+                };
+                let clients = (0..connections)
+                    .map(|_| Client::with_config(endpoint, config.clone()))
+                    .collect();
                 Ok(Self::Zmesh {
-                    client,
+                    clients,
                     value: rmpv::Value::Binary(vec![0x5a; options.payload]),
                 })
             }
@@ -441,7 +538,11 @@ impl Caller {
                         .await?
                         .map_err(raw_error)?;
                 }
-                Self::Zmesh { client, value } => zmesh_call(client, value).await?,
+                Self::Zmesh { clients, value } => {
+                    for client in clients.iter() {
+                        zmesh_call(client, value).await?;
+                    }
+                }
             }
             tick();
         }
@@ -463,8 +564,13 @@ impl Caller {
                 let mut connection = RawConnection { dealer, payload };
                 drive::in_order(&mut connection, block, latencies, tick).await
             }
-            Self::Zmesh { client, value } => {
-                let call = || zmesh_call(client, value);
+            Self::Zmesh { clients, value } => {
+                let turn = std::cell::Cell::new(0usize);
+                let call = || {
+                    let n = turn.get();
+                    turn.set(n.wrapping_add(1));
+                    zmesh_call(&clients[n % clients.len()], value)
+                };
                 drive::concurrent(call, block, latencies, tick).await
             }
         }
@@ -517,6 +623,7 @@ fn report(mode: Mode, latencies: &Latencies, elapsed: Duration) -> ModeReport {
         mode,
         figures: Figures::new(latencies, elapsed),
         vs_raw: VsBaseline::default(),
+        idle_cpu_ms: None,
         curve,
     }
 }
@@ -572,7 +679,7 @@ async fn start_servers(
     key: Option<&str>,
 ) -> Result<(Vec<ServerChild>, String), CliError> {
     let bind = match mode {
-        Mode::Raw | Mode::Tcp | Mode::Device | Mode::Keyed | Mode::Spin => {
+        Mode::Raw | Mode::Tcp | Mode::Tcp4 | Mode::Device | Mode::Keyed | Mode::Spin => {
             "tcp://127.0.0.1:0".to_owned()
         }
         Mode::Ipc => format!("ipc://{}", dir.join("bench.sock").display()),
@@ -584,7 +691,7 @@ async fn start_servers(
             let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
         }
-        Mode::Tcp | Mode::Ipc => {
+        Mode::Tcp | Mode::Tcp4 | Mode::Ipc => {
             let server = spawn_server("zmesh", &bind, flavour, None)?;
             let endpoint = server.endpoint().to_owned();
             Ok((vec![server], endpoint))
@@ -779,6 +886,25 @@ pub(crate) fn print_table(report: &BenchReport) -> Result<(), crate::output::Out
             ratio(m.vs_raw.calls_per_sec_vs_raw),
         );
     }
+    if report.idle_connections > 0 {
+        outln!(
+            "servers' CPU with {} idle connections each and no calls, over {:?}:",
+            report.idle_connections,
+            IDLE_SAMPLE
+        );
+        for m in &report.modes {
+            let cpu = m.idle_cpu_ms.map_or_else(
+                || "- (no /proc)".to_owned(),
+                |ms| {
+                    format!(
+                        "{ms:.1} ms ({:.2}% of a CPU)",
+                        ms / 10.0 / IDLE_SAMPLE.as_secs_f64()
+                    )
+                },
+            );
+            outln!("  {:<6} {cpu}", m.mode.name());
+        }
+    }
     Ok(())
 }
 
@@ -852,6 +978,7 @@ mod tests {
             duration: Duration::from_secs(5),
             warmup: 20,
             runtime: Flavour::CurrentThread,
+            idle_connections: 0,
         };
         let modes = options
             .modes
@@ -871,6 +998,7 @@ mod tests {
             payload: options.payload,
             in_flight: options.in_flight,
             runtime: options.runtime,
+            idle_connections: 0,
             build: PROFILE,
             modes,
         };

@@ -452,6 +452,43 @@ async fn bench_measures_the_spin_mode_beside_tcp() {
     common::bench_beside_raw_and_tcp("spin").await;
 }
 
+/// The scaling mode: calls over four connections to one node, measured beside raw and tcp
+/// in one run, every call answered.
+#[tokio::test]
+async fn bench_measures_the_four_connection_mode_beside_tcp() {
+    common::bench_beside_raw_and_tcp("tcp4").await;
+}
+
+/// `--idle-connections`: every mode's server gets that many connections, each answered
+/// once, then idle; the report has each mode's server CPU over the idle sample, and the
+/// calls are measured with them open.
+#[tokio::test]
+async fn bench_holds_idle_connections_and_reports_the_servers_idle_cpu() {
+    let out = common::run(&[
+        "bench",
+        "--modes",
+        "raw,tcp",
+        "--count",
+        "200",
+        "--warmup",
+        "10",
+        "--idle-connections",
+        "50",
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["idle_connections"], 50, "{report}");
+    for mode in report["modes"].as_array().expect("modes") {
+        assert_eq!(mode["calls"], 200, "{mode}");
+        assert!(
+            mode["idle_cpu_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{mode}"
+        );
+    }
+}
+
 /// `zmesh bench ARGS...` must exit 2 saying `says`, before any mode runs: the arguments ask
 /// for a run far longer than [`USAGE_LIMIT`], and nothing is printed on stdout.
 async fn bench_refused(args: &[&str], says: &str) {
