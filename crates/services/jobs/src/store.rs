@@ -21,7 +21,7 @@
 //! **The log.** A file of [`WAL_BYTES`] written with zeros when created, so a frame's write
 //! and sync never change the file's size or extents (no metadata to sync). A frame is
 //! length, the log's epoch, a checksum of both and the payload, then the payload
-//! (MessagePack of a [`Group`]). A checkpoint commits every change since the last one to
+//! (MessagePack of the group's operations). A checkpoint commits every change since the last one to
 //! redb together with the next epoch, then writes from the start of the file again: frames
 //! of older epochs still in the file are ignored, so nothing is erased or truncated. It runs
 //! when the next frame does not fit, when the writer is idle for [`CHECKPOINT_IDLE`] and
