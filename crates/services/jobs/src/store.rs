@@ -801,12 +801,16 @@ fn write_loop(mut store: Store, rx: &mpsc::Receiver<Request>) {
         let first = match rx.recv_timeout(wait) {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // After a failure the store is left as it is: nothing more is written.
+                if failed {
+                    continue;
+                }
                 let done = if unsynced.take().is_some() {
                     store.sync()
                 } else {
                     store.checkpoint()
                 };
-                if !failed && let Err(e) = done {
+                if let Err(e) = done {
                     tracing::error!(error = %e, "job store sync or checkpoint failed");
                     failed = true;
                 }
