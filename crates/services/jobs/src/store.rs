@@ -222,6 +222,10 @@ pub struct Store {
     pending: BTreeMap<u64, Op>,
     /// The next id as of the last group written since the last checkpoint.
     pending_next_id: Option<u64>,
+    /// The frame being written, kept between groups: a group of 64 submissions encodes
+    /// into tens of kilobytes, and growing a new vector for each one (reallocating and
+    /// copying as it doubles) cost about a tenth of the queue's CPU.
+    frame: Vec<u8>,
 }
 
 /// The database file and the name its errors carry.
@@ -243,6 +247,9 @@ struct Wal {
     /// The file's size.
     size: u64,
 }
+
+/// The largest frame buffer kept for the next group.
+const FRAME_KEEP: usize = 1 << 20;
 
 /// Frames start at multiples of this, so finding every frame after a bad one (to tell
 /// corruption from a torn last write) looks at one offset in 512, not at every byte.
@@ -277,6 +284,7 @@ impl Store {
             wal,
             pending: BTreeMap::new(),
             pending_next_id: None,
+            frame: Vec::new(),
         };
         // Both are replayed whatever this open's level: a queue reopened at `fsync` after
         // running at `os` must not lose what the `os` run acknowledged.
@@ -336,16 +344,29 @@ impl Store {
             next_id,
             ops: ops.into_iter().map(Op::from).collect(),
         };
-        let payload = rmp_serde::to_vec(&group).map_err(|e| StoreError::Corrupt {
+        let mut frame = std::mem::take(&mut self.frame);
+        let written = self.write_frame(&mut frame, &group);
+        // A rare huge group (large arguments or results) does not pin its memory.
+        if frame.capacity() <= FRAME_KEEP {
+            self.frame = frame;
+        }
+        written?;
+        self.stage(vec![group]);
+        Ok(())
+    }
+
+    /// Encodes `group` into `frame` (after room for the header) and appends it to the log.
+    fn write_frame(&mut self, frame: &mut Vec<u8>, group: &Group) -> Result<(), StoreError> {
+        frame.clear();
+        frame.resize(FRAME_HEADER, 0);
+        rmp_serde::encode::write(frame, group).map_err(|e| StoreError::Corrupt {
             path: self.wal.path.clone(),
             what: format!("a log group does not encode: {e}"),
         })?;
-        if !self.wal.fits(payload.len()) {
+        if !self.wal.fits(frame.len() - FRAME_HEADER) {
             self.checkpoint()?;
         }
-        self.wal.append(&payload)?;
-        self.stage(vec![group]);
-        Ok(())
+        self.wal.append(frame)
     }
 
     /// Commits every change since the last checkpoint to redb with an fsync, with the log's
@@ -487,12 +508,17 @@ impl Db {
             .map_err(|e| self.err(e))?;
         {
             let mut jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            // One buffer for every record of the checkpoint.
+            let mut bytes = Vec::new();
             for op in ops.into_values() {
                 match op {
                     Op::Put(job) => {
-                        let bytes = rmp_serde::to_vec(&job).map_err(|e| StoreError::Corrupt {
-                            path: self.path.clone(),
-                            what: format!("job {} does not encode: {e}", job.id),
+                        bytes.clear();
+                        rmp_serde::encode::write(&mut bytes, &job).map_err(|e| {
+                            StoreError::Corrupt {
+                                path: self.path.clone(),
+                                what: format!("job {} does not encode: {e}", job.id),
+                            }
                         })?;
                         jobs.insert(job.id.0, bytes.as_slice())
                             .map_err(|e| self.err(e))?;
@@ -520,21 +546,20 @@ fn io(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
-/// A frame as written: header, payload, zeros up to the next [`FRAME_ALIGN`].
-fn frame(epoch: u64, payload: &[u8]) -> Vec<u8> {
+/// Makes `frame` (room for the header, then the payload) a frame as written: the header
+/// filled in, zeros up to the next [`FRAME_ALIGN`].
+fn seal_frame(epoch: u64, frame: &mut Vec<u8>) {
+    let payload = &frame[FRAME_HEADER..];
     let len = u32::try_from(payload.len())
         .unwrap_or(u32::MAX)
         .to_le_bytes();
     let epoch = epoch.to_le_bytes();
-    let whole = FRAME_HEADER + payload.len();
-    let padded = whole.next_multiple_of(FRAME_ALIGN as usize);
-    let mut frame = Vec::with_capacity(padded);
-    frame.extend_from_slice(&len);
-    frame.extend_from_slice(&epoch);
-    frame.extend_from_slice(&checksum(&[&len, &epoch, payload]).to_le_bytes());
-    frame.extend_from_slice(payload);
+    let sum = checksum(&[&len, &epoch, payload]).to_le_bytes();
+    frame[..4].copy_from_slice(&len);
+    frame[4..12].copy_from_slice(&epoch);
+    frame[12..FRAME_HEADER].copy_from_slice(&sum);
+    let padded = frame.len().next_multiple_of(FRAME_ALIGN as usize);
     frame.resize(padded, 0);
-    frame
 }
 
 /// The payload of the whole frame of `epoch` at the start of `rest`, if there is one, and
@@ -598,17 +623,17 @@ impl Wal {
         self.at == 0 || self.at + taken as u64 <= self.size
     }
 
-    /// Writes one frame with a single pwrite(2).
-    fn append(&mut self, payload: &[u8]) -> Result<(), StoreError> {
-        if u32::try_from(payload.len()).is_err() {
+    /// Writes one frame (room for its header, then its payload) with a single pwrite(2).
+    fn append(&mut self, frame: &mut Vec<u8>) -> Result<(), StoreError> {
+        if u32::try_from(frame.len() - FRAME_HEADER).is_err() {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
                 what: "a log group over 4 GiB".into(),
             });
         }
-        let frame = frame(self.epoch, payload);
+        seal_frame(self.epoch, frame);
         self.file
-            .write_all_at(&frame, self.at)
+            .write_all_at(frame, self.at)
             .map_err(|e| io(&self.path, e))?;
         self.at += frame.len() as u64;
         self.size = self.size.max(self.at);
