@@ -177,6 +177,12 @@ async fn connect(kind: Kind, url: &str) -> Result<Arc<dyn System>, Error> {
 
 use zmesh_bench::args::positive_seconds;
 
+/// The allocator `zmesh serve jobs` runs with, so zmesh's queue here (this binary run again
+/// as the queue child) is the one users run. The other systems' clients in this process use it
+/// too; their servers are their own processes.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let (Some(level), Some(data), Some(workers)) = (
