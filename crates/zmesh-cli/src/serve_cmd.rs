@@ -178,6 +178,11 @@ pub(crate) struct QueueArgs {
     /// kill -9, not power loss); every acknowledgement states it.
     #[arg(long, value_name = "LEVEL", default_value = "fsync", value_parser = ["fsync", "os"], env = "ZMESH_JOBS_DURABILITY")]
     jobs_durability: String,
+    /// With a job queue: the writer's opt-in low-latency mode, in microseconds (at most
+    /// 1000): after each write it polls for the next for this long before sleeping, which
+    /// cuts a lone submitter's latency and burns up to that much CPU per write.
+    #[arg(long, value_name = "MICROSECONDS", value_parser = clap::value_parser!(u64).range(0..=1000), env = "ZMESH_JOBS_WRITER_SPIN_US")]
+    jobs_writer_spin_us: Option<u64>,
 }
 
 impl QueueArgs {
@@ -193,6 +198,9 @@ impl QueueArgs {
         if self.jobs_durability == "os" {
             config.durability = zmesh_jobs::Level::Os;
         }
+        config.writer_spin = self
+            .jobs_writer_spin_us
+            .map(std::time::Duration::from_micros);
         let mut extension = zmesh_jobs::JobsExtension::new(dir, config, workers);
         if let Some(publisher) = publisher {
             extension = extension.publisher(publisher.clone());

@@ -14,22 +14,24 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)))
 }
 
+/// `zmesh serve jobs` on a free port, its store in `data`, its jobs run by `workers`, with
+/// `flags` besides.
+fn serve_jobs(data: &std::path::Path, workers: &str, flags: &[&str]) -> tokio::process::Command {
+    let mut command = zmesh();
+    command.args(["serve", "--bind", "tcp://127.0.0.1:0", "--data"]);
+    command.arg(data);
+    command.args(["--jobs-workers", workers]);
+    command.args(flags);
+    command.arg("jobs");
+    command
+}
+
 #[tokio::test]
 async fn the_cli_hosts_a_queue_and_drives_its_jobs() {
     let worker = Server::serve_echo("tcp://127.0.0.1:0").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("jobs");
-    let mut command = zmesh();
-    command.args([
-        "serve",
-        "--bind",
-        "tcp://127.0.0.1:0",
-        "--data",
-        data.to_str().expect("utf-8"),
-        "--jobs-workers",
-        &worker.endpoint,
-        "jobs",
-    ]);
+    let command = serve_jobs(&data, &worker.endpoint, &[]);
     let queue = Server::start(command, "zmesh serve jobs").await;
     let q = queue.endpoint.as_str();
 
@@ -90,6 +92,43 @@ async fn the_cli_hosts_a_queue_and_drives_its_jobs() {
     let out = run(&["jobs", "status", q, "424242"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("UnknownJob"), "{}", stderr(&out));
+}
+
+/// `--jobs-writer-spin-us`: a queue whose writer spins stores and runs jobs as any other;
+/// a spin past a millisecond is refused before anything starts.
+#[tokio::test]
+async fn a_queue_with_a_spinning_writer_runs_jobs_and_a_longer_spin_is_refused() {
+    let worker = Server::serve_echo("tcp://127.0.0.1:0").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("jobs");
+    let serve = |spin: &'static str| {
+        let flags = ["--jobs-durability", "os", "--jobs-writer-spin-us", spin];
+        serve_jobs(&data, &worker.endpoint, &flags)
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), serve("5000").output())
+        .await
+        .expect("in time")
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--jobs-writer-spin-us"),
+        "{}",
+        stderr(&out)
+    );
+
+    let queue = Server::start(serve("50"), "zmesh serve jobs").await;
+    let q = queue.endpoint.as_str();
+    for word in ["one", "two", "three"] {
+        let out = run(&["jobs", "submit", q, "echo.upper", word]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ticket = json(&out);
+        assert_eq!(ticket["durability"], "os");
+        let id = ticket["id"].to_string();
+        let out = run(&["jobs", "result", q, &id, "--wait", "10"]).await;
+        let result = json(&out);
+        assert_eq!(result["status"], "succeeded", "{result}");
+        assert_eq!(result["result"], word.to_uppercase());
+    }
 }
 
 #[tokio::test]

@@ -19,12 +19,14 @@ mod rabbitmq;
 mod system;
 mod zmesh;
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use zmesh_bench::Flavour;
+use zmesh_jobs::Level;
 
 use crate::measure::{Plan, Row, STEP_LIMIT, within};
 use crate::system::{Error, System, chain};
@@ -38,7 +40,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "zmesh-fsync,zmesh-os,rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always"
+        default_value = "zmesh-fsync,zmesh-os,zmesh-fsync-spin,zmesh-os-spin,rabbitmq,rabbitmq-quorum,jetstream,jetstream-sync-always"
     )]
     systems: Vec<Kind>,
     /// Where zmesh's queues keep their stores (a fresh directory each, removed at the end).
@@ -83,6 +85,9 @@ struct Cli {
     queue_data: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     queue_workers: Option<String>,
+    /// The child's queue runs its writer in the low-latency mode.
+    #[arg(long, hide = true)]
+    queue_writer_spin: bool,
 }
 
 /// A zmesh queue's durability level on the command line.
@@ -111,6 +116,11 @@ pub(crate) enum Kind {
     ZmeshFsync,
     /// zmesh's job queue at the `os` level.
     ZmeshOs,
+    /// zmesh's job queue at the `fsync` level, its writer in the opt-in low-latency mode
+    /// (`JobsConfig::writer_spin` of 50 us).
+    ZmeshFsyncSpin,
+    /// zmesh's job queue at the `os` level, its writer in the low-latency mode.
+    ZmeshOsSpin,
     /// RabbitMQ, a durable classic queue.
     Rabbitmq,
     /// RabbitMQ, a quorum queue.
@@ -127,6 +137,8 @@ impl Kind {
         match self {
             Self::ZmeshFsync => "zmesh jobs (fsync)",
             Self::ZmeshOs => "zmesh jobs (os)",
+            Self::ZmeshFsyncSpin => "zmesh jobs (fsync, writer spin)",
+            Self::ZmeshOsSpin => "zmesh jobs (os, writer spin)",
             Self::Rabbitmq => "RabbitMQ (classic queue)",
             Self::RabbitmqQuorum => "RabbitMQ (quorum queue)",
             Self::Jetstream => "NATS JetStream (default sync)",
@@ -139,7 +151,7 @@ impl Kind {
     fn url(self, cli: &Cli) -> (Option<String>, &'static str) {
         let given = |url: &Option<String>| url.clone();
         match self {
-            Self::ZmeshFsync | Self::ZmeshOs => (
+            Self::ZmeshFsync | Self::ZmeshOs | Self::ZmeshFsyncSpin | Self::ZmeshOsSpin => (
                 Some(
                     cli.zmesh_data
                         .clone()
@@ -164,10 +176,10 @@ impl Kind {
 /// Connects to `kind`'s server at `url` and sets up its queue.
 async fn connect(kind: Kind, url: &str) -> Result<Arc<dyn System>, Error> {
     match kind {
-        Kind::ZmeshFsync => {
-            zmesh::connect(zmesh_jobs::Level::Fsync, std::path::Path::new(url)).await
-        }
-        Kind::ZmeshOs => zmesh::connect(zmesh_jobs::Level::Os, std::path::Path::new(url)).await,
+        Kind::ZmeshFsync => zmesh::connect(Level::Fsync, false, Path::new(url)).await,
+        Kind::ZmeshOs => zmesh::connect(Level::Os, false, Path::new(url)).await,
+        Kind::ZmeshFsyncSpin => zmesh::connect(Level::Fsync, true, Path::new(url)).await,
+        Kind::ZmeshOsSpin => zmesh::connect(Level::Os, true, Path::new(url)).await,
         Kind::Rabbitmq => rabbitmq::connect(url, rabbitmq::QueueType::Classic).await,
         Kind::RabbitmqQuorum => rabbitmq::connect(url, rabbitmq::QueueType::Quorum).await,
         Kind::Jetstream => jetstream::connect(url, jetstream::Sync::Default).await,
@@ -194,6 +206,7 @@ fn main() -> ExitCode {
             level: level.into(),
             data,
             workers,
+            writer_spin: cli.queue_writer_spin,
         });
     }
     let runtime = match cli.runtime.runtime() {

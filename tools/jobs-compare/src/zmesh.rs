@@ -36,14 +36,19 @@ const SETTLE_POLL: Duration = Duration::from_millis(1);
 /// hundreds of thousands of jobs stays within `max_jobs` (the others delete a job when it
 /// is acknowledged); everything else is the default, concurrency (64 jobs running at once)
 /// included.
-fn config(level: Level) -> JobsConfig {
+fn config(level: Level, writer_spin: bool) -> JobsConfig {
     JobsConfig {
         durability: level,
         result_ttl: Duration::from_secs(1),
         max_jobs: 1_000_000,
+        writer_spin: writer_spin.then_some(WRITER_SPIN),
         ..JobsConfig::default()
     }
 }
+
+/// The writer spin of the `-spin` systems: about half a loopback round trip on this kind of
+/// machine, so a lone submitter's next job arrives while the writer still spins.
+const WRITER_SPIN: Duration = Duration::from_micros(50);
 
 /// The level's name on the command line and in `jobs.submit`'s answers.
 pub(crate) fn level_name(level: Level) -> &'static str {
@@ -56,6 +61,7 @@ pub(crate) fn level_name(level: Level) -> &'static str {
 /// A queue child and the clients that drive it.
 struct Zmesh {
     level: Level,
+    writer_spin: bool,
     /// The queue's node, killed and reaped on drop.
     _queue: ServerChild,
     /// The queue's store, removed on drop (after the child is gone: fields drop in order).
@@ -99,7 +105,11 @@ fn consumer_service(consumer: Arc<OnceLock<Processed>>) -> Service {
 
 /// Starts the consumer node and a queue child at `level` dispatching to it (its store in a
 /// fresh directory under `data_root`), and connects to the queue.
-pub(crate) async fn connect(level: Level, data_root: &Path) -> Result<Arc<dyn System>, Error> {
+pub(crate) async fn connect(
+    level: Level,
+    writer_spin: bool,
+    data_root: &Path,
+) -> Result<Arc<dyn System>, Error> {
     let data = tempfile::Builder::new()
         .prefix("zmesh-jobs-compare.")
         .tempdir_in(data_root)
@@ -121,6 +131,9 @@ pub(crate) async fn connect(level: Level, data_root: &Path) -> Result<Arc<dyn Sy
         .arg(data.path())
         .arg("--queue-workers")
         .arg(&worker_endpoint);
+    if writer_spin {
+        command.arg("--queue-writer-spin");
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "error");
     }
@@ -138,6 +151,7 @@ pub(crate) async fn connect(level: Level, data_root: &Path) -> Result<Arc<dyn Sy
     let client = Client::new(queue.endpoint());
     Ok(Arc::new(Zmesh {
         level,
+        writer_spin,
         _queue: queue,
         _data: data,
         jobs: JobsClient::new(client.clone()),
@@ -172,8 +186,13 @@ impl Zmesh {
 
 impl System for Zmesh {
     fn name(&self) -> String {
+        let spin = if self.writer_spin {
+            format!(", writer spin {} us", WRITER_SPIN.as_micros())
+        } else {
+            String::new()
+        };
         format!(
-            "{NAME} {}, {}",
+            "{NAME} {}, {}{spin}",
             env!("CARGO_PKG_VERSION"),
             level_name(self.level)
         )
@@ -248,6 +267,8 @@ pub(crate) struct QueueChild {
     pub(crate) data: PathBuf,
     /// The consumer's endpoint, where jobs are dispatched.
     pub(crate) workers: String,
+    /// Whether the queue's writer spins ([`WRITER_SPIN`]).
+    pub(crate) writer_spin: bool,
 }
 
 /// The child: a node on a free loopback port hosting the queue, announcing `READY
@@ -257,7 +278,11 @@ pub(crate) async fn serve_queue(child: QueueChild) -> Result<(), Box<dyn std::er
     let workers = Client::new(child.workers.as_str());
     let node = Node::builder()
         .bind("tcp://127.0.0.1:0")
-        .extension(JobsExtension::new(child.data, config(child.level), workers))
+        .extension(JobsExtension::new(
+            child.data,
+            config(child.level, child.writer_spin),
+            workers,
+        ))
         .start()
         .await?;
     zmesh_bench::child::announce(node.endpoint())?;

@@ -137,7 +137,7 @@ impl JobQueue {
             loaded.next_id,
             SystemTime::now(),
         );
-        let writer = Writer::start(store)?;
+        let writer = Writer::start(store, config.writer_spin)?;
         writer
             .commit(queue.next_id(), fx.persist, Flush::Now)
             .await?;

@@ -67,6 +67,11 @@ pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
 pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 /// At [`Level::Fsync`], the longest a group written with [`Flush::Soon`] waits for its sync.
 pub const SYNC_LAG: Duration = Duration::from_millis(10);
+/// Longest writer spin a queue accepts ([`crate::JobsConfig::writer_spin`]): past a
+/// millisecond a spin is a busy loop, not a wait.
+pub const MAX_WRITER_SPIN: Duration = Duration::from_millis(1);
+/// Spin turns between two readings of the clock.
+const SPIN_CLOCK_EVERY: u32 = 64;
 
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -738,16 +743,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`.
+    /// Starts the writer thread over `store`. With `spin`, after each group the thread
+    /// polls its channel for up to that long before it sleeps (see
+    /// [`crate::JobsConfig::writer_spin`]).
     ///
     /// # Errors
     /// The thread could not be spawned.
-    pub fn start(store: Store) -> Result<Self, StoreError> {
+    pub fn start(store: Store, spin: Option<Duration>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let level = store.level();
         let thread = std::thread::Builder::new()
             .name("zmesh-jobs-writer".into())
-            .spawn(move || write_loop(store, &rx))
+            .spawn(move || write_loop(store, &rx, spin))
             .map_err(|e| io(Path::new("zmesh-jobs-writer thread"), e))?;
         Ok(Self {
             tx: Some(tx),
@@ -817,13 +824,48 @@ fn drain(first: Request, rx: &mpsc::Receiver<Request>) -> Vec<Request> {
     group
 }
 
-fn write_loop(mut store: Store, rx: &mpsc::Receiver<Request>) {
+/// The next request, waiting up to `wait`; with `spin`, polling the channel for up to that
+/// long first. A request that comes while the thread spins is taken without the thread
+/// falling asleep and being woken, which on an idle machine costs about as much as the
+/// write itself (see [`crate::JobsConfig::writer_spin`]).
+fn next_request(
+    rx: &mpsc::Receiver<Request>,
+    wait: Duration,
+    spin: Option<Duration>,
+) -> Result<Request, mpsc::RecvTimeoutError> {
+    let Some(spin) = spin.filter(|s| !s.is_zero()) else {
+        return rx.recv_timeout(wait);
+    };
+    let started = Instant::now();
+    let mut turns: u32 = 0;
+    loop {
+        match rx.try_recv() {
+            Ok(request) => return Ok(request),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(mpsc::RecvTimeoutError::Disconnected);
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(SPIN_CLOCK_EVERY) {
+            let spent = started.elapsed();
+            if spent >= spin.min(wait) {
+                return rx.recv_timeout(wait.saturating_sub(spent));
+            }
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn write_loop(mut store: Store, rx: &mpsc::Receiver<Request>, spin: Option<Duration>) {
     let mut failed = false;
     // At `fsync`, when the oldest frame written without its sync was written.
     let mut unsynced: Option<Instant> = None;
     loop {
         let wait = unsynced.map_or(CHECKPOINT_IDLE, |at| SYNC_LAG.saturating_sub(at.elapsed()));
-        let first = match rx.recv_timeout(wait) {
+        // No spin after a failure: nothing more will be written.
+        let spin = spin.filter(|_| !failed);
+        let first = match next_request(rx, wait, spin) {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // After a failure the store is left as it is: nothing more is written.

@@ -29,7 +29,7 @@ fn run_child(dir: &Path, level: Level) {
     support::runtime().block_on(async {
         let (store, loaded) = Store::open(dir, level).expect("open");
         assert!(loaded.jobs.is_empty());
-        let writer = Arc::new(Writer::start(store).expect("writer"));
+        let writer = Arc::new(Writer::start(store, None).expect("writer"));
         let queue = Arc::new(Mutex::new(Queue::new(QueueLimits::default(), 1)));
         let mut tasks = Vec::new();
         for _ in 0..16 {

@@ -289,12 +289,55 @@ fn the_writer_takes_every_waiting_request_as_one_group() {
     assert_eq!(drain(first, &rx).len(), 10);
 }
 
+/// A request a spinning writer sees while it spins, and one sent after its spin ended (it
+/// then sleeps in the channel, as without a spin); a closed channel ends it either way.
+#[test]
+fn a_spinning_writer_takes_requests_during_and_after_its_spin() {
+    let (tx, rx) = mpsc::channel();
+    let request = |i| {
+        let (ack, _done) = oneshot::channel();
+        Request {
+            next_id: i,
+            ops: Vec::new(),
+            flush: Flush::Now,
+            ack,
+        }
+    };
+    let spin = Some(Duration::from_millis(1));
+    tx.send(request(1)).expect("send");
+    let got = next_request(&rx, WAIT, spin).expect("during the spin");
+    assert_eq!(got.next_id, 1);
+    let sender = std::thread::spawn(move || {
+        // Well after the spin: the writer is asleep in `recv_timeout` by then.
+        std::thread::sleep(Duration::from_millis(30));
+        tx.send(request(2)).expect("send");
+        tx
+    });
+    let got = next_request(&rx, WAIT, spin).expect("after the spin");
+    assert_eq!(got.next_id, 2);
+    drop(sender.join().expect("sender"));
+    assert_eq!(
+        next_request(&rx, WAIT, spin).map(|r| r.next_id),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    );
+    // With nothing sent the wait still ends at its timeout, spin or not.
+    let (_tx, rx) = mpsc::channel::<Request>();
+    assert_eq!(
+        next_request(&rx, Duration::from_millis(5), spin).map(|r| r.next_id),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    );
+}
+
 #[tokio::test]
 async fn concurrent_commits_now_and_soon_are_all_acknowledged_with_the_level_and_stored() {
-    for level in [Level::Fsync, Level::Os] {
+    let spins = [None, Some(Duration::from_micros(50))];
+    for (level, spin) in [Level::Fsync, Level::Os]
+        .into_iter()
+        .flat_map(|level| spins.map(|spin| (level, spin)))
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path(), level).expect("open");
-        let writer = Arc::new(Writer::start(store).expect("writer"));
+        let writer = Arc::new(Writer::start(store, spin).expect("writer"));
         let mut q = Queue::new(QueueLimits::default(), 1);
         let mut acks = Vec::new();
         for (i, op) in submit_n(&mut q, 200).into_iter().enumerate() {
@@ -317,7 +360,7 @@ async fn concurrent_commits_now_and_soon_are_all_acknowledged_with_the_level_and
         // Checkpointed at the writer's stop: redb holds them without the log.
         std::fs::remove_file(dir.path().join(WAL_FILE)).expect("rm");
         let loaded = reopen(dir.path(), level);
-        assert_eq!(loaded.jobs.len(), 200, "{level:?}");
+        assert_eq!(loaded.jobs.len(), 200, "{level:?} spin {spin:?}");
         assert_eq!(loaded.next_id, 201);
     }
 }
