@@ -48,6 +48,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,8 @@ pub struct Store {
     pending: BTreeMap<u64, Op>,
     /// The next id as of the last group written since the last checkpoint.
     pending_next_id: Option<u64>,
+    /// fdatasyncs of the log so far, shared with the [`Writer`]'s owner.
+    syncs: Arc<AtomicU64>,
     /// The frame being written, kept between groups: a group of 64 submissions encodes
     /// into tens of kilobytes, and growing a new vector for each one (reallocating and
     /// copying as it doubles) cost about a tenth of the queue's CPU.
@@ -289,6 +292,7 @@ impl Store {
             wal,
             pending: BTreeMap::new(),
             pending_next_id: None,
+            syncs: Arc::new(AtomicU64::new(0)),
             frame: Vec::new(),
         };
         // Both are replayed whatever this open's level: a queue reopened at `fsync` after
@@ -334,6 +338,7 @@ impl Store {
                 .file
                 .sync_data()
                 .map_err(|e| io(&self.wal.path, e))?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -740,6 +745,7 @@ pub struct Writer {
     tx: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
     level: Level,
+    syncs: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -752,6 +758,7 @@ impl Writer {
     pub fn start(store: Store, spin: Option<Duration>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
         let level = store.level();
+        let syncs = Arc::clone(&store.syncs);
         let thread = std::thread::Builder::new()
             .name("zmesh-jobs-writer".into())
             .spawn(move || write_loop(store, &rx, spin))
@@ -760,7 +767,15 @@ impl Writer {
             tx: Some(tx),
             thread: Some(thread),
             level,
+            syncs,
         })
+    }
+
+    /// The log's fdatasyncs so far (always 0 at [`Level::Os`]): one per group with a
+    /// [`Flush::Now`] request, one per [`SYNC_LAG`] for [`Flush::Soon`] groups alone.
+    #[must_use]
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// The level every ack states.

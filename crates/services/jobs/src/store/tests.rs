@@ -328,6 +328,47 @@ fn a_spinning_writer_takes_requests_during_and_after_its_spin() {
     );
 }
 
+/// `Flush::Soon` at `fsync`: acknowledged once written, then synced by the writer's own
+/// timer within `SYNC_LAG` with nothing else sent; `Flush::Now` syncs before its ack. At
+/// `os` the log is never synced.
+#[tokio::test]
+async fn a_soon_group_is_synced_by_the_lag_timer_and_a_now_group_before_its_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(dir.path(), Level::Fsync).expect("open");
+    let writer = Writer::start(store, None).expect("writer");
+    let mut q = Queue::new(QueueLimits::default(), 1);
+    let mut ops = submit_n(&mut q, 2).into_iter();
+    let now_op = ops.next().expect("op");
+    let soon_op = ops.next().expect("op");
+    async fn acked(commit: impl Future<Output = Result<Level, StoreError>>) -> Level {
+        tokio::time::timeout(WAIT, commit)
+            .await
+            .expect("in time")
+            .expect("ack")
+    }
+    acked(writer.commit(q.next_id(), vec![now_op], Flush::Now)).await;
+    assert_eq!(writer.syncs(), 1, "a Now group is synced before its ack");
+    acked(writer.commit(q.next_id(), vec![soon_op], Flush::Soon)).await;
+    // Nothing more is sent: only the writer's timer can sync the Soon group.
+    tokio::time::timeout(WAIT, async {
+        while writer.syncs() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the Soon group is synced within the lag");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(dir.path(), Level::Os).expect("open");
+    let mut writer = Writer::start(store, None).expect("writer");
+    for (i, op) in submit_n(&mut q, 2).into_iter().enumerate() {
+        let flush = if i == 0 { Flush::Now } else { Flush::Soon };
+        acked(writer.commit(q.next_id(), vec![op], flush)).await;
+    }
+    writer.stop();
+    assert_eq!(writer.syncs(), 0, "the os level never syncs the log");
+}
+
 #[tokio::test]
 async fn concurrent_commits_now_and_soon_are_all_acknowledged_with_the_level_and_stored() {
     let spins = [None, Some(Duration::from_micros(50))];
