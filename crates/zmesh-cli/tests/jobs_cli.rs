@@ -7,23 +7,11 @@
 
 mod common;
 
-use common::{Server, run, stderr, stdout, zmesh};
+use common::{Server, run, serve_jobs, stderr, stdout, zmesh};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(stdout(out).trim())
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)))
-}
-
-/// `zmesh serve jobs` on a free port, its store in `data`, its jobs run by `workers`, with
-/// `flags` besides.
-fn serve_jobs(data: &std::path::Path, workers: &str, flags: &[&str]) -> tokio::process::Command {
-    let mut command = zmesh();
-    command.args(["serve", "--bind", "tcp://127.0.0.1:0", "--data"]);
-    command.arg(data);
-    command.args(["--jobs-workers", workers]);
-    command.args(flags);
-    command.arg("jobs");
-    command
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use common::{LIMIT, Server, assert_lines, run, stderr, zmesh};
+use common::{LIMIT, Server, assert_lines, run, serve_jobs, stderr, zmesh};
 
 /// Longest wait for Prometheus to start, scrape and answer with the calls.
 const PROMETHEUS_LIMIT: Duration = Duration::from_secs(90);
@@ -258,21 +258,8 @@ async fn a_queue_node_shows_its_jobs_and_its_events() {
     let worker = Server::serve_echo("tcp://127.0.0.1:0").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("jobs");
-    let mut command = zmesh();
-    command.args([
-        "serve",
-        "--bind",
-        "tcp://127.0.0.1:0",
-        "--events",
-        "tcp://127.0.0.1:0",
-        "--data",
-        data.to_str().expect("utf-8"),
-        "--jobs-workers",
-        &worker.endpoint,
-        "--metrics",
-        "127.0.0.1:0",
-        "jobs",
-    ]);
+    let flags = ["--events", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0"];
+    let command = serve_jobs(&data, &worker.endpoint, &flags);
     let mut node = Server::start(command, "zmesh serve jobs --metrics").await;
     node.announced("events").await;
     let metrics = node.metrics_addr().await;

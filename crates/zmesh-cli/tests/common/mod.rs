@@ -239,6 +239,18 @@ pub(crate) fn assert_lines(text: &str, lines: &[&str]) {
     }
 }
 
+/// `zmesh serve jobs` on a free loopback port, its store in `data`, its jobs run by
+/// `workers`, with `flags` besides.
+pub(crate) fn serve_jobs(data: &std::path::Path, workers: &str, flags: &[&str]) -> Command {
+    let mut command = zmesh();
+    command.args(["serve", "--bind", "tcp://127.0.0.1:0", "--data"]);
+    command.arg(data);
+    command.args(["--jobs-workers", workers]);
+    command.args(flags);
+    command.arg("jobs");
+    command
+}
+
 /// A loopback tcp endpoint nothing listens on (the port was free a moment ago).
 pub(crate) fn dead_endpoint() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
