@@ -6,6 +6,7 @@
 //!
 //! The checks are small functions here so every config words the same rule the same way.
 
+pub use crate::spin::MAX_SPIN;
 use std::fmt::Debug;
 
 /// A setting out of its range: which one, and why.

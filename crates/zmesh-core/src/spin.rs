@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 const CLOCK_EVERY: u32 = 16;
 
 /// Longest spin a config accepts: beyond a millisecond a spin is a busy loop, not a wait.
-pub(crate) const MAX_SPIN: Duration = Duration::from_millis(1);
+/// The one bound for every spin (node, client, and a job queue's writer), re-exported as
+/// `zmesh_core::config::MAX_SPIN`.
+pub const MAX_SPIN: Duration = Duration::from_millis(1);
 
 /// A waiting future's spin: what is left of its budget. [`SpinBudget::turn`] after each
 /// pending poll asks tokio to poll it again soon (after its driver and the other tasks)

@@ -34,7 +34,7 @@ pub struct JobsConfig {
     pub seed: Option<u64>,
     /// Opt-in low-latency mode of the store's writer thread: after each group it polls for
     /// the next request for up to this long before it sleeps (at most
-    /// [`MAX_WRITER_SPIN`](crate::store::MAX_WRITER_SPIN); `None`, the default, sleeps at
+    /// [`MAX_SPIN`](zmesh_core::config::MAX_SPIN), the bound of every zmesh spin; `None`, the default, sleeps at
     /// once). On an idle machine a sleeping thread's wake-up costs about as much as an `os`
     /// write: a spin of 50 us took a single submitter's p50 at `os` from about 124 to 86 us
     /// here. The cost is CPU: under a steady trickle of jobs the writer burns up to the spin
@@ -87,7 +87,7 @@ impl JobsConfig {
                 "writer_spin",
                 spin,
                 Duration::ZERO,
-                crate::store::MAX_WRITER_SPIN,
+                zmesh_core::config::MAX_SPIN,
             )?;
         }
         Ok(())

@@ -68,9 +68,6 @@ pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
 pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 /// At [`Level::Fsync`], the longest a group written with [`Flush::Soon`] waits for its sync.
 pub const SYNC_LAG: Duration = Duration::from_millis(10);
-/// Longest writer spin a queue accepts ([`crate::JobsConfig::writer_spin`]): past a
-/// millisecond a spin is a busy loop, not a wait.
-pub const MAX_WRITER_SPIN: Duration = Duration::from_millis(1);
 /// Spin turns between two readings of the clock.
 const SPIN_CLOCK_EVERY: u32 = 64;
 
