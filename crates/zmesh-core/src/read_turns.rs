@@ -6,30 +6,57 @@
 //! the caller's window, 128 in the benches) before that writer runs; on a `current_thread`
 //! runtime, the usual one per node, nothing goes out meanwhile, and the peer sits idle
 //! until the whole burst comes back at once. Both ends then take turns instead of working
-//! at the same time. Yielding every [`MESSAGES_PER_TURN`] messages lets the writer (and on a
-//! client, the callers whose replies arrived) run in between, so the two ends overlap:
-//! pipelined throughput against a raw `zeromq` echo rose from 0.37-0.38x to 0.57-0.61x on
-//! two cores (2026-11-29; the measurement history is in git, see docs/PERFORMANCE.md). The
-//! price is more, smaller socket writes (more kernel time per call). A loop handling single messages, as in sequential calls, yields once per
-//! 16 of them, which costs nothing measurable.
+//! at the same time. Yielding every [`MESSAGES_PER_TURN`] messages lets the writer run in
+//! between, so the two ends overlap: pipelined throughput against a raw `zeromq` echo rose
+//! from 0.37-0.38x to 0.57-0.61x on two cores (2026-11-29; the measurement history is in
+//! git, see docs/PERFORMANCE.md). The price is more, smaller socket writes (more kernel time
+//! per call). A client's reader produces no writes of its own (its callers' next requests
+//! wait for a yield either way), so there the smaller writes cost more than the overlap
+//! buys: its reader task takes [`CLIENT_MESSAGES_PER_TURN`]. A loop handling single messages, as in
+//! sequential calls, yields once per turn of them, which costs nothing measurable.
 
-/// Messages a read loop handles between two yields. 8 to 32 measured alike within noise;
-/// fewer means more, smaller socket writes, more means longer turns.
+/// Messages a server's read loop (node, worker, device) handles between two yields. 8 to
+/// 32 measured alike within noise; fewer means more, smaller socket writes, more means
+/// longer turns, and past 64 its replies leave in bursts that idle the caller.
 pub const MESSAGES_PER_TURN: u32 = 16;
 
-/// Counts the messages a read loop has handled and yields to the runtime every
-/// [`MESSAGES_PER_TURN`] of them.
-#[derive(Debug, Default)]
+/// Messages a client connection's reader task handles between two yields. Larger than a
+/// server's: a client's replies produce no writes of their own, only wake its callers,
+/// whose next requests then leave in one write per burst instead of one per 16 replies.
+/// Measured 2026-12-03 (pipelined, 128 in flight, `current_thread`, 64 B): at 16 a client
+/// wrote once per 16 calls and yielded (an `epoll_wait`) as often; at 256, once per 44
+/// calls, and 11% more calls per second (345k to 383k, alternating runs). Still bounded,
+/// so a server flooding the connection with unsolicited events cannot keep the thread.
+pub const CLIENT_MESSAGES_PER_TURN: u32 = 256;
+
+/// Counts the messages a read loop has handled and yields to the runtime once per turn.
+#[derive(Debug)]
 pub struct ReadTurns {
     handled: u32,
+    per_turn: u32,
+}
+
+impl Default for ReadTurns {
+    /// A server's turns: [`MESSAGES_PER_TURN`].
+    fn default() -> Self {
+        Self::new(MESSAGES_PER_TURN)
+    }
 }
 
 impl ReadTurns {
-    /// Records one handled message; every [`MESSAGES_PER_TURN`]-th call yields to the
-    /// runtime once before returning.
+    /// Turns of `per_turn` messages (at least one).
+    pub fn new(per_turn: u32) -> Self {
+        Self {
+            handled: 0,
+            per_turn: per_turn.max(1),
+        }
+    }
+
+    /// Records one handled message; every turn's last call yields to the runtime once
+    /// before returning.
     pub async fn handled_one(&mut self) {
         self.handled += 1;
-        if self.handled >= MESSAGES_PER_TURN {
+        if self.handled >= self.per_turn {
             self.handled = 0;
             tokio::task::yield_now().await;
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::calls::{Call, CallTable, Route, Sealing};
 use super::readers::Readers;
 use super::{CallError, Cause, ClientConfig};
-use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
+use crate::read_turns::{CLIENT_MESSAGES_PER_TURN, MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 use bytes::Bytes;
@@ -719,8 +719,8 @@ impl Connection {
 
 async fn read_loop(shared: Arc<ConnShared>) {
     // Delivering a reply only wakes its caller; the callers (and their next requests) run
-    // when this loop yields, so it yields every few replies (see `read_turns`).
-    let mut turns = ReadTurns::default();
+    // when this loop yields, so it yields every turn of replies (see `read_turns`).
+    let mut turns = ReadTurns::new(CLIENT_MESSAGES_PER_TURN);
     loop {
         turns.handled_one().await;
         match std::future::poll_fn(|cx| shared.poll_reader(cx)).await {
