@@ -569,9 +569,11 @@ impl Caller {
                 let call = || {
                     let n = turn.get();
                     turn.set(n.wrapping_add(1));
-                    zmesh_call(&clients[n % clients.len()], value)
+                    echo(&clients[n % clients.len()], value)
                 };
-                drive::concurrent(call, block, latencies, tick).await
+                let stalled =
+                    || CliError::Other(format!("no zmesh call completed in {CALL_LIMIT:?}"));
+                drive::concurrent_watched(call, block, latencies, tick, CALL_LIMIT, stalled).await
             }
         }
     }
@@ -634,10 +636,17 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, Cli
         .map_err(|_| CliError::Other(format!("{what} took longer than {CALL_LIMIT:?}")))
 }
 
-/// One zmesh call of `echo.echo`.
+/// One zmesh call of `echo.echo`, bounded by [`CALL_LIMIT`].
 async fn zmesh_call(client: &Client, value: &rmpv::Value) -> Result<(), CliError> {
-    let reply: rmpv::Value = within("a zmesh call", client.call("echo.echo", (value,)))
-        .await?
+    within("a zmesh call", echo(client, value)).await?
+}
+
+/// One zmesh call of `echo.echo`, bounded only by the client's own deadline: for blocks
+/// bounded by their progress instead ([`drive::concurrent_watched`]).
+async fn echo(client: &Client, value: &rmpv::Value) -> Result<(), CliError> {
+    let reply: rmpv::Value = client
+        .call("echo.echo", (value,))
+        .await
         .map_err(CliError::from)?;
     if let rmpv::Value::Binary(bytes) = &reply {
         std::hint::black_box(bytes);

@@ -153,8 +153,14 @@ async fn block(
     latencies: &mut Latencies,
 ) -> Result<u64, Error> {
     let system = &ready.system;
-    let submit = || async { within("a submit", STEP_LIMIT, system.submit(payload.clone())).await? };
-    let measured = drive::concurrent(submit, block, latencies, || {}).await?;
+    // Bounded by progress, as every concurrent block of the comparisons is.
+    let submit = || system.submit(payload.clone());
+    let stalled = || Error::Timeout {
+        what: "any submit's acknowledgement".to_owned(),
+        limit: STEP_LIMIT,
+    };
+    let measured =
+        drive::concurrent_watched(submit, block, latencies, || {}, STEP_LIMIT, stalled).await?;
     ready.submitted += measured.calls;
     system::processed(&mut ready.progress, ready.submitted, DRAIN_LIMIT).await?;
     within("settling the acks", STEP_LIMIT, ready.system.settle()).await??;

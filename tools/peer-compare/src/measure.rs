@@ -46,36 +46,18 @@ where
 }
 
 /// Keeps `pass.in_flight` independent calls of `call` running until the count or the
-/// duration is reached; for clients that multiplex concurrent calls themselves.
-///
-/// Bounded by progress rather than per call: the pass fails once no call has completed for
-/// [`CALL_LIMIT`] (so a stuck call fails it within twice that). A timer per call would be
-/// armed and cleared on every call of these rows and not of the in-order ones, whose
-/// replies are mostly ready when awaited, and so would weigh on one side of the ratios.
+/// duration is reached; for clients that multiplex concurrent calls themselves. Bounded by
+/// progress ([`drive::concurrent_watched`]): the pass fails once no call has completed for
+/// [`CALL_LIMIT`].
 async fn concurrent<F, Fut>(call: &F, pass: Block) -> Result<Figures, Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), Error>>,
 {
-    let completed = std::cell::Cell::new(0u64);
     let mut latencies = Latencies::new();
-    let run = drive::concurrent(call, &pass, &mut latencies, || {
-        completed.set(completed.get() + 1)
-    });
-    let watchdog = async {
-        let mut seen = completed.get();
-        loop {
-            tokio::time::sleep(CALL_LIMIT).await;
-            if completed.get() == seen {
-                return Error::Timeout(format!("no call completed in {CALL_LIMIT:?}"));
-            }
-            seen = completed.get();
-        }
-    };
-    let measured = tokio::select! {
-        measured = run => measured?,
-        stuck = watchdog => return Err(stuck),
-    };
+    let stalled = || Error::Timeout(format!("no call completed in {CALL_LIMIT:?}"));
+    let measured =
+        drive::concurrent_watched(call, &pass, &mut latencies, || {}, CALL_LIMIT, stalled).await?;
     Ok(Figures::new(&latencies, measured.elapsed))
 }
 
