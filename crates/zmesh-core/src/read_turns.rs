@@ -12,15 +12,19 @@
 //! git, see docs/PERFORMANCE.md). The price is more, smaller socket writes (more kernel time
 //! per call). A client's reader produces no writes of its own (its callers' next requests
 //! wait for a yield either way), so there the smaller writes cost more than the overlap
-//! buys: its reader task takes [`CLIENT_MESSAGES_PER_TURN`]. A loop handling single messages, as in
-//! sequential calls, yields once per turn of them, which costs nothing measurable.
+//! buys: its reader task takes [`CLIENT_MESSAGES_PER_TURN`] on a `current_thread` runtime.
+//! A loop handling single messages, as in sequential calls, yields once per turn of them,
+//! which costs nothing measurable.
 
 /// Messages a server's read loop (node, worker, device) handles between two yields. 8 to
-/// 32 measured alike within noise; fewer means more, smaller socket writes, more means
-/// longer turns, and past 64 its replies leave in bursts that idle the caller.
+/// 64 measured alike within noise; fewer means more, smaller socket writes, more means
+/// longer turns: at 128 its replies leave in bursts that idle the caller (a node's
+/// pipelined calls/s fell by a third, 2026-12-03).
 pub const MESSAGES_PER_TURN: u32 = 16;
 
-/// Messages a client connection's reader task handles between two yields. Larger than a
+/// Messages a client connection's reader task handles between two yields on a
+/// `current_thread` runtime (on a multi-thread one it takes a server's turn, which measured
+/// 5-8% better for a job queue dispatching to its workers at 64 submitters). Larger than a
 /// server's: a client's replies produce no writes of their own, only wake its callers,
 /// whose next requests then leave in one write per burst instead of one per 16 replies.
 /// Measured 2026-12-03 (pipelined, 128 in flight, `current_thread`, 64 B): at 16 a client
