@@ -56,6 +56,16 @@ impl ReadTurns {
         }
     }
 
+    /// A client connection's reader task: [`CLIENT_MESSAGES_PER_TURN`] on the current
+    /// `current_thread` runtime, a server's [`MESSAGES_PER_TURN`] on a multi-thread one,
+    /// where the callers it wakes may run on another worker meanwhile.
+    pub fn client() -> Self {
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => Self::new(CLIENT_MESSAGES_PER_TURN),
+            _ => Self::default(),
+        }
+    }
+
     /// Records one handled message; every turn's last call yields to the runtime once
     /// before returning.
     pub async fn handled_one(&mut self) {
@@ -71,6 +81,17 @@ impl ReadTurns {
 mod tests {
     use super::*;
     use std::task::Poll;
+
+    /// A client's turn depends on the runtime it reads on.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_client_takes_the_long_turn() {
+        assert_eq!(ReadTurns::client().per_turn, CLIENT_MESSAGES_PER_TURN);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_thread_client_takes_a_servers_turn() {
+        assert_eq!(ReadTurns::client().per_turn, MESSAGES_PER_TURN);
+    }
 
     /// The loop is suspended exactly once per turn, so the runtime can run other tasks.
     #[tokio::test]

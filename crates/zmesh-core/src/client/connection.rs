@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::calls::{Call, CallTable, Route, Sealing};
 use super::readers::Readers;
 use super::{CallError, Cause, ClientConfig};
-use crate::read_turns::{CLIENT_MESSAGES_PER_TURN, MESSAGES_PER_TURN, ReadTurns};
+use crate::read_turns::{MESSAGES_PER_TURN, ReadTurns};
 use crate::trust::{Kind, Refusal, Rejection, ReplayError, Trust};
 use crate::wire::{self, EMPTY_ARRAY_ARGS, HEARTBEAT_ARGS, Header, MessageId, ReplyEvent, names};
 use bytes::Bytes;
@@ -719,14 +719,8 @@ impl Connection {
 
 async fn read_loop(shared: Arc<ConnShared>) {
     // Delivering a reply only wakes its caller; on a `current_thread` runtime the callers
-    // (and their next requests) run only when this loop yields, so it yields every turn of
-    // replies (see `read_turns`). On a multi-thread runtime they may run on another worker
-    // meanwhile, and the server's turn measured better (a job queue's dispatch, -5-8% at 256).
-    let per_turn = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::CurrentThread => CLIENT_MESSAGES_PER_TURN,
-        _ => MESSAGES_PER_TURN,
-    };
-    let mut turns = ReadTurns::new(per_turn);
+    // (and their next requests) run only when this loop yields (see `read_turns`).
+    let mut turns = ReadTurns::client();
     loop {
         turns.handled_one().await;
         match std::future::poll_fn(|cx| shared.poll_reader(cx)).await {
