@@ -78,6 +78,11 @@ struct Cli {
     /// Runtime flavour of this process (submitters and consumers).
     #[arg(long, value_enum, default_value = "multi-thread")]
     runtime: Flavour,
+    /// Runtime flavour of zmesh's queue child. The default is the one `zmesh serve jobs` and
+    /// `zmesh proxy --jobs` run their queue on; `multi-thread` measures a queue embedded in a
+    /// multi-thread application (2 workers).
+    #[arg(long, value_enum, default_value = "current-thread")]
+    queue_runtime: Flavour,
     /// The child mode hosting a zmesh queue at this level (started by the run itself).
     #[arg(long, hide = true, requires_all = ["queue_data", "queue_workers"])]
     queue_child: Option<ZmeshLevel>,
@@ -173,13 +178,19 @@ impl Kind {
     }
 }
 
-/// Connects to `kind`'s server at `url` and sets up its queue.
-async fn connect(kind: Kind, url: &str) -> Result<Arc<dyn System>, Error> {
+/// Connects to `kind`'s server at `url` and sets up its queue (zmesh's on a
+/// `queue_runtime` runtime).
+async fn connect(kind: Kind, url: &str, queue_runtime: Flavour) -> Result<Arc<dyn System>, Error> {
+    let zmesh = |level, writer_spin| zmesh::Queue {
+        level,
+        writer_spin,
+        runtime: queue_runtime,
+    };
     match kind {
-        Kind::ZmeshFsync => zmesh::connect(Level::Fsync, false, Path::new(url)).await,
-        Kind::ZmeshOs => zmesh::connect(Level::Os, false, Path::new(url)).await,
-        Kind::ZmeshFsyncSpin => zmesh::connect(Level::Fsync, true, Path::new(url)).await,
-        Kind::ZmeshOsSpin => zmesh::connect(Level::Os, true, Path::new(url)).await,
+        Kind::ZmeshFsync => zmesh::connect(zmesh(Level::Fsync, false), Path::new(url)).await,
+        Kind::ZmeshOs => zmesh::connect(zmesh(Level::Os, false), Path::new(url)).await,
+        Kind::ZmeshFsyncSpin => zmesh::connect(zmesh(Level::Fsync, true), Path::new(url)).await,
+        Kind::ZmeshOsSpin => zmesh::connect(zmesh(Level::Os, true), Path::new(url)).await,
         Kind::Rabbitmq => rabbitmq::connect(url, rabbitmq::QueueType::Classic).await,
         Kind::RabbitmqQuorum => rabbitmq::connect(url, rabbitmq::QueueType::Quorum).await,
         Kind::Jetstream => jetstream::connect(url, jetstream::Sync::Default).await,
@@ -203,10 +214,13 @@ fn main() -> ExitCode {
         cli.queue_workers.clone(),
     ) {
         return queue_child(zmesh::QueueChild {
-            level: level.into(),
+            queue: zmesh::Queue {
+                level: level.into(),
+                writer_spin: cli.queue_writer_spin,
+                runtime: cli.queue_runtime,
+            },
             data,
             workers,
-            writer_spin: cli.queue_writer_spin,
         });
     }
     let runtime = match cli.runtime.runtime() {
@@ -226,14 +240,16 @@ fn main() -> ExitCode {
     };
     println!(
         "zmesh-jobs-compare: {} B jobs; submitters {:?}; per mode at most {} jobs or {:?}, in \
-         {} alternating blocks per mode, after {} warm-up jobs per system; {} runtime",
+         {} alternating blocks per mode, after {} warm-up jobs per system; {} runtime, \
+         zmesh's queue child on a {} runtime",
         cli.payload,
         plan.submitters,
         plan.count,
         plan.time,
         plan.rounds,
         plan.warmup,
-        cli.runtime.arg()
+        cli.runtime.arg(),
+        cli.queue_runtime.arg()
     );
     match runtime.block_on(cli.runtime.run(compare(cli, plan))) {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,7 +262,9 @@ fn main() -> ExitCode {
 
 /// The hidden child mode: hosts one zmesh queue until the parent goes away.
 fn queue_child(child: zmesh::QueueChild) -> ExitCode {
-    let served = Flavour::MultiThread
+    let served = child
+        .queue
+        .runtime
         .runtime()
         .map_err(|e| e.into())
         .and_then(|runtime| runtime.block_on(zmesh::serve_queue(child)));
@@ -273,7 +291,12 @@ async fn compare(cli: Cli, plan: Plan) -> Result<(), Error> {
             );
             continue;
         };
-        let connected = within("connecting", STEP_LIMIT, connect(kind, &url)).await;
+        let connected = within(
+            "connecting",
+            STEP_LIMIT,
+            connect(kind, &url, cli.queue_runtime),
+        )
+        .await;
         let system = match connected.and_then(|connected| connected) {
             Ok(system) => system,
             Err(e @ (Error::Connect { .. } | Error::Timeout { .. })) => {

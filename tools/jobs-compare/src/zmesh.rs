@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use zmesh_bench::ServerChild;
+use zmesh_bench::{Flavour, ServerChild};
 use zmesh_core::{CallOptions, Client, HandlerError, Node, Service, State, Submit};
 use zmesh_jobs::{JobsClient, JobsConfig, JobsExtension, Level};
 
@@ -36,14 +36,27 @@ const SETTLE_POLL: Duration = Duration::from_millis(1);
 /// hundreds of thousands of jobs stays within `max_jobs` (the others delete a job when it
 /// is acknowledged); everything else is the default, concurrency (64 jobs running at once)
 /// included.
-fn config(level: Level, writer_spin: bool) -> JobsConfig {
+fn config(queue: Queue) -> JobsConfig {
     JobsConfig {
-        durability: level,
+        durability: queue.level,
         result_ttl: Duration::from_secs(1),
         max_jobs: 1_000_000,
-        writer_spin: writer_spin.then_some(WRITER_SPIN),
+        writer_spin: queue.writer_spin.then_some(WRITER_SPIN),
         ..JobsConfig::default()
     }
+}
+
+/// How a queue child is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queue {
+    /// The queue's durability level.
+    pub(crate) level: Level,
+    /// Whether the queue's writer spins ([`WRITER_SPIN`]).
+    pub(crate) writer_spin: bool,
+    /// The child's runtime flavour. `zmesh serve jobs` runs on a `current_thread` runtime;
+    /// on a multi-thread one, every hand-off between the node's tasks, the dispatcher and
+    /// the writer thread crosses threads (measured in docs/PERFORMANCE.md).
+    pub(crate) runtime: Flavour,
 }
 
 /// The writer spin of the `-spin` systems: about half a loopback round trip on this kind of
@@ -60,8 +73,7 @@ pub(crate) fn level_name(level: Level) -> &'static str {
 
 /// A queue child and the clients that drive it.
 struct Zmesh {
-    level: Level,
-    writer_spin: bool,
+    queue_setup: Queue,
     /// The queue's node, killed and reaped on drop.
     _queue: ServerChild,
     /// The queue's store, removed on drop (after the child is gone: fields drop in order).
@@ -103,13 +115,9 @@ fn consumer_service(consumer: Arc<OnceLock<Processed>>) -> Service {
         .into_service()
 }
 
-/// Starts the consumer node and a queue child at `level` dispatching to it (its store in a
-/// fresh directory under `data_root`), and connects to the queue.
-pub(crate) async fn connect(
-    level: Level,
-    writer_spin: bool,
-    data_root: &Path,
-) -> Result<Arc<dyn System>, Error> {
+/// Starts the consumer node and a queue child set up as `queue` dispatching to it (its store
+/// in a fresh directory under `data_root`), and connects to the queue.
+pub(crate) async fn connect(queue: Queue, data_root: &Path) -> Result<Arc<dyn System>, Error> {
     let data = tempfile::Builder::new()
         .prefix("zmesh-jobs-compare.")
         .tempdir_in(data_root)
@@ -126,19 +134,20 @@ pub(crate) async fn connect(
     let mut command = Command::new(exe);
     command
         .arg("--queue-child")
-        .arg(level_name(level))
+        .arg(level_name(queue.level))
         .arg("--queue-data")
         .arg(data.path())
         .arg("--queue-workers")
         .arg(&worker_endpoint);
-    if writer_spin {
+    if queue.writer_spin {
         command.arg("--queue-writer-spin");
     }
+    command.arg("--queue-runtime").arg(queue.runtime.arg());
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "error");
     }
     let data_path = data.path().to_owned();
-    let queue = tokio::task::spawn_blocking(move || {
+    let child = tokio::task::spawn_blocking(move || {
         ServerChild::spawn("zmesh job queue", command, CHILD_START_LIMIT)
     })
     .await
@@ -148,11 +157,10 @@ pub(crate) async fn connect(
         url: data_path.display().to_string(),
         source: source.into(),
     })?;
-    let client = Client::new(queue.endpoint());
+    let client = Client::new(child.endpoint());
     Ok(Arc::new(Zmesh {
-        level,
-        writer_spin,
-        _queue: queue,
+        queue_setup: queue,
+        _queue: child,
         _data: data,
         jobs: JobsClient::new(client.clone()),
         queue: client,
@@ -186,7 +194,7 @@ impl Zmesh {
 
 impl System for Zmesh {
     fn name(&self) -> String {
-        let spin = if self.writer_spin {
+        let spin = if self.queue_setup.writer_spin {
             format!(", writer spin {} us", WRITER_SPIN.as_micros())
         } else {
             String::new()
@@ -194,12 +202,12 @@ impl System for Zmesh {
         format!(
             "{NAME} {}, {}{spin}",
             env!("CARGO_PKG_VERSION"),
-            level_name(self.level)
+            level_name(self.queue_setup.level)
         )
     }
 
     fn durability(&self) -> String {
-        match self.level {
+        match self.queue_setup.level {
             Level::Fsync => "level fsync: the submission's group is written to the queue's \
                              log and fdatasync'ed before the job id is sent (survives power \
                              loss)"
@@ -218,7 +226,7 @@ impl System for Zmesh {
                 .submit(METHOD, (serde_bytes::ByteBuf::from(payload.to_vec()),))
                 .await
                 .map_err(Error::broker(NAME, "submitting a job"))?;
-            if ticket.durability == level_name(self.level) {
+            if ticket.durability == level_name(self.queue_setup.level) {
                 Ok(())
             } else {
                 Err(Error::Refused {
@@ -226,7 +234,7 @@ impl System for Zmesh {
                     reason: format!(
                         "acknowledged at level {}, not {}",
                         ticket.durability,
-                        level_name(self.level)
+                        level_name(self.queue_setup.level)
                     ),
                 })
             }
@@ -261,14 +269,12 @@ impl System for Zmesh {
 /// The hidden child mode's options.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueChild {
-    /// The queue's durability level.
-    pub(crate) level: Level,
+    /// How the queue is set up.
+    pub(crate) queue: Queue,
     /// Its store's directory.
     pub(crate) data: PathBuf,
     /// The consumer's endpoint, where jobs are dispatched.
     pub(crate) workers: String,
-    /// Whether the queue's writer spins ([`WRITER_SPIN`]).
-    pub(crate) writer_spin: bool,
 }
 
 /// The child: a node on a free loopback port hosting the queue, announcing `READY
@@ -278,11 +284,7 @@ pub(crate) async fn serve_queue(child: QueueChild) -> Result<(), Box<dyn std::er
     let workers = Client::new(child.workers.as_str());
     let node = Node::builder()
         .bind("tcp://127.0.0.1:0")
-        .extension(JobsExtension::new(
-            child.data,
-            config(child.level, child.writer_spin),
-            workers,
-        ))
+        .extension(JobsExtension::new(child.data, config(child.queue), workers))
         .start()
         .await?;
     zmesh_bench::child::announce(node.endpoint())?;

@@ -131,11 +131,45 @@ async fn a_tiny_run_of_zmesh_queues_at_both_levels_prints_every_mode_and_its_dur
         );
     }
     assert!(
+        stdout.contains("zmesh's queue child on a current-thread runtime"),
+        "the queue's runtime stated, by default that of `zmesh serve jobs`: {stdout}"
+    );
+    assert!(
         std::fs::read_dir(data)
             .expect("the data dir")
             .next()
             .is_none(),
         "the queues' stores are removed at the end"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_child_on_a_multi_thread_runtime_is_measured_when_asked_for() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let data = data.path().to_str().expect("a UTF-8 path");
+    let stdout = run(
+        &[
+            TINY_RUN,
+            &[
+                "--systems",
+                "zmesh-os",
+                "--queue-runtime",
+                "multi-thread",
+                "--zmesh-data",
+                data,
+            ],
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    check_rows(
+        &stdout,
+        &format!("zmesh jobs {}, os", env!("CARGO_PKG_VERSION")),
+    );
+    assert!(
+        stdout.contains("zmesh's queue child on a multi-thread runtime"),
+        "the queue's runtime stated: {stdout}"
     );
 }
 
