@@ -398,8 +398,11 @@ impl Trust {
     /// # Errors
     /// A [`Refusal`].
     pub fn open_detailed(&self, frame: &Bytes, kind: Kind) -> Result<Opened, Refusal> {
+        // One clock read serves the key ring's grace check and the replay window: it is a
+        // visible share of a sealed call's cost, and one instant keeps both checks agreeing.
+        let now = SystemTime::now();
         let (opened, nonce) = self
-            .authenticate(frame, kind)
+            .authenticate(frame, kind, now)
             .map_err(|rejection| Refusal {
                 rejection,
                 authentic: None,
@@ -408,7 +411,7 @@ impl Trust {
             .guard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(now_ms(), opened.timestamp_ms, nonce);
+            .check(unix_ms(now), opened.timestamp_ms, nonce);
         match fresh {
             Ok(()) => Ok(opened),
             Err(e) => Err(Refusal {
@@ -427,19 +430,25 @@ impl Trust {
     /// # Errors
     /// [`Rejection::Unauthenticated`], or [`Rejection::Replayed`] when the time is refused.
     pub fn open_windowed(&self, frame: &Bytes, kind: Kind) -> Result<Opened, Rejection> {
-        let (opened, _) = self.authenticate(frame, kind)?;
+        let now = SystemTime::now();
+        let (opened, _) = self.authenticate(frame, kind, now)?;
         self.guard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check_time(now_ms(), opened.timestamp_ms)
+            .check_time(unix_ms(now), opened.timestamp_ms)
             .map_err(Rejection::Replayed)?;
         Ok(opened)
     }
 
     /// Checks the kind, key and tag; returns what opened, and the nonce for the replay
-    /// checks.
-    fn authenticate(&self, frame: &Bytes, kind: Kind) -> Result<(Opened, [u8; 12]), Rejection> {
-        let authentic = self.key.ring.authenticate(frame, kind, SystemTime::now())?;
+    /// checks, as of `now`.
+    fn authenticate(
+        &self,
+        frame: &Bytes,
+        kind: Kind,
+        now: SystemTime,
+    ) -> Result<(Opened, [u8; 12]), Rejection> {
+        let authentic = self.key.ring.authenticate(frame, kind, now)?;
         let opened = Opened {
             event: authentic.event,
             seq: authentic.seq,
