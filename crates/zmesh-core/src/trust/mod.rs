@@ -1,5 +1,5 @@
 //! Provides the optional mesh key: a pre-shared secret that seals every zmesh message
-//! (authenticated with ChaCha20-Poly1305, optionally encrypted), with replay protection and
+//! (authenticated with AES-256-GCM, optionally encrypted), with replay protection and
 //! key rotation. The rules are zmesh-proto's `seal` module (the envelope codec, the bounded
 //! nonce cache, the key ring); this module gives them a clock and nonces for the node, client
 //! and events sockets. The primitives (derive a key, seal, open) stay in zmesh-proto: here
@@ -268,7 +268,8 @@ pub struct Trust {
 /// that starts at a random value, both drawn from the OS once. Two senders with the same key
 /// repeat a nonce only if their prefixes are equal and their counter ranges overlap, about
 /// `2^-32 * messages / 2^64`: never, in practice. (A repeated nonce under one key would break
-/// ChaCha20-Poly1305, hence not a plain random 32-bit or time-based value.)
+/// AES-GCM's confidentiality and let its tags be forged, hence not a plain random or
+/// time-based value; a fixed field and a counter is SP 800-38D's own construction.)
 #[derive(Debug)]
 struct NonceSource {
     prefix: [u8; 4],
