@@ -36,6 +36,26 @@ impl Block {
             time: turn.time,
         }
     }
+
+    /// The block divided among up to `drivers` tasks that each drive their own connection:
+    /// the calls and the calls in flight split as evenly as they go, the time shared. Never
+    /// more shares than calls in flight (one sequential caller stays one), never an empty
+    /// share.
+    pub fn split(&self, drivers: usize) -> Vec<Self> {
+        let shares = drivers.min(self.in_flight).max(1);
+        let part = |total: u64, i: usize| {
+            let (n, i) = (shares as u64, i as u64);
+            total / n + u64::from(i < total % n)
+        };
+        (0..shares)
+            .map(|i| Self {
+                calls: part(self.calls, i),
+                in_flight: usize::try_from(part(self.in_flight as u64, i)).unwrap_or(1),
+                time: self.time,
+            })
+            .filter(|share| share.calls > 0)
+            .collect()
+    }
 }
 
 /// What a block did.
@@ -210,6 +230,42 @@ mod tests {
         in_flight: 3,
         time: Duration::from_secs(60),
     };
+
+    #[test]
+    fn a_split_block_keeps_its_calls_and_calls_in_flight() {
+        let shares = BLOCK.split(2);
+        assert_eq!(shares.len(), 2);
+        assert_eq!(shares.iter().map(|s| s.calls).sum::<u64>(), BLOCK.calls);
+        assert_eq!(
+            shares.iter().map(|s| s.in_flight).sum::<usize>(),
+            BLOCK.in_flight
+        );
+        assert!(shares.iter().all(|s| s.time == BLOCK.time));
+        // More drivers than calls in flight: one share per call in flight.
+        assert_eq!(BLOCK.split(8).len(), BLOCK.in_flight);
+        let sequential = Block {
+            in_flight: 1,
+            ..BLOCK
+        };
+        assert_eq!(sequential.split(4), vec![sequential]);
+        // Fewer calls than shares: no empty share.
+        let few = Block { calls: 2, ..BLOCK };
+        let shares = few.split(3);
+        assert_eq!(shares.len(), 2);
+        assert!(shares.iter().all(|s| s.calls == 1));
+    }
+
+    #[test]
+    fn merged_latencies_hold_both_shares() {
+        let mut a = Latencies::new();
+        let mut b = Latencies::new();
+        a.record(Duration::from_micros(10));
+        b.record(Duration::from_micros(30));
+        b.record(Duration::from_micros(30));
+        a.merge(&b);
+        assert_eq!(a.len(), 3);
+        assert!(a.p50() >= Duration::from_micros(29), "{:?}", a.p50());
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_makes_the_blocks_calls_and_records_each() {

@@ -88,6 +88,14 @@ impl Latencies {
         Duration::from_nanos(self.histogram.max())
     }
 
+    /// Adds every latency of `other` (the shares of a block measured apart, one per task).
+    pub fn merge(&mut self, other: &Self) {
+        // Both histograms have the same bounds (`new`), so adding cannot fail.
+        self.histogram
+            .add(&other.histogram)
+            .expect("latency histograms share their bounds");
+    }
+
     /// The histogram itself, for walking its buckets.
     pub fn histogram(&self) -> &Histogram<u64> {
         &self.histogram

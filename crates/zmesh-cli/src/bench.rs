@@ -15,6 +15,7 @@
 use crate::output::outln;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -474,11 +475,11 @@ enum Caller {
         dealer: DealerSocket,
         payload: Bytes,
     },
-    /// zmesh clients calling `echo.echo`, the calls taking turns over them (one client,
-    /// one connection, except in `tcp4`).
+    /// zmesh clients calling `echo.echo` (one client, one connection, except in `tcp4`):
+    /// sequential calls take turns over them, a pipelined block gives each its own task.
     Zmesh {
         clients: Vec<Client>,
-        value: rmpv::Value,
+        value: Arc<rmpv::Value>,
     },
 }
 
@@ -522,7 +523,7 @@ impl Caller {
                     .collect();
                 Ok(Self::Zmesh {
                     clients,
-                    value: rmpv::Value::Binary(vec![0x5a; options.payload]),
+                    value: Arc::new(rmpv::Value::Binary(vec![0x5a; options.payload])),
                 })
             }
         }
@@ -564,19 +565,69 @@ impl Caller {
                 let mut connection = RawConnection { dealer, payload };
                 drive::in_order(&mut connection, block, latencies, tick).await
             }
-            Self::Zmesh { clients, value } => {
+            Self::Zmesh { clients, value } if block.in_flight == 1 => {
+                // Sequential: one caller, taking the connections in turn.
                 let turn = std::cell::Cell::new(0usize);
                 let call = || {
                     let n = turn.get();
                     turn.set(n.wrapping_add(1));
                     echo(&clients[n % clients.len()], value)
                 };
-                let stalled =
-                    || CliError::Other(format!("no zmesh call completed in {CALL_LIMIT:?}"));
                 drive::concurrent_watched(call, block, latencies, tick, CALL_LIMIT, stalled).await
+            }
+            Self::Zmesh { clients, value } => {
+                spread_over_connections(clients, value, block, latencies, bar).await
             }
         }
     }
+}
+
+/// A pipelined block of zmesh calls, one spawned task per connection, each with its share
+/// of the calls and of the calls in flight: how an application that wants more than one
+/// connection's throughput drives them. A single task calling over every connection would
+/// keep all the callers' work on one thread whatever the runtime, and with one connection
+/// the task still leaves `block_on`'s thread, so one connection and several are measured
+/// the same way.
+async fn spread_over_connections(
+    clients: &[Client],
+    value: &Arc<rmpv::Value>,
+    block: &Block,
+    latencies: &mut Latencies,
+    bar: &indicatif::ProgressBar,
+) -> Result<Measured, CliError> {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .zip(block.split(clients.len()))
+        .map(|(client, share)| {
+            let (client, value, bar) = (client.clone(), value.clone(), bar.clone());
+            tokio::spawn(async move {
+                let mut latencies = Latencies::new();
+                let call = || echo(&client, &value);
+                let tick = || bar.inc(1);
+                drive::concurrent_watched(call, &share, &mut latencies, tick, CALL_LIMIT, stalled)
+                    .await
+                    .map(|measured| (measured.calls, latencies))
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for task in tasks {
+        let (share_calls, share_latencies) = task
+            .await
+            .map_err(|e| CliError::Other(format!("a bench caller task failed: {e}")))??;
+        calls += share_calls;
+        latencies.merge(&share_latencies);
+    }
+    Ok(Measured {
+        calls,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The error of a block in which no zmesh call completed for [`CALL_LIMIT`].
+fn stalled() -> CliError {
+    CliError::Other(format!("no zmesh call completed in {CALL_LIMIT:?}"))
 }
 
 /// The raw DEALER of a block, as `drive::in_order` sends and receives on it.
