@@ -3,7 +3,7 @@ use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
 use crate::limits::{message_cost, ByteBudget, SocketStats};
 use crate::util::PeerIdentity;
-use crate::write_queue::write_until_aborted;
+use crate::write_queue::{message_queue, write_until_aborted, QueueSender};
 use crate::{
     MultiPeerBackend, SocketBackend, SocketEvent, SocketOptions, SocketType, ZmqError, ZmqResult,
 };
@@ -11,7 +11,6 @@ use crate::{
 use async_trait::async_trait;
 use crossbeam_queue::SegQueue;
 use futures::channel::{mpsc, oneshot};
-use futures::SinkExt;
 use parking_lot::Mutex;
 
 use std::collections::HashMap;
@@ -38,7 +37,7 @@ pub(crate) struct Peer {
 impl Peer {
     /// A peer whose queue is `send_queue` with the given byte bound and no writer to abort.
     #[allow(dead_code)] // Used by the tests and the bench internals.
-    pub(crate) fn with_queue(send_queue: mpsc::Sender<Message>, bytes: usize) -> Self {
+    pub(crate) fn with_queue(send_queue: QueueSender, bytes: usize) -> Self {
         Self {
             send_queue: PeerQueue {
                 messages: send_queue,
@@ -54,7 +53,7 @@ impl Peer {
 /// (`SocketOptions::send_queue_bytes`, released by the writer as it writes).
 #[derive(Clone)]
 pub(crate) struct PeerQueue {
-    pub(crate) messages: mpsc::Sender<Message>,
+    pub(crate) messages: QueueSender,
     pub(crate) bytes: Arc<ByteBudget>,
 }
 
@@ -79,14 +78,16 @@ impl PeerQueue {
             stats.count_send_queue_full();
             return Err(QueueTry::Full(message));
         }
+        use tokio::sync::mpsc;
         match self.messages.try_send(message) {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.bytes.release(cost);
-                if error.is_full() {
-                    Err(QueueTry::Full(error.into_inner()))
-                } else {
-                    Err(QueueTry::Closed(error.into_send_error().into()))
+                match error {
+                    mpsc::error::TrySendError::Full(message) => Err(QueueTry::Full(message)),
+                    mpsc::error::TrySendError::Closed(_) => Err(QueueTry::Closed(
+                        ZmqError::BufferFull("Failed to send message. Send queue full/broken"),
+                    )),
                 }
             }
         }
@@ -114,7 +115,9 @@ impl PeerQueue {
                 std::mem::forget(reservation);
                 Ok(())
             }
-            Err(error) => Err(error.into()),
+            Err(_) => Err(ZmqError::BufferFull(
+                "Failed to send message. Send queue full/broken",
+            )),
         }
     }
 }
@@ -463,7 +466,7 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let address = io.peer_addr;
         let (recv_queue, send_queue) = io.into_parts();
-        let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        let (queue_sender, queue_receiver) = message_queue(PEER_SEND_QUEUE_CAPACITY);
         // zmesh patch: the queue's byte bound, and the writer's abort signal.
         let bytes = Arc::new(ByteBudget::new(self.socket_options.send_queue_bytes));
         let (abort_writer, abort_received) = oneshot::channel();
@@ -603,8 +606,8 @@ mod tests {
     async fn insert_peer(
         backend: &GenericSocketBackend,
         peer_id: PeerIdentity,
-    ) -> (PeerIdentity, mpsc::Receiver<Message>) {
-        let (send_queue, recv_queue) = mpsc::channel(8);
+    ) -> (PeerIdentity, crate::write_queue::QueueReceiver) {
+        let (send_queue, recv_queue) = message_queue(8);
         backend
             .peers
             .upsert_async(
@@ -632,7 +635,7 @@ mod tests {
             .await
             .expect("send through single peer cache");
 
-        let queued = recv_queue.next().await.expect("queued message");
+        let queued = recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"payload"), first_frame(queued));
     }
 
@@ -657,7 +660,7 @@ mod tests {
             .await
             .expect("send to cached peer");
 
-        let queued = recv_queue.next().await.expect("queued message");
+        let queued = recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"routed"), first_frame(queued));
     }
 
@@ -679,7 +682,7 @@ mod tests {
             .expect("send to selected peer");
 
         assert!(first_recv_queue.try_recv().is_err());
-        let queued = second_recv_queue.next().await.expect("queued message");
+        let queued = second_recv_queue.recv().await.expect("queued message");
         assert_eq!(Bytes::from_static(b"routed-b"), first_frame(queued));
     }
 
@@ -688,7 +691,7 @@ mod tests {
         let backend =
             GenericSocketBackend::with_options(None, SocketType::PUSH, SocketOptions::default());
         let peer_id: PeerIdentity = "full-peer".parse().expect("peer id");
-        let (mut send_queue, mut recv_queue) = mpsc::channel(1);
+        let (send_queue, mut recv_queue) = message_queue(1);
         send_queue
             .try_send(message_with_frame(b"prefilled"))
             .expect("prefill peer queue");
@@ -704,9 +707,9 @@ mod tests {
 
         let send_future = backend.send_round_robin(message_with_frame(b"after-full"));
         let recv_future = async {
-            let first = recv_queue.next().await.expect("prefilled message");
+            let first = recv_queue.recv().await.expect("prefilled message");
             let second = recv_queue
-                .next()
+                .recv()
                 .await
                 .expect("message sent after capacity frees");
             (first, second)
@@ -724,7 +727,7 @@ mod tests {
         let backend =
             GenericSocketBackend::with_options(None, SocketType::PUSH, SocketOptions::default());
         let peer_id: PeerIdentity = "closed-peer".parse().expect("peer id");
-        let (send_queue, recv_queue) = mpsc::channel(1);
+        let (send_queue, recv_queue) = message_queue(1);
         drop(recv_queue);
         backend
             .peers

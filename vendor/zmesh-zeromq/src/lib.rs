@@ -45,9 +45,9 @@ pub mod __bench {
     use super::codec::ZmqFramedWrite;
     use super::r#pub::{PubSocketBackend, Subscriber};
     use super::util::PeerIdentity;
-    use super::write_queue::write_message_queue;
+    use super::write_queue::{message_queue, write_message_queue, QueueReceiver};
     use super::{SocketOptions, SocketType, ZmqMessage, ZmqResult};
-    use futures::channel::{mpsc, oneshot};
+    use futures::channel::oneshot;
     use futures::AsyncWrite;
     use parking_lot::Mutex;
     use std::sync::atomic::AtomicUsize;
@@ -57,7 +57,7 @@ pub mod __bench {
 
     pub struct BenchRoundRobinBackend {
         backend: GenericSocketBackend,
-        receivers: Vec<mpsc::Receiver<Message>>,
+        receivers: Vec<QueueReceiver>,
     }
 
     impl BenchRoundRobinBackend {
@@ -73,7 +73,7 @@ pub mod __bench {
                 let peer_id: PeerIdentity = format!("bench-peer-{peer_index}")
                     .parse()
                     .expect("valid peer identity");
-                let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
+                let (send_queue, recv_queue) = message_queue(queue_capacity);
                 backend
                     .peers
                     .upsert_async(
@@ -102,7 +102,7 @@ pub mod __bench {
 
     pub struct BenchPubFanoutBackend {
         backend: Arc<PubSocketBackend>,
-        receivers: Vec<mpsc::Receiver<Message>>,
+        receivers: Vec<QueueReceiver>,
     }
 
     impl BenchPubFanoutBackend {
@@ -126,7 +126,7 @@ pub mod __bench {
                 let peer_id: PeerIdentity = format!("bench-sub-{subscriber_index}")
                     .parse()
                     .expect("valid peer identity");
-                let (send_queue, recv_queue) = mpsc::channel(1024);
+                let (send_queue, recv_queue) = message_queue(1024);
                 let (stop_sender, _stop_receiver) = oneshot::channel();
                 backend
                     .subscribers
@@ -197,7 +197,7 @@ pub mod __bench {
     }
 
     pub async fn write_message_queue_to_writer<W>(
-        receiver: mpsc::Receiver<Message>,
+        receiver: tokio::sync::mpsc::Receiver<Message>,
         writer: W,
     ) -> Result<(), CodecError>
     where

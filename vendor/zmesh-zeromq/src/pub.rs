@@ -5,7 +5,7 @@ use crate::limits::{message_cost, ByteBudget, SocketStats};
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_until_aborted;
+use crate::write_queue::{message_queue, write_until_aborted, QueueSender};
 use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketSend, SocketType};
 
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PUB_SEND_QUEUE_CAPACITY: usize = 100_000;
-type PubSendQueue = mpsc::Sender<Message>;
+type PubSendQueue = QueueSender;
 
 fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool {
     // Single-subscription PUB fanout is common, so keep its comparison shape unchanged.
@@ -54,18 +54,17 @@ fn send_to_subscriber(subscriber: &mut Subscriber, message: &ZmqMessage, stats: 
         stats.count_send_dropped();
         return;
     }
+    use tokio::sync::mpsc::error::TrySendError;
     match subscriber.send_queue.try_send(message) {
         Ok(()) => {}
-        Err(error) if error.is_full() => {
+        Err(TrySendError::Full(_)) => {
             // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
             subscriber.send_bytes.release(cost);
-            drop(error.into_inner());
         }
-        Err(error) => {
+        Err(TrySendError::Closed(_)) => {
             // The writer task owns transport error detection and subscriber cleanup.
             // A closed local queue is treated as a dropped PUB message on this send path.
             subscriber.send_bytes.release(cost);
-            drop(error.into_inner());
         }
     }
 }
@@ -235,7 +234,7 @@ impl MultiPeerBackend for PubSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (mut recv_queue, send_queue) = io.into_parts();
         // TODO provide handling for recv_queue
-        let (queue_sender, queue_receiver) = mpsc::channel(PUB_SEND_QUEUE_CAPACITY);
+        let (queue_sender, queue_receiver) = message_queue(PUB_SEND_QUEUE_CAPACITY);
         let (sender, stop_receiver) = oneshot::channel();
         let send_bytes = Arc::new(ByteBudget::new(self.socket_options.send_queue_bytes));
         let (abort_writer, abort_received) = oneshot::channel();
@@ -453,7 +452,7 @@ mod tests {
     /// drop is counted); once its writer releases the bytes, it gets messages again.
     #[test]
     fn test_send_to_subscriber_drops_past_the_byte_bound() {
-        let (queue_sender, mut queue_receiver) = mpsc::channel(1000);
+        let (queue_sender, mut queue_receiver) = message_queue(1000);
         let bound = 3 * (100 + crate::FRAME_OVERHEAD);
         let mut subscriber = test_subscriber(queue_sender, bound);
         let stats = SocketStats::default();
@@ -543,8 +542,8 @@ mod tests {
     async fn test_replacing_subscriber_does_not_increment_subscriber_count() {
         let backend = test_backend();
         let peer_id = PeerIdentity::new();
-        let (first_sender, _first_receiver) = mpsc::channel(8);
-        let (second_sender, _second_receiver) = mpsc::channel(8);
+        let (first_sender, _first_receiver) = message_queue(8);
+        let (second_sender, _second_receiver) = message_queue(8);
 
         insert_test_subscriber(&backend, peer_id.clone(), vec![vec![]], first_sender).await;
         insert_test_subscriber(
@@ -571,7 +570,7 @@ mod tests {
             vec![vec![]],
         ];
         for subscription in subscriptions {
-            let (sender, _receiver) = mpsc::channel(1);
+            let (sender, _receiver) = message_queue(1);
             insert_test_subscriber(&backend, PeerIdentity::new(), subscription, sender).await;
         }
         // "orders.", "orders.created" and the empty (everything) subscription match.
@@ -583,7 +582,7 @@ mod tests {
     #[async_rt::test]
     async fn test_shutdown_clears_subscriber_count() {
         let backend = test_backend();
-        let (sender, _receiver) = mpsc::channel(8);
+        let (sender, _receiver) = message_queue(8);
 
         insert_test_subscriber(&backend, PeerIdentity::new(), vec![vec![]], sender).await;
 
@@ -600,8 +599,8 @@ mod tests {
         let backend = test_backend();
         let matching_peer = PeerIdentity::new();
         let non_matching_peer = PeerIdentity::new();
-        let (matching_sender, mut matching_receiver) = mpsc::channel(8);
-        let (non_matching_sender, mut non_matching_receiver) = mpsc::channel(8);
+        let (matching_sender, mut matching_receiver) = message_queue(8);
+        let (non_matching_sender, mut non_matching_receiver) = message_queue(8);
 
         insert_test_subscriber(
             &backend,
@@ -638,8 +637,8 @@ mod tests {
         let backend = test_backend();
         let stale_peer = PeerIdentity::new();
         let live_peer = PeerIdentity::new();
-        let (stale_sender, stale_receiver) = mpsc::channel(1);
-        let (live_sender, mut live_receiver) = mpsc::channel(8);
+        let (stale_sender, stale_receiver) = message_queue(1);
+        let (live_sender, mut live_receiver) = message_queue(8);
         drop(stale_receiver);
 
         insert_test_subscriber(&backend, stale_peer.clone(), vec![vec![]], stale_sender).await;
@@ -664,7 +663,7 @@ mod tests {
     async fn test_full_subscriber_queue_drops_message_without_disconnect() {
         let backend = test_backend();
         let peer_id = PeerIdentity::new();
-        let (mut queue_sender, mut queue_receiver) = mpsc::channel(1);
+        let (queue_sender, mut queue_receiver) = message_queue(1);
 
         insert_test_subscriber(
             &backend,
@@ -681,10 +680,7 @@ mod tests {
             )));
             match queue_sender.try_send(message) {
                 Ok(()) => prefilled_count += 1,
-                Err(error) if error.is_full() => {
-                    drop(error.into_inner());
-                    break;
-                }
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
                 Err(error) => panic!("unexpected queue prefill error: {error:?}"),
             }
         }
@@ -720,7 +716,7 @@ mod tests {
     async fn test_send_to_subscriber_drops_closed_queue_without_disconnect() {
         let backend = test_backend();
         let peer_id = PeerIdentity::new();
-        let (queue_sender, queue_receiver) = mpsc::channel(1);
+        let (queue_sender, queue_receiver) = message_queue(1);
         drop(queue_receiver);
 
         insert_test_subscriber(

@@ -32,7 +32,7 @@ impl AsyncWrite for PartialPendingWrite {
 
 #[crate::async_rt::test]
 async fn multiple_batches_preserve_wire_order_across_pending_and_short_writes() {
-    let (mut sender, receiver) = mpsc::channel(300);
+    let (sender, receiver) = message_queue(300);
     let mut expected = Vec::new();
     for sequence in 0..300u16 {
         let payload = sequence.to_le_bytes();
