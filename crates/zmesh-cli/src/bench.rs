@@ -596,26 +596,23 @@ async fn spread_over_connections(
     bar: &indicatif::ProgressBar,
 ) -> Result<Measured, CliError> {
     let started = std::time::Instant::now();
-    let tasks: Vec<_> = clients
-        .iter()
-        .zip(block.split(clients.len()))
-        .map(|(client, share)| {
-            let (client, value, bar) = (client.clone(), value.clone(), bar.clone());
-            tokio::spawn(async move {
-                let mut latencies = Latencies::new();
-                let call = || echo(&client, &value);
-                let tick = || bar.inc(1);
-                drive::concurrent_watched(call, &share, &mut latencies, tick, CALL_LIMIT, stalled)
-                    .await
-                    .map(|measured| (measured.calls, latencies))
-            })
-        })
-        .collect();
+    // A `JoinSet`: when one share fails, returning drops it, which stops the others.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, share) in clients.iter().zip(block.split(clients.len())) {
+        let (client, value, bar) = (client.clone(), value.clone(), bar.clone());
+        tasks.spawn(async move {
+            let mut latencies = Latencies::new();
+            let call = || echo(&client, &value);
+            let tick = || bar.inc(1);
+            drive::concurrent_watched(call, &share, &mut latencies, tick, CALL_LIMIT, stalled)
+                .await
+                .map(|measured| (measured.calls, latencies))
+        });
+    }
     let mut calls = 0;
-    for task in tasks {
-        let (share_calls, share_latencies) = task
-            .await
-            .map_err(|e| CliError::Other(format!("a bench caller task failed: {e}")))??;
+    while let Some(task) = tasks.join_next().await {
+        let (share_calls, share_latencies) =
+            task.map_err(|e| CliError::Other(format!("a bench caller task failed: {e}")))??;
         calls += share_calls;
         latencies.merge(&share_latencies);
     }

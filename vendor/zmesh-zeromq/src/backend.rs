@@ -65,32 +65,30 @@ enum QueueTry {
     Closed(ZmqError),
 }
 
+/// The error of a peer queue whose writer is gone (or that cannot take the message).
+fn queue_broken() -> ZmqError {
+    ZmqError::BufferFull("Failed to send message. Send queue full/broken")
+}
+
 impl PeerQueue {
     /// Queues `message` if there is room now.
     fn try_send(&mut self, message: Message, stats: &SocketStats) -> Result<(), QueueTry> {
         let cost = message_cost(&message);
         if !self.bytes.try_reserve(cost) {
             if self.messages.is_closed() {
-                return Err(QueueTry::Closed(ZmqError::BufferFull(
-                    "Failed to send message. Send queue full/broken",
-                )));
+                return Err(QueueTry::Closed(queue_broken()));
             }
             stats.count_send_queue_full();
             return Err(QueueTry::Full(message));
         }
-        use tokio::sync::mpsc;
-        match self.messages.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.bytes.release(cost);
-                match error {
-                    mpsc::error::TrySendError::Full(message) => Err(QueueTry::Full(message)),
-                    mpsc::error::TrySendError::Closed(_) => Err(QueueTry::Closed(
-                        ZmqError::BufferFull("Failed to send message. Send queue full/broken"),
-                    )),
-                }
+        use tokio::sync::mpsc::error::TrySendError;
+        self.messages.try_send(message).map_err(|error| {
+            self.bytes.release(cost);
+            match error {
+                TrySendError::Full(message) => QueueTry::Full(message),
+                TrySendError::Closed(_) => QueueTry::Closed(queue_broken()),
             }
-        }
+        })
     }
 
     /// Queues `message`, waiting for room in bytes and then in messages.
@@ -100,9 +98,7 @@ impl PeerQueue {
             stats.count_send_queue_full();
             std::future::poll_fn(|cx| self.bytes.poll_reserve(cx, cost))
                 .await
-                .map_err(|()| {
-                    ZmqError::BufferFull("Failed to send message. Send queue full/broken")
-                })?;
+                .map_err(|()| queue_broken())?;
         }
         // Given back if this future is dropped before the message is queued.
         let reservation = Reservation {
@@ -115,9 +111,7 @@ impl PeerQueue {
                 std::mem::forget(reservation);
                 Ok(())
             }
-            Err(_) => Err(ZmqError::BufferFull(
-                "Failed to send message. Send queue full/broken",
-            )),
+            Err(_) => Err(queue_broken()),
         }
     }
 }

@@ -54,18 +54,11 @@ fn send_to_subscriber(subscriber: &mut Subscriber, message: &ZmqMessage, stats: 
         stats.count_send_dropped();
         return;
     }
-    use tokio::sync::mpsc::error::TrySendError;
-    match subscriber.send_queue.try_send(message) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
-            subscriber.send_bytes.release(cost);
-        }
-        Err(TrySendError::Closed(_)) => {
-            // The writer task owns transport error detection and subscriber cleanup.
-            // A closed local queue is treated as a dropped PUB message on this send path.
-            subscriber.send_bytes.release(cost);
-        }
+    if subscriber.send_queue.try_send(message).is_err() {
+        // Full: PUB drops messages for slow subscribers so one full queue does not
+        // backpressure all publishers. Closed: the writer task owns transport error
+        // detection and subscriber cleanup, so here it is a dropped PUB message too.
+        subscriber.send_bytes.release(cost);
     }
 }
 

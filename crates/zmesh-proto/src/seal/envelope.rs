@@ -261,10 +261,9 @@ pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, OpenError> {
     if !is_sealed(frame) {
         return Err(OpenError::NotSealed);
     }
-    match frame.get(FAMILY.len()) {
-        Some(&VERSION) => {}
-        Some(&other) => return Err(OpenError::OtherVersion(other)),
-        None => return Err(OpenError::Malformed("shorter than the envelope header")),
+    // A frame too short to hold its version byte is caught by the length check below.
+    if let Some(&other) = frame.get(FAMILY.len()).filter(|&&v| v != VERSION) {
+        return Err(OpenError::OtherVersion(other));
     }
     if frame.len() < MIN_SEALED {
         return Err(OpenError::Malformed("shorter than the envelope header"));
